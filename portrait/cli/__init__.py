@@ -1,0 +1,36 @@
+"""The `portrait` command. Each subcommand group lives in its own module with a `register(group)`."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+import click
+
+from .. import __version__
+
+# One module per subcommand group, registered in this order (see docs/design.md section 5).
+COMMAND_MODULES = (
+    "preprocess_cmd",  # preprocess, samples
+    "templates_cmd",  # templates list|show|add
+    "run_cmd",  # run, batch
+    "models_cmd",  # models list|verify|tiny
+    "identity_cmd",  # train, embed
+    "generate_cmd",  # generate
+    "server_cmd",  # serve, worker
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="portrait")
+def cli() -> None:
+    """Studio portraits of a person from 5-20 ordinary photos, on your own machine."""
+
+
+for _name in COMMAND_MODULES:
+    if importlib.util.find_spec(f"{__name__}.{_name}") is not None:
+        importlib.import_module(f"{__name__}.{_name}").register(cli)
+
+
+def main() -> None:
+    cli(prog_name="portrait")

@@ -1,0 +1,75 @@
+"""Typed errors. The CLI turns them into messages and exit code 2; the API into 4xx JSON bodies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class PortraitError(Exception):
+    """Base class: a problem the user can act on (bad input, missing model, bad config)."""
+
+    code = "error"
+
+    def to_dict(self) -> dict:
+        return {"error": self.code, "message": str(self)}
+
+
+class ImageError(PortraitError):
+    """An input image could not be used. `code` is one of the stable reason codes."""
+
+    def __init__(self, path: str | Path | None, code: str, reason: str):
+        self.path = str(path) if path is not None else None
+        self.code = code
+        self.reason = reason
+        where = f"{self.path}: " if self.path else ""
+        super().__init__(f"{where}{reason}")
+
+    def to_dict(self) -> dict:
+        return {"error": self.code, "file": self.path, "message": str(self)}
+
+
+class ModelMissingError(PortraitError):
+    """A model's weight file is not where the manifest says it should be."""
+
+    code = "model_missing"
+
+    def __init__(self, model: str, path: str | Path, how: str):
+        self.model = model
+        self.path = str(path)
+        self.how = how
+        super().__init__(f"model '{model}' is missing: expected {self.path}. {how}")
+
+    def to_dict(self) -> dict:
+        return {"error": self.code, "model": self.model, "path": self.path, "message": str(self)}
+
+
+class ModelHashError(PortraitError):
+    """A model file is present but its sha256 does not match the manifest."""
+
+    code = "model_bad_hash"
+
+    def __init__(self, model: str, path: str | Path, expected: str, actual: str):
+        self.model = model
+        self.path = str(path)
+        super().__init__(
+            f"model '{model}' at {path} has sha256 {actual[:16]}…, expected {expected[:16]}…: "
+            "the file is corrupt or a different version; download it again or fix the sha256 in models.toml"
+        )
+
+
+class ConfigError(PortraitError):
+    """A configuration value (template.toml, models.toml, CLI option) is invalid."""
+
+    code = "bad_config"
+
+
+class TemplateError(PortraitError):
+    """A template cannot be used (unreadable image, no face, bad template.toml)."""
+
+    code = "bad_template"
+
+
+class NotEnoughPhotosError(PortraitError):
+    """Preprocessing accepted fewer photos than the minimum."""
+
+    code = "not_enough_photos"

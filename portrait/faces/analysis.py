@@ -1,0 +1,205 @@
+"""FaceAnalysis: detect → landmarks → pose → identity embedding, with engines chosen by name.
+
+    fa = get_face_analysis(FaceConfig())          # cached per process, per config
+    faces = fa.analyze(rgb)                       # list[Face], largest/most confident first
+    fa.distance(faces[0].embedding, other)        # under the embedder's metric
+
+Engines (config names):
+  detector:  dlib-hog (default, offline), dlib-mmod (offline CNN), scrfd (ONNX, user-supplied)
+  landmarks: dlib68 (default; non-commercial licence), dlib5 (commercial-friendly), none
+  embedder:  dlib-resnet (default, offline), arcface (ONNX, user-supplied)
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass
+from typing import Literal, Optional
+
+import numpy as np
+
+from ..imageio import check_rgb
+from ..models.manifest import Manifest, get_manifest
+from .base import Detection, distance
+from .landmarks_dlib import DlibShapePredictor, five_from_68, five_from_dlib5
+from .pose import pose_from_5, pose_from_68
+from .types import Face
+
+DetectorName = Literal["dlib-hog", "dlib-mmod", "scrfd"]
+LandmarksName = Literal["dlib68", "dlib5", "none"]
+EmbedderName = Literal["dlib-resnet", "arcface"]
+DETECTORS: tuple[str, ...] = DetectorName.__args__  # type: ignore[attr-defined]
+LANDMARKS: tuple[str, ...] = LandmarksName.__args__  # type: ignore[attr-defined]
+EMBEDDERS: tuple[str, ...] = EmbedderName.__args__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class FaceConfig:
+    detector: str = "dlib-hog"
+    landmarks: str = "dlib68"
+    embedder: str = "dlib-resnet"
+    detect_max_side: int = 1024  # detection runs on a copy downscaled to this (speed); results mapped back
+    upsample: int = 0  # extra detector upsampling for small faces
+    min_face: int = 40  # faces smaller than this (px, in the analysed image) are ignored as noise
+    models_dir: Optional[str] = None
+    device: str = "cpu"  # for ONNX engines: cpu | cuda
+
+    def __post_init__(self):
+        for value, allowed, what in ((self.detector, DETECTORS, "detector"), (self.landmarks, LANDMARKS, "landmarks"),
+                                     (self.embedder, EMBEDDERS, "embedder")):
+            if value not in allowed:
+                raise ValueError(f"unknown face {what} engine {value!r}; choose one of {', '.join(allowed)}")
+
+    def engines(self) -> dict:
+        return {"detector": self.detector, "landmarks": self.landmarks, "embedder": self.embedder}
+
+
+def _make_detector(cfg: FaceConfig, manifest: Manifest):
+    if cfg.detector == "dlib-hog":
+        from .detect_dlib import DlibHogDetector
+
+        return DlibHogDetector(upsample=cfg.upsample)
+    if cfg.detector == "dlib-mmod":
+        from .detect_dlib import DlibCnnDetector
+
+        return DlibCnnDetector(manifest, upsample=cfg.upsample)
+    from .detect_scrfd import ScrfdDetector
+
+    return ScrfdDetector(manifest, device=cfg.device)
+
+
+def _make_embedder(cfg: FaceConfig, manifest: Manifest):
+    if cfg.embedder == "dlib-resnet":
+        from .embed_dlib import DlibResnetEmbedder
+
+        return DlibResnetEmbedder(manifest)
+    from .embed_arcface import ArcFaceEmbedder
+
+    return ArcFaceEmbedder(manifest, device=cfg.device)
+
+
+class FaceAnalysis:
+    """The combined analyser. Engines load lazily on first use and stay loaded."""
+
+    def __init__(self, config: FaceConfig = FaceConfig(), manifest: Manifest | None = None):
+        self.config = config
+        self.manifest = manifest or get_manifest(config.models_dir)
+        self._detector = None
+        self._landmarker: DlibShapePredictor | None = None
+        self._embedder = None
+        self._lock = threading.Lock()  # dlib objects are not documented as thread-safe
+
+    # -- lazily built engines ---------------------------------------------------------------------
+    @property
+    def detector(self):
+        if self._detector is None:
+            self._detector = _make_detector(self.config, self.manifest)
+        return self._detector
+
+    @property
+    def landmarker(self) -> DlibShapePredictor | None:
+        if self._landmarker is None and self.config.landmarks != "none":
+            self._landmarker = DlibShapePredictor(self.manifest, 68 if self.config.landmarks == "dlib68" else 5)
+        return self._landmarker
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            self._embedder = _make_embedder(self.config, self.manifest)
+        return self._embedder
+
+    @property
+    def metric(self) -> str:
+        return self.embedder.metric
+
+    @property
+    def same_person_threshold(self) -> float:
+        return float(self.embedder.same_person_threshold)
+
+    def distance(self, a: np.ndarray, b: np.ndarray) -> float:
+        return distance(a, b, self.embedder.metric)
+
+    def engines(self) -> dict:
+        return self.config.engines()
+
+    # -- analysis ---------------------------------------------------------------------------------
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        """Detections in full-image coordinates (detector runs on a downscaled copy)."""
+        import cv2
+
+        check_rgb(image)
+        h, w = image.shape[:2]
+        s = min(1.0, self.config.detect_max_side / max(h, w))
+        small = image if s == 1.0 else cv2.resize(image, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
+        with self._lock:
+            dets = self.detector.detect(small)
+        out = []
+        for d in dets:
+            box = d.box / s
+            box = np.clip(box, [0, 0, 0, 0], [w - 1, h - 1, w - 1, h - 1]).astype(np.float32)
+            if min(box[2] - box[0], box[3] - box[1]) * s < self.config.min_face * min(1.0, s * 2):
+                continue
+            lm = None if d.landmarks5 is None else (d.landmarks5 / s).astype(np.float32)
+            out.append(Detection(box, d.score, lm))
+        return out
+
+    def analyze(self, image: np.ndarray, *, embed: bool = True, max_faces: int | None = None) -> list[Face]:
+        """All faces in `image` (uint8 RGB), largest first, with landmarks, pose and (optionally) embedding."""
+        dets = self.detect(image)
+        dets.sort(key=lambda d: -float((d.box[2] - d.box[0]) * (d.box[3] - d.box[1])))
+        if max_faces is not None:
+            dets = dets[:max_faces]
+        return [self._complete(image, d, embed) for d in dets]
+
+    def _complete(self, image: np.ndarray, det: Detection, embed: bool) -> Face:
+        h, w = image.shape[:2]
+        lm68 = None
+        with self._lock:
+            if self.landmarker is not None:
+                pts = self.landmarker.landmarks(image, det.box)
+                if self.landmarker.points == 68:
+                    lm68 = pts
+                    lm5 = five_from_68(pts)
+                else:
+                    lm5 = det.landmarks5 if det.landmarks5 is not None else five_from_dlib5(pts)
+            elif det.landmarks5 is not None:
+                lm5 = det.landmarks5
+            else:
+                # No landmark model and a detector without keypoints: dlib's 5-point model is the
+                # licence-safe minimum that alignment needs.
+                lm5 = five_from_dlib5(DlibShapePredictor(self.manifest, 5).landmarks(image, det.box))
+        if lm68 is not None:
+            try:
+                yaw, pitch, roll = pose_from_68(lm68, (w, h))
+            except ValueError:
+                yaw, pitch, roll = pose_from_5(lm5)
+        else:
+            yaw, pitch, roll = pose_from_5(lm5)
+        face = Face(box=det.box, score=det.score, landmarks5=lm5, landmarks68=lm68, yaw=yaw, pitch=pitch, roll=roll)
+        if embed:
+            with self._lock:
+                face.embedding = self.embedder.embed(image, face)
+        return face
+
+    def embed(self, image: np.ndarray, face: Face) -> np.ndarray:
+        with self._lock:
+            return self.embedder.embed(image, face)
+
+
+_CACHE: dict[tuple, FaceAnalysis] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def get_face_analysis(config: FaceConfig = FaceConfig()) -> FaceAnalysis:
+    """The per-process FaceAnalysis for `config` (engines load once per process)."""
+    key = tuple(sorted(asdict(config).items()))
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = FaceAnalysis(config)
+        return _CACHE[key]
+
+
+def clear_cache() -> None:
+    with _CACHE_LOCK:
+        _CACHE.clear()
+

