@@ -1,0 +1,1 @@
+"""Post-processing stages: face fusion, colour transfer, skin retouch, super-resolution, ranking."""

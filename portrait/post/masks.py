@@ -1,0 +1,104 @@
+"""Face-region masks from landmarks (uint8, 0 or 255, same H x W as the image).
+
+With 68 points the masks follow the real outline; with 5 points only (the licence-safe
+configuration) they are ellipses fitted to the eye/nose/mouth layout.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from ..faces.types import Face
+
+_JAW = list(range(0, 17))
+_BROW_L, _BROW_R = list(range(17, 22)), list(range(22, 27))
+_EYE_L, _EYE_R = list(range(36, 42)), list(range(42, 48))
+_LIPS = list(range(48, 60))
+
+
+def _poly(mask: np.ndarray, pts: np.ndarray, value: int = 255) -> None:
+    cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], value)
+
+
+def _hull(mask: np.ndarray, pts: np.ndarray, value: int = 255) -> None:
+    cv2.fillConvexPoly(mask, cv2.convexHull(np.round(pts).astype(np.int32)), value)
+
+
+def _ellipse_from_5(shape_hw: tuple[int, int], lm5: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    mask = np.zeros(shape_hw, np.uint8)
+    eyes = (lm5[0] + lm5[1]) / 2
+    mouth = (lm5[3] + lm5[4]) / 2
+    iod = float(np.linalg.norm(lm5[1] - lm5[0]))
+    center = eyes + (mouth - eyes) * 0.45
+    axes = (int(iod * 1.05 * scale), int(iod * 1.45 * scale))
+    angle = float(np.degrees(np.arctan2(lm5[1][1] - lm5[0][1], lm5[1][0] - lm5[0][0])))
+    cv2.ellipse(mask, (int(center[0]), int(center[1])), axes, angle, 0, 360, 255, -1)
+    return mask
+
+
+def face_mask(shape_hw: tuple[int, int], face: Face, forehead: float = 0.5) -> np.ndarray:
+    """The whole face: jaw line plus the forehead up to `forehead` x brow-to-chin height above the brows."""
+    if face.landmarks68 is None:
+        return _ellipse_from_5(shape_hw, face.landmarks5)
+    lm = face.landmarks68
+    jaw = lm[_JAW]
+    brows = lm[17:27]
+    chin = lm[8]
+    up_vec = (brows.mean(0) - chin)
+    up = up_vec / (np.linalg.norm(up_vec) + 1e-6)
+    lift = np.linalg.norm(up_vec) * forehead
+    top = brows + up * lift * np.array([[0.6], [0.8], [0.9], [1.0], [1.0], [1.0], [1.0], [0.9], [0.8], [0.6]])
+    mask = np.zeros(shape_hw, np.uint8)
+    _hull(mask, np.vstack([jaw, top]))
+    return mask
+
+
+def inner_face_mask(shape_hw: tuple[int, int], face: Face) -> np.ndarray:
+    """Brows, eyes, nose and mouth with a margin: the part whose geometry carries identity."""
+    if face.landmarks68 is None:
+        return _ellipse_from_5(shape_hw, face.landmarks5, scale=0.8)
+    lm = face.landmarks68
+    mask = np.zeros(shape_hw, np.uint8)
+    pts = np.vstack([lm[17:27], lm[1:16]])
+    _hull(mask, pts)
+    return mask
+
+
+def features_mask(shape_hw: tuple[int, int], face: Face, grow: float = 0.08) -> np.ndarray:
+    """Eyes, brows and lips (grown by `grow` x eye distance): what skin retouch must not touch."""
+    mask = np.zeros(shape_hw, np.uint8)
+    if face.landmarks68 is None:
+        r = max(2, int(face.eye_distance * 0.22))
+        for p in face.landmarks5[[0, 1]]:
+            cv2.circle(mask, (int(p[0]), int(p[1])), r, 255, -1)
+        m = face.landmarks5[3:5]
+        cv2.ellipse(mask, (int(m[:, 0].mean()), int(m[:, 1].mean())),
+                    (int(np.linalg.norm(m[1] - m[0]) * 0.65) + 1, r), 0, 0, 360, 255, -1)
+        return mask
+    lm = face.landmarks68
+    for idx in (_EYE_L, _EYE_R, _LIPS, _BROW_L, _BROW_R):
+        _hull(mask, lm[idx])
+    k = max(1, int(face.eye_distance * grow)) * 2 + 1
+    return cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+
+
+def skin_mask(shape_hw: tuple[int, int], face: Face) -> np.ndarray:
+    """Face skin: the face mask minus eyes, brows and lips (DESIGN.md section 6)."""
+    return cv2.bitwise_and(face_mask(shape_hw, face), cv2.bitwise_not(features_mask(shape_hw, face)))
+
+
+def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
+    if pixels <= 0:
+        return mask
+    k = 2 * pixels + 1
+    return cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+
+
+def feather(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """Float32 0..1 alpha with a soft edge `pixels` wide, falling off *inside* the mask."""
+    if pixels <= 0:
+        return (mask > 0).astype(np.float32)
+    eroded = cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * pixels + 1,) * 2))
+    k = 2 * pixels + 1
+    return np.clip(cv2.GaussianBlur(eroded.astype(np.float32) / 255.0, (k, k), pixels / 2), 0, 1)
