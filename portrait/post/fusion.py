@@ -1,0 +1,231 @@
+"""Face fusion: put the user's reference face into a template's face slot.
+
+Engines (`engine=`):
+  classic (default, offline): a similarity transform fitted on the inner-face landmarks (brows, eyes,
+      nose, mouth) carries the user's face into the template *keeping the user's face geometry*;
+      the region blended is the user's face (jaw line and brows, warped) intersected with the
+      template's face region; the user's skin is matched to the template's in LAB (Reinhard) and
+      the result is feather-blended. DESIGN.md section 6 has the measurements behind these choices:
+      a per-triangle warp onto the template's landmarks keeps the *template's* identity, and
+      seamlessClone pulls the template's gradients in, so neither is used.
+  onnx: an inswapper-style ONNX swapper (portrait.post.swap_onnx.OnnxSwapper, manifest model
+      "inswapper"), given the user's ArcFace embedding.
+
+`paste_5pt` is the 5-point similarity-transform paste of the reference face: the "replaced image"
+that feeds the keypoint / openpose control of the diffusion stages.
+
+Every engine leaves the pixels outside the (dilated) template face region exactly unchanged; the
+result's `mask` marks the pixels that changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal, Mapping
+
+import cv2
+import numpy as np
+
+from ..faces.align import similarity_transform, transform_points
+from ..faces.types import Face
+from ..imageio import check_rgb
+from . import masks
+from .color import reinhard_transfer
+
+FusionEngine = Literal["classic", "onnx"]
+ENGINES: tuple[str, ...] = FusionEngine.__args__  # type: ignore[attr-defined]
+
+INNER_68 = slice(17, 68)  # brows, nose, eyes, mouth: the points whose layout carries identity
+
+
+@dataclass
+class FusionResult:
+    image: np.ndarray  # uint8 RGB, the template's size
+    mask: np.ndarray  # uint8 0/255: the pixels that may differ from the template
+    engine: str
+    details: dict = field(default_factory=dict)
+
+
+# -- geometry -------------------------------------------------------------------------------------
+def transform_face(face: Face, m: np.ndarray) -> Face:
+    """`face` with its box and landmarks mapped through the 2x3 similarity `m` (embedding kept)."""
+    corners = np.array([[face.box[0], face.box[1]], [face.box[2], face.box[1]],
+                        [face.box[0], face.box[3]], [face.box[2], face.box[3]]], np.float32)
+    c = transform_points(corners, m)
+    box = np.array([c[:, 0].min(), c[:, 1].min(), c[:, 0].max(), c[:, 1].max()], np.float32)
+    lm68 = None if face.landmarks68 is None else transform_points(face.landmarks68, m)
+    return replace(face, box=box, landmarks5=transform_points(face.landmarks5, m), landmarks68=lm68,
+                   extra=dict(face.extra))
+
+
+def fusion_transform(ref_face: Face, template_face: Face) -> tuple[np.ndarray, str]:
+    """2x3 similarity taking the reference image onto the template, and which points fitted it.
+
+    Inner-face 68 points when both faces have them (the user's geometry is kept: only rotation,
+    uniform scale and translation), else the 5 points.
+    """
+    if ref_face.landmarks68 is not None and template_face.landmarks68 is not None:
+        return similarity_transform(ref_face.landmarks68[INNER_68], template_face.landmarks68[INNER_68]), "inner68"
+    return similarity_transform(ref_face.landmarks5, template_face.landmarks5), "5pt"
+
+
+def template_region(shape_hw: tuple[int, int], template_face: Face, margin: float = 0.12) -> np.ndarray:
+    """The template's face region (face mask dilated by `margin` x eye distance): nothing outside it changes."""
+    return masks.dilate(masks.face_mask(shape_hw, template_face), int(round(template_face.eye_distance * margin)))
+
+
+def _roi(mask: np.ndarray, pad: int) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    return (max(0, xs.min() - pad), max(0, ys.min() - pad), min(w, xs.max() + 1 + pad), min(h, ys.max() + 1 + pad))
+
+
+def _blend(template_rgb: np.ndarray, content: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """template * (1 - alpha) + content * alpha; pixels with alpha == 0 are copied bit for bit."""
+    a = alpha[..., None].astype(np.float32)
+    out = template_rgb.astype(np.float32) * (1 - a) + content.astype(np.float32) * a
+    out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    keep = alpha <= 0
+    out[keep] = template_rgb[keep]
+    return out
+
+
+def _check(template_rgb, template_face, ref_rgb, ref_face) -> None:
+    check_rgb(template_rgb, "template_rgb")
+    if ref_rgb is not None:
+        check_rgb(ref_rgb, "ref_rgb")
+    for f, what in ((template_face, "template_face"), (ref_face, "ref_face")):
+        if f is not None and (f.landmarks5 is None or np.asarray(f.landmarks5).shape != (5, 2)):
+            raise ValueError(f"{what} needs landmarks5 of shape (5, 2)")
+
+
+# -- the 5-point paste ----------------------------------------------------------------------------
+def paste_5pt(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.ndarray, ref_face: Face,
+              feather: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """The reference face pasted onto the template by a 5-point similarity transform, no recolouring.
+
+    Returns (rgb, mask): mask (uint8 0/255) is the pasted face region (the reference's face mask,
+    warped, within the template's face region). `feather` is the soft edge, x eye distance.
+    """
+    _check(template_rgb, template_face, ref_rgb, ref_face)
+    h, w = template_rgb.shape[:2]
+    m = similarity_transform(ref_face.landmarks5, template_face.landmarks5)
+    warped_face = transform_face(ref_face, m)
+    mask = cv2.bitwise_and(masks.face_mask((h, w), warped_face), template_region((h, w), template_face))
+    if not mask.any():
+        return template_rgb.copy(), mask
+    warped = cv2.warpAffine(ref_rgb, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+    alpha = masks.feather(mask, max(1, int(template_face.eye_distance * feather)))
+    return _blend(template_rgb, warped, alpha), (alpha > 0).astype(np.uint8) * 255
+
+
+# -- classic fusion -------------------------------------------------------------------------------
+def _fuse_classic(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.ndarray, ref_face: Face, *,
+                  blend: float, color_strength: float, feather: float, forehead: float,
+                  margin: float) -> FusionResult:
+    h, w = template_rgb.shape[:2]
+    region = template_region((h, w), template_face, margin)
+    x0, y0, x1, y1 = _roi(region, pad=4)
+    # Work inside the face's bounding box only: large templates cost no more than small ones.
+    m, fitted_on = fusion_transform(ref_face, template_face)
+    m_roi = m.copy()
+    m_roi[:, 2] -= (x0, y0)
+    tpl = template_rgb[y0:y1, x0:x1]
+    rh, rw = tpl.shape[:2]
+    warped = cv2.warpAffine(ref_rgb, m_roi, (rw, rh), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT101)
+    shift = np.array([[1, 0, -x0], [0, 1, -y0]], np.float64)
+    user = transform_face(ref_face, m_roi)
+    tface = transform_face(template_face, shift)
+    user_mask = masks.face_mask((rh, rw), user, forehead=forehead)
+    mask = cv2.bitwise_and(user_mask, region[y0:y1, x0:x1])
+    if mask.sum() < 255 * 64:
+        raise ValueError("the reference face and the template face do not overlap after alignment")
+    src_skin = cv2.bitwise_and(masks.skin_mask((rh, rw), user), mask)
+    ref_skin = masks.skin_mask((rh, rw), tface)
+    if color_strength > 0 and np.count_nonzero(src_skin) >= 64 and np.count_nonzero(ref_skin) >= 64:
+        warped = reinhard_transfer(warped, tpl, src_skin, ref_skin, strength=color_strength)
+    alpha = masks.feather(mask, max(1, int(round(template_face.eye_distance * feather)))) * float(blend)
+    out = template_rgb.copy()
+    out[y0:y1, x0:x1] = _blend(tpl, warped, alpha)
+    changed = np.zeros((h, w), np.uint8)
+    changed[y0:y1, x0:x1] = (alpha > 0).astype(np.uint8) * 255
+    scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+    details = {"fitted_on": fitted_on, "scale": round(scale, 4),
+               "rotation_deg": round(float(np.degrees(np.arctan2(m[1, 0], m[0, 0]))), 2),
+               "mask_pixels": int(np.count_nonzero(changed)), "blend": blend, "color_strength": color_strength}
+    return FusionResult(out, changed, "classic", details)
+
+
+# -- ONNX swapper ---------------------------------------------------------------------------------
+_SWAPPERS: dict[tuple, object] = {}
+
+
+def _swapper(manifest, device: str):
+    from .swap_onnx import OnnxSwapper
+
+    key = (str(manifest.path("inswapper")), device)
+    if key not in _SWAPPERS:
+        _SWAPPERS[key] = OnnxSwapper(manifest, device)
+    return _SWAPPERS[key]
+
+
+def _fuse_onnx(template_rgb: np.ndarray, template_face: Face, source_embedding, manifest, device: str,
+               margin: float, feather: float) -> FusionResult:
+    if source_embedding is None:
+        raise ValueError("engine 'onnx' needs source_embedding (the user's ArcFace embedding)")
+    if manifest is None:
+        from ..models.manifest import get_manifest
+
+        manifest = get_manifest()
+    swapped = _swapper(manifest, device).swap(template_rgb, template_face, np.asarray(source_embedding))
+    check_rgb(swapped, "swapper output")
+    h, w = template_rgb.shape[:2]
+    region = template_region((h, w), template_face, margin)
+    alpha = masks.feather(region, max(1, int(round(template_face.eye_distance * feather))))
+    out = _blend(template_rgb, swapped, alpha)
+    return FusionResult(out, (alpha > 0).astype(np.uint8) * 255, "onnx", {"device": device})
+
+
+def fuse(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.ndarray | None, ref_face: Face | None,
+         engine: str = "classic", manifest=None, source_embedding: np.ndarray | None = None, *,
+         blend: float = 1.0, color_strength: float = 1.0, feather: float = 0.08, forehead: float = 0.3,
+         margin: float = 0.2, device: str = "cpu") -> FusionResult:
+    """Put the reference face (`ref_rgb`, `ref_face`) into `template_face` of `template_rgb`.
+
+    blend: 0..1 opacity of the user's face; color_strength: 0..1 Reinhard skin matching;
+    feather: soft edge width x eye distance; forehead: how far above the brows the user's face
+    reaches (x brow-to-chin height); margin: the template face region's dilation x eye distance
+    (nothing outside it changes). Faces without 68 landmarks use the 5-point fit and ellipse masks.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown fusion engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if not 0.0 <= blend <= 1.0:
+        raise ValueError(f"blend must be in 0..1, got {blend}")
+    _check(template_rgb, template_face, ref_rgb if engine == "classic" else None,
+           ref_face if engine == "classic" else None)
+    if engine == "onnx":
+        return _fuse_onnx(template_rgb, template_face, source_embedding, manifest, device, margin, feather)
+    if ref_rgb is None or ref_face is None:
+        raise ValueError("engine 'classic' needs ref_rgb and ref_face")
+    return _fuse_classic(template_rgb, template_face, ref_rgb, ref_face, blend=blend, color_strength=color_strength,
+                         feather=feather, forehead=forehead, margin=margin)
+
+
+def fuse_slots(template_rgb: np.ndarray, template_faces: list[Face], identities: Mapping[int, tuple],
+               engine: str = "classic", **kwargs) -> FusionResult:
+    """Multi-face templates: `identities` maps a face slot (index into `template_faces`) to that
+    slot's identity, a tuple (ref_rgb, ref_face[, source_embedding]). Slots are fused in turn; the
+    result's mask is the union and `details["slots"]` holds each slot's details."""
+    out = template_rgb
+    changed = np.zeros(template_rgb.shape[:2], np.uint8)
+    details: dict = {"slots": {}}
+    for slot, ident in sorted(identities.items()):
+        if not 0 <= slot < len(template_faces):
+            raise ValueError(f"face slot {slot} does not exist: the template has {len(template_faces)} face(s)")
+        ref_rgb, ref_face, *emb = ident
+        res = fuse(out, template_faces[slot], ref_rgb, ref_face, engine=engine,
+                   source_embedding=emb[0] if emb else None, **kwargs)
+        out = res.image
+        changed |= res.mask
+        details["slots"][slot] = res.details
+    return FusionResult(out, changed, engine, details)
