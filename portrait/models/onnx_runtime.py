@@ -37,15 +37,16 @@ def _threads() -> int:
 
 
 def providers_for(device: str) -> list:
-    """onnxruntime providers for "cpu", "cuda" or "cuda:N" (CPU always last, as the fallback)."""
+    """onnxruntime providers for "cpu", "cuda", "cuda:N" or "auto" (CPU always last, as the fallback)."""
     import onnxruntime as ort
 
     kind, _, index = device.partition(":")
-    if kind == "cpu":
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if kind == "cpu" or (kind == "auto" and not has_cuda):
         return ["CPUExecutionProvider"]
-    if kind != "cuda":
-        raise ConfigError(f"unknown device {device!r} for ONNX models; use 'cpu' or 'cuda[:N]'")
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
+    if kind not in ("cuda", "auto"):
+        raise ConfigError(f"unknown device {device!r} for ONNX models; use 'cpu', 'cuda[:N]' or 'auto'")
+    if not has_cuda:
         warnings.warn("device 'cuda' asked for, but this onnxruntime has no CUDA provider "
                       "(pip install 'portrait[gpu]'); running ONNX models on the CPU", RuntimeWarning, stacklevel=3)
         return ["CPUExecutionProvider"]
