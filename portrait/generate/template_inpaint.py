@@ -1,0 +1,506 @@
+"""Two-pass template inpainting: the user's identity painted into a template's face (EasyPhoto's recipe).
+
+    models = InpaintModels.load("sd15")                      # base + ControlNets named in the manifest
+    inpaint = TemplateInpaint(models)
+    [result] = inpaint(InpaintJob(template_rgb, template_face, prompt="..."),
+                       identity=Identity.from_path("identity.safetensors"), ref_rgb=ref, ref_face=face)
+
+Per job: crop around the template face (face box x 3, SD 1.5 512 / SDXL 1024 px) → fusion #1 →
+5-point paste ("replaced image") → pass 1: ControlNet inpaint of the face mask (canny from the fused
+image, face keypoints from the replaced one, colour map), identity LoRA (+ style LoRA) or FaceID →
+colour transfer to the template → fusion #2 → pass 2: tile + canny inpaint of the ring around the
+face edge at low denoise → paste back into the full template through the mask: pixels outside it
+are the template's, bit for bit.
+
+A ControlNet with scale 0 is dropped, not run (diffusers still runs a zero-scaled net). Pipelines
+are built once per ControlNet set from the base's shared components and reused across jobs and
+templates; jobs whose pass settings match run in one batched call.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, PortraitError
+from ..faces.types import Face
+from ..progress import ProgressCallback, report
+from . import controls
+
+# Which manifest model serves each control (overridable per InpaintModels).
+CONTROLNET_MODELS = {"canny": "controlnet-canny", "openpose": "controlnet-openpose", "color": "controlnet-color",
+                     "tile": "controlnet-tile"}
+WORKING_SIZE = {"sd15": 512, "sdxl": 1024}
+
+
+@dataclass(frozen=True)
+class PassSettings:
+    """One inpaint pass: denoise strength, scheduler steps, ControlNets by name with their scales."""
+
+    strength: float
+    steps: int
+    controlnets: Mapping[str, float]
+    guidance_scale: float = 7.0
+
+    def active(self) -> tuple[tuple[str, float], ...]:
+        """The ControlNets that run: scale 0 drops a net (a zero-scaled net still costs its full compute)."""
+        return tuple((n, float(s)) for n, s in self.controlnets.items() if float(s) != 0.0)
+
+    def check(self, what: str) -> None:
+        if not 0.0 < self.strength <= 1.0:
+            raise ValueError(f"{what}: strength must be in (0, 1], got {self.strength}")
+        if self.steps < 1:
+            raise ValueError(f"{what}: steps must be >= 1, got {self.steps}")
+        if int(self.steps * self.strength) < 1:
+            raise ValueError(f"{what}: steps x strength = {self.steps * self.strength:.2f} leaves no denoising step")
+        unknown = [n for n in self.controlnets if n not in controls.CONTROL_NAMES]
+        if unknown:
+            raise ValueError(f"{what}: unknown ControlNet(s) {unknown}; choose from {', '.join(controls.CONTROL_NAMES)}")
+
+
+PASS1 = PassSettings(0.45, 30, {"canny": 0.5, "openpose": 0.3, "color": 0.5})
+PASS2 = PassSettings(0.3, 20, {"tile": 0.8, "canny": 0.8})
+
+
+@dataclass
+class Identity:
+    """Who to paint: an identity LoRA, a face embedding (FaceID), or both."""
+
+    lora: Path | None = None
+    lora_weight: float = 0.9
+    face: Any = None  # portrait.identity.face_embedding.FaceIdentity
+    faceid_scale: float = 0.8
+
+    @classmethod
+    def from_path(cls, path: str | Path, **kwargs) -> "Identity":
+        """A LoRA file, or a face-identity file written by `portrait embed`."""
+        from ..identity.face_embedding import FaceIdentity, is_face_identity_file
+
+        p = Path(path)
+        if p.is_dir():
+            candidates = [p / "identity.safetensors", p / "identity_embedding.safetensors"]
+            found = [c for c in candidates if c.is_file()]
+            if not found:
+                raise ConfigError(f"{p} holds neither identity.safetensors (LoRA) nor identity_embedding.safetensors")
+            p = found[0]
+        if not p.is_file():
+            raise ConfigError(f"identity {p} does not exist (a LoRA from `portrait train` or a file from `portrait embed`)")
+        if is_face_identity_file(p):
+            return cls(face=FaceIdentity.load(p), **kwargs)
+        return cls(lora=p, **kwargs)
+
+    @property
+    def kind(self) -> str:
+        return "+".join(k for k, v in (("lora", self.lora), ("faceid", self.face)) if v is not None) or "none"
+
+
+@dataclass
+class InpaintJob:
+    """One template face to paint. Unset pass settings come from the template or the defaults."""
+
+    template_rgb: np.ndarray
+    template_face: Face
+    prompt: str = ""
+    negative_prompt: str = ""
+    pass1: PassSettings = PASS1
+    pass2: PassSettings = PASS2
+    seed: int = 0
+    style_lora: str | Path | None = None
+    style_weight: float = 0.0
+    name: str = ""
+    color_strength: float = 1.0  # colour transfer of pass 1's face to the template's skin
+    fusion2_blend: float = 0.5  # opacity of the second fusion
+
+
+@dataclass
+class InpaintResult:
+    image: np.ndarray  # uint8 RGB, the template's size
+    mask: np.ndarray  # uint8 0/255, template-sized: the only pixels that may differ from the template
+    name: str
+    seed: int
+    stages: dict[str, np.ndarray] = field(default_factory=dict)  # crop-sized intermediates
+    crop: controls.FaceCrop | None = None
+    details: dict = field(default_factory=dict)
+
+
+# -- models -----------------------------------------------------------------------------------------
+
+def _loading():
+    """M's portrait.models.loading when present (the cached, manifest-aware loaders)."""
+    try:
+        from ..models import loading
+    except ImportError:
+        return None
+    return loading
+
+
+def _architecture(unet) -> str:
+    return "sdxl" if getattr(unet.config, "addition_embed_type", None) == "text_time" else "sd15"
+
+
+class InpaintModels:
+    """A base model and ControlNets by control name; inpaint pipelines are built per ControlNet set
+    from the base's shared components (no weights copied) and cached, so one load serves every job."""
+
+    def __init__(self, base, controlnets: Mapping[str, Any], *, faceid_adapter: str | Path | None = None):
+        self.base = base
+        self.controlnets = dict(controlnets)
+        self.faceid_adapter = Path(faceid_adapter) if faceid_adapter else None
+        self._pipes: dict[tuple[str, ...], Any] = {}
+        self.arch = getattr(base, "arch", None) or _architecture(self.components["unet"])
+
+    @classmethod
+    def load(cls, base: str | Path = "sd15", controlnets: Sequence[str] = ("canny", "openpose", "color", "tile"), *,
+             controlnet_models: Mapping[str, str] | None = None, manifest=None, device=None, dtype=None,
+             faceid_adapter: str | Path | None = None) -> "InpaintModels":
+        """Load the base and the named controls' ControlNets (manifest names or paths) through M's loaders."""
+        loading = _loading()
+        if loading is None:
+            raise PortraitError("portrait.models.loading is not available (install portrait[ml])")
+        names = {**CONTROLNET_MODELS, **(controlnet_models or {})}
+        b = loading.load_base(str(base), manifest=manifest, device=device, dtype=dtype)
+        nets = {c: loading.load_controlnet(names[c], manifest=manifest, device=device, dtype=dtype) for c in controlnets}
+        return cls(b, nets, faceid_adapter=faceid_adapter)
+
+    @property
+    def components(self) -> dict:
+        return self.base.components if hasattr(self.base, "components") else dict(self.base)
+
+    @property
+    def device(self):
+        return self.components["unet"].device
+
+    @property
+    def dtype(self):
+        return self.components["unet"].dtype
+
+    def pipeline(self, names: Sequence[str]):
+        """The inpaint pipeline running exactly the ControlNets `names` (in that order)."""
+        key = tuple(names)
+        if key not in self._pipes:
+            missing = [n for n in key if n not in self.controlnets]
+            if missing:
+                raise ConfigError(f"no ControlNet loaded for control(s) {missing}; loaded: {sorted(self.controlnets)}")
+            nets = [self.controlnets[n] for n in key]
+            loading = _loading()
+            if loading is not None and hasattr(loading, "inpaint_pipeline") and nets:
+                pipe = loading.inpaint_pipeline(self.base, nets)
+            else:
+                pipe = _inpaint_pipeline(self.components, nets, self.arch)
+            pipe.set_progress_bar_config(disable=True)
+            self._pipes[key] = pipe
+        return self._pipes[key]
+
+    def any_pipeline(self):
+        return next(iter(self._pipes.values())) if self._pipes else self.pipeline(tuple(self.controlnets)[:1])
+
+
+def _inpaint_pipeline(components: dict, nets: list, arch: str):
+    """(SDXL)ControlNetInpaintPipeline from shared components; the plain inpaint pipeline with no nets."""
+    import inspect
+
+    import diffusers
+
+    if nets:
+        cls = diffusers.StableDiffusionXLControlNetInpaintPipeline if arch == "sdxl" else \
+            diffusers.StableDiffusionControlNetInpaintPipeline
+    else:
+        cls = diffusers.StableDiffusionXLInpaintPipeline if arch == "sdxl" else diffusers.StableDiffusionInpaintPipeline
+    params = inspect.signature(cls.__init__).parameters
+    kwargs = {k: v for k, v in components.items() if k in params and k != "controlnet"}
+    for opt in ("safety_checker", "feature_extractor", "image_encoder"):
+        if opt in params:
+            kwargs.setdefault(opt, None)
+    if "requires_safety_checker" in params:
+        kwargs["requires_safety_checker"] = False
+    if nets:
+        kwargs["controlnet"] = nets[0] if len(nets) == 1 else diffusers.MultiControlNetModel(nets)
+    return cls(**kwargs)
+
+
+def _set_loras(models: InpaintModels, pipe, identity: Identity, style_lora, style_weight: float) -> None:
+    """Identity LoRA (+ style LoRA) on the shared UNet, through M's set_identity_lora when present."""
+    state = (str(identity.lora), identity.lora_weight, str(style_lora), style_weight)
+    if getattr(models, "_lora_state", None) == state:
+        return
+    loading = _loading()
+    if loading is not None and hasattr(loading, "set_identity_lora"):
+        loading.set_identity_lora(pipe, identity.lora, weight=identity.lora_weight,
+                                  style_lora=style_lora, style_weight=style_weight)
+    else:  # minimal stand-in with diffusers' own adapter API
+        loaded = set(pipe.get_list_adapters().get("unet", [])) if hasattr(pipe, "get_list_adapters") else set()
+        names, weights = [], []
+        for path, name, w in ((identity.lora, "identity", identity.lora_weight), (style_lora, "style", style_weight)):
+            if path is None or w == 0:
+                continue
+            tag = f"{name}_{abs(hash(str(path))) % 10**8}"
+            if tag not in loaded:
+                pipe.load_lora_weights(str(Path(path).parent), weight_name=Path(path).name, adapter_name=tag)
+            names.append(tag)
+            weights.append(w)
+        if names:
+            pipe.enable_lora()
+            pipe.set_adapters(names, weights)
+        elif loaded:
+            pipe.disable_lora()
+    models._lora_state = state
+
+
+# -- the recipe -------------------------------------------------------------------------------------
+
+def _pil(a: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray(a)
+
+
+def _to_uint8(x) -> np.ndarray:
+    return np.clip(np.asarray(x) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+@dataclass
+class _Work:
+    job: InpaintJob
+    crop: controls.FaceCrop
+    face: Face  # template face in crop coordinates
+    template_crop: np.ndarray
+    stages: dict = field(default_factory=dict)
+    masks: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+
+class TemplateInpaint:
+    """The two-pass recipe as one callable. Set `interrupt = True` (from another thread) to stop early."""
+
+    def __init__(self, models: InpaintModels, *, fusion_engine: str = "classic", crop_size: int | None = None,
+                 max_batch: int = 4):
+        self.models = models
+        self.fusion_engine = fusion_engine
+        self.crop_size = crop_size or WORKING_SIZE.get(models.arch, 512)
+        self.max_batch = max_batch
+        self.interrupt = False
+
+    # -- validation --------------------------------------------------------------------------------
+    def check_inputs(self, jobs: Sequence[InpaintJob], identity: Identity, ref_rgb: np.ndarray, ref_face: Face) -> None:
+        if not jobs:
+            raise ValueError("no jobs given")
+        if not isinstance(identity, Identity):
+            raise ValueError(f"identity must be an Identity, got {type(identity).__name__}")
+        if identity.lora is None and identity.face is None:
+            raise ValueError("identity has neither a LoRA nor a face embedding")
+        if identity.face is not None and self.models.faceid_adapter is None:
+            raise ValueError("a face-embedding identity needs InpaintModels(faceid_adapter=...)")
+        if identity.lora is not None and not Path(identity.lora).is_file():
+            raise ValueError(f"identity LoRA {identity.lora} does not exist")
+        for what, img in (("ref_rgb", ref_rgb), *((f"job {i} template_rgb", j.template_rgb) for i, j in enumerate(jobs))):
+            if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+                raise ValueError(f"{what} must be uint8 RGB (H, W, 3)")
+        if ref_face is None or np.asarray(ref_face.landmarks5).shape != (5, 2):
+            raise ValueError("ref_face needs landmarks5 of shape (5, 2)")
+        for i, j in enumerate(jobs):
+            if j.template_face is None or np.asarray(j.template_face.landmarks5).shape != (5, 2):
+                raise ValueError(f"job {i}: template_face needs landmarks5 of shape (5, 2)")
+            j.pass1.check(f"job {i} pass 1")
+            j.pass2.check(f"job {i} pass 2")
+            for n, _ in (*j.pass1.active(), *j.pass2.active()):
+                if n not in self.models.controlnets:
+                    raise ValueError(f"job {i}: ControlNet '{n}' is not loaded (loaded: {sorted(self.models.controlnets)}); "
+                                     "load it or set its scale to 0")
+            if j.style_lora is not None and j.style_weight and not Path(j.style_lora).is_file():
+                raise ValueError(f"job {i}: style LoRA {j.style_lora} does not exist")
+        if self.crop_size % 8:
+            raise ValueError(f"crop_size must be a multiple of 8, got {self.crop_size}")
+
+    # -- the call ----------------------------------------------------------------------------------
+    def __call__(self, jobs: InpaintJob | Sequence[InpaintJob], identity: Identity, ref_rgb: np.ndarray,
+                 ref_face: Face, *, callback: ProgressCallback | None = None,
+                 keep_stages: bool = False) -> list[InpaintResult]:
+        from ..post.color import reinhard_transfer
+        from ..post.fusion import fuse, paste_5pt, transform_face
+        from ..faces.align import similarity_transform
+
+        jobs = [jobs] if isinstance(jobs, InpaintJob) else list(jobs)
+        self.check_inputs(jobs, identity, ref_rgb, ref_face)
+        self.interrupt = False
+        works: list[_Work] = []
+        for i, job in enumerate(jobs):
+            t0 = time.perf_counter()
+            crop = controls.face_crop(job.template_rgb.shape[:2], job.template_face, self.crop_size)
+            w = _Work(job, crop, crop.face(job.template_face), crop.crop(job.template_rgb))
+            h_w = w.template_crop.shape[:2]
+            fused = fuse(w.template_crop, w.face, ref_rgb, ref_face, engine=self.fusion_engine,
+                         source_embedding=ref_face.embedding)
+            replaced, _ = paste_5pt(w.template_crop, w.face, ref_rgb, ref_face)
+            # The user's landmarks carried onto the template face (what the keypoint control draws).
+            user_face = transform_face(ref_face, similarity_transform(ref_face.landmarks5, w.face.landmarks5))
+            w.masks["pass1"] = np.maximum(controls.inpaint_mask(h_w, w.face), fused.mask)
+            w.stages.update(fused=fused.image, replaced=replaced)
+            w.stages["controls1"] = controls.make_controls([n for n, _ in job.pass1.active()], fused=fused.image,
+                                                           replaced=replaced, faces=user_face)
+            w.timings["prepare"] = time.perf_counter() - t0
+            works.append(w)
+            report(callback, "fusion", i + 1, len(jobs))
+        self._run_pass(works, "pass1", identity, ref_rgb, callback)
+        for w in works:
+            t0 = time.perf_counter()
+            out1 = w.stages["pass1"]
+            m1 = w.masks["pass1"]
+            if w.job.color_strength > 0:
+                recoloured = reinhard_transfer(out1, w.template_crop, m1, m1, strength=w.job.color_strength)
+                out1 = np.where(m1[..., None] > 0, recoloured, out1)
+            w.stages["color"] = out1
+            fused2 = fuse(out1, w.face, ref_rgb, ref_face, engine=self.fusion_engine, blend=w.job.fusion2_blend,
+                          source_embedding=ref_face.embedding)
+            w.stages["fused2"] = fused2.image
+            r = max(2, round(w.face.size * 0.06))
+            w.masks["pass2"] = controls.edge_ring(m1, r, r)
+            w.stages["controls2"] = controls.make_controls([n for n, _ in w.job.pass2.active()], fused=fused2.image,
+                                                           replaced=fused2.image, faces=w.face)
+            w.timings["between"] = time.perf_counter() - t0
+        self._run_pass(works, "pass2", identity, ref_rgb, callback)
+        results = []
+        for w in works:
+            final_mask = np.maximum(w.masks["pass1"], w.masks["pass2"])
+            # Inside pass 1's mask keep pass 2's result only on the ring; elsewhere pass 1's colour-fixed face.
+            ring = w.masks["pass2"][..., None] > 0
+            crop_out = np.where(ring, w.stages["pass2"], w.stages["fused2"])
+            image = w.crop.paste(w.job.template_rgb, crop_out, final_mask, feather_px=0)
+            stages = {k: v for k, v in w.stages.items() if not k.startswith("controls")} if keep_stages else {}
+            results.append(InpaintResult(
+                image, w.crop.full_mask(w.job.template_rgb.shape[:2], final_mask), w.job.name, w.job.seed, stages,
+                w.crop, {"identity": identity.kind, "crop": [w.crop.x0, w.crop.y0, w.crop.side, w.crop.size],
+                         "controlnets": {"pass1": dict(w.job.pass1.active()), "pass2": dict(w.job.pass2.active())},
+                         "timings": {k: round(v, 3) for k, v in w.timings.items()}}))
+        return results
+
+    # -- one pass over all jobs, batched where settings match ---------------------------------------
+    def _run_pass(self, works: list[_Work], which: str, identity: Identity, ref_rgb, callback) -> None:
+        groups: dict[tuple, list[_Work]] = {}
+        for w in works:
+            s: PassSettings = getattr(w.job, which)
+            key = (s.active(), s.strength, s.steps, s.guidance_scale, str(w.job.style_lora), w.job.style_weight)
+            groups.setdefault(key, []).append(w)
+        done = 0
+        for (active, strength, steps, guidance, _, _), members in groups.items():
+            for start in range(0, len(members), self.max_batch):
+                if self.interrupt:
+                    raise InterruptedError("generation interrupted")
+                batch = members[start:start + self.max_batch]
+                t0 = time.perf_counter()
+                images = self._diffuse(batch, which, active, strength, steps, guidance, identity, callback)
+                dt = (time.perf_counter() - t0) / len(batch)
+                for w, img in zip(batch, images):
+                    w.stages[which] = img
+                    w.timings[which] = dt
+                done += len(batch)
+                report(callback, which, done, len(works))
+
+    def _diffuse(self, batch: list[_Work], which: str, active, strength, steps, guidance, identity, callback):
+        import torch
+
+        names = tuple(n for n, _ in active)
+        pipe = self.models.pipeline(names)
+        job0 = batch[0].job
+        _set_loras(self.models, pipe, identity, job0.style_lora, job0.style_weight)
+        kwargs: dict = {}
+        if identity.face is not None:
+            from ..identity.face_embedding import faceid_embeds, load_faceid_adapter
+
+            load_faceid_adapter(pipe, self.models.faceid_adapter, identity.face.dim, identity.faceid_scale,
+                                identity.face.engine)
+            kwargs["ip_adapter_image_embeds"] = faceid_embeds(identity.face, batch=len(batch), guidance=guidance > 1,
+                                                              device=self.models.device, dtype=self.models.dtype)
+        else:
+            from ..identity.face_embedding import unload_faceid_adapter
+
+            unload_faceid_adapter(pipe)
+        key_img = "fused" if which == "pass1" else "fused2"
+        key_ctl = "controls1" if which == "pass1" else "controls2"
+        if names:
+            # One (B, 3, H, W) tensor in 0..1 per net: MultiControlNet refuses nested lists of images.
+            per_net = [torch.from_numpy(np.stack([w.stages[key_ctl][k] for w in batch])).permute(0, 3, 1, 2).float() / 255
+                       for k in range(len(names))]
+            kwargs["control_image"] = per_net if len(names) > 1 else per_net[0]
+            scales = [s for _, s in active]
+            kwargs["controlnet_conditioning_scale"] = scales if len(names) > 1 else scales[0]
+        total = max(1, int(steps * strength))
+        stage = f"inpaint {which[-1]}"
+
+        def on_step(p, i, t, cb_kwargs):
+            report(callback, stage, i + 1, total)
+            if self.interrupt:
+                p._interrupt = True
+            return cb_kwargs
+
+        size = self.crop_size
+        out = pipe(
+            prompt=[w.job.prompt for w in batch], negative_prompt=[w.job.negative_prompt for w in batch],
+            image=[_pil(w.stages[key_img]) for w in batch], mask_image=[_pil(w.masks[which]) for w in batch],
+            height=size, width=size, strength=strength, num_inference_steps=steps, guidance_scale=guidance,
+            generator=[torch.Generator("cpu").manual_seed(w.job.seed + (0 if which == "pass1" else 1)) for w in batch],
+            output_type="np", callback_on_step_end=on_step, **kwargs,
+        ).images
+        if self.interrupt:
+            raise InterruptedError("generation interrupted")
+        return [_to_uint8(img) for img in out]
+
+
+# -- templates ----------------------------------------------------------------------------------------
+
+def _field(obj, name: str, default=None):
+    if obj is None:
+        return default
+    if isinstance(obj, Mapping):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _pass_from(section, base: PassSettings) -> PassSettings:
+    if section is None:
+        return base
+    nets = _field(section, "controlnets")
+    return PassSettings(
+        strength=float(_field(section, "strength", base.strength) or base.strength),
+        steps=int(_field(section, "steps", base.steps) or base.steps),
+        controlnets=dict(nets) if nets else dict(base.controlnets),
+        guidance_scale=float(_field(section, "guidance_scale", base.guidance_scale) or base.guidance_scale),
+    )
+
+
+def job_from_template(template, *, slot: int = 0, steps: int | None = None, seed: int | None = None,
+                      strength: float | None = None, controlnets: Mapping[str, float] | None = None) -> InpaintJob:
+    """An InpaintJob from a portrait.templates.Template (image, faces, prompts, [inpaint]/[edge] settings,
+    style LoRA, seed); `steps`, `seed`, `strength` (pass 1) and `controlnets` (pass 1 scales) override."""
+    faces = _field(template, "faces") or []
+    if not 0 <= slot < len(faces):
+        raise ConfigError(f"template {_field(template, 'name', '?')} has no face slot {slot} ({len(faces)} faces)")
+    p1 = _pass_from(_field(template, "inpaint"), PASS1)
+    p2 = _pass_from(_field(template, "edge"), PASS2)
+    if steps is not None:
+        p1, p2 = replace(p1, steps=steps), replace(p2, steps=steps)
+    if strength is not None:
+        p1 = replace(p1, strength=strength)
+    if controlnets is not None:
+        p1 = replace(p1, controlnets={**p1.controlnets, **controlnets})
+    style = _field(template, "style_lora")
+    style_weight = _field(template, "style_weight", _field(template, "style_lora_weight", 0.0 if style is None else 0.6))
+    tseed = _field(template, "seed", 0)
+    return InpaintJob(
+        template_rgb=_field(template, "image"), template_face=faces[slot], prompt=_field(template, "prompt", "") or "",
+        negative_prompt=_field(template, "negative_prompt", "") or "", pass1=p1, pass2=p2,
+        seed=int(seed if seed is not None else (tseed or 0)), style_lora=style, style_weight=float(style_weight or 0.0),
+        name=str(_field(template, "name", "")),
+    )
+
+
+def generate_on_template(models: InpaintModels, template, identity: Identity | str | Path, ref_rgb: np.ndarray,
+                         ref_face: Face, *, callback: ProgressCallback | None = None, inpaint: TemplateInpaint | None = None,
+                         **overrides) -> InpaintResult:
+    """One render of `identity` on `template` (what LoRA validation calls). Overrides as job_from_template."""
+    ident = identity if isinstance(identity, Identity) else Identity.from_path(identity)
+    runner = inpaint or TemplateInpaint(models)
+    return runner(job_from_template(template, **overrides), ident, ref_rgb, ref_face, callback=callback)[0]
