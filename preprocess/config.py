@@ -1,0 +1,117 @@
+"""PreprocessConfig: every threshold of intake, scoring and selection in one frozen dataclass.
+
+Thresholds are in the units the report shows (scores in 0..1, angles in degrees, sizes in pixels of
+the original photo), so a user reading report.json can tell how far a photo was from passing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+from portrait.faces import FaceConfig
+
+# The stable reason codes of DESIGN.md section 5, in the order a photo's reasons are listed.
+REASONS: tuple[str, ...] = (
+    "unreadable",
+    "too_large",
+    "too_small",
+    "no_face",
+    "multiple_faces",
+    "face_too_small",
+    "different_person",
+    "blurry",
+    "bad_exposure",
+    "extreme_pose",
+    "duplicate",
+)
+
+REASON_TEXT = {
+    "unreadable": "is not a readable image",
+    "too_large": "is too large (file size or pixel count)",
+    "too_small": "is too small",
+    "no_face": "shows no detectable face",
+    "multiple_faces": "shows several faces of similar size",
+    "face_too_small": "shows the face too small",
+    "different_person": "show another person",
+    "blurry": "is blurry",
+    "bad_exposure": "is too dark or too bright",
+    "extreme_pose": "shows the head turned too far",
+    "duplicate": "duplicates another photo",
+}
+
+# What the user should do about each reason (the CLI's and the API's advice line).
+REASON_ADVICE = {
+    "unreadable": "export them again as JPEG, PNG or WebP",
+    "too_large": "send photos under 60 MB and 64 megapixels",
+    "too_small": "send the original photos, not thumbnails",
+    "no_face": "send photos where the face is clearly visible and upright",
+    "multiple_faces": "send photos of the person alone, or crop the others out",
+    "face_too_small": "send closer photos where the face fills more of the frame",
+    "different_person": "remove the photos of other people",
+    "blurry": "send sharper photos (steady hands, good light)",
+    "bad_exposure": "send photos taken in even light",
+    "extreme_pose": "send photos facing the camera more directly",
+    "duplicate": "send different photos rather than copies",
+}
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".avif", ".bmp", ".tif", ".tiff"})
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    # -- what to produce ---------------------------------------------------------------------------
+    top_k: int = 12  # the training set holds at most this many photos
+    min_photos: int = 4  # fewer accepted photos than this is a failure (CLI exit 2)
+    resolution: int = 512  # training crop side (1024 for SDXL)
+    face_fraction: float = 0.55  # the ArcFace 112 layout fills this fraction of the crop (context around)
+    remove_background: bool = False
+    background_engine: str = "auto"  # auto (ONNX "matting" model when present, else grabcut) | grabcut | onnx
+    trigger_word: str = "ohwx"
+    class_word: str = "person"
+    caption_template: str = "a photo of {trigger} {class_word}"
+    face: FaceConfig = field(default_factory=FaceConfig)
+    # -- intake ------------------------------------------------------------------------------------
+    max_side: int = 1024  # photos are analysed at this size (JPEG draft decoding); coordinates mapped back
+    coarse_side: int = 640  # first detection pass runs at this size; finer passes only when needed
+    min_image_side: int = 256  # shorter side (px) below which a photo is too_small
+    max_pixels: int = 64_000_000
+    max_bytes: int = 60 * 1024 * 1024
+    # -- faces -------------------------------------------------------------------------------------
+    min_detection_score: Optional[float] = None  # None: the detector's default (dlib-hog 0.3)
+    dominance_ratio: float = 0.5  # a second face >= this x the largest's size: multiple_faces
+    min_face_px: int = 80  # face box side (sqrt area, original px) below which: face_too_small
+    min_face_fraction: float = 0.06  # face size / photo's shorter side below which: face_too_small
+    # -- scores and rejections ---------------------------------------------------------------------
+    identity_threshold: Optional[float] = None  # None: the embedder's same-person threshold (dlib 0.6)
+    blur_threshold: float = 0.15  # sharpness score below which: blurry
+    exposure_threshold: float = 0.35  # exposure score below which: bad_exposure
+    max_yaw: float = 40.0  # |yaw| above this (degrees): extreme_pose
+    max_pitch: float = 50.0
+    max_roll: float = 40.0
+    duplicate_bits: int = 10  # perceptual-hash Hamming distance (of 128 bits) at or below which: duplicate
+    workers: int = 2  # decode threads (decoding overlaps face analysis)
+
+    def __post_init__(self):
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.min_photos < 1:
+            raise ValueError(f"min_photos must be >= 1, got {self.min_photos}")
+        if self.resolution < 64 or self.resolution % 8:
+            raise ValueError(f"resolution must be a multiple of 8 and >= 64, got {self.resolution}")
+        if not 0.2 <= self.face_fraction <= 1.0:
+            raise ValueError(f"face_fraction must be in [0.2, 1], got {self.face_fraction}")
+        if self.background_engine not in ("auto", "grabcut", "onnx"):
+            raise ValueError(f"background_engine must be auto, grabcut or onnx, got {self.background_engine!r}")
+        if not self.trigger_word.strip():
+            raise ValueError("trigger_word must not be empty")
+        if self.max_side < 256:
+            raise ValueError(f"max_side must be >= 256, got {self.max_side}")
+
+    def with_(self, **changes) -> "PreprocessConfig":
+        return replace(self, **changes)
+
+    def detection_score(self) -> float:
+        if self.min_detection_score is not None:
+            return self.min_detection_score
+        return {"dlib-hog": 0.3, "dlib-mmod": 0.3}.get(self.face.detector, 0.5)

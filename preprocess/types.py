@@ -1,0 +1,62 @@
+"""Result types of preprocessing (plain dataclasses; `report.json` is built from them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from portrait.faces import Face
+
+SCORE_KEYS = ("identity", "quality", "sharpness", "exposure", "face_size", "pose", "total")
+
+
+@dataclass
+class PhotoResult:
+    """One photo's verdict. `face` is in the original photo's pixel coordinates (after EXIF rotation)."""
+
+    file: str
+    accepted: bool = False
+    reasons: list[str] = field(default_factory=list)
+    face: Optional[Face] = None
+    scores: dict = field(default_factory=lambda: {k: None for k in SCORE_KEYS})
+    message: str = ""  # the human detail behind the first reason
+    path: Optional[Path] = None
+    crop: Optional[str] = None  # the crop's file name in train/ when selected
+    facts: dict = field(default_factory=dict)  # format, mode, original_size, exif_rotated, bytes, faces
+
+    def to_dict(self) -> dict:
+        return {
+            "file": self.file,
+            "accepted": self.accepted,
+            "reasons": list(self.reasons),
+            "face": None if self.face is None else self.face.to_dict(),
+            "scores": {k: (None if self.scores.get(k) is None else round(float(self.scores[k]), 4))
+                       for k in SCORE_KEYS},
+            "message": self.message,
+            "crop": self.crop,
+        }
+
+
+@dataclass
+class PreprocessResult:
+    photos: list[PhotoResult]
+    selected: list[str]
+    reference: Optional[str]
+    reference_face: Optional[Face]  # full-resolution coordinates of the reference photo
+    reference_image: Optional[np.ndarray]  # full-resolution RGB of the reference photo
+    embeddings: dict[str, np.ndarray]  # identity vectors of the accepted photos
+    centroid: Optional[np.ndarray]
+    report: dict
+    accepted_count: int
+    train_dir: Optional[Path]
+    engines: dict
+    timings: dict = field(default_factory=dict)  # seconds per stage
+
+    def photo(self, file: str) -> PhotoResult:
+        for p in self.photos:
+            if p.file == file:
+                return p
+        raise KeyError(file)
