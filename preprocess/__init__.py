@@ -10,9 +10,9 @@ stable reason codes, top-k, reference) → crops (aligned, training resolution, 
 removal) → dataset (train/*.png + metadata.jsonl, report.json).
 """
 
-from .config import REASON_ADVICE, REASON_TEXT, REASONS, PreprocessConfig
+from .config import REASON_ADVICE, REASON_TEXT, REASONS, PreprocessConfig, describe
 from .run import run_preprocess
-from .types import PhotoResult, PreprocessResult
+from .types import PhotoResult, PreprocessResult, verdict_message
 
 __all__ = ["REASONS", "REASON_ADVICE", "REASON_TEXT", "PhotoResult", "PreprocessConfig", "PreprocessResult",
-           "run_preprocess"]
+           "describe", "run_preprocess", "verdict_message"]

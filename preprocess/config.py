@@ -26,18 +26,19 @@ REASONS: tuple[str, ...] = (
     "duplicate",
 )
 
+# (plural, singular) verb phrases: "3 of 8 photos show another person", "1 of 8 photos is blurry".
 REASON_TEXT = {
-    "unreadable": "is not a readable image",
-    "too_large": "is too large (file size or pixel count)",
-    "too_small": "is too small",
-    "no_face": "shows no detectable face",
-    "multiple_faces": "shows several faces of similar size",
-    "face_too_small": "shows the face too small",
-    "different_person": "show another person",
-    "blurry": "is blurry",
-    "bad_exposure": "is too dark or too bright",
-    "extreme_pose": "shows the head turned too far",
-    "duplicate": "duplicates another photo",
+    "unreadable": ("are not readable images", "is not a readable image"),
+    "too_large": ("are too large", "is too large"),
+    "too_small": ("are too small", "is too small"),
+    "no_face": ("show no detectable face", "shows no detectable face"),
+    "multiple_faces": ("show several faces of similar size", "shows several faces of similar size"),
+    "face_too_small": ("show the face too small", "shows the face too small"),
+    "different_person": ("show another person", "shows another person"),
+    "blurry": ("are blurry", "is blurry"),
+    "bad_exposure": ("are too dark or too bright", "is too dark or too bright"),
+    "extreme_pose": ("show the head turned too far", "shows the head turned too far"),
+    "duplicate": ("duplicate another photo", "duplicates another photo"),
 }
 
 # What the user should do about each reason (the CLI's and the API's advice line).
@@ -54,6 +55,14 @@ REASON_ADVICE = {
     "extreme_pose": "send photos facing the camera more directly",
     "duplicate": "send different photos rather than copies",
 }
+
+
+
+def describe(reason: str, count: int, total: int) -> str:
+    """`3 of 8 photos show another person: remove the photos of other people`."""
+    plural, singular = REASON_TEXT[reason]
+    return f"{count} of {total} photos {singular if count == 1 else plural}: {REASON_ADVICE[reason]}"
+
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".avif", ".bmp", ".tif", ".tiff"})
 

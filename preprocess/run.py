@@ -193,7 +193,7 @@ def _message(p: PhotoResult, a: _Analysis, dist: float, threshold: float, config
         return f"face sharpness {p.scores['sharpness']:.2f} (at least {config.blur_threshold:.2f} needed)"
     if r == "bad_exposure":
         return f"face exposure {p.scores['exposure']:.2f} (at least {config.exposure_threshold:.2f} needed)"
-    return REASON_TEXT.get(r, r)
+    return REASON_TEXT[r][1]
 
 
 # -- crops ----------------------------------------------------------------------------------------------

@@ -60,3 +60,16 @@ class PreprocessResult:
             if p.file == file:
                 return p
         raise KeyError(file)
+
+
+def verdict_message(result: PreprocessResult, min_photos: int) -> str:
+    """One paragraph for the user: how many photos are usable and what to do about the others."""
+    from .config import REASONS, describe
+
+    total = len(result.photos)
+    counts = {r: sum(r in p.reasons for p in result.photos) for r in REASONS}
+    advice = [describe(r, c, total) for r, c in sorted(counts.items(), key=lambda t: -t[1]) if c]
+    head = (f"{result.accepted_count} of {total} photos accepted, {len(result.selected)} selected for training."
+            if result.accepted_count >= min_photos else
+            f"Only {result.accepted_count} of {total} photos are usable; at least {min_photos} are needed.")
+    return " ".join([head] + [a[0].upper() + a[1:] + "." for a in advice])

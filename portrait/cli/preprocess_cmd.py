@@ -1,0 +1,118 @@
+"""`portrait preprocess` (photos → scored, explained training set) and `portrait samples` (demo photos)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..faces.analysis import DETECTORS, EMBEDDERS, LANDMARKS, FaceConfig
+from .common import EXIT_OK, EXIT_USER, handle_errors, json_option, print_json, progress_bar
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _table(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Photos", show_lines=False)
+    for col in ("file", "verdict", "reason", "identity", "quality", "sharp", "pose", "total"):
+        table.add_column(col, justify="right" if col not in ("file", "verdict", "reason") else "left",
+                         no_wrap=col != "file", overflow="fold")
+    selected = set(result.selected)
+    for p in result.photos:
+        if p.file == result.reference:
+            verdict = "[bold green]reference[/]"
+        elif p.file in selected:
+            verdict = "[green]selected[/]"
+        elif p.accepted:
+            verdict = "[yellow]accepted[/]"
+        else:
+            verdict = "[red]rejected[/]"
+        reason = ", ".join(p.reasons)
+        s = p.scores
+        table.add_row(p.file, verdict, reason, _fmt(s["identity"]), _fmt(s["quality"]), _fmt(s["sharpness"]),
+                      _fmt(s["pose"]), _fmt(s["total"]))
+    console = Console()
+    if not console.is_terminal:  # pipes and logs: wide enough for one line per photo
+        console = Console(width=max(console.width, 120))
+    console.print(table)
+    for p in result.photos:
+        if p.reasons and p.message:
+            console.print(f"  [red]{p.file}[/]: {p.message}", highlight=False)
+
+
+def register(group: click.Group) -> None:
+    @group.command("preprocess")
+    @click.argument("photos_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+    @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+                  help="Output folder: report.json and train/ (crops + metadata.jsonl).")
+    @click.option("--top-k", type=click.IntRange(1, 100), default=12, show_default=True,
+                  help="At most this many photos go into the training set.")
+    @click.option("--resolution", type=click.IntRange(64, 4096), default=512, show_default=True,
+                  help="Training crop side (512 for SD 1.5, 1024 for SDXL).")
+    @click.option("--min-photos", type=click.IntRange(1, 100), default=4, show_default=True,
+                  help="Fewer accepted photos than this is a failure (exit code 2).")
+    @click.option("--remove-background", is_flag=True, help="Put the crops on white (GrabCut, or the ONNX "
+                  "'matting' model when present).")
+    @click.option("--trigger", default="ohwx", show_default=True, help="Caption trigger word.")
+    @click.option("--class-word", default="person", show_default=True, help="Caption class word.")
+    @click.option("--detector", type=click.Choice(DETECTORS), default="dlib-hog", show_default=True)
+    @click.option("--landmarks", type=click.Choice(LANDMARKS), default="dlib68", show_default=True,
+                  help="dlib68's licence excludes commercial use; dlib5 is licence-safe.")
+    @click.option("--embedder", type=click.Choice(EMBEDDERS), default="dlib-resnet", show_default=True)
+    @json_option
+    @handle_errors
+    def preprocess_cmd(photos_dir: Path, out: Path, top_k: int, resolution: int, min_photos: int,
+                       remove_background: bool, trigger: str, class_word: str, detector: str, landmarks: str,
+                       embedder: str, as_json: bool) -> None:
+        """Judge every photo in PHOTOS_DIR and write a training set of the best ones to --out.
+
+        Exit code 0 when at least --min-photos photos were accepted, 2 otherwise (the message says why).
+        """
+        from preprocess import PreprocessConfig, run_preprocess, verdict_message
+
+        from ..errors import ConfigError
+
+        if resolution % 8:
+            raise ConfigError(f"--resolution must be a multiple of 8, got {resolution}")
+        try:
+            config = PreprocessConfig(
+                top_k=top_k, resolution=resolution, min_photos=min_photos, remove_background=remove_background,
+                trigger_word=trigger, class_word=class_word,
+                face=FaceConfig(detector=detector, landmarks=landmarks, embedder=embedder),
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        with progress_bar(not as_json) as progress:
+            result = run_preprocess(photos_dir, out, config, progress=progress)
+        ok = result.accepted_count >= min_photos
+        message = verdict_message(result, min_photos)
+        if as_json:
+            print_json(dict(result.report, ok=ok, message=message, out=str(out)))
+        else:
+            _table(result)
+            click.secho(message, fg=None if ok else "red", err=not ok)
+            if ok:
+                click.echo(f"Training set: {out / 'train'} ({len(result.selected)} crops); report: "
+                           f"{out / 'report.json'}; reference: {result.reference}")
+        sys.exit(EXIT_OK if ok else EXIT_USER)
+
+    @group.command("samples")
+    @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+    @json_option
+    @handle_errors
+    def samples_cmd(out_dir: Path, as_json: bool) -> None:
+        """Write demo photos (public-domain portraits and variants) into OUT_DIR."""
+        from ..samples import write_sample_photos
+
+        paths = write_sample_photos(out_dir)
+        if as_json:
+            print_json({"dir": str(out_dir), "files": [p.name for p in paths]})
+        else:
+            click.echo(f"Wrote {len(paths)} sample photos to {out_dir} "
+                       f"(try: portrait preprocess {out_dir} --out out/preprocess)")
