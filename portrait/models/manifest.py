@@ -39,6 +39,7 @@ ModelKind = Literal[
     "ip_adapter",
     "instantid",
     "lora",
+    "tokenizer",
 ]
 MODEL_KINDS: tuple[str, ...] = ModelKind.__args__  # type: ignore[attr-defined]
 
@@ -144,6 +145,13 @@ BUILTIN: tuple[ModelSpec, ...] = (
         description="Stable Diffusion XL base", architecture="sdxl", required=("model_index.json",),
     ),
     ModelSpec(
+        "clip-tokenizer", "tokenizer", "tokenizer/clip-vit-large-patch14", licence="MIT (OpenAI CLIP)",
+        commercial_use=True, source="the tokenizer/ folder of any SD 1.5 or SDXL diffusers model, or "
+        "openai/clip-vit-large-patch14 (vocab.json + merges.txt)",
+        description="CLIP BPE vocabulary; only needed to load single-file SD checkpoints (diffusers folders carry "
+        "their own tokenizer)", required=("vocab.json", "merges.txt"),
+    ),
+    ModelSpec(
         "controlnet-canny", "controlnet", "controlnet/sd15-canny", licence="OpenRAIL", commercial_use=True,
         source="lllyasviel/control_v11p_sd15_canny (diffusers folder)", architecture="sd15",
         description="canny-edge ControlNet", required=("config.json",),
@@ -236,7 +244,7 @@ class Manifest:
             if not isinstance(entry, dict):
                 raise ConfigError(f"{path}: [models.{name}] must be a table")
             unknown = set(entry) - {"path", "sha256", "kind", "licence", "commercial_use", "source",
-                                    "description", "architecture", "required"}
+                                    "description", "architecture", "required", "config"}
             if unknown:
                 raise ConfigError(f"{path}: [models.{name}] has unknown keys {sorted(unknown)}")
             base = self.specs.get(name)
@@ -246,7 +254,10 @@ class Manifest:
                 base = ModelSpec(name=name, kind=entry["kind"], path=entry["path"])
             if "kind" in entry and entry["kind"] not in MODEL_KINDS:
                 raise ConfigError(f"{path}: [models.{name}] kind must be one of {', '.join(MODEL_KINDS)}")
-            changes = {k: v for k, v in entry.items() if k != "required"}
+            changes = {k: v for k, v in entry.items() if k not in ("required", "config")}
+            if "config" in entry:  # a local diffusers config folder for a single-file checkpoint
+                cfg_path = Path(entry["config"]).expanduser()
+                changes["extra"] = {**base.extra, "config": str(cfg_path if cfg_path.is_absolute() else path.parent / cfg_path)}
             if "required" in entry:
                 changes["required"] = tuple(entry["required"])
             if "path" in entry and not Path(entry["path"]).is_absolute():

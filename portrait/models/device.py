@@ -1,0 +1,46 @@
+"""Device and dtype choice: cuda → fp16 (bf16 on request where supported), mps → fp16, cpu → fp32.
+
+Overridable per call or through $PORTRAIT_DEVICE / $PORTRAIT_DTYPE.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import ConfigError
+
+_DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16", "half": "float16",
+           "bf16": "bfloat16", "bfloat16": "bfloat16"}
+
+
+def pick_device(device: str | None = None, dtype: str | None = None):
+    """(torch.device, torch.dtype) for diffusion work; explicit arguments beat the environment."""
+    import torch
+
+    device = device or os.environ.get("PORTRAIT_DEVICE") or None
+    dtype = dtype or os.environ.get("PORTRAIT_DTYPE") or None
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            device = "mps"
+        else:
+            device = "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {device!r} ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but torch sees no CUDA device")
+    if dtype in (None, "auto"):
+        return dev, (torch.float32 if dev.type == "cpu" else torch.float16)
+    name = _DTYPES.get(str(dtype).lower())
+    if name is None:
+        raise ConfigError(f"unknown dtype {dtype!r}; choose one of fp32, fp16, bf16")
+    if name == "bfloat16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        name = "float16"
+    return dev, getattr(torch, name)
+
+
+def dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")

@@ -1,0 +1,284 @@
+"""Loading diffusion models from local files only, once per process.
+
+    pipe = load_base("sd15")                                  # a manifest name, a diffusers folder or a .safetensors
+    canny = load_controlnet("controlnet-canny")
+    inpaint = inpaint_pipeline(pipe, [canny])                 # shares the base's components: no reload
+    set_identity_lora(pipe, "user1/identity.safetensors")     # swap identities on the same cached base
+
+A name is looked up in the manifest (`portrait models list`); anything else is a path. Single-file
+checkpoints are read with a local diffusers config (shipped in portrait/models/configs/<arch>/, or the
+`config` folder a models.toml entry names), so nothing is fetched from the hub: loading sets
+HF_HUB_OFFLINE and passes local_files_only. Models are cached per (path, device, dtype).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import ConfigError, ModelMissingError
+from .device import pick_device
+from .manifest import Manifest, ModelSpec, get_manifest
+
+CONFIGS_DIR = Path(__file__).parent / "configs"
+ARCHITECTURES = ("sd15", "sdxl")
+_SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
+
+_CACHE: dict[tuple, Any] = {}
+
+
+def _dtype_kw(dt) -> dict:
+    """diffusers >= 0.42 takes `dtype=` (and warns on `torch_dtype=`); older ones only `torch_dtype=`."""
+    import diffusers
+    from packaging.version import Version
+
+    return {"dtype" if Version(diffusers.__version__).release >= (0, 42) else "torch_dtype": dt}
+_LOCK = threading.RLock()
+
+
+@contextmanager
+def offline() -> Iterator[None]:
+    """HF_HUB_OFFLINE=1 for the duration (every from_pretrained also gets local_files_only=True)."""
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+
+
+def clear_cache() -> None:
+    """Forget every loaded model (the next load reads the files again)."""
+    with _LOCK:
+        _CACHE.clear()
+
+
+# -- resolving names and architectures --------------------------------------------------------------
+def resolve_model(name_or_path: str | Path, manifest: Manifest | None = None) -> tuple[Path, ModelSpec | None]:
+    """(path, manifest spec or None) for a manifest name or a path; ModelMissingError / ModelHashError."""
+    manifest = manifest or get_manifest()
+    name = str(name_or_path)
+    if name in manifest.specs:
+        return manifest.require(name), manifest.spec(name)
+    path = Path(name).expanduser()
+    if path.exists():
+        return path, None
+    raise ModelMissingError(
+        name, path, "It is neither an existing file or folder nor a model name from `portrait models list` "
+        f"(known diffusion models: {', '.join(s.name for s in manifest.all() if s.kind == 'diffusion_base')}). "
+        "Give a diffusers folder, a single .safetensors checkpoint, or add it to models.toml.")
+
+
+def _single_file_keys(path: Path) -> list[str]:
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    import torch
+
+    sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    return list(sd.get("state_dict", sd).keys())
+
+
+def detect_architecture(path: str | Path) -> str:
+    """'sd15' or 'sdxl' for a diffusers folder (model_index.json) or an original-layout checkpoint (keys)."""
+    path = Path(path)
+    if path.is_dir():
+        index = path / "model_index.json"
+        if index.is_file():
+            cls = json.loads(index.read_text()).get("_class_name", "")
+            return "sdxl" if "XL" in cls else "sd15"
+        cfg = path / "config.json"  # a ControlNet / UNet folder
+        if cfg.is_file():
+            return "sdxl" if json.loads(cfg.read_text()).get("addition_embed_type") == "text_time" else "sd15"
+        raise ConfigError(f"{path}: not a diffusers folder (no model_index.json or config.json)")
+    keys = _single_file_keys(path)
+    if any(k.startswith("conditioner.embedders.1.") or k.endswith("label_emb.0.0.weight") for k in keys):
+        return "sdxl"
+    if any(k.startswith("cond_stage_model.transformer.") or k.startswith("control_model.") for k in keys):
+        return "sd15"
+    raise ConfigError(f"{path}: cannot tell the architecture from its keys; pass arch='sd15' or 'sdxl' "
+                      "(or set architecture in models.toml). Supported: SD 1.5 and SDXL.")
+
+
+def _config_folder(path: Path, spec: ModelSpec | None, arch: str | None, prefix: str = "") -> Path:
+    """The local diffusers config that reads single file `path`: the models.toml `config` folder, a folder
+    given as `arch`, or the shipped configs/<prefix><arch>/ (arch detected from the keys if not given)."""
+    if spec is not None and spec.extra.get("config"):
+        return Path(spec.extra["config"])
+    if arch and Path(arch).is_dir():
+        return Path(arch)
+    arch = arch or detect_architecture(path)
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"unsupported architecture {arch!r}; supported: {', '.join(ARCHITECTURES)}")
+    return CONFIGS_DIR / f"{prefix}{arch}"
+
+
+def _pipeline_class(arch: str):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"unsupported architecture {arch!r}; supported: {', '.join(ARCHITECTURES)}")
+    return StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file()
+
+
+def _clip_tokenizers(config: Path, arch: str, manifest: Manifest) -> dict:
+    """Tokenizers to pass to from_single_file when the config folder carries no vocabulary."""
+    from transformers import CLIPTokenizer
+
+    kwargs = {}
+    for sub, pad in (("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")):
+        if sub == "tokenizer_2" and arch != "sdxl":
+            continue
+        if _has_tokenizer(config / sub):
+            continue
+        vocab = manifest.require("clip-tokenizer")
+        kwargs[sub] = CLIPTokenizer.from_pretrained(str(vocab), pad_token=pad, model_max_length=77,
+                                                    local_files_only=True)
+    return kwargs
+
+
+# -- base pipelines ----------------------------------------------------------------------------------
+def load_base(name_or_path: str | Path, *, manifest: Manifest | None = None, device: str | None = None,
+              dtype: str | None = None, arch: str | None = None):
+    """The StableDiffusionPipeline / StableDiffusionXLPipeline for a manifest name or path, cached per
+    (resolved path, device, dtype)."""
+    manifest = manifest or get_manifest()
+    path, spec = resolve_model(name_or_path, manifest)
+    dev, dt = pick_device(device, dtype)
+    key = ("base", str(path.resolve()), str(dev), str(dt))
+    with _LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        with offline():
+            pipe = _load_base(path, spec, arch or (spec.architecture if spec else None), dt, manifest)
+        pipe.to(dev)
+        pipe.set_progress_bar_config(disable=True)
+        _CACHE[key] = pipe
+        return pipe
+
+
+def _load_base(path: Path, spec: ModelSpec | None, arch: str | None, dt, manifest: Manifest):
+    if path.is_dir():
+        arch = detect_architecture(path)
+        cls = _pipeline_class(arch)
+        extra = {"safety_checker": None, "requires_safety_checker": False} if arch == "sd15" else {}
+        return cls.from_pretrained(str(path), **_dtype_kw(dt), local_files_only=True, **extra)
+    if path.suffix not in _SINGLE_FILE_SUFFIXES:
+        raise ConfigError(f"{path}: a base model is a diffusers folder or a .safetensors / .ckpt file")
+    config = _config_folder(path, spec, arch)
+    arch = detect_architecture(config)
+    cls = _pipeline_class(arch)
+    kwargs = _clip_tokenizers(config, arch, manifest)
+    if arch == "sd15":
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    return cls.from_single_file(str(path), config=str(config), **_dtype_kw(dt), local_files_only=True, **kwargs)
+
+
+# -- ControlNets -------------------------------------------------------------------------------------
+def load_controlnet(name_or_path: str | Path, *, manifest: Manifest | None = None, device: str | None = None,
+                    dtype: str | None = None):
+    """A ControlNetModel from a manifest name, a diffusers folder or a single file; cached likewise."""
+    from diffusers import ControlNetModel
+
+    manifest = manifest or get_manifest()
+    path, spec = resolve_model(name_or_path, manifest)
+    dev, dt = pick_device(device, dtype)
+    key = ("controlnet", str(path.resolve()), str(dev), str(dt))
+    with _LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        with offline():
+            if path.is_dir():
+                net = ControlNetModel.from_pretrained(str(path), **_dtype_kw(dt), local_files_only=True)
+            else:
+                config = _config_folder(path, spec, spec.architecture if spec else None, "controlnet-")
+                net = ControlNetModel.from_single_file(str(path), config=str(config), **_dtype_kw(dt),
+                                                       local_files_only=True)
+        net.to(dev)
+        _CACHE[key] = net
+        return net
+
+
+# -- derived pipelines (share the base's modules) ----------------------------------------------------
+def is_sdxl(pipe) -> bool:
+    return "text_encoder_2" in pipe.components
+
+
+def text2img_pipeline(base):
+    """The text-to-image pipeline: the base itself (load_base returns text2img pipelines)."""
+    return base
+
+
+def inpaint_pipeline(base, controlnets: list | tuple = ()):
+    """An SD / SDXL (ControlNet) inpaint pipeline built on the base's modules (no weights are reloaded).
+
+    One ControlNet is passed as is; several as a MultiControlNetModel; none gives the plain inpaint
+    pipeline. Derived pipelines are cached on the base, keyed by the ControlNets' identities.
+    """
+    from diffusers import (MultiControlNetModel, StableDiffusionControlNetInpaintPipeline, StableDiffusionInpaintPipeline,
+                           StableDiffusionXLControlNetInpaintPipeline, StableDiffusionXLInpaintPipeline)
+
+    controlnets = list(controlnets)
+    derived = base.__dict__.setdefault("_portrait_derived", {})
+    key = ("inpaint", tuple(id(c) for c in controlnets))
+    if key in derived:
+        return derived[key][0]
+    xl = is_sdxl(base)
+    if not controlnets:
+        pipe = (StableDiffusionXLInpaintPipeline if xl else StableDiffusionInpaintPipeline).from_pipe(base)
+    else:
+        net = controlnets[0] if len(controlnets) == 1 else MultiControlNetModel(controlnets)
+        cls = StableDiffusionXLControlNetInpaintPipeline if xl else StableDiffusionControlNetInpaintPipeline
+        pipe = cls.from_pipe(base, controlnet=net)
+    pipe.set_progress_bar_config(disable=True)
+    derived[key] = (pipe, controlnets)  # keep the nets alive so their ids stay unique
+    return pipe
+
+
+# -- LoRAs -------------------------------------------------------------------------------------------
+def _lora_key(path: str | Path) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise ModelMissingError(p.name, p, "The LoRA file does not exist: train one with `portrait train` or "
+                                "check the path.")
+    st = p.stat()
+    return f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def set_identity_lora(pipe, lora_path: str | Path | None, weight: float = 1.0, style_lora: str | Path | None = None,
+                      style_weight: float = 0.0) -> None:
+    """Load, replace or (None) unload the identity and style LoRAs on `pipe` without reloading the base.
+
+    Adapters are named "identity" and "style" and combined with set_adapters. The state lives on the
+    UNet, so pipelines derived from the same base (inpaint_pipeline) see the same LoRAs.
+    """
+    loaded: dict[str, str] = pipe.unet.__dict__.setdefault("_portrait_loras", {})
+    wanted = {"identity": lora_path, "style": style_lora if style_weight else None}
+    with offline():
+        for name, path in wanted.items():
+            key = _lora_key(path) if path is not None else None
+            if loaded.get(name) == key:
+                continue
+            if name in loaded:
+                pipe.delete_adapters(name)
+                del loaded[name]
+            if path is not None:
+                pipe.load_lora_weights(str(path), adapter_name=name)
+                loaded[name] = key
+    active = [n for n in ("identity", "style") if n in loaded]
+    if active:
+        weights = {"identity": weight, "style": style_weight}
+        pipe.set_adapters(active, adapter_weights=[weights[n] for n in active])
