@@ -108,7 +108,7 @@ def embed_identity(source: str | Path | Sequence[np.ndarray | str | Path], face_
 
     Each photo's largest face is embedded with the configured engine; vectors are L2-normalised,
     averaged and renormalised. Photos without a face are skipped (their names in `sources` are
-    absent); fewer than `min_faces` usable photos raise NotEnoughPhotosError.
+    absent; the rest are listed nearest the mean first); fewer than `min_faces` usable photos raise NotEnoughPhotosError.
     """
     from ..faces import FaceConfig, get_face_analysis
     from ..imageio import load_rgb
@@ -141,6 +141,8 @@ def embed_identity(source: str | Path | Sequence[np.ndarray | str | Path], face_
         raise NotEnoughPhotosError(f"found a usable face in {len(vectors)} of {len(items)} photos; need {min_faces}")
     mean = np.mean(vectors, axis=0)
     mean /= np.linalg.norm(mean) + 1e-12
+    order = np.argsort([float(np.linalg.norm(v - mean)) for v in vectors], kind="stable")
+    names = [names[i] for i in order]  # nearest the identity first: sources[0] is the best reference
     return FaceIdentity(mean.astype(np.float32), fa.config.embedder, fa.metric, len(vectors),
                         float(np.mean(norms)), names)
 

@@ -1,0 +1,196 @@
+"""Two-pass template inpainting on tiny random models: size, untouched pixels, seeds, ControlNets, LoRA,
+and the clear errors of `portrait generate` when a model is missing."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+pytest.importorskip("diffusers")
+
+from helpers_diffusion import load_models, small_template, tiny_models  # noqa: E402
+
+from portrait.generate import controls  # noqa: E402
+from portrait.generate.template_inpaint import (PASS1, PASS2, Identity, InpaintJob, TemplateInpaint,  # noqa: E402
+                                                job_from_template)
+from portrait.post import masks  # noqa: E402
+
+CROP = 96  # working resolution: fast on 2 cores, still a real two-pass run
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    return tiny_models(tmp_path_factory.mktemp("tiny-diffusion"))
+
+
+@pytest.fixture(scope="session")
+def models(tiny):
+    return load_models(tiny)
+
+
+@pytest.fixture(scope="session")
+def scene(astronaut, grace_hopper, face_analysis):
+    tpl, tface = small_template(astronaut, face_analysis)
+    ref_face = face_analysis.analyze(grace_hopper)[0]
+    return tpl, tface, grace_hopper, ref_face
+
+
+def _job(scene, **kw):
+    tpl, tface, _, _ = scene
+    base = dict(prompt="a studio portrait", pass1=replace(PASS1, steps=4), pass2=replace(PASS2, steps=4), seed=3)
+    return InpaintJob(tpl, tface, **{**base, **kw})
+
+
+def _run(models, scene, identity, **kw):
+    _, _, ref, rface = scene
+    return TemplateInpaint(models, crop_size=CROP)(_job(scene, **kw), identity, ref, rface, keep_stages=True)[0]
+
+
+@pytest.fixture(scope="session")
+def reference_result(models, scene, tiny):
+    return _run(models, scene, Identity(lora=tiny["lora"]))
+
+
+def test_output_has_template_size_and_pixels_outside_the_mask_are_the_templates(reference_result, scene):
+    tpl, tface, _, _ = scene
+    out = reference_result.image
+    assert out.shape == tpl.shape and out.dtype == np.uint8
+    assert (out != tpl).any(), "the face region must change"
+    # Independently of the result's own mask: nothing outside the generously dilated face changes.
+    region = masks.dilate(masks.face_mask(tpl.shape[:2], tface), int(tface.size * 0.5))
+    assert (out[region == 0] == tpl[region == 0]).all()
+    assert (out[reference_result.mask == 0] == tpl[reference_result.mask == 0]).all()
+    assert {"fused", "replaced", "pass1", "color", "fused2", "pass2"} <= set(reference_result.stages)
+    assert reference_result.stages["pass1"].shape == (CROP, CROP, 3)
+
+
+def test_same_seed_same_image_other_seed_differs(models, scene, tiny, reference_result):
+    again = _run(models, scene, Identity(lora=tiny["lora"]))
+    assert np.array_equal(again.image, reference_result.image)
+    other = _run(models, scene, Identity(lora=tiny["lora"]), seed=4)
+    assert not np.array_equal(other.image, reference_result.image)
+
+
+def _face_diff(a, b, mask) -> float:
+    sel = mask > 0
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16))[sel].mean())
+
+
+def test_dropping_a_controlnet_changes_the_face_and_does_not_run_it(models, scene, tiny, reference_result):
+    no_canny = replace(PASS1, steps=4, controlnets={**PASS1.controlnets, "canny": 0.0})
+    assert [n for n, _ in no_canny.active()] == ["openpose", "color"]
+    res = _run(models, scene, Identity(lora=tiny["lora"]), pass1=no_canny)
+    assert _face_diff(res.image, reference_result.image, reference_result.mask) > 0.5
+    assert res.details["controlnets"]["pass1"] == {"openpose": 0.3, "color": 0.5}
+    assert len(models.pipeline(("openpose", "color")).controlnet.nets) == 2
+
+
+def test_removing_the_lora_changes_the_face(models, scene, tiny, reference_result):
+    res = _run(models, scene, Identity(lora=tiny["lora"], lora_weight=0.0))
+    assert _face_diff(res.image, reference_result.image, reference_result.mask) > 0.5
+
+
+def test_batched_templates_match_single_runs(models, scene, tiny, reference_result):
+    _, _, ref, rface = scene
+    jobs = [_job(scene), _job(scene, seed=4)]
+    out = TemplateInpaint(models, crop_size=CROP)(jobs, Identity(lora=tiny["lora"]), ref, rface)
+    assert len(out) == 2
+    assert _face_diff(out[0].image, reference_result.image, reference_result.mask) < 1.0
+    assert not np.array_equal(out[0].image, out[1].image)
+
+
+def test_check_inputs_and_interrupt(models, scene, tiny):
+    _, _, ref, rface = scene
+    ti = TemplateInpaint(models, crop_size=CROP)
+    with pytest.raises(ValueError, match="strength"):
+        ti(_job(scene, pass1=replace(PASS1, strength=1.5)), Identity(lora=tiny["lora"]), ref, rface)
+    with pytest.raises(ValueError, match="unknown ControlNet"):
+        ti(_job(scene, pass1=replace(PASS1, controlnets={"depth": 1.0})), Identity(lora=tiny["lora"]), ref, rface)
+    with pytest.raises(ValueError, match="neither a LoRA nor a face"):
+        ti(_job(scene), Identity(), ref, rface)
+    with pytest.raises(ValueError, match="faceid_adapter"):
+        ti(_job(scene), Identity(face=object()), ref, rface)
+
+    def stop(stage, done, total):
+        if stage == "inpaint 1":
+            ti.interrupt = True
+
+    with pytest.raises(InterruptedError):
+        ti(_job(scene), Identity(lora=tiny["lora"]), ref, rface, callback=stop)
+
+
+def test_job_from_template_reads_settings_and_overrides(scene):
+    tpl, tface, _, _ = scene
+    template = {"name": "astro", "image": tpl, "faces": [tface], "prompt": "p", "seed": 7,
+                "inpaint": {"strength": 0.5, "steps": 12, "controlnets": {"canny": 0.7, "color": 0.2}},
+                "edge": {"strength": 0.25, "controlnets": {"tile": 1.0}}}
+    job = job_from_template(template)
+    assert (job.seed, job.pass1.strength, job.pass1.steps, dict(job.pass1.controlnets)) == (7, 0.5, 12, {"canny": 0.7, "color": 0.2})
+    assert job.pass2.strength == 0.25 and dict(job.pass2.controlnets) == {"tile": 1.0} and job.pass2.steps == PASS2.steps
+    job = job_from_template(template, steps=3, seed=1, strength=0.9, controlnets={"canny": 0.0})
+    assert (job.seed, job.pass1.steps, job.pass2.steps, job.pass1.strength) == (1, 3, 3, 0.9)
+    assert [n for n, _ in job.pass1.active()] == ["color"]
+
+
+def test_controls_and_crop_geometry(scene):
+    tpl, tface, _, _ = scene
+    crop = controls.face_crop(tpl.shape[:2], tface, 100)
+    assert crop.size == 96 and crop.side <= 256 and 0 <= crop.x0 <= 256 - crop.side
+    face = crop.face(tface)
+    img = crop.crop(tpl)
+    kp = controls.face_keypoints(img.shape[:2], face)
+    assert kp.shape == img.shape and kp.any()
+    five = replace(face, landmarks68=None)
+    assert controls.face_keypoints(img.shape[:2], five).any()
+    m = controls.inpaint_mask(img.shape[:2], face)
+    ring = controls.edge_ring(m, 3, 3)
+    assert ring.any() and not (ring & controls.edge_ring(m, 3, 3) & ~masks.dilate(m, 3)).any()
+    for c in controls.make_controls(controls.CONTROL_NAMES, fused=img, replaced=img, faces=face):
+        assert c.shape == img.shape and c.dtype == np.uint8
+
+
+# -- CLI: missing models give a clear error and exit code 2 ------------------------------------------
+
+def _cli(args):
+    from click.testing import CliRunner
+
+    from portrait.cli import cli
+
+    return CliRunner().invoke(cli, args)
+
+
+def test_generate_cli_missing_base_model(empty_models_dir, tiny, astronaut, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(astronaut).save(tmp_path / "astro.png")
+    res = _cli(["generate", "--identity", str(tiny["lora"]), "--template", str(tmp_path / "astro.png"),
+                "--reference", str(tmp_path / "astro.png"), "--out", str(tmp_path / "out"), "--json"])
+    assert res.exit_code == 2, res.output
+    err = json.loads(res.output.strip().splitlines()[-1])
+    assert err["error"] == "model_missing" and err["model"] == "sd15"
+    assert str(empty_models_dir / "diffusion" / "sd15") in err["message"]
+
+
+def test_generate_cli_missing_controlnet_and_bad_hash(empty_models_dir, tiny, astronaut, tmp_path):
+    from PIL import Image
+
+    from portrait.models import manifest as manifest_mod
+
+    Image.fromarray(astronaut).save(tmp_path / "astro.png")
+    single = tmp_path / "base.safetensors"
+    single.write_bytes(b"not a checkpoint")
+    (empty_models_dir / "models.toml").write_text(
+        f'[models.sd15]\npath = "{tiny["base"]}"\n\n[models.mybase]\nkind = "diffusion_base"\npath = "{single}"\n'
+        f'sha256 = "{"0" * 64}"\n')
+    manifest_mod._MANIFESTS.clear()
+    args = ["generate", "--identity", str(tiny["lora"]), "--template", str(tmp_path / "astro.png"),
+            "--reference", str(tmp_path / "astro.png"), "--out", str(tmp_path / "out")]
+    res = _cli(args)
+    assert res.exit_code == 2, res.output
+    assert "controlnet-canny" in res.output and str(empty_models_dir / "controlnet" / "sd15-canny") in res.output
+    res = _cli([*args, "--base-model", "mybase"])
+    assert res.exit_code == 2 and "mybase" in res.output and "sha256" in res.output
+    manifest_mod._MANIFESTS.clear()
