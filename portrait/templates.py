@@ -1,0 +1,395 @@
+"""Templates: a folder with an image and a template.toml.
+
+    templates/studio-grey/
+        template.jpg        the portrait whose face slot(s) receive the user's face
+        template.toml       settings (below), validated on load
+        .faces.json         face boxes and landmarks detected from the image (a cache, never typed;
+                            rebuilt when the image's sha256 or the face engines change)
+
+template.toml (every key optional except `name`):
+
+    name = "studio-grey"
+    description = "Head and shoulders on a studio-grey backdrop"
+    image = "template.jpg"              # default: the folder's only image file
+    prompt = "a studio portrait photo of a person, soft light"
+    negative_prompt = "blurry, deformed"
+    faces = [0]                         # face slots to replace; slots are numbered left to right
+    seed = 1234
+    [inpaint]                           # pass 1: the face
+    strength = 0.45
+    steps = 30
+    guidance_scale = 7.0
+    controlnets = { canny = 0.5, openpose = 0.3, color = 0.5 }
+    [edge]                              # pass 2: the ring around the face
+    strength = 0.3
+    steps = 20
+    controlnets = { tile = 0.8, canny = 0.8 }
+    [style]
+    lora = "styles/film.safetensors"    # a file (relative to the template folder) or a manifest model name
+    weight = 0.6
+    [output]
+    max_side = 1024                     # the template image is resized to this before processing
+    upscale = 2.0                       # final super-resolution factor (1 = none)
+
+Search path: the repository's `templates/` folder, then the user's folder ($PORTRAIT_TEMPLATES_DIR,
+default ~/.local/share/portrait/templates), where `portrait templates add` writes. A user template
+with the same name as a bundled one overrides it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+import portrait
+
+from .errors import ImageError, TemplateError
+from .faces.types import Face
+from .generate.controls import CONTROL_NAMES
+from .imageio import decode_image, save_image
+
+TOML_NAME = "template.toml"
+FACE_CACHE = ".faces.json"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+MIN_FACE_PX = 64  # a template face smaller than this (sqrt of box area) is too small to receive a face
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PassConfig:
+    """One diffusion pass: denoise strength, steps, guidance and ControlNet scales by name."""
+
+    strength: float
+    steps: int
+    controlnets: dict = field(default_factory=dict)
+    guidance_scale: float = 7.0
+
+
+DEFAULT_INPAINT = PassConfig(0.45, 30, {"canny": 0.5, "openpose": 0.3, "color": 0.5})
+DEFAULT_EDGE = PassConfig(0.3, 20, {"tile": 0.8, "canny": 0.8})
+
+
+@dataclass
+class Template:
+    name: str
+    directory: Path
+    image_path: Path
+    description: str = ""
+    prompt: str = "a studio portrait photo of a person, high quality, detailed skin"
+    negative_prompt: str = "blurry, deformed, lowres, bad anatomy, watermark"
+    faces: tuple[int, ...] = (0,)
+    seed: int | None = None
+    inpaint: PassConfig = DEFAULT_INPAINT
+    edge: PassConfig = DEFAULT_EDGE
+    style_lora: str | None = None
+    style_weight: float = 0.6
+    max_side: int = 1024
+    upscale: float = 2.0
+    _faces: list[Face] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def toml_path(self) -> Path:
+        return self.directory / TOML_NAME
+
+    def image(self) -> np.ndarray:
+        """The template image, uint8 RGB (TemplateError when it cannot be decoded)."""
+        try:
+            return decode_image(self.image_path).pixels
+        except ImageError as exc:
+            raise TemplateError(f"{self.image_path}: template image is unusable: {exc.reason}") from exc
+
+    def detected_faces(self, face_analysis=None) -> list[Face]:
+        """Every face in the image, left to right (slot order), from the cache or detected now."""
+        if self._faces is None:
+            self._faces = template_faces(self.image_path, face_analysis)
+        return self._faces
+
+    def slot_faces(self, face_analysis=None) -> dict[int, Face]:
+        """The faces to replace, by slot; TemplateError if `faces` names a slot the image lacks."""
+        found = self.detected_faces(face_analysis)
+        missing = [i for i in self.faces if i >= len(found)]
+        if missing:
+            raise TemplateError(f"{self.toml_path}: key 'faces' names slot(s) {missing} but the image has "
+                                f"{len(found)} usable face(s)")
+        return {i: found[i] for i in self.faces}
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        d.update(directory=str(self.directory), image_path=str(self.image_path), faces=list(self.faces))
+        return d
+
+
+# -- search path ----------------------------------------------------------------------------------
+def bundled_dir() -> Path:
+    return Path(portrait.__file__).resolve().parent.parent / "templates"
+
+
+def user_dir() -> Path:
+    env = os.environ.get("PORTRAIT_TEMPLATES_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "portrait" / "templates"
+
+
+def template_dirs() -> list[Path]:
+    """Folders searched for templates, highest priority first: the user's, then the bundled ones."""
+    return [user_dir(), bundled_dir()]
+
+
+# -- validation -----------------------------------------------------------------------------------
+class _Reader:
+    """Typed access to a parsed template.toml; every error names the file and the key."""
+
+    def __init__(self, path: Path, data: dict):
+        self.path, self.data = path, data
+
+    def fail(self, key: str, msg: str) -> TemplateError:
+        return TemplateError(f"{self.path}: key '{key}' {msg}")
+
+    def get(self, table: dict, key: str, full: str, kind, default=None, *, lo=None, hi=None, lo_open=False):
+        if key not in table:
+            return default
+        v = table[key]
+        if kind is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if kind is str and not isinstance(v, str) or kind is int and (not isinstance(v, int) or isinstance(v, bool)) \
+                or kind is float and not isinstance(v, float):
+            raise self.fail(full, f"must be {kind.__name__}, got {type(v).__name__} {v!r}")
+        if kind is float and not np.isfinite(v):
+            raise self.fail(full, f"must be finite, got {v!r}")
+        if lo is not None and (v <= lo if lo_open else v < lo) or hi is not None and v > hi:
+            rng = f"{'(' if lo_open else '['}{lo}, {hi}]"
+            raise self.fail(full, f"must be in {rng}, got {v!r}")
+        return v
+
+    def table(self, key: str) -> dict:
+        t = self.data.get(key, {})
+        if not isinstance(t, dict):
+            raise self.fail(key, f"must be a table, got {type(t).__name__}")
+        return t
+
+    def unknown(self, table: dict, allowed: Iterable[str], prefix: str = "") -> None:
+        extra = sorted(set(table) - set(allowed))
+        if extra:
+            raise self.fail(prefix + extra[0], f"is unknown (allowed: {', '.join(sorted(allowed))})")
+
+    def pass_config(self, key: str, default: PassConfig) -> PassConfig:
+        t = self.table(key)
+        self.unknown(t, ("strength", "steps", "guidance_scale", "controlnets"), f"{key}.")
+        strength = self.get(t, "strength", f"{key}.strength", float, default.strength, lo=0.0, hi=1.0, lo_open=True)
+        steps = self.get(t, "steps", f"{key}.steps", int, default.steps, lo=1, hi=500)
+        guidance = self.get(t, "guidance_scale", f"{key}.guidance_scale", float, default.guidance_scale, lo=0.0, hi=50.0)
+        nets = t.get("controlnets", default.controlnets)
+        if not isinstance(nets, dict):
+            raise self.fail(f"{key}.controlnets", f"must be a table of name = scale, got {type(nets).__name__}")
+        for n in nets:
+            if n not in CONTROL_NAMES:
+                raise self.fail(f"{key}.controlnets.{n}", f"is not a known ControlNet ({', '.join(CONTROL_NAMES)})")
+        scales = {n: self.get(nets, n, f"{key}.controlnets.{n}", float, lo=0.0, hi=2.0) for n in nets}
+        if int(steps * strength) < 1:
+            raise self.fail(f"{key}.steps", f"x strength = {steps * strength:.2f} leaves no denoising step")
+        return PassConfig(strength, steps, scales, guidance)
+
+
+TOP_KEYS = ("name", "description", "image", "prompt", "negative_prompt", "faces", "seed", "inpaint", "edge", "style",
+            "output")
+
+
+def _find_image(directory: Path, r: _Reader) -> Path:
+    name = r.get(r.data, "image", "image", str)
+    if name is not None:
+        p = directory / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise r.fail("image", f"must be a file name inside the template folder, got {name!r}")
+        if not p.is_file():
+            raise r.fail("image", f"names {name!r}, which does not exist in {directory}")
+        return p
+    found = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if len(found) != 1:
+        raise r.fail("image", f"is needed: the folder holds {len(found)} image files, set image = \"...\"")
+    return found[0]
+
+
+def parse_template(directory: str | Path) -> Template:
+    """Read and validate `directory`/template.toml (no image decoding, no face detection)."""
+    directory = Path(directory)
+    path = directory / TOML_NAME
+    if not path.is_file():
+        raise TemplateError(f"{path}: not found (a template folder needs a {TOML_NAME})")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise TemplateError(f"{path}: cannot parse ({exc})") from exc
+    r = _Reader(path, data)
+    r.unknown(data, TOP_KEYS)
+    name = r.get(data, "name", "name", str, directory.name)
+    if not NAME_RE.match(name):
+        raise r.fail("name", f"must be lower-case letters, digits, '-' or '_' (max 64), got {name!r}")
+    faces = data.get("faces", [0])
+    if not isinstance(faces, list) or not faces or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 64
+                                                           for i in faces) or len(set(faces)) != len(faces):
+        raise r.fail("faces", f"must be a non-empty list of distinct face slots (integers 0..63), got {faces!r}")
+    style, output = r.table("style"), r.table("output")
+    r.unknown(style, ("lora", "weight"), "style.")
+    r.unknown(output, ("max_side", "upscale"), "output.")
+    return Template(
+        name=name,
+        directory=directory,
+        image_path=_find_image(directory, r),
+        description=r.get(data, "description", "description", str, ""),
+        prompt=r.get(data, "prompt", "prompt", str, Template.prompt),
+        negative_prompt=r.get(data, "negative_prompt", "negative_prompt", str, Template.negative_prompt),
+        faces=tuple(faces),
+        seed=r.get(data, "seed", "seed", int, None, lo=0, hi=2**63 - 1),
+        inpaint=r.pass_config("inpaint", DEFAULT_INPAINT),
+        edge=r.pass_config("edge", DEFAULT_EDGE),
+        style_lora=r.get(style, "lora", "style.lora", str, None),
+        style_weight=r.get(style, "weight", "style.weight", float, 0.6, lo=0.0, hi=2.0),
+        max_side=r.get(output, "max_side", "output.max_side", int, 1024, lo=256, hi=8192),
+        upscale=r.get(output, "upscale", "output.upscale", float, 2.0, lo=1.0, hi=8.0),
+    )
+
+
+# -- faces ----------------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _face_to_json(f: Face) -> dict:
+    return {"box": [float(v) for v in f.box], "score": float(f.score),
+            "landmarks5": np.asarray(f.landmarks5, float).round(2).tolist(),
+            "landmarks68": None if f.landmarks68 is None else np.asarray(f.landmarks68, float).round(2).tolist(),
+            "yaw": float(f.yaw), "pitch": float(f.pitch), "roll": float(f.roll)}
+
+
+def _face_from_json(d: dict) -> Face:
+    return Face(box=np.asarray(d["box"], np.float32), score=float(d["score"]),
+                landmarks5=np.asarray(d["landmarks5"], np.float32),
+                landmarks68=None if d.get("landmarks68") is None else np.asarray(d["landmarks68"], np.float32),
+                yaw=float(d["yaw"]), pitch=float(d["pitch"]), roll=float(d["roll"]))
+
+
+def detect_template_faces(rgb: np.ndarray, face_analysis=None, label: str | Path = "template image") -> list[Face]:
+    """Usable faces in a template image, left to right; TemplateError when there is none."""
+    if face_analysis is None:
+        from .faces import get_face_analysis
+
+        face_analysis = get_face_analysis()
+    faces = face_analysis.analyze(rgb, embed=False)
+    usable = [f for f in faces if f.size >= MIN_FACE_PX]
+    if not usable:
+        why = (f"its largest face is {max(f.size for f in faces):.0f} px, smaller than the {MIN_FACE_PX} px a template "
+               "face needs" if faces else "no face was found in it")
+        raise TemplateError(f"{label}: cannot be a template: {why}")
+    return sorted(usable, key=lambda f: float(f.center[0]))
+
+
+def template_faces(image_path: Path, face_analysis=None) -> list[Face]:
+    """The image's faces from `.faces.json` beside it when its sha256 and engines match, else detected
+    and cached (the cache is skipped silently where the folder is read-only)."""
+    if face_analysis is None:
+        from .faces import get_face_analysis
+
+        face_analysis = get_face_analysis()
+    cache = image_path.parent / FACE_CACHE
+    sha = _sha256(image_path)
+    key = {"version": CACHE_VERSION, "image": image_path.name, "image_sha256": sha,
+           "engines": face_analysis.engines()}
+    try:
+        data = json.loads(cache.read_text())
+        if all(data.get(k) == v for k, v in key.items()):
+            return [_face_from_json(d) for d in data["faces"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        rgb = decode_image(image_path).pixels
+    except ImageError as exc:
+        raise TemplateError(f"{image_path}: template image is unusable: {exc.reason}") from exc
+    faces = detect_template_faces(rgb, face_analysis, image_path)
+    try:
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**key, "faces": [_face_to_json(f) for f in faces]}, indent=1))
+        tmp.replace(cache)
+    except OSError:
+        pass
+    return faces
+
+
+# -- lookup ---------------------------------------------------------------------------------------
+def list_templates(dirs: Iterable[str | Path] | None = None,
+                   on_error: Callable[[Path, TemplateError], None] | None = None) -> list[Template]:
+    """Every template in `dirs` (default: the search path), sorted by name; a name found in an earlier
+    folder hides later ones. Broken templates are skipped and passed to `on_error`."""
+    seen: dict[str, Template] = {}
+    for d in (template_dirs() if dirs is None else [Path(x) for x in dirs]):
+        if not d.is_dir():
+            continue
+        for sub in sorted(p for p in d.iterdir() if (p / TOML_NAME).is_file()):
+            try:
+                t = parse_template(sub)
+            except TemplateError as exc:
+                if on_error:
+                    on_error(sub, exc)
+                continue
+            seen.setdefault(t.name, t)
+    return sorted(seen.values(), key=lambda t: t.name)
+
+
+def load_template(name_or_dir: str | Path, dirs: Iterable[str | Path] | None = None) -> Template:
+    """A template by folder path, or by name on the search path (TemplateError naming what was searched)."""
+    p = Path(name_or_dir)
+    if p.is_dir():
+        return parse_template(p)
+    searched = template_dirs() if dirs is None else [Path(x) for x in dirs]
+    for d in searched:
+        if (d / str(name_or_dir) / TOML_NAME).is_file():
+            return parse_template(d / str(name_or_dir))
+    for t in list_templates(searched):
+        if t.name == str(name_or_dir):
+            return t
+    raise TemplateError(f"template '{name_or_dir}' not found; searched {', '.join(str(d) for d in searched)} "
+                        "(`portrait templates list` shows what is there)")
+
+
+def add_template(image_path: str | Path, name: str, dest_dir: str | Path | None = None, *, face_analysis=None,
+                 overwrite: bool = False, **fields) -> Template:
+    """Create `dest_dir`/`name`/ from an image: validates that the image decodes and holds at least one
+    face of usable size, writes the image, a template.toml (`fields` are its keys, e.g. prompt=...,
+    faces=[0], inpaint={...}) and the face cache. Returns the loaded template."""
+    import tomli_w
+
+    if not NAME_RE.match(name):
+        raise TemplateError(f"template name must be lower-case letters, digits, '-' or '_' (max 64), got {name!r}")
+    try:
+        rgb = decode_image(image_path).pixels
+    except ImageError as exc:
+        raise TemplateError(f"{image_path}: cannot be a template: {exc.reason}") from exc
+    faces = detect_template_faces(rgb, face_analysis, image_path)
+    dest = Path(dest_dir) if dest_dir is not None else user_dir()
+    folder = dest / name
+    if (folder / TOML_NAME).exists() and not overwrite:
+        raise TemplateError(f"{folder}: a template named '{name}' already exists (choose another name)")
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".png" if Path(image_path).suffix.lower() == ".png" else ".jpg"
+    img = save_image(rgb, folder / f"template{suffix}", quality=95)
+    doc = {"name": name, "image": img.name, **{k: v for k, v in fields.items() if v is not None}}
+    doc.setdefault("faces", [0])
+    (folder / TOML_NAME).write_text(tomli_w.dumps(doc), encoding="utf-8")
+    try:
+        t = parse_template(folder)
+    except TemplateError:
+        (folder / TOML_NAME).unlink()
+        img.unlink()
+        raise
+    t.detected_faces(face_analysis)  # writes the face cache
+    t.slot_faces(face_analysis)
+    return t
