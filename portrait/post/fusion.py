@@ -69,7 +69,7 @@ def fusion_transform(ref_face: Face, template_face: Face) -> tuple[np.ndarray, s
     return similarity_transform(ref_face.landmarks5, template_face.landmarks5), "5pt"
 
 
-def template_region(shape_hw: tuple[int, int], template_face: Face, margin: float = 0.12) -> np.ndarray:
+def template_region(shape_hw: tuple[int, int], template_face: Face, margin: float = 0.2) -> np.ndarray:
     """The template's face region (face mask dilated by `margin` x eye distance): nothing outside it changes."""
     return masks.dilate(masks.face_mask(shape_hw, template_face), int(round(template_face.eye_distance * margin)))
 
@@ -97,6 +97,16 @@ def _check(template_rgb, template_face, ref_rgb, ref_face) -> None:
     for f, what in ((template_face, "template_face"), (ref_face, "ref_face")):
         if f is not None and (f.landmarks5 is None or np.asarray(f.landmarks5).shape != (5, 2)):
             raise ValueError(f"{what} needs landmarks5 of shape (5, 2)")
+
+
+def pick_reference(ref_faces: list[Face], template_face: Face) -> int:
+    """Index of the reference face whose pose best matches the template face (|yaw| difference, plus
+    half the pitch difference): the classic engine keeps the user's geometry, so a reference turned
+    like the template fuses with less distortion and keeps more likeness."""
+    if not ref_faces:
+        raise ValueError("no reference faces to choose from")
+    cost = [abs(f.yaw - template_face.yaw) + 0.5 * abs(f.pitch - template_face.pitch) for f in ref_faces]
+    return int(np.argmin(cost))
 
 
 # -- the 5-point paste ----------------------------------------------------------------------------
