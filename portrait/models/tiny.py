@@ -353,8 +353,8 @@ def build_tiny_set(out_dir: str | Path, seed: int = 0, progress: ProgressCallbac
         rel = path.relative_to(out).as_posix()
         lines.append(f"[models.{name}]")
         if name == "sd15-single":
-            lines += ['kind = "diffusion_base"', 'architecture = "sd15"', 'config = "sd15"',
-                      'licence = "random weights (tiny test model)"', "commercial_use = true"]
+            lines += ['kind = "diffusion_base"', 'architecture = "sd15"', 'config = "sd15"']
+        lines += ['licence = "random weights (tiny test model)"', "commercial_use = true"]
         lines.append(f'path = "{rel}"')
         if path.is_file():
             lines.append(f'sha256 = "{sha256_file(path)}"')

@@ -1,0 +1,118 @@
+"""`portrait models list|verify|tiny`: what is present, what is missing and how to get it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .common import EXIT_OK, EXIT_USER, handle_errors, json_option, print_json, progress_bar
+
+
+def _commercial(spec) -> str:
+    return {True: "yes", False: "no", None: "check"}[spec.commercial_use]
+
+
+def _row(manifest, status) -> dict:
+    spec = status.spec
+    row = {"name": spec.name, "kind": spec.kind, "state": status.state, "path": str(status.path),
+           "licence": spec.licence, "commercial_use": _commercial(spec), "description": spec.description}
+    if status.state in ("missing", "bad_hash"):
+        row["fix"] = status.message if status.state == "bad_hash" else manifest.how_to_get(spec, status.path)
+        if status.message.startswith("folder"):
+            row["fix"] = f"{status.message}. {row['fix']}"
+    return row
+
+
+def _print_table(rows: list[dict], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    colours = {"present": "green", "unchecked": "yellow", "missing": "red", "bad_hash": "red"}
+    table = Table(title=title)
+    for col in ("name", "kind", "state", "commercial", "licence", "path"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["name"], r["kind"], f"[{colours[r['state']]}]{r['state']}[/]", r["commercial_use"],
+                      r["licence"], r["path"])
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 160))
+    console.print(table)
+    for r in rows:
+        if "fix" in r:
+            console.print(f"  [red]{r['name']}[/]: {r['fix']}", highlight=False)
+
+
+def register(group: click.Group) -> None:
+    @group.group("models")
+    def models() -> None:
+        """The model manifest: list, verify hashes, build tiny test models."""
+
+    @models.command("list")
+    @click.option("--hashes", is_flag=True, help="Also check sha256 hashes (reads every file; see `verify`).")
+    @json_option
+    @handle_errors
+    def list_cmd(hashes: bool, as_json: bool) -> None:
+        """Every model the project can use: state, path, licence, commercial use, and the fix if missing.
+
+        States: present, unchecked (present, no sha256 in the manifest), missing, bad_hash (only with
+        --hashes). Folders are checked for their required members only.
+        """
+        from ..models.manifest import Manifest
+
+        manifest = Manifest()
+        rows = [_row(manifest, manifest.status(s.name, check_hash=hashes)) for s in manifest.all()]
+        if as_json:
+            print_json({"models_dir": str(manifest.models_dir), "config": str(manifest.config_file), "models": rows})
+        else:
+            _print_table(rows, f"Models in {manifest.models_dir}")
+        sys.exit(EXIT_OK)
+
+    @models.command("verify")
+    @click.argument("names", nargs=-1)
+    @json_option
+    @handle_errors
+    def verify_cmd(names: tuple[str, ...], as_json: bool) -> None:
+        """Check sha256 hashes. With NAMEs, exit 2 if any of them is missing or bad; without, exit 2 if
+        any present file has a bad hash (missing optional models are only listed)."""
+        from ..models.manifest import Manifest
+
+        manifest = Manifest()
+        specs = [manifest.spec(n) for n in names] if names else manifest.all()
+        rows = [_row(manifest, manifest.status(s.name, check_hash=True)) for s in specs]
+        bad = [r for r in rows if r["state"] == "bad_hash" or (names and r["state"] == "missing")]
+        if as_json:
+            print_json({"ok": not bad, "models": rows})
+        else:
+            _print_table(rows, "Verified models")
+            click.echo("all named models verified" if not bad else
+                       f"{len(bad)} problem(s): {', '.join(r['name'] for r in bad)}", err=True)
+        sys.exit(EXIT_USER if bad else EXIT_OK)
+
+    @models.command("tiny")
+    @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--id-dim", type=click.Choice(["128", "512"]), default="128", show_default=True,
+                  help="Face-embedding size of the tiny IP-Adapter FaceID (128: dlib, 512: ArcFace).")
+    @json_option
+    @handle_errors
+    def tiny_cmd(out_dir: Path, seed: int, id_dim: str, as_json: bool) -> None:
+        """Build tiny random SD 1.5 / SDXL / ControlNet / FaceID models in OUT_DIR for smoke tests.
+
+        Then `PORTRAIT_MODELS_DIR=OUT_DIR portrait models list` shows them present. They produce noise,
+        not portraits: they prove the install and the code paths, quickly, offline.
+        """
+        from ..models.tiny import build_tiny_set
+
+        with progress_bar(not as_json) as progress:
+            built = build_tiny_set(out_dir, seed=seed, progress=progress, id_dim=int(id_dim))
+        paths = {k: str(v) for k, v in built.items()}
+        if as_json:
+            print_json({"models_dir": str(out_dir), "models": paths})
+        else:
+            for k, v in paths.items():
+                click.echo(f"{k:22s} {v}")
+            click.echo(f"\nUse them with: PORTRAIT_MODELS_DIR={out_dir} portrait models list")
+        sys.exit(EXIT_OK)
