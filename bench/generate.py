@@ -1,0 +1,186 @@
+"""Benchmark: the two-pass template inpaint through TemplateInpaint vs the same diffusers calls made bare.
+
+A full-size SD 1.5 (UNet, VAE, CLIP text encoder built from the real configs in
+portrait/models/configs/sd15, random weights: the real model's compute, no download) and full-size
+ControlNets (from_unet, output convs randomised). Pass 1 + pass 2 at 512 x 512 with an identity LoRA:
+
+  ours  TemplateInpaint.__call__: crop, fusion #1, 5-point paste, controls, pass 1, colour transfer,
+        fusion #2, pass 2, paste back
+  bare  the two ControlNet-inpaint pipeline calls alone, on precomputed inputs
+
+    python bench/generate.py                        # CPU: 4 steps (1 denoising step per pass), 1 ControlNet
+    python bench/generate.py --device cuda --steps 30 --controlnets 3
+
+Goal: ours / bare <= 1.05. Set OMP_WAIT_POLICY=PASSIVE on small CPUs (DESIGN.md section 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CONFIGS = Path(__file__).resolve().parents[1] / "portrait" / "models" / "configs" / "sd15"
+
+
+def build_sd15(device, dtype, controlnets, seed: int = 0):
+    """Full-size SD 1.5 base and ControlNets with random weights from the shipped configs."""
+    import torch
+    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from portrait.models.tiny import tiny_tokenizer
+
+    if not (CONFIGS / "unet" / "config.json").is_file():
+        sys.exit(f"missing SD 1.5 configs in {CONFIGS}")
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(CONFIGS / "unet"))
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(CONFIGS / "vae"))
+    text = CLIPTextModel(CLIPTextConfig.from_pretrained(CONFIGS / "text_encoder"))
+    sched = DDIMScheduler.from_config(DDIMScheduler.load_config(CONFIGS / "scheduler"))
+    base = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tiny_tokenizer(), unet=unet, scheduler=sched,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    base.to(device=device, dtype=dtype)
+    base.set_progress_bar_config(disable=True)
+    nets = {}
+    for i, name in enumerate(controlnets):
+        net = ControlNetModel.from_unet(unet)
+        with torch.no_grad():
+            for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
+                conv.weight.normal_(0, 0.01, generator=torch.Generator().manual_seed(i))
+        nets[name] = net.to(device=device, dtype=dtype)
+    return base, nets
+
+
+def random_lora(unet, out_dir: Path) -> Path:
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    cfg = LoraConfig(r=16, lora_alpha=16, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    unet.add_adapter(cfg, adapter_name="bench_tmp")
+    state = {k: torch.randn_like(v) * 0.01 for k, v in get_peft_model_state_dict(unet, adapter_name="bench_tmp").items()}
+    unet.delete_adapters("bench_tmp")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(out_dir, unet_lora_layers=convert_state_dict_to_diffusers(state),
+                                              weight_name="identity.safetensors")
+    return out_dir / "identity.safetensors"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default=None, help="cpu | cuda | mps (default: best available)")
+    ap.add_argument("--dtype", default=None, help="fp32 | fp16 | bf16 (default: per device)")
+    ap.add_argument("--steps", type=int, default=None, help="scheduler steps per pass (default: cpu 4, else 30)")
+    ap.add_argument("--controlnets", type=int, default=None, choices=(1, 2, 3),
+                    help="pass-1 ControlNets (default: cpu 1, else 3); pass 2 runs tile + canny")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--out", default="/tmp/portrait-bench-generate")
+    args = ap.parse_args()
+
+    import torch
+    from skimage import data
+
+    from portrait.faces import FaceConfig, get_face_analysis
+    from portrait.generate import controls
+    from portrait.generate.template_inpaint import (PASS1, PASS2, Identity, InpaintJob, InpaintModels,
+                                                    TemplateInpaint, _pil)
+    from portrait.imageio import load_rgb
+    from portrait.models.device import pick_device
+    from portrait.post.fusion import fuse
+
+    device, dtype = pick_device(args.device, args.dtype)
+    cpu = device.type == "cpu"
+    steps = args.steps or (4 if cpu else 30)
+    n_cn = args.controlnets or (1 if cpu else 3)
+    if cpu:
+        torch.set_num_threads(os.cpu_count() or 1)
+    t0 = time.perf_counter()
+    pass1 = replace(PASS1, steps=steps, controlnets=dict(list(PASS1.controlnets.items())[:n_cn]))
+    pass2 = replace(PASS2, steps=steps)
+    needed = list(dict.fromkeys([*pass1.controlnets, *pass2.controlnets]))
+    base, nets = build_sd15(device, dtype, needed)
+    lora = random_lora(base.unet, Path(args.out))
+    build_s = time.perf_counter() - t0
+
+    fa = get_face_analysis(FaceConfig())
+    tpl = data.astronaut()
+    tface = fa.analyze(tpl)[0]
+    import matplotlib
+
+    ref = load_rgb(Path(matplotlib.__file__).parent / "mpl-data" / "sample_data" / "grace_hopper.jpg")
+    rface = fa.analyze(ref)[0]
+    job = InpaintJob(tpl, tface, prompt="a studio portrait photo", negative_prompt="blurry", pass1=pass1,
+                     pass2=pass2, seed=0)
+    models = InpaintModels(base, nets)
+    ours = TemplateInpaint(models, crop_size=args.size)
+    identity = Identity(lora=lora)
+
+    # The bare calls' inputs, computed once outside the timing (same shapes as ours).
+    crop = controls.face_crop(tpl.shape[:2], tface, args.size)
+    cface = crop.face(tface)
+    img = crop.crop(tpl)
+    fused = fuse(img, cface, ref, rface).image
+    m1 = controls.inpaint_mask(img.shape[:2], cface)
+    m2 = controls.edge_ring(m1, 8, 8)
+    names1 = [n for n, _ in pass1.active()]
+    names2 = [n for n, _ in pass2.active()]
+    c1 = controls.make_controls(names1, fused=fused, replaced=fused, faces=cface)
+    c2 = controls.make_controls(names2, fused=fused, replaced=fused, faces=cface)
+
+    def bare():
+        for names, ctl, mask, s in ((names1, c1, m1, pass1), (names2, c2, m2, pass2)):
+            pipe = models.pipeline(tuple(names))
+            scales = [sc for _, sc in s.active()]
+            pipe(prompt=job.prompt, negative_prompt=job.negative_prompt, image=_pil(fused), mask_image=_pil(mask),
+                 control_image=[_pil(c) for c in ctl] if len(ctl) > 1 else _pil(ctl[0]),
+                 controlnet_conditioning_scale=scales if len(scales) > 1 else scales[0],
+                 height=args.size, width=args.size, strength=s.strength, num_inference_steps=s.steps,
+                 guidance_scale=s.guidance_scale, generator=torch.Generator("cpu").manual_seed(0), output_type="np")
+
+    def run_ours():
+        ours(job, identity, ref, rface)
+
+    def timed(fn) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    run_ours()  # warm-up: loads the LoRA, builds the pipelines, first-call allocations
+    bare()
+    t_ours, t_bare = [], []
+    for _ in range(args.repeat):  # interleaved so drift hits both alike
+        t_bare.append(timed(bare))
+        t_ours.append(timed(run_ours))
+    mo, mb = statistics.median(t_ours), statistics.median(t_bare)
+    d1, d2 = int(steps * pass1.strength), int(steps * pass2.strength)
+
+    print(f"\nportrait bench/generate.py — device {device} ({str(dtype).replace('torch.', '')}), torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, build {build_s:.0f} s")
+    print(f"full-size SD 1.5 (random weights), {args.size}x{args.size}, identity LoRA r16; pass 1: {'+'.join(names1)} "
+          f"strength {pass1.strength} x {steps} steps = {d1} denoise; pass 2: {'+'.join(names2)} "
+          f"strength {pass2.strength} x {steps} steps = {d2} denoise; median of {args.repeat}\n")
+    print(f"{'run':<34}{'median s':>10}{'runs (s)':>28}")
+    print(f"{'bare diffusers (pass 1 + pass 2)':<34}{mb:>10.2f}{' '.join(f'{x:.2f}' for x in t_bare):>28}")
+    print(f"{'TemplateInpaint (whole recipe)':<34}{mo:>10.2f}{' '.join(f'{x:.2f}' for x in t_ours):>28}")
+    ratio = mo / mb
+    print(f"\noverhead ratio ours / bare = {ratio:.3f}  (goal <= 1.05: {'met' if ratio <= 1.05 else 'NOT met'})")
+    print(f"non-diffusion work in ours ≈ {max(0.0, mo - mb):.2f} s per template")
+
+
+if __name__ == "__main__":
+    main()
