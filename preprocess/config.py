@@ -82,7 +82,7 @@ class PreprocessConfig:
     face: FaceConfig = field(default_factory=FaceConfig)
     # -- intake ------------------------------------------------------------------------------------
     max_side: int = 1024  # photos are analysed at this size (JPEG draft decoding); coordinates mapped back
-    coarse_side: int = 640  # first detection pass runs at this size; finer passes only when needed
+    coarse_side: int = 768  # first detection pass runs at this size; finer passes only when needed
     min_image_side: int = 256  # shorter side (px) below which a photo is too_small
     max_pixels: int = 64_000_000
     max_bytes: int = 60 * 1024 * 1024

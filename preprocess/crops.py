@@ -2,7 +2,7 @@
 
 The face's 5 points are mapped by a similarity transform onto ArcFace's layout scaled into the
 central `face_fraction` of the crop. When that framing would reach past the photo's edge the crop
-is tightened a little (up to 1.4x) before falling back to mirrored borders, so few crops show
+is tightened a little (up to 1.6x) before falling back to mirrored borders, so few crops show
 mirrored edges.
 """
 
@@ -25,8 +25,8 @@ def _inside(image_shape: tuple[int, ...], landmarks5: np.ndarray, size: int, fra
 
 
 def crop_fraction(image_shape: tuple[int, ...], landmarks5: np.ndarray, size: int, fraction: float) -> float:
-    """`fraction`, or the smallest tighter one (up to 1.4x) whose crop stays inside the photo."""
-    for f in np.linspace(fraction, min(1.0, fraction * 1.4), 9):
+    """`fraction`, or the smallest tighter one (up to 1.6x) whose crop stays inside the photo."""
+    for f in np.linspace(fraction, min(1.0, fraction * 1.6), 13):
         if _inside(image_shape, landmarks5, size, float(f)):
             return float(f)
     return fraction

@@ -6,9 +6,10 @@
 Speed: photos are decoded at analysis size (`max_side`, with JPEG draft decoding) in worker threads
 while the main thread analyses the previous photo; faces are first looked for on a `coarse_side`
 copy and only searched again at analysis size when the coarse pass cannot rule out smaller faces;
-only the dominant face is embedded. Crops are cut from a fresh decode of each *selected* photo at
-the smallest scale that keeps the face at training resolution (full resolution at most), so a
-12 MP photo is decoded in full only when its face needs every pixel.
+only the dominant face is embedded. When the analysis image already holds the face at training
+resolution the crop is cut from it right away (a 512² crop is small to keep); otherwise a *selected*
+photo is decoded again at the smallest scale that keeps the face at training resolution (full
+resolution at most). `result.reference_image` (full resolution) is decoded only when first used.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class _Analysis:
     embedding: Optional[np.ndarray] = None
     hash: Optional[np.ndarray] = None
     scores: dict = field(default_factory=lambda: {k: None for k in SCORE_KEYS})
+    crop: Optional[np.ndarray] = None  # training crop cut from the analysis image when it holds enough pixels
+    crop_face: Optional[Face] = None  # the face in the crop's coordinates
 
 
 # -- intake ---------------------------------------------------------------------------------------
@@ -89,26 +92,42 @@ def _keep(faces: list[Face], min_score: float) -> list[Face]:
     return sorted((f for f in faces if f.score >= min_score), key=lambda f: -f.size)
 
 
+def _detect_at(fa: FaceAnalysis, image: np.ndarray, side: int, min_score: float) -> list[Face]:
+    """Faces found on a copy of `image` whose longer side is `side`, in `image` coordinates."""
+    h, w = image.shape[:2]
+    s = min(1.0, side / max(h, w))
+    if s >= 1.0:
+        return _keep(fa.analyze(image, embed=False), min_score)
+    small = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    return [f.scaled(1.0 / s) for f in _keep(fa.analyze(small, embed=False), min_score)]
+
+
 def detect_faces(fa: FaceAnalysis, image: np.ndarray, config: PreprocessConfig) -> list[Face]:
     """Faces (largest first, no embeddings) in `image` coordinates, with as little work as possible.
 
-    Coarse pass on a `coarse_side` copy; it is enough when its largest face is at least twice the
-    detector's minimum, because then every face that could compete with it (>= dominance_ratio x its
-    size) is detectable at that scale too. Otherwise the full analysis image, then (no face at all)
-    one upsampled pass so small faces are reported as `face_too_small` rather than `no_face`."""
+    The coarse pass (`coarse_side`) is enough when its largest face is so big that every face that
+    could compete with it (>= dominance_ratio x its size) is detectable at that scale too. Otherwise
+    one more pass at the smallest scale where such a competitor would be detectable (at most the
+    analysis image), and when no face was found at all, one upsampled pass, so that small faces are
+    reported as `face_too_small` rather than `no_face`."""
     h, w = image.shape[:2]
+    long_side = max(h, w)
     min_score = config.detection_score()
-    s = min(1.0, config.coarse_side / max(h, w))
-    if s < 1.0:
-        small = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-        faces = _keep(fa.analyze(small, embed=False), min_score)
-        if faces and faces[0].size * config.dominance_ratio >= DETECTABLE_PX:
-            return [f.scaled(1.0 / s) for f in faces]
-    faces = _keep(fa.analyze(image, embed=False), min_score)
+    coarse = min(config.coarse_side, long_side)
+    faces = _detect_at(fa, image, coarse, min_score)
+    if faces:
+        s = coarse / long_side
+        competitor = faces[0].size * s * config.dominance_ratio  # px at the coarse scale
+        if competitor >= DETECTABLE_PX or coarse >= long_side:
+            return faces
+        side = min(long_side, int(np.ceil(coarse * DETECTABLE_PX / competitor)))
+        return _detect_at(fa, image, side, min_score) or faces
+    if coarse < long_side:
+        faces = _detect_at(fa, image, long_side, min_score)
     if faces or not config.face.detector.startswith("dlib"):
         return faces
     fine = replace(config.face, upsample=config.face.upsample + 1,
-                   detect_max_side=max(config.face.detect_max_side, max(h, w)))
+                   detect_max_side=max(config.face.detect_max_side, long_side))
     return _keep(get_face_analysis(fine).analyze(image, embed=False), min_score)
 
 
@@ -140,6 +159,10 @@ def analyse_photo(fa: FaceAnalysis, intake: IntakeResult, config: PreprocessConf
         pose=scoring.pose_score(face, config),
     )
     a.scores["quality"] = scoring.quality_score(a.scores["sharpness"], a.scores["exposure"], a.scores["face_size"])
+    if face.size >= scoring.needed_face_px(config):
+        # The analysis image already holds the face at training resolution: crop now, skip a re-decode.
+        a.crop, m = make_crop(img, face, config)
+        a.crop_face = face_in_crop(face, m)
     return a
 
 
@@ -197,15 +220,19 @@ def _message(p: PhotoResult, a: _Analysis, dist: float, threshold: float, config
 
 
 # -- crops ----------------------------------------------------------------------------------------------
-def _crop_one(p: PhotoResult, config: PreprocessConfig, full: bool, background: Optional[str]):
-    """Decode a selected photo at the scale its crop needs, cut the crop; return (crop, image, face)."""
-    need = scoring.needed_face_px(config) * 1.25 / max(p.face.size, 1.0)
-    img, scale = decode_for_crop(p.path, config, 1.0 if full else need)
-    face = p.face.scaled(scale)
-    crop, m = make_crop(img, face, config)
+def _crop_one(p: PhotoResult, a: _Analysis, config: PreprocessConfig, background: Optional[str]) -> np.ndarray:
+    """The training crop of a selected photo: cut during analysis, or from a fresh decode at the
+    smallest scale that keeps the face at training resolution (full resolution at most)."""
+    crop, crop_face = a.crop, a.crop_face
+    if crop is None:
+        need = scoring.needed_face_px(config) * 1.25 / max(p.face.size, 1.0)
+        img, scale = decode_for_crop(p.path, config, need)
+        face = p.face.scaled(scale)
+        crop, m = make_crop(img, face, config)
+        crop_face = face_in_crop(face, m)
     if background is not None:
-        crop, _, _ = remove_background(crop, face_in_crop(face, m), background, device=config.face.device)
-    return crop, (img if full else None), face
+        crop, _, _ = remove_background(crop, crop_face, background, device=config.face.device)
+    return crop
 
 
 def run_preprocess(photos: Path | str | list, out_dir: Path | str | None = None,
@@ -250,27 +277,22 @@ def run_preprocess(photos: Path | str | list, out_dir: Path | str | None = None,
     engines = dict(fa.engines(), background=background, decoder="pillow")
     text = caption(config)
     train_dir = prepare_train_dir(Path(out_dir)) if out_dir is not None else None
-    ref_image, ref_face = None, None
-    jobs = [p for p in selected if out_dir is not None or p is ref]
-    if jobs:
-        done = 0
+    if train_dir is not None:
+        by_file = {name: a for name, a in zip(names, analyses)}
+        entries = []
         with ThreadPoolExecutor(max(1, config.workers), thread_name_prefix="crops") as pool:
-            futures = [pool.submit(_crop_one, p, config, p is ref, background) for p in jobs]
-            entries = []
-            for i, (p, fut) in enumerate(zip(jobs, futures)):
-                crop, image, face = fut.result()
-                if p is ref:
-                    ref_image, ref_face = image, face
-                if train_dir is not None:
-                    p.crop = crop_name(i + 1, p.file)
-                    write_png(train_dir / p.crop, crop)
-                    entries.append((p.crop, text))
-                done += 1
-                report(progress, "crops", done, len(jobs))
-        if train_dir is not None:
-            write_metadata(train_dir, entries)
-    elif out_dir is not None:
-        write_metadata(train_dir, [])
+            def job(i: int, p: PhotoResult) -> None:
+                p.crop = crop_name(i + 1, p.file)
+                write_png(train_dir / p.crop, _crop_one(p, by_file[p.file], config, background))
+
+            futures = [pool.submit(job, i, p) for i, p in enumerate(selected)]
+            for i, (p, fut) in enumerate(zip(selected, futures)):
+                fut.result()
+                entries.append((p.crop, text))
+                report(progress, "crops", i + 1, len(selected))
+        write_metadata(train_dir, entries)
+    for a in analyses:
+        a.crop = None
     timings["crops"] = time.perf_counter() - t
 
     accepted = [p for p in results if p.accepted]
@@ -285,8 +307,10 @@ def run_preprocess(photos: Path | str | list, out_dir: Path | str | None = None,
     timings["total"] = time.perf_counter() - t_start
     return PreprocessResult(
         photos=results, selected=[p.file for p in selected], reference=ref.file if ref else None,
-        reference_face=ref_face, reference_image=ref_image, embeddings=embeddings, centroid=centroid,
-        report=rep, accepted_count=len(accepted), train_dir=train_dir, engines=engines, timings=timings,
+        reference_face=ref.face if ref else None, reference_path=ref.path if ref else None,
+        embeddings=embeddings, centroid=centroid, report=rep, accepted_count=len(accepted), train_dir=train_dir,
+        engines=engines, timings=timings,
+        decode_limits={"max_pixels": config.max_pixels, "max_bytes": config.max_bytes},
     )
 
 

@@ -46,7 +46,7 @@ class PreprocessResult:
     selected: list[str]
     reference: Optional[str]
     reference_face: Optional[Face]  # full-resolution coordinates of the reference photo
-    reference_image: Optional[np.ndarray]  # full-resolution RGB of the reference photo
+    reference_path: Optional[Path]
     embeddings: dict[str, np.ndarray]  # identity vectors of the accepted photos
     centroid: Optional[np.ndarray]
     report: dict
@@ -54,6 +54,18 @@ class PreprocessResult:
     train_dir: Optional[Path]
     engines: dict
     timings: dict = field(default_factory=dict)  # seconds per stage
+    decode_limits: dict = field(default_factory=dict, repr=False)  # max_pixels / max_bytes for the lazy decode
+    _reference_image: Optional[np.ndarray] = field(default=None, repr=False)
+
+    @property
+    def reference_image(self) -> Optional[np.ndarray]:
+        """Full-resolution RGB of the reference photo (EXIF applied), decoded on first access only, so
+        preprocessing alone never pays for a full-size decode it does not need."""
+        if self._reference_image is None and self.reference_path is not None:
+            from portrait.imageio import decode_image
+
+            self._reference_image = decode_image(self.reference_path, **self.decode_limits).pixels
+        return self._reference_image
 
     def photo(self, file: str) -> PhotoResult:
         for p in self.photos:
