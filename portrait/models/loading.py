@@ -158,7 +158,8 @@ def load_base(name_or_path: str | Path, *, manifest: Manifest | None = None, dev
     manifest = manifest or get_manifest()
     path, spec = resolve_model(name_or_path, manifest)
     dev, dt = pick_device(device, dtype)
-    key = ("base", str(path.resolve()), str(dev), str(dt))
+    config = spec.extra.get("config") if spec else None
+    key = ("base", str(path.resolve()), str(dev), str(dt), str(arch), config)  # a single file read two ways is two models
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]

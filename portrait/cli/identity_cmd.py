@@ -1,0 +1,101 @@
+"""`portrait train`: an identity LoRA from a preprocess output (the `embed` command lives in generate_cmd)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from .common import EXIT_OK, handle_errors, json_option, print_json
+
+
+@contextmanager
+def _train_bar(enabled: bool):
+    """(progress callback, on_step) feeding a rich bar that shows the loss next to the step count."""
+    if not enabled or os.environ.get("PORTRAIT_NO_PROGRESS"):
+        yield None, None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("[bold]{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=Console(stderr=True))
+    tasks: dict[str, int] = {}
+    smooth = {"loss": None}
+
+    def callback(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(stage, total=max(total, 1), loss="")
+        progress.update(tasks[stage], completed=done, total=max(total, 1))
+
+    def on_step(step: int, loss: float) -> None:
+        s = smooth["loss"]
+        smooth["loss"] = loss if s is None else 0.9 * s + 0.1 * loss
+        if "train" in tasks:
+            progress.update(tasks["train"], loss=f"loss {smooth['loss']:.4f}")
+
+    with progress:
+        yield callback, on_step
+
+
+def register(group: click.Group) -> None:
+    @group.command("train")
+    @click.argument("trainset_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+    @click.option("--base-model", required=True, help="Manifest name (sd15, sdxl, ...), diffusers folder or .safetensors.")
+    @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+                  help="Output folder: identity.safetensors, identity_kohya.safetensors, training.json, checkpoints/.")
+    @click.option("--steps", type=click.IntRange(1, 100000), default=None,
+                  help="Training steps [default: 200 per photo, at most 800].")
+    @click.option("--rank", type=click.IntRange(1, 1024), default=128, show_default=True)
+    @click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=64.0, show_default=True)
+    @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True)
+    @click.option("--resolution", type=click.IntRange(64, 4096), default=None,
+                  help="Training side in px, a multiple of 8 [default: 512 SD 1.5, 1024 SDXL].")
+    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--validate-every", type=click.IntRange(1, 100000), default=100, show_default=True,
+                  help="Save a checkpoint and score its validation renders every N steps.")
+    @click.option("--merge-top-k", type=click.IntRange(1, 100), default=1, show_default=True,
+                  help="Merge the best K checkpoints (mean of their deltas) instead of keeping the best one.")
+    @click.option("--templates", multiple=True,
+                  help="Validate on these templates' faces (two-pass inpaint) instead of text2img renders.")
+    @click.option("--no-validate", is_flag=True, help="Skip validation renders: the last checkpoint is kept.")
+    @click.option("--device", default=None, help="cuda, mps or cpu [default: best available; $PORTRAIT_DEVICE].")
+    @click.option("--dtype", default=None, help="fp32, fp16 or bf16 [default: fp16 on GPU, fp32 on CPU].")
+    @json_option
+    @handle_errors
+    def train_cmd(trainset_dir: Path, base_model: str, out: Path, steps, rank, alpha, lr, resolution, seed,
+                  validate_every, merge_top_k, templates, no_validate, device, dtype, as_json: bool) -> None:
+        """Train an identity LoRA on TRAINSET_DIR (the output of `portrait preprocess`).
+
+        Checkpoints are rendered every --validate-every steps and scored by face likeness to the
+        user's photos; the best one (or the merge of the best --merge-top-k) is written to
+        OUT/identity.safetensors (diffusers) and OUT/identity_kohya.safetensors (A1111 / ComfyUI).
+        """
+        from ..identity.lora_train import TrainConfig, loss_trend, train_lora
+
+        cfg = TrainConfig(trainset=trainset_dir, base_model=base_model, out_dir=out, steps=steps, rank=rank,
+                          alpha=alpha, lr=lr, resolution=resolution, seed=seed, validate_every=validate_every,
+                          merge_top_k=merge_top_k, templates=tuple(templates), device=device, dtype=dtype)
+        with _train_bar(not as_json) as (callback, on_step):
+            result = train_lora(cfg, validate=None if no_validate else "default", progress=callback, on_step=on_step)
+        rep = result.report
+        summary = {"lora": str(result.lora_path), "kohya": str(result.kohya_path), "report": str(result.report_path),
+                   "steps": rep["config"]["steps"], "chosen": rep["chosen"], "merged": rep["merged"],
+                   "checkpoints": rep["checkpoints"], "timings": rep["timings"], "device": rep["device"]}
+        if as_json:
+            print_json(summary)
+        else:
+            first, last = loss_trend(rep["loss"])
+            click.echo(f"trained {summary['steps']} steps on {rep['photos']} photos ({rep['device']}, {rep['dtype']}): "
+                       f"loss {first:.4f} → {last:.4f}, {rep['timings']['steps_per_s']} steps/s")
+            for c in rep["checkpoints"]:
+                mark = "*" if c["step"] in rep["chosen"] else " "
+                score = "no face" if c["score"] is None else f"{c['score']:.3f}"
+                click.echo(f" {mark} step {c['step']:>6}: score {score}")
+            click.echo(f"identity LoRA: {result.lora_path}\nkohya copy:    {result.kohya_path}\nreport:        "
+                       f"{result.report_path}")
+        sys.exit(EXIT_OK)
