@@ -26,7 +26,7 @@ from portrait.faces.base import distance
 
 from .config import PreprocessConfig
 
-SHARP_LO, SHARP_HI = 0.004, 0.3  # normalised Laplacian variance mapped to 0 and 1 (log scale)
+SHARP_LO, SHARP_HI = 0.05, 1.5  # normalised Laplacian variance mapped to 0 and 1 (log scale)
 
 
 def _clip01(x: float) -> float:
@@ -62,7 +62,7 @@ def exposure_score(image: np.ndarray, face: Face) -> float:
     region = image[y0:y1, x0:x1]
     lum = cv2.cvtColor(region, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
     mean = float(lum.mean())
-    lo, hi, fall = 0.3, 0.75, 0.25
+    lo, hi, fall = 0.3, 0.75, 0.2
     s = 1.0 - max(0.0, lo - mean, mean - hi) / fall
     clipped = float(((lum < 0.02) | (lum > 0.98)).mean())
     s -= max(0.0, clipped - 0.05) * 2.0
