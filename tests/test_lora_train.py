@@ -1,0 +1,171 @@
+"""Identity LoRA training on a tiny SD 1.5: loss falls, checkpoints are scored and chosen as training.json
+says, the LoRA reloads in plain diffusers (both formats) and changes the output; merging; CLI errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from portrait.cli import cli
+from portrait.identity import lora_select
+from portrait.identity.lora_train import TrainConfig, read_trainset, train_lora
+from portrait.models import tiny
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory) -> Path:
+    return tiny.build_tiny_sd15(tmp_path_factory.mktemp("tiny-lora") / "sd15")
+
+
+@pytest.fixture(scope="module")
+def trainset(tmp_path_factory, astronaut) -> Path:
+    """A preprocess-shaped output: four 128 px aligned crops of the astronaut + metadata.jsonl + report.json."""
+    from portrait.faces import get_face_analysis
+    from portrait.faces.align import align_face
+
+    root = tmp_path_factory.mktemp("trainset")
+    (root / "train").mkdir()
+    face = get_face_analysis().analyze(astronaut)[0]
+    rows = []
+    for i, (frac, flip) in enumerate(((0.5, False), (0.55, False), (0.6, False), (0.5, True))):
+        crop, _ = align_face(astronaut, face.landmarks5, size=128, face_fraction=frac)
+        Image.fromarray(np.ascontiguousarray(crop[:, ::-1] if flip else crop)).save(root / "train" / f"{i:02d}.png")
+        rows.append({"file_name": f"{i:02d}.png", "text": "a photo of ohwx woman"})
+    (root / "train" / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "report.json").write_text(json.dumps({"photos": [], "selected": [r["file_name"] for r in rows],
+                                                  "reference": "00.png", "engines": {}}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_base, trainset, tmp_path_factory):
+    """30 steps, checkpoints every 10, a validator that prefers step 20 (so the choice is not 'the last')."""
+    out = tmp_path_factory.mktemp("identity")
+    seen = []
+
+    def validate(pipe, step, path):
+        seen.append((step, Path(path).name))
+        return -abs(step - 20) / 10
+
+    cfg = TrainConfig(trainset=trainset, base_model=str(tiny_base), out_dir=out, steps=30, rank=4, alpha=2,
+                      lr=3e-3, resolution=128, validate_every=10, seed=0)
+    result = train_lora(cfg, validate=validate)
+    return result, seen
+
+
+def _render(pipe, seed=0):
+    return pipe("a photo of ohwx woman", height=64, width=64, num_inference_steps=3,
+                generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
+
+
+def test_training_writes_identity_files_and_its_loss_falls(trained):
+    result, _ = trained
+    rep = json.loads(result.report_path.read_text())
+    assert result.lora_path.name == "identity.safetensors" and result.kohya_path.is_file()
+    assert len(rep["loss"]) == 30 and rep["config"]["rank"] == 4 and rep["photos"] == 4
+    # The fixed-probe denoising loss (same latents, noise and timesteps each time) falls checkpoint by checkpoint.
+    probe = [rep["eval_loss_start"]] + [c["eval_loss"] for c in rep["checkpoints"]]
+    assert all(b < a for a, b in zip(probe, probe[1:])), probe
+    assert set(rep["timings"]) >= {"cache_s", "train_s", "validate_s", "total_s", "steps_per_s"}
+
+
+def test_checkpoints_are_scored_and_chosen_as_training_json_says(trained):
+    result, seen = trained
+    rep = result.report
+    assert seen == [(10, "step-000010.safetensors"), (20, "step-000020.safetensors"), (30, "step-000030.safetensors")]
+    assert [c["step"] for c in rep["checkpoints"]] == [10, 20, 30]
+    assert [c["score"] for c in rep["checkpoints"]] == [-1.0, 0.0, -1.0]
+    assert rep["chosen"] == [20] and rep["merged"] is False
+    # The identity is the chosen checkpoint, byte for byte in its tensors.
+    from safetensors.torch import load_file
+
+    chosen = load_file(str(result.lora_path.parent / rep["checkpoints"][1]["file"]))
+    final = load_file(str(result.lora_path))
+    assert chosen.keys() == final.keys() and all(torch.equal(chosen[k], final[k]) for k in final)
+
+
+def test_saved_lora_reloads_in_plain_diffusers_and_changes_output(trained, tiny_base):
+    from diffusers import StableDiffusionPipeline
+
+    result, _ = trained
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_base), safety_checker=None, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    plain = _render(pipe)
+    pipe.load_lora_weights(str(result.lora_path.parent), weight_name=result.lora_path.name, adapter_name="d")
+    with_diffusers = _render(pipe)
+    pipe.delete_adapters("d")
+    np.testing.assert_array_equal(_render(pipe), plain)
+    pipe.load_lora_weights(str(result.kohya_path), adapter_name="k")  # kohya layout (A1111 / ComfyUI)
+    with_kohya = _render(pipe)
+    assert np.abs(with_diffusers - plain).max() > 1e-3
+    np.testing.assert_allclose(with_kohya, with_diffusers, atol=1e-4)
+
+
+def test_merge_averages_full_deltas_not_factors():
+    gen = torch.Generator().manual_seed(0)
+    states = [{"l.lora.down.weight": torch.randn(4, 16, generator=gen), "l.lora.up.weight": torch.randn(8, 4, generator=gen)}
+              for _ in range(2)]
+    merged = lora_select.merge_loras(states, rank=8)
+    mean_delta = sum(s["l.lora.up.weight"] @ s["l.lora.down.weight"] for s in states) / 2
+    got = merged["l.lora.up.weight"] @ merged["l.lora.down.weight"]
+    torch.testing.assert_close(got, mean_delta, atol=1e-4, rtol=1e-4)  # rank 8 holds the rank-8 mean exactly
+    naive = (sum(s["l.lora.up.weight"] for s in states) / 2) @ (sum(s["l.lora.down.weight"] for s in states) / 2)
+    assert not torch.allclose(naive, mean_delta, atol=1e-2)
+    assert merged["l.lora.down.weight"].shape == (8, 16)
+    assert lora_select.choose_checkpoints({10: 0.1, 20: 0.3, 30: 0.3, 40: float("-inf")}, 2) == [30, 20]
+
+
+def test_merge_top_k_writes_the_merged_delta(tiny_base, trainset, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = TrainConfig(trainset=trainset, base_model=str(tiny_base), out_dir=tmp_path, steps=4, rank=4, alpha=4,
+                      lr=1e-3, resolution=64, validate_every=2, merge_top_k=2, flip=False)
+    result = train_lora(cfg, validate=lambda pipe, step, path: float(step))
+    assert result.report["chosen"] == [4, 2] and result.report["merged"] is True
+    ckpts = [load_file(str(tmp_path / "checkpoints" / f"step-{s:06d}.safetensors")) for s in (2, 4)]
+    want = {k: sum(lora_select.lora_delta(c)[k] for c in ckpts) / 2 for k in lora_select.lora_delta(ckpts[0])}
+    got = lora_select.lora_delta(load_file(str(result.lora_path)))
+    assert want.keys() == got.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-3)
+
+
+def test_default_validator_scores_no_face_as_worst_and_keeps_the_last(tiny_base, trainset, tmp_path):
+    # Tiny random models render noise: no face is found, every score is the worst, the latest checkpoint wins.
+    cfg = TrainConfig(trainset=trainset, base_model=str(tiny_base), out_dir=tmp_path, steps=4, rank=2, alpha=2,
+                      resolution=64, validate_every=2, validation_resolution=64, validation_steps=2)
+    rep = train_lora(cfg).report
+    assert [c["face_found"] for c in rep["checkpoints"]] == [False, False]
+    assert rep["chosen"] == [4]
+
+
+def test_bad_trainset_is_a_clear_error(tmp_path):
+    from portrait.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="metadata.jsonl"):
+        read_trainset(tmp_path)
+
+
+def test_cli_missing_base_model_exits_2_naming_it(trainset, tmp_path, empty_models_dir):
+    res = CliRunner().invoke(cli, ["train", str(trainset), "--base-model", "sd15", "--out", str(tmp_path / "o"), "--json"])
+    assert res.exit_code == 2
+    err = json.loads(res.output)
+    assert err["error"] == "model_missing" and err["model"] == "sd15"
+    assert str(empty_models_dir / "diffusion" / "sd15") in err["message"]
+
+
+def test_cli_trains_and_reports(trainset, tiny_base, tmp_path):
+    out = tmp_path / "o"
+    res = CliRunner().invoke(cli, ["train", str(trainset), "--base-model", str(tiny_base), "--out", str(out),
+                                   "--steps", "2", "--rank", "2", "--resolution", "64", "--validate-every", "1",
+                                   "--no-validate", "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["chosen"] == [2] and Path(summary["lora"]).is_file() and Path(summary["kohya"]).is_file()
+    assert json.loads((out / "training.json").read_text())["config"]["steps"] == 2
