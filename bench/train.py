@@ -1,0 +1,102 @@
+"""LoRA training speed at 512² on a full-size SD 1.5 UNet (random weights built from the shipped config).
+
+    python bench/train.py                 # CPU: 3 timed steps; CUDA: 20 (fp16 autocast + grad checkpointing)
+    python bench/train.py --steps 10 --rank 128 --device cuda
+
+Times what one `train_lora` step does (UNet forward + backward through the LoRA, AdamW step) with the
+same compute as the real model; VAE and text encoder are excluded because training caches their
+outputs once. Prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 3 on CPU, 20 on GPU)")
+    ap.add_argument("--rank", type=int, default=128)
+    ap.add_argument("--resolution", type=int, default=512)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--no-checkpointing", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from peft import LoraConfig
+
+    from portrait.identity.lora_train import TARGET_MODULES
+    from portrait.models.device import pick_device
+    from portrait.models.loading import CONFIGS_DIR
+
+    device, dtype = pick_device(args.device)
+    gpu = device.type != "cpu"
+    steps = args.steps or (20 if gpu else 3)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(CONFIGS_DIR / "sd15" / "unet"))
+    unet.requires_grad_(False)
+    unet.to(device, dtype)
+    unet.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank / 2, init_lora_weights="gaussian",
+                                target_modules=list(TARGET_MODULES)))
+    params = [p for n, p in unet.named_parameters() if "lora_" in n]
+    for p in params:
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    checkpointing = gpu and not args.no_checkpointing
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
+    build_s = time.perf_counter() - t0
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    lat = args.resolution // 8
+    latents = torch.randn(1, 4, lat, lat, device=device, dtype=dtype)
+    text = torch.randn(1, 77, 768, device=device, dtype=dtype)
+    unet.train()
+
+    def step() -> float:
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, 1000, (1,), device=device)
+        with torch.autocast(device.type, dtype=dtype, enabled=gpu and dtype != torch.float32):
+            pred = unet(sched.add_noise(latents, noise, t), t, encoder_hidden_states=text).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    step()  # warm-up (allocations, kernels)
+    if gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if gpu:
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if gpu else "-"
+    lora_m = sum(p.numel() for p in params) / 1e6
+    rows = [("device", f"{device} ({torch.cuda.get_device_name() if gpu else os.cpu_count()} {'' if gpu else 'cores'})"),
+            ("weights dtype", str(dtype).replace("torch.", "")), ("mixed precision", str(gpu and dtype != torch.float32)),
+            ("gradient checkpointing", str(checkpointing)), ("UNet params", f"{unet.num_parameters() / 1e6:.0f} M"),
+            ("LoRA rank / params", f"{args.rank} / {lora_m:.1f} M"), ("resolution", f"{args.resolution}²"),
+            ("build s", f"{build_s:.1f}"), ("timed steps", str(steps)), ("s / step", f"{dt / steps:.3f}"),
+            ("steps / s", f"{steps / dt:.2f}"), ("peak GPU memory", peak),
+            ("800-step run (EasyPhoto default)", f"{800 * dt / steps / 60:.1f} min")]
+    width = max(len(k) for k, _ in rows)
+    print(f"\nLoRA training step, full-size SD 1.5 UNet (random weights)\n{'-' * (width + 24)}")
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+if __name__ == "__main__":
+    main()
