@@ -146,7 +146,7 @@ def conditions(tmp_path_factory, astronaut, grace_hopper):
     save(d / "thumbnail.jpg", _resize(a[20:440, 30:450], (200, 200)))
     # A dominant face with a small second face in the background is fine ...
     big = _resize(a[0:400, 60:460], (1024, 1024))
-    big[780:1000, 800:990] = _resize(grace_hopper, (190, 220))
+    big[719:1000, 760:1000] = _resize(grace_hopper, (240, 281))  # her face ~90 px, the main one ~215 px
     save(d / "with_bystander.jpg", big)
     # ... two faces of similar size are not.
     pair = np.hstack([_resize(a[40:300, 120:380], (500, 500)), _resize(grace_hopper[60:560, 6:506], (500, 500))])
