@@ -127,6 +127,10 @@ SAMPLES = {
     "classic-bw": dict(description="Black-and-white classic portrait with a vignette (derived from the NASA "
                                    "astronaut portrait)", prompt="a classic black and white studio portrait, "
                                    "high contrast, film grain", negative_prompt="colour, blurry, deformed"),
+    "navy-formal": dict(description="Formal portrait in uniform before a flag (US Navy portrait of Grace Hopper, "
+                                    "public domain): the demo's template of another person",
+                        prompt="a formal official portrait photo of a person in a navy uniform and cap, flag behind, "
+                               "studio light, sharp focus"),
     "duo": dict(description="Two people side by side (NASA astronaut and US Navy Grace Hopper portraits, "
                             "public domain): each face slot can take a different identity", faces=[0, 1],
                 prompt="a portrait photo of two people side by side, studio backdrop"),
@@ -137,7 +141,7 @@ def build(out_dir: Path = HERE) -> list[Path]:
     astro, hopper = _astronaut(), _hopper()
     grey = studio_grey(astro)
     images = {"studio-grey": grey, "astronaut-wide": astro, "warm-studio": warm(grey), "classic-bw": classic_bw(grey),
-              "duo": duo(astro, hopper)}
+              "navy-formal": hopper, "duo": duo(astro, hopper)}
     written = []
     for name, img in images.items():
         folder = out_dir / name

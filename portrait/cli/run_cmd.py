@@ -1,0 +1,171 @@
+"""`portrait run` (the whole chain on one folder of photos) and `portrait batch` (a studio's CSV of folders)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import click
+
+from ..engines import DIFFUSION_MODES, FUSION_ENGINES, RETOUCH_ENGINES, UPSCALE_ENGINES
+from ..errors import ConfigError, PortraitError
+from ..faces.analysis import DETECTORS, EMBEDDERS, LANDMARKS, FaceConfig
+from .common import handle_errors, json_option, print_json, progress_bar
+
+
+def run_options(f):
+    """Options shared by run and batch; they build a RunConfig."""
+    opts = [
+        click.option("--top-k", type=click.IntRange(1, 50), default=12, show_default=True, help="Photos kept."),
+        click.option("--min-photos", type=click.IntRange(1, 50), default=4, show_default=True),
+        click.option("--fusion", type=click.Choice(FUSION_ENGINES), default="auto", show_default=True),
+        click.option("--retouch", type=click.Choice(RETOUCH_ENGINES), default="auto", show_default=True),
+        click.option("--retouch-strength", type=click.FloatRange(0, 1), default=0.35, show_default=True),
+        click.option("--upscale", type=click.Choice(UPSCALE_ENGINES), default="auto", show_default=True),
+        click.option("--upscale-factor", type=click.FloatRange(1, 4), default=2.0, show_default=True),
+        click.option("--diffusion", type=click.Choice(DIFFUSION_MODES), default="auto", show_default=True,
+                     help="Two-pass ControlNet inpainting: auto = when a base model and an identity are present."),
+        click.option("--base-model", default=None, help="Diffusion base: manifest name or path (default: sd15)."),
+        click.option("--identity", "identity", default=None, type=click.Path(exists=True, dir_okay=False),
+                     help="Identity LoRA from `portrait train`."),
+        click.option("--variants", type=click.IntRange(1, 10), default=2, show_default=True,
+                     help="Reference photos rendered per template; the most alike output is kept."),
+        click.option("--max-tries", type=click.IntRange(1, 10), default=4, show_default=True,
+                     help="With no output under the likeness bar, render up to this many variants."),
+        click.option("--likeness-bar", type=float, default=None,
+                     help="Distance an output must reach (default: the embedder's same-person threshold)."),
+        click.option("--steps", type=click.IntRange(1, 200), default=None),
+        click.option("--seed", type=int, default=None),
+        click.option("--device", default=None, help="cpu | cuda | mps (default: best available)."),
+        click.option("--detector", type=click.Choice(DETECTORS), default="dlib-hog", show_default=True),
+        click.option("--landmarks", type=click.Choice(LANDMARKS), default="dlib68", show_default=True,
+                     help="dlib68's licence excludes commercial use; dlib5 is licence-safe."),
+        click.option("--embedder", type=click.Choice(EMBEDDERS), default="dlib-resnet", show_default=True),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def config_from_options(o: dict):
+    from ..pipeline import RunConfig
+
+    if o["variants"] > o["max_tries"]:
+        raise ConfigError("--variants cannot exceed --max-tries")
+    face = FaceConfig(detector=o["detector"], landmarks=o["landmarks"], embedder=o["embedder"],
+                      device=o["device"] or "cpu")
+    keys = ("top_k", "min_photos", "fusion", "retouch", "retouch_strength", "upscale", "upscale_factor",
+            "diffusion", "base_model", "identity", "variants", "max_tries", "likeness_bar", "steps", "seed", "device")
+    return RunConfig(face=face, **{k: o[k] for k in keys})
+
+
+def _summary(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for e in result.engines:
+        console.print(f"[bold]{e.stage}[/]: {e.engine} [dim]({e.reason})[/]")
+    table = Table(title=f"Portraits, most alike first ({result.metric} distance; same person < {result.threshold})")
+    for col in ("rank", "template", "file", "distance", "similarity", "likeness", "reference"):
+        table.add_column(col)
+    for i, o in enumerate(result.outputs, 1):
+        ok = "[green]passes[/]" if o.passed_bar else "[yellow]below bar[/]"
+        dist = "no face" if o.distance == float("inf") else f"{o.distance:.3f}"
+        table.add_row(str(i), o.template, o.file, dist, f"{o.similarity:.2f}", ok, o.reference)
+    console.print(table)
+    for f in result.failures:
+        console.print(f"[red]template {f['template']} failed:[/] {f['message']}")
+    console.print(f"result: {result.result_file}")
+
+
+@click.command("run")
+@click.argument("photos", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--template", "templates", multiple=True, help="Template name or folder (repeatable; default: all).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@run_options
+@json_option
+@handle_errors
+def run_command(photos: Path, templates: tuple[str, ...], out: Path, as_json: bool, **options) -> None:
+    """The whole chain: PHOTOS → preprocess → identity → each template → ranked portraits in OUT."""
+    from ..pipeline import PortraitPipeline
+    from ..templates import list_templates
+
+    names = list(templates) or [t.name for t in list_templates()]
+    if not names:
+        raise ConfigError("no templates found: pass --template NAME_OR_DIR or add one with `portrait templates add`")
+    config = config_from_options(options)
+    with progress_bar(not as_json) as progress:
+        pipe = PortraitPipeline(config, progress=progress)
+        result = pipe.run(photos, names, out)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        _summary(result)
+    if not result.outputs:
+        raise SystemExit(2)
+
+
+def _read_manifest(path: Path) -> list[dict]:
+    try:
+        rows = list(csv.DictReader(path.read_text().splitlines()))
+    except (OSError, csv.Error) as exc:
+        raise ConfigError(f"{path}: cannot read batch manifest ({exc})") from exc
+    if not rows or "photos" not in rows[0]:
+        raise ConfigError(f"{path}: needs a header with at least a 'photos' column "
+                          "(optional: 'templates' separated by ';', 'name')")
+    return rows
+
+
+@click.command("batch")
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@run_options
+@json_option
+@handle_errors
+def batch_command(manifest: Path, out: Path, as_json: bool, **options) -> None:
+    """Run every row of MANIFEST.csv (columns: photos, templates, name); one failing row never stops the rest."""
+    from ..pipeline import PortraitPipeline
+    from ..templates import list_templates
+
+    rows = _read_manifest(manifest)
+    config = config_from_options(options)
+    summary = []
+    with progress_bar(not as_json) as progress:
+        pipe = PortraitPipeline(config, progress=progress)
+        for i, row in enumerate(rows):
+            progress("batch", i, len(rows))
+            name = (row.get("name") or "").strip() or f"row{i + 1:03d}"
+            photos = Path(row["photos"]).expanduser()
+            if not photos.is_absolute():
+                photos = manifest.parent / photos
+            names = [t.strip() for t in (row.get("templates") or "").split(";") if t.strip()]
+            entry = {"name": name, "photos": str(photos)}
+            try:
+                if not photos.is_dir():
+                    raise ConfigError(f"{photos}: photos folder does not exist")
+                result = pipe.run(photos, names or [t.name for t in list_templates()], out / name)
+                entry.update(status="done", result=str(result.result_file), outputs=len(result.outputs),
+                             failures=len(result.failures),
+                             best=result.outputs[0].to_dict() if result.outputs else None)
+            except PortraitError as exc:
+                entry.update(status="failed", **exc.to_dict())
+            summary.append(entry)
+        progress("batch", len(rows), len(rows))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "batch.json").write_text(json.dumps(summary, indent=2))
+    if as_json:
+        print_json(summary)
+    else:
+        for e in summary:
+            tail = f"best distance {e['best']['distance']}" if e.get("best") else e.get("message", "")
+            click.echo(f"{e['name']}: {e['status']} {tail}")
+        click.echo(f"summary: {out / 'batch.json'}")
+    if all(e["status"] == "failed" for e in summary):
+        raise SystemExit(2)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(run_command)
+    group.add_command(batch_command)

@@ -1,0 +1,264 @@
+"""The whole chain behind `portrait run`: photos → preprocess → identity → per template
+(fusion, paste, [two-pass diffusion inpaint], retouch, upscale) → ranking by likeness → result.json.
+
+One template failing (bad image, no face, bad template.toml) is recorded and the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .engines import EngineChoice, choose_diffusion, choose_fusion, choose_retouch, choose_upscale
+from .errors import NotEnoughPhotosError, PortraitError
+from .faces import Face, FaceConfig, get_face_analysis
+from .imageio import save_image
+from .models.manifest import get_manifest
+from .post.rank import Candidate, best_of, output_face
+from .progress import ProgressCallback, report
+
+
+@dataclass
+class RunConfig:
+    top_k: int = 12
+    min_photos: int = 4
+    resolution: int = 512
+    face: FaceConfig = field(default_factory=FaceConfig)
+    fusion: str = "auto"
+    retouch: str = "auto"
+    retouch_strength: float = 0.35
+    upscale: str = "auto"
+    upscale_factor: float = 2.0
+    diffusion: str = "auto"
+    base_model: Optional[str] = None
+    identity: Optional[str] = None  # identity LoRA (.safetensors) from `portrait train`
+    variants: int = 2  # reference photos rendered per template; the most alike output is kept
+    max_tries: int = 4  # while no output reaches the likeness bar, try more reference photos, up to this
+    likeness_bar: Optional[float] = None  # distance an output must reach; None = the same-person threshold
+    steps: Optional[int] = None
+    seed: Optional[int] = None
+    device: Optional[str] = None
+    models_dir: Optional[str] = None
+
+
+@dataclass
+class TemplateOutput:
+    template: str
+    file: str
+    reference: str
+    distance: float  # to the user's identity centroid, under the embedder's metric (lower = more alike)
+    similarity: float  # 0..1, 1 = identical, 0.5 at the same-person threshold
+    passed_bar: bool
+    variants_tried: int
+    timings: dict
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["distance"] = None if not np.isfinite(self.distance) else round(self.distance, 4)
+        d["similarity"] = round(self.similarity, 4)
+        return d
+
+
+@dataclass
+class RunResult:
+    outputs: list[TemplateOutput]  # best first
+    failures: list[dict]
+    engines: list[EngineChoice]
+    timings: dict
+    preprocess: dict
+    metric: str
+    threshold: float
+    result_file: Optional[Path] = None
+
+    def to_dict(self) -> dict:
+        return {
+            "outputs": [o.to_dict() for o in self.outputs],
+            "failures": self.failures,
+            "engines": {e.stage: e.to_dict() for e in self.engines},
+            "likeness": {"metric": self.metric, "same_person_threshold": self.threshold,
+                         "note": "distance: lower is more alike; similarity = 1 - distance / (2 x threshold)"},
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "preprocess": self.preprocess,
+        }
+
+
+class PortraitPipeline:
+    """Stateless per run; models are cached per process by the engines themselves."""
+
+    def __init__(self, config: RunConfig = RunConfig(), progress: Optional[ProgressCallback] = None):
+        self.config = config
+        self.progress = progress
+        self.manifest = get_manifest(config.models_dir)
+        self.fa = get_face_analysis(config.face)
+        self.engines = self._choose_engines()
+
+    def _choose_engines(self) -> list[EngineChoice]:
+        c, m = self.config, self.manifest
+        return [
+            EngineChoice("faces", "+".join(self.fa.engines().values()), "face detector+landmarks+embedder"),
+            choose_fusion(c.fusion, m, c.face.embedder),
+            choose_diffusion(c.diffusion, m, c.base_model, c.identity),
+            choose_retouch(c.retouch, m),
+            choose_upscale(c.upscale, m, c.upscale_factor),
+        ]
+
+    def engine(self, stage: str) -> EngineChoice:
+        return next(e for e in self.engines if e.stage == stage)
+
+    # -- the run ----------------------------------------------------------------------------------
+    def run(self, photos: Path | Sequence[Path], templates: Sequence[str], out_dir: Path) -> RunResult:
+        from preprocess import PreprocessConfig, run_preprocess
+
+        c = self.config
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        pre = run_preprocess(
+            photos, out_dir / "preprocess",
+            PreprocessConfig(top_k=c.top_k, min_photos=c.min_photos, resolution=c.resolution, face=c.face),
+            progress=self.progress,
+        )
+        timings["preprocess"] = time.perf_counter() - t0
+        if pre.accepted_count < c.min_photos or pre.reference_face is None:
+            raise NotEnoughPhotosError(
+                f"only {pre.accepted_count} usable photo(s), at least {c.min_photos} needed; "
+                f"see {out_dir / 'preprocess' / 'report.json'} for each photo's reason"
+            )
+        self._pre = pre
+        references = self._references(pre)
+        centroid = pre.centroid
+        outputs, failures = [], []
+        for i, name in enumerate(templates):
+            report(self.progress, "templates", i, len(templates))
+            try:
+                outputs.append(self._one_template(name, references, centroid, out_dir, timings))
+            except PortraitError as exc:
+                failures.append({"template": name, **exc.to_dict()})
+        report(self.progress, "templates", len(templates), len(templates))
+        outputs.sort(key=lambda o: o.distance)
+        timings["total"] = time.perf_counter() - t0
+        result = RunResult(outputs, failures, self.engines, timings,
+                           {"accepted": pre.accepted_count, "selected": pre.selected, "reference": pre.reference,
+                            "report": str(out_dir / "preprocess" / "report.json")},
+                           self.fa.metric, self.fa.same_person_threshold)
+        result.result_file = out_dir / "result.json"
+        result.result_file.write_text(json.dumps(result.to_dict(), indent=2))
+        return result
+
+    def _references(self, pre) -> list[tuple[str, np.ndarray, Face]]:
+        """The reference photo first, then the other selected photos, closest to the identity first."""
+        from .imageio import load_rgb
+
+        by_file = {p.file: p for p in pre.photos}
+        others = sorted((f for f in pre.selected if f != pre.reference and by_file[f].face is not None),
+                        key=lambda f: self.fa.distance(pre.embeddings[f], pre.centroid))
+        refs = [(pre.reference, pre.reference_image, pre.reference_face)]
+        for f in others[: self.config.max_tries - 1]:
+            refs.append((f, None, by_file[f]))  # decoded lazily: only if a retry needs it
+        return refs
+
+    def _reference(self, refs: list, i: int) -> tuple[str, np.ndarray, Face]:
+        name, img, face = refs[i]
+        if img is None:  # a PhotoResult: decode at full resolution, where its face coordinates live
+            from .imageio import load_rgb
+
+            img, face = load_rgb(face.path), face.face
+            refs[i] = (name, img, face)
+        return refs[i]
+
+    def _one_template(self, name: str, references, centroid, out_dir: Path, timings: dict) -> TemplateOutput:
+        from .templates import load_template
+
+        c = self.config
+        tmpl = load_template(name)
+        n = len(references)
+        ranked = best_of(
+            lambda i: self._render(tmpl, *self._reference(references, i)),
+            centroid, variants=min(c.variants, n), max_tries=min(c.max_tries, n), metric=self.fa.metric,
+            threshold=self.fa.same_person_threshold, bar=c.likeness_bar,
+        )
+        best = ranked[0]
+        for k, v in best.meta["timings"].items():
+            timings[f"{tmpl.name}.{k}"] = v
+        path = save_image(best.image, out_dir / f"{tmpl.name}.png")
+        return TemplateOutput(tmpl.name, str(path), best.meta["reference"], best.distance, best.similarity,
+                              best.passed_bar, len(ranked), best.meta["timings"])
+
+    def _render(self, tmpl, ref_name: str, ref_img: np.ndarray, ref_face: Face) -> Candidate:
+        """One portrait of the user on `tmpl` from one reference photo, and its face embedding."""
+        from .post.fusion import fuse
+        from .post.retouch import retouch
+        from .post.upscale import upscale
+
+        c, t = self.config, {}
+        image = tmpl.image()
+        slot_faces = tmpl.slot_faces(self.fa)
+        slots = sorted(slot_faces)
+        tic = time.perf_counter()
+        if self.engine("inpaint").engine == "diffusion":
+            # The two-pass recipe runs its own fusion #1 / #2 around the ControlNet inpaints.
+            image = self._diffuse(tmpl, ref_img, ref_face)
+            t["inpaint"] = time.perf_counter() - tic
+        else:
+            fusion = self.engine("fusion").engine
+            for slot in slots:
+                image = fuse(image, slot_faces[slot], ref_img, ref_face, engine=fusion, manifest=self.manifest,
+                             source_embedding=ref_face.embedding, device=c.face.device).image
+            t["fusion"] = time.perf_counter() - tic
+        retouch_engine = self.engine("retouch").engine
+        if retouch_engine != "skipped":
+            tic = time.perf_counter()
+            for slot in slots:
+                image = retouch(image, slot_faces[slot], engine=retouch_engine, strength=c.retouch_strength,
+                                manifest=self.manifest, device=c.device or "cpu")
+            t["retouch"] = time.perf_counter() - tic
+        scale, tmpl_width = 1.0, image.shape[1]
+        up = self.engine("upscale").engine
+        factor = c.upscale_factor
+        if up != "skipped" and factor > 1:
+            tic = time.perf_counter()
+            image = upscale(image, factor, engine=up, manifest=self.manifest, device=c.device or "cpu",
+                            progress=self.progress)
+            scale = image.shape[1] / tmpl_width
+            t["upscale"] = time.perf_counter() - tic
+        tic = time.perf_counter()
+        judged = output_face(self.fa.analyze(image), near=slot_faces[slots[0]].scaled(scale))
+        t["rank"] = time.perf_counter() - tic
+        return Candidate(None if judged is None else judged.embedding, image=image,
+                         meta={"reference": ref_name, "timings": {k: round(v, 3) for k, v in t.items()}})
+
+    def _diffuse(self, tmpl, ref_img: np.ndarray, ref_face: Face) -> np.ndarray:
+        from .generate.template_inpaint import generate_on_template
+
+        models, identity = self._diffusion_models()
+        result = generate_on_template(models, tmpl, identity, ref_img, ref_face, face_analysis=self.fa,
+                                      steps=self.config.steps, seed=self.config.seed)
+        return result.image
+
+    def _diffusion_models(self):
+        """Base + ControlNets (+ FaceID adapter), loaded once per pipeline (and cached per process)."""
+        if getattr(self, "_models", None) is None:
+            from .generate.template_inpaint import Identity, InpaintModels
+            from .identity.face_embedding import FaceIdentity
+
+            c = self.config
+            faceid = None if c.identity else self.manifest.require("ip-adapter-faceid")
+            self._models = InpaintModels.load(c.base_model or "sd15", manifest=self.manifest, device=c.device,
+                                              faceid_adapter=faceid)
+            if c.identity:
+                self._identity = Identity.from_path(c.identity)
+            else:
+                pre = self._pre
+                vecs = np.stack([pre.embeddings[f] for f in pre.selected])
+                unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+                mean = unit.mean(0)
+                self._identity = Identity(face=FaceIdentity(
+                    (mean / np.linalg.norm(mean)).astype(np.float32), self.fa.embedder.name, self.fa.metric,
+                    count=len(vecs), norm=float(np.linalg.norm(vecs, axis=1).mean()), sources=list(pre.selected)))
+        return self._models, self._identity
