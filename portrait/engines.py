@@ -62,9 +62,10 @@ def choose_retouch(requested: str, manifest: Manifest) -> EngineChoice:
     return EngineChoice("retouch", "classic", "requested" if requested == "classic" else "no gfpgan model")
 
 
-def choose_upscale(requested: str, manifest: Manifest, factor: float) -> EngineChoice:
+def choose_upscale(requested: str, manifest: Manifest, factor: float | None) -> EngineChoice:
+    """`factor` None: each template's own output.upscale decides (1 skips the stage for that template)."""
     _check(requested, UPSCALE_ENGINES, "upscale")
-    if requested == "none" or factor <= 1:
+    if requested == "none" or (factor is not None and factor <= 1):
         return EngineChoice("upscale", "skipped", "disabled" if requested == "none" else "factor 1")
     if requested == "esrgan" or (requested == "auto" and manifest.available("realesrgan-x4")):
         manifest.require("realesrgan-x4")

@@ -33,7 +33,7 @@ class RunConfig:
     retouch: str = "auto"
     retouch_strength: float = 0.35
     upscale: str = "auto"
-    upscale_factor: float = 2.0
+    upscale_factor: Optional[float] = None  # None: the template's output.upscale
     diffusion: str = "auto"
     base_model: Optional[str] = None
     identity: Optional[str] = None  # identity LoRA (.safetensors) from `portrait train`
@@ -220,7 +220,7 @@ class PortraitPipeline:
             t["retouch"] = time.perf_counter() - tic
         scale, tmpl_width = 1.0, image.shape[1]
         up = self.engine("upscale").engine
-        factor = c.upscale_factor
+        factor = c.upscale_factor if c.upscale_factor is not None else tmpl.upscale
         if up != "skipped" and factor > 1:
             tic = time.perf_counter()
             image = upscale(image, factor, engine=up, manifest=self.manifest, device=c.device or "cpu",

@@ -100,17 +100,23 @@ class Template:
     def toml_path(self) -> Path:
         return self.directory / TOML_NAME
 
-    def image(self) -> np.ndarray:
-        """The template image, uint8 RGB (TemplateError when it cannot be decoded)."""
+    def _decoded(self):
         try:
-            return decode_image(self.image_path).pixels
+            return decode_image(self.image_path, max_side=self.max_side)
         except ImageError as exc:
             raise TemplateError(f"{self.image_path}: template image is unusable: {exc.reason}") from exc
 
+    def image(self) -> np.ndarray:
+        """The template image, uint8 RGB, its longer side at most `output.max_side` (TemplateError when it
+        cannot be decoded)."""
+        return self._decoded().pixels
+
     def detected_faces(self, face_analysis=None) -> list[Face]:
-        """Every face in the image, left to right (slot order), from the cache or detected now."""
+        """Every face in image() coordinates, left to right (slot order), from the cache or detected now."""
         if self._faces is None:
-            self._faces = template_faces(self.image_path, face_analysis)
+            faces = template_faces(self.image_path, face_analysis)  # the cache holds full-size coordinates
+            scale = self._decoded().scale
+            self._faces = faces if scale == 1.0 else [f.scaled(scale) for f in faces]
         return self._faces
 
     def slot_faces(self, face_analysis=None) -> dict[int, Face]:

@@ -23,7 +23,8 @@ def run_options(f):
         click.option("--retouch", type=click.Choice(RETOUCH_ENGINES), default="auto", show_default=True),
         click.option("--retouch-strength", type=click.FloatRange(0, 1), default=0.35, show_default=True),
         click.option("--upscale", type=click.Choice(UPSCALE_ENGINES), default="auto", show_default=True),
-        click.option("--upscale-factor", type=click.FloatRange(1, 4), default=2.0, show_default=True),
+        click.option("--upscale-factor", type=click.FloatRange(1, 4), default=None,
+                     help="Super-resolution factor (default: each template's output.upscale, 2 for the bundled ones)."),
         click.option("--diffusion", type=click.Choice(DIFFUSION_MODES), default="auto", show_default=True,
                      help="Two-pass ControlNet inpainting: auto = when a base model and an identity are present."),
         click.option("--base-model", default=None, help="Diffusion base: manifest name or path (default: sd15)."),
@@ -68,16 +69,16 @@ def _summary(result) -> None:
     for e in result.engines:
         console.print(f"[bold]{e.stage}[/]: {e.engine} [dim]({e.reason})[/]")
     table = Table(title=f"Portraits, most alike first ({result.metric} distance; same person < {result.threshold})")
-    for col in ("rank", "template", "file", "distance", "similarity", "likeness", "reference"):
-        table.add_column(col)
+    for col in ("#", "template", "file", "distance", "similarity", "likeness", "reference photo"):
+        table.add_column(col, overflow="fold")
     for i, o in enumerate(result.outputs, 1):
         ok = "[green]passes[/]" if o.passed_bar else "[yellow]below bar[/]"
         dist = "no face" if o.distance == float("inf") else f"{o.distance:.3f}"
-        table.add_row(str(i), o.template, o.file, dist, f"{o.similarity:.2f}", ok, o.reference)
+        table.add_row(str(i), o.template, Path(o.file).name, dist, f"{o.similarity:.2f}", ok, o.reference)
     console.print(table)
     for f in result.failures:
         console.print(f"[red]template {f['template']} failed:[/] {f['message']}")
-    console.print(f"result: {result.result_file}")
+    console.print(f"portraits and result.json in {result.result_file.parent}")
 
 
 @click.command("run")
