@@ -24,11 +24,15 @@ def _stats(lab: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.nda
 
 
 def reinhard_transfer(src_rgb: np.ndarray, ref_rgb: np.ndarray, src_mask: np.ndarray | None = None,
-                      ref_mask: np.ndarray | None = None, strength: float = 1.0) -> np.ndarray:
+                      ref_mask: np.ndarray | None = None, strength: float = 1.0,
+                      max_gain: float = 1.5) -> np.ndarray:
     """`src_rgb` recoloured so that its LAB mean/std inside `src_mask` match `ref_rgb`'s inside `ref_mask`.
 
     The whole source image is transformed (callers blend it through their own mask); `strength` in
-    0..1 interpolates between the source (0) and the full transfer (1). Masks are uint8, nonzero =
+    0..1 interpolates between the source (0) and the full transfer (1). `max_gain` bounds the std
+    ratio of each channel to [1/max_gain, max_gain]: skin statistics of a wrinkled or ruddy template
+    would otherwise blow up the spread of features that lie outside the skin (lips turned magenta
+    in the demo). Masks are uint8, nonzero =
     selected; None selects the whole image. Returns uint8 RGB of the source's size.
     """
     check_rgb(src_rgb, "src_rgb")
@@ -38,7 +42,10 @@ def reinhard_transfer(src_rgb: np.ndarray, ref_rgb: np.ndarray, src_mask: np.nda
     src_lab, ref_lab = _lab(src_rgb), _lab(ref_rgb)
     mu_s, sd_s = _stats(src_lab, src_mask)
     mu_r, sd_r = _stats(ref_lab, ref_mask)
-    out = (src_lab - mu_s) * (sd_r / sd_s) + mu_r
+    if max_gain < 1.0:
+        raise ValueError(f"max_gain must be >= 1, got {max_gain}")
+    gain = np.clip(sd_r / sd_s, 1.0 / max_gain, max_gain)
+    out = (src_lab - mu_s) * gain + mu_r
     out = src_lab + (out - src_lab) * strength
     out[..., 0] = np.clip(out[..., 0], 0, 100)
     out[..., 1:] = np.clip(out[..., 1:], -127, 127)
