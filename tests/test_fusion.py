@@ -123,3 +123,19 @@ def test_reinhard_matches_masked_statistics():
     assert np.allclose(lab(out).mean(0), lab(ref).mean(0), atol=1.5)
     assert np.array_equal(color.reinhard_transfer(src, ref, m, m, strength=0.0), src) or \
         np.abs(color.reinhard_transfer(src, ref, m, m, strength=0.0).astype(int) - src).max() <= 1
+
+
+def test_colour_transfer_bounds_the_spread_gain(astronaut, grace_hopper):
+    """A template with a much wider colour spread must not blow up the user's (lips turned magenta)."""
+    import cv2
+
+    from portrait.post.color import reinhard_transfer
+
+    grey = cv2.cvtColor(cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    flat = cv2.addWeighted(astronaut, 0.25, grey, 0.75, 0)  # a quarter of the colour spread
+    out = reinhard_transfer(flat, grace_hopper, max_gain=1.5)
+    lab = lambda im: cv2.cvtColor(im.astype(np.float32) / 255, cv2.COLOR_RGB2LAB).reshape(-1, 3)
+    ratio_out = lab(out).std(0) / lab(flat).std(0)
+    ratio_full = lab(reinhard_transfer(flat, grace_hopper, max_gain=100.0)).std(0) / lab(flat).std(0)
+    assert np.all(ratio_out <= 1.5 * 1.05)  # within clipping / rounding
+    assert ratio_full[1:].max() > 2.5  # unbounded, the chroma spread would have grown far more
