@@ -74,22 +74,6 @@ def template_region(shape_hw: tuple[int, int], template_face: Face, margin: floa
     return masks.dilate(masks.face_mask(shape_hw, template_face), int(round(template_face.eye_distance * margin)))
 
 
-def _roi(mask: np.ndarray, pad: int) -> tuple[int, int, int, int]:
-    ys, xs = np.nonzero(mask)
-    h, w = mask.shape
-    return (max(0, xs.min() - pad), max(0, ys.min() - pad), min(w, xs.max() + 1 + pad), min(h, ys.max() + 1 + pad))
-
-
-def _blend(template_rgb: np.ndarray, content: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """template * (1 - alpha) + content * alpha; pixels with alpha == 0 are copied bit for bit."""
-    a = alpha[..., None].astype(np.float32)
-    out = template_rgb.astype(np.float32) * (1 - a) + content.astype(np.float32) * a
-    out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
-    keep = alpha <= 0
-    out[keep] = template_rgb[keep]
-    return out
-
-
 def _check(template_rgb, template_face, ref_rgb, ref_face) -> None:
     check_rgb(template_rgb, "template_rgb")
     if ref_rgb is not None:
@@ -126,7 +110,7 @@ def paste_5pt(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.ndarray
         return template_rgb.copy(), mask
     warped = cv2.warpAffine(ref_rgb, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
     alpha = masks.feather(mask, max(1, int(template_face.eye_distance * feather)))
-    return _blend(template_rgb, warped, alpha), (alpha > 0).astype(np.uint8) * 255
+    return masks.blend(template_rgb, warped, alpha), (alpha > 0).astype(np.uint8) * 255
 
 
 # -- classic fusion -------------------------------------------------------------------------------
@@ -135,7 +119,7 @@ def _fuse_classic(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.nda
                   margin: float) -> FusionResult:
     h, w = template_rgb.shape[:2]
     region = template_region((h, w), template_face, margin)
-    x0, y0, x1, y1 = _roi(region, pad=4)
+    x0, y0, x1, y1 = masks.bounding_box(region, pad=4)
     # Work inside the face's bounding box only: large templates cost no more than small ones.
     m, fitted_on = fusion_transform(ref_face, template_face)
     m_roi = m.copy()
@@ -156,7 +140,7 @@ def _fuse_classic(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.nda
         warped = reinhard_transfer(warped, tpl, src_skin, ref_skin, strength=color_strength)
     alpha = masks.feather(mask, max(1, int(round(template_face.eye_distance * feather)))) * float(blend)
     out = template_rgb.copy()
-    out[y0:y1, x0:x1] = _blend(tpl, warped, alpha)
+    out[y0:y1, x0:x1] = masks.blend(tpl, warped, alpha)
     changed = np.zeros((h, w), np.uint8)
     changed[y0:y1, x0:x1] = (alpha > 0).astype(np.uint8) * 255
     scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
@@ -192,7 +176,7 @@ def _fuse_onnx(template_rgb: np.ndarray, template_face: Face, source_embedding, 
     h, w = template_rgb.shape[:2]
     region = template_region((h, w), template_face, margin)
     alpha = masks.feather(region, max(1, int(round(template_face.eye_distance * feather))))
-    out = _blend(template_rgb, swapped, alpha)
+    out = masks.blend(template_rgb, swapped, alpha)
     return FusionResult(out, (alpha > 0).astype(np.uint8) * 255, "onnx", {"device": device})
 
 

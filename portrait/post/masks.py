@@ -105,3 +105,22 @@ def feather(mask: np.ndarray, pixels: int) -> np.ndarray:
     # The square blur kernel reaches ~0.4 x pixels further along diagonals than the round erosion
     # took away: cut it at the mask so nothing outside the mask is ever touched.
     return soft * (mask > 0)
+
+
+def bounding_box(mask: np.ndarray, pad: int = 0) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) of the mask's nonzero pixels grown by `pad` and clipped to the image; None if empty."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    h, w = mask.shape[:2]
+    return (max(0, int(xs.min()) - pad), max(0, int(ys.min()) - pad),
+            min(w, int(xs.max()) + 1 + pad), min(h, int(ys.max()) + 1 + pad))
+
+
+def blend(base: np.ndarray, content: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """base * (1 - alpha) + content * alpha as uint8; pixels where alpha == 0 are `base`'s, bit for bit."""
+    a = alpha[..., None].astype(np.float32)
+    out = np.clip(base.astype(np.float32) * (1 - a) + content.astype(np.float32) * a + 0.5, 0, 255).astype(np.uint8)
+    keep = alpha <= 0
+    out[keep] = base[keep]
+    return out

@@ -31,28 +31,12 @@ FFHQ_5PT_512 = np.array([[192.98138, 239.94708], [318.90277, 240.19366], [256.63
                          [201.26117, 371.41043], [313.08905, 371.15118]], dtype=np.float32)
 
 
-def _blend(rgb: np.ndarray, content: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    a = alpha[..., None]
-    out = np.clip(rgb.astype(np.float32) * (1 - a) + content.astype(np.float32) * a + 0.5, 0, 255).astype(np.uint8)
-    keep = alpha <= 0
-    out[keep] = rgb[keep]
-    return out
-
-
-def _roi(mask: np.ndarray, pad: int) -> tuple[int, int, int, int] | None:
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return None
-    h, w = mask.shape
-    return (max(0, xs.min() - pad), max(0, ys.min() - pad), min(w, xs.max() + 1 + pad), min(h, ys.max() + 1 + pad))
-
-
 def smooth_skin(rgb: np.ndarray, face: Face, strength: float = 0.5, texture: float = 0.25) -> np.ndarray:
     """Classic retouch (see module doc). `texture` is the share of fine detail kept on smoothed skin."""
     h, w = rgb.shape[:2]
     skin = masks.skin_mask((h, w), face)
     iod = max(face.eye_distance, 8.0)
-    box = _roi(skin, pad=int(iod * 0.3))
+    box = masks.bounding_box(skin, pad=int(iod * 0.3))
     if box is None or strength <= 0:
         return rgb.copy()
     x0, y0, x1, y1 = box
@@ -66,7 +50,7 @@ def smooth_skin(rgb: np.ndarray, face: Face, strength: float = 0.5, texture: flo
     smoothed = base + fine * texture
     alpha = masks.feather(skin[y0:y1, x0:x1], max(1, int(iod * 0.06))) * float(strength)
     out = rgb.copy()
-    out[y0:y1, x0:x1] = _blend(roi, np.clip(smoothed, 0, 255), alpha)
+    out[y0:y1, x0:x1] = masks.blend(roi, np.clip(smoothed, 0, 255), alpha)
     return out
 
 
@@ -90,7 +74,7 @@ def restore_face(rgb: np.ndarray, face: Face, manifest=None, device: str = "cpu"
                           borderMode=cv2.BORDER_REFLECT101)
     region = masks.face_mask((h, w), face)
     alpha = masks.feather(region, max(1, int(face.eye_distance * 0.15))) * float(strength)
-    return _blend(rgb, back, alpha)
+    return masks.blend(rgb, back, alpha)
 
 
 def _run_restorer(desc, crop: np.ndarray) -> np.ndarray:
