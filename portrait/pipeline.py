@@ -96,6 +96,8 @@ class PortraitPipeline:
         self.manifest = get_manifest(config.models_dir)
         self.fa = get_face_analysis(config.face)
         self.engines = self._choose_engines()
+        self._pre = None  # the current run's PreprocessResult
+        self._models = self._identity = None  # diffusion models and identity, loaded on first use
 
     def _choose_engines(self) -> list[EngineChoice]:
         c, m = self.config, self.manifest
@@ -243,7 +245,7 @@ class PortraitPipeline:
 
     def _diffusion_models(self):
         """Base + ControlNets (+ FaceID adapter), loaded once per pipeline (and cached per process)."""
-        if getattr(self, "_models", None) is None:
+        if self._models is None:
             from .generate.template_inpaint import Identity, InpaintModels
             from .identity.face_embedding import FaceIdentity
 
@@ -255,10 +257,6 @@ class PortraitPipeline:
                 self._identity = Identity.from_path(c.identity)
             else:
                 pre = self._pre
-                vecs = np.stack([pre.embeddings[f] for f in pre.selected])
-                unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
-                mean = unit.mean(0)
-                self._identity = Identity(face=FaceIdentity(
-                    (mean / np.linalg.norm(mean)).astype(np.float32), self.fa.embedder.name, self.fa.metric,
-                    count=len(vecs), norm=float(np.linalg.norm(vecs, axis=1).mean()), sources=list(pre.selected)))
+                self._identity = Identity(face=FaceIdentity.from_vectors(
+                    [pre.embeddings[f] for f in pre.selected], list(pre.selected), c.face.embedder, self.fa.metric))
         return self._models, self._identity

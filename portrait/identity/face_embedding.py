@@ -56,6 +56,19 @@ class FaceIdentity:
                 "metric": self.metric, "count": str(self.count), "norm": f"{self.norm:.6g}",
                 "sources": json.dumps(self.sources)}
 
+    @classmethod
+    def from_vectors(cls, vectors, names: list[str], engine: str, metric: str) -> "FaceIdentity":
+        """The identity of raw embeddings: unit vectors averaged and renormalised; sources ordered
+        nearest the mean first (sources[0] is the best reference)."""
+        raw = np.asarray(vectors, np.float32)
+        norms = np.linalg.norm(raw, axis=1)
+        unit = raw / norms[:, None]
+        mean = unit.mean(0)
+        mean /= np.linalg.norm(mean) + 1e-12
+        order = np.argsort(np.linalg.norm(unit - mean, axis=1), kind="stable")
+        return cls(mean.astype(np.float32), engine, metric, len(raw), float(norms.mean()),
+                   [names[i] for i in order])
+
     def save(self, path: str | Path) -> Path:
         from safetensors.numpy import save_file
 
@@ -123,7 +136,7 @@ def embed_identity(source: str | Path | Sequence[np.ndarray | str | Path], face_
             raise NotEnoughPhotosError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     else:
         items = list(source)
-    vectors, norms, names = [], [], []
+    vectors, names = [], []
     for i, item in enumerate(items):
         rgb = item if isinstance(item, np.ndarray) else load_rgb(item)
         faces = fa.analyze(rgb, max_faces=1)
@@ -131,20 +144,13 @@ def embed_identity(source: str | Path | Sequence[np.ndarray | str | Path], face_
         if not faces or faces[0].embedding is None:
             continue
         v = np.asarray(faces[0].embedding, np.float32)
-        n = float(np.linalg.norm(v))
-        if n == 0:
+        if not np.linalg.norm(v) > 0:
             continue
-        vectors.append(v / n)
-        norms.append(n)
+        vectors.append(v)
         names.append(item.name if isinstance(item, Path) else str(item) if isinstance(item, str) else f"#{i}")
     if len(vectors) < min_faces:
         raise NotEnoughPhotosError(f"found a usable face in {len(vectors)} of {len(items)} photos; need {min_faces}")
-    mean = np.mean(vectors, axis=0)
-    mean /= np.linalg.norm(mean) + 1e-12
-    order = np.argsort([float(np.linalg.norm(v - mean)) for v in vectors], kind="stable")
-    names = [names[i] for i in order]  # nearest the identity first: sources[0] is the best reference
-    return FaceIdentity(mean.astype(np.float32), fa.config.embedder, fa.metric, len(vectors),
-                        float(np.mean(norms)), names)
+    return FaceIdentity.from_vectors(vectors, names, fa.config.embedder, fa.metric)
 
 
 # -- IP-Adapter FaceID -----------------------------------------------------------------------------
