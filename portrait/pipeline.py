@@ -132,7 +132,7 @@ class PortraitPipeline:
                 f"only {pre.accepted_count} usable photo(s), at least {c.min_photos} needed; "
                 f"see {out_dir / 'preprocess' / 'report.json'} for each photo's reason"
             )
-        self._pre = pre
+        self._pre, self._identity = pre, None  # a new person: never reuse the last run's identity
         references = self._references(pre)
         centroid = pre.centroid
         outputs, failures = [], []
@@ -244,15 +244,16 @@ class PortraitPipeline:
         return result.image
 
     def _diffusion_models(self):
-        """Base + ControlNets (+ FaceID adapter), loaded once per pipeline (and cached per process)."""
-        if self._models is None:
-            from .generate.template_inpaint import Identity, InpaintModels
-            from .identity.face_embedding import FaceIdentity
+        """Base + ControlNets (+ FaceID adapter) loaded once per pipeline; the identity once per run."""
+        from .generate.template_inpaint import Identity, InpaintModels
+        from .identity.face_embedding import FaceIdentity
 
-            c = self.config
+        c = self.config
+        if self._models is None:
             faceid = None if c.identity else self.manifest.require("ip-adapter-faceid")
             self._models = InpaintModels.load(c.base_model or "sd15", manifest=self.manifest, device=c.device,
                                               faceid_adapter=faceid)
+        if self._identity is None:
             if c.identity:
                 self._identity = Identity.from_path(c.identity)
             else:
