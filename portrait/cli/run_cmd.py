@@ -130,6 +130,9 @@ def batch_command(manifest: Path, out: Path, as_json: bool, **options) -> None:
     from ..pipeline import PortraitPipeline
     from ..templates import list_templates
 
+    if options.get("identity"):
+        raise ConfigError("--identity is one person's LoRA, but batch rows are different people: run "
+                          "`portrait run --identity` per person, or let batch use each row's FaceID embedding")
     rows = _read_manifest(manifest)
     config = config_from_options(options)
     summary = []
