@@ -134,7 +134,9 @@ def decode_image(
             w, h = h, w
         if max_side and fmt == "JPEG" and max(w, h) > max_side:
             # Decode at 1/2, 1/4 or 1/8 scale straight from the DCT: fast and small.
-            img.draft("RGB", (max_side, max_side))
+            # Aspect-correct request (file orientation): the largest reduction keeping the long side >= max_side.
+            sw, sh = img.size
+            img.draft("RGB", (-(-max_side * sw // max(sw, sh)), -(-max_side * sh // max(sw, sh))))
         try:
             img.load()
             img = ImageOps.exif_transpose(img) if orientation != 1 else img
