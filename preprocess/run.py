@@ -3,8 +3,10 @@
     from preprocess import PreprocessConfig, run_preprocess
     result = run_preprocess(Path("photos"), Path("out"), PreprocessConfig(top_k=10), progress=callback)
 
-Speed: photos are decoded at analysis size (`max_side`, with JPEG draft decoding) in worker threads
-while the main thread analyses the previous photo; faces are first looked for on a `coarse_side`
+Speed: photos are decoded at analysis size (`max_side`, with JPEG draft decoding) and analysed in a
+pool of worker processes (`workers`, started on the first batch of `POOL_MIN_PHOTOS` or more and kept;
+dlib holds the GIL, so threads cannot run two analyses at once); small batches run in this process
+with decoding in threads. Faces are first looked for on a `coarse_side`
 copy and only searched again at analysis size when the coarse pass cannot rule out smaller faces;
 only the dominant face is embedded. When the analysis image already holds the face at training
 resolution the crop is cut from it right away (a 512² crop is small to keep); otherwise a *selected*
@@ -14,9 +16,13 @@ resolution at most). `result.reference_image` (full resolution) is decoded only 
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -25,7 +31,7 @@ import cv2
 import numpy as np
 
 from portrait.errors import PortraitError
-from portrait.faces import Face, get_face_analysis
+from portrait.faces import Face, FaceConfig, get_face_analysis
 from portrait.faces.analysis import FaceAnalysis
 from portrait.models.manifest import get_manifest
 from portrait.progress import ProgressCallback, report
@@ -173,6 +179,121 @@ def analyse_photo(fa: FaceAnalysis, intake: IntakeResult, config: PreprocessConf
     return a
 
 
+def _analyse_here(fa: FaceAnalysis, files: Sequence[Path], root: Path | None, config: PreprocessConfig,
+                  timings: dict, progress: ProgressCallback | None) -> list[_Analysis]:
+    """Intake and analysis in this process: decoding `workers` photos ahead in threads."""
+    analyses: list[_Analysis] = []
+    n, t_analyse = len(files), 0.0
+    for i, intake in enumerate(_prefetch(files, root, config, timings)):
+        report(progress, "intake", i + 1, n)
+        t = time.perf_counter()
+        analyses.append(analyse_photo(fa, intake, config))
+        intake.pixels = None  # release the analysis image
+        t_analyse += time.perf_counter() - t
+        report(progress, "analyse", i + 1, n)
+    timings["analyse"] = t_analyse
+    return analyses
+
+
+# -- worker processes -------------------------------------------------------------------------------
+# dlib holds the GIL for its whole detection and embedding calls (~60 and ~110 ms a photo), so threads
+# cannot overlap analysis with analysis, and decoding threads stall behind it (Pillow re-takes the GIL
+# between JPEG chunks). A small pool of processes, started once per process and kept for later calls,
+# does intake + analysis of whole photos in parallel; each worker loads the face models once.
+POOL_MIN_PHOTOS = 4  # below this, starting workers (imports + model loading, ~1.5 s) costs more than it saves
+_ENV_KEYS = ("PORTRAIT_MODELS_DIR", "PORTRAIT_MODELS_CONFIG", "XDG_DATA_HOME", "HOME")
+_POOL: Optional[ProcessPoolExecutor] = None
+_POOL_KEY: Optional[tuple] = None
+_POOL_LOCK = threading.Lock()
+
+
+def _use_pool(config: PreprocessConfig, n: int) -> bool:
+    """Worker processes pay off for the dlib engines (which hold the GIL) on batches of a few photos."""
+    return (n >= POOL_MIN_PHOTOS and min(config.workers, os.cpu_count() or 1) >= 2
+            and config.face.detector.startswith("dlib") and config.face.embedder == "dlib-resnet")
+
+
+def _worker_init(env: dict, face: FaceConfig) -> None:
+    for k, v in env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    cv2.setNumThreads(1)  # one core per worker; the pool is the parallelism
+    fa = get_face_analysis(face)
+    fa.detector, fa.landmarker, fa.embedder  # load the models once, before the first photo arrives
+
+
+def _worker_analyse(path: Path, root: Path | None, config: PreprocessConfig) -> tuple[_Analysis, float, float]:
+    t0 = time.perf_counter()
+    intake = intake_photo(path, config, root)
+    t1 = time.perf_counter()
+    a = analyse_photo(get_face_analysis(config.face), intake, config)
+    intake.pixels = None  # the analysis image stays in the worker
+    return a, t1 - t0, time.perf_counter() - t1
+
+
+def _pool(config: PreprocessConfig, workers: int) -> ProcessPoolExecutor:
+    global _POOL, _POOL_KEY
+    env = {k: os.environ.get(k) for k in _ENV_KEYS}
+    key = (workers, config.face, tuple(sorted(env.items(), key=lambda kv: kv[0])))
+    with _POOL_LOCK:
+        if _POOL is None or _POOL_KEY != key:
+            if _POOL is not None:
+                _POOL.shutdown(wait=False, cancel_futures=True)
+            # spawn, not fork: the parent may hold threads (OpenCV's pool, torch) that a fork would break
+            _POOL = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_worker_init, initargs=(env, config.face))
+            _POOL_KEY = key
+        return _POOL
+
+
+def shutdown_workers() -> None:
+    """Stop the analysis worker processes (they are otherwise kept for later calls and end at exit)."""
+    global _POOL, _POOL_KEY
+    with _POOL_LOCK:
+        if _POOL is not None:
+            _POOL.shutdown(wait=True, cancel_futures=True)
+        _POOL, _POOL_KEY = None, None
+
+
+def _analyse_in_workers(files: Sequence[Path], root: Path | None, config: PreprocessConfig, timings: dict,
+                        progress: ProgressCallback | None) -> list[_Analysis]:
+    """Intake + analysis of every photo in worker processes; progress reported here as photos complete.
+    A photo whose worker failed is analysed again in this process, so a real error surfaces with its type."""
+    n = len(files)
+    workers = min(config.workers, os.cpu_count() or 1, n)
+    try:
+        pool = _pool(config, workers)
+        futures = {pool.submit(_worker_analyse, p, root, config): i for i, p in enumerate(files)}
+    except Exception:  # no processes on this platform / sandbox: analyse here
+        shutdown_workers()
+        return _analyse_here(get_face_analysis(config.face), files, root, config, timings, progress)
+    out: list[Optional[_Analysis]] = [None] * n
+    t_intake = t_analyse = 0.0
+    done = 0
+    for fut in as_completed(futures):
+        i = futures[fut]
+        try:
+            out[i], ti, ta = fut.result()
+        except Exception:
+            if isinstance(fut.exception(), BrokenProcessPool):
+                shutdown_workers()
+            t0 = time.perf_counter()
+            intake = intake_photo(files[i], config, root)
+            t1 = time.perf_counter()
+            out[i] = analyse_photo(get_face_analysis(config.face), intake, config)
+            intake.pixels = None
+            ti, ta = t1 - t0, time.perf_counter() - t1
+        t_intake += ti
+        t_analyse += ta
+        done += 1
+        report(progress, "intake", done, n)
+        report(progress, "analyse", done, n)
+    timings["intake"], timings["analyse"] = t_intake, t_analyse
+    return out  # type: ignore[return-value]
+
+
 # -- verdicts ---------------------------------------------------------------------------------------
 def _verdicts(analyses: list[_Analysis], fa: FaceAnalysis, config: PreprocessConfig, names: list[str]
               ) -> tuple[list[PhotoResult], Optional[np.ndarray], float]:
@@ -260,17 +381,15 @@ def run_preprocess(photos: Path | str | list, out_dir: Path | str | None = None,
     timings: dict[str, float] = {}
     n = len(files)
 
-    analyses: list[_Analysis] = []
-    t_analyse = 0.0
-    for i, intake in enumerate(_prefetch(files, root, config, timings)):
-        intake.file = names[i]
-        report(progress, "intake", i + 1, n)
-        t = time.perf_counter()
-        analyses.append(analyse_photo(fa, intake, config))
-        intake.pixels = None  # release the analysis image
-        t_analyse += time.perf_counter() - t
-        report(progress, "analyse", i + 1, n)
-    timings["analyse"] = t_analyse
+    t = time.perf_counter()
+    if _use_pool(config, n):
+        fa.embedder  # the parent needs the metric; a missing model file fails here, named, not in a worker
+        analyses = _analyse_in_workers(files, root, config, timings, progress)
+    else:
+        analyses = _analyse_here(fa, files, root, config, timings, progress)
+    for a, name in zip(analyses, names):
+        a.intake.file = name
+    timings["analyse_wall"] = time.perf_counter() - t
 
     t = time.perf_counter()
     report(progress, "select", 0, 1)
