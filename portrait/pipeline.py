@@ -41,6 +41,7 @@ class RunConfig:
     max_tries: int = 4  # while no output reaches the likeness bar, try more reference photos, up to this
     likeness_bar: Optional[float] = None  # distance an output must reach; None = the same-person threshold
     steps: Optional[int] = None
+    inpaint_size: Optional[int] = None  # working crop side for diffusion (default: 512 SD 1.5, 1024 SDXL)
     seed: Optional[int] = None
     device: Optional[str] = None
     models_dir: Optional[str] = None
@@ -97,7 +98,7 @@ class PortraitPipeline:
         self.fa = get_face_analysis(config.face)
         self.engines = self._choose_engines()
         self._pre = None  # the current run's PreprocessResult
-        self._models = self._identity = None  # diffusion models and identity, loaded on first use
+        self._models = self._identity = self._inpaint = None  # diffusion: loaded on first use
 
     def _choose_engines(self) -> list[EngineChoice]:
         c, m = self.config, self.manifest
@@ -236,10 +237,14 @@ class PortraitPipeline:
                          meta={"reference": ref_name, "timings": {k: round(v, 3) for k, v in t.items()}})
 
     def _diffuse(self, tmpl, ref_img: np.ndarray, ref_face: Face) -> np.ndarray:
-        from .generate.template_inpaint import generate_on_template
+        from .generate.template_inpaint import TemplateInpaint, generate_on_template
 
         models, identity = self._diffusion_models()
-        result = generate_on_template(models, tmpl, identity, ref_img, ref_face, face_analysis=self.fa,
+        if self._inpaint is None:
+            self._inpaint = TemplateInpaint(models, fusion_engine=self.engine("fusion").engine,
+                                            crop_size=self.config.inpaint_size)
+        result = generate_on_template(models, tmpl, identity, ref_img, ref_face, inpaint=self._inpaint,
+                                      callback=self.progress, face_analysis=self.fa,
                                       steps=self.config.steps, seed=self.config.seed)
         return result.image
 
