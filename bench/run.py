@@ -88,7 +88,8 @@ def likeness(fa, result, photos: Path) -> dict[str, tuple[float, float]]:
         if judged is None or original is None:
             figures[o.template] = (float("inf"), float("nan"), float("nan"))
             continue
-        figures[o.template] = (fa.distance(judged.embedding, centroid), fa.distance(judged.embedding, original.embedding),
+        figures[o.template] = (fa.distance(judged.embedding, centroid),
+                               fa.distance(judged.embedding, original.embedding),
                                fa.distance(original.embedding, centroid))
     return figures
 
