@@ -148,8 +148,10 @@ def main() -> None:
                  height=args.size, width=args.size, strength=s.strength, num_inference_steps=s.steps,
                  guidance_scale=s.guidance_scale, generator=torch.Generator("cpu").manual_seed(0), output_type="np")
 
+    stage_times: list[dict] = []
+
     def run_ours():
-        ours(job, identity, ref, rface)
+        stage_times.append(ours(job, identity, ref, rface)[0].details["timings"])
 
     def timed(fn) -> float:
         if device.type == "cuda":
@@ -179,7 +181,10 @@ def main() -> None:
     print(f"{'TemplateInpaint (whole recipe)':<34}{mo:>10.2f}{' '.join(f'{x:.2f}' for x in t_ours):>28}")
     ratio = mo / mb
     print(f"\noverhead ratio ours / bare = {ratio:.3f}  (goal <= 1.05: {'met' if ratio <= 1.05 else 'NOT met'})")
-    print(f"non-diffusion work in ours ≈ {max(0.0, mo - mb):.2f} s per template")
+    # Run-to-run noise on a shared CPU can exceed the overhead itself: also print the recipe's own
+    # non-diffusion stages as TemplateInpaint measured them (crop, fusions, controls, colour transfer).
+    extra = statistics.median(t["prepare"] + t["between"] for t in stage_times[1:])
+    print(f"non-diffusion stages inside ours (measured): {extra:.3f} s per template = {extra / mb:.2%} of bare")
 
 
 if __name__ == "__main__":

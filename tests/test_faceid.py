@@ -120,7 +120,7 @@ def test_embed_cli_writes_identity_and_reference(tmp_path, grace_hopper):
     Image.fromarray(grace_hopper).save(tmp_path / "train" / "000_hopper.png")
     res = CliRunner().invoke(cli, ["embed", str(tmp_path), "--json"])
     assert res.exit_code == 0, res.output
-    info = json.loads(res.output)
+    info = json.loads(res.stdout)
     assert (info["dim"], info["engine"], info["photos"]) == (128, "dlib-resnet", 1)
     assert is_face_identity_file(info["file"]) and (tmp_path / "reference.png").is_file()
     res = CliRunner().invoke(cli, ["embed", str(tmp_path / "train" / "000_hopper.png")])

@@ -194,3 +194,32 @@ def test_generate_cli_missing_controlnet_and_bad_hash(empty_models_dir, tiny, as
     res = _cli([*args, "--base-model", "mybase"])
     assert res.exit_code == 2 and "mybase" in res.output and "sha256" in res.output
     manifest_mod._MANIFESTS.clear()
+
+
+def test_generate_cli_end_to_end_on_the_tiny_set(tmp_path, tiny, astronaut, grace_hopper, monkeypatch):
+    from PIL import Image
+
+    from portrait.models import loading, manifest as manifest_mod
+    from portrait.models.tiny import build_tiny_set
+
+    models_dir = tmp_path / "models"
+    build_tiny_set(models_dir, sdxl=False)
+    monkeypatch.setenv("PORTRAIT_MODELS_DIR", str(models_dir))
+    monkeypatch.delenv("PORTRAIT_MODELS_CONFIG", raising=False)
+    manifest_mod._MANIFESTS.clear()
+    small = astronaut
+    Image.fromarray(small).save(tmp_path / "astro.png")
+    Image.fromarray(grace_hopper).save(tmp_path / "hopper.png")
+    try:
+        res = _cli(["generate", "--identity", str(tiny["lora"]), "--template", str(tmp_path / "astro.png"),
+                    "--reference", str(tmp_path / "hopper.png"), "--out", str(tmp_path / "out"), "--steps", "4",
+                    "--seed", "5", "--json"])
+    finally:
+        manifest_mod._MANIFESTS.clear()
+        loading.clear_cache()
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    [out] = info["outputs"]
+    assert out["seed"] == 5 and out["identity"] == "lora"
+    img = np.asarray(Image.open(out["file"]))
+    assert img.shape == small.shape and (img != small).any()

@@ -16,7 +16,7 @@ EMBEDDING_NAME = "identity_embedding.safetensors"
 
 
 def _template(name_or_dir: str, fa):
-    """A template by name or folder through portrait.templates; a bare image file also works."""
+    """A template by name or folder (portrait.templates); a bare image file also works (its faces detected)."""
     from ..imageio import load_rgb
 
     p = Path(name_or_dir)
@@ -25,15 +25,10 @@ def _template(name_or_dir: str, fa):
         faces = fa.analyze(image)
         if not faces:
             raise TemplateError(f"template image {p} has no usable face")
-        return {"name": p.stem, "image": image, "faces": faces}
-    try:
-        from .. import templates
-    except ImportError as exc:
-        raise TemplateError(f"template {name_or_dir!r}: give an image file (portrait.templates is unavailable)") from exc
-    for loader in ("load_template", "get_template"):
-        if hasattr(templates, loader):
-            return getattr(templates, loader)(name_or_dir)
-    return templates.Template.load(name_or_dir)
+        return {"name": p.stem, "image": image, "faces": faces[:1]}
+    from ..templates import load_template
+
+    return load_template(name_or_dir)
 
 
 def _images(folder: Path) -> list[Path]:
@@ -81,7 +76,8 @@ def register(group: click.Group) -> None:
     def generate(base_model, identity, templates, out_dir, reference, steps, seed, strength, device, as_json):
         """Paint the identity into each template's face (two-pass ControlNet inpainting)."""
         from ..faces import FaceConfig, get_face_analysis
-        from ..generate.template_inpaint import InpaintModels, Identity, TemplateInpaint, job_from_template
+        from ..generate.template_inpaint import (Identity, InpaintModels, TemplateInpaint, generate_on_template,
+                                                job_from_template, template_slots)
         from ..models.manifest import get_manifest
 
         manifest = get_manifest()
@@ -90,12 +86,21 @@ def register(group: click.Group) -> None:
         ref_rgb, ref_face, ref_file = _reference(Path(identity), reference, fa)
         tmpls = [_template(t, fa) for t in templates]
         faceid = manifest.require("ip-adapter-faceid") if ident.face is not None else None
+        over = {"steps": steps, "seed": seed, "strength": strength}
+        first = [job_from_template(t, face_analysis=fa, **over) for t in tmpls]
+        needed = list(dict.fromkeys(n for j in first for n, _ in (*j.pass1.active(), *j.pass2.active())))
+        multi = [i for i, t in enumerate(tmpls) if len(template_slots(t, fa)) > 1]
         with progress_bar(not as_json) as cb:
             cb("load models", 0, 1)
-            models = InpaintModels.load(base_model or "sd15", manifest=manifest, device=device, faceid_adapter=faceid)
+            models = InpaintModels.load(base_model or "sd15", needed, manifest=manifest, device=device,
+                                        faceid_adapter=faceid)
             cb("load models", 1, 1)
-            jobs = [job_from_template(t, steps=steps, seed=seed, strength=strength) for t in tmpls]
-            results = TemplateInpaint(models)(jobs, ident, ref_rgb, ref_face, callback=cb)
+            runner = TemplateInpaint(models)
+            # One-face templates run together (batched where their settings match); others slot by slot.
+            single = [j for i, j in enumerate(first) if i not in multi]
+            results = runner(single, ident, ref_rgb, ref_face, callback=cb) if single else []
+            results += [generate_on_template(models, tmpls[i], ident, ref_rgb, ref_face, callback=cb, inpaint=runner,
+                                             face_analysis=fa, **over) for i in multi]
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         written = []

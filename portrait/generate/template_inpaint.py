@@ -471,13 +471,30 @@ def _pass_from(section, base: PassSettings) -> PassSettings:
     )
 
 
-def job_from_template(template, *, slot: int = 0, steps: int | None = None, seed: int | None = None,
-                      strength: float | None = None, controlnets: Mapping[str, float] | None = None) -> InpaintJob:
-    """An InpaintJob from a portrait.templates.Template (image, faces, prompts, [inpaint]/[edge] settings,
-    style LoRA, seed); `steps`, `seed`, `strength` (pass 1) and `controlnets` (pass 1 scales) override."""
-    faces = _field(template, "faces") or []
-    if not 0 <= slot < len(faces):
-        raise ConfigError(f"template {_field(template, 'name', '?')} has no face slot {slot} ({len(faces)} faces)")
+def template_slots(template, face_analysis=None) -> dict[int, Face]:
+    """The template's face slots to paint: portrait.templates.Template.slot_faces(), or a mapping's 'faces'."""
+    if hasattr(template, "slot_faces"):
+        return dict(template.slot_faces(face_analysis))
+    return dict(enumerate(_field(template, "faces") or []))
+
+
+def job_from_template(template, *, slot: int | None = None, steps: int | None = None, seed: int | None = None,
+                      strength: float | None = None, controlnets: Mapping[str, float] | None = None,
+                      image: np.ndarray | None = None, face_analysis=None) -> InpaintJob:
+    """An InpaintJob from a portrait.templates.Template (or a mapping with the same fields: image, faces,
+    prompt, negative_prompt, inpaint / edge pass settings, style_lora, style_weight, seed) for face `slot`
+    (default: the first slot). `steps`, `seed`, `strength` (pass 1) and `controlnets` (pass-1 scales)
+    override; `image` replaces the template image (to chain slots)."""
+    slots = template_slots(template, face_analysis)
+    name = str(_field(template, "name", ""))
+    if not slots:
+        raise ConfigError(f"template {name or '?'} has no face to paint")
+    slot = min(slots) if slot is None else slot
+    if slot not in slots:
+        raise ConfigError(f"template {name or '?'} has no face slot {slot} (slots: {sorted(slots)})")
+    if image is None:
+        image = _field(template, "image")
+        image = image() if callable(image) else image
     p1 = _pass_from(_field(template, "inpaint"), PASS1)
     p2 = _pass_from(_field(template, "edge"), PASS2)
     if steps is not None:
@@ -487,20 +504,30 @@ def job_from_template(template, *, slot: int = 0, steps: int | None = None, seed
     if controlnets is not None:
         p1 = replace(p1, controlnets={**p1.controlnets, **controlnets})
     style = _field(template, "style_lora")
-    style_weight = _field(template, "style_weight", _field(template, "style_lora_weight", 0.0 if style is None else 0.6))
+    style_weight = _field(template, "style_weight", 0.0) if style else 0.0
     tseed = _field(template, "seed", 0)
     return InpaintJob(
-        template_rgb=_field(template, "image"), template_face=faces[slot], prompt=_field(template, "prompt", "") or "",
+        template_rgb=image, template_face=slots[slot], prompt=_field(template, "prompt", "") or "",
         negative_prompt=_field(template, "negative_prompt", "") or "", pass1=p1, pass2=p2,
         seed=int(seed if seed is not None else (tseed or 0)), style_lora=style, style_weight=float(style_weight or 0.0),
-        name=str(_field(template, "name", "")),
+        name=name,
     )
 
 
 def generate_on_template(models: InpaintModels, template, identity: Identity | str | Path, ref_rgb: np.ndarray,
                          ref_face: Face, *, callback: ProgressCallback | None = None, inpaint: TemplateInpaint | None = None,
-                         **overrides) -> InpaintResult:
-    """One render of `identity` on `template` (what LoRA validation calls). Overrides as job_from_template."""
+                         slot: int | None = None, face_analysis=None, **overrides) -> InpaintResult:
+    """`identity` painted on `template` (what LoRA validation calls). With `slot=None` every face slot
+    of the template is painted in turn (each on the previous result); overrides as job_from_template."""
     ident = identity if isinstance(identity, Identity) else Identity.from_path(identity)
     runner = inpaint or TemplateInpaint(models)
-    return runner(job_from_template(template, **overrides), ident, ref_rgb, ref_face, callback=callback)[0]
+    slots = [slot] if slot is not None else sorted(template_slots(template, face_analysis))
+    result = None
+    for s in slots:
+        job = job_from_template(template, slot=s, face_analysis=face_analysis,
+                                image=None if result is None else result.image, **overrides)
+        r = runner(job, ident, ref_rgb, ref_face, callback=callback)[0]
+        if result is not None:
+            r.mask = np.maximum(r.mask, result.mask)
+        result = r
+    return result
