@@ -73,3 +73,8 @@ class NotEnoughPhotosError(PortraitError):
     """Preprocessing accepted fewer photos than the minimum."""
 
     code = "not_enough_photos"
+
+
+def internal_error(exc: BaseException) -> dict:
+    """The JSON body for an unexpected failure (a bug): its type and message, never a traceback."""
+    return {"error": "internal", "message": f"unexpected {type(exc).__name__}: {exc} (please report this)"}

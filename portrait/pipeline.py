@@ -7,6 +7,7 @@ One template failing (bad image, no face, bad template.toml) is recorded and the
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,12 +16,14 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .engines import EngineChoice, choose_diffusion, choose_fusion, choose_retouch, choose_upscale
-from .errors import NotEnoughPhotosError, PortraitError
+from .errors import NotEnoughPhotosError, PortraitError, internal_error
 from .faces import Face, FaceConfig, get_face_analysis
 from .imageio import save_image
 from .models.manifest import get_manifest
 from .post.rank import Candidate, best_of, output_face
 from .progress import ProgressCallback, report
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -143,6 +146,9 @@ class PortraitPipeline:
                 outputs.append(self._one_template(name, references, centroid, out_dir, timings))
             except PortraitError as exc:
                 failures.append({"template": name, **exc.to_dict()})
+            except Exception as exc:  # a bug must not cost the user the other templates: record it loudly
+                log.exception("template %s failed unexpectedly", name)
+                failures.append({"template": name, **internal_error(exc)})
         report(self.progress, "templates", len(templates), len(templates))
         outputs.sort(key=lambda o: o.distance)
         timings["total"] = time.perf_counter() - t0

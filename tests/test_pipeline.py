@@ -227,3 +227,25 @@ def test_strict_likeness_bar_tries_every_variant_and_flags(hermetic, small_dir, 
     relaxed = PortraitPipeline(RunConfig(upscale="none", retouch="none", variants=1, max_tries=max_tries)).run(
         small_dir, ["navy-formal"], tmp_path / "relaxed")
     assert relaxed.outputs[0].variants_tried == 1 and relaxed.outputs[0].passed_bar
+
+
+def test_an_unexpected_error_in_one_template_is_recorded_and_the_others_finish(tmp_path, monkeypatch):
+    """A bug inside one template (here: fusion raising for the studio-grey face) must not cost the others."""
+    from portrait.post import fusion
+    from portrait.samples import write_sample_photos
+
+    photos = tmp_path / "photos"
+    write_sample_photos(photos)
+    real = fusion.fuse
+
+    def fuse_failing_on_small_templates(template_rgb, *args, **kwargs):
+        if template_rgb.shape[1] < 500:  # studio-grey is 480 px wide, navy-formal 512
+            raise ValueError("do not overlap")
+        return real(template_rgb, *args, **kwargs)
+
+    monkeypatch.setattr(fusion, "fuse", fuse_failing_on_small_templates)
+    result = PortraitPipeline(RunConfig(variants=1, max_tries=1, upscale="none")).run(
+        photos, ["studio-grey", "navy-formal"], tmp_path / "out")
+    assert [o.template for o in result.outputs] == ["navy-formal"]
+    assert result.failures == [{"template": "studio-grey", "error": "internal",
+                                "message": "unexpected ValueError: do not overlap (please report this)"}]

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import click
 
 from ..engines import DIFFUSION_MODES, FUSION_ENGINES, RETOUCH_ENGINES, UPSCALE_ENGINES
-from ..errors import ConfigError, PortraitError
+from ..errors import ConfigError, PortraitError, internal_error
 from ..faces.analysis import DETECTORS, EMBEDDERS, LANDMARKS, FaceConfig
 from .common import handle_errors, json_option, print_json, progress_bar
+
+log = logging.getLogger(__name__)
 
 
 def run_options(f):
@@ -155,6 +158,9 @@ def batch_command(manifest: Path, out: Path, as_json: bool, **options) -> None:
                              best=result.outputs[0].to_dict() if result.outputs else None)
             except PortraitError as exc:
                 entry.update(status="failed", **exc.to_dict())
+            except Exception as exc:  # one customer's bug must not stop the studio's other rows
+                log.exception("batch row %s failed unexpectedly", name)
+                entry.update(status="failed", **internal_error(exc))
             summary.append(entry)
         progress("batch", len(rows), len(rows))
     out.mkdir(parents=True, exist_ok=True)
