@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -64,6 +65,7 @@ class _Analysis:
     scores: dict = field(default_factory=lambda: {k: None for k in SCORE_KEYS})
     crop: Optional[np.ndarray] = None  # training crop cut from the analysis image when it holds enough pixels
     crop_face: Optional[Face] = None  # the face in the crop's coordinates
+    crop_png: Optional[bytes] = None  # the crop already PNG-encoded (by a worker; no background removal)
 
 
 # -- intake ---------------------------------------------------------------------------------------
@@ -199,7 +201,10 @@ def _analyse_here(fa: FaceAnalysis, files: Sequence[Path], root: Path | None, co
 # dlib holds the GIL for its whole detection and embedding calls (~60 and ~110 ms a photo), so threads
 # cannot overlap analysis with analysis, and decoding threads stall behind it (Pillow re-takes the GIL
 # between JPEG chunks). A small pool of processes, started once per process and kept for later calls,
-# does intake + analysis of whole photos in parallel; each worker loads the face models once.
+# does intake + analysis of whole photos in parallel. On Linux the workers are forked after this process
+# has loaded the face models, so they share them (copy-on-write) and start in milliseconds; fork also
+# spares scripts without an `if __name__ == "__main__"` guard from being re-run. (Do not call
+# cv2.setNumThreads in a forked worker: with OpenCV's pthreads pool already started it hangs.)
 POOL_MIN_PHOTOS = 4  # below this, starting workers (imports + model loading, ~1.5 s) costs more than it saves
 _ENV_KEYS = ("PORTRAIT_MODELS_DIR", "PORTRAIT_MODELS_CONFIG", "XDG_DATA_HOME", "HOME")
 _POOL: Optional[ProcessPoolExecutor] = None
@@ -219,9 +224,8 @@ def _worker_init(env: dict, face: FaceConfig) -> None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-    cv2.setNumThreads(1)  # one core per worker; the pool is the parallelism
     fa = get_face_analysis(face)
-    fa.detector, fa.landmarker, fa.embedder  # load the models once, before the first photo arrives
+    fa.detector, fa.landmarker, fa.embedder  # loaded already when forked; a spawned worker loads them once
 
 
 def _worker_analyse(path: Path, root: Path | None, config: PreprocessConfig) -> tuple[_Analysis, float, float]:
@@ -230,7 +234,18 @@ def _worker_analyse(path: Path, root: Path | None, config: PreprocessConfig) -> 
     t1 = time.perf_counter()
     a = analyse_photo(get_face_analysis(config.face), intake, config)
     intake.pixels = None  # the analysis image stays in the worker
+    if a.crop is not None and not config.remove_background:
+        # Encode here, in parallel, rather than in the parent after selection: most photos are selected.
+        a.crop_png, a.crop = _png_bytes(a.crop), None
     return a, t1 - t0, time.perf_counter() - t1
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    """The bytes `dataset.write_png` writes for `image` (same encoder and settings)."""
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:
+        raise OSError("cannot encode the crop as PNG")
+    return buf.tobytes()
 
 
 def _pool(config: PreprocessConfig, workers: int) -> ProcessPoolExecutor:
@@ -241,8 +256,9 @@ def _pool(config: PreprocessConfig, workers: int) -> ProcessPoolExecutor:
         if _POOL is None or _POOL_KEY != key:
             if _POOL is not None:
                 _POOL.shutdown(wait=False, cancel_futures=True)
-            # spawn, not fork: the parent may hold threads (OpenCV's pool, torch) that a fork would break
-            _POOL = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() and os.name == "posix" \
+                and not sys.platform.startswith("darwin") else "spawn"
+            _POOL = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
                                         initializer=_worker_init, initargs=(env, config.face))
             _POOL_KEY = key
         return _POOL
@@ -383,7 +399,8 @@ def run_preprocess(photos: Path | str | list, out_dir: Path | str | None = None,
 
     t = time.perf_counter()
     if _use_pool(config, n):
-        fa.embedder  # the parent needs the metric; a missing model file fails here, named, not in a worker
+        # Load the models here: a missing file fails with its name, not in a worker, and forked workers share them.
+        fa.detector, fa.landmarker, fa.embedder
         analyses = _analyse_in_workers(files, root, config, timings, progress)
     else:
         analyses = _analyse_here(fa, files, root, config, timings, progress)
@@ -411,7 +428,11 @@ def run_preprocess(photos: Path | str | list, out_dir: Path | str | None = None,
         with ThreadPoolExecutor(max(1, config.workers), thread_name_prefix="crops") as pool:
             def job(i: int, p: PhotoResult) -> None:
                 p.crop = crop_name(i + 1, p.file)
-                write_png(train_dir / p.crop, _crop_one(p, by_file[p.file], config, background))
+                a = by_file[p.file]
+                if a.crop_png is not None and background is None:
+                    (train_dir / p.crop).write_bytes(a.crop_png)
+                else:
+                    write_png(train_dir / p.crop, _crop_one(p, a, config, background))
 
             futures = [pool.submit(job, i, p) for i, p in enumerate(selected)]
             for i, (p, fut) in enumerate(zip(selected, futures)):
@@ -420,7 +441,7 @@ def run_preprocess(photos: Path | str | list, out_dir: Path | str | None = None,
                 report(progress, "crops", i + 1, len(selected))
         write_metadata(train_dir, entries)
     for a in analyses:
-        a.crop = None
+        a.crop = a.crop_png = None
     timings["crops"] = time.perf_counter() - t
 
     accepted = [p for p in results if p.accepted]
