@@ -88,6 +88,12 @@ def register(group: click.Group) -> None:
         faceid = manifest.require("ip-adapter-faceid") if ident.face is not None else None
         over = {"steps": steps, "seed": seed, "strength": strength}
         first = [job_from_template(t, face_analysis=fa, **over) for t in tmpls]
+        for j in first:  # bad settings are the user's to fix: a clear message and exit code 2, not a traceback
+            try:
+                j.pass1.check(f"template {j.name} pass 1")
+                j.pass2.check(f"template {j.name} pass 2")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         needed = list(dict.fromkeys(n for j in first for n, _ in (*j.pass1.active(), *j.pass2.active())))
         multi = [i for i, t in enumerate(tmpls) if len(template_slots(t, fa)) > 1]
         with progress_bar(not as_json) as cb:
