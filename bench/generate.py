@@ -11,7 +11,8 @@ ControlNets (from_unet, output convs randomised). Pass 1 + pass 2 at 512 x 512 w
     python bench/generate.py                        # CPU: 4 steps (1 denoising step per pass), 1 ControlNet
     python bench/generate.py --device cuda --steps 30 --controlnets 3
 
-Goal: ours / bare <= 1.05. Set OMP_WAIT_POLICY=PASSIVE on small CPUs (DESIGN.md section 4).
+Then the LoRA training table of bench/train.py (steps/s at 512² on a full-size SD 1.5 UNet), unless
+--no-train. Goal: ours / bare <= 1.05. Set OMP_WAIT_POLICY=PASSIVE on small CPUs (DESIGN.md section 4).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import train as train_bench  # noqa: E402  (bench/train.py: the LoRA training steps/s table)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "portrait" / "models" / "configs" / "sd15"
 
@@ -86,6 +89,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--out", default="/tmp/portrait-bench-generate")
+    ap.add_argument("--no-train", action="store_true", help="skip the LoRA training steps/s table")
+    train_bench.add_arguments(ap, prefix="train-")
     args = ap.parse_args()
 
     import torch
@@ -185,6 +190,10 @@ def main() -> None:
     # non-diffusion stages as TemplateInpaint measured them (crop, fusions, controls, colour transfer).
     extra = statistics.median(t["prepare"] + t["between"] for t in stage_times[1:])
     print(f"non-diffusion stages inside ours (measured): {extra:.3f} s per template = {extra / mb:.2%} of bare")
+    if not args.no_train:
+        del base, nets, models, ours  # free the generation models before building the training UNet
+        train_bench.measure(args.train_steps, args.train_rank, args.train_resolution, args.device,
+                            not args.no_checkpointing)
 
 
 if __name__ == "__main__":

@@ -20,15 +20,23 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def add_arguments(ap: argparse.ArgumentParser, prefix: str = "") -> None:
+    ap.add_argument(f"--{prefix}steps", type=int, default=None, help="timed training steps (default 3 on CPU, 20 on GPU)")
+    ap.add_argument(f"--{prefix}rank", type=int, default=128)
+    ap.add_argument(f"--{prefix}resolution", type=int, default=512)
+    ap.add_argument("--no-checkpointing", action="store_true")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 3 on CPU, 20 on GPU)")
-    ap.add_argument("--rank", type=int, default=128)
-    ap.add_argument("--resolution", type=int, default=512)
+    add_arguments(ap)
     ap.add_argument("--device", default=None)
-    ap.add_argument("--no-checkpointing", action="store_true")
     args = ap.parse_args()
+    measure(args.steps, args.rank, args.resolution, args.device, not args.no_checkpointing)
 
+
+def measure(steps: int | None, rank: int, resolution: int, device_name: str | None, checkpoint: bool = True) -> None:
+    """Time LoRA training steps on a full-size SD 1.5 UNet and print the table."""
     import torch
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from peft import LoraConfig
@@ -37,27 +45,27 @@ def main() -> None:
     from portrait.models.device import pick_device
     from portrait.models.loading import CONFIGS_DIR
 
-    device, dtype = pick_device(args.device)
+    device, dtype = pick_device(device_name)
     gpu = device.type != "cpu"
-    steps = args.steps or (20 if gpu else 3)
+    steps = steps or (20 if gpu else 3)
     torch.manual_seed(0)
     t0 = time.perf_counter()
     unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(CONFIGS_DIR / "sd15" / "unet"))
     unet.requires_grad_(False)
     unet.to(device, dtype)
-    unet.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank / 2, init_lora_weights="gaussian",
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank / 2, init_lora_weights="gaussian",
                                 target_modules=list(TARGET_MODULES)))
     params = [p for n, p in unet.named_parameters() if "lora_" in n]
     for p in params:
         p.data = p.data.float()
         p.requires_grad_(True)
-    checkpointing = gpu and not args.no_checkpointing
+    checkpointing = gpu and checkpoint
     if checkpointing:
         unet.enable_gradient_checkpointing()
     build_s = time.perf_counter() - t0
     opt = torch.optim.AdamW(params, lr=1e-4)
     sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
-    lat = args.resolution // 8
+    lat = resolution // 8
     latents = torch.randn(1, 4, lat, lat, device=device, dtype=dtype)
     text = torch.randn(1, 77, 768, device=device, dtype=dtype)
     unet.train()
@@ -88,7 +96,7 @@ def main() -> None:
     rows = [("device", f"{device} ({torch.cuda.get_device_name() if gpu else os.cpu_count()} {'' if gpu else 'cores'})"),
             ("weights dtype", str(dtype).replace("torch.", "")), ("mixed precision", str(gpu and dtype != torch.float32)),
             ("gradient checkpointing", str(checkpointing)), ("UNet params", f"{unet.num_parameters() / 1e6:.0f} M"),
-            ("LoRA rank / params", f"{args.rank} / {lora_m:.1f} M"), ("resolution", f"{args.resolution}²"),
+            ("LoRA rank / params", f"{rank} / {lora_m:.1f} M"), ("resolution", f"{resolution}²"),
             ("build s", f"{build_s:.1f}"), ("timed steps", str(steps)), ("s / step", f"{dt / steps:.3f}"),
             ("steps / s", f"{steps / dt:.2f}"), ("peak GPU memory", peak),
             ("800-step run (EasyPhoto default)", f"{800 * dt / steps / 60:.1f} min")]
