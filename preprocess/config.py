@@ -99,7 +99,7 @@ class PreprocessConfig:
     max_pitch: float = 50.0
     max_roll: float = 40.0
     duplicate_bits: int = 10  # perceptual-hash Hamming distance (of 128 bits) at or below which: duplicate
-    workers: int = 2  # decode threads (decoding overlaps face analysis)
+    workers: int = 2  # analysis worker processes (dlib holds the GIL); used for 4+ photos with dlib engines
 
     def __post_init__(self):
         if self.top_k < 1:
