@@ -1,4 +1,4 @@
-"""Tiny random models shaped like the real ones: SD 1.5 / SDXL pipelines, ControlNets, an IP-Adapter FaceID file.
+"""Tiny random models shaped like the real ones: SD 1.5 / SDXL pipelines, ControlNets, IP-Adapter FaceID, InstantID.
 
 They have the real models' structure (the same classes, key layouts and pipelines) with small configs
 and random weights, so every code path runs offline in seconds: tests build them once per session,
@@ -272,6 +272,29 @@ def build_tiny_controlnet(base_dir: str | Path, out_dir: str | Path, seed: int =
     return out
 
 
+def _ip_attention_state(unet) -> dict:
+    """`ip_adapter.{k}.to_k_ip/to_v_ip` for every cross-attention layer of `unet` (global torch RNG)."""
+    import torch
+
+    cross = unet.config.cross_attention_dim
+    state = {}
+    key_id = 1  # diffusers numbers the cross-attention processors 1, 3, 5, ... in attn_processors order
+    blocks = list(unet.config.block_out_channels)
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        if name.startswith("mid_block"):
+            hidden = blocks[-1]
+        elif name.startswith("up_blocks"):
+            hidden = blocks[::-1][int(name.split(".")[1])]
+        else:
+            hidden = blocks[int(name.split(".")[1])]
+        state[f"ip_adapter.{key_id}.to_k_ip.weight"] = torch.randn(hidden, cross) / cross**0.5
+        state[f"ip_adapter.{key_id}.to_v_ip.weight"] = torch.randn(hidden, cross) / cross**0.5
+        key_id += 2
+    return state
+
+
 def build_tiny_ip_adapter_faceid(base_dir: str | Path, out_file: str | Path, id_dim: int = 128, seed: int = 0,
                                  num_tokens: int = 4) -> Path:
     """An IP-Adapter FaceID file for the base's UNet: `image_proj.*` (id_dim → num_tokens × cross dim)
@@ -297,24 +320,71 @@ def build_tiny_ip_adapter_faceid(base_dir: str | Path, out_file: str | Path, id_
         "image_proj.norm.weight": torch.ones(cross),
         "image_proj.norm.bias": torch.zeros(cross),
     }
-    key_id = 1  # diffusers numbers the cross-attention processors 1, 3, 5, ... in attn_processors order
-    blocks = list(unet.config.block_out_channels)
-    for name in unet.attn_processors:
-        if name.endswith("attn1.processor"):
-            continue
-        if name.startswith("mid_block"):
-            hidden = blocks[-1]
-        elif name.startswith("up_blocks"):
-            hidden = blocks[::-1][int(name.split(".")[1])]
-        else:
-            hidden = blocks[int(name.split(".")[1])]
-        state[f"ip_adapter.{key_id}.to_k_ip.weight"] = torch.randn(hidden, cross) / cross**0.5
-        state[f"ip_adapter.{key_id}.to_v_ip.weight"] = torch.randn(hidden, cross) / cross**0.5
-        key_id += 2
+    state.update(_ip_attention_state(unet))
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(out), metadata={"id_dim": str(id_dim)})
     return out
+
+
+def build_tiny_instantid_adapter(sdxl_dir: str | Path, out_file: str | Path, id_dim: int = 512, seed: int = 0,
+                                 num_tokens: int = 16, hidden: int = 64, depth: int = 4) -> Path:
+    """An InstantID `ip-adapter` file for an SDXL base's UNet, in InstantID's own (IP-Adapter Plus) layout:
+    `image_proj.*` is a perceiver resampler (latents, proj_in: id_dim → hidden, `depth` layers of
+    attention `layers.i.0.{norm1,norm2,to_q,to_kv,to_out}` and feed-forward `layers.i.1.{0,1,3}`, proj_out
+    → cross-attention dim, norm_out) and `ip_adapter.{k}.to_k_ip/to_v_ip` per cross-attention layer.
+    diffusers' `load_ip_adapter` reads it natively (IPAdapterPlusImageProjection; heads = hidden / 64,
+    depth 4 as diffusers assumes).
+
+    id_dim is the face embedding's size: 512 for ArcFace (the real InstantID), 128 for dlib's ResNet.
+    """
+    import torch
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    if hidden % 64:
+        raise ValueError(f"hidden must be a multiple of 64 (diffusers reads heads = hidden / 64), got {hidden}")
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(Path(sdxl_dir) / "unet"))
+    cross = unet.config.cross_attention_dim
+    torch.manual_seed(seed)
+    ff = hidden * 4
+    state = {
+        "image_proj.latents": torch.randn(1, num_tokens, hidden) / hidden**0.5,
+        "image_proj.proj_in.weight": torch.randn(hidden, id_dim) / id_dim**0.5,
+        "image_proj.proj_in.bias": torch.zeros(hidden),
+        "image_proj.proj_out.weight": torch.randn(cross, hidden) / hidden**0.5,
+        "image_proj.proj_out.bias": torch.zeros(cross),
+        "image_proj.norm_out.weight": torch.ones(cross),
+        "image_proj.norm_out.bias": torch.zeros(cross),
+    }
+    for i in range(depth):
+        p = f"image_proj.layers.{i}"
+        state.update({
+            f"{p}.0.norm1.weight": torch.ones(hidden), f"{p}.0.norm1.bias": torch.zeros(hidden),
+            f"{p}.0.norm2.weight": torch.ones(hidden), f"{p}.0.norm2.bias": torch.zeros(hidden),
+            f"{p}.0.to_q.weight": torch.randn(hidden, hidden) / hidden**0.5,
+            f"{p}.0.to_kv.weight": torch.randn(2 * hidden, hidden) / hidden**0.5,
+            f"{p}.0.to_out.weight": torch.randn(hidden, hidden) / hidden**0.5,
+            f"{p}.1.0.weight": torch.ones(hidden), f"{p}.1.0.bias": torch.zeros(hidden),
+            f"{p}.1.1.weight": torch.randn(ff, hidden) / hidden**0.5,
+            f"{p}.1.3.weight": torch.randn(hidden, ff) / ff**0.5,
+        })
+    state.update(_ip_attention_state(unet))
+    out = Path(out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out),
+              metadata={"id_dim": str(id_dim), "kind": "instantid"})
+    return out
+
+
+def build_tiny_instantid(sdxl_dir: str | Path, out_dir: str | Path, id_dim: int = 512, seed: int = 0) -> dict[str, Path]:
+    """A tiny InstantID for an SDXL base: the IdentityNet (a ControlNet from the base's UNet with randomised
+    output convolutions) in OUT/ControlNetModel and the adapter in OUT/ip-adapter.safetensors (the
+    layout of InstantX/InstantID). Returns {"instantid-controlnet": folder, "instantid-adapter": file}."""
+    out = Path(out_dir)
+    return {"instantid-controlnet": build_tiny_controlnet(sdxl_dir, out / "ControlNetModel", seed),
+            "instantid-adapter": build_tiny_instantid_adapter(sdxl_dir, out / "ip-adapter.safetensors", id_dim,
+                                                              seed + 1)}
 
 
 # -- the whole set -----------------------------------------------------------------------------------
@@ -342,6 +412,10 @@ def build_tiny_set(out_dir: str | Path, seed: int = 0, progress: ProgressCallbac
     ]
     if sdxl:
         steps.append(("sdxl", lambda: build_tiny_sdxl(out / "sdxl", seed)))
+        steps += [("instantid-controlnet", lambda: build_tiny_controlnet(out / "sdxl", out / "instantid" / "ControlNetModel",
+                                                                         seed + 30)),
+                  ("instantid-adapter", lambda: build_tiny_instantid_adapter(
+                      out / "sdxl", out / "instantid" / "ip-adapter.safetensors", id_dim=id_dim, seed=seed + 31))]
     built: dict[str, Path] = {}
     for i, (name, make) in enumerate(steps):
         report(progress, "tiny models", i, len(steps))
