@@ -58,6 +58,35 @@ def _reference(identity_path: Path, reference: str | None, fa):
     raise ConfigError(f"no usable face in the reference {reference or candidates[0]}")
 
 
+def _is_sdxl(base: str, manifest) -> bool:
+    """Whether the base model (manifest name or path) is SDXL, without loading it (False when unknown)."""
+    from ..errors import PortraitError
+    from ..models import loading
+
+    try:
+        path, spec = loading.resolve_model(base, manifest)
+        return loading.detect_architecture(path) == "sdxl"
+    except (PortraitError, OSError, ValueError):
+        spec = manifest.specs.get(base)
+        return bool(spec and spec.architecture == "sdxl")
+
+
+def _identity_engine(engine: str, ident, base: str, manifest) -> str | None:
+    """The engine painting a face-embedding identity: --engine, or auto = InstantID when the base is SDXL
+    and both InstantID files are present, else IP-Adapter FaceID. None for a LoRA identity."""
+    from ..generate.template_inpaint import INSTANTID_MODELS
+
+    if ident.face is None:
+        if engine != "auto":
+            raise ConfigError(f"--engine {engine} needs a face embedding from `portrait embed` as --identity, "
+                              "not a LoRA")
+        return None
+    if engine == "auto":
+        present = all(n in manifest.specs and manifest.available(n) for n in INSTANTID_MODELS.values())
+        engine = "instantid" if present and _is_sdxl(base, manifest) else "faceid"
+    return engine
+
+
 def register(group: click.Group) -> None:
     @group.command("generate")
     @click.option("--base-model", default=None, help="Diffusion base: manifest name or path (default: sd15 from the models config).")
@@ -71,9 +100,12 @@ def register(group: click.Group) -> None:
     @click.option("--seed", type=int, default=None)
     @click.option("--strength", type=click.FloatRange(0.01, 1.0), default=None, help="Pass-1 denoise strength.")
     @click.option("--device", default=None, help="cpu | cuda | mps (default: best available).")
+    @click.option("--engine", type=click.Choice(("auto", "faceid", "instantid")), default="auto", show_default=True,
+                  help="How a face-embedding identity is painted: IP-Adapter FaceID, or InstantID (SDXL: IdentityNet "
+                  "+ adapter); auto = InstantID when the base is SDXL and its files are present.")
     @json_option
     @handle_errors
-    def generate(base_model, identity, templates, out_dir, reference, steps, seed, strength, device, as_json):
+    def generate(base_model, identity, templates, out_dir, reference, steps, seed, strength, device, engine, as_json):
         """Paint the identity into each template's face (two-pass ControlNet inpainting)."""
         from ..faces import FaceConfig, get_face_analysis
         from ..generate.template_inpaint import (Identity, InpaintModels, TemplateInpaint, generate_on_template,
@@ -82,10 +114,14 @@ def register(group: click.Group) -> None:
 
         manifest = get_manifest()
         ident = Identity.from_path(identity)
+        base = base_model or "sd15"
+        id_engine = _identity_engine(engine, ident, base, manifest)
+        if id_engine is not None:
+            ident.engine = id_engine
         fa = get_face_analysis(FaceConfig(embedder=ident.face.engine) if ident.face is not None else FaceConfig())
         ref_rgb, ref_face, ref_file = _reference(Path(identity), reference, fa)
         tmpls = [_template(t, fa) for t in templates]
-        faceid = manifest.require("ip-adapter-faceid") if ident.face is not None else None
+        faceid = manifest.require("ip-adapter-faceid") if id_engine == "faceid" else None
         over = {"steps": steps, "seed": seed, "strength": strength}
         first = [job_from_template(t, face_analysis=fa, **over) for t in tmpls]
         for j in first:  # bad settings are the user's to fix: a clear message and exit code 2, not a traceback
@@ -98,8 +134,8 @@ def register(group: click.Group) -> None:
         multi = [i for i, t in enumerate(tmpls) if len(template_slots(t, fa)) > 1]
         with progress_bar(not as_json) as cb:
             cb("load models", 0, 1)
-            models = InpaintModels.load(base_model or "sd15", needed, manifest=manifest, device=device,
-                                        faceid_adapter=faceid)
+            models = InpaintModels.load(base, needed, manifest=manifest, device=device,
+                                        faceid_adapter=faceid, instantid=id_engine == "instantid")
             cb("load models", 1, 1)
             runner = TemplateInpaint(models)
             # One-face templates run together (batched where their settings match); others slot by slot.
@@ -116,7 +152,7 @@ def register(group: click.Group) -> None:
             path = out / f"{i:02d}_{r.name or 'template'}.png"
             Image.fromarray(r.image).save(path)
             written.append({"template": r.name, "file": str(path), "seed": r.seed, **r.details})
-        summary = {"identity": str(identity), "identity_kind": ident.kind, "reference": ref_file,
+        summary = {"identity": str(identity), "identity_kind": ident.kind, "identity_engine": id_engine, "reference": ref_file,
                    "base_model": base_model or "sd15", "outputs": written}
         (out / "generate.json").write_text(json.dumps(summary, indent=2, default=str))
         if as_json:

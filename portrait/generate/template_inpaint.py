@@ -35,6 +35,28 @@ from . import controls
 CONTROLNET_MODELS = {"canny": "controlnet-canny", "openpose": "controlnet-openpose", "color": "controlnet-color",
                      "tile": "controlnet-tile"}
 WORKING_SIZE = {"sd15": 512, "sdxl": 1024}
+# InstantID (SDXL): the IdentityNet ControlNet and the image-prompt adapter, by manifest name.
+INSTANTID_MODELS = {"controlnet": "instantid-controlnet", "adapter": "instantid-adapter"}
+IDENTITYNET = "identitynet"  # the pass-1 control name InstantID's IdentityNet runs under
+IDENTITY_ENGINES = ("faceid", "instantid")  # how a face-embedding identity is painted
+
+
+def _quiet_prompt_notice() -> None:
+    """Drop diffusers' "You have N ControlNets and you have passed M prompts. The conditionings will be
+    fixed across the prompts." (logged on every multi-ControlNet call with a list of prompts: our control
+    images are per image already), and nothing else those loggers say."""
+    import logging
+
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            msg = record.getMessage()
+            return not ("ControlNets and you have passed" in msg and "conditionings will be fixed" in msg)
+
+    for name in ("diffusers.pipelines.controlnet.pipeline_controlnet_inpaint",
+                 "diffusers.pipelines.controlnet.pipeline_controlnet_inpaint_sd_xl"):
+        logger = logging.getLogger(name)
+        if not any(type(f).__name__ == "_Drop" for f in logger.filters):
+            logger.addFilter(_Drop())
 
 
 @dataclass(frozen=True)
@@ -68,12 +90,23 @@ PASS2 = PassSettings(0.3, 20, {"tile": 0.8, "canny": 0.8})
 
 @dataclass
 class Identity:
-    """Who to paint: an identity LoRA, a face embedding (FaceID), or both."""
+    """Who to paint: an identity LoRA, a face embedding, or both.
+
+    A face embedding is painted by `engine`: "faceid" (IP-Adapter FaceID, SD 1.5 or SDXL) or "instantid"
+    (SDXL: InstantID's adapter at `faceid_scale` plus its IdentityNet ControlNet in pass 1 at
+    `identitynet_scale`, driven by the face tokens and a 5-keypoint drawing).
+    """
 
     lora: Path | None = None
     lora_weight: float = 0.9
     face: Any = None  # portrait.identity.face_embedding.FaceIdentity
-    faceid_scale: float = 0.8
+    faceid_scale: float = 0.8  # the image-prompt adapter's scale (FaceID or InstantID)
+    engine: str = "faceid"
+    identitynet_scale: float = 0.8
+
+    @property
+    def instantid(self) -> bool:
+        return self.face is not None and self.engine == "instantid"
 
     @classmethod
     def from_path(cls, path: str | Path, **kwargs) -> "Identity":
@@ -95,7 +128,8 @@ class Identity:
 
     @property
     def kind(self) -> str:
-        return "+".join(k for k, v in (("lora", self.lora), ("faceid", self.face)) if v is not None) or "none"
+        face = "instantid" if self.engine == "instantid" else "faceid"
+        return "+".join(k for k, v in (("lora", self.lora), (face, self.face)) if v is not None) or "none"
 
 
 @dataclass
@@ -146,25 +180,67 @@ class InpaintModels:
     """A base model and ControlNets by control name; inpaint pipelines are built per ControlNet set
     from the base's shared components (no weights copied) and cached, so one load serves every job."""
 
-    def __init__(self, base, controlnets: Mapping[str, Any], *, faceid_adapter: str | Path | None = None):
+    def __init__(self, base, controlnets: Mapping[str, Any], *, faceid_adapter: str | Path | None = None,
+                 identitynet=None, instantid_adapter: str | Path | None = None):
         self.base = base
         self.controlnets = dict(controlnets)
         self.faceid_adapter = Path(faceid_adapter) if faceid_adapter else None
+        self.identitynet = identitynet
+        self.instantid_adapter = Path(instantid_adapter) if instantid_adapter else None
         self._pipes: dict[tuple[str, ...], Any] = {}
         self.arch = getattr(base, "arch", None) or _architecture(self.components["unet"])
+        unet_dim = self.components["unet"].config.cross_attention_dim
+        for n, net in self.controlnets.items():  # an SD 1.5 ControlNet cannot steer an SDXL UNet, nor back
+            net_dim = getattr(getattr(net, "config", None), "cross_attention_dim", unet_dim)
+            if net_dim != unet_dim:
+                raise ConfigError(f"ControlNet '{n}' attends to {net_dim}-d text embeddings but the {self.arch} base "
+                                  f"to {unet_dim}-d: use the '{n}' ControlNet made for {self.arch}")
+        if (identitynet is None) != (instantid_adapter is None):
+            raise ConfigError("InstantID needs both its IdentityNet ControlNet and its ip-adapter file")
+        if identitynet is not None:
+            self._check_instantid(unet_dim)
+
+    def _check_instantid(self, unet_dim: int) -> None:
+        from ..identity.face_embedding import check_instantid_adapter
+
+        if self.arch != "sdxl":
+            raise ConfigError(f"InstantID is built for SDXL; the base model is {self.arch}")
+        check_instantid_adapter(self.instantid_adapter, unet_dim)
+        cfg = self.identitynet.config
+        if cfg.cross_attention_dim != unet_dim or getattr(cfg, "addition_embed_type", None) != "text_time":
+            raise ConfigError(f"the InstantID IdentityNet is not an SDXL ControlNet for this base (cross-attention "
+                              f"{cfg.cross_attention_dim}-d, the base's {unet_dim}-d)")
+
+    @property
+    def has_instantid(self) -> bool:
+        return self.identitynet is not None
 
     @classmethod
     def load(cls, base: str | Path = "sd15", controlnets: Sequence[str] = ("canny", "openpose", "color", "tile"), *,
              controlnet_models: Mapping[str, str] | None = None, manifest=None, device=None, dtype=None,
-             faceid_adapter: str | Path | None = None) -> "InpaintModels":
-        """Load the base and the named controls' ControlNets (manifest names or paths) through M's loaders."""
+             faceid_adapter: str | Path | None = None, instantid: bool = False,
+             instantid_models: Mapping[str, str] | None = None) -> "InpaintModels":
+        """Load the base and the named controls' ControlNets (manifest names or paths) through M's loaders.
+
+        instantid=True also loads InstantID (SDXL): INSTANTID_MODELS' "instantid-controlnet" (IdentityNet)
+        and "instantid-adapter" from the manifest (or the names / paths in `instantid_models`); a missing
+        one raises ModelMissingError naming it, a non-SDXL base or adapter a ConfigError.
+        """
         loading = _loading()
         if loading is None:
             raise PortraitError("portrait.models.loading is not available (install portrait[ml])")
         names = {**CONTROLNET_MODELS, **(controlnet_models or {})}
         b = loading.load_base(str(base), manifest=manifest, device=device, dtype=dtype)
+        identitynet = adapter = None
+        if instantid:
+            iid = {**INSTANTID_MODELS, **(instantid_models or {})}
+            arch = _architecture(b.unet) if hasattr(b, "unet") else None
+            if arch is not None and arch != "sdxl":
+                raise ConfigError(f"InstantID is built for SDXL; the base model '{base}' is {arch}")
+            adapter, _ = loading.resolve_model(iid["adapter"], manifest)
+            identitynet = loading.load_controlnet(iid["controlnet"], manifest=manifest, device=device, dtype=dtype)
         nets = {c: loading.load_controlnet(names[c], manifest=manifest, device=device, dtype=dtype) for c in controlnets}
-        return cls(b, nets, faceid_adapter=faceid_adapter)
+        return cls(b, nets, faceid_adapter=faceid_adapter, identitynet=identitynet, instantid_adapter=adapter)
 
     @property
     def components(self) -> dict:
@@ -182,10 +258,11 @@ class InpaintModels:
         """The inpaint pipeline running exactly the ControlNets `names` (in that order)."""
         key = tuple(names)
         if key not in self._pipes:
-            missing = [n for n in key if n not in self.controlnets]
+            loaded = {**self.controlnets, **({IDENTITYNET: self.identitynet} if self.has_instantid else {})}
+            missing = [n for n in key if n not in loaded]
             if missing:
-                raise ConfigError(f"no ControlNet loaded for control(s) {missing}; loaded: {sorted(self.controlnets)}")
-            nets = [self.controlnets[n] for n in key]
+                raise ConfigError(f"no ControlNet loaded for control(s) {missing}; loaded: {sorted(loaded)}")
+            nets = [loaded[n] for n in key]
             loading = _loading()
             if loading is not None and hasattr(loading, "inpaint_pipeline") and nets:
                 pipe = loading.inpaint_pipeline(self.base, nets)
@@ -283,6 +360,7 @@ class TemplateInpaint:
         self.crop_size = crop_size or WORKING_SIZE.get(models.arch, 512)
         self.max_batch = max_batch
         self.interrupt = False
+        _quiet_prompt_notice()
 
     # -- validation --------------------------------------------------------------------------------
     def check_inputs(self, jobs: Sequence[InpaintJob], identity: Identity, ref_rgb: np.ndarray, ref_face: Face) -> None:
@@ -292,7 +370,18 @@ class TemplateInpaint:
             raise ValueError(f"identity must be an Identity, got {type(identity).__name__}")
         if identity.lora is None and identity.face is None:
             raise ValueError("identity has neither a LoRA nor a face embedding")
-        if identity.face is not None and self.models.faceid_adapter is None:
+        if identity.face is not None and identity.engine not in IDENTITY_ENGINES:
+            raise ConfigError(f"unknown identity engine {identity.engine!r}; choose from {', '.join(IDENTITY_ENGINES)}")
+        if identity.instantid:
+            if not self.models.has_instantid:
+                raise ConfigError("the InstantID engine needs InpaintModels.load(..., instantid=True) "
+                                  f"(models {', '.join(INSTANTID_MODELS.values())})")
+            from ..identity.face_embedding import check_adapter_dim
+
+            dim = getattr(identity.face, "dim", None)
+            if dim is not None:
+                check_adapter_dim(self.models.instantid_adapter, dim, getattr(identity.face, "engine", ""))
+        elif identity.face is not None and self.models.faceid_adapter is None:
             raise ValueError("a face-embedding identity needs InpaintModels(faceid_adapter=...)")
         if identity.lora is not None and not Path(identity.lora).is_file():
             raise ValueError(f"identity LoRA {identity.lora} does not exist")
@@ -341,6 +430,8 @@ class TemplateInpaint:
             w.stages.update(fused=fused.image, replaced=replaced)
             w.stages["controls1"] = controls.make_controls([n for n, _ in job.pass1.active()], fused=fused.image,
                                                            replaced=replaced, faces=user_face)
+            if identity.instantid:  # IdentityNet's input: InstantID's 5 coloured keypoints of the replaced face
+                w.stages["controls1"].append(controls.face_keypoints(h_w, user_face, style="kps"))
             w.timings["prepare"] = time.perf_counter() - t0
             works.append(w)
             report(callback, "fusion", i + 1, len(jobs))
@@ -373,7 +464,9 @@ class TemplateInpaint:
             results.append(InpaintResult(
                 image, w.crop.full_mask(w.job.template_rgb.shape[:2], final_mask), w.job.name, w.job.seed, stages,
                 w.crop, {"identity": identity.kind, "crop": [w.crop.x0, w.crop.y0, w.crop.side, w.crop.size],
-                         "controlnets": {"pass1": dict(w.job.pass1.active()), "pass2": dict(w.job.pass2.active())},
+                         "controlnets": {"pass1": {**dict(w.job.pass1.active()),
+                                                   **({IDENTITYNET: identity.identitynet_scale} if identity.instantid else {})},
+                                         "pass2": dict(w.job.pass2.active())},
                          "timings": {k: round(v, 3) for k, v in w.timings.items()}}))
         return results
 
@@ -402,12 +495,22 @@ class TemplateInpaint:
     def _diffuse(self, batch: list[_Work], which: str, active, strength, steps, guidance, identity, callback):
         import torch
 
+        identitynet = identity.instantid and which == "pass1"
+        if identitynet:  # InstantID: IdentityNet joins pass 1's ControlNets (its control image is last)
+            active = (*active, (IDENTITYNET, float(identity.identitynet_scale)))
         names = tuple(n for n, _ in active)
         pipe = self.models.pipeline(names)
         job0 = batch[0].job
         _set_loras(self.models, pipe, identity, job0.style_lora, job0.style_weight)
         kwargs: dict = {}
-        if identity.face is not None:
+        if identity.instantid:
+            from ..identity.face_embedding import instantid_embeds, load_faceid_adapter
+
+            load_faceid_adapter(pipe, self.models.instantid_adapter, identity.face.dim, identity.faceid_scale,
+                                identity.face.engine)
+            kwargs["ip_adapter_image_embeds"] = instantid_embeds(identity.face, batch=len(batch), guidance=guidance > 1,
+                                                                 device=self.models.device, dtype=self.models.dtype)
+        elif identity.face is not None:
             from ..identity.face_embedding import faceid_embeds, load_faceid_adapter
 
             load_faceid_adapter(pipe, self.models.faceid_adapter, identity.face.dim, identity.faceid_scale,
@@ -437,16 +540,32 @@ class TemplateInpaint:
             return cb_kwargs
 
         size = self.crop_size
-        out = pipe(
+        hook = None
+        if identitynet:
+            from ..identity.face_embedding import identity_tokens, identitynet_hook
+
+            hook = identitynet_hook(self.models.identitynet,
+                                    identity_tokens(pipe.unet, kwargs["ip_adapter_image_embeds"]))
+        try:
+            out = self._call_pipe(pipe, batch, which, key_img, size, strength, steps, guidance, on_step, kwargs)
+        finally:
+            if hook is not None:
+                hook.remove()
+        if self.interrupt:
+            raise InterruptedError("generation interrupted")
+        return [_to_uint8(img) for img in out]
+
+    @staticmethod
+    def _call_pipe(pipe, batch, which, key_img, size, strength, steps, guidance, on_step, kwargs):
+        import torch
+
+        return pipe(
             prompt=[w.job.prompt for w in batch], negative_prompt=[w.job.negative_prompt for w in batch],
             image=[_pil(w.stages[key_img]) for w in batch], mask_image=[_pil(w.masks[which]) for w in batch],
             height=size, width=size, strength=strength, num_inference_steps=steps, guidance_scale=guidance,
             generator=[torch.Generator("cpu").manual_seed(w.job.seed + (0 if which == "pass1" else 1)) for w in batch],
             output_type="np", callback_on_step_end=on_step, **kwargs,
         ).images
-        if self.interrupt:
-            raise InterruptedError("generation interrupted")
-        return [_to_uint8(img) for img in out]
 
 
 # -- templates ----------------------------------------------------------------------------------------

@@ -217,6 +217,62 @@ def faceid_embeds(identity: FaceIdentity | np.ndarray, *, batch: int = 1, guidan
     return [emb.to(device=device, dtype=dtype)]
 
 
+
+def adapter_token_dim(path: str | Path) -> int:
+    """The cross-attention size an IP-Adapter / InstantID file projects to (768 SD 1.5, 2048 SDXL)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        keys = set(f.keys())
+        for key in ("image_proj.norm_out.weight", "image_proj.norm.weight", "image_proj.proj_out.weight"):
+            if key in keys:
+                return int(f.get_slice(key).get_shape()[0])
+        for key in (k for k in keys if k.endswith(".to_k_ip.weight")):
+            return int(f.get_slice(key).get_shape()[1])
+    raise ConfigError(f"{path} is not an IP-Adapter file: no image projection or to_k_ip weights")
+
+
+def is_resampler_adapter(path: str | Path) -> bool:
+    """True for the perceiver-resampler layout (IP-Adapter Plus, InstantID's ip-adapter)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return "image_proj.latents" in set(f.keys())
+
+
+def check_instantid_adapter(path: str | Path, cross_attention_dim: int, identity_dim: int | None = None,
+                            engine: str = "") -> None:
+    """ConfigError unless `path` is an InstantID adapter for a UNet with this cross-attention size
+    (2048 for SDXL) and, when given, for `identity_dim`-d face embeddings."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"InstantID adapter {path} does not exist")
+    if not is_resampler_adapter(path):
+        raise ConfigError(f"{path} is not an InstantID adapter (no image_proj.latents: expected InstantID's "
+                          "ip-adapter with a perceiver resampler)")
+    dim = adapter_token_dim(path)
+    if dim != cross_attention_dim:
+        arch = {768: "SD 1.5", 2048: "SDXL"}
+        raise ConfigError(
+            f"the InstantID adapter {path} projects to {dim}-d tokens ({arch.get(dim, 'another base')}) but the base "
+            f"model's UNet attends to {cross_attention_dim}-d ({arch.get(cross_attention_dim, 'this base')}); "
+            "use the adapter made for this base (InstantID is SDXL)")
+    if identity_dim is not None:
+        check_adapter_dim(path, identity_dim, engine)
+
+
+def instantid_embeds(identity: FaceIdentity | np.ndarray, *, batch: int = 1, guidance: bool = True,
+                     device=None, dtype=None) -> list:
+    """`ip_adapter_image_embeds` for InstantID's resampler adapter: [(2 x batch | batch, 1, 1, dim)], one
+    face token per image, the raw (unnormalised, as InstantID was trained) embedding; zeros unconditional."""
+    import torch
+
+    vec = identity.vector(normalized=False) if isinstance(identity, FaceIdentity) else np.asarray(identity, np.float32)
+    emb = torch.from_numpy(np.ascontiguousarray(vec, np.float32)).reshape(1, 1, 1, -1).repeat(batch, 1, 1, 1)
+    if guidance:
+        emb = torch.cat([torch.zeros_like(emb), emb])
+    return [emb.to(device=device, dtype=dtype)]
+
 # -- InstantID's IdentityNet from diffusers parts ---------------------------------------------------
 
 def identity_tokens(unet, image_embeds: list):
