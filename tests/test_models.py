@@ -49,7 +49,7 @@ def _render(pipe, seed=0, size=64):
 
 def test_tiny_set_is_present_in_the_manifest(models_env):
     for name in ("sd15", "sd15-single", "sdxl", "controlnet-canny", "controlnet-openpose", "controlnet-tile",
-                 "controlnet-color", "ip-adapter-faceid"):
+                 "controlnet-color", "ip-adapter-faceid", "instantid-adapter", "instantid-controlnet"):
         assert models_env.status(name).state == "present", name
     assert models_env.spec("sd15-single").extra["config"].endswith("sd15")
 
