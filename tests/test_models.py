@@ -49,7 +49,8 @@ def _render(pipe, seed=0, size=64):
 
 def test_tiny_set_is_present_in_the_manifest(models_env):
     for name in ("sd15", "sd15-single", "sdxl", "controlnet-canny", "controlnet-openpose", "controlnet-tile",
-                 "controlnet-color", "ip-adapter-faceid", "instantid-adapter", "instantid-controlnet"):
+                 "controlnet-color", "ip-adapter-faceid", "instantid-adapter", "instantid-controlnet",
+                 "controlnet-canny-sdxl", "controlnet-openpose-sdxl", "controlnet-tile-sdxl", "controlnet-color-sdxl"):
         assert models_env.status(name).state == "present", name
     assert models_env.spec("sd15-single").extra["config"].endswith("sd15")
 
@@ -94,6 +95,40 @@ def test_sdxl_loads_and_renders(models_env):
     pipe = loading.load_base("sdxl", manifest=models_env)
     assert loading.is_sdxl(pipe)
     assert _render(pipe, size=64).shape == (64, 64, 3)
+
+
+def test_inpaint_models_pick_the_controlnets_of_the_base_architecture(models_env):
+    from portrait.generate.template_inpaint import InpaintModels
+
+    xl = InpaintModels.load("sdxl", ["canny", "openpose", "color", "tile"], manifest=models_env, device="cpu")
+    for c, net in xl.controlnets.items():
+        assert net is loading.load_controlnet(f"controlnet-{c}-sdxl", manifest=models_env), c
+        assert net.config.addition_embed_type == "text_time"
+    sd = InpaintModels.load("sd15", ["canny"], manifest=models_env, device="cpu")
+    assert sd.controlnets["canny"] is loading.load_controlnet("controlnet-canny", manifest=models_env)
+    assert sd.controlnets["canny"].config.addition_embed_type is None
+    # controlnet_models still overrides, and missing controls load on demand with the same rule.
+    over = InpaintModels.load("sdxl", [], manifest=models_env, device="cpu",
+                              controlnet_models={"tile": "controlnet-canny-sdxl"})
+    over.ensure_controlnets(["canny", "tile"])
+    assert over.controlnets["canny"] is xl.controlnets["canny"] and over.controlnets["tile"] is xl.controlnets["canny"]
+
+
+def test_sdxl_base_without_sdxl_controlnets_names_the_missing_sdxl_entry(empty_models_dir, tiny_set):
+    from portrait.generate.template_inpaint import InpaintModels
+
+    # Only the SD 1.5 ControlNets are configured: an SDXL template run must not fall back to them.
+    (empty_models_dir / "models.toml").write_text(
+        f'[models.sdxl]\npath = "{tiny_set["sdxl"]}"\n\n[models.controlnet-canny]\npath = "{tiny_set["controlnet-canny"]}"\n')
+    m = Manifest(empty_models_dir)
+    with pytest.raises(ModelMissingError) as err:
+        InpaintModels.load("sdxl", ["canny"], manifest=m, device="cpu")
+    assert err.value.model == "controlnet-canny-sdxl"
+    assert str(empty_models_dir / "controlnet" / "sdxl-canny") in str(err.value)
+    assert "diffusers/controlnet-canny-sdxl-1.0" in str(err.value)
+    with pytest.raises(ModelMissingError, match="controlnet-color-sdxl") as err:
+        InpaintModels.load("sdxl", [], manifest=m, device="cpu").ensure_controlnets(["color"])
+    assert "color = 0" in str(err.value)  # how to run the template without it
 
 
 def test_loads_are_cached_and_inpaint_pipelines_share_components(models_env):

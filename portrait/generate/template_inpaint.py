@@ -31,9 +31,26 @@ from ..faces.types import Face
 from ..progress import ProgressCallback, report
 from . import controls
 
-# Which manifest model serves each control (overridable per InpaintModels).
-CONTROLNET_MODELS = {"canny": "controlnet-canny", "openpose": "controlnet-openpose", "color": "controlnet-color",
-                     "tile": "controlnet-tile"}
+# Which manifest model serves each control, per base architecture (overridable per InpaintModels).
+CONTROLNET_MODELS_BY_ARCH = {
+    "sd15": {"canny": "controlnet-canny", "openpose": "controlnet-openpose", "color": "controlnet-color",
+             "tile": "controlnet-tile"},
+    "sdxl": {"canny": "controlnet-canny-sdxl", "openpose": "controlnet-openpose-sdxl", "color": "controlnet-color-sdxl",
+             "tile": "controlnet-tile-sdxl"},
+}
+CONTROLNET_MODELS = CONTROLNET_MODELS_BY_ARCH["sd15"]  # the SD 1.5 names (kept for callers of the old table)
+
+
+def controlnet_model(arch: str, control: str, overrides: Mapping[str, str] | None = None) -> str:
+    """The manifest name (or path) of the ControlNet serving `control` on an `arch` base: `overrides` first,
+    then CONTROLNET_MODELS_BY_ARCH; a ConfigError when neither knows one."""
+    if overrides and control in overrides:
+        return overrides[control]
+    names = CONTROLNET_MODELS_BY_ARCH.get(arch, {})
+    if control not in names:
+        raise ConfigError(f"no {arch} ControlNet is known for control '{control}': pass controlnet_models="
+                          f"{{'{control}': NAME_OR_PATH}} or set that control's scale to 0 in the template")
+    return names[control]
 WORKING_SIZE = {"sd15": 512, "sdxl": 1024}
 # InstantID (SDXL): the IdentityNet ControlNet and the image-prompt adapter, by manifest name.
 INSTANTID_MODELS = {"controlnet": "instantid-controlnet", "adapter": "instantid-adapter"}
@@ -188,17 +205,38 @@ class InpaintModels:
         self.identitynet = identitynet
         self.instantid_adapter = Path(instantid_adapter) if instantid_adapter else None
         self._pipes: dict[tuple[str, ...], Any] = {}
+        self._loader: dict | None = None  # set by load(): how ensure_controlnets loads more nets
         self.arch = getattr(base, "arch", None) or _architecture(self.components["unet"])
         unet_dim = self.components["unet"].config.cross_attention_dim
-        for n, net in self.controlnets.items():  # an SD 1.5 ControlNet cannot steer an SDXL UNet, nor back
-            net_dim = getattr(getattr(net, "config", None), "cross_attention_dim", unet_dim)
-            if net_dim != unet_dim:
-                raise ConfigError(f"ControlNet '{n}' attends to {net_dim}-d text embeddings but the {self.arch} base "
-                                  f"to {unet_dim}-d: use the '{n}' ControlNet made for {self.arch}")
+        for n, net in self.controlnets.items():
+            self._check_controlnet(n, net)
         if (identitynet is None) != (instantid_adapter is None):
             raise ConfigError("InstantID needs both its IdentityNet ControlNet and its ip-adapter file")
         if identitynet is not None:
             self._check_instantid(unet_dim)
+
+    def _check_controlnet(self, name: str, net) -> None:
+        """An SD 1.5 ControlNet cannot steer an SDXL UNet, nor back."""
+        unet_dim = self.components["unet"].config.cross_attention_dim
+        net_dim = getattr(getattr(net, "config", None), "cross_attention_dim", unet_dim)
+        if net_dim != unet_dim:
+            raise ConfigError(f"ControlNet '{name}' attends to {net_dim}-d text embeddings but the {self.arch} base "
+                              f"to {unet_dim}-d: use the '{name}' ControlNet made for {self.arch}")
+
+    def ensure_controlnets(self, controls: Sequence[str]) -> None:
+        """Load the ControlNets of `controls` not loaded yet (only for models made by `load`, which knows
+        where they live); a ConfigError otherwise, a ModelMissingError naming a missing model."""
+        missing = [c for c in controls if c not in self.controlnets]
+        if not missing:
+            return
+        if self._loader is None:
+            raise ConfigError(f"no ControlNet loaded for control(s) {missing}; loaded: {sorted(self.controlnets)}")
+        loading = _loading()
+        kw = {k: self._loader[k] for k in ("manifest", "device", "dtype")}
+        for c in missing:
+            net = loading.load_controlnet(controlnet_model(self.arch, c, self._loader["names"]), **kw)
+            self._check_controlnet(c, net)
+            self.controlnets[c] = net
 
     def _check_instantid(self, unet_dim: int) -> None:
         from ..identity.face_embedding import check_instantid_adapter
@@ -222,6 +260,10 @@ class InpaintModels:
              instantid_models: Mapping[str, str] | None = None) -> "InpaintModels":
         """Load the base and the named controls' ControlNets (manifest names or paths) through M's loaders.
 
+        Each control's ControlNet is the manifest entry for the base's architecture
+        (CONTROLNET_MODELS_BY_ARCH: "controlnet-canny" for SD 1.5, "controlnet-canny-sdxl" for SDXL, ...)
+        unless `controlnet_models` names another; a missing one raises ModelMissingError naming it.
+
         instantid=True also loads InstantID (SDXL): INSTANTID_MODELS' "instantid-controlnet" (IdentityNet)
         and "instantid-adapter" from the manifest (or the names / paths in `instantid_models`); a missing
         one raises ModelMissingError naming it, a non-SDXL base or adapter a ConfigError.
@@ -229,18 +271,21 @@ class InpaintModels:
         loading = _loading()
         if loading is None:
             raise PortraitError("portrait.models.loading is not available (install portrait[ml])")
-        names = {**CONTROLNET_MODELS, **(controlnet_models or {})}
         b = loading.load_base(str(base), manifest=manifest, device=device, dtype=dtype)
+        arch = _architecture(b.unet) if hasattr(b, "unet") else "sd15"
+        overrides = dict(controlnet_models or {})
+        names = {c: controlnet_model(arch, c, overrides) for c in controlnets}
         identitynet = adapter = None
         if instantid:
             iid = {**INSTANTID_MODELS, **(instantid_models or {})}
-            arch = _architecture(b.unet) if hasattr(b, "unet") else None
-            if arch is not None and arch != "sdxl":
+            if arch != "sdxl":
                 raise ConfigError(f"InstantID is built for SDXL; the base model '{base}' is {arch}")
             adapter, _ = loading.resolve_model(iid["adapter"], manifest)
             identitynet = loading.load_controlnet(iid["controlnet"], manifest=manifest, device=device, dtype=dtype)
         nets = {c: loading.load_controlnet(names[c], manifest=manifest, device=device, dtype=dtype) for c in controlnets}
-        return cls(b, nets, faceid_adapter=faceid_adapter, identitynet=identitynet, instantid_adapter=adapter)
+        models = cls(b, nets, faceid_adapter=faceid_adapter, identitynet=identitynet, instantid_adapter=adapter)
+        models._loader = {"manifest": manifest, "device": device, "dtype": dtype, "names": overrides}
+        return models
 
     @property
     def components(self) -> dict:

@@ -171,6 +171,30 @@ BUILTIN: tuple[ModelSpec, ...] = (
         source="a colour-palette ControlNet for SD 1.5 (e.g. EasyPhoto's control_sd15_random_color)",
         architecture="sd15", description="colour ControlNet", required=("config.json",),
     ),
+    # SDXL ControlNets (the SD 1.5 ones cannot steer an SDXL UNet); InpaintModels picks them for SDXL bases.
+    ModelSpec(
+        "controlnet-canny-sdxl", "controlnet", "controlnet/sdxl-canny", licence="OpenRAIL++ (diffusers)",
+        commercial_use=True, source="diffusers/controlnet-canny-sdxl-1.0 (diffusers folder; or xinsir/"
+        "controlnet-canny-sdxl-1.0)", architecture="sdxl", description="canny-edge ControlNet (SDXL)",
+        required=("config.json",),
+    ),
+    ModelSpec(
+        "controlnet-openpose-sdxl", "controlnet", "controlnet/sdxl-openpose", licence="OpenRAIL++",
+        commercial_use=True, source="thibaud/controlnet-openpose-sdxl-1.0 (diffusers folder; or xinsir/"
+        "controlnet-openpose-sdxl-1.0)", architecture="sdxl",
+        description="openpose / face-keypoint ControlNet (SDXL)", required=("config.json",),
+    ),
+    ModelSpec(
+        "controlnet-tile-sdxl", "controlnet", "controlnet/sdxl-tile", licence="Apache-2.0 (xinsir)",
+        commercial_use=True, source="xinsir/controlnet-tile-sdxl-1.0 (diffusers folder)", architecture="sdxl",
+        description="tile ControlNet for the edge pass (SDXL)", required=("config.json",),
+    ),
+    ModelSpec(
+        "controlnet-color-sdxl", "controlnet", "controlnet/sdxl-color", licence="check the model's licence",
+        commercial_use=None, source="any SDXL colour-palette ControlNet as a diffusers folder (there is no standard "
+        "release; or set the template's [inpaint] controlnets color = 0 to run without it)", architecture="sdxl",
+        description="colour ControlNet (SDXL)", required=("config.json",),
+    ),
     ModelSpec(
         "ip-adapter-faceid", "ip_adapter", "ip-adapter/ip-adapter-faceid_sd15.safetensors",
         licence="non-commercial (uses insightface embeddings)", commercial_use=False,

@@ -393,7 +393,8 @@ CONTROLNET_NAMES = ("canny", "openpose", "tile", "color")
 
 def build_tiny_set(out_dir: str | Path, seed: int = 0, progress: ProgressCallback | None = None,
                    id_dim: int = 128, sdxl: bool = True) -> dict[str, Path]:
-    """Every diffusion model the manifest names, tiny, plus a models.toml pointing the names at them.
+    """Every diffusion model the manifest names, tiny, plus a models.toml pointing the names at them
+    (with `sdxl`: the SDXL base, its four ControlNets controlnet-*-sdxl and InstantID too).
 
     With `PORTRAIT_MODELS_DIR=out_dir`, `portrait models list` shows them present. Returns name → path.
     """
@@ -412,6 +413,8 @@ def build_tiny_set(out_dir: str | Path, seed: int = 0, progress: ProgressCallbac
     ]
     if sdxl:
         steps.append(("sdxl", lambda: build_tiny_sdxl(out / "sdxl", seed)))
+        steps += [(f"controlnet-{c}-sdxl", lambda c=c, i=i: build_tiny_controlnet(
+            out / "sdxl", out / "controlnet" / f"sdxl-{c}", seed + 40 + i)) for i, c in enumerate(CONTROLNET_NAMES)]
         steps += [("instantid-controlnet", lambda: build_tiny_controlnet(out / "sdxl", out / "instantid" / "ControlNetModel",
                                                                          seed + 30)),
                   ("instantid-adapter", lambda: build_tiny_instantid_adapter(
