@@ -73,8 +73,82 @@ def choose_upscale(requested: str, manifest: Manifest, factor: float | None) -> 
     return EngineChoice("upscale", "classic", "requested" if requested == "classic" else "no Real-ESRGAN model")
 
 
-def choose_diffusion(mode: str, manifest: Manifest, base_model: str | None, identity: str | None) -> EngineChoice:
-    """The two-pass ControlNet inpaint runs when a base model and an identity (LoRA or FaceID) exist."""
+# The face-embedding size each embedder gives (what an identity adapter must be built for).
+EMBEDDING_DIMS = {"dlib-resnet": 128, "arcface": 512}
+INSTANTID_NAMES = ("instantid-adapter", "instantid-controlnet")
+
+
+def _base_info(manifest: Manifest, base: str) -> tuple[str, int | None]:
+    """(architecture, UNet cross-attention size or None) of the base without loading it."""
+    from .errors import PortraitError
+
+    try:
+        from .models import loading
+
+        arch, unet = loading.base_unet_config(base, manifest)
+        return arch, unet.get("cross_attention_dim")
+    except (PortraitError, OSError, ValueError, ImportError):
+        spec = manifest.specs.get(base)
+        return (spec.architecture if spec and spec.architecture else "sd15"), None
+
+
+def _adapter_fits(path, embedder: str, cross_dim: int | None) -> str | None:
+    """None when the adapter file takes this embedder's embeddings and this base's token size; else why not."""
+    from .identity.face_embedding import adapter_id_dim, adapter_token_dim
+
+    try:
+        id_dim, tok = adapter_id_dim(path), adapter_token_dim(path)
+    except Exception as exc:  # noqa: BLE001 - an unreadable file is a reason not to choose it, said to the user
+        return f"cannot be read ({exc})"
+    want = EMBEDDING_DIMS.get(embedder)
+    if want is not None and id_dim != want:
+        fix = "use --embedder arcface" if id_dim == 512 else "use the embedder it was trained for"
+        return f"it expects {id_dim}-d face embeddings and the {embedder} embedder gives {want}-d: {fix}"
+    if cross_dim is not None and tok != cross_dim:
+        return f"it projects to {tok}-d tokens and the base model's UNet attends to {cross_dim}-d"
+    return None
+
+
+def choose_identity(manifest: Manifest, base: str, identity: str | None,
+                    embedder: str = "dlib-resnet") -> tuple[str | None, str]:
+    """How the user's identity is painted: ("lora" | "faceid" | "instantid" | None, why).
+
+    An identity LoRA wins. Otherwise, on an SDXL base with both InstantID files present and an embedder
+    whose embeddings its adapter takes (ArcFace, 512-d, for the real InstantID): InstantID, as
+    `portrait generate --engine auto`. Else IP-Adapter FaceID when its adapter is present (on SDXL also
+    when it fits the embedder and the base). None: no engine can run, `why` says what to do.
+    """
+    if identity:
+        return "lora", "identity LoRA"
+    have_faceid = manifest.available("ip-adapter-faceid")
+    arch, cross_dim = _base_info(manifest, base)
+    if arch != "sdxl":  # SD 1.5: FaceID whenever its adapter is present (the adapter's checks run at load)
+        if have_faceid:
+            return "faceid", "FaceID embedding"
+        return None, "no identity LoRA given and no FaceID adapter present"
+    iid_missing = [n for n in INSTANTID_NAMES if not (n in manifest.specs and manifest.available(n))]
+    iid_problem = None
+    if not iid_missing:
+        iid_problem = _adapter_fits(manifest.path("instantid-adapter"), embedder, None)
+        if iid_problem is None:
+            return "instantid", f"InstantID (IdentityNet + adapter) on {embedder} embeddings"
+    faceid_problem = "no FaceID adapter present"
+    if have_faceid:
+        faceid_problem = _adapter_fits(manifest.path("ip-adapter-faceid"), embedder, cross_dim)
+        if faceid_problem is None:
+            why = f"; InstantID not used: its adapter {iid_problem}" if iid_problem else ""
+            return "faceid", f"FaceID embedding{why}"
+        faceid_problem = f"the FaceID adapter does not fit: {faceid_problem}"
+    if iid_problem:
+        return None, f"InstantID cannot run: its adapter {iid_problem} ({faceid_problem})"
+    return None, (f"no identity LoRA given, InstantID files missing ({', '.join(iid_missing)}) and "
+                  f"{faceid_problem}")
+
+
+def choose_diffusion(mode: str, manifest: Manifest, base_model: str | None, identity: str | None,
+                     embedder: str = "dlib-resnet") -> EngineChoice:
+    """The two-pass ControlNet inpaint runs when a base model and an identity engine (LoRA, FaceID or
+    InstantID: choose_identity) exist; the reason names the identity engine."""
     _check(mode, DIFFUSION_MODES, "diffusion")
     if mode == "off":
         return EngineChoice("inpaint", "skipped", "disabled")
@@ -83,10 +157,12 @@ def choose_diffusion(mode: str, manifest: Manifest, base_model: str | None, iden
         if mode == "on":
             manifest.require("sd15")
         return EngineChoice("inpaint", "skipped", "no base model configured (see `portrait models list`)")
-    if identity is None and not manifest.available("ip-adapter-faceid"):
+    engine, how = choose_identity(manifest, base, identity, embedder)
+    if engine is None:
         if mode == "on":
-            raise ConfigError("diffusion needs an identity: pass --identity LORA (from `portrait train`) "
-                              "or install the ip-adapter-faceid model")
-        return EngineChoice("inpaint", "skipped", "no identity LoRA given and no FaceID adapter present")
-    how = "identity LoRA" if identity else "FaceID embedding"
+            if how.startswith("no identity LoRA given and no FaceID adapter present"):
+                raise ConfigError("diffusion needs an identity: pass --identity LORA (from `portrait train`) "
+                                  "or install the ip-adapter-faceid model")
+            raise ConfigError(f"diffusion needs an identity: {how}; or pass --identity LORA (from `portrait train`)")
+        return EngineChoice("inpaint", "skipped", how)
     return EngineChoice("inpaint", "diffusion", f"base model {base}, {how}")

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .engines import EngineChoice, choose_diffusion, choose_fusion, choose_retouch, choose_upscale
+from .engines import EngineChoice, choose_diffusion, choose_fusion, choose_identity, choose_retouch, choose_upscale
 from .errors import NotEnoughPhotosError, PortraitError, internal_error
 from .faces import Face, FaceConfig, get_face_analysis
 from .imageio import save_image
@@ -100,6 +100,11 @@ class PortraitPipeline:
         self.manifest = get_manifest(config.models_dir)
         self.fa = get_face_analysis(config.face)
         self.engines = self._choose_engines()
+        # How the identity is painted when diffusion runs: "lora", "faceid" or "instantid" (see choose_identity).
+        self.identity_engine: Optional[str] = None
+        if self.engine("inpaint").engine == "diffusion":
+            self.identity_engine = choose_identity(self.manifest, config.base_model or "sd15", config.identity,
+                                                   config.face.embedder)[0]
         self._pre = None  # the current run's PreprocessResult
         self._models = self._identity = self._inpaint = None  # diffusion: loaded on first use
 
@@ -108,7 +113,7 @@ class PortraitPipeline:
         return [
             EngineChoice("faces", "+".join(self.fa.engines().values()), "face detector+landmarks+embedder"),
             choose_fusion(c.fusion, m, c.face.embedder),
-            choose_diffusion(c.diffusion, m, c.base_model, c.identity),
+            choose_diffusion(c.diffusion, m, c.base_model, c.identity, c.face.embedder),
             choose_retouch(c.retouch, m),
             choose_upscale(c.upscale, m, c.upscale_factor),
         ]
@@ -243,9 +248,10 @@ class PortraitPipeline:
                          meta={"reference": ref_name, "timings": {k: round(v, 3) for k, v in t.items()}})
 
     def _diffuse(self, tmpl, ref_img: np.ndarray, ref_face: Face) -> np.ndarray:
-        from .generate.template_inpaint import TemplateInpaint, generate_on_template
+        from .generate.template_inpaint import TemplateInpaint, generate_on_template, template_controls
 
         models, identity = self._diffusion_models()
+        models.ensure_controlnets(template_controls(tmpl))  # this template's ControlNets, for the base's architecture
         if self._inpaint is None:
             self._inpaint = TemplateInpaint(models, fusion_engine=self.engine("fusion").engine,
                                             crop_size=self.config.inpaint_size)
@@ -255,20 +261,23 @@ class PortraitPipeline:
         return result.image
 
     def _diffusion_models(self):
-        """Base + ControlNets (+ FaceID adapter) loaded once per pipeline; the identity once per run."""
+        """Base (+ FaceID adapter or InstantID) loaded once per pipeline, ControlNets as templates need them;
+        the identity once per run, painted by self.identity_engine."""
         from .generate.template_inpaint import Identity, InpaintModels
         from .identity.face_embedding import FaceIdentity
 
         c = self.config
+        engine = self.identity_engine
         if self._models is None:
-            faceid = None if c.identity else self.manifest.require("ip-adapter-faceid")
-            self._models = InpaintModels.load(c.base_model or "sd15", manifest=self.manifest, device=c.device,
-                                              faceid_adapter=faceid)
+            faceid = self.manifest.require("ip-adapter-faceid") if engine == "faceid" else None
+            self._models = InpaintModels.load(c.base_model or "sd15", (), manifest=self.manifest, device=c.device,
+                                              faceid_adapter=faceid, instantid=engine == "instantid")
         if self._identity is None:
             if c.identity:
                 self._identity = Identity.from_path(c.identity)
             else:
                 pre = self._pre
                 self._identity = Identity(face=FaceIdentity.from_vectors(
-                    [pre.embeddings[f] for f in pre.selected], list(pre.selected), c.face.embedder, self.fa.metric))
+                    [pre.embeddings[f] for f in pre.selected], list(pre.selected), c.face.embedder, self.fa.metric),
+                    engine="instantid" if engine == "instantid" else "faceid")
         return self._models, self._identity

@@ -72,3 +72,76 @@ def test_run_cli_with_diffusion_forced_but_no_base_model_says_what_is_missing(ph
     err = json.loads(res.output)
     assert err["error"] == "model_missing" and err["model"] == "sd15"
     assert str(empty_models_dir) in err["path"]
+
+
+# -- SDXL: InstantID chosen by the same auto rule as `portrait generate` ---------------------------------
+@pytest.fixture(scope="module")
+def tiny_sdxl_dir(tmp_path_factory):
+    """The tiny set with SDXL, its ControlNets and a 512-d (ArcFace-sized) InstantID + FaceID, and a tiny
+    random ArcFace ONNX model at the manifest's arcface path."""
+    from helpers_onnx import make_arcface
+
+    from portrait.models.manifest import Manifest
+    from portrait.models.tiny import build_tiny_set
+
+    d = tmp_path_factory.mktemp("tiny-sdxl-models")
+    build_tiny_set(d, id_dim=512, sdxl=True)
+    make_arcface(Manifest(d).path("arcface"))
+    return d
+
+
+def _sdxl_config(models_dir, embedder="arcface", **kw):
+    from portrait.faces import FaceConfig
+
+    return RunConfig(models_dir=str(models_dir), base_model="sdxl", face=FaceConfig(embedder=embedder,
+                     models_dir=str(models_dir)), **{**FAST, **kw})
+
+
+def test_run_on_sdxl_paints_with_instantid_and_keeps_the_rest(tiny_sdxl_dir, photos, tmp_path):
+    template = load_template("navy-formal")
+    pipe = PortraitPipeline(_sdxl_config(tiny_sdxl_dir, diffusion="on"))
+    inpaint = pipe.engine("inpaint")
+    assert pipe.identity_engine == "instantid"
+    assert inpaint.engine == "diffusion" and "InstantID" in inpaint.reason and "sdxl" in inpaint.reason
+    result = pipe.run(photos, ["navy-formal"], tmp_path / "xl")
+    assert not result.failures and len(result.outputs) == 1
+    # The SDXL ControlNets of the template's passes were loaded (not the SD 1.5 ones), plus the IdentityNet.
+    models = pipe._models
+    assert models.arch == "sdxl" and models.has_instantid
+    assert set(models.controlnets) == {"canny", "openpose", "color", "tile"}
+    assert all(n.config.addition_embed_type == "text_time" for n in models.controlnets.values())
+    out = load_rgb(result.outputs[0].file)
+    tpl = template.image()
+    assert out.shape == tpl.shape
+    outside = _outside_crop(template, tpl.shape[:2])
+    assert np.array_equal(out[outside], tpl[outside])
+    x0, y0, x1, y1 = (int(v) for v in template.slot_faces()[0].box)
+    assert (out[y0:y1, x0:x1] != tpl[y0:y1, x0:x1]).any()
+    saved = json.loads(result.result_file.read_text())["engines"]["inpaint"]
+    assert "InstantID" in saved["reason"]
+
+
+def test_sdxl_identity_engine_with_dlib_embeddings(tiny_sdxl_dir, tmp_path):
+    from portrait.engines import choose_identity
+    from portrait.errors import ConfigError
+    from portrait.models.manifest import Manifest
+    from portrait.models.tiny import build_tiny_ip_adapter_faceid
+
+    # InstantID's adapter takes 512-d ArcFace embeddings and the set's FaceID adapter is SD 1.5's: nothing fits.
+    auto = PortraitPipeline(_sdxl_config(tiny_sdxl_dir, embedder="dlib-resnet"))
+    skipped = auto.engine("inpaint")
+    assert skipped.engine == "skipped" and "--embedder arcface" in skipped.reason and auto.identity_engine is None
+    with pytest.raises(ConfigError, match="--embedder arcface"):
+        PortraitPipeline(_sdxl_config(tiny_sdxl_dir, embedder="dlib-resnet", diffusion="on"))
+    # An SDXL FaceID adapter for 128-d dlib embeddings: FaceID runs, and the reason says why not InstantID.
+    adapter = build_tiny_ip_adapter_faceid(tiny_sdxl_dir / "sdxl", tmp_path / "faceid-xl.safetensors", id_dim=128)
+    cfg = tiny_sdxl_dir / "models-faceid-xl.toml"  # beside the set: its relative paths resolve there
+    cfg.write_text((tiny_sdxl_dir / "models.toml").read_text().replace(
+        "[models.ip-adapter-faceid]", "[models.old-faceid]\nkind = \"ip_adapter\"") +
+        f'\n[models.ip-adapter-faceid]\npath = "{adapter}"\n')
+    m = Manifest(tiny_sdxl_dir, cfg)
+    engine, why = choose_identity(m, "sdxl", None, "dlib-resnet")
+    assert engine == "faceid" and "InstantID not used" in why and "--embedder arcface" in why
+    assert choose_identity(m, "sdxl", None, "arcface")[0] == "instantid"
+    assert choose_identity(m, "sdxl", "lora.safetensors", "arcface")[0] == "lora"
+    assert choose_identity(m, "sd15", None, "dlib-resnet") == ("faceid", "FaceID embedding")  # SD 1.5 unchanged

@@ -32,7 +32,8 @@ def run_options(f):
                      help="Two-pass ControlNet inpainting: auto = when a base model and an identity are present."),
         click.option("--base-model", default=None, help="Diffusion base: manifest name or path (default: sd15)."),
         click.option("--identity", "identity", default=None, type=click.Path(exists=True, dir_okay=False),
-                     help="Identity LoRA from `portrait train`."),
+                     help="Identity LoRA from `portrait train` (default: the photos' face embedding, painted by "
+                     "InstantID on an SDXL base with its files and --embedder arcface, else IP-Adapter FaceID)."),
         click.option("--variants", type=click.IntRange(1, 10), default=2, show_default=True,
                      help="Reference photos rendered per template; the most alike output is kept."),
         click.option("--max-tries", type=click.IntRange(1, 10), default=4, show_default=True,

@@ -635,6 +635,16 @@ def _pass_from(section, base: PassSettings) -> PassSettings:
     )
 
 
+def template_controls(template, controlnets: Mapping[str, float] | None = None) -> list[str]:
+    """The controls (ControlNet names) a template's two passes run, pass 1's first; `controlnets`
+    overrides pass-1 scales as in job_from_template."""
+    p1 = _pass_from(_field(template, "inpaint"), PASS1)
+    if controlnets is not None:
+        p1 = replace(p1, controlnets={**p1.controlnets, **controlnets})
+    p2 = _pass_from(_field(template, "edge"), PASS2)
+    return list(dict.fromkeys(n for n, _ in (*p1.active(), *p2.active())))
+
+
 def template_slots(template, face_analysis=None) -> dict[int, Face]:
     """The template's face slots to paint: portrait.templates.Template.slot_faces(), or a mapping's 'faces'."""
     if hasattr(template, "slot_faces"):

@@ -122,6 +122,18 @@ def _config_folder(path: Path, spec: ModelSpec | None, arch: str | None, prefix:
     return CONFIGS_DIR / f"{prefix}{arch}"
 
 
+def base_unet_config(name_or_path: str | Path, manifest: Manifest | None = None) -> tuple[str, dict]:
+    """(architecture, UNet config) of a base model without loading weights: from a diffusers folder's
+    unet/config.json, or from the local config folder a single file is read with. ModelMissingError /
+    ConfigError as load_base would raise them."""
+    manifest = manifest or get_manifest()
+    path, spec = resolve_model(name_or_path, manifest)
+    folder = path if path.is_dir() else _config_folder(path, spec, spec.architecture if spec else None)
+    arch = detect_architecture(folder)
+    cfg = folder / "unet" / "config.json"
+    return arch, (json.loads(cfg.read_text()) if cfg.is_file() else {})
+
+
 def _pipeline_class(arch: str):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
