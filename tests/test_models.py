@@ -48,11 +48,12 @@ def _render(pipe, seed=0, size=64):
 
 
 def test_tiny_set_is_present_in_the_manifest(models_env):
-    for name in ("sd15", "sd15-single", "sdxl", "controlnet-canny", "controlnet-openpose", "controlnet-tile",
+    for name in ("sd15", "sd15-single", "sdxl", "sdxl-single", "controlnet-canny", "controlnet-openpose", "controlnet-tile",
                  "controlnet-color", "ip-adapter-faceid", "instantid-adapter", "instantid-controlnet",
                  "controlnet-canny-sdxl", "controlnet-openpose-sdxl", "controlnet-tile-sdxl", "controlnet-color-sdxl"):
         assert models_env.status(name).state == "present", name
     assert models_env.spec("sd15-single").extra["config"].endswith("sd15")
+    assert models_env.spec("sdxl-single").extra["config"].endswith("sdxl")
 
 
 def test_tiny_builds_are_deterministic(tmp_path):
@@ -72,6 +73,35 @@ def test_folder_and_single_file_load_offline_with_identical_weights_and_output(m
         a, b = getattr(folder, part).state_dict(), getattr(single, part).state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
     np.testing.assert_array_equal(_render(folder), _render(single))
+
+
+def test_sdxl_folder_and_single_file_load_offline_with_identical_weights_and_output(models_env, tiny_set):
+    from safetensors import safe_open
+
+    # The single file is in the original (SGM) layout: CLIP-L under embedders.0, CLIP-G in OpenCLIP's layout.
+    with safe_open(str(tiny_set["sdxl-single"]), "pt") as f:
+        keys = set(f.keys())
+    assert "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight" in keys
+    assert "conditioner.embedders.1.model.text_projection" in keys and "model.diffusion_model.label_emb.0.0.weight" in keys
+    assert "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight" in keys
+    assert not any(k.startswith(("text_model.", "cond_stage_model.")) for k in keys)
+    assert loading.detect_architecture(tiny_set["sdxl-single"]) == "sdxl"
+    loading.clear_cache()
+    folder = loading.load_base("sdxl", manifest=models_env)
+    single = loading.load_base("sdxl-single", manifest=models_env)
+    assert folder is not single and type(single).__name__ == "StableDiffusionXLPipeline"
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        a, b = getattr(folder, part).state_dict(), getattr(single, part).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    np.testing.assert_array_equal(_render(folder), _render(single))
+
+
+def test_sdxl_single_file_by_path_picks_the_shipped_sdxl_config(empty_models_dir, tiny_set):
+    # By path, with no models.toml entry, the shipped SDXL config reads it: it carries no vocabulary,
+    # so the clip-tokenizer model is named (the shipped config is full size; the tiny file loads with its own).
+    assert loading._config_folder(tiny_set["sdxl-single"], None, None) == loading.CONFIGS_DIR / "sdxl"
+    with pytest.raises(ModelMissingError, match="clip-tokenizer"):
+        loading.load_base(str(tiny_set["sdxl-single"]), manifest=Manifest(empty_models_dir))
 
 
 def test_single_file_by_path_uses_shipped_config_or_given_folder(models_env, tiny_set):

@@ -16,6 +16,8 @@ from ..progress import ProgressCallback, report
 
 TINY_TEXT_DIM = 32  # hidden size of the tiny CLIP text encoders
 SD15_SINGLE_FILE = "sd15.safetensors"
+SDXL_SINGLE_FILE = "sdxl.safetensors"
+SDXL_TEXT_DIMS = (24, 40)  # CLIP-L / CLIP-G widths of the tiny SDXL; their sum is the UNet's cross-attention
 
 
 # -- building blocks ---------------------------------------------------------------------------------
@@ -43,11 +45,11 @@ def tiny_tokenizer(pad_token: str = "<|endoftext|>"):
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77, pad_token=pad_token)
 
 
-def _text_config(projection_dim: int = TINY_TEXT_DIM, hidden_act: str = "quick_gelu"):
+def _text_config(projection_dim: int = TINY_TEXT_DIM, hidden_act: str = "quick_gelu", hidden: int = TINY_TEXT_DIM):
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
-        vocab_size=1000, hidden_size=TINY_TEXT_DIM, intermediate_size=37, num_attention_heads=4,
+        vocab_size=1000, hidden_size=hidden, intermediate_size=37, num_attention_heads=4,
         num_hidden_layers=5, max_position_embeddings=77, layer_norm_eps=1e-5, hidden_act=hidden_act,
         bos_token_id=512, eos_token_id=513, pad_token_id=513, projection_dim=projection_dim,
     )
@@ -112,7 +114,11 @@ def build_tiny_sd15(out_dir: str | Path, seed: int = 0) -> Path:
 
 
 def build_tiny_sdxl(out_dir: str | Path, seed: int = 0) -> Path:
-    """An SDXL-shaped pipeline (two text encoders, text_time conditioning, Euler) as a diffusers folder."""
+    """An SDXL-shaped pipeline (two text encoders, text_time conditioning, Euler) as a diffusers folder.
+
+    The two text encoders have different widths (24 + 40 = the UNet's 64-d cross-attention), as the real
+    ones do (768 + 1280): diffusers' single-file loader tells CLIP-L from CLIP-G by that width.
+    """
     import torch
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
@@ -123,15 +129,15 @@ def build_tiny_sdxl(out_dir: str | Path, seed: int = 0) -> Path:
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
         addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=6 * 8 + TINY_TEXT_DIM, cross_attention_dim=2 * TINY_TEXT_DIM,
+        projection_class_embeddings_input_dim=6 * 8 + TINY_TEXT_DIM, cross_attention_dim=sum(SDXL_TEXT_DIMS),
     )
     torch.manual_seed(seed + 1)
     vae = _tiny_vae()
     vae.register_to_config(scaling_factor=0.13025, sample_size=1024)
     torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(_text_config())
+    text_encoder = CLIPTextModel(_text_config(hidden=SDXL_TEXT_DIMS[0]))
     torch.manual_seed(seed + 3)
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config(hidden_act="gelu"))
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(hidden_act="gelu", hidden=SDXL_TEXT_DIMS[1]))
     scheduler = EulerDiscreteScheduler(timestep_spacing="leading", **_scheduler_kwargs())
     pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                                      tokenizer=tiny_tokenizer(), tokenizer_2=tiny_tokenizer(pad_token="!"),
@@ -214,16 +220,67 @@ def _vae_to_ldm(sd: dict, config: dict) -> dict:
     return out
 
 
+def _clip_to_ldm(sd: dict, prefix: str) -> dict:
+    """HF CLIPTextModel keys under `prefix` + `text_model.` (transformers 5 saves them without `text_model.`)."""
+    return {prefix + (k if k.startswith("text_model.") else "text_model." + k): v for k, v in sd.items()
+            if not k.endswith("position_ids")}
+
+
+def _open_clip_to_ldm(sd: dict, prefix: str) -> dict:
+    """HF CLIPTextModelWithProjection keys → OpenCLIP's layout under `prefix` (SDXL's CLIP-G:
+    `conditioner.embedders.1.model.`): token_embedding, positional_embedding, transformer.resblocks.N.{ln_1,
+    attn.in_proj_* (q, k, v stacked), attn.out_proj, ln_2, mlp.c_fc, mlp.c_proj}, ln_final and
+    text_projection (stored hidden x projection, the transpose of the Linear weight)."""
+    import torch
+
+    sd = {(k if k.startswith(("text_model.", "text_projection")) else "text_model." + k): v for k, v in sd.items()
+          if not k.endswith("position_ids")}
+    top = {"text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+           "text_model.embeddings.position_embedding.weight": "positional_embedding",
+           "text_model.final_layer_norm.weight": "ln_final.weight",
+           "text_model.final_layer_norm.bias": "ln_final.bias"}
+    parts = [("self_attn.out_proj.", "attn.out_proj."), ("layer_norm1.", "ln_1."), ("layer_norm2.", "ln_2."),
+             ("mlp.fc1.", "mlp.c_fc."), ("mlp.fc2.", "mlp.c_proj.")]
+    out: dict = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    layers = "text_model.encoder.layers."
+    for key, value in sd.items():
+        if key in top:
+            out[prefix + top[key]] = value
+        elif key == "text_projection.weight":
+            out[prefix + "text_projection"] = value.T.contiguous()
+        elif key.startswith(layers):
+            index, _, rest = key[len(layers):].partition(".")
+            block = f"{prefix}transformer.resblocks.{index}."
+            if rest.startswith("self_attn.") and rest.split(".")[1] in ("q_proj", "k_proj", "v_proj"):
+                _, proj, kind = rest.split(".")
+                qkv.setdefault((block, kind), {})[proj[0]] = value
+                continue
+            for hf, oc in parts:
+                if rest.startswith(hf):
+                    out[block + oc + rest[len(hf):]] = value
+                    break
+            else:
+                raise ValueError(f"no OpenCLIP name for text encoder key {key}")
+        else:
+            raise ValueError(f"no OpenCLIP name for text encoder key {key}")
+    for (block, kind), p in qkv.items():
+        out[f"{block}attn.in_proj_{kind}"] = torch.cat([p["q"], p["k"], p["v"]], dim=0)
+    return out
+
+
 def save_single_file(pipe_dir: str | Path, out_file: str | Path) -> Path:
-    """Write an SD 1.5 diffusers folder as one original-layout .safetensors (UNet, VAE, text encoder).
+    """Write an SD 1.5 or SDXL diffusers folder as one original-layout .safetensors: UNet
+    (`model.diffusion_model.`), VAE (`first_stage_model.`) and the text encoder(s): SD 1.5's CLIP under
+    `cond_stage_model.transformer.`; SDXL's CLIP-L under `conditioner.embedders.0.transformer.` and CLIP-G
+    in OpenCLIP's layout under `conditioner.embedders.1.model.`.
 
     `from_single_file(out_file, config=pipe_dir)` (what `loading.load_base` does) reads it back offline.
     """
     from safetensors.torch import load_file, save_file
 
     pipe_dir, out_file = Path(pipe_dir), Path(out_file)
-    if architecture_of(pipe_dir) != "sd15":
-        raise NotImplementedError("single-file export is implemented for SD 1.5 layouts only")
+    arch = architecture_of(pipe_dir)
 
     def component(name: str) -> tuple[dict, dict]:
         files = sorted((pipe_dir / name).glob("*.safetensors"))
@@ -239,9 +296,11 @@ def save_single_file(pipe_dir: str | Path, out_file: str | Path) -> Path:
     te_sd, _ = component("text_encoder")
     state = _unet_to_ldm(unet_sd, unet_cfg)
     state.update(_vae_to_ldm(vae_sd, vae_cfg))
-    # Original checkpoints hold the HF CLIP keys under `text_model.`; transformers 5 saves them without it.
-    state.update({"cond_stage_model.transformer." + (k if k.startswith("text_model.") else "text_model." + k): v
-                  for k, v in te_sd.items()})
+    if arch == "sdxl":
+        state.update(_clip_to_ldm(te_sd, "conditioner.embedders.0.transformer."))
+        state.update(_open_clip_to_ldm(component("text_encoder_2")[0], "conditioner.embedders.1.model."))
+    else:
+        state.update(_clip_to_ldm(te_sd, "cond_stage_model.transformer."))
     state = {k: v.contiguous() for k, v in state.items()}
     out_file.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out_file), metadata={"format": "pt"})
@@ -413,6 +472,7 @@ def build_tiny_set(out_dir: str | Path, seed: int = 0, progress: ProgressCallbac
     ]
     if sdxl:
         steps.append(("sdxl", lambda: build_tiny_sdxl(out / "sdxl", seed)))
+        steps.append(("sdxl-single", lambda: save_single_file(out / "sdxl", out / SDXL_SINGLE_FILE)))
         steps += [(f"controlnet-{c}-sdxl", lambda c=c, i=i: build_tiny_controlnet(
             out / "sdxl", out / "controlnet" / f"sdxl-{c}", seed + 40 + i)) for i, c in enumerate(CONTROLNET_NAMES)]
         steps += [("instantid-controlnet", lambda: build_tiny_controlnet(out / "sdxl", out / "instantid" / "ControlNetModel",
@@ -429,8 +489,9 @@ def build_tiny_set(out_dir: str | Path, seed: int = 0, progress: ProgressCallbac
     for name, path in built.items():
         rel = path.relative_to(out).as_posix()
         lines.append(f"[models.{name}]")
-        if name == "sd15-single":
-            lines += ['kind = "diffusion_base"', 'architecture = "sd15"', 'config = "sd15"']
+        if name in ("sd15-single", "sdxl-single"):  # read with the tiny folder's config (the shipped one is full size)
+            arch = name.split("-")[0]
+            lines += ['kind = "diffusion_base"', f'architecture = "{arch}"', f'config = "{arch}"']
         lines += ['licence = "random weights (tiny test model)"', "commercial_use = true"]
         lines.append(f'path = "{rel}"')
         if path.is_file():
