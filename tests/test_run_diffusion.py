@@ -98,12 +98,16 @@ def _sdxl_config(models_dir, embedder="arcface", **kw):
 
 
 def test_run_on_sdxl_paints_with_instantid_and_keeps_the_rest(tiny_sdxl_dir, photos, tmp_path):
-    template = load_template("navy-formal")
+    import shutil
+
+    # A copy: the ArcFace run re-keys the template's face cache, which must not touch the repository's.
+    folder = shutil.copytree(load_template("navy-formal").image_path.parent, tmp_path / "navy-formal")
+    template = load_template(str(folder))
     pipe = PortraitPipeline(_sdxl_config(tiny_sdxl_dir, diffusion="on"))
     inpaint = pipe.engine("inpaint")
     assert pipe.identity_engine == "instantid"
     assert inpaint.engine == "diffusion" and "InstantID" in inpaint.reason and "sdxl" in inpaint.reason
-    result = pipe.run(photos, ["navy-formal"], tmp_path / "xl")
+    result = pipe.run(photos, [str(folder)], tmp_path / "xl")
     assert not result.failures and len(result.outputs) == 1
     # The SDXL ControlNets of the template's passes were loaded (not the SD 1.5 ones), plus the IdentityNet.
     models = pipe._models
