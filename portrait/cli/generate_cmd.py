@@ -58,23 +58,11 @@ def _reference(identity_path: Path, reference: str | None, fa):
     raise ConfigError(f"no usable face in the reference {reference or candidates[0]}")
 
 
-def _is_sdxl(base: str, manifest) -> bool:
-    """Whether the base model (manifest name or path) is SDXL, without loading it (False when unknown)."""
-    from ..errors import PortraitError
-    from ..models import loading
-
-    try:
-        path, spec = loading.resolve_model(base, manifest)
-        return loading.detect_architecture(path) == "sdxl"
-    except (PortraitError, OSError, ValueError):
-        spec = manifest.specs.get(base)
-        return bool(spec and spec.architecture == "sdxl")
-
-
 def _identity_engine(engine: str, ident, base: str, manifest) -> str | None:
-    """The engine painting a face-embedding identity: --engine, or auto = InstantID when the base is SDXL
-    and both InstantID files are present, else IP-Adapter FaceID. None for a LoRA identity."""
-    from ..generate.template_inpaint import INSTANTID_MODELS
+    """The engine painting a face-embedding identity: --engine, or auto = the rule `portrait run` uses
+    (engines.choose_identity: InstantID on SDXL when its files are present and its adapter takes the
+    identity's embeddings, else IP-Adapter FaceID). None for a LoRA identity."""
+    from ..engines import choose_identity
 
     if ident.face is None:
         if engine != "auto":
@@ -82,8 +70,11 @@ def _identity_engine(engine: str, ident, base: str, manifest) -> str | None:
                               "not a LoRA")
         return None
     if engine == "auto":
-        present = all(n in manifest.specs and manifest.available(n) for n in INSTANTID_MODELS.values())
-        engine = "instantid" if present and _is_sdxl(base, manifest) else "faceid"
+        engine, why = choose_identity(manifest, base, None, embedder=ident.face.engine)
+        if engine is None:
+            if not manifest.available("ip-adapter-faceid"):
+                manifest.require("ip-adapter-faceid")  # the missing-model error names the file to supply
+            raise ConfigError(f"cannot paint this face embedding: {why}")
     return engine
 
 

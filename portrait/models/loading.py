@@ -42,7 +42,11 @@ _LOCK = threading.RLock()
 
 @contextmanager
 def offline() -> Iterator[None]:
-    """HF_HUB_OFFLINE=1 for the duration (every from_pretrained also gets local_files_only=True)."""
+    """HF_HUB_OFFLINE=1 for the duration (every from_pretrained also gets local_files_only=True).
+
+    The libraries' own tqdm bars are switched off: our commands report loading through their own
+    progress bar, and stray bars on stderr would corrupt `--json` output read from a merged stream."""
+    _quiet_library_bars()
     old = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:
@@ -52,6 +56,18 @@ def offline() -> Iterator[None]:
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
             os.environ["HF_HUB_OFFLINE"] = old
+
+
+def _quiet_library_bars() -> None:
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is part of the ml extra
+        pass
 
 
 def clear_cache() -> None:
