@@ -70,3 +70,19 @@ def empty_models_dir(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("PORTRAIT_MODELS_DIR", str(d))
     monkeypatch.delenv("PORTRAIT_MODELS_CONFIG", raising=False)
     return d
+
+
+@pytest.fixture(scope="module")
+def hermetic(tmp_path_factory) -> Path:
+    """No user models and no user templates (bundled templates only) for a whole test module.
+
+    One folder per module, not per test: preprocess keys its worker pool on PORTRAIT_MODELS_DIR, and a
+    new folder per test would restart the pool (seconds) every time."""
+    root = tmp_path_factory.mktemp("env")
+    (root / "models").mkdir()
+    (root / "templates").mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PORTRAIT_MODELS_DIR", str(root / "models"))
+        mp.delenv("PORTRAIT_MODELS_CONFIG", raising=False)
+        mp.setenv("PORTRAIT_TEMPLATES_DIR", str(root / "templates"))
+        yield root

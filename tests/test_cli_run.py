@@ -25,18 +25,9 @@ QUICK = ["--upscale", "none", "--variants", "1", "--max-tries", "1"]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def env(tmp_path_factory):
-    """No user models and no user templates (bundled templates only), like conftest's empty_models_dir
-    but one folder for the whole module: preprocess keys its worker pool on PORTRAIT_MODELS_DIR, and a
-    new folder per test would restart the pool (seconds) in every test."""
-    root = tmp_path_factory.mktemp("env")
-    (root / "models").mkdir()
-    (root / "user_templates").mkdir()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PORTRAIT_MODELS_DIR", str(root / "models"))
-        mp.delenv("PORTRAIT_MODELS_CONFIG", raising=False)
-        mp.setenv("PORTRAIT_TEMPLATES_DIR", str(root / "user_templates"))
-        yield root
+def env(hermetic):
+    """Every test here runs without user models or templates (conftest's module-wide `hermetic`)."""
+    return hermetic
 
 
 @pytest.fixture(scope="module")

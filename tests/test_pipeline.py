@@ -27,19 +27,6 @@ SMALL_SET = ("astronaut_01.jpg", "astronaut_02_mirror.jpg", "astronaut_03_close.
 
 
 @pytest.fixture(scope="module")
-def hermetic(tmp_path_factory):
-    """No user models and no user templates for the whole module (the bundled templates only)."""
-    root = tmp_path_factory.mktemp("env")
-    (root / "models").mkdir()
-    (root / "templates").mkdir()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PORTRAIT_MODELS_DIR", str(root / "models"))
-        mp.delenv("PORTRAIT_MODELS_CONFIG", raising=False)
-        mp.setenv("PORTRAIT_TEMPLATES_DIR", str(root / "templates"))
-        yield root
-
-
-@pytest.fixture(scope="module")
 def sample_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("samples")
     write_sample_photos(d)
