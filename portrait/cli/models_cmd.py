@@ -91,6 +91,22 @@ def register(group: click.Group) -> None:
                        f"{len(bad)} problem(s): {', '.join(r['name'] for r in bad)}", err=True)
         sys.exit(EXIT_USER if bad else EXIT_OK)
 
+    @models.command("convert")
+    @click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.argument("dst", required=False, type=click.Path(dir_okay=False, path_type=Path))
+    @json_option
+    @handle_errors
+    def convert_cmd(src: Path, dst: Path | None, as_json: bool) -> None:
+        """Convert a .pth / .bin weights file to .safetensors (read with torch.load(weights_only=True):
+        a file holding anything but tensors is refused, never executed)."""
+        from ..models.convert import convert_to_safetensors
+
+        out = convert_to_safetensors(src, dst)
+        if as_json:
+            print_json({"src": str(src), "dst": str(out)})
+        else:
+            click.echo(f"wrote {out}; point models.toml at it (path = \"{out}\")")
+
     @models.command("tiny")
     @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
     @click.option("--seed", type=int, default=0, show_default=True)

@@ -123,13 +123,13 @@ BUILTIN: tuple[ModelSpec, ...] = (
     # --- restoration and super-resolution (loaded through spandrel) -------------------------------
     ModelSpec(
         "gfpgan", "restoration", "restore/GFPGANv1.4.safetensors", licence="Apache-2.0 (GFPGAN)",
-        commercial_use=True, source="TencentARC GFPGAN v1.4 release (.pth; convert with "
-        "`portrait models convert` or point models.toml at the .pth)",
+        commercial_use=True, source="TencentARC GFPGAN v1.4 release (.pth: `portrait models convert GFPGANv1.4.pth "
+        "restore/GFPGANv1.4.safetensors`, or point models.toml at the .pth)",
         description="face restoration for the skin-retouch stage",
     ),
     ModelSpec(
         "realesrgan-x4", "upscaler", "upscale/RealESRGAN_x4plus.safetensors", licence="BSD-3-Clause (Real-ESRGAN)",
-        commercial_use=True, source="xinntao Real-ESRGAN release RealESRGAN_x4plus (.pth; convert or set path)",
+        commercial_use=True, source="xinntao Real-ESRGAN release RealESRGAN_x4plus (.pth: `portrait models convert` it, or set path)",
         description="4x super-resolution (RRDB) for the upscale stage",
     ),
     # --- diffusion --------------------------------------------------------------------------------
@@ -198,12 +198,12 @@ BUILTIN: tuple[ModelSpec, ...] = (
     ModelSpec(
         "ip-adapter-faceid", "ip_adapter", "ip-adapter/ip-adapter-faceid_sd15.safetensors",
         licence="non-commercial (uses insightface embeddings)", commercial_use=False,
-        source="h94/IP-Adapter-FaceID ip-adapter-faceid_sd15 (convert the .bin to .safetensors)",
+        source="h94/IP-Adapter-FaceID ip-adapter-faceid_sd15.bin (`portrait models convert` it to .safetensors)",
         architecture="sd15", description="IP-Adapter FaceID for the train-free identity path",
     ),
     ModelSpec(
         "instantid-adapter", "instantid", "instantid/ip-adapter.safetensors", licence="Apache-2.0 (InstantID)",
-        commercial_use=None, source="InstantX/InstantID ip-adapter.bin (convert to .safetensors)",
+        commercial_use=None, source="InstantX/InstantID ip-adapter.bin (`portrait models convert` it to .safetensors)",
         architecture="sdxl", description="InstantID image-prompt adapter (SDXL)",
     ),
     ModelSpec(
