@@ -8,7 +8,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-pytest.importorskip("diffusers")
 
 from helpers_diffusion import load_models, small_template, tiny_models  # noqa: E402
 

@@ -10,7 +10,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-pytest.importorskip("diffusers")
 
 from helpers_diffusion import small_template  # noqa: E402
 
