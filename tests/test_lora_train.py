@@ -169,3 +169,42 @@ def test_cli_trains_and_reports(trainset, tiny_base, tmp_path):
     summary = json.loads(res.output)
     assert summary["chosen"] == [2] and Path(summary["lora"]).is_file() and Path(summary["kohya"]).is_file()
     assert json.loads((out / "training.json").read_text())["config"]["steps"] == 2
+
+
+def test_template_validation_paints_checkpoints_into_template_faces(tiny_base, trainset, tmp_path, monkeypatch):
+    """--templates: every checkpoint goes through the real two-pass inpaint on the template's face, with
+    the template's ControlNets found through the manifest; the renders are kept for the user."""
+    from portrait.imageio import load_rgb
+    from portrait.models import manifest as manifest_mod
+    from portrait.templates import load_template
+
+    models = tmp_path / "models"
+    lines = []
+    for i, control in enumerate(("canny", "openpose", "color", "tile")):
+        net = tiny.build_tiny_controlnet(tiny_base, models / "controlnet" / control, seed=30 + i)
+        lines.append(f'[models.controlnet-{control}]\npath = "{net}"\n')
+    (models / "models.toml").write_text("\n".join(lines))
+    monkeypatch.setenv("PORTRAIT_MODELS_DIR", str(models))
+    monkeypatch.delenv("PORTRAIT_MODELS_CONFIG", raising=False)
+    manifest_mod._MANIFESTS.clear()
+    out = tmp_path / "identity"
+    res = CliRunner().invoke(cli, ["train", str(trainset), "--base-model", str(tiny_base), "--out", str(out),
+                                   "--steps", "4", "--rank", "2", "--alpha", "2", "--resolution", "64",
+                                   "--validate-every", "2", "--templates", "navy-formal",
+                                   "--validation-size", "96", "--json"])
+    manifest_mod._MANIFESTS.clear()
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "training.json").read_text())
+    assert [c["step"] for c in report["checkpoints"]] == [2, 4]
+    template = load_template("navy-formal")
+    tpl = template.image()
+    face = template.slot_faces()[0]
+    cx, cy = face.center
+    half = max(face.width, face.height) * 1.75
+    yy, xx = np.mgrid[0:tpl.shape[0], 0:tpl.shape[1]]
+    outside = (np.abs(xx - cx) > half) | (np.abs(yy - cy) > half)
+    for step in (2, 4):
+        render = load_rgb(out / "validation" / f"step_{step:05d}_navy-formal.png")
+        assert render.shape == tpl.shape
+        assert np.array_equal(render[outside], tpl[outside])  # painted into the face, pasted back by mask
+        assert not np.array_equal(render, tpl)

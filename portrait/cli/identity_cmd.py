@@ -61,14 +61,18 @@ def register(group: click.Group) -> None:
     @click.option("--merge-top-k", type=click.IntRange(1, 100), default=1, show_default=True,
                   help="Merge the best K checkpoints (mean of their deltas) instead of keeping the best one.")
     @click.option("--templates", multiple=True,
-                  help="Validate on these templates' faces (two-pass inpaint) instead of text2img renders.")
+                  help="Validate on these templates' faces (two-pass inpaint) instead of text2img renders; "
+                       "the renders go to OUT/validation/.")
+    @click.option("--validation-size", type=click.IntRange(64, 2048), default=None,
+                  help="Template validation's inpaint working size [default: 512 SD 1.5, 1024 SDXL].")
     @click.option("--no-validate", is_flag=True, help="Skip validation renders: the last checkpoint is kept.")
     @click.option("--device", default=None, help="cuda, mps or cpu [default: best available; $PORTRAIT_DEVICE].")
     @click.option("--dtype", default=None, help="fp32, fp16 or bf16 [default: fp16 on GPU, fp32 on CPU].")
     @json_option
     @handle_errors
     def train_cmd(trainset_dir: Path, base_model: str, out: Path, steps, rank, alpha, lr, resolution, seed,
-                  validate_every, merge_top_k, templates, no_validate, device, dtype, as_json: bool) -> None:
+                  validate_every, merge_top_k, templates, validation_size, no_validate, device, dtype,
+                  as_json: bool) -> None:
         """Train an identity LoRA on TRAINSET_DIR (the output of `portrait preprocess`).
 
         Checkpoints are rendered every --validate-every steps and scored by face likeness to the
@@ -79,7 +83,8 @@ def register(group: click.Group) -> None:
 
         cfg = TrainConfig(trainset=trainset_dir, base_model=base_model, out_dir=out, steps=steps, rank=rank,
                           alpha=alpha, lr=lr, resolution=resolution, seed=seed, validate_every=validate_every,
-                          merge_top_k=merge_top_k, templates=tuple(templates), device=device, dtype=dtype)
+                          merge_top_k=merge_top_k, templates=tuple(templates), validation_size=validation_size,
+                          device=device, dtype=dtype)
         with _train_bar(not as_json) as (callback, on_step):
             result = train_lora(cfg, validate=None if no_validate else "default", progress=callback, on_step=on_step)
         rep = result.report

@@ -62,6 +62,7 @@ class TrainConfig:
     validation_resolution: int = 256
     validation_steps: int = 12
     templates: tuple[str, ...] = ()  # template names/folders for validation on template faces
+    validation_size: int | None = None  # template validation: inpaint working size (default: 512 / 1024)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -201,7 +202,9 @@ def default_validator(cfg: TrainConfig, files: list[Path], captions: list[str], 
     crops = [_load_square(f, max(256, min(512, cfg.resolution or 512))) for f in files]
     centroid = lora_select.user_centroid(crops, fa)
     if cfg.templates:
-        return lora_select.template_validator(base, cfg.templates, crops, centroid, fa, steps=cfg.validation_steps)
+        return lora_select.template_validator(base, cfg.templates, crops, centroid, fa, steps=cfg.validation_steps,
+                                              crop_size=cfg.validation_size,
+                                              save_dir=Path(cfg.out_dir) / "validation")
     prompt = cfg.validation_prompt or captions[0]
     return lora_select.text2img_validator(centroid, prompt, fa, resolution=cfg.validation_resolution,
                                           steps=cfg.validation_steps)
