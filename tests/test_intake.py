@@ -26,6 +26,16 @@ def test_exif_rotation_is_applied(tmp_path, astronaut):
     assert np.abs(r.pixels.astype(int) - turned).mean() > 30
 
 
+def test_heic_phone_photo_is_read(tmp_path, astronaut, face_analysis):
+    """iPhones save HEIC: it decodes (pillow-heif) to the same picture, and its face is the astronaut's."""
+    Image.fromarray(astronaut).save(tmp_path / "IMG_0001.heic", quality=90)
+    r = intake_photo(tmp_path / "IMG_0001.heic", CFG, tmp_path)
+    assert r.ok and r.facts["format"] == "HEIF" and r.pixels.shape == astronaut.shape
+    assert np.abs(r.pixels.astype(int) - astronaut.astype(int)).mean() < 6
+    a, b = face_analysis.analyze(r.pixels)[0], face_analysis.analyze(astronaut)[0]
+    assert face_analysis.distance(a.embedding, b.embedding) < 0.2
+
+
 def test_rgba_png_becomes_rgb_on_white(tmp_path, astronaut):
     r = intake_photo(rgba_png(tmp_path / "a.png", astronaut), CFG, tmp_path)
     assert r.ok and r.facts["mode"] == "RGBA" and r.pixels.shape == (512, 512, 3)
