@@ -11,12 +11,12 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
 from .engines import EngineChoice, choose_diffusion, choose_fusion, choose_identity, choose_retouch, choose_upscale
-from .errors import NotEnoughPhotosError, PortraitError, internal_error
+from .errors import ConfigError, NotEnoughPhotosError, PortraitError, internal_error
 from .faces import Face, FaceConfig, get_face_analysis
 from .imageio import save_image
 from .models.manifest import get_manifest
@@ -60,9 +60,11 @@ class TemplateOutput:
     passed_bar: bool
     variants_tried: int
     timings: dict
+    others: dict = field(default_factory=dict)  # slot -> distance of that slot's face to its own person
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d["others"] = {str(k): (None if not np.isfinite(v) else round(v, 4)) for k, v in self.others.items()}
         d["distance"] = None if not np.isfinite(self.distance) else round(self.distance, 4)
         d["similarity"] = round(self.similarity, 4)
         return d
@@ -107,6 +109,8 @@ class PortraitPipeline:
                                                    config.face.embedder)[0]
         self._pre = None  # the current run's PreprocessResult
         self._models = self._identity = self._inpaint = None  # diffusion: loaded on first use
+        self._people: dict = {}  # slot -> PreprocessResult of another person (this run)
+        self._slot_identities: dict = {}
 
     def _choose_engines(self) -> list[EngineChoice]:
         c, m = self.config, self.manifest
@@ -122,26 +126,24 @@ class PortraitPipeline:
         return next(e for e in self.engines if e.stage == stage)
 
     # -- the run ----------------------------------------------------------------------------------
-    def run(self, photos: Path | Sequence[Path], templates: Sequence[str], out_dir: Path) -> RunResult:
-        from preprocess import PreprocessConfig, run_preprocess
-
+    def run(self, photos: Path | Sequence[Path], templates: Sequence[str], out_dir: Path,
+            others: Mapping[int, Path] | None = None) -> RunResult:
+        """`photos`: the user, painted into every face slot of each template except those in `others`,
+        which maps a slot to another person's photos (a couple on a two-face template)."""
         c = self.config
+        if others and self.engine("inpaint").engine == "diffusion" and self.identity_engine == "lora":
+            raise ConfigError("other people in face slots need a face-embedding identity (FaceID / InstantID), "
+                              "but --identity is the user's LoRA: leave out --identity, or --diffusion off")
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        pre = run_preprocess(
-            photos, out_dir / "preprocess",
-            PreprocessConfig(top_k=c.top_k, min_photos=c.min_photos, resolution=c.resolution, face=c.face),
-            progress=self.progress,
-        )
+        pre = self._preprocess(photos, out_dir / "preprocess")
+        self._people = {slot: self._preprocess(p, out_dir / f"preprocess-slot{slot}")
+                        for slot, p in sorted((others or {}).items())}
         timings["preprocess"] = time.perf_counter() - t0
-        if pre.accepted_count < c.min_photos or pre.reference_face is None:
-            raise NotEnoughPhotosError(
-                f"only {pre.accepted_count} usable photo(s), at least {c.min_photos} needed; "
-                f"see {out_dir / 'preprocess' / 'report.json'} for each photo's reason"
-            )
         self._pre, self._identity = pre, None  # a new person: never reuse the last run's identity
+        self._slot_identities = {}
         references = self._references(pre)
         centroid = pre.centroid
         outputs, failures = [], []
@@ -164,6 +166,20 @@ class PortraitPipeline:
         result.result_file = out_dir / "result.json"
         result.result_file.write_text(json.dumps(result.to_dict(), indent=2))
         return result
+
+    def _preprocess(self, photos, out: Path):
+        from preprocess import PreprocessConfig, run_preprocess
+
+        c = self.config
+        pre = run_preprocess(photos, out, PreprocessConfig(top_k=c.top_k, min_photos=c.min_photos,
+                                                           resolution=c.resolution, face=c.face),
+                             progress=self.progress)
+        if pre.accepted_count < c.min_photos or pre.reference_face is None:
+            raise NotEnoughPhotosError(
+                f"{photos}: only {pre.accepted_count} usable photo(s), at least {c.min_photos} needed; "
+                f"see {out / 'report.json'} for each photo's reason"
+            )
+        return pre
 
     def _references(self, pre) -> list[tuple[str, np.ndarray, Face]]:
         """The reference photo first, then the other selected photos, closest to the identity first."""
@@ -202,7 +218,7 @@ class PortraitPipeline:
             timings[f"{tmpl.name}.{k}"] = v
         path = save_image(best.image, out_dir / f"{tmpl.name}.png")
         return TemplateOutput(tmpl.name, str(path), best.meta["reference"], best.distance, best.similarity,
-                              best.passed_bar, len(ranked), best.meta["timings"])
+                              best.passed_bar, len(ranked), best.meta["timings"], best.meta["others"])
 
     def _render(self, tmpl, ref_name: str, ref_img: np.ndarray, ref_face: Face) -> Candidate:
         """One portrait of the user on `tmpl` from one reference photo, and its face embedding."""
@@ -214,16 +230,20 @@ class PortraitPipeline:
         image = tmpl.image()
         slot_faces = tmpl.slot_faces(self.fa)
         slots = sorted(slot_faces)
+        # Who goes where: another person's reference in their slots, this variant's reference elsewhere.
+        people = {s: ((p.reference_image, p.reference_face) if (p := self._people.get(s)) else (ref_img, ref_face))
+                  for s in slots}
         tic = time.perf_counter()
         if self.engine("inpaint").engine == "diffusion":
             # The two-pass recipe runs its own fusion #1 / #2 around the ControlNet inpaints.
-            image = self._diffuse(tmpl, ref_img, ref_face)
+            image = self._diffuse(tmpl, people)
             t["inpaint"] = time.perf_counter() - tic
         else:
             fusion = self.engine("fusion").engine
             for slot in slots:
-                image = fuse(image, slot_faces[slot], ref_img, ref_face, engine=fusion, manifest=self.manifest,
-                             source_embedding=ref_face.embedding, device=c.face.device).image
+                img, face = people[slot]
+                image = fuse(image, slot_faces[slot], img, face, engine=fusion, manifest=self.manifest,
+                             source_embedding=face.embedding, device=c.face.device).image
             t["fusion"] = time.perf_counter() - tic
         retouch_engine = self.engine("retouch").engine
         if retouch_engine != "skipped":
@@ -242,12 +262,22 @@ class PortraitPipeline:
             scale = image.shape[1] / tmpl_width
             t["upscale"] = time.perf_counter() - tic
         tic = time.perf_counter()
-        judged = output_face(self.fa.analyze(image), near=slot_faces[slots[0]].scaled(scale))
+        found = self.fa.analyze(image)
+        mine = [s for s in slots if s not in self._people] or slots
+        judged = output_face(found, near=slot_faces[mine[0]].scaled(scale))
+        others = {}
+        for s in slots:
+            if s in self._people:  # each other person's likeness in their own slot
+                face = output_face(found, near=slot_faces[s].scaled(scale))
+                others[s] = (float("inf") if face is None else
+                             self.fa.distance(face.embedding, self._people[s].centroid))
         t["rank"] = time.perf_counter() - tic
         return Candidate(None if judged is None else judged.embedding, image=image,
-                         meta={"reference": ref_name, "timings": {k: round(v, 3) for k, v in t.items()}})
+                         meta={"reference": ref_name, "timings": {k: round(v, 3) for k, v in t.items()},
+                               "others": others})
 
-    def _diffuse(self, tmpl, ref_img: np.ndarray, ref_face: Face) -> np.ndarray:
+    def _diffuse(self, tmpl, people: dict[int, tuple[np.ndarray, Face]]) -> np.ndarray:
+        """Paint each slot in turn (each on the previous result) with that slot's person's identity."""
         from .generate.template_inpaint import TemplateInpaint, generate_on_template, template_controls
 
         models, identity = self._diffusion_models()
@@ -255,16 +285,37 @@ class PortraitPipeline:
         if self._inpaint is None:
             self._inpaint = TemplateInpaint(models, fusion_engine=self.engine("fusion").engine,
                                             crop_size=self.config.inpaint_size)
-        result = generate_on_template(models, tmpl, identity, ref_img, ref_face, inpaint=self._inpaint,
-                                      callback=self.progress, face_analysis=self.fa,
-                                      steps=self.config.steps, seed=self.config.seed)
-        return result.image
+        image = None
+        for slot, (ref_img, ref_face) in sorted(people.items()):
+            who = self._slot_identity(slot) if slot in self._people else identity
+            image = generate_on_template(models, tmpl, who, ref_img, ref_face, inpaint=self._inpaint, slot=slot,
+                                         image=image, callback=self.progress, face_analysis=self.fa,
+                                         steps=self.config.steps, seed=self.config.seed).image
+        return image
+
+    def _face_identity(self, pre):
+        from .generate.template_inpaint import Identity
+        from .identity.face_embedding import FaceIdentity
+
+        engine = "instantid" if self.identity_engine == "instantid" else "faceid"
+        return Identity(face=FaceIdentity.from_vectors([pre.embeddings[f] for f in pre.selected],
+                                                       list(pre.selected), self.config.face.embedder,
+                                                       self.fa.metric), engine=engine)
+
+    def _slot_identity(self, slot: int):
+        """Another person's identity: their face embedding (FaceID / InstantID; only the user has a LoRA)."""
+        if slot not in self._slot_identities:
+            if self.identity_engine == "lora":
+                raise ConfigError(f"face slot {slot} holds another person, but --identity is the user's LoRA: "
+                                  "painting other people needs a face-embedding engine (FaceID / InstantID): "
+                                  "leave out --identity")
+            self._slot_identities[slot] = self._face_identity(self._people[slot])
+        return self._slot_identities[slot]
 
     def _diffusion_models(self):
         """Base (+ FaceID adapter or InstantID) loaded once per pipeline, ControlNets as templates need them;
         the identity once per run, painted by self.identity_engine."""
         from .generate.template_inpaint import Identity, InpaintModels
-        from .identity.face_embedding import FaceIdentity
 
         c = self.config
         engine = self.identity_engine
@@ -273,11 +324,5 @@ class PortraitPipeline:
             self._models = InpaintModels.load(c.base_model or "sd15", (), manifest=self.manifest, device=c.device,
                                               faceid_adapter=faceid, instantid=engine == "instantid")
         if self._identity is None:
-            if c.identity:
-                self._identity = Identity.from_path(c.identity)
-            else:
-                pre = self._pre
-                self._identity = Identity(face=FaceIdentity.from_vectors(
-                    [pre.embeddings[f] for f in pre.selected], list(pre.selected), c.face.embedder, self.fa.metric),
-                    engine="instantid" if engine == "instantid" else "faceid")
+            self._identity = Identity.from_path(c.identity) if c.identity else self._face_identity(self._pre)
         return self._models, self._identity

@@ -351,9 +351,13 @@ def list_templates(dirs: Iterable[str | Path] | None = None,
 
 
 def load_template(name_or_dir: str | Path, dirs: Iterable[str | Path] | None = None) -> Template:
-    """A template by folder path, or by name on the search path (TemplateError naming what was searched)."""
+    """A template by folder path, or by name on the search path (TemplateError naming what was searched).
+
+    A bare name means a folder of the current directory only when that folder holds a template.toml:
+    `portrait run ... --template duo --out duo` must not take its own output folder for the template."""
     p = Path(name_or_dir)
-    if p.is_dir():
+    as_path = isinstance(name_or_dir, Path) or "/" in str(name_or_dir) or os.sep in str(name_or_dir)
+    if (p / TOML_NAME).is_file() or (as_path and p.is_dir()):
         return parse_template(p)
     searched = template_dirs() if dirs is None else [Path(x) for x in dirs]
     for d in searched:

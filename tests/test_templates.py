@@ -160,3 +160,13 @@ def test_cli_templates(user_templates, grace_hopper_path, tmp_path):
     res = runner.invoke(cli, ["templates", "list", "--json"])
     errors = json.loads(res.output)["errors"]
     assert errors and "inpaint.strength" in errors[0]["error"]
+
+
+def test_a_bare_name_is_not_taken_for_an_unrelated_folder_here(tmp_path, monkeypatch):
+    """`portrait run photos --template duo --out duo`: the output folder `duo` is not the template."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "duo").mkdir()
+    t = T.load_template("duo")
+    assert t.directory == T.bundled_dir() / "duo" and t.toml_path.is_file()
+    with pytest.raises(TemplateError, match="template.toml"):
+        T.load_template("./duo")  # spelled as a path, it is that folder, and it is not a template

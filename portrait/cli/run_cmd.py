@@ -80,6 +80,10 @@ def _summary(result) -> None:
         dist = "no face" if o.distance == float("inf") else f"{o.distance:.3f}"
         table.add_row(str(i), o.template, Path(o.file).name, dist, f"{o.similarity:.2f}", ok, o.reference)
     console.print(table)
+    for o in result.outputs:
+        for slot, d in sorted(o.others.items()):
+            shown = "no face" if d == float("inf") else f"{d:.3f}"
+            console.print(f"{o.template}: face slot {slot} (another person) distance to them {shown}")
     for f in result.failures:
         console.print(f"[red]template {f['template']} failed:[/] {f['message']}")
     console.print(f"portraits and result.json in {result.result_file.parent}")
@@ -89,10 +93,14 @@ def _summary(result) -> None:
 @click.argument("photos", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--template", "templates", multiple=True, help="Template name or folder (repeatable; default: all).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--slot", "slots", multiple=True, metavar="N=PHOTOS_DIR",
+              help="Put another person (their photos folder) into face slot N of multi-face templates; "
+                   "slots are numbered left to right from 0, the user fills the rest. Repeatable.")
 @run_options
 @json_option
 @handle_errors
-def run_command(photos: Path, templates: tuple[str, ...], out: Path, as_json: bool, **options) -> None:
+def run_command(photos: Path, templates: tuple[str, ...], out: Path, slots: tuple[str, ...], as_json: bool,
+                **options) -> None:
     """The whole chain: PHOTOS → preprocess → identity → each template → ranked portraits in OUT."""
     from ..pipeline import PortraitPipeline
     from ..templates import list_templates
@@ -101,15 +109,32 @@ def run_command(photos: Path, templates: tuple[str, ...], out: Path, as_json: bo
     if not names:
         raise ConfigError("no templates found: pass --template NAME_OR_DIR or add one with `portrait templates add`")
     config = config_from_options(options)
+    others = _parse_slots(slots)
     with progress_bar(not as_json) as progress:
         pipe = PortraitPipeline(config, progress=progress)
-        result = pipe.run(photos, names, out)
+        result = pipe.run(photos, names, out, others=others)
     if as_json:
         print_json(result.to_dict())
     else:
         _summary(result)
     if not result.outputs:
         raise SystemExit(2)
+
+
+def _parse_slots(values: tuple[str, ...]) -> dict[int, Path]:
+    """--slot N=DIR values → {N: DIR}; ConfigError naming a malformed value or a missing folder."""
+    out: dict[int, Path] = {}
+    for v in values:
+        n, sep, folder = v.partition("=")
+        if not sep or not n.strip().isdigit():
+            raise ConfigError(f"--slot {v!r}: expected N=PHOTOS_DIR, e.g. --slot 1=partner_photos/")
+        path = Path(folder).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"--slot {v!r}: {path} is not a folder of photos")
+        if int(n) in out:
+            raise ConfigError(f"--slot {n} is given twice")
+        out[int(n)] = path
+    return out
 
 
 def _read_manifest(path: Path) -> list[dict]:

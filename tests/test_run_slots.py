@@ -1,0 +1,76 @@
+"""Multi-face templates with different people: `portrait run --slot N=PHOTOS` (a couple's portrait)."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from portrait.cli import cli
+from portrait.imageio import load_rgb, save_image
+from portrait.samples import write_sample_photos
+from portrait.templates import load_template
+
+
+@pytest.fixture(scope="module")
+def hopper_photos(tmp_path_factory, grace_hopper):
+    """Four usable photos of Grace Hopper: the original, a mirror, a turned and a closer framing (a mere
+    brightness change would rightly count as a duplicate)."""
+    d = tmp_path_factory.mktemp("hopper")
+    h, w = grace_hopper.shape[:2]
+    variants = [grace_hopper, np.ascontiguousarray(grace_hopper[:, ::-1]),
+                cv2.warpAffine(grace_hopper, cv2.getRotationMatrix2D((w / 2, h / 2), 8, 0.85), (w, h),
+                               borderMode=cv2.BORDER_REPLICATE),
+                cv2.resize(grace_hopper[40:h - 60, 30:w - 30], (w, h - 100), interpolation=cv2.INTER_AREA)]
+    for i, v in enumerate(variants):
+        save_image(v, d / f"hopper_{i}.jpg")
+    return d
+
+
+@pytest.fixture(scope="module")
+def user_photos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("user")
+    write_sample_photos(d)
+    return d
+
+
+def test_each_slot_gets_its_own_person(hermetic, user_photos, hopper_photos, face_analysis, astronaut, grace_hopper,
+                                       tmp_path):
+    # The duo template shows the astronaut (slot 0, left) and Grace Hopper (slot 1, right): swap them.
+    res = CliRunner().invoke(cli, ["run", str(user_photos), "--template", "duo", "--slot", f"0={hopper_photos}",
+                                   "--out", str(tmp_path), "--upscale", "none", "--variants", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)["outputs"][0]
+    assert set(out["others"]) == {"0"} and out["others"]["0"] < 0.5
+    image = load_rgb(out["file"])
+    faces = sorted(face_analysis.analyze(image), key=lambda f: float(f.center[0]))
+    slots = load_template("duo").slot_faces()
+    left = min(faces, key=lambda f: float(np.linalg.norm(f.center - slots[0].center)))
+    right = min(faces, key=lambda f: float(np.linalg.norm(f.center - slots[1].center)))
+    astro = face_analysis.analyze(astronaut)[0].embedding
+    hopper = face_analysis.analyze(grace_hopper)[0].embedding
+    assert face_analysis.distance(left.embedding, hopper) <= 0.5 < 0.6 <= face_analysis.distance(left.embedding, astro)
+    assert face_analysis.distance(right.embedding, astro) <= 0.5 < 0.6 <= face_analysis.distance(right.embedding, hopper)
+    assert (tmp_path / "preprocess-slot0" / "report.json").is_file()
+
+
+def test_bad_slot_values_are_clear_errors(hermetic, user_photos, tmp_path):
+    runner = CliRunner()
+    for value, says in (("x=photos", "expected N=PHOTOS_DIR"), (f"1={tmp_path / 'nope'}", "is not a folder")):
+        res = runner.invoke(cli, ["run", str(user_photos), "--template", "duo", "--slot", value,
+                                  "--out", str(tmp_path / "o")])
+        assert res.exit_code == 2 and says in res.output
+
+
+def test_another_person_with_too_few_photos_stops_before_any_template(hermetic, user_photos, tmp_path):
+    few = tmp_path / "few"
+    few.mkdir()
+    (few / "a.jpg").write_bytes((user_photos / "grace_hopper.jpg").read_bytes())
+    res = CliRunner().invoke(cli, ["run", str(user_photos), "--template", "duo", "--slot", f"1={few}",
+                                   "--out", str(tmp_path / "o"), "--json"])
+    assert res.exit_code == 2
+    err = json.loads(res.output)
+    assert err["error"] == "not_enough_photos" and str(few) in err["message"]
