@@ -86,3 +86,14 @@ def hermetic(tmp_path_factory) -> Path:
         mp.delenv("PORTRAIT_MODELS_CONFIG", raising=False)
         mp.setenv("PORTRAIT_TEMPLATES_DIR", str(root / "templates"))
         yield root
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory) -> Path:
+    """Tiny random SD 1.5 + ControlNets + a dlib-sized FaceID adapter, with a models.toml: pass it as
+    RunConfig(models_dir=...) and the diffusion stages find them through the manifest like real ones."""
+    from portrait.models.tiny import build_tiny_set
+
+    d = tmp_path_factory.mktemp("tiny-models")
+    build_tiny_set(d, sdxl=False)
+    return d

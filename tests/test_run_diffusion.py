@@ -19,15 +19,6 @@ FAST = dict(steps=4, variants=1, max_tries=1, inpaint_size=128, retouch="none", 
 
 
 @pytest.fixture(scope="module")
-def tiny_models_dir(tmp_path_factory):
-    from portrait.models.tiny import build_tiny_set
-
-    d = tmp_path_factory.mktemp("tiny-models")
-    build_tiny_set(d, sdxl=False)
-    return d
-
-
-@pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     d = tmp_path_factory.mktemp("photos")
     write_sample_photos(d)

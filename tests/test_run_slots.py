@@ -74,3 +74,29 @@ def test_another_person_with_too_few_photos_stops_before_any_template(hermetic, 
     assert res.exit_code == 2
     err = json.loads(res.output)
     assert err["error"] == "not_enough_photos" and str(few) in err["message"]
+
+
+def test_with_diffusion_each_person_is_painted_with_their_own_face_embedding(tiny_models_dir, user_photos,
+                                                                               hopper_photos, tmp_path):
+    """Tiny random models cannot make a likeness, so this checks the wiring: both slots are painted (by
+    FaceID from each person's own photos), nothing outside the two face crops changes."""
+    from portrait.pipeline import PortraitPipeline, RunConfig
+
+    config = RunConfig(models_dir=str(tiny_models_dir), diffusion="on", steps=4, variants=1, max_tries=1,
+                       inpaint_size=96, retouch="none", upscale="none", seed=3)
+    pipe = PortraitPipeline(config)
+    result = pipe.run(user_photos, ["duo"], tmp_path, others={0: hopper_photos})
+    assert not result.failures, result.failures
+    assert set(pipe._slot_identities) == {0} and pipe._identity is not None
+    assert not np.allclose(pipe._slot_identities[0].face.embedding, pipe._identity.face.embedding)
+    template = load_template("duo")
+    tpl, out = template.image(), load_rgb(result.outputs[0].file)
+    assert out.shape == tpl.shape
+    yy, xx = np.mgrid[0:tpl.shape[0], 0:tpl.shape[1]]
+    outside = np.ones(tpl.shape[:2], bool)
+    for face in template.slot_faces().values():
+        half = max(face.width, face.height) * 1.75
+        inside = (np.abs(xx - face.center[0]) <= half) & (np.abs(yy - face.center[1]) <= half)
+        assert np.abs(out[inside].astype(int) - tpl[inside].astype(int)).mean() > 1.0  # this slot was painted
+        outside &= ~inside
+    assert np.array_equal(out[outside], tpl[outside])

@@ -690,16 +690,18 @@ def job_from_template(template, *, slot: int | None = None, steps: int | None = 
 
 def generate_on_template(models: InpaintModels, template, identity: Identity | str | Path, ref_rgb: np.ndarray,
                          ref_face: Face, *, callback: ProgressCallback | None = None, inpaint: TemplateInpaint | None = None,
-                         slot: int | None = None, face_analysis=None, **overrides) -> InpaintResult:
+                         slot: int | None = None, face_analysis=None, image: np.ndarray | None = None,
+                         **overrides) -> InpaintResult:
     """`identity` painted on `template` (what LoRA validation calls). With `slot=None` every face slot
-    of the template is painted in turn (each on the previous result); overrides as job_from_template."""
+    of the template is painted in turn (each on the previous result); `image` replaces the template's
+    image as the starting point (to paint several people slot by slot); overrides as job_from_template."""
     ident = identity if isinstance(identity, Identity) else Identity.from_path(identity)
     runner = inpaint or TemplateInpaint(models)
     slots = [slot] if slot is not None else sorted(template_slots(template, face_analysis))
     result = None
     for s in slots:
         job = job_from_template(template, slot=s, face_analysis=face_analysis,
-                                image=None if result is None else result.image, **overrides)
+                                image=image if result is None else result.image, **overrides)
         r = runner(job, ident, ref_rgb, ref_face, callback=callback)[0]
         if result is not None:
             r.mask = np.maximum(r.mask, result.mask)
