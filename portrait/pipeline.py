@@ -114,10 +114,13 @@ class PortraitPipeline:
 
     def _choose_engines(self) -> list[EngineChoice]:
         c, m = self.config, self.manifest
+        inpaint = choose_diffusion(c.diffusion, m, c.base_model, c.identity, c.face.embedder)
+        if inpaint.engine == "diffusion" and c.inpaint_size:
+            inpaint = EngineChoice(inpaint.stage, inpaint.engine, f"{inpaint.reason}, {c.inpaint_size} px working crops")
         return [
             EngineChoice("faces", "+".join(self.fa.engines().values()), "face detector+landmarks+embedder"),
             choose_fusion(c.fusion, m, c.face.embedder),
-            choose_diffusion(c.diffusion, m, c.base_model, c.identity, c.face.embedder),
+            inpaint,
             choose_retouch(c.retouch, m),
             choose_upscale(c.upscale, m, c.upscale_factor),
         ]

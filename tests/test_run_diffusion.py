@@ -140,3 +140,17 @@ def test_sdxl_identity_engine_with_dlib_embeddings(tiny_sdxl_dir, tmp_path):
     assert choose_identity(m, "sdxl", None, "arcface")[0] == "instantid"
     assert choose_identity(m, "sdxl", "lora.safetensors", "arcface")[0] == "lora"
     assert choose_identity(m, "sd15", None, "dlib-resnet") == ("faceid", "FaceID embedding")  # SD 1.5 unchanged
+
+
+def test_run_cli_inpaint_size_reaches_the_diffusion_stage(tiny_models_dir, photos, tmp_path, monkeypatch):
+    """--inpaint-size sets the working crop: the run finishes through the CLI with diffusion on."""
+    monkeypatch.setenv("PORTRAIT_MODELS_DIR", str(tiny_models_dir))
+    monkeypatch.delenv("PORTRAIT_MODELS_CONFIG", raising=False)
+    res = CliRunner().invoke(cli, ["run", str(photos), "--template", "navy-formal", "--out", str(tmp_path),
+                                   "--diffusion", "on", "--steps", "4", "--inpaint-size", "96", "--variants", "1",
+                                   "--max-tries", "1", "--upscale", "none", "--json"])
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.output)
+    assert result["engines"]["inpaint"]["engine"] == "diffusion" and not result["failures"]
+    assert result["engines"]["inpaint"]["reason"].endswith("96 px working crops")
+    assert result["outputs"][0]["timings"]["inpaint"] > 0

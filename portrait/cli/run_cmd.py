@@ -41,6 +41,8 @@ def run_options(f):
         click.option("--likeness-bar", type=float, default=None,
                      help="Distance an output must reach (default: the embedder's same-person threshold)."),
         click.option("--steps", type=click.IntRange(1, 200), default=None),
+        click.option("--inpaint-size", type=click.IntRange(64, 2048), default=None,
+                     help="Diffusion working crop side [default: 512 SD 1.5, 1024 SDXL]; smaller is faster."),
         click.option("--seed", type=int, default=None),
         click.option("--device", default=None, help="cpu | cuda | mps (default: best available)."),
         click.option("--detector", type=click.Choice(DETECTORS), default="dlib-hog", show_default=True),
@@ -61,7 +63,8 @@ def config_from_options(o: dict):
     face = FaceConfig(detector=o["detector"], landmarks=o["landmarks"], embedder=o["embedder"],
                       device=o["device"] or "cpu")
     keys = ("top_k", "min_photos", "fusion", "retouch", "retouch_strength", "upscale", "upscale_factor",
-            "diffusion", "base_model", "identity", "variants", "max_tries", "likeness_bar", "steps", "seed", "device")
+            "diffusion", "base_model", "identity", "variants", "max_tries", "likeness_bar", "steps", "inpaint_size",
+            "seed", "device")
     return RunConfig(face=face, **{k: o[k] for k in keys})
 
 
