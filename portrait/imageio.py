@@ -27,6 +27,8 @@ except Exception:  # pragma: no cover - depends on the platform's wheel
     HEIF_SUPPORTED = False
 
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "HEIF", "AVIF", "BMP", "TIFF"})
+# File names listed as images in a folder (the decoder still checks the content, never the name).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".avif", ".bmp", ".tif", ".tiff"})
 DEFAULT_MAX_PIXELS = 64_000_000  # 64 MP: larger than any phone photo, far below a bomb
 DEFAULT_MAX_BYTES = 60 * 1024 * 1024
 
@@ -160,6 +162,12 @@ def decode_image(
         )
     finally:
         img.close()
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files of a folder, sorted: image extensions in any case, hidden files skipped."""
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def load_rgb(source: str | Path | bytes, **kwargs) -> np.ndarray:

@@ -38,7 +38,6 @@ with the same name as a bundled one overrides it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -54,11 +53,11 @@ import portrait
 from .errors import ImageError, TemplateError
 from .faces.types import Face
 from .generate.controls import CONTROL_NAMES
-from .imageio import decode_image, save_image
+from .imageio import decode_image, image_files, save_image
+from .models.manifest import sha256_file
 
 TOML_NAME = "template.toml"
 FACE_CACHE = ".faces.json"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MIN_FACE_PX = 64  # a template face smaller than this (sqrt of box area) is too small to receive a face
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 CACHE_VERSION = 1
@@ -219,7 +218,7 @@ def _find_image(directory: Path, r: _Reader) -> Path:
         if not p.is_file():
             raise r.fail("image", f"names {name!r}, which does not exist in {directory}")
         return p
-    found = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    found = image_files(directory)
     if len(found) != 1:
         raise r.fail("image", f"is needed: the folder holds {len(found)} image files, set image = \"...\"")
     return found[0]
@@ -266,10 +265,6 @@ def parse_template(directory: str | Path) -> Template:
 
 
 # -- faces ----------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _face_to_json(f: Face) -> dict:
     return {"box": [float(v) for v in f.box], "score": float(f.score),
             "landmarks5": np.asarray(f.landmarks5, float).round(2).tolist(),
@@ -307,7 +302,7 @@ def template_faces(image_path: Path, face_analysis=None) -> list[Face]:
 
         face_analysis = get_face_analysis()
     cache = image_path.parent / FACE_CACHE
-    sha = _sha256(image_path)
+    sha = sha256_file(image_path)
     key = {"version": CACHE_VERSION, "image": image_path.name, "image_sha256": sha,
            "engines": face_analysis.engines()}
     try:

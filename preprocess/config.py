@@ -64,9 +64,6 @@ def describe(reason: str, count: int, total: int) -> str:
     return f"{count} of {total} photos {singular if count == 1 else plural}: {REASON_ADVICE[reason]}"
 
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".avif", ".bmp", ".tif", ".tiff"})
-
-
 @dataclass(frozen=True)
 class PreprocessConfig:
     # -- what to produce ---------------------------------------------------------------------------

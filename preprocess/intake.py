@@ -15,9 +15,9 @@ from typing import Optional
 import numpy as np
 
 from portrait.errors import ImageError, PortraitError
-from portrait.imageio import decode_image
+from portrait.imageio import decode_image, image_files
 
-from .config import IMAGE_EXTENSIONS, PreprocessConfig
+from .config import PreprocessConfig
 
 
 @dataclass
@@ -49,9 +49,7 @@ def list_photos(photos: Path | str | list) -> tuple[list[Path], Path | None]:
             raise PortraitError(f"photos folder {root} does not exist")
         if root.is_file():
             return [root], root.parent
-        files = sorted(p for p in root.iterdir()
-                       if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
-        return files, root
+        return image_files(root), root
     files = [Path(p) for p in photos]
     parents = {p.parent for p in files}
     return files, (parents.pop() if len(parents) == 1 else None)

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from portrait import templates as T
 from portrait.errors import TemplateError
 from portrait.imageio import save_image
+from portrait.models.manifest import sha256_file
 
 
 @pytest.fixture
@@ -133,7 +134,7 @@ def test_face_cache_follows_the_image(tmp_path, face_analysis, astronaut, grace_
     save_image(grace_hopper, d / "template.jpg")  # a different image: the cache's sha256 no longer matches
     box2 = T.parse_template(d).detected_faces(face_analysis)[0].box
     assert not np.allclose(box1, box2)
-    assert json.loads((d / T.FACE_CACHE).read_text())["image_sha256"] == T._sha256(d / "template.jpg")
+    assert json.loads((d / T.FACE_CACHE).read_text())["image_sha256"] == sha256_file(d / "template.jpg")
 
 
 def test_cli_templates(user_templates, grace_hopper_path, tmp_path):

@@ -31,20 +31,15 @@ def _template(name_or_dir: str, fa):
     return load_template(name_or_dir)
 
 
-def _images(folder: Path) -> list[Path]:
-    from ..identity.face_embedding import _image_files
-
-    return _image_files(folder)
-
-
 def _reference(identity_path: Path, reference: str | None, fa):
     """The reference photo and face for the fusion stages: --reference (photo or training set), else
     reference.png beside the identity file."""
+    from ..identity.face_embedding import trainset_images
     from ..imageio import load_rgb
 
     if reference:
         r = Path(reference)
-        candidates = _images(r) if r.is_dir() else [r]
+        candidates = trainset_images(r) if r.is_dir() else [r]
     else:
         folder = identity_path if identity_path.is_dir() else identity_path.parent
         candidates = [folder / REFERENCE_NAME] if (folder / REFERENCE_NAME).is_file() else []

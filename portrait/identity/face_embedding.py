@@ -28,7 +28,6 @@ import numpy as np
 from ..errors import ConfigError, NotEnoughPhotosError, PortraitError
 from ..progress import ProgressCallback, report
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 FORMAT = "portrait.face_identity"
 FORMAT_VERSION = "1"
 
@@ -108,10 +107,11 @@ def is_face_identity_file(path: str | Path) -> bool:
         return False
 
 
-def _image_files(folder: Path) -> list[Path]:
-    if (folder / "train").is_dir():  # the preprocess output: DIR/train holds the crops
-        folder = folder / "train"
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+def trainset_images(folder: Path) -> list[Path]:
+    """The images of a training set: DIR/train's crops for a preprocess output, else the folder's."""
+    from ..imageio import image_files
+
+    return image_files(folder / "train" if (folder / "train").is_dir() else folder)
 
 
 def embed_identity(source: str | Path | Sequence[np.ndarray | str | Path], face_config=None, *,
@@ -131,9 +131,9 @@ def embed_identity(source: str | Path | Sequence[np.ndarray | str | Path], face_
         folder = Path(source)
         if not folder.is_dir():
             raise ConfigError(f"training set {folder} is not a folder")
-        items: list = _image_files(folder)
+        items: list = trainset_images(folder)
         if not items:
-            raise NotEnoughPhotosError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise NotEnoughPhotosError(f"{folder} holds no images")
     else:
         items = list(source)
     vectors, names = [], []
