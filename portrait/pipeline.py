@@ -133,7 +133,6 @@ class PortraitPipeline:
             others: Mapping[int, Path] | None = None) -> RunResult:
         """`photos`: the user, painted into every face slot of each template except those in `others`,
         which maps a slot to another person's photos (a couple on a two-face template)."""
-        c = self.config
         if others and self.engine("inpaint").engine == "diffusion" and self.identity_engine == "lora":
             raise ConfigError("other people in face slots need a face-embedding identity (FaceID / InstantID), "
                               "but --identity is the user's LoRA: leave out --identity, or --diffusion off")
@@ -186,8 +185,6 @@ class PortraitPipeline:
 
     def _references(self, pre) -> list[tuple[str, np.ndarray, Face]]:
         """The reference photo first, then the other selected photos, closest to the identity first."""
-        from .imageio import load_rgb
-
         by_file = {p.file: p for p in pre.photos}
         others = sorted((f for f in pre.selected if f != pre.reference and by_file[f].face is not None),
                         key=lambda f: self.fa.distance(pre.embeddings[f], pre.centroid))

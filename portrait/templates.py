@@ -53,7 +53,7 @@ import portrait
 from .errors import ImageError, TemplateError
 from .faces.types import Face
 from .generate.controls import CONTROL_NAMES
-from .imageio import decode_image, image_files, save_image
+from .imageio import DecodedImage, decode_image, image_files, save_image
 from .models.manifest import sha256_file
 
 TOML_NAME = "template.toml"
@@ -94,20 +94,26 @@ class Template:
     max_side: int = 1024
     upscale: float = 2.0
     _faces: list[Face] | None = field(default=None, repr=False, compare=False)
+    _decoded_image: DecodedImage | None = field(default=None, repr=False, compare=False)
 
     @property
     def toml_path(self) -> Path:
         return self.directory / TOML_NAME
 
-    def _decoded(self):
-        try:
-            return decode_image(self.image_path, max_side=self.max_side)
-        except ImageError as exc:
-            raise TemplateError(f"{self.image_path}: template image is unusable: {exc.reason}") from exc
+    def _decoded(self) -> DecodedImage:
+        """Decoded once per Template; the pixels are read-only (every stage returns new images)."""
+        if self._decoded_image is None:
+            try:
+                decoded = decode_image(self.image_path, max_side=self.max_side)
+            except ImageError as exc:
+                raise TemplateError(f"{self.image_path}: template image is unusable: {exc.reason}") from exc
+            decoded.pixels.flags.writeable = False
+            self._decoded_image = decoded
+        return self._decoded_image
 
     def image(self) -> np.ndarray:
-        """The template image, uint8 RGB, its longer side at most `output.max_side` (TemplateError when it
-        cannot be decoded)."""
+        """The template image, uint8 RGB (read-only), its longer side at most `output.max_side`
+        (TemplateError when it cannot be decoded)."""
         return self._decoded().pixels
 
     def detected_faces(self, face_analysis=None) -> list[Face]:
