@@ -42,7 +42,7 @@ def measure(steps: int | None, rank: int, resolution: int, device_name: str | No
     from peft import LoraConfig
 
     from portrait.identity.lora_train import TARGET_MODULES
-    from portrait.models.device import pick_device
+    from portrait.models.device import dtype_name, pick_device
     from portrait.models.loading import CONFIGS_DIR
 
     device, dtype = pick_device(device_name)
@@ -94,7 +94,7 @@ def measure(steps: int | None, rank: int, resolution: int, device_name: str | No
     peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if gpu else "-"
     lora_m = sum(p.numel() for p in params) / 1e6
     rows = [("device", f"{device} ({torch.cuda.get_device_name() if gpu else os.cpu_count()} {'' if gpu else 'cores'})"),
-            ("weights dtype", str(dtype).replace("torch.", "")), ("mixed precision", str(gpu and dtype != torch.float32)),
+            ("weights dtype", dtype_name(dtype)), ("mixed precision", str(gpu and dtype != torch.float32)),
             ("gradient checkpointing", str(checkpointing)), ("UNet params", f"{unet.num_parameters() / 1e6:.0f} M"),
             ("LoRA rank / params", f"{rank} / {lora_m:.1f} M"), ("resolution", f"{resolution}²"),
             ("build s", f"{build_s:.1f}"), ("timed steps", str(steps)), ("s / step", f"{dt / steps:.3f}"),

@@ -10,10 +10,6 @@ from typing import Callable, Optional
 ProgressCallback = Callable[[str, int, int], None]
 
 
-def noop(stage: str, done: int, total: int) -> None:  # noqa: ARG001 - the protocol's signature
-    return None
-
-
 def report(callback: Optional[ProgressCallback], stage: str, done: int, total: int) -> None:
     """Call `callback` if one was given."""
     if callback is not None:

@@ -6,7 +6,7 @@ the original photo), so a user reading report.json can tell how far a photo was 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Optional
 
 from portrait.faces import FaceConfig
@@ -114,8 +114,6 @@ class PreprocessConfig:
         if self.max_side < 256:
             raise ValueError(f"max_side must be >= 256, got {self.max_side}")
 
-    def with_(self, **changes) -> "PreprocessConfig":
-        return replace(self, **changes)
 
     def detection_score(self) -> float:
         if self.min_detection_score is not None:

@@ -317,9 +317,6 @@ class InpaintModels:
             self._pipes[key] = pipe
         return self._pipes[key]
 
-    def any_pipeline(self):
-        return next(iter(self._pipes.values())) if self._pipes else self.pipeline(tuple(self.controlnets)[:1])
-
 
 def _inpaint_pipeline(components: dict, nets: list, arch: str):
     """(SDXL)ControlNetInpaintPipeline from shared components; the plain inpaint pipeline with no nets."""

@@ -85,6 +85,7 @@ def template_validator(base, templates: Sequence[str], user_crops: Sequence[np.n
     from ..generate.template_inpaint import (Identity, InpaintModels, TemplateInpaint, controlnet_model,
                                              generate_on_template, template_controls)
     from ..imageio import save_image
+    from ..models.device import dtype_name
     from ..models.loading import load_controlnet, set_identity_lora
     from ..templates import load_template
 
@@ -97,7 +98,7 @@ def template_validator(base, templates: Sequence[str], user_crops: Sequence[np.n
             if ref is None or d < ref[0]:
                 ref = (d, crop, faces[0])
     models = InpaintModels(base, {})
-    device, dtype = str(base.unet.device), str(base.unet.dtype).replace("torch.", "")
+    device, dtype = str(base.unet.device), dtype_name(base.unet.dtype)
     for control in dict.fromkeys(c for t in loaded for c in template_controls(t)):
         net = load_controlnet(controlnet_model(models.arch, control, controlnet_models), device=device, dtype=dtype)
         models.controlnets[control] = net

@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import ConfigError, PortraitError
+from ..models.device import dtype_name
 from ..progress import ProgressCallback, report
 from . import lora_select
 
@@ -373,7 +374,7 @@ def train_lora(cfg: TrainConfig, *, validate: lora_select.Validator | None | str
         "photos": len(files),
         "captions": sorted(set(captions)),
         "device": str(device),
-        "dtype": str(weight_dtype).replace("torch.", ""),
+        "dtype": dtype_name(weight_dtype),
         "mixed_precision": bool(autocast),
         "gradient_checkpointing": bool(checkpointing),
         "checkpoints": [{"step": s, "file": str(p.relative_to(out)),

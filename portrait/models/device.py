@@ -43,4 +43,5 @@ def pick_device(device: str | None = None, dtype: str | None = None):
 
 
 def dtype_name(dtype) -> str:
+    """"float16" for torch.float16: the name pick_device and the CLI's --dtype accept."""
     return str(dtype).replace("torch.", "")

@@ -17,10 +17,6 @@ _EYE_L, _EYE_R = list(range(36, 42)), list(range(42, 48))
 _LIPS = list(range(48, 60))
 
 
-def _poly(mask: np.ndarray, pts: np.ndarray, value: int = 255) -> None:
-    cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], value)
-
-
 def _hull(mask: np.ndarray, pts: np.ndarray, value: int = 255) -> None:
     cv2.fillConvexPoly(mask, cv2.convexHull(np.round(pts).astype(np.int32)), value)
 
