@@ -111,7 +111,8 @@ def _gunicorn(host: str, port: int, workers: int, threads: int, data_dir: str) -
 @click.option("--data-dir", default=None, help=DATA_DIR_HELP)
 @click.option("--device", default="cpu", show_default=True, help="device for the models: cpu, cuda, cuda:N")
 @click.option("--max-jobs", default=None, type=int, help="exit after this many jobs (embedded queue)")
-def worker(data_dir: Optional[str], device: str, max_jobs: Optional[int]) -> None:
+@click.option("--idle-exit", default=None, type=float, help="exit after this many idle seconds (embedded queue)")
+def worker(data_dir: Optional[str], device: str, max_jobs: Optional[int], idle_exit: Optional[float]) -> None:
     """Run jobs: one worker process per GPU (`--device cuda:N`). Embedded queue by default; with
     PORTRAIT_BROKER_URL=redis://... a Celery worker (prefetch 1, late acks)."""
     settings = _settings(data_dir)
@@ -127,7 +128,7 @@ def worker(data_dir: Optional[str], device: str, max_jobs: Optional[int]) -> Non
     if not settings.fleet:
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
-        w.run_forever(max_jobs=max_jobs)
+        w.run_forever(max_jobs=max_jobs, idle_exit=idle_exit)
         return
     _celery_worker(w, settings)
 

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,6 +75,11 @@ def postgres_server(tmp: Path) -> Iterator[str]:
     root); yields a SQLAlchemy URL of a fresh database."""
     initdb = binary("initdb", "/usr/lib/postgresql/*/bin/initdb")
     pg_ctl = binary("pg_ctl", "/usr/lib/postgresql/*/bin/pg_ctl")
+    if os.geteuid() == 0:  # postgres refuses to run as root; its user cannot enter pytest's 0700 folders
+        tmp = Path(tempfile.mkdtemp(prefix="portrait-pg-"))
+        cleanup = tmp
+    else:
+        cleanup = None
     datadir = tmp / "pgdata"
     sockdir = tmp / "pgsock"
     sockdir.mkdir(parents=True, exist_ok=True)
@@ -84,12 +90,14 @@ def postgres_server(tmp: Path) -> Iterator[str]:
         os.chmod(tmp, 0o755)
         as_user = ["runuser", "-u", "postgres", "--"]
     port = free_port()
-    subprocess.run(as_user + [initdb, "-D", str(datadir), "-U", "portrait", "-A", "trust", "--no-sync",
-                              "-E", "UTF8"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = subprocess.run(as_user + [initdb, "-D", str(datadir), "-U", "portrait", "-A", "trust", "--no-sync",
+                                     "-E", "UTF8"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert done.returncode == 0, f"initdb failed: {done.stderr}"
     opts = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={sockdir} -c fsync=off " \
            f"-c max_connections=200"
-    subprocess.run(as_user + [pg_ctl, "-D", str(datadir), "-o", opts, "-l", str(tmp / "pg.log"), "-w", "-t", "60",
-                              "start"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = subprocess.run(as_user + [pg_ctl, "-D", str(datadir), "-o", opts, "-l", str(tmp / "pg.log"), "-w",
+                                     "-t", "60", "start"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert done.returncode == 0, f"postgres did not start: {done.stderr} {(tmp / 'pg.log').read_text()[-2000:]}"
     try:
         import psycopg
 
@@ -107,6 +115,8 @@ def postgres_server(tmp: Path) -> Iterator[str]:
     finally:
         subprocess.run(as_user + [pg_ctl, "-D", str(datadir), "-m", "immediate", "stop"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if cleanup is not None:
+            shutil.rmtree(cleanup, ignore_errors=True)
 
 
 def service_env(data_dir: Path, **settings) -> dict:
