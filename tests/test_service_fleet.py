@@ -7,7 +7,7 @@ import json
 import signal
 from pathlib import Path
 
-from helpers_service import pid_of, postgres_server, redis_server, runs, start_worker, stop, wait_for
+from helpers_fleet import pid_of, postgres_server, redis_server, runs, start_worker, stop, wait_for
 from server.db import Database
 from server.service import Service
 from server.settings import Settings

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers_service import pid_of, runs, start_worker, stop, wait_for
+from helpers_fleet import pid_of, runs, start_worker, stop, wait_for
 from server.errors import QueueFull, error_response
 from server.queue import lease
 from server.service import Service
