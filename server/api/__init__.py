@@ -26,6 +26,12 @@ def rate_key() -> str:
     return "addr:" + (get_remote_address() or "unknown")
 
 
+class PortraitApi(Api):
+    """flask-smorest's Api with our error body as the documented default error."""
+
+    from .schemas import ErrorBody as ERROR_SCHEMA  # noqa: N811
+
+
 def init_app(app: Flask, settings: Settings, front: FrontSettings) -> None:
     from .routes import blp
 
@@ -36,7 +42,7 @@ def init_app(app: Flask, settings: Settings, front: FrontSettings) -> None:
         OPENAPI_URL_PREFIX=API_PREFIX,
         OPENAPI_JSON_PATH="openapi.json",
     )
-    api = Api(app, spec_kwargs={"info": {"description": (
+    api = PortraitApi(app, spec_kwargs={"info": {"description": (
         "Studio portraits from a person's ordinary photos. Create an identity, upload its photos, "
         "submit a job, poll it (or follow its events), fetch the results. Every error is "
         '{"error": {"code", "message", "details"}}. See docs/api.md for the mini-program flow.')}})

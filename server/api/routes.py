@@ -23,8 +23,9 @@ ERRORS = {"description": 'an error: {"error": {"code", "message", "details"}}', 
     "application/json": {"schema": s.ErrorBody}}}
 
 
-def _errors(*codes: int) -> dict:
-    return {"responses": {str(c): ERRORS for c in codes}}
+def _errors(*codes: int, responses: dict | None = None, **doc) -> dict:
+    """`blp.doc` keywords: the error responses `codes` (plus `responses`, e.g. a non-JSON 200)."""
+    return dict(doc, responses={**{str(c): ERRORS for c in codes}, **(responses or {})})
 
 
 def settings():
@@ -128,7 +129,7 @@ PHOTOS_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
 
 @blp.route("/identities/<identity_id>/photos", methods=["POST"])
 @blp.response(201, s.PhotoList)
-@blp.doc(requestBody=PHOTOS_BODY, **_errors(400, 401, 404, 409, 413, 422, 429))
+@blp.doc(**_errors(400, 401, 404, 409, 413, 422, 429, requestBody=PHOTOS_BODY))
 @idempotent(201)
 def upload_photos(identity_id):
     """Upload photos: the multipart field `photos`, repeated, or one file per request → a record per photo"""
@@ -203,9 +204,9 @@ def job_report(job_id):
 
 
 @blp.route("/jobs/<job_id>/events", methods=["GET"])
-@blp.doc(responses={"200": {"description": "server-sent events: `progress` while the job changes, then one "
-                                           "`end` with the final job", "content": {"text/event-stream": {
-                                               "schema": {"type": "string"}}}}}, **_errors(401, 404))
+@blp.doc(**_errors(401, 404, responses={"200": {
+    "description": "server-sent events: `progress` while the job changes, then one `end` with the final job",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}}}}))
 def job_events(job_id):
     """Progress as server-sent events (`event: progress`, `data: <job JSON>`), closing when the job ends"""
     first = _job(job_id)  # 401 / 404 before the stream starts
@@ -246,10 +247,8 @@ def templates():
 
 
 @blp.route("/templates/<name>/thumbnail", methods=["GET"])
-@blp.doc(security=[], responses={"200": {"description": "a JPEG thumbnail",
-                                         "content": {"image/jpeg": {"schema": {"type": "string",
-                                                                               "format": "binary"}}}}},
-         **_errors(404))
+@blp.doc(**_errors(404, security=[], responses={"200": {
+    "description": "a JPEG thumbnail", "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}}))
 def thumbnail(name):
     """A template's thumbnail (public, so that an <img src> can show it)"""
     return send_file(thumbnail_path(name, settings().data_dir), mimetype="image/jpeg", max_age=3600)
@@ -257,9 +256,8 @@ def thumbnail(name):
 
 @blp.route("/results/<result_id>", methods=["GET"])
 @blp.arguments(s.ResultArgs, location="query")
-@blp.doc(security=[{"bearer": []}, {}],
-         responses={"200": {"description": "the image", "content": {"image/png": {"schema": {
-             "type": "string", "format": "binary"}}}}}, **_errors(401, 404))
+@blp.doc(**_errors(401, 404, security=[{"bearer": []}, {}], responses={"200": {
+    "description": "the image", "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}}))
 def result(args, result_id):
     """One result image: with the Authorization header, or with the signed `token` of the job's `url`"""
     tid = verify_result(args["token"], result_id) if args.get("token") else tenant_id()
