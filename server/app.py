@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, g, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from portrait.errors import PortraitError
@@ -58,16 +58,27 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["portrait.settings"] = settings
     app.extensions["portrait.front"] = front
 
-    from . import ops, service
+    from . import ops
     from .api import init_app as init_api
+    from .api.present import signed_result_url
+    from .service import Service
     from .web import init_app as init_web
 
-    service.init_app(app, settings)  # the database session on `g`, closed on teardown
+    service = Service(settings)  # migrates the database on first use
+    service.result_url = signed_result_url
+    app.extensions["portrait.service"] = service
+    app.teardown_appcontext(_forget_request_state)
     init_api(app, settings, front)
     init_web(app, settings, front)
     ops.init_app(app)
     _register_error_handlers(app)
     return app
+
+
+def _forget_request_state(_exc=None) -> None:
+    """Per-request state lives on `g` (the authenticated tenant); database sessions are opened and
+    closed by each service call."""
+    g.pop("tenant", None)
 
 
 def wants_html() -> bool:

@@ -10,11 +10,10 @@ import time
 from flask import Response, current_app, g, jsonify, make_response, request, send_file, stream_with_context
 from flask_smorest import Blueprint
 
-from .. import service
-from ..errors import BadRequest, NotFound, Unauthorized
+from ..errors import BadRequest, NotFound, ServiceError, TooLarge, Unauthorized
 from ..signing import verify_result
 from . import schemas as s
-from .present import identity_json, job_json, photo_json, stage_label
+from .present import with_label
 from .templates_info import template_list, thumbnail_path
 
 blp = Blueprint("api", __name__, url_prefix="/api/v1", description="portrait REST API")
@@ -28,31 +27,29 @@ def _errors(*codes: int, responses: dict | None = None, **doc) -> dict:
     return dict(doc, responses={**{str(c): ERRORS for c in codes}, **(responses or {})})
 
 
-def settings():
-    return current_app.extensions["portrait.settings"]
+def svc():
+    """This app's `server.service.Service` (built once in create_app)."""
+    return current_app.extensions["portrait.service"]
 
 
 def front():
     return current_app.extensions["portrait.front"]
 
 
-def db():
-    return service.get_db()
-
-
-def tenant_id() -> str:
+def tenant():
     """The tenant of the request's `Authorization: Bearer KEY` (401 when missing or not valid)."""
-    if "tenant_id" not in g:
+    if "tenant" not in g:
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
-            raise Unauthorized("missing API key: send the header 'Authorization: Bearer KEY'")
-        g.tenant_id = service.authenticate(db(), key.strip()).id
-    return g.tenant_id
+            raise Unauthorized("missing API key: send the header 'Authorization: Bearer KEY'", code="missing_key")
+        g.tenant = svc().authenticate(key.strip())
+    return g.tenant
 
 
 def idempotent(status: int):
-    """Honour `Idempotency-Key` on a POST: the first response (2xx) is stored for the tenant, the
-    route and the key, and a retry gets it again instead of doing the work twice."""
+    """Honour `Idempotency-Key` on a POST: the first answer (2xx) is kept for the tenant, the path and
+    the key, and a retry gets it again (header `Idempotent-Replayed: true`) instead of doing the work
+    twice."""
 
     def wrap(view):
         @functools.wraps(view)
@@ -61,23 +58,63 @@ def idempotent(status: int):
             if not key:
                 return view(*args, **kwargs)
             if len(key) > 200:
-                raise BadRequest("Idempotency-Key is longer than 200 characters")
+                raise BadRequest("Idempotency-Key is longer than 200 characters", code="bad_idempotency_key")
             scope = f"{request.method} {request.path}"
-            seen = service.idempotency_lookup(db(), tenant_id(), scope, key)
+            seen = svc().idempotent_replay(tenant(), scope, key)
             if seen is not None:
                 replay = make_response(jsonify(seen[1]), seen[0])
                 replay.headers["Idempotent-Replayed"] = "true"
                 return replay
             body = view(*args, **kwargs)
-            body = body[0] if isinstance(body, tuple) else body
-            stored = service.idempotency_store(db(), tenant_id(), scope, key, status, body)
-            if stored is not None:  # another request with this key finished first: its answer wins
-                return make_response(jsonify(stored[1]), stored[0])
+            svc().idempotent_store(tenant(), scope, key, status, body)
             return body
 
         return inner
 
     return wrap
+
+
+class RejectedUpload(ServiceError):
+    """Every file of an upload request was refused at intake (not an image, unreadable)."""
+
+    status = 422
+
+
+INTAKE_REFUSALS = {"unreadable": RejectedUpload, "too_large": TooLarge}
+
+
+def add_photos(tenant_ref, identity_id: str, files) -> list[dict]:
+    """Store a request's uploads (each gets its verdict). A file over the byte limit refuses the whole
+    request (413) before any is stored; when every file is refused at intake (not an image: 422
+    `unreadable`; too many pixels: 413 `too_large`), nothing is kept and the error carries the records."""
+    service = svc()
+    limit = service.settings.max_upload_bytes
+    for f in files:
+        f.stream.seek(0, 2)
+        size = f.stream.tell()
+        f.stream.seek(0)
+        if size > limit:
+            name = _display(f.filename)
+            raise TooLarge(f"{name}: the upload is {size} bytes, over the {limit} byte limit", code="too_large",
+                           details={"file": name, "bytes": size, "limit_bytes": limit})
+    service.get_identity(tenant_ref, identity_id)  # 404 before reading anything
+    records = [service.add_photo(tenant_ref, identity_id, f.filename, f.stream) for f in files]
+    refused = [r for r in records if not r["accepted"] and set(r["reasons"]) & set(INTAKE_REFUSALS)]
+    if records and len(refused) == len(records):
+        for r in refused:
+            service.delete_photo(tenant_ref, identity_id, r["id"])
+        code = refused[0]["reasons"][0]
+        message = refused[0]["message"] if len(refused) == 1 else f"none of the {len(refused)} files is usable: " + \
+            "; ".join(r["message"] for r in refused)
+        kept = ("filename", "accepted", "reasons", "message", "width", "height", "bytes")
+        raise INTAKE_REFUSALS[code](message, code=code, details={"photos": [{k: r.get(k) for k in kept}
+                                                                            for r in refused]})
+    return records
+
+
+def _display(filename) -> str:
+    name = str(filename or "upload").replace("\\", "/").split("/")[-1]
+    return "".join(ch for ch in name if ch.isprintable())[:120] or "upload"
 
 
 # -- identities ----------------------------------------------------------------------------------------
@@ -87,9 +124,8 @@ def idempotent(status: int):
 @blp.doc(**_errors(400, 401, 429))
 @idempotent(201)
 def create_identity(body):
-    """Create an identity (one person) → 201 {"id"}"""
-    ident = service.create_identity(db(), tenant_id(), body["name"])
-    return identity_json(ident, photos=[])
+    """Create an identity (one person) → 201 {"id", ...}"""
+    return svc().create_identity(tenant(), body["name"])
 
 
 @blp.route("/identities", methods=["GET"])
@@ -98,9 +134,7 @@ def create_identity(body):
 @blp.doc(**_errors(400, 401))
 def list_identities(args):
     """The tenant's identities, newest first, a page at a time (`cursor` from the last page)"""
-    items, cursor = service.list_identities(db(), tenant_id(), cursor=args["cursor"],
-                                            limit=args["limit"] or front().page_size)
-    return {"items": [identity_json(i) for i in items], "next_cursor": cursor}
+    return svc().list_identities(tenant(), cursor=args["cursor"], limit=args["limit"] or front().page_size)
 
 
 @blp.route("/identities/<identity_id>", methods=["GET"])
@@ -108,8 +142,7 @@ def list_identities(args):
 @blp.doc(**_errors(401, 404))
 def get_identity(identity_id):
     """One identity with its photos and their verdicts"""
-    ident = service.get_identity(db(), tenant_id(), identity_id)
-    return identity_json(ident, photos=service.list_photos(db(), tenant_id(), identity_id))
+    return svc().get_identity(tenant(), identity_id)
 
 
 @blp.route("/identities/<identity_id>", methods=["DELETE"])
@@ -117,7 +150,7 @@ def get_identity(identity_id):
 @blp.doc(**_errors(401, 404))
 def delete_identity(identity_id):
     """Delete an identity at once: every photo, crop, identity file, job, job file and result"""
-    service.delete_identity(db(), settings(), tenant_id(), identity_id)
+    svc().delete_identity(tenant(), identity_id)
     return ""
 
 
@@ -132,18 +165,13 @@ PHOTOS_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
 @blp.doc(**_errors(400, 401, 404, 409, 413, 422, 429, requestBody=PHOTOS_BODY))
 @idempotent(201)
 def upload_photos(identity_id):
-    """Upload photos: the multipart field `photos`, repeated, or one file per request → a record per photo"""
-    tid = tenant_id()
+    """Upload photos: the multipart field `photos`, repeated, or one file per request → 201 with a
+    record (verdict) per photo; 422 `unreadable` / 413 `too_large` when every file is refused"""
     files = [f for f in request.files.getlist("photos") if f is not None]
     if not files:
-        raise BadRequest("no file: send multipart/form-data with the field 'photos'",
+        raise BadRequest("no file: send multipart/form-data with the field 'photos'", code="no_file",
                          details={"field": "photos"})
-    service.get_identity(db(), tid, identity_id)  # 404 before reading any upload
-    records = []
-    for f in files:
-        data = f.stream.read(settings().max_upload_bytes + 1)
-        records.append(service.add_photo(db(), settings(), tid, identity_id, f.filename or "photo", data))
-    return {"photos": [photo_json(p) for p in records]}
+    return {"photos": add_photos(tenant(), identity_id, files)}
 
 
 # -- jobs ------------------------------------------------------------------------------------------------
@@ -151,20 +179,12 @@ def upload_photos(identity_id):
 @blp.arguments(s.JobIn)
 @blp.response(202, s.Job)
 @blp.doc(**_errors(400, 401, 404, 429))
-@idempotent(202)
 def submit_job(body):
     """Submit a job; the whole request (identity, templates, options) is checked first → 202 with its
-    id and queue position"""
-    job, position = service.submit_job(
-        db(), settings(), tenant_id(), kind=body["kind"], identity_id=body["identity_id"],
-        templates=body["templates"], options=body["options"], priority=body["priority"],
-        webhook_url=body["webhook_url"], idempotency_key=request.headers.get("Idempotency-Key"))
-    return job_json(job, [], position)
-
-
-def _job(job_id: str) -> dict:
-    job, results, position = service.get_job(db(), tenant_id(), job_id)
-    return job_json(job, results, position)
+    id and queue position. A repeated `Idempotency-Key` returns the first job."""
+    return svc().submit_job(tenant(), body["kind"], body["identity_id"], body["templates"], body["options"],
+                            priority=body["priority"] or 0, webhook_url=body["webhook_url"],
+                            idempotency_key=request.headers.get("Idempotency-Key", "").strip() or None)
 
 
 @blp.route("/jobs", methods=["GET"])
@@ -173,9 +193,8 @@ def _job(job_id: str) -> dict:
 @blp.doc(**_errors(400, 401))
 def list_jobs(args):
     """The tenant's jobs, newest first, a page at a time"""
-    items, cursor = service.list_jobs(db(), tenant_id(), cursor=args["cursor"],
-                                      limit=args["limit"] or front().page_size, state=args["state"])
-    return {"items": [job_json(*item) for item in items], "next_cursor": cursor}
+    return svc().list_jobs(tenant(), cursor=args["cursor"], limit=args["limit"] or front().page_size,
+                           state=args["state"])
 
 
 @blp.route("/jobs/<job_id>", methods=["GET"])
@@ -183,7 +202,7 @@ def list_jobs(args):
 @blp.doc(**_errors(401, 404))
 def get_job(job_id):
     """A job's state, stage, progress (0..1), queue position, results and error"""
-    return _job(job_id)
+    return svc().get_job(tenant(), job_id)
 
 
 @blp.route("/jobs/<job_id>/cancel", methods=["POST"])
@@ -191,8 +210,7 @@ def get_job(job_id):
 @blp.doc(**_errors(401, 404))
 def cancel_job(job_id):
     """Cancel a queued or running job (no other job is touched); an ended job is returned unchanged"""
-    service.cancel_job(db(), tenant_id(), job_id)
-    return _job(job_id)
+    return svc().cancel_job(tenant(), job_id)
 
 
 @blp.route("/jobs/<job_id>/report", methods=["GET"])
@@ -200,7 +218,7 @@ def cancel_job(job_id):
 @blp.doc(**_errors(401, 404))
 def job_report(job_id):
     """The job's per-photo verdicts (report.json: accepted, reason codes, scores, the reference)"""
-    return service.job_report(db(), settings(), tenant_id(), job_id)
+    return svc().job_report(tenant(), job_id)
 
 
 @blp.route("/jobs/<job_id>/events", methods=["GET"])
@@ -209,8 +227,9 @@ def job_report(job_id):
     "content": {"text/event-stream": {"schema": {"type": "string"}}}}}))
 def job_events(job_id):
     """Progress as server-sent events (`event: progress`, `data: <job JSON>`), closing when the job ends"""
-    first = _job(job_id)  # 401 / 404 before the stream starts
-    tid, poll, limit = g.tenant_id, front().sse_poll_seconds, front().sse_max_seconds
+    service, who = svc(), tenant()
+    first = with_label(service.get_job(who, job_id))  # 401 / 404 before the stream starts
+    poll, limit = front().sse_poll_seconds, front().sse_max_seconds
 
     def stream():
         last, job, start = None, first, time.monotonic()
@@ -218,20 +237,17 @@ def job_events(job_id):
             snapshot = json.dumps(job, sort_keys=True)
             ended = job["state"] in ("succeeded", "failed", "cancelled")
             if snapshot != last:
-                yield f"event: {'end' if ended else 'progress'}\ndata: {json.dumps(job)}\n\n"
+                yield f"event: {'end' if ended else 'progress'}\ndata: {snapshot}\n\n"
                 last = snapshot
             if ended or time.monotonic() - start > limit:
                 return
             time.sleep(poll)
             try:
-                found, results, position = service.get_job(db(), tid, job_id)
+                job = with_label(service.get_job(who, job_id))
             except NotFound:  # deleted meanwhile
                 yield f"event: end\ndata: {json.dumps({'id': job_id, 'state': 'deleted'})}\n\n"
                 return
-            job = job_json(found, results, position)
-            job["label"] = stage_label(found.state, found.stage)
 
-    first["label"] = stage_label(first["state"], first["stage"])
     return Response(stream_with_context(stream()), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -242,7 +258,7 @@ def job_events(job_id):
 @blp.doc(**_errors(401))
 def templates():
     """The templates a job can use, with thumbnails"""
-    tenant_id()
+    tenant()
     return template_list()
 
 
@@ -251,7 +267,7 @@ def templates():
     "description": "a JPEG thumbnail", "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}}))
 def thumbnail(name):
     """A template's thumbnail (public, so that an <img src> can show it)"""
-    return send_file(thumbnail_path(name, settings().data_dir), mimetype="image/jpeg", max_age=3600)
+    return send_file(thumbnail_path(name, svc().settings.data_dir), mimetype="image/jpeg", max_age=3600)
 
 
 @blp.route("/results/<result_id>", methods=["GET"])
@@ -260,9 +276,12 @@ def thumbnail(name):
     "description": "the image", "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}}))
 def result(args, result_id):
     """One result image: with the Authorization header, or with the signed `token` of the job's `url`"""
-    tid = verify_result(args["token"], result_id) if args.get("token") else tenant_id()
-    path = service.result_path(db(), settings(), tid, result_id)
-    return send_file(path, mimetype="image/png", download_name=f"{result_id}.png",
+    if args.get("token"):
+        verify_result(args["token"], result_id)
+        path = svc().result_path(None, result_id)
+    else:
+        path = svc().result_path(tenant(), result_id)
+    return send_file(path, mimetype="image/png", download_name=f"portrait-{result_id[:8]}.png",
                      as_attachment=bool(args.get("download")), max_age=0)
 
 
@@ -271,32 +290,18 @@ def result(args, result_id):
 @blp.arguments(s.BatchIn)
 @blp.response(202, s.Batch)
 @blp.doc(**_errors(400, 401, 404, 429))
-@idempotent(202)
 def submit_batch(body):
-    """One job per row under one batch id; every row is checked before any job is queued"""
-    batch = service.submit_batch(db(), settings(), tenant_id(), kind=body["kind"], rows=body["rows"],
-                                 webhook_url=body["webhook_url"],
-                                 idempotency_key=request.headers.get("Idempotency-Key"))
-    return _batch(batch)
+    """One job per row under one batch id; every row is checked before any job is queued. A repeated
+    `Idempotency-Key` returns the first batch."""
+    rows = [{k: v for k, v in dict(row, kind=row.get("kind") or body["kind"]).items() if k != "name"}
+            for row in body["rows"]]
+    return svc().submit_batch(tenant(), rows, name=body["name"] or "", webhook_url=body["webhook_url"],
+                              idempotency_key=request.headers.get("Idempotency-Key", "").strip() or None)
 
 
 @blp.route("/batches/<batch_id>", methods=["GET"])
 @blp.response(200, s.Batch)
 @blp.doc(**_errors(401, 404))
 def get_batch(batch_id):
-    """A batch's progress (0..1 over its rows), jobs by state, and every job"""
-    return _batch(service.get_batch(db(), tenant_id(), batch_id))
-
-
-def _batch(batch) -> dict:
-    """`batch` from the service: (row, [(job, results, position)])."""
-    row, jobs = batch
-    out = [job_json(*j) for j in jobs]
-    summary = {state: 0 for state in s.JOB_STATES}
-    for j in out:
-        summary[j["state"]] += 1
-    ended = summary["succeeded"] + summary["failed"] + summary["cancelled"]
-    state = "done" if out and ended == len(out) else ("running" if summary["running"] or ended else "queued")
-    progress = sum(1.0 if j["state"] in ("succeeded", "failed", "cancelled") else j["progress"] for j in out)
-    return {"id": row.id, "state": state, "progress": round(progress / max(len(out), 1), 4),
-            "summary": summary, "jobs": out}
+    """A batch's progress (0..1 over its rows), jobs by state (`counts`), `done`, and every row's job"""
+    return svc().get_batch(tenant(), batch_id)

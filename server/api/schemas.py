@@ -44,16 +44,19 @@ class IdentityIn(Strict):
 
 class Photo(Strict):
     id = fields.String(required=True)
+    identity_id = fields.String()
     filename = fields.String(metadata={"description": "the uploaded name, for display only (files are "
                                                       "stored under server-made names)"})
-    accepted = fields.Boolean(allow_none=True, metadata={"description": "the intake verdict; the full "
-                                                                        "verdict comes from a job's report"})
-    reasons = fields.List(fields.String(), metadata={"description": "stable reason codes (docs/design.md)"})
+    accepted = fields.Boolean(allow_none=True, metadata={"description": "the verdict: at upload the intake "
+                                                                        "check; after a job, its report's"})
+    reasons = fields.List(fields.String(), metadata={"description": "stable reason codes (report.json's)"})
     message = fields.String(allow_none=True)
+    reference = fields.Boolean(metadata={"description": "the reference photo chosen by preprocessing"})
     width = fields.Integer(allow_none=True)
     height = fields.Integer(allow_none=True)
+    format = fields.String(allow_none=True)
     bytes = fields.Integer(allow_none=True)
-    reference = fields.Boolean(metadata={"description": "the reference photo chosen by preprocessing"})
+    created_at = fields.String(allow_none=True)
 
 
 class PhotoList(Strict):
@@ -63,8 +66,8 @@ class PhotoList(Strict):
 class Identity(Strict):
     id = fields.String(required=True)
     name = fields.String(required=True)
-    created_at = fields.String()
-    photo_count = fields.Integer()
+    created_at = fields.String(allow_none=True)
+    reference_photo_id = fields.String(allow_none=True)
     photos = fields.List(fields.Nested(Photo))
 
 
@@ -106,11 +109,16 @@ class Job(Strict):
     queue_position = fields.Integer(allow_none=True, metadata={"description": "1 = next to run; null "
                                                                               "once running or ended"})
     results = fields.List(fields.Nested(Result), required=True)
-    error = fields.Dict(allow_none=True)
+    error = fields.Nested(ErrorDetail, allow_none=True)
     identity_id = fields.String(allow_none=True)
     batch_id = fields.String(allow_none=True)
     templates = fields.List(fields.String())
+    options = fields.Dict()
+    priority = fields.Integer()
     attempts = fields.Integer()
+    max_attempts = fields.Integer()
+    cancel_requested = fields.Boolean()
+    timings = fields.Dict(metadata={"description": "seconds per stage"})
     created_at = fields.String(allow_none=True)
     started_at = fields.String(allow_none=True)
     finished_at = fields.String(allow_none=True)
@@ -144,24 +152,40 @@ class TemplateInfo(Strict):
 # -- batches -----------------------------------------------------------------------------------------
 class BatchRow(Strict):
     identity_id = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    kind = fields.String(load_default=None, validate=validate.OneOf(JOB_KINDS))
     templates = fields.List(fields.String(validate=validate.Length(min=1, max=200)), load_default=list,
                             validate=validate.Length(max=50))
     options = fields.Dict(keys=fields.String(), load_default=dict)
-    name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
+    priority = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=-10, max=10))
 
 
 class BatchIn(Strict):
-    kind = fields.String(load_default="run", validate=validate.OneOf(JOB_KINDS))
-    rows = fields.List(fields.Nested(BatchRow), required=True, validate=validate.Length(min=1, max=1000))
+    kind = fields.String(load_default="run", validate=validate.OneOf(JOB_KINDS),
+                         metadata={"description": "each row's kind unless the row names one"})
+    name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
+    rows = fields.List(fields.Nested(BatchRow), required=True, validate=validate.Length(min=1, max=500))
     webhook_url = fields.URL(load_default=None, allow_none=True, schemes={"http", "https"})
+
+
+class BatchJob(Strict):
+    id = fields.String(required=True)
+    row = fields.Integer(required=True)
+    identity_id = fields.String(allow_none=True)
+    state = fields.String(required=True, validate=validate.OneOf(JOB_STATES))
+    stage = fields.String(allow_none=True)
+    progress = fields.Float(required=True)
+    error = fields.Dict(allow_none=True)
 
 
 class Batch(Strict):
     id = fields.String(required=True)
-    state = fields.String(required=True)
-    progress = fields.Float(required=True)
-    summary = fields.Dict(required=True, metadata={"description": "jobs by state"})
-    jobs = fields.List(fields.Nested(Job), required=True)
+    name = fields.String(allow_none=True)
+    created_at = fields.String(allow_none=True)
+    progress = fields.Float(required=True, metadata={"description": "0..1 over all rows"})
+    done = fields.Boolean(required=True, metadata={"description": "every row's job has ended"})
+    counts = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True,
+                         metadata={"description": "the summary: jobs by state"})
+    jobs = fields.List(fields.Nested(BatchJob), required=True)
 
 
 class ResultArgs(Strict):

@@ -7,13 +7,13 @@ import io
 import secrets
 import zipfile
 
-from flask import (Blueprint, abort, current_app, jsonify, redirect, render_template, request, send_file,
+from flask import (Blueprint, current_app, jsonify, redirect, render_template, request, send_file,
                    session, url_for)
 
-from .. import service
-from ..api.present import job_json, photo_json, stage_label
+from ..api.present import with_label
+from ..api.routes import add_photos
 from ..api.templates_info import thumbnail_path
-from ..errors import BadRequest, NotFound
+from ..errors import BadRequest, NotFound, Unauthorized
 
 bp = Blueprint("web", __name__, template_folder="templates", static_folder="static",
                static_url_path="/static/web")
@@ -22,16 +22,12 @@ PUBLIC_ENDPOINTS = {"web.login", "web.static", "web.thumbnail"}
 SESSION_LIST_MAX = 200
 
 
-def settings():
-    return current_app.extensions["portrait.settings"]
+def svc():
+    return current_app.extensions["portrait.service"]
 
 
 def front():
     return current_app.extensions["portrait.front"]
-
-
-def db():
-    return service.get_db()
 
 
 @bp.before_request
@@ -48,8 +44,8 @@ def visitor_tenant() -> str:
     """This visitor's tenant: their own (made on first use) or, with web_auth = key, the key's."""
     tid = session.get("tenant_id")
     if tid is None:
-        tenant = service.create_tenant(db(), f"web-{secrets.token_hex(8)}", web=True)
-        tid = session["tenant_id"] = tenant.id
+        tenant, _key = svc().create_tenant(f"web-{secrets.token_hex(8)}")  # the key is never used
+        tid = session["tenant_id"] = tenant["id"]
         session.permanent = True
     return tid
 
@@ -85,10 +81,9 @@ def login():
             return redirect(nxt)
         if mode == "key":
             try:
-                tenant = service.authenticate(db(), secret.strip())
-            except Exception as exc:  # noqa: BLE001 - any refusal is "wrong key" to the visitor
-                if getattr(exc, "status", None) != 401:
-                    raise
+                tenant = svc().authenticate(secret.strip())
+            except Unauthorized:
+                pass
             else:
                 session.clear()
                 session["web_user"] = "key"
@@ -114,25 +109,15 @@ def index():
 
 @bp.route("/templates/<name>/thumbnail", methods=["GET"])
 def thumbnail(name):
-    return send_file(thumbnail_path(name, settings().data_dir), mimetype="image/jpeg", max_age=3600)
+    return send_file(thumbnail_path(name, svc().settings.data_dir), mimetype="image/jpeg", max_age=3600)
 
 
 @bp.route("/identities", methods=["POST"])
 def create_identity():
     body = request.get_json(silent=True) or {}
-    name = str(body.get("name") or "my photos")[:200]
-    ident = service.create_identity(db(), visitor_tenant(), name)
-    _remember("identities", ident.id)
-    return jsonify({"id": ident.id}), 201
-
-
-def _add_photos(identity_id: str, files) -> list:
-    tid = visitor_tenant()
-    records = []
-    for f in files:
-        data = f.stream.read(settings().max_upload_bytes + 1)
-        records.append(service.add_photo(db(), settings(), tid, identity_id, f.filename or "photo", data))
-    return records
+    ident = svc().create_identity(visitor_tenant(), str(body.get("name") or "my photos")[:200])
+    _remember("identities", ident["id"])
+    return jsonify({"id": ident["id"]}), 201
 
 
 @bp.route("/identities/<identity_id>/photos", methods=["POST"])
@@ -140,17 +125,15 @@ def upload(identity_id):
     _mine("identities", identity_id)
     files = request.files.getlist("photos")
     if not files:
-        raise BadRequest("no file in the field 'photos'")
-    return jsonify({"photos": [photo_json(p) for p in _add_photos(identity_id, files)]}), 201
+        raise BadRequest("no file in the field 'photos'", code="no_file")
+    return jsonify({"photos": add_photos(visitor_tenant(), identity_id, files)}), 201
 
 
-def _submit(identity_id: str, templates: list[str]):
+def _submit(identity_id: str, templates: list[str]) -> dict:
     if not templates:
-        raise BadRequest("pick at least one template")
-    job, _position = service.submit_job(db(), settings(), visitor_tenant(), kind="run", identity_id=identity_id,
-                                        templates=templates, options={}, priority=None, webhook_url=None,
-                                        idempotency_key=None)
-    _remember("jobs", job.id)
+        raise BadRequest("pick at least one template", code="bad_templates")
+    job = svc().submit_job(visitor_tenant(), "run", identity_id, templates, {})
+    _remember("jobs", job["id"])
     return job
 
 
@@ -158,10 +141,9 @@ def _submit(identity_id: str, templates: list[str]):
 def submit():
     body = request.get_json(silent=True) or {}
     identity_id = _mine("identities", str(body.get("identity_id") or ""))
-    templates = [str(t) for t in body.get("templates") or []]
-    job = _submit(identity_id, templates)
-    return jsonify({"id": job.id, "status_url": url_for("web.job_status", job_id=job.id),
-                    "page_url": url_for("web.job_page", job_id=job.id)}), 202
+    job = _submit(identity_id, [str(t) for t in body.get("templates") or []])
+    return jsonify({"id": job["id"], "status_url": url_for("web.job_status", job_id=job["id"]),
+                    "page_url": url_for("web.job_page", job_id=job["id"])}), 202
 
 
 @bp.route("/start", methods=["POST"])
@@ -173,65 +155,68 @@ def start():
         _mine("identities", identity_id)
     else:
         if not files:
-            raise BadRequest("choose some photos first")
-        ident = service.create_identity(db(), visitor_tenant(), "my photos")
-        identity_id = ident.id
+            raise BadRequest("choose some photos first", code="no_file")
+        identity_id = svc().create_identity(visitor_tenant(), "my photos")["id"]
         _remember("identities", identity_id)
     if files:
-        _add_photos(identity_id, files)
+        add_photos(visitor_tenant(), identity_id, files)
     job = _submit(identity_id, request.form.getlist("templates"))
-    return redirect(url_for("web.job_page", job_id=job.id), code=303)
+    return redirect(url_for("web.job_page", job_id=job["id"]), code=303)
 
 
 # -- following a job ---------------------------------------------------------------------------------------
 def _job_view(job_id: str) -> tuple[dict, list]:
+    """The job (results pointing at this session's own URLs) and its identity's photos with verdicts."""
     _mine("jobs", job_id)
     tid = visitor_tenant()
-    job, results, position = service.get_job(db(), tid, job_id)
-    view = job_json(job, results, position)
-    view["label"] = stage_label(job.state, job.stage)
-    view["terminal"] = job.state in ("succeeded", "failed", "cancelled")
-    photos = service.list_photos(db(), tid, job.identity_id) if job.identity_id else []
-    return view, photos
+    job = with_label(svc().get_job(tid, job_id))
+    job["terminal"] = job["state"] in ("succeeded", "failed", "cancelled")
+    for r in job["results"]:
+        r["url"] = url_for("web.result", job_id=job_id, result_id=r["id"])
+    photos = []
+    if job.get("identity_id"):
+        try:
+            photos = svc().get_identity(tid, job["identity_id"]).get("photos", [])
+        except NotFound:
+            photos = []
+    return job, photos
 
 
 @bp.route("/jobs/<job_id>.json", methods=["GET"])
 def job_status(job_id):
-    view, photos = _job_view(job_id)
-    view["report"] = {"photos": [dict(photo_json(p), photo_id=p.id) for p in photos]}
-    return jsonify(view)
+    job, photos = _job_view(job_id)
+    job["report"] = {"photos": [dict(p, photo_id=p["id"]) for p in photos]}
+    return jsonify(job)
 
 
 @bp.route("/jobs/<job_id>", methods=["GET"])
 def job_page(job_id):
-    view, photos = _job_view(job_id)
-    return render_template("web/job.html", job=view, photos=[photo_json(p) for p in photos],
-                           refresh=front().web_refresh_seconds)
+    job, photos = _job_view(job_id)
+    return render_template("web/job.html", job=job, photos=photos, refresh=front().web_refresh_seconds)
 
 
-def _result_file(job_id: str, result_id: str):
-    view, _ = _job_view(job_id)
-    if result_id not in {r["id"] for r in view["results"]}:
-        abort(404)
-    return service.result_path(db(), settings(), visitor_tenant(), result_id)
+def _result_file(job: dict, result_id: str):
+    if result_id not in {r["id"] for r in job["results"]}:
+        raise NotFound(f"result {result_id[:64]} not found")
+    return svc().result_path(visitor_tenant(), result_id)
 
 
 @bp.route("/jobs/<job_id>/results/<result_id>", methods=["GET"])
 def result(job_id, result_id):
-    path = _result_file(job_id, result_id)
-    return send_file(path, mimetype="image/png", as_attachment=bool(request.args.get("download")),
+    job, _ = _job_view(job_id)
+    return send_file(_result_file(job, result_id), mimetype="image/png",
+                     as_attachment=bool(request.args.get("download")),
                      download_name=f"portrait-{result_id[:8]}.png", max_age=0)
 
 
 @bp.route("/jobs/<job_id>/results.zip", methods=["GET"])
 def job_zip(job_id):
-    view, _ = _job_view(job_id)
+    job, _ = _job_view(job_id)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for i, r in enumerate(view["results"], 1):
-            path = service.result_path(db(), settings(), visitor_tenant(), r["id"])
+        for i, r in enumerate(job["results"], 1):
             safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in (r["template"] or "result"))
-            zf.write(path, f"{i:02d}-{safe}.png")
+            zf.write(_result_file(job, r["id"]), f"{i:02d}-{safe}.png")
     buf.seek(0)
     return send_file(buf, mimetype="application/zip", as_attachment=True,
                      download_name=f"portraits-{job_id[:8]}.zip")
