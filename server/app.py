@@ -66,11 +66,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     service = Service(settings)  # migrates the database on first use
     service.result_url = signed_result_url
-    app.extensions["portrait.service"] = service
+    ops.init_app(app, service)  # /healthz, /readyz, /metrics; the service in app.extensions["portrait"]
     app.teardown_appcontext(_forget_request_state)
     init_api(app, settings, front)
     init_web(app, settings, front)
-    ops.init_app(app)
     _register_error_handlers(app)
     return app
 

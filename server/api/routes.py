@@ -29,7 +29,7 @@ def _errors(*codes: int, responses: dict | None = None, **doc) -> dict:
 
 def svc():
     """This app's `server.service.Service` (built once in create_app)."""
-    return current_app.extensions["portrait.service"]
+    return current_app.extensions["portrait"]
 
 
 def front():

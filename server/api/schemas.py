@@ -106,7 +106,7 @@ class Job(Strict):
     state = fields.String(required=True, validate=validate.OneOf(JOB_STATES))
     stage = fields.String(allow_none=True)
     progress = fields.Float(required=True, metadata={"description": "0..1 across all stages; never goes back"})
-    queue_position = fields.Integer(allow_none=True, metadata={"description": "1 = next to run; null "
+    queue_position = fields.Integer(allow_none=True, metadata={"description": "jobs ahead of this one (0 = next to run); null "
                                                                               "once running or ended"})
     results = fields.List(fields.Nested(Result), required=True)
     error = fields.Nested(ErrorDetail, allow_none=True)

@@ -23,7 +23,7 @@ SESSION_LIST_MAX = 200
 
 
 def svc():
-    return current_app.extensions["portrait.service"]
+    return current_app.extensions["portrait"]
 
 
 def front():
