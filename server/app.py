@@ -112,9 +112,9 @@ def _register_error_handlers(app: Flask) -> None:
         if status == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")
             message = f"the request body is larger than {limit} bytes" if limit else message
-        if status == 422:  # a malformed body is a bad request here, whatever webargs says
-            status, message = 400, "invalid request: " + _flatten(details.get("fields"))
         code = HTTP_CODES.get(status, "http_error" if status < 500 else "internal")
+        if status == 422:  # a body or query that fails its schema: a bad request naming the field
+            status, code, message = 400, "invalid", "invalid request: " + _flatten(details.get("fields"))
         response = error_body(status, code, message, details)
         if status == 429 and hasattr(exc, "limit"):
             response[0].headers["Retry-After"] = "60"
