@@ -1,0 +1,307 @@
+"""The routes of `/api/v1`. Each one authenticates, calls one function of `server.service` and
+returns its JSON shape (server/api/present.py); errors become `{"error": {...}}` in server/app.py."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+
+from flask import Response, current_app, g, jsonify, make_response, request, send_file, stream_with_context
+from flask_smorest import Blueprint
+
+from ..errors import BadRequest, NotFound, ServiceError, TooLarge, Unauthorized
+from ..signing import verify_result
+from . import schemas as s
+from .present import with_label
+from .templates_info import template_list, thumbnail_path
+
+blp = Blueprint("api", __name__, url_prefix="/api/v1", description="portrait REST API")
+
+ERRORS = {"description": 'an error: {"error": {"code", "message", "details"}}', "content": {
+    "application/json": {"schema": s.ErrorBody}}}
+
+
+def _errors(*codes: int, responses: dict | None = None, **doc) -> dict:
+    """`blp.doc` keywords: the error responses `codes` (plus `responses`, e.g. a non-JSON 200)."""
+    return dict(doc, responses={**{str(c): ERRORS for c in codes}, **(responses or {})})
+
+
+def svc():
+    """This app's `server.service.Service` (built once in create_app)."""
+    return current_app.extensions["portrait"]
+
+
+def front():
+    return current_app.extensions["portrait.front"]
+
+
+def tenant():
+    """The tenant of the request's `Authorization: Bearer KEY` (401 when missing or not valid)."""
+    if "tenant" not in g:
+        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise Unauthorized("missing API key: send the header 'Authorization: Bearer KEY'", code="missing_key")
+        g.tenant = svc().authenticate(key.strip())
+    return g.tenant
+
+
+def idempotent(status: int):
+    """Honour `Idempotency-Key` on a POST: the first answer (2xx) is kept for the tenant, the path and
+    the key, and a retry gets it again (header `Idempotent-Replayed: true`) instead of doing the work
+    twice."""
+
+    def wrap(view):
+        @functools.wraps(view)
+        def inner(*args, **kwargs):
+            key = request.headers.get("Idempotency-Key", "").strip()
+            if not key:
+                return view(*args, **kwargs)
+            if len(key) > 200:
+                raise BadRequest("Idempotency-Key is longer than 200 characters", code="bad_idempotency_key")
+            scope = f"{request.method} {request.path}"
+            seen = svc().idempotent_replay(tenant(), scope, key)
+            if seen is not None:
+                replay = make_response(jsonify(seen[1]), seen[0])
+                replay.headers["Idempotent-Replayed"] = "true"
+                return replay
+            body = view(*args, **kwargs)
+            svc().idempotent_store(tenant(), scope, key, status, body)
+            return body
+
+        return inner
+
+    return wrap
+
+
+class RejectedUpload(ServiceError):
+    """Every file of an upload request was refused at intake (not an image, unreadable)."""
+
+    status = 422
+
+
+INTAKE_REFUSALS = {"unreadable": RejectedUpload, "too_large": TooLarge}
+
+
+def add_photos(tenant_ref, identity_id: str, files) -> list[dict]:
+    """Store a request's uploads (each gets its verdict). A file over the byte limit refuses the whole
+    request (413) before any is stored; when every file is refused at intake (not an image: 422
+    `unreadable`; too many pixels: 413 `too_large`), nothing is kept and the error carries the records."""
+    service = svc()
+    limit = service.settings.max_upload_bytes
+    for f in files:
+        f.stream.seek(0, 2)
+        size = f.stream.tell()
+        f.stream.seek(0)
+        if size > limit:
+            name = _display(f.filename)
+            raise TooLarge(f"{name}: the upload is {size} bytes, over the {limit} byte limit", code="too_large",
+                           details={"file": name, "bytes": size, "limit_bytes": limit})
+    service.get_identity(tenant_ref, identity_id)  # 404 before reading anything
+    records = [service.add_photo(tenant_ref, identity_id, f.filename, f.stream) for f in files]
+    refused = [r for r in records if not r["accepted"] and set(r["reasons"]) & set(INTAKE_REFUSALS)]
+    if records and len(refused) == len(records):
+        for r in refused:
+            service.delete_photo(tenant_ref, identity_id, r["id"])
+        code = refused[0]["reasons"][0]
+        message = refused[0]["message"] if len(refused) == 1 else f"none of the {len(refused)} files is usable: " + \
+            "; ".join(r["message"] for r in refused)
+        kept = ("filename", "accepted", "reasons", "message", "width", "height", "bytes")
+        raise INTAKE_REFUSALS[code](message, code=code, details={"photos": [{k: r.get(k) for k in kept}
+                                                                            for r in refused]})
+    return records
+
+
+def _display(filename) -> str:
+    name = str(filename or "upload").replace("\\", "/").split("/")[-1]
+    return "".join(ch for ch in name if ch.isprintable())[:120] or "upload"
+
+
+# -- identities ----------------------------------------------------------------------------------------
+@blp.route("/identities", methods=["POST"])
+@blp.arguments(s.IdentityIn)
+@blp.response(201, s.Identity)
+@blp.doc(**_errors(400, 401, 429))
+@idempotent(201)
+def create_identity(body):
+    """Create an identity (one person) → 201 {"id", ...}"""
+    return svc().create_identity(tenant(), body["name"])
+
+
+@blp.route("/identities", methods=["GET"])
+@blp.arguments(s.ListArgs, location="query")
+@blp.response(200, s.IdentityPage)
+@blp.doc(**_errors(400, 401))
+def list_identities(args):
+    """The tenant's identities, newest first, a page at a time (`cursor` from the last page)"""
+    return svc().list_identities(tenant(), cursor=args["cursor"], limit=args["limit"] or front().page_size)
+
+
+@blp.route("/identities/<identity_id>", methods=["GET"])
+@blp.response(200, s.Identity)
+@blp.doc(**_errors(401, 404))
+def get_identity(identity_id):
+    """One identity with its photos and their verdicts"""
+    return svc().get_identity(tenant(), identity_id)
+
+
+@blp.route("/identities/<identity_id>", methods=["DELETE"])
+@blp.response(204)
+@blp.doc(**_errors(401, 404))
+def delete_identity(identity_id):
+    """Delete an identity at once: every photo, crop, identity file, job, job file and result"""
+    svc().delete_identity(tenant(), identity_id)
+    return ""
+
+
+PHOTOS_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["photos"],
+    "properties": {"photos": {"type": "array", "items": {"type": "string", "format": "binary"},
+                              "description": "one or more image files (JPEG, PNG, WebP, HEIC)"}}}}}}
+
+
+@blp.route("/identities/<identity_id>/photos", methods=["POST"])
+@blp.response(201, s.PhotoList)
+@blp.doc(**_errors(400, 401, 404, 409, 413, 422, 429, requestBody=PHOTOS_BODY))
+@idempotent(201)
+def upload_photos(identity_id):
+    """Upload photos: the multipart field `photos`, repeated, or one file per request → 201 with a
+    record (verdict) per photo; 422 `unreadable` / 413 `too_large` when every file is refused"""
+    files = [f for f in request.files.getlist("photos") if f is not None]
+    if not files:
+        raise BadRequest("no file: send multipart/form-data with the field 'photos'", code="no_file",
+                         details={"field": "photos"})
+    return {"photos": add_photos(tenant(), identity_id, files)}
+
+
+# -- jobs ------------------------------------------------------------------------------------------------
+@blp.route("/jobs", methods=["POST"])
+@blp.arguments(s.JobIn)
+@blp.response(202, s.Job)
+@blp.doc(**_errors(400, 401, 404, 429))
+def submit_job(body):
+    """Submit a job; the whole request (identity, templates, options) is checked first → 202 with its
+    id and queue position. A repeated `Idempotency-Key` returns the first job."""
+    return svc().submit_job(tenant(), body["kind"], body["identity_id"], body["templates"], body["options"],
+                            priority=body["priority"] or 0, webhook_url=body["webhook_url"],
+                            idempotency_key=request.headers.get("Idempotency-Key", "").strip() or None)
+
+
+@blp.route("/jobs", methods=["GET"])
+@blp.arguments(s.JobListArgs, location="query")
+@blp.response(200, s.JobPage)
+@blp.doc(**_errors(400, 401))
+def list_jobs(args):
+    """The tenant's jobs, newest first, a page at a time"""
+    return svc().list_jobs(tenant(), cursor=args["cursor"], limit=args["limit"] or front().page_size,
+                           state=args["state"])
+
+
+@blp.route("/jobs/<job_id>", methods=["GET"])
+@blp.response(200, s.Job)
+@blp.doc(**_errors(401, 404))
+def get_job(job_id):
+    """A job's state, stage, progress (0..1), queue position, results and error"""
+    return svc().get_job(tenant(), job_id)
+
+
+@blp.route("/jobs/<job_id>/cancel", methods=["POST"])
+@blp.response(202, s.Job)
+@blp.doc(**_errors(401, 404))
+def cancel_job(job_id):
+    """Cancel a queued or running job (no other job is touched); an ended job is returned unchanged"""
+    return svc().cancel_job(tenant(), job_id)
+
+
+@blp.route("/jobs/<job_id>/report", methods=["GET"])
+@blp.response(200, s.Report)
+@blp.doc(**_errors(401, 404))
+def job_report(job_id):
+    """The job's per-photo verdicts (report.json: accepted, reason codes, scores, the reference)"""
+    return svc().job_report(tenant(), job_id)
+
+
+@blp.route("/jobs/<job_id>/events", methods=["GET"])
+@blp.doc(**_errors(401, 404, responses={"200": {
+    "description": "server-sent events: `progress` while the job changes, then one `end` with the final job",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}}}}))
+def job_events(job_id):
+    """Progress as server-sent events (`event: progress`, `data: <job JSON>`), closing when the job ends"""
+    service, who = svc(), tenant()
+    first = with_label(service.get_job(who, job_id))  # 401 / 404 before the stream starts
+    poll, limit = front().sse_poll_seconds, front().sse_max_seconds
+
+    def stream():
+        last, job, start = None, first, time.monotonic()
+        while True:
+            snapshot = json.dumps(job, sort_keys=True)
+            ended = job["state"] in ("succeeded", "failed", "cancelled")
+            if snapshot != last:
+                yield f"event: {'end' if ended else 'progress'}\ndata: {snapshot}\n\n"
+                last = snapshot
+            if ended or time.monotonic() - start > limit:
+                return
+            time.sleep(poll)
+            try:
+                job = with_label(service.get_job(who, job_id))
+            except NotFound:  # deleted meanwhile
+                yield f"event: end\ndata: {json.dumps({'id': job_id, 'state': 'deleted'})}\n\n"
+                return
+
+    return Response(stream_with_context(stream()), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+# -- templates and results ---------------------------------------------------------------------------------
+@blp.route("/templates", methods=["GET"])
+@blp.response(200, s.TemplateInfo(many=True))
+@blp.doc(**_errors(401))
+def templates():
+    """The templates a job can use, with thumbnails"""
+    tenant()
+    return template_list()
+
+
+@blp.route("/templates/<name>/thumbnail", methods=["GET"])
+@blp.doc(**_errors(404, security=[], responses={"200": {
+    "description": "a JPEG thumbnail", "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}}))
+def thumbnail(name):
+    """A template's thumbnail (public, so that an <img src> can show it)"""
+    return send_file(thumbnail_path(name, svc().settings.data_dir), mimetype="image/jpeg", max_age=3600)
+
+
+@blp.route("/results/<result_id>", methods=["GET"])
+@blp.arguments(s.ResultArgs, location="query")
+@blp.doc(**_errors(401, 404, security=[{"bearer": []}, {}], responses={"200": {
+    "description": "the image", "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}}))
+def result(args, result_id):
+    """One result image: with the Authorization header, or with the signed `token` of the job's `url`"""
+    if args.get("token"):
+        verify_result(args["token"], result_id)
+        path = svc().result_path(None, result_id)
+    else:
+        path = svc().result_path(tenant(), result_id)
+    return send_file(path, mimetype="image/png", download_name=f"portrait-{result_id[:8]}.png",
+                     as_attachment=bool(args.get("download")), max_age=0)
+
+
+# -- batches --------------------------------------------------------------------------------------------------
+@blp.route("/batches", methods=["POST"])
+@blp.arguments(s.BatchIn)
+@blp.response(202, s.Batch)
+@blp.doc(**_errors(400, 401, 404, 429))
+def submit_batch(body):
+    """One job per row under one batch id; every row is checked before any job is queued. A repeated
+    `Idempotency-Key` returns the first batch."""
+    rows = [{k: v for k, v in dict(row, kind=row.get("kind") or body["kind"]).items() if k != "name"}
+            for row in body["rows"]]
+    return svc().submit_batch(tenant(), rows, name=body["name"] or "", webhook_url=body["webhook_url"],
+                              idempotency_key=request.headers.get("Idempotency-Key", "").strip() or None)
+
+
+@blp.route("/batches/<batch_id>", methods=["GET"])
+@blp.response(200, s.Batch)
+@blp.doc(**_errors(401, 404))
+def get_batch(batch_id):
+    """A batch's progress (0..1 over its rows), jobs by state (`counts`), `done`, and every row's job"""
+    return svc().get_batch(tenant(), batch_id)

@@ -1,0 +1,139 @@
+"""The Flask application factory: `create_app(config=None)`.
+
+Blueprints are registered here (`api` under /api/v1, `web` for the form, `ops` for health and
+metrics), extensions are wired through their `init_app`, and every error becomes
+`{"error": {"code", "message", "details"}}` with its 4xx status (an HTML page on the form)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+from flask import Flask, g, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+from portrait.errors import PortraitError
+
+from .errors import ServiceError, error_response
+from .front_settings import FrontSettings
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+# HTTP statuses raised by Flask / Werkzeug / the extensions, as stable error codes.
+HTTP_CODES = {
+    400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+    406: "not_acceptable", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
+    422: "invalid", 429: "rate_limited",
+}
+
+
+def _split_config(config: Mapping[str, Any] | None) -> tuple[dict, dict, dict]:
+    """(service settings, front settings, Flask's own keys such as TESTING)."""
+    service_keys = {f.lower() for f in Settings.__dataclass_fields__}
+    front_keys = FrontSettings.field_names()
+    service, front, flask = {}, {}, {}
+    for key, value in (config or {}).items():
+        low = key.lower()
+        (service if low in service_keys else front if low in front_keys else flask)[key if key.isupper() else low] = value
+    return service, front, flask
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """The WSGI application. `config` keys: any `Settings` / `FrontSettings` field (else read from
+    `PORTRAIT_*` variables) and Flask's own upper-case keys (TESTING, WTF_CSRF_ENABLED, ...)."""
+    service_cfg, front_cfg, flask_cfg = _split_config(config)
+    settings = Settings.load(service_cfg)
+    front = FrontSettings.load(front_cfg)
+    app = Flask(__name__, instance_relative_config=False)
+    app.config.update(
+        SECRET_KEY=settings.resolved_secret_key(),
+        MAX_CONTENT_LENGTH=front.max_request_bytes or 10 * settings.max_upload_bytes + 1024 * 1024,
+        JSON_SORT_KEYS=False,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the visitor's session
+    )
+    app.config.update(flask_cfg)
+    app.extensions["portrait.settings"] = settings
+    app.extensions["portrait.front"] = front
+
+    from . import ops
+    from .api import init_app as init_api
+    from .api.present import signed_result_url
+    from .service import Service
+    from .web import init_app as init_web
+
+    service = Service(settings)  # migrates the database on first use
+    service.result_url = signed_result_url
+    ops.init_app(app, service)  # /healthz, /readyz, /metrics; the service in app.extensions["portrait"]
+    app.teardown_appcontext(_forget_request_state)
+    init_api(app, settings, front)
+    init_web(app, settings, front)
+    _register_error_handlers(app)
+    return app
+
+
+def _forget_request_state(_exc=None) -> None:
+    """Per-request state lives on `g` (the authenticated tenant); database sessions are opened and
+    closed by each service call."""
+    g.pop("tenant", None)
+
+
+def wants_html() -> bool:
+    """Error pages for the form's pages; JSON for the API and for the form's own fetch() calls."""
+    if request.blueprint != "web":
+        return False
+    return request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html"
+
+
+def error_body(status: int, code: str, message: str, details: dict | None = None):
+    if wants_html():
+        return render_template("web/error.html", status=status, code=code, message=message), status
+    return jsonify({"error": {"code": code, "message": message, "details": details or {}}}), status
+
+
+def _register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ServiceError)
+    @app.errorhandler(PortraitError)
+    def _typed(exc):
+        status, body = error_response(exc)
+        e = body["error"]
+        return error_body(status, e["code"], e["message"], e.get("details"))
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException):
+        status = exc.code or 500
+        details = {}
+        data = getattr(exc, "data", None)  # webargs / flask-smorest validation messages
+        if isinstance(data, dict) and data.get("messages"):
+            details = {"fields": data["messages"]}
+        message = exc.description or exc.name
+        if status == 413:
+            limit = app.config.get("MAX_CONTENT_LENGTH")
+            message = f"the request body is larger than {limit} bytes" if limit else message
+        code = HTTP_CODES.get(status, "http_error" if status < 500 else "internal")
+        if status == 422:  # a body or query that fails its schema: a bad request naming the field
+            status, code, message = 400, "invalid", "invalid request: " + _flatten(details.get("fields"))
+        response = error_body(status, code, message, details)
+        if status == 429 and hasattr(exc, "limit"):
+            response[0].headers["Retry-After"] = "60"
+        return response
+
+    @app.errorhandler(Exception)
+    def _bug(exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_body(500, "internal", f"unexpected {type(exc).__name__} (please report this)")
+
+
+def _flatten(messages, prefix: str = "") -> str:
+    """webargs' nested {"json": {"templates": {"0": ["Not a valid string."]}}} as one readable line."""
+    if not messages:
+        return "malformed request"
+    if isinstance(messages, list):
+        return f"{prefix.rstrip('.')}: {' '.join(str(m) for m in messages)}" if prefix else " ".join(map(str, messages))
+    parts = []
+    for key, value in messages.items():
+        sub = "" if key in ("json", "query", "form", "files", "headers") else f"{prefix}{key}."
+        parts.append(_flatten(value, sub))
+    return "; ".join(parts)

@@ -1,0 +1,103 @@
+"""Helpers for the service's front-half tests: an app on a temporary data dir, API keys, a real
+worker process on the same data dir, a real HTTP server on a loopback socket, polling a job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from werkzeug.serving import make_server
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+JOB_TIMEOUT = 600.0  # a guard against a hung worker, not a speed assertion
+
+
+def make_app(data_dir: Path, **config):
+    from server.app import create_app
+
+    return create_app({"data_dir": str(data_dir), "secret_key": "test-secret", "TESTING": True, **config})
+
+
+def new_key(app, name: str) -> str:
+    _tenant, key = app.extensions["portrait"].create_tenant(name)
+    return key
+
+
+def auth(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+WORKER_CODE = """
+import signal, sys
+from server.settings import Settings
+from server.worker import Worker
+w = Worker(Settings.load({"data_dir": sys.argv[1]}))
+signal.signal(signal.SIGTERM, lambda *a: w.stop_event.set())
+w.run_forever()
+"""
+
+
+@contextmanager
+def worker_process(data_dir: Path, log_path: Path | None = None) -> Iterator[subprocess.Popen]:
+    """i10a's embedded-queue worker in its own process on the same data dir (and SQLite database)."""
+    log = open(log_path or Path(data_dir) / "worker.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-c", WORKER_CODE, str(data_dir)], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PORTRAIT_NO_PROGRESS": "1"})
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+
+
+@contextmanager
+def live_server(app) -> Iterator[str]:
+    """The app on a real loopback socket (werkzeug's threaded server); yields its base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+def poll_job(client, headers: dict, job_id: str, interval: float = 0.2) -> tuple[dict, list[float]]:
+    """Poll GET /api/v1/jobs/{id} until the job ends; (final job, every progress value seen)."""
+    seen: list[float] = []
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while True:
+        r = client.get(f"/api/v1/jobs/{job_id}", headers=headers)
+        assert r.status_code == 200, r.get_json()
+        job = r.get_json()
+        seen.append(job["progress"])
+        if job["state"] in TERMINAL:
+            return job, seen
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} still {job['state']} at {job['stage']} after {JOB_TIMEOUT} s")
+        time.sleep(interval)
+
+
+def assert_error(response, status: int, code: str | None = None) -> dict:
+    """The response is `status` with the `{"error": {"code", "message", "details"}}` body."""
+    body = response.get_json()
+    assert response.status_code == status, (response.status_code, body)
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}, body
+    assert body["error"]["message"]
+    if code is not None:
+        assert body["error"]["code"] == code, body
+    return body["error"]

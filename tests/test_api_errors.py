@@ -1,0 +1,238 @@
+"""Bad and hostile requests: each gets the right 4xx with `{"error": {"code", "message", "details"}}`
+and leaves everything else as it was."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers_service import assert_error, auth, make_app, new_key
+
+
+def _png(side: int = 512, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _jpeg(side: int = 512) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((side, side, 3), 128, np.uint8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def RUN(iid: str) -> dict:
+    return {"kind": "run", "identity_id": iid, "templates": ["studio-grey"]}
+
+
+class Tenant:
+    def __init__(self, app, name):
+        self.key = new_key(app, name)
+        self.h = auth(self.key)
+        self.c = app.test_client()
+
+    def identity(self, photos: int = 1) -> str:
+        iid = self.c.post("/api/v1/identities", json={"name": "x"}, headers=self.h).get_json()["id"]
+        for i in range(photos):
+            r = self.c.post(f"/api/v1/identities/{iid}/photos", headers=self.h,
+                            data={"photos": (io.BytesIO(_jpeg(400 + i)), f"p{i}.jpg")})
+            assert r.status_code == 201, r.get_json()
+        return iid
+
+    def photos(self, iid: str) -> list[dict]:
+        return self.c.get(f"/api/v1/identities/{iid}", headers=self.h).get_json()["photos"]
+
+    def jobs(self) -> list[dict]:
+        return self.c.get("/api/v1/jobs", headers=self.h).get_json()["items"]
+
+
+@pytest.fixture
+def app(tmp_path):
+    return make_app(tmp_path / "data", max_upload_bytes=400_000, max_pixels=600 * 600, max_queue_size=2)
+
+
+def test_missing_or_invalid_key_is_401(app):
+    a = Tenant(app, "a")
+    iid = a.identity()
+    c = app.test_client()
+    assert_error(c.get("/api/v1/identities"), 401, "missing_key")
+    assert_error(c.get("/api/v1/identities", headers={"Authorization": "Bearer nope"}), 401, "invalid_key")
+    assert_error(c.get("/api/v1/identities", headers={"Authorization": f"Basic {a.key}"}), 401)
+    assert_error(c.delete(f"/api/v1/identities/{iid}", headers={"Authorization": "Bearer " + a.key[:-1]}), 401)
+    app.extensions["portrait"].revoke(a.key)
+    assert_error(c.get(f"/api/v1/identities/{iid}", headers=a.h), 401, "invalid_key")
+    # nothing was deleted by the refused DELETE
+    assert app.extensions["portrait"].get_identity(app.extensions["portrait"].find_tenant("a")["id"], iid)
+
+
+def test_another_tenants_ids_are_404_never_403(app):
+    a, b = Tenant(app, "a"), Tenant(app, "b")
+    iid = a.identity(photos=2)
+    job = a.c.post("/api/v1/jobs", headers=a.h, json=RUN(iid)).get_json()
+    for method, url, kw in [
+        ("get", f"/api/v1/identities/{iid}", {}),
+        ("delete", f"/api/v1/identities/{iid}", {}),
+        ("post", f"/api/v1/identities/{iid}/photos", {"data": {"photos": (io.BytesIO(_jpeg()), "x.jpg")}}),
+        ("post", "/api/v1/jobs", {"json": {"kind": "preprocess", "identity_id": iid}}),
+        ("post", "/api/v1/batches", {"json": {"rows": [RUN(iid)]}}),
+        ("get", f"/api/v1/jobs/{job['id']}", {}),
+        ("post", f"/api/v1/jobs/{job['id']}/cancel", {}),
+        ("get", f"/api/v1/jobs/{job['id']}/report", {}),
+        ("get", f"/api/v1/jobs/{job['id']}/events", {}),
+    ]:
+        assert_error(getattr(b.c, method)(url, headers=b.h, **kw), 404)
+    # A's data is untouched: the identity, its two photos and its queued job
+    assert len(a.photos(iid)) == 2
+    assert a.c.get(f"/api/v1/jobs/{job['id']}", headers=a.h).get_json()["state"] == "queued"
+    assert b.jobs() == [] and b.c.get("/api/v1/identities", headers=b.h).get_json()["items"] == []
+
+
+def test_oversize_upload_is_413_and_nothing_is_kept(app):
+    a = Tenant(app, "a")
+    iid = a.identity()
+    big = _png(380)  # ~430 kB of noise: over the 400 kB per-photo limit, under the pixel limit
+    assert len(big) > 400_000
+    err = assert_error(a.c.post(f"/api/v1/identities/{iid}/photos", headers=a.h,
+                                data={"photos": [(io.BytesIO(_jpeg()), "ok.jpg"), (io.BytesIO(big), "big.png")]}),
+                       413, "too_large")
+    assert err["details"]["file"] == "big.png"
+    assert len(a.photos(iid)) == 1  # the small photo of the same request was not stored either
+    # a whole request body over the request limit (ten photos' worth by default)
+    huge = b"\xff\xd8" + b"\0" * (11 * 400_000)
+    assert_error(a.c.post(f"/api/v1/identities/{iid}/photos", headers=a.h,
+                          data={"photos": (io.BytesIO(huge), "huge.jpg")}), 413, "too_large")
+    assert len(a.photos(iid)) == 1
+
+
+def test_too_many_pixels_is_413_too_large(app):
+    a = Tenant(app, "a")
+    iid = a.identity()
+    err = assert_error(a.c.post(f"/api/v1/identities/{iid}/photos", headers=a.h,
+                                data={"photos": (io.BytesIO(_jpeg(1000)), "wide.jpg")}), 413, "too_large")
+    assert "wide.jpg" in err["message"]
+    assert len(a.photos(iid)) == 1
+
+
+def test_non_image_upload_is_422_unreadable(app):
+    a = Tenant(app, "a")
+    iid = a.identity()
+    for data, name in [(b"hello", "x.jpg"), (b"<?php system($_GET[c]); ?>", "shell.php"),
+                       (_jpeg()[:200], "truncated.jpg"), (b"", "empty.png")]:
+        err = assert_error(a.c.post(f"/api/v1/identities/{iid}/photos", headers=a.h,
+                                    data={"photos": (io.BytesIO(data), name)}), 422, "unreadable")
+        assert err["details"]["photos"][0]["reasons"] == ["unreadable"]
+    assert len(a.photos(iid)) == 1
+    # a mix of good and bad files: 201 with a verdict per photo
+    r = a.c.post(f"/api/v1/identities/{iid}/photos", headers=a.h,
+                 data={"photos": [(io.BytesIO(_jpeg(450)), "good.jpg"), (io.BytesIO(b"junk"), "junk.jpg")]})
+    assert r.status_code == 201
+    assert [(p["filename"], p["accepted"], p["reasons"]) for p in r.get_json()["photos"]] == \
+        [("good.jpg", True, []), ("junk.jpg", False, ["unreadable"])]
+
+
+def test_path_traversal_file_names_never_name_a_file(app, tmp_path):
+    a = Tenant(app, "a")
+    iid = a.identity(photos=0)
+    hostile = ["../../../../../../tmp/evil.jpg", "..\\..\\evil2.jpg", "/etc/evil3.jpg", "....//evil4.jpg",
+               "evil5.jpg\x00.png", "evil6\u202e.jpg"]
+    for i, name in enumerate(hostile):
+        r = a.c.post(f"/api/v1/identities/{iid}/photos", headers=a.h,
+                     data={"photos": (io.BytesIO(_jpeg(300 + i)), name)})
+        assert r.status_code == 201, r.get_json()
+        shown = r.get_json()["photos"][0]["filename"]
+        assert "/" not in shown and "\\" not in shown and ".." not in shown and "\n" not in shown, shown
+    stored = [p for p in (tmp_path / "data").rglob("*") if p.is_file() and "evil" in p.name]
+    assert stored == []
+    assert not list(tmp_path.parent.glob("evil*")) and not list(tmp_path.glob("evil*"))
+    assert len(a.photos(iid)) == len(hostile)
+
+
+def test_bad_template_or_option_at_submit_is_400_and_queues_nothing(app):
+    a = Tenant(app, "a")
+    iid = a.identity()
+    for body, code, named in [
+        ({"identity_id": iid, "templates": ["no-such-template"]}, "bad_template", "no-such-template"),
+        ({"identity_id": iid, "templates": ["../../etc"]}, "bad_template", "../../etc"),
+        ({"identity_id": iid, "templates": ["studio-grey"], "options": {"varients": 3}}, "bad_options", "varients"),
+        ({"identity_id": iid, "templates": "studio-grey"}, "invalid", "templates"),
+        ({"kind": "paint", "identity_id": iid}, "invalid", "kind"),
+        ({"templates": ["studio-grey"]}, "invalid", "identity_id"),
+    ]:
+        err = assert_error(a.c.post("/api/v1/jobs", headers=a.h, json=body), 400, code)
+        assert named in err["message"], err
+    assert_error(a.c.post("/api/v1/jobs", headers={**a.h, "Content-Type": "application/json"}, data=b"{not json"), 400)
+    assert a.jobs() == []
+
+
+def test_full_queue_is_429_and_queued_jobs_stay(app):
+    a = Tenant(app, "a")
+    iid = a.identity()
+    ids = []
+    for _ in range(2):
+        r = a.c.post("/api/v1/jobs", headers=a.h, json=RUN(iid))
+        assert r.status_code == 202
+        ids.append(r.get_json()["id"])
+    assert_error(a.c.post("/api/v1/jobs", headers=a.h, json=RUN(iid)), 429,
+                 "queue_full")
+    assert_error(a.c.post("/api/v1/batches", headers=a.h, json={"rows": [RUN(iid)]}),
+                 429, "queue_full")
+    assert sorted(j["id"] for j in a.jobs()) == sorted(ids)
+    assert all(j["state"] == "queued" for j in a.jobs())
+
+
+def test_rate_limit_per_key_is_429(tmp_path):
+    app = make_app(tmp_path / "data", rate_limit="5 per minute")
+    a, b = Tenant(app, "a"), Tenant(app, "b")
+    for _ in range(5):
+        assert a.c.get("/api/v1/identities", headers=a.h).status_code == 200
+    r = a.c.get("/api/v1/identities", headers=a.h)
+    assert_error(r, 429, "rate_limited")
+    assert r.headers.get("Retry-After")
+    assert b.c.get("/api/v1/identities", headers=b.h).status_code == 200  # counted per key
+
+
+def test_idempotency_key_replays_the_first_answer(app):
+    a = Tenant(app, "a")
+    h = {**a.h, "Idempotency-Key": "user-42-identity"}
+    first = a.c.post("/api/v1/identities", json={"name": "ana"}, headers=h)
+    again = a.c.post("/api/v1/identities", json={"name": "ana"}, headers=h)
+    assert first.status_code == again.status_code == 201
+    assert first.get_json() == again.get_json() and again.headers.get("Idempotent-Replayed") == "true"
+    assert len(a.c.get("/api/v1/identities", headers=a.h).get_json()["items"]) == 1
+    iid = first.get_json()["id"]
+    up = {**a.h, "Idempotency-Key": "photo-1"}
+    for _ in range(3):
+        r = a.c.post(f"/api/v1/identities/{iid}/photos", headers=up, data={"photos": (io.BytesIO(_jpeg()), "a.jpg")})
+        assert r.status_code == 201
+    assert len(a.photos(iid)) == 1
+    jh = {**a.h, "Idempotency-Key": "job-1"}
+    j1 = a.c.post("/api/v1/jobs", headers=jh, json=RUN(iid)).get_json()
+    j2 = a.c.post("/api/v1/jobs", headers=jh, json=RUN(iid)).get_json()
+    assert j1["id"] == j2["id"] and len(a.jobs()) == 1
+
+
+def test_lists_page_with_a_cursor(app):
+    a = Tenant(app, "a")
+    made = [a.c.post("/api/v1/identities", json={"name": f"n{i}"}, headers=a.h).get_json()["id"] for i in range(5)]
+    seen, cursor, pages = [], None, 0
+    while True:
+        url = "/api/v1/identities?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = a.c.get(url, headers=a.h).get_json()
+        seen += [i["id"] for i in page["items"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert pages == 3 and seen == made[::-1]
+    assert_error(a.c.get("/api/v1/identities?cursor=%%%", headers=a.h), 400)
+    assert_error(a.c.get("/api/v1/identities?limit=100000", headers=a.h), 400)
+
+
+def test_unknown_routes_and_methods_answer_json(app):
+    a = Tenant(app, "a")
+    assert_error(a.c.get("/api/v1/nope", headers=a.h), 404, "not_found")
+    assert_error(a.c.put("/api/v1/identities", headers=a.h), 405, "method_not_allowed")
