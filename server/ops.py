@@ -3,7 +3,7 @@ migrated; in fleet mode the broker answers too) and Prometheus `/metrics` (jobs 
 queue depth and age, stage durations, worker heartbeats), read from the database at scrape time so
 every server process reports the same numbers whichever workers there are.
 
-`init_app(app, service=None)` registers it; the service is `app.extensions["portrait.service"]`
+`init_app(app, service=None)` registers it; the service is `app.extensions["portrait"]`
 (create_app puts it there) unless given.
 """
 
@@ -20,13 +20,13 @@ CACHE_SECONDS = 1.0
 
 def init_app(app: Flask, service=None) -> None:
     if service is not None:
-        app.extensions["portrait.service"] = service
+        app.extensions["portrait"] = service
     app.extensions["portrait_ops"] = {"lock": threading.Lock(), "at": 0.0, "text": b""}
     app.register_blueprint(bp)
 
 
 def _service():
-    return current_app.extensions["portrait.service"]
+    return current_app.extensions["portrait"]
 
 
 @bp.get("/healthz")
