@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Mapping, Optional
 
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -127,7 +127,7 @@ class Service:
         tenant = Tenant(id=new_id(), name=name, retention_days=retention_days, concurrency=concurrency,
                         webhook_url=webhook_url, webhook_secret=secrets.token_hex(32))
         try:
-            with self.db.session() as s:
+            with self.db.session(immediate=True) as s:
                 s.add(tenant)
                 s.flush()
                 key = self._new_key(s, tenant.id)
@@ -141,7 +141,7 @@ class Service:
         return key
 
     def create_key(self, tenant: "TenantInfo | str") -> str:
-        with self.db.session() as s:
+        with self.db.session(immediate=True) as s:
             self._tenant_row(s, _tid(tenant))
             return self._new_key(s, _tid(tenant))
 
@@ -168,7 +168,7 @@ class Service:
         """Revoke a key (by its id, its prefix or the key itself) or every key of a tenant (by name or id).
         Returns how many keys were revoked."""
         t = now()
-        with self.db.session() as s:
+        with self.db.session(immediate=True) as s:
             tenant = s.scalars(select(Tenant).where(or_(Tenant.name == name_or_key, Tenant.id == name_or_key))).first()
             if tenant is not None:
                 cond = ApiKey.tenant_id == tenant.id
@@ -192,10 +192,13 @@ class Service:
             if row is None or row[0].revoked_at is not None:
                 raise Unauthorized("invalid or revoked API key", code="invalid_key")
             api_key, tenant = row
-            t = now()
-            if api_key.last_used_at is None or t - api_key.last_used_at > 60:  # at most one write a minute
-                api_key.last_used_at = t
-            return TenantInfo(tenant.id, tenant.name)
+            info = TenantInfo(tenant.id, tenant.name)
+            key_id, last_used = api_key.id, api_key.last_used_at
+        t = now()
+        if last_used is None or t - last_used > 60:  # at most one write a minute per key
+            with self.db.session(immediate=True) as s:
+                s.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=t))
+        return info
 
     def update_tenant(self, tenant: "TenantInfo | str", **fields: Any) -> dict:
         allowed = {"retention_days", "concurrency", "webhook_url"}
@@ -204,7 +207,7 @@ class Service:
             raise BadRequest(f"unknown tenant field(s): {', '.join(bad)}")
         if fields.get("webhook_url"):
             _check_url(fields["webhook_url"])
-        with self.db.session() as s:
+        with self.db.session(immediate=True) as s:
             t = self._tenant_row(s, _tid(tenant))
             for k, v in fields.items():
                 setattr(t, k, v)
@@ -232,7 +235,7 @@ class Service:
         if len(name) > 200:
             raise BadRequest("an identity name is at most 200 characters", code="bad_name")
         ident = Identity(id=new_id(), tenant_id=_tid(tenant), name=name)
-        with self.db.session() as s:
+        with self.db.session(immediate=True) as s:
             self._tenant_row(s, _tid(tenant))
             s.add(ident)
         return self._identity_dict(ident, [])
@@ -311,7 +314,7 @@ class Service:
             photo.stored_name = self.storage.put_photo(tenant_id, identity_id, photo.id,
                                                        _FORMAT_EXT.get(photo.format or "", ".img"), data)
         try:
-            with self.db.session() as s:
+            with self.db.session(immediate=True) as s:
                 self._identity_row(s, tenant_id, identity_id)  # deleted meanwhile?
                 s.add(photo)
                 s.get(Identity, identity_id).updated_at = now()
@@ -324,7 +327,7 @@ class Service:
         return self._photo_dict(photo)
 
     def delete_photo(self, tenant: "TenantInfo | str", identity_id: str, photo_id: str) -> None:
-        with self.db.session() as s:
+        with self.db.session(immediate=True) as s:
             self._identity_row(s, _tid(tenant), identity_id)
             p = s.get(Photo, photo_id)
             if p is None or p.identity_id != identity_id:
@@ -345,7 +348,7 @@ class Service:
         self._purge_identity(tenant_id, identity_id, job_ids)
 
     def _purge_identity(self, tenant_id: str, identity_id: str, job_ids: list[str]) -> None:
-        with self.db.session() as s:
+        with self.db.session(immediate=True) as s:
             s.execute(delete(Result).where(Result.identity_id == identity_id))
             if job_ids:
                 s.execute(delete(WebhookDelivery).where(WebhookDelivery.job_id.in_(job_ids)))
@@ -451,7 +454,7 @@ class Service:
         tenant_id = _tid(tenant)
         if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
             raise BadRequest("Idempotency-Key must be 1 to 200 characters", code="bad_idempotency_key")
-        with self.db.session() as s:
+        with self.db.session(immediate=True) as s:
             if idempotency_key:
                 old = s.scalars(select(Job).where(Job.tenant_id == tenant_id,
                                                   Job.idempotency_key == idempotency_key)).first()
@@ -572,7 +575,7 @@ class Service:
             raise BadRequest("rows must be a non-empty list", code="bad_rows", details={"field": "rows"})
         if len(rows) > MAX_BATCH_ROWS:
             raise BadRequest(f"at most {MAX_BATCH_ROWS} rows per batch", code="bad_rows", details={"rows": len(rows)})
-        with self.db.session() as s:
+        with self.db.session(immediate=True) as s:
             if idempotency_key:
                 old = s.scalars(select(Batch).where(Batch.tenant_id == tenant_id,
                                                     Batch.idempotency_key == idempotency_key)).first()
@@ -643,7 +646,7 @@ class Service:
         if not key:
             return
         try:
-            with self.db.session() as s:
+            with self.db.session(immediate=True) as s:
                 s.add(IdempotencyRecord(tenant_id=_tid(tenant), scope=scope[:200], key=key[:200], status=status,
                                         body=body))
         except IntegrityError:

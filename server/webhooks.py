@@ -69,7 +69,7 @@ def deliver_due(db: Database, *, max_attempts: int, backoff: float, limit: int =
                                                          WebhookDelivery.next_attempt_at <= t).limit(limit)).scalars().all()
     sent = 0
     for did in due:
-        with db.session() as s:  # claim it: only the worker that moves next_attempt_at sends it
+        with db.session(immediate=True) as s:  # claim it: only the worker that moves next_attempt_at sends it
             ok = s.execute(update(WebhookDelivery).where(
                 WebhookDelivery.id == did, WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= t)
                 .values(next_attempt_at=t + CLAIM_SECONDS).execution_options(synchronize_session=False)).rowcount
@@ -81,7 +81,7 @@ def deliver_due(db: Database, *, max_attempts: int, backoff: float, limit: int =
             secret = tenant.webhook_secret if tenant else ""
         status, error = _post(url, event, did, payload, secret)
         sent += 1
-        with db.session() as s:
+        with db.session(immediate=True) as s:
             d = s.get(WebhookDelivery, did)
             if d is None:
                 continue

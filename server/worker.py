@@ -120,20 +120,20 @@ class Worker:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def register(self) -> None:
-        with self.db.session() as s:
+        with self.db.session(immediate=True) as s:
             s.merge(WorkerRow(id=self.id, host=socket.gethostname(), pid=os.getpid(), device=self.device,
                               mode=self.mode, started_at=now(), heartbeat_at=now(), job_id=None, jobs_done=0))
         log.info("worker started", extra={"worker": self.id, "kind": self.mode})
 
     def unregister(self) -> None:
-        with self.db.session() as s:
+        with self.db.session(immediate=True) as s:
             row = s.get(WorkerRow, self.id)
             if row is not None:
                 s.delete(row)
         log.info("worker stopped", extra={"worker": self.id, "jobs": self.jobs_done})
 
     def _beat_row(self) -> None:
-        with self.db.session() as s:
+        with self.db.session(immediate=True) as s:
             s.execute(update(WorkerRow).where(WorkerRow.id == self.id).values(
                 heartbeat_at=now(), job_id=self._current, jobs_done=self.jobs_done))
 

@@ -205,3 +205,24 @@ def test_list_jobs_cursor_pagination(tmp_path):
         if not cursor:
             break
     assert len(seen) == 7 and set(seen) == ids
+
+
+def test_two_workers_drain_jobs_submitted_while_they_run(tmp_path):
+    """Submissions (read-then-write transactions) never hit 'database is locked' while two worker
+    processes claim and finish jobs on the same SQLite file; no job is claimed twice."""
+    svc = make_service(tmp_path, max_queue_size=1000, tenant_concurrency=4)
+    t, _ = svc.create_tenant("busy")
+    first = [svc.submit_job(t["id"], "_empty", internal=True)["id"] for _ in range(20)]
+    workers = [start_worker(svc.settings.data_dir, tmp_path / f"w{i}.log", "--idle-exit", "3",
+                            tenant_concurrency=4) for i in range(2)]
+    try:
+        wait_for(lambda: svc.stats()["jobs"]["succeeded"] > 0, 60, "the workers to start")
+        rest = [svc.submit_job(t["id"], "_empty", internal=True)["id"] for _ in range(130)]
+        wait_for(lambda: svc.stats()["jobs"]["succeeded"] == 150, 120, "150 jobs")
+        for w in workers:
+            w.wait(60)
+    finally:
+        stop(workers)
+    rows = [svc.get_job(t["id"], j) for j in first + rest]
+    assert all(r["state"] == "succeeded" and r["attempts"] == 1 for r in rows)
+    assert {pid_of(r["worker"]) for r in rows} == {w.pid for w in workers}

@@ -146,7 +146,7 @@ def heartbeat(db: Database, job_id: str, worker: str, *, lease_seconds: float,
     if progress is not None:
         p = float(min(max(progress, 0.0), 1.0))
         values["progress"] = case((Job.progress > p, Job.progress), else_=p)  # never backwards
-    with db.session() as s:
+    with db.session(immediate=True) as s:
         res = s.execute(update(Job).where(Job.id == job_id, Job.worker == worker, Job.state == "running")
                         .values(**values).execution_options(synchronize_session=False))
         if res.rowcount != 1:
@@ -174,7 +174,7 @@ def finish(db: Database, job_id: str, worker: str, state: str, *, result: Option
     if error:
         values.update(error_code=error.get("code"), error_message=error.get("message"),
                       error_details=error.get("details") or {})
-    with db.session() as s:
+    with db.session(immediate=True) as s:
         res = s.execute(update(Job).where(Job.id == job_id, Job.worker == worker, Job.state == "running")
                         .values(**values).execution_options(synchronize_session=False))
         if res.rowcount != 1:
@@ -225,7 +225,7 @@ def cancel(db: Database, tenant_id: str, job_id: str) -> Optional[str]:
     """Cancel one job of a tenant: a queued job ends `cancelled` at once, a running one is asked to stop
     (its worker's heartbeat sees the request). Returns the job's state after the call, None if unknown."""
     t = now()
-    with db.session() as s:
+    with db.session(immediate=True) as s:
         mine = and_(Job.id == job_id, Job.tenant_id == tenant_id)
         if s.execute(update(Job).where(mine, Job.state == "queued").values(
                 state="cancelled", finished_at=t, updated_at=t, error_code="cancelled",
