@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from sqlalchemy import select, update
 
@@ -44,7 +44,7 @@ class ProgressTracker:
     """The job layer's progress(stage, done, total) → the job's stage, overall 0..1 fraction (via
     `portrait.jobs.OverallProgress` for public kinds), and per-stage durations."""
 
-    def __init__(self, kind: str, fraction: Optional[Callable[[str, int, int], float]] = None):
+    def __init__(self, kind: str, fraction=None):
         self.kind = kind
         self._fraction = fraction
         self.stage: Optional[str] = None
@@ -63,7 +63,8 @@ class ProgressTracker:
                 self._stage_started = t
                 self.changed.set()  # a new stage is written at once
             if self._fraction is not None:
-                p = float(self._fraction(stage, done, total))
+                self._fraction(stage, done, total)
+                p = float(self._fraction.fraction)
             else:
                 p = done / total if total else 0.0
             self.progress = max(self.progress, min(max(p, 0.0), 1.0))
@@ -79,27 +80,16 @@ class ProgressTracker:
             return dict(self.timings)
 
 
-def overall_progress(kind: str) -> Optional[Callable[[str, int, int], float]]:
-    """A (stage, done, total) → 0..1 function from the job layer, when it has one for `kind`."""
+def overall_progress(kind: str):
+    """The job layer's OverallProgress for `kind` (a callable keeping `.fraction` and `.stage`)."""
     try:
         from portrait.jobs import OverallProgress
-    except ImportError:
+    except ImportError:  # pragma: no cover - the job layer is part of the library
         return None
     try:
-        op = OverallProgress(kind)
-    except TypeError:
-        op = OverallProgress()
-    for name in ("update", "__call__"):
-        fn = getattr(op, name, None)
-        if callable(fn):
-            def fraction(stage, done, total, _fn=fn, _op=op):
-                v = _fn(stage, done, total)
-                if v is None:
-                    v = getattr(_op, "fraction", getattr(_op, "value", 0.0))
-                    v = v() if callable(v) else v
-                return float(v)
-            return fraction
-    return None
+        return OverallProgress(kind)
+    except ValueError:
+        return None
 
 
 class Worker:
@@ -116,7 +106,24 @@ class Worker:
         self._last_maintenance = 0.0
         self._last_retention = 0.0
         self._current: Optional[str] = None
+        self._pool = None
         self.jobs_done = 0
+
+    def _analysis_pool(self, kind: str):
+        """The preprocess analysis processes (face models loaded once), created at the first job that
+        analyses photos and kept for the worker's life."""
+        if kind not in ("preprocess", "embed", "run"):
+            return None
+        if self._pool is None:
+            from preprocess.workers import WorkerPool
+
+            self._pool = WorkerPool(2)
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def register(self) -> None:
@@ -182,6 +189,7 @@ class Worker:
                     break
         finally:
             self.unregister()
+            self.close()
         return self.jobs_done
 
     # -- celery ----------------------------------------------------------------------------------
@@ -215,7 +223,8 @@ class Worker:
         hb.start()
         state, result, error = "failed", None, None
         try:
-            result = runner.run(self.service, job, out_dir, device=self.device, progress=tracker, cancel=cancel)
+            result = runner.run(self.service, job, out_dir, device=self.device, progress=tracker, cancel=cancel,
+                                pool=self._analysis_pool(job.kind))
             state = "succeeded"
         except PortraitError as exc:
             d = exc.to_dict()
