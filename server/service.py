@@ -597,7 +597,7 @@ class Service:
     # -- batches ---------------------------------------------------------------------------------
     def submit_batch(self, tenant: "TenantInfo | str", rows: list, *, name: str = "",
                      priority: int = BATCH_PRIORITY, idempotency_key: Optional[str] = None,
-                     webhook_url: Optional[str] = None) -> dict:
+                     webhook_url: Optional[str] = None, internal: bool = False) -> dict:
         """One job per row (`{"kind"="run", "identity_id", "templates", "options"}`) under one batch id.
         Every row is validated first: one bad row is a 400 naming it, and nothing is queued."""
         tenant_id = _tid(tenant)
@@ -622,7 +622,8 @@ class Service:
                 try:
                     checked.append(self.validate_job(s, tenant_id, row.get("kind", "run"), row.get("identity_id"),
                                                      row.get("templates"), row.get("options"),
-                                                     row.get("priority", priority), webhook_url))
+                                                     row.get("priority", priority), webhook_url,
+                                                     internal=internal))
                 except ServiceError as exc:
                     exc.details = {"row": i, **exc.details}
                     exc.message = f"row {i}: {exc.message}"

@@ -104,6 +104,7 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.stop_event = threading.Event()
         self._last_maintenance = 0.0
+        self._maintenance_lock = threading.Lock()
         self._last_retention = 0.0
         self._current: Optional[str] = None
         self._pool = None
@@ -144,12 +145,27 @@ class Worker:
             s.execute(update(WorkerRow).where(WorkerRow.id == self.id).values(
                 heartbeat_at=now(), job_id=self._current, jobs_done=self.jobs_done))
 
+    def start_maintenance(self) -> threading.Thread:
+        """Maintenance every MAINTENANCE_SECONDS in a background thread, also while a long job runs
+        (webhook retries, reaping other workers' dead leases, retention, this worker's heartbeat)."""
+        def loop():
+            while not self.stop_event.wait(MAINTENANCE_SECONDS):
+                self.maintenance()
+
+        th = threading.Thread(target=loop, name="maintenance", daemon=True)
+        th.start()
+        return th
+
     def maintenance(self, force: bool = False) -> None:
         """Reap dead leases (Celery: publish the requeued ids again), webhooks, retention, own heartbeat."""
-        t = time.monotonic()
-        if not force and t - self._last_maintenance < MAINTENANCE_SECONDS:
-            return
-        self._last_maintenance = t
+        with self._maintenance_lock:
+            t = time.monotonic()
+            if not force and t - self._last_maintenance < MAINTENANCE_SECONDS / 2:
+                return
+            self._last_maintenance = t
+            self._maintain(t, force)
+
+    def _maintain(self, t: float, force: bool) -> None:
         try:
             requeued, ended = lease.reap(self.db)
             if requeued or ended:
@@ -172,10 +188,10 @@ class Worker:
         """Claim and run jobs until stopped (or `max_jobs` done, or idle for `idle_exit` seconds)."""
         self.register()
         self.maintenance(force=True)
+        self.start_maintenance()
         idle_since = time.monotonic()
         try:
             while not self.stop_event.is_set():
-                self.maintenance()
                 claimed = lease.claim_next(self.db, self.id, lease_seconds=self.settings.lease_seconds,
                                            tenant_concurrency=self.settings.tenant_concurrency)
                 if claimed is None:
@@ -188,6 +204,8 @@ class Worker:
                 if max_jobs is not None and self.jobs_done >= max_jobs:
                     break
         finally:
+            self.stop_event.set()  # ends the maintenance thread
+            self.maintenance(force=True)  # this worker's own webhooks go out before it exits
             self.unregister()
             self.close()
         return self.jobs_done
@@ -195,7 +213,6 @@ class Worker:
     # -- celery ----------------------------------------------------------------------------------
     def run_claimed(self, job_id: str) -> None:
         """A Celery delivery: claim that job's row and run it, or drop a duplicate."""
-        self.maintenance()
         claimed = lease.claim_job(self.db, job_id, self.id, lease_seconds=self.settings.lease_seconds)
         if claimed is None:
             log.info("delivery dropped (job finished or held by a live lease)", extra={"job": job_id,
