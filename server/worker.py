@@ -104,6 +104,7 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.stop_event = threading.Event()
         self._last_maintenance = 0.0
+        self._last_redispatch = 0.0
         self._maintenance_lock = threading.Lock()
         self._last_retention = 0.0
         self._current: Optional[str] = None
@@ -174,6 +175,12 @@ class Worker:
                 with self.db.session() as s:
                     prio = dict(s.execute(select(Job.id, Job.priority).where(Job.id.in_(requeued))).all())
                 self.service.dispatcher.publish([(j, prio.get(j, 0)) for j in requeued])
+            if self.mode == "celery" and (force or t - self._last_redispatch > self.settings.redispatch_seconds / 4):
+                self._last_redispatch = t
+                again = lease.stale_queued(self.db, self.settings.redispatch_seconds)
+                if again:
+                    log.warning("queued jobs published again", extra={"jobs": len(again), "worker": self.id})
+                    self.service.dispatcher.publish(again)
             webhooks.deliver_due(self.db, max_attempts=self.settings.webhook_attempts,
                                  backoff=self.settings.webhook_backoff)
             if force or t - self._last_retention > RETENTION_SECONDS:
