@@ -268,8 +268,6 @@ class Worker:
             log.warning("lease lost: result discarded", extra=ctx)
             self._current = None
             return "lost"
-        if state == "cancelled" and cancel.is_set() and error and not error.get("message"):
-            error["message"] = "cancelled"
         rows = runner.output_rows(out_dir, result) if state == "succeeded" else []
 
         def on_finish(s, row: Job) -> None:
