@@ -45,3 +45,41 @@ def test_relative_dest_gives_a_template_usable_from_anywhere(hermetic, tmp_path,
     assert added["directory"] == str(work / "rel" / "mine") and Path(added["image"]).is_absolute()
     monkeypatch.chdir(tmp_path)  # another folder: the printed path still names the template
     assert load_template(added["directory"]).name == "mine"
+
+
+# -- 10. `models convert` refuses anything but tensors, and never advises unsafe loading -----------------
+def test_convert_refuses_a_file_with_non_tensor_entries_unless_tensors_only(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    torch.save({"w": torch.ones(2), "epoch": 3, "meta": {"note": "trained", "b": torch.zeros(1)}}, tmp_path / "m.pth")
+    r = invoke("models", "convert", tmp_path / "m.pth", tmp_path / "m.safetensors")
+    assert r.exit_code == 2 and not (tmp_path / "m.safetensors").exists()
+    assert "m.pth" in r.stderr and "epoch" in r.stderr and "meta.note" in r.stderr and "--tensors-only" in r.stderr
+    r = invoke("models", "convert", tmp_path / "m.pth", tmp_path / "m.safetensors", "--tensors-only")
+    assert r.exit_code == 0, r.output
+    assert "dropped 2 entries" in r.stderr and "epoch" in r.stderr and "meta.note" in r.stderr
+    assert set(load_file(tmp_path / "m.safetensors")) == {"w", "meta.b"}
+
+
+class _Exploit:
+    def __reduce__(self):  # a malicious checkpoint: code that runs when unpickled
+        import os
+
+        return (os.system, ("touch exploited",))
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_convert_refusal_never_suggests_weights_only_false(tmp_path, monkeypatch, protocol):
+    import pickle
+
+    monkeypatch.chdir(tmp_path)
+    with open(tmp_path / "evil.pth", "wb") as f:
+        pickle.dump({"weight": _Exploit()}, f, protocol=protocol)
+    for extra in ([], ["--json"]):
+        r = invoke("models", "convert", tmp_path / "evil.pth", *extra)
+        assert r.exit_code == 2 and "evil.pth" in r.output and "refused without running it" in r.output
+        assert "weights_only" not in r.output and "trust" not in r.output and "safe_globals" not in r.output
+    if protocol == 2:
+        assert "posix.system" in r.output or "os.system" in r.output
+    assert not (tmp_path / "exploited").exists() and not (tmp_path / "evil.safetensors").exists()
