@@ -90,7 +90,8 @@ def register(group: click.Group) -> None:
         rep = result.report
         summary = {"lora": str(result.lora_path), "kohya": str(result.kohya_path), "report": str(result.report_path),
                    "steps": rep["config"]["steps"], "chosen": rep["chosen"], "merged": rep["merged"],
-                   "checkpoints": rep["checkpoints"], "timings": rep["timings"], "device": rep["device"]}
+                   "checkpoints": rep["checkpoints"], "timings": rep["timings"], "device": rep["device"],
+                   "reference": str(result.lora_path.parent / rep["reference"]) if rep.get("reference") else None}
         if as_json:
             print_json(summary)
         else:
@@ -103,4 +104,6 @@ def register(group: click.Group) -> None:
                 click.echo(f" {mark} step {c['step']:>6}: score {score}")
             click.echo(f"identity LoRA: {result.lora_path}\nkohya copy:    {result.kohya_path}\nreport:        "
                        f"{result.report_path}")
+            if summary["reference"]:
+                click.echo(f"reference:     {summary['reference']} (used by `portrait generate --identity`)")
         sys.exit(EXIT_OK)
