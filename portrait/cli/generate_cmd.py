@@ -8,27 +8,10 @@ from pathlib import Path
 
 import click
 
-from ..errors import ConfigError, TemplateError
-from .common import handle_errors, json_option, print_json, progress_bar
-
-REFERENCE_NAME = "reference.png"
+from ..errors import ConfigError
+from ..identity.reference import REFERENCE_NAME
+from .common import dtype_option, handle_errors, json_option, print_json, progress_bar
 EMBEDDING_NAME = "identity_embedding.safetensors"
-
-
-def _template(name_or_dir: str, fa):
-    """A template by name or folder (portrait.templates); a bare image file also works (its faces detected)."""
-    from ..imageio import load_rgb
-
-    p = Path(name_or_dir)
-    if p.is_file():
-        image = load_rgb(p)
-        faces = fa.analyze(image)
-        if not faces:
-            raise TemplateError(f"template image {p} has no usable face")
-        return {"name": p.stem, "image": image, "faces": faces[:1]}
-    from ..templates import load_template
-
-    return load_template(name_or_dir)
 
 
 def _reference(identity_path: Path, reference: str | None, fa):
@@ -86,17 +69,24 @@ def register(group: click.Group) -> None:
     @click.option("--seed", type=int, default=None)
     @click.option("--strength", type=click.FloatRange(0.01, 1.0), default=None, help="Pass-1 denoise strength.")
     @click.option("--device", default=None, help="cpu | cuda | mps (default: best available).")
+    @dtype_option()
     @click.option("--engine", type=click.Choice(("auto", "faceid", "instantid")), default="auto", show_default=True,
                   help="How a face-embedding identity is painted: IP-Adapter FaceID, or InstantID (SDXL: IdentityNet "
                   "+ adapter); auto = InstantID when the base is SDXL and its files are present.")
     @json_option
     @handle_errors
-    def generate(base_model, identity, templates, out_dir, reference, steps, seed, strength, device, engine, as_json):
-        """Paint the identity into each template's face (two-pass ControlNet inpainting)."""
+    def generate(base_model, identity, templates, out_dir, reference, steps, seed, strength, device, dtype, engine,
+                 as_json):
+        """Paint the identity into each template's face (two-pass ControlNet inpainting).
+
+        Every template, model and option is checked before the reference photo is read (exit 2 naming it)."""
         from ..faces import FaceConfig, get_face_analysis
         from ..generate.template_inpaint import (Identity, InpaintModels, TemplateInpaint, generate_on_template,
                                                 job_from_template, template_slots)
+        from ..engines import missing_controlnets
+        from ..models import loading
         from ..models.manifest import get_manifest
+        from ..preflight import resolve_templates
 
         manifest = get_manifest()
         ident = Identity.from_path(identity)
@@ -105,8 +95,7 @@ def register(group: click.Group) -> None:
         if id_engine is not None:
             ident.engine = id_engine
         fa = get_face_analysis(FaceConfig(embedder=ident.face.engine) if ident.face is not None else FaceConfig())
-        ref_rgb, ref_face, ref_file = _reference(Path(identity), reference, fa)
-        tmpls = [_template(t, fa) for t in templates]
+        tmpls = resolve_templates(templates, fa)  # names, folders or image files; all checked first
         faceid = manifest.require("ip-adapter-faceid") if id_engine == "faceid" else None
         over = {"steps": steps, "seed": seed, "strength": strength}
         first = [job_from_template(t, face_analysis=fa, **over) for t in tmpls]
@@ -117,10 +106,18 @@ def register(group: click.Group) -> None:
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         needed = list(dict.fromkeys(n for j in first for n, _ in (*j.pass1.active(), *j.pass2.active())))
+        arch, _ = loading.base_unet_config(base, manifest)  # ModelMissingError naming a missing base
+        for name in missing_controlnets(manifest, arch, needed):
+            manifest.require(name)  # ModelMissingError naming the ControlNet a template needs
+        if dtype is not None or device is not None:
+            from ..models.device import pick_device
+
+            pick_device(device, dtype)  # an unknown device or dtype fails here, not after the reference
+        ref_rgb, ref_face, ref_file = _reference(Path(identity), reference, fa)
         multi = [i for i, t in enumerate(tmpls) if len(template_slots(t, fa)) > 1]
         with progress_bar(not as_json) as cb:
             cb("load models", 0, 1)
-            models = InpaintModels.load(base, needed, manifest=manifest, device=device,
+            models = InpaintModels.load(base, needed, manifest=manifest, device=device, dtype=dtype,
                                         faceid_adapter=faceid, instantid=id_engine == "instantid")
             cb("load models", 1, 1)
             runner = TemplateInpaint(models)
@@ -160,10 +157,9 @@ def register(group: click.Group) -> None:
     @handle_errors
     def embed(trainset, out_file, embedder, as_json):
         """Train-free identity: the mean face embedding of a training set, for IP-Adapter FaceID."""
-        import shutil
-
         from ..faces import FaceConfig, get_face_analysis
         from ..identity.face_embedding import embed_identity
+        from ..identity.reference import write_reference
 
         fa = get_face_analysis(FaceConfig(embedder=embedder))
         with progress_bar(not as_json) as cb:
@@ -172,11 +168,9 @@ def register(group: click.Group) -> None:
         ident.save(out)
         # The photo nearest the identity serves as the fusion reference for `portrait generate`.
         folder = Path(trainset) / "train" if (Path(trainset) / "train").is_dir() else Path(trainset)
-        ref = folder / ident.sources[0] if ident.sources else None
-        if ref is not None and ref.is_file():
-            shutil.copyfile(ref, out.parent / REFERENCE_NAME)
+        written = write_reference(folder / ident.sources[0] if ident.sources else None, out.parent)
         summary = {"file": str(out), "engine": ident.engine, "dim": ident.dim, "metric": ident.metric,
-                   "photos": ident.count, "reference": str(out.parent / REFERENCE_NAME) if ref else None}
+                   "photos": ident.count, "reference": str(written) if written else None}
         if as_json:
             print_json(summary)
         else:
