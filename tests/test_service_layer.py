@@ -338,3 +338,22 @@ def test_bad_job_requests_are_refused_before_anything_is_queued(tmp_path, kind, 
     else:
         assert body["error"]["code"] == "bad_template"
     assert svc.list_jobs(t["id"])["items"] == []
+
+
+def test_the_library_never_imports_the_server():
+    """Layers run one way: `portrait` and `preprocess` never import `server` (its commands reach the
+    CLI through the `portrait.commands` entry point)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for pkg in ("portrait", "preprocess"):
+        for path in (root / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+                offenders += [f"{path.relative_to(root)}: {n}" for n in names if n == "server" or n.startswith("server.")]
+    assert offenders == []
+    from importlib.metadata import entry_points
+
+    assert "server.cli:register" in {e.value for e in entry_points(group="portrait.commands")}
