@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from portrait.errors import PortraitError
 
@@ -37,6 +37,7 @@ from .settings import Settings
 log = logging.getLogger("portrait.worker")
 MAINTENANCE_SECONDS = 2.0
 RETENTION_SECONDS = 600.0
+STALE_WORKER_SECONDS = 3600.0
 PROGRESS_SECONDS = 1.0  # a running job's progress reaches the row at least this often
 
 
@@ -187,6 +188,8 @@ class Worker:
                 self._last_retention = t
                 retention.apply_retention(self.service)
             self._beat_row()
+            with self.db.session(immediate=True) as s:  # workers gone for an hour leave /metrics
+                s.execute(delete(WorkerRow).where(WorkerRow.heartbeat_at < now() - STALE_WORKER_SECONDS))
         except Exception:  # the database may be briefly away: log, keep serving
             log.exception("maintenance failed", extra={"worker": self.id})
 
