@@ -304,10 +304,15 @@ class Worker:
                         done: threading.Event, lost: threading.Event) -> None:
         interval = self.settings.heartbeat_seconds
         next_beat = 0.0
+        logged_stage = None
         while not done.is_set():
             t = time.monotonic()
             if t >= next_beat or tracker.changed.is_set():
                 tracker.changed.clear()
+                if tracker.stage != logged_stage:
+                    logged_stage = tracker.stage
+                    log.info("stage", extra={"job": job.id, "tenant": job.tenant_id, "stage": logged_stage,
+                                             "worker": self.id})
                 try:
                     res = lease.heartbeat(self.db, job.id, self.id, lease_seconds=self.settings.lease_seconds,
                                           stage=tracker.stage, progress=tracker.progress)
