@@ -91,10 +91,11 @@ def test_postgres_migrations_and_skip_locked_claims_over_200_jobs(tmp_path):
         cfg = {"database_url": url, "lease_seconds": 10, "tenant_concurrency": 4, "max_queue_size": 500}
         svc = Service(Settings.load({"data_dir": tmp_path / "data", **cfg}, env={}), db=db)
         t, _ = svc.create_tenant("bulk")
-        jobs = [svc.submit_job(t["id"], "_empty", internal=True)["id"] for _ in range(200)]
         logs = [tmp_path / "p1.log", tmp_path / "p2.log"]
-        workers = [start_worker(svc.settings.data_dir, p, "--idle-exit", "3", **cfg) for p in logs]
+        workers = [start_worker(svc.settings.data_dir, p, "--idle-exit", "10", **cfg) for p in logs]
         try:
+            wait_for(lambda: len(svc.stats()["workers"]) == 2, 120, "both workers")
+            jobs = [svc.submit_job(t["id"], "_empty", internal=True)["id"] for _ in range(200)]
             wait_for(lambda: svc.stats()["jobs"]["succeeded"] == 200, 180, "200 empty jobs")
             for w in workers:
                 w.wait(60)

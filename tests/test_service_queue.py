@@ -217,11 +217,12 @@ def test_two_workers_drain_jobs_submitted_while_they_run(tmp_path):
     processes claim and finish jobs on the same SQLite file; no job is claimed twice."""
     svc = make_service(tmp_path, max_queue_size=1000, tenant_concurrency=4)
     t, _ = svc.create_tenant("busy")
-    first = [svc.submit_job(t["id"], "_empty", internal=True)["id"] for _ in range(20)]
-    workers = [start_worker(svc.settings.data_dir, tmp_path / f"w{i}.log", "--idle-exit", "3",
+    workers = [start_worker(svc.settings.data_dir, tmp_path / f"w{i}.log", "--idle-exit", "10",
                             tenant_concurrency=4) for i in range(2)]
     try:
-        wait_for(lambda: svc.stats()["jobs"]["succeeded"] > 0, 60, "the workers to start")
+        wait_for(lambda: len(svc.stats()["workers"]) == 2, 120, "both workers")
+        first = [svc.submit_job(t["id"], "_empty", internal=True)["id"] for _ in range(20)]
+        wait_for(lambda: svc.stats()["jobs"]["succeeded"] > 0, 60, "the first jobs")
         rest = [svc.submit_job(t["id"], "_empty", internal=True)["id"] for _ in range(130)]
         wait_for(lambda: svc.stats()["jobs"]["succeeded"] == 150, 120, "150 jobs")
         for w in workers:
