@@ -10,6 +10,7 @@ import logging
 from typing import Any, Mapping
 
 from flask import Flask, g, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
 from portrait.errors import PortraitError
@@ -113,6 +114,8 @@ def _register_error_handlers(app: Flask) -> None:
             limit = app.config.get("MAX_CONTENT_LENGTH")
             message = f"the request body is larger than {limit} bytes" if limit else message
         code = HTTP_CODES.get(status, "http_error" if status < 500 else "internal")
+        if isinstance(exc, CSRFError):
+            code = "csrf_failed"
         if status == 422:  # a body or query that fails its schema: a bad request naming the field
             status, code, message = 400, "invalid", "invalid request: " + _flatten(details.get("fields"))
         response = error_body(status, code, message, details)
