@@ -153,14 +153,24 @@ def _read_manifest(path: Path) -> list[dict]:
 
 @click.command("batch")
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Results folder (required locally; with --server, where the portraits are downloaded).")
+@click.option("--server", default=None, metavar="URL", help="Run the batch on a portrait server instead of here.")
+@click.option("--key", default=None, envvar="PORTRAIT_API_KEY", metavar="KEY",
+              help="The server's API key (or $PORTRAIT_API_KEY).")
 @run_options
 @json_option
 @handle_errors
-def batch_command(manifest: Path, out: Path, as_json: bool, **options) -> None:
+def batch_command(manifest: Path, out: Path | None, server: str | None, key: str | None, as_json: bool,
+                  **options) -> None:
     """Run every row of MANIFEST.csv (columns: photos, templates, name); one failing row never stops the rest."""
     from ..pipeline import PortraitPipeline
     from ..templates import list_templates
+
+    if server:
+        return _remote_batch(manifest, out, server, key, as_json, options)
+    if out is None:
+        raise ConfigError("--out is required (or --server URL --key KEY to run the batch on a server)")
 
     if options.get("identity"):
         raise ConfigError("--identity is one person's LoRA, but batch rows are different people: run "
@@ -201,6 +211,35 @@ def batch_command(manifest: Path, out: Path, as_json: bool, **options) -> None:
             tail = f"best distance {e['best']['distance']}" if e.get("best") else e.get("message", "")
             click.echo(f"{e['name']}: {e['status']} {tail}")
         click.echo(f"summary: {out / 'batch.json'}")
+    if all(e["status"] == "failed" for e in summary):
+        raise SystemExit(2)
+
+
+def _remote_batch(manifest: Path, out: Path | None, server: str, key: str | None, as_json: bool,
+                  options: dict) -> None:
+    """`batch --server`: upload each row's folder, one batch on the server, one progress bar across rows."""
+    from .remote_batch import remote_batch
+
+    if not key:
+        raise ConfigError("--server needs --key KEY (or $PORTRAIT_API_KEY): `portrait tenant create NAME` on the "
+                          "server prints one")
+    ctx = click.get_current_context()
+    sent = {k: v for k, v in options.items() if k not in ("identity", "device", "detector", "landmarks", "embedder")
+            and ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+    rows = _read_manifest(manifest)
+    with progress_bar(not as_json) as progress:
+        summary = remote_batch(rows, manifest.parent, server, key, out=out, progress=progress, options=sent,
+                               name=manifest.stem)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "batch.json").write_text(json.dumps(summary, indent=2))
+    if as_json:
+        print_json(summary)
+    else:
+        for e in summary:
+            best = e.get("best")
+            tail = f"best {best['template']} likeness {best['score']}" if best else e.get("message", e.get("state", ""))
+            click.echo(f"{e['name']}: {e['status']} {tail}")
     if all(e["status"] == "failed" for e in summary):
         raise SystemExit(2)
 
