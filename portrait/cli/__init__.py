@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from importlib.metadata import entry_points
 
 import click
 
@@ -17,8 +18,10 @@ COMMAND_MODULES = (
     "models_cmd",  # models list|verify|tiny
     "identity_cmd",  # train, embed
     "generate_cmd",  # generate
-    "server_cmd",  # serve, worker
 )
+# Other packages add commands through this entry-point group (`server` adds serve, worker, tenant,
+# migrate): each entry point names a `register(group)` function. `portrait` never imports them itself.
+ENTRY_POINT_GROUP = "portrait.commands"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,6 +33,9 @@ def cli() -> None:
 for _name in COMMAND_MODULES:
     if importlib.util.find_spec(f"{__name__}.{_name}") is not None:
         importlib.import_module(f"{__name__}.{_name}").register(cli)
+
+for _ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    _ep.load()(cli)
 
 
 def main() -> None:

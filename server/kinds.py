@@ -1,0 +1,91 @@
+"""Job kinds: the public ones map one-to-one onto `portrait.jobs`; internal ones (names starting
+with `_`) exist for the queue's own tests and bench and are refused by the API.
+
+Options go through the kind's config class `from_dict` (portrait.jobs), which names any unknown key
+or bad value; this runs at submit time, so a bad request is a 400 before anything is queued.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from typing import Any, Mapping
+
+from portrait.errors import ConfigError, PortraitError
+
+PUBLIC_KINDS = ("preprocess", "train", "embed", "generate", "run")
+INTERNAL_KINDS = ("_empty", "_sleep")
+CONFIG_CLASSES = {"preprocess": "PreprocessConfig", "train": "TrainConfig", "embed": "EmbedConfig",
+                  "generate": "GenerateConfig", "run": "RunConfig"}
+NEEDS_TEMPLATES = frozenset({"generate", "run"})
+NEEDS_PHOTOS = frozenset({"preprocess", "embed", "run"})
+
+
+def jobs_module():
+    """`portrait.jobs`, imported on first use (workers keep it, and its model caches, loaded)."""
+    return importlib.import_module("portrait.jobs")
+
+
+def config_for(kind: str, options: Mapping[str, Any] | None):
+    """The job's config from the request's options (ConfigError naming a bad key or value)."""
+    if kind in INTERNAL_KINDS:
+        return _internal_options(kind, options or {})
+    cls = getattr(jobs_module(), CONFIG_CLASSES[kind])
+    return cls.from_dict(dict(options or {}))
+
+
+def _internal_options(kind: str, options: Mapping[str, Any]) -> dict:
+    allowed = {"_empty": set(), "_sleep": {"seconds", "steps", "fail"}}[kind]
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown option(s) for {kind}: {', '.join(unknown)}")
+    out = dict(options)
+    if kind == "_sleep":
+        try:
+            out["seconds"] = float(out.get("seconds", 1.0))
+            out["steps"] = int(out.get("steps", 10))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"bad option for {kind}: {exc}") from exc
+        if not (0 <= out["seconds"] <= 3600 and 1 <= out["steps"] <= 10_000):
+            raise ConfigError("_sleep: seconds must be in 0..3600 and steps in 1..10000")
+    return out
+
+
+class InternalFailure(PortraitError):
+    code = "internal_test_failure"
+
+
+def run_internal(kind: str, options: dict, out_dir, *, progress=None, cancel=None) -> dict:
+    """`_empty` does nothing; `_sleep` takes `seconds` in `steps` steps, checking `cancel` between
+    them, and appends one line to out_dir/runs.log when it starts and when it ends (so tests can
+    count executions)."""
+    from pathlib import Path
+
+    if kind == "_empty":
+        return {"kind": kind}
+    log = Path(out_dir) / "runs.log"
+    with open(log, "a") as fh:
+        fh.write("start\n")
+    steps, seconds = options["steps"], options["seconds"]
+    for i in range(steps):
+        if cancel is not None and cancel.is_set():
+            raise _cancelled()
+        if progress is not None:
+            progress("sleep", i, steps)
+        time.sleep(seconds / steps)
+    if progress is not None:
+        progress("sleep", steps, steps)
+    if options.get("fail"):
+        raise InternalFailure(str(options["fail"]))
+    with open(log, "a") as fh:
+        fh.write("end\n")
+    return {"kind": kind, "steps": steps}
+
+
+def _cancelled() -> Exception:
+    try:
+        from portrait.errors import Cancelled  # the job layer's (issue 9)
+    except ImportError:  # pragma: no cover - before the job layer lands
+        class Cancelled(PortraitError):  # type: ignore[no-redef]
+            code = "cancelled"
+    return Cancelled("cancelled")

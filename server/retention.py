@@ -1,0 +1,67 @@
+"""Retention: a tenant's identities (photos, crops, identity files, job files, results) are deleted
+once they have been idle for the tenant's TTL (`retention_days`, default the server's, 30 days).
+Idle = no upload and no job since. Jobs without an identity, old idempotency records and webhook
+deliveries expire the same way. Run by the workers (`Worker.maintenance`)."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import delete, func, select
+
+from .db.models import IdempotencyRecord, Identity, Job, Tenant, WebhookDelivery, now
+
+log = logging.getLogger("portrait.retention")
+IDEMPOTENCY_SECONDS = 24 * 3600
+
+
+def expired_identities(service, at: float | None = None) -> list[tuple[str, str, list[str]]]:
+    """(tenant id, identity id, job ids) of identities idle past their tenant's TTL, with no live job."""
+    at = now() if at is None else at
+    out = []
+    with service.db.session() as s:
+        tenants = s.execute(select(Tenant.id, Tenant.retention_days)).all()
+        for tenant_id, days in tenants:
+            cutoff = at - 86400.0 * (days if days is not None else service.settings.retention_days)
+            last_job = (select(Job.identity_id, func.max(Job.created_at).label("last"))
+                        .where(Job.tenant_id == tenant_id).group_by(Job.identity_id).subquery())
+            rows = s.execute(select(Identity.id, Identity.updated_at, last_job.c.last)
+                             .outerjoin(last_job, last_job.c.identity_id == Identity.id)
+                             .where(Identity.tenant_id == tenant_id, Identity.updated_at < cutoff)).all()
+            for ident, updated, last in rows:
+                if last is not None and last >= cutoff:
+                    continue
+                live = s.scalar(select(func.count()).select_from(Job).where(
+                    Job.identity_id == ident, Job.state.in_(("queued", "running")))) or 0
+                if live:
+                    continue
+                jobs = list(s.scalars(select(Job.id).where(Job.identity_id == ident)))
+                out.append((tenant_id, ident, jobs))
+    return out
+
+
+def apply_retention(service, at: float | None = None) -> int:
+    """Delete what is past its TTL; returns how many identities were deleted."""
+    at = now() if at is None else at
+    doomed = expired_identities(service, at)
+    for tenant_id, ident, jobs in doomed:
+        service._purge_identity(tenant_id, ident, jobs)
+    with service.db.session(immediate=True) as s:
+        tenants = s.execute(select(Tenant.id, Tenant.retention_days)).all()
+        orphan_jobs = []
+        for tenant_id, days in tenants:
+            cutoff = at - 86400.0 * (days if days is not None else service.settings.retention_days)
+            orphan_jobs += [(tenant_id, j) for j in s.scalars(select(Job.id).where(
+                Job.tenant_id == tenant_id, Job.identity_id.is_(None), Job.created_at < cutoff,
+                Job.state.in_(("succeeded", "failed", "cancelled"))))]
+            s.execute(delete(WebhookDelivery).where(WebhookDelivery.tenant_id == tenant_id,
+                                                    WebhookDelivery.created_at < cutoff))
+        if orphan_jobs:
+            s.execute(delete(WebhookDelivery).where(WebhookDelivery.job_id.in_([j for _, j in orphan_jobs])))
+            s.execute(delete(Job).where(Job.id.in_([j for _, j in orphan_jobs])))
+        s.execute(delete(IdempotencyRecord).where(IdempotencyRecord.created_at < at - IDEMPOTENCY_SECONDS))
+    for tenant_id, j in orphan_jobs:
+        service.storage.delete_job(tenant_id, j)
+    if doomed or orphan_jobs:
+        log.info("retention", extra={"deleted": len(doomed), "jobs": len(orphan_jobs)})
+    return len(doomed)

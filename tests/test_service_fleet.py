@@ -1,0 +1,90 @@
+"""The fleet: Celery workers on a real redis-server, and the lease queue on a real PostgreSQL
+(both started by the tests from Debian's packages)."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+from helpers_fleet import pid_of, postgres_server, redis_server, runs, start_worker, stop, wait_for
+from server.db import Database
+from server.service import Service
+from server.settings import Settings
+
+
+def _events(logs: list[Path], job_id: str, msg: str) -> list[dict]:
+    out = []
+    for p in logs:
+        for line in p.read_text().splitlines():
+            if line.startswith("{"):
+                rec = json.loads(line)
+                if rec.get("job") == job_id and rec["msg"] == msg:
+                    out.append(rec)
+    return out
+
+
+def test_celery_workers_on_redis_share_the_queue_and_survive_sigkill(tmp_path):
+    with redis_server(tmp_path / "redis") as url:
+        cfg = {"broker_url": url, "lease_seconds": 1.5, "visibility_timeout": 3600}
+        svc = Service(Settings.load({"data_dir": tmp_path / "data", **cfg}, env={}))
+        assert svc.dispatcher.mode == "celery"
+        t, _ = svc.create_tenant("fleet")
+        tid = t["id"]
+        logs = [tmp_path / "c1.log", tmp_path / "c2.log"]
+        workers = [start_worker(svc.settings.data_dir, p, **cfg) for p in logs]
+        try:
+            long_job = svc.submit_job(tid, "_sleep", options={"seconds": 4, "steps": 40}, internal=True)
+            running = wait_for(lambda: (r := svc.get_job(tid, long_job["id"]))["state"] == "running"
+                               and r["progress"] > 0.1 and r, 90, "a Celery worker to run the job")
+            victim = pid_of(running["worker"])
+            assert victim in {w.pid for w in workers}
+            [w for w in workers if w.pid == victim][0].send_signal(signal.SIGKILL)
+            # The lease runs out, the surviving worker's reaper requeues and republishes the job.
+            done = wait_for(lambda: (r := svc.get_job(tid, long_job["id"]))["state"]
+                            in ("succeeded", "failed", "cancelled") and r, 90, "the job to end")
+            assert done["state"] == "succeeded" and done["attempts"] == 2
+            assert pid_of(done["worker"]) != victim
+            # Both workers took jobs from the shared queue; duplicates of a delivery are dropped.
+            more = [svc.submit_job(tid, "_sleep", options={"seconds": 0.2, "steps": 2}, internal=True)
+                    for _ in range(4)]
+            svc.dispatcher.publish([(more[0]["id"], 0), (more[0]["id"], 0)])  # a redelivered duplicate
+            wait_for(lambda: all(svc.get_job(tid, j["id"])["state"] == "succeeded" for j in more), 90,
+                     "the other jobs")
+        finally:
+            stop(workers)
+        assert runs(svc.storage.job_dir(tid, long_job["id"])) == (1, 1)
+        assert len(_events(logs, long_job["id"], "job ended")) == 1
+        for j in more:
+            assert runs(svc.storage.job_dir(tid, j["id"])) == (1, 1)
+            assert len(_events(logs, j["id"], "job ended")) == 1
+        assert len(_events(logs, more[0]["id"], "delivery dropped (job finished or held by a live lease)")) == 2
+
+
+def test_postgres_migrations_and_skip_locked_claims_over_200_jobs(tmp_path):
+    with postgres_server(tmp_path / "pg") as url:
+        db = Database(url)
+        assert db.dialect == "postgresql"
+        assert db.migrate() == "0001"
+        assert db.migrate() == "0001"  # idempotent
+        cfg = {"database_url": url, "lease_seconds": 10, "tenant_concurrency": 4, "max_queue_size": 500}
+        svc = Service(Settings.load({"data_dir": tmp_path / "data", **cfg}, env={}), db=db)
+        t, _ = svc.create_tenant("bulk")
+        jobs = [svc.submit_job(t["id"], "_empty", internal=True)["id"] for _ in range(200)]
+        logs = [tmp_path / "p1.log", tmp_path / "p2.log"]
+        workers = [start_worker(svc.settings.data_dir, p, "--idle-exit", "3", **cfg) for p in logs]
+        try:
+            wait_for(lambda: svc.stats()["jobs"]["succeeded"] == 200, 180, "200 empty jobs")
+            for w in workers:
+                w.wait(60)
+        finally:
+            stop(workers)
+        rows = [svc.get_job(t["id"], j) for j in jobs]
+        assert all(r["state"] == "succeeded" and r["attempts"] == 1 for r in rows)  # none claimed twice
+        by_worker = {}
+        for r in rows:
+            by_worker[pid_of(r["worker"])] = by_worker.get(pid_of(r["worker"]), 0) + 1
+        assert set(by_worker) == {w.pid for w in workers}, by_worker  # both workers claimed
+        for j in jobs[:20]:
+            assert len(_events(logs, j, "job started")) == 1
+        svc.close()

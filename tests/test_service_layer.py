@@ -1,0 +1,280 @@
+"""The service layer on real files and a real SQLite database: tenants and keys, untrusted uploads
+and their verdicts, isolation, deletion, retention, webhooks to a real loopback HTTP server, the
+ops endpoints, the CLI's tenant commands."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from server import webhooks
+from server.db.models import Identity, Job, Photo, Result, WebhookDelivery, new_id
+from server.errors import NotFound, TooLarge, Unauthorized, error_response
+from server.service import Service
+from server.settings import Settings
+from server.worker import Worker
+
+
+def make_service(tmp_path: Path, **cfg) -> Service:
+    return Service(Settings.load({"data_dir": tmp_path / "data", **cfg}, env={}))
+
+
+def jpeg(w: int = 640, h: int = 480, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, "JPEG", quality=80)
+    return buf.getvalue()
+
+
+def files_under(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
+def count(svc: Service, model, **where) -> int:
+    from sqlalchemy import func, select
+
+    with svc.db.session() as s:
+        q = select(func.count()).select_from(model)
+        for k, v in where.items():
+            q = q.where(getattr(model, k) == v)
+        return s.scalar(q)
+
+
+def test_api_keys_are_hashed_shown_once_and_revocable(tmp_path):
+    svc = make_service(tmp_path)
+    t, key = svc.create_tenant("studio")
+    assert svc.authenticate(key).id == t["id"]
+    db_bytes = b"".join(p.read_bytes() for p in (tmp_path / "data").glob("portrait.db*"))
+    assert key.encode() not in db_bytes and hashlib.sha256(key.encode()).hexdigest().encode() in db_bytes
+    for bad in (None, "", "pk_wrong", key + "x"):
+        with pytest.raises(Unauthorized) as err:
+            svc.authenticate(bad)
+        assert error_response(err.value)[0] == 401
+    second = svc.create_key(t["id"])
+    assert svc.revoke(key[:10]) == 1
+    with pytest.raises(Unauthorized):
+        svc.authenticate(key)
+    assert svc.authenticate(second).id == t["id"]
+    assert svc.revoke("studio") == 1  # every remaining key of the tenant
+    with pytest.raises(Unauthorized):
+        svc.authenticate(second)
+
+
+def test_uploads_are_untrusted(tmp_path):
+    svc = make_service(tmp_path, max_upload_bytes=2_000_000, max_pixels=1_000_000, max_photos_per_identity=3)
+    t, _ = svc.create_tenant("acme")
+    ident = svc.create_identity(t["id"], "me")
+    photos_dir = svc.storage.photos_dir(t["id"], ident["id"])
+
+    good = svc.add_photo(t["id"], ident["id"], "../../../etc/passwd", jpeg(seed=1))
+    assert good["accepted"] and good["filename"] == "passwd"
+    stored = files_under(photos_dir)
+    assert [p.name for p in stored] == [f"{good['id']}.jpg"]  # the server's name, in the identity's folder
+    assert stored[0].read_bytes() == jpeg(seed=1)
+
+    text = svc.add_photo(t["id"], ident["id"], "notes.jpg", b"this is not an image")
+    assert not text["accepted"] and text["reasons"] == ["unreadable"] and "notes.jpg" in text["message"]
+    big = svc.add_photo(t["id"], ident["id"], "huge.jpg", jpeg(1200, 1000))
+    assert not big["accepted"] and big["reasons"] == ["too_large"]
+    tiny = svc.add_photo(t["id"], ident["id"], "thumb.jpg", jpeg(60, 60))
+    assert not tiny["accepted"] and tiny["reasons"] == ["too_small"]
+    with pytest.raises(TooLarge) as err:
+        svc.add_photo(t["id"], ident["id"], "bomb.bin", io.BytesIO(b"\0" * 2_000_001))
+    assert error_response(err.value)[0] == 413
+    assert len(files_under(photos_dir)) == 1  # rejected uploads keep their verdict, not their bytes
+    rows = svc.get_identity(t["id"], ident["id"])["photos"]
+    assert [p["accepted"] for p in rows] == [True, False, False, False]
+
+    svc.add_photo(t["id"], ident["id"], "b.jpg", jpeg(seed=2))
+    svc.add_photo(t["id"], ident["id"], "c.jpg", jpeg(seed=3))
+    from server.errors import TooManyPhotos
+
+    with pytest.raises(TooManyPhotos):
+        svc.add_photo(t["id"], ident["id"], "d.jpg", jpeg(seed=4))
+
+
+def test_tenants_never_see_each_other(tmp_path):
+    svc = make_service(tmp_path)
+    a, _ = svc.create_tenant("a")
+    b, _ = svc.create_tenant("b")
+    ident = svc.create_identity(a["id"], "mine")
+    svc.add_photo(a["id"], ident["id"], "x.jpg", jpeg())
+    job = svc.submit_job(a["id"], "_empty", internal=True)
+    for call in (lambda: svc.get_identity(b["id"], ident["id"]),
+                 lambda: svc.add_photo(b["id"], ident["id"], "y.jpg", jpeg()),
+                 lambda: svc.delete_identity(b["id"], ident["id"]),
+                 lambda: svc.get_job(b["id"], job["id"]),
+                 lambda: svc.cancel_job(b["id"], job["id"]),
+                 lambda: svc.submit_job(b["id"], "preprocess", ident["id"])):
+        with pytest.raises(NotFound) as err:
+            call()
+        assert error_response(err.value)[0] == 404
+    assert svc.list_jobs(b["id"])["items"] == [] and svc.list_identities(b["id"])["items"] == []
+    assert svc.get_job(a["id"], job["id"])["state"] == "queued"  # untouched
+    assert len(svc.get_identity(a["id"], ident["id"])["photos"]) == 1
+
+
+def _identity_with_files(svc: Service, tenant: str, name: str):
+    """An identity with two photos and a finished job that wrote files and a result."""
+    ident = svc.create_identity(tenant, name)
+    for i in range(2):
+        svc.add_photo(tenant, ident["id"], f"{i}.jpg", jpeg(seed=i))
+    jid = new_id()
+    job_dir = svc.storage.job_dir(tenant, jid)
+    (job_dir / "train").mkdir()
+    (job_dir / "train" / "0000.png").write_bytes(b"crop")
+    (job_dir / "portrait.png").write_bytes(b"png")
+    with svc.db.session() as s:
+        s.add(Job(id=jid, tenant_id=tenant, identity_id=ident["id"], kind="run", state="succeeded",
+                  created_at=time.time(), templates=[], options={}))
+        s.flush()
+        s.add(Result(job_id=jid, tenant_id=tenant, identity_id=ident["id"], template="t", path="portrait.png"))
+        s.add(WebhookDelivery(tenant_id=tenant, job_id=jid, url="http://127.0.0.1:9/", event="job.succeeded",
+                              payload={}))
+    return ident, jid
+
+
+def test_delete_identity_removes_every_file_and_row(tmp_path):
+    svc = make_service(tmp_path)
+    t, _ = svc.create_tenant("acme")
+    gone, gone_job = _identity_with_files(svc, t["id"], "gone")
+    kept, kept_job = _identity_with_files(svc, t["id"], "kept")
+    svc.delete_identity(t["id"], gone["id"])
+    leftovers = [p for p in files_under(tmp_path / "data") if gone["id"] in str(p) or gone_job in str(p)]
+    assert leftovers == []
+    assert count(svc, Photo, identity_id=gone["id"]) == 0 and count(svc, Job, id=gone_job) == 0
+    assert count(svc, Result, job_id=gone_job) == 0 and count(svc, Identity, id=gone["id"]) == 0
+    assert count(svc, WebhookDelivery, job_id=gone_job) == 0
+    # the other identity is whole
+    assert count(svc, Photo, identity_id=kept["id"]) == 2 and count(svc, Result, job_id=kept_job) == 1
+    assert (svc.storage.job_dir(t["id"], kept_job) / "portrait.png").exists()
+    with pytest.raises(NotFound):
+        svc.get_identity(t["id"], gone["id"])
+
+
+def test_retention_deletes_idle_identities_per_tenant_ttl(tmp_path):
+    from server.retention import apply_retention
+
+    svc = make_service(tmp_path, retention_days=30)
+    short, _ = svc.create_tenant("short", retention_days=1)
+    default, _ = svc.create_tenant("default")
+    old, old_job = _identity_with_files(svc, short["id"], "old")
+    other, other_job = _identity_with_files(svc, default["id"], "other")
+    running = svc.create_identity(short["id"], "busy")
+    svc.add_photo(short["id"], running["id"], "r.jpg", jpeg())
+    svc.submit_job(short["id"], "_empty", running["id"], internal=True)
+    # Two days later: the short tenant's idle identity goes, the busy one (queued job) stays, the
+    # default tenant (30 days) keeps everything.
+    two_days = time.time() + 2 * 86400
+    with svc.db.session() as s:  # the busy identity's job is recent relative to "two days later"
+        s.query(Job).filter(Job.identity_id == running["id"]).update({"created_at": two_days - 60})
+    assert apply_retention(svc, at=two_days) == 1
+    assert [p for p in files_under(tmp_path / "data") if old["id"] in str(p) or old_job in str(p)] == []
+    assert count(svc, Identity, id=old["id"]) == 0 and count(svc, Result, job_id=old_job) == 0
+    assert count(svc, Identity, id=running["id"]) == 1
+    assert count(svc, Identity, id=other["id"]) == 1 and count(svc, Photo, identity_id=other["id"]) == 2
+    assert apply_retention(svc, at=time.time() + 31 * 86400) == 1  # the default TTL, the busy one still queued
+
+
+class _Hooks(http.server.BaseHTTPRequestHandler):
+    received: list = []
+    fail_first = 1
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append((dict(self.headers), body))
+        ok = len(type(self).received) > type(self).fail_first
+        self.send_response(200 if ok else 500)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_webhooks_are_signed_retried_and_recorded(tmp_path):
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Hooks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    try:
+        svc = make_service(tmp_path, webhook_backoff=0.1)
+        t, _ = svc.create_tenant("acme")
+        job = svc.submit_job(t["id"], "_sleep", options={"seconds": 0.05, "steps": 1}, internal=True, webhook_url=url)
+        w = Worker(svc.settings, service=svc)
+        assert w.run_forever(max_jobs=1) == 1
+
+        def delivered():
+            w.maintenance(force=True)
+            with svc.db.session() as s:
+                d = s.query(WebhookDelivery).filter_by(job_id=job["id"]).one()
+                return d.state == "delivered" and (d.attempts, d.status_code)
+
+        attempts = None
+        for _ in range(100):
+            attempts = delivered()
+            if attempts:
+                break
+            time.sleep(0.05)
+        assert attempts == (2, 200)
+        (h1, b1), (h2, b2) = _Hooks.received
+        assert b1 == b2 and h1["X-Portrait-Delivery"] == h2["X-Portrait-Delivery"]
+        payload = json.loads(b2)
+        assert payload["event"] == "job.succeeded" and payload["job"]["id"] == job["id"]
+        secret = svc.webhook_secret(t["id"])
+        assert webhooks.verify(secret, b2, h2["X-Portrait-Signature"])
+        assert not webhooks.verify("another-secret", b2, h2["X-Portrait-Signature"])
+        assert not webhooks.verify(secret, b2 + b" ", h2["X-Portrait-Signature"])
+    finally:
+        server.shutdown()
+
+
+def test_ops_endpoints(tmp_path):
+    from flask import Flask
+
+    from server import ops
+
+    svc = make_service(tmp_path)
+    t, _ = svc.create_tenant("acme")
+    svc.submit_job(t["id"], "_empty", internal=True)
+    done = svc.submit_job(t["id"], "_sleep", options={"seconds": 0.01, "steps": 1}, internal=True, priority=5)
+    Worker(svc.settings, service=svc).run_forever(max_jobs=1)
+    app = Flask(__name__)
+    ops.init_app(app, svc)
+    client = app.test_client()
+    assert client.get("/healthz").json == {"status": "ok"}
+    r = client.get("/readyz")
+    assert r.status_code == 200 and r.json["checks"]["database"] == "ok"
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'portrait_jobs{state="queued"} 1.0' in text
+    assert 'portrait_jobs{state="succeeded"} 1.0' in text
+    assert "portrait_queue_depth 1.0" in text
+    assert 'portrait_stage_duration_seconds_count{stage="sleep"} 1.0' in text
+    assert svc.get_job(t["id"], done["id"])["state"] == "succeeded"
+
+
+def test_tenant_commands(tmp_path):
+    data = tmp_path / "data"
+    run = lambda *a: subprocess.run([sys.executable, "-m", "portrait", "tenant", *a, "--data-dir", str(data)],  # noqa: E731
+                                    capture_output=True, text=True, timeout=120)
+    created = run("create", "Studio One")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1].split()[-1]
+    svc = make_service(tmp_path)
+    assert svc.authenticate(key).name == "Studio One"
+    listed = run("list")
+    assert "Studio One" in listed.stdout and key not in listed.stdout and key[:10] in listed.stdout
+    again = run("create", "Studio One")
+    assert again.returncode == 2 and "exists already" in again.stderr
+    assert run("revoke", key[:10]).returncode == 0
+    with pytest.raises(Unauthorized):
+        svc.authenticate(key)
