@@ -64,6 +64,7 @@ def _drop_file(page, path: Path) -> None:
 
 def test_upload_follow_progress_and_gallery(served, browser, samples, tmp_path):
     context = browser.new_context(viewport={"width": 1200, "height": 900}, accept_downloads=True)
+    context.set_default_timeout(300_000)  # a loaded 2-core machine; a guard, not a speed target
     page = context.new_page()
     page.goto(served + "/")
     assert page.title() == "portrait"
@@ -102,7 +103,7 @@ def test_upload_follow_progress_and_gallery(served, browser, samples, tmp_path):
     assert labels - {"queued"}, labels  # it showed the job's stages
 
     # the gallery: one portrait with its likeness score; the verdicts, with the reference marked
-    assert page.get_attribute("#job", "data-state") == "succeeded"
+    assert page.get_attribute("#job", "data-state") == "succeeded", page.inner_text("#job")
     figures = page.query_selector_all("#gallery figure")
     assert len(figures) == 1 and "studio-grey" in figures[0].inner_text()
     score = float(figures[0].query_selector(".score").inner_text())
@@ -135,6 +136,7 @@ def test_upload_follow_progress_and_gallery(served, browser, samples, tmp_path):
 
 def test_without_javascript_the_status_page_refreshes_to_the_gallery(served, browser, samples, tmp_path):
     context = browser.new_context(java_script_enabled=False)
+    context.set_default_timeout(300_000)
     page = context.new_page()
     page.goto(served + "/")
     page.set_input_files("#photos-input", [str(p) for p in samples[:8]])
