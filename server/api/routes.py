@@ -117,6 +117,26 @@ def _display(filename) -> str:
     return "".join(ch for ch in name if ch.isprintable())[:120] or "upload"
 
 
+# -- the key's tenant -----------------------------------------------------------------------------------
+@blp.route("/tenant", methods=["GET"])
+@blp.response(200, s.TenantInfo)
+@blp.doc(**_errors(401))
+def get_tenant():
+    """This key's tenant: its retention, concurrency, tenant-wide webhook and the webhook signing secret"""
+    who = tenant()
+    return dict(svc().find_tenant(who.id), webhook_secret=svc().webhook_secret(who))
+
+
+@blp.route("/tenant", methods=["PATCH"])
+@blp.arguments(s.TenantPatch)
+@blp.response(200, s.TenantInfo)
+@blp.doc(**_errors(400, 401))
+def patch_tenant(body):
+    """Set (or clear with null) the tenant-wide webhook URL"""
+    who = tenant()
+    return dict(svc().update_tenant(who, webhook_url=body["webhook_url"]), webhook_secret=svc().webhook_secret(who))
+
+
 # -- identities ----------------------------------------------------------------------------------------
 @blp.route("/identities", methods=["POST"])
 @blp.arguments(s.IdentityIn)
