@@ -148,7 +148,7 @@ def five_mb_jpeg(seed: int) -> bytes:
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    base = rng.integers(0, 255, (1250, 1800, 3), dtype=np.uint8)  # noise: JPEG cannot squeeze it
+    base = rng.integers(0, 255, (1900, 2700, 3), dtype=np.uint8)  # noise: JPEG cannot squeeze it
     buf = io.BytesIO()
     Image.fromarray(base).save(buf, "JPEG", quality=92)
     return buf.getvalue()

@@ -26,7 +26,7 @@ def _events(logs: list[Path], job_id: str, msg: str) -> list[dict]:
 
 def test_celery_workers_on_redis_share_the_queue_and_survive_sigkill(tmp_path):
     with redis_server(tmp_path / "redis") as url:
-        cfg = {"broker_url": url, "lease_seconds": 1.5, "visibility_timeout": 3600}
+        cfg = {"broker_url": url, "lease_seconds": 3.0, "visibility_timeout": 3600}
         svc = Service(Settings.load({"data_dir": tmp_path / "data", **cfg}, env={}))
         assert svc.dispatcher.mode == "celery"
         t, _ = svc.create_tenant("fleet")

@@ -16,6 +16,10 @@ from server.queue import lease
 from server.service import Service
 from server.settings import Settings
 
+# A dead worker's job is retried once its lease runs out; long enough that a live worker on a busy
+# 2-core CI machine always renews in time (it heartbeats every lease / 4).
+LEASE = 3.0
+
 
 def make_service(tmp_path: Path, **cfg) -> Service:
     return Service(Settings.load({"data_dir": tmp_path / "data", **cfg}, env={}))
@@ -37,13 +41,13 @@ def log_events(logs: list[Path], job_id: str) -> list[dict]:
 
 
 def test_sigkill_mid_job_is_retried_and_succeeds_once(tmp_path):
-    svc = make_service(tmp_path, lease_seconds=1.5)
+    svc = make_service(tmp_path, lease_seconds=LEASE)
     tenant, _ = svc.create_tenant("studio")
     tid = tenant["id"]
     job = svc.submit_job(tid, "_sleep", options={"seconds": 4, "steps": 40}, internal=True)
     other = svc.submit_job(tid, "_sleep", options={"seconds": 0.5, "steps": 5}, internal=True)
     logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
-    env = {"lease_seconds": 1.5}
+    env = {"lease_seconds": LEASE}
     workers = [start_worker(svc.settings.data_dir, logs[0], **env), start_worker(svc.settings.data_dir, logs[1], **env)]
     try:
         running = wait_for(lambda: (r := job_row(svc, tid, job["id"]))["state"] == "running"
@@ -67,7 +71,7 @@ def test_sigkill_mid_job_is_retried_and_succeeds_once(tmp_path):
 
 
 def test_restart_with_queued_and_orphaned_jobs_loses_nothing_runs_nothing_twice(tmp_path):
-    svc = make_service(tmp_path, lease_seconds=1.5)
+    svc = make_service(tmp_path, lease_seconds=LEASE)
     tenant, _ = svc.create_tenant("acme")
     tid = tenant["id"]
     jobs = [svc.submit_job(tid, "_sleep", options={"seconds": 0.2, "steps": 2}, internal=True) for _ in range(6)]
@@ -77,12 +81,12 @@ def test_restart_with_queued_and_orphaned_jobs_loses_nothing_runs_nothing_twice(
     svc.close()
     del svc
     # "Restart": a new process state (new Service, new worker processes) on the same data dir.
-    svc2 = make_service(tmp_path, lease_seconds=1.5)
+    svc2 = make_service(tmp_path, lease_seconds=LEASE)
     listed = svc2.list_jobs(tid, limit=50)["items"]
     assert {j["id"] for j in listed} == {j["id"] for j in jobs}
     assert job_row(svc2, tid, jobs[0]["id"])["state"] == "running"  # not cancelled by the restart
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
-    workers = [start_worker(svc2.settings.data_dir, p, lease_seconds=1.5) for p in logs]
+    workers = [start_worker(svc2.settings.data_dir, p, lease_seconds=LEASE) for p in logs]
     try:
         wait_for(lambda: all(job_row(svc2, tid, j["id"])["state"] == "succeeded" for j in jobs), 90,
                  "every job to succeed")
