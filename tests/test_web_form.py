@@ -4,8 +4,8 @@ browser download), against a real server socket and a real worker process."""
 from __future__ import annotations
 
 import base64
-import io
 import shutil
+import time
 import zipfile
 from pathlib import Path
 
@@ -50,6 +50,14 @@ def _save_screenshot(page, tmp_path: Path, name: str) -> Path:
     return shot
 
 
+def _wait_until(page, condition, timeout: float = 300.0) -> None:
+    """Poll from Python (the form's Content-Security-Policy forbids the eval behind wait_for_function)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the page never reached the expected state"
+        page.wait_for_timeout(100)
+
+
 def _drop_file(page, path: Path) -> None:
     """A real drop event on the drop zone, carrying the file (what a drag from the desktop does)."""
     page.evaluate("""([name, b64]) => {
@@ -66,14 +74,17 @@ def test_upload_follow_progress_and_gallery(served, browser, samples, tmp_path):
     context = browser.new_context(viewport={"width": 1200, "height": 900}, accept_downloads=True)
     context.set_default_timeout(300_000)  # a loaded 2-core machine; a guard, not a speed target
     page = context.new_page()
-    page.goto(served + "/")
+    response = page.goto(served + "/")
     assert page.title() == "portrait"
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    violations = []
+    page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
 
     _drop_file(page, samples[0])  # drag and drop ...
     junk = tmp_path / "notes.jpg"
     junk.write_text("this is not a photo")
     page.set_input_files("#photos-input", [str(p) for p in samples[1:]] + [str(junk)])  # ... and the picker
-    page.wait_for_function("document.querySelectorAll('#photo-list li.ok, #photo-list li.bad').length == 11")
+    _wait_until(page, lambda: len(page.query_selector_all("#photo-list li.ok, #photo-list li.bad")) == 11)
     rows = {li.get_attribute("data-file"): li for li in page.query_selector_all("#photo-list li")}
     assert all("ok" in rows[p.name].get_attribute("class") for p in samples)
     assert "bad" in rows["notes.jpg"].get_attribute("class")
@@ -113,6 +124,7 @@ def test_upload_follow_progress_and_gallery(served, browser, samples, tmp_path):
     assert "different_person" in verdicts["grace_hopper.jpg"]
     assert "the same photo as astronaut_" in verdicts["astronaut_09_copy.jpg"] + verdicts["astronaut_01.jpg"]
     assert sum("reference" in v for v in verdicts.values()) == 1
+    assert violations == []
     shot = _save_screenshot(page, tmp_path, "web-gallery.png")
     assert shot.stat().st_size > 10_000
 

@@ -41,6 +41,19 @@ def _gate():
     return None
 
 
+CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+       "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+
+
+@bp.after_request
+def _headers(response):
+    """No inline script, no framing, no content sniffing: the form only runs its own static file."""
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    return response
+
+
 def visitor_tenant() -> str:
     """This visitor's tenant: their own (made on first use) or, with web_auth = key, the key's."""
     tid = session.get("tenant_id")
