@@ -20,10 +20,13 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from ..errors import PortraitError
 from ..imageio import image_files
+
+if TYPE_CHECKING:
+    from ..batch import BatchRow
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -181,19 +184,15 @@ def download_results(client: ApiClient, rows: list[Row], out: Path) -> None:
             res["file"] = str(target)
 
 
-def remote_batch(manifest_rows: list[dict], base: Path, server: str, key: str, *, out: Path | None,
+def remote_batch(manifest_rows: "list[BatchRow]", server: str, key: str, *, out: Path | None,
                  progress: Callable, kind: str = "run", options: dict | None = None, name: str = "",
                  poll: float = 1.0) -> list[dict]:
-    """The whole client flow; returns one summary entry per row (status done / failed)."""
+    """The whole client flow over `portrait.batch.read_manifest`'s rows (safe, unique names); one
+    summary entry per row: status done / partial / failed, as a local batch reports them."""
     client = ApiClient(server, key)
-    rows = []
-    for i, r in enumerate(manifest_rows):
-        photos = Path(r["photos"]).expanduser()
-        rows.append(Row(name=(r.get("name") or "").strip() or f"row{i + 1:03d}",
-                        photos=photos if photos.is_absolute() else base / photos,
-                        templates=[t.strip() for t in (r.get("templates") or "").split(";") if t.strip()]))
+    rows = [Row(name=r.name, photos=Path(r.photos), templates=list(r.templates)) for r in manifest_rows]
     # Retries of this run's requests are idempotent; running the manifest again is a new batch.
-    run_key = _key(str(base.resolve()), json.dumps(manifest_rows, sort_keys=True), uuid.uuid4().hex)
+    run_key = _key(server, json.dumps([[r.name, str(r.photos)] for r in rows]), uuid.uuid4().hex)
     upload_rows(client, rows, run_key, progress)
     ready = [r for r in rows if r.error is None]
     if ready:
@@ -218,9 +217,12 @@ def _summary(row: Row) -> dict:
     if row.error:
         entry.update(status="failed", **row.error)
     elif row.job:
-        ok = row.job["state"] == "succeeded"
-        entry.update(status="done" if ok else "failed", job_id=row.job["id"], state=row.job["state"],
-                     results=row.job.get("results", []), error=row.job.get("error"))
+        results = row.job.get("results", [])
+        made = {r.get("template") for r in results}
+        status = "failed" if row.job["state"] != "succeeded" or not results else (
+            "done" if all(t in made for t in row.job.get("templates", [])) else "partial")
+        entry.update(status=status, job_id=row.job["id"], state=row.job["state"], results=results,
+                     error=row.job.get("error"))
         if row.job.get("results"):
             entry["best"] = row.job["results"][0]
     return entry
