@@ -150,11 +150,14 @@ def _parse_slots(values: tuple[str, ...]) -> dict[int, Path]:
 @click.option("--server", default=None, metavar="URL", help="Run the batch on a portrait server instead of here.")
 @click.option("--key", default=None, envvar="PORTRAIT_API_KEY", metavar="KEY",
               help="The server's API key (or $PORTRAIT_API_KEY).")
+@click.option("--resume", is_flag=True,
+              help="Skip rows whose OUT/NAME/result.json is complete (a portrait for each template): rerun an "
+              "interrupted batch.")
 @run_options
 @json_option
 @handle_errors
-def batch_command(manifest: Path, out: Path | None, server: str | None, key: str | None, as_json: bool,
-                  **options) -> None:
+def batch_command(manifest: Path, out: Path | None, server: str | None, key: str | None, resume: bool,
+                  as_json: bool, **options) -> None:
     """Run every row of MANIFEST.csv (columns: photos, templates, name); one failing row never stops the rest.
 
     Each row's name becomes a folder inside OUT (made safe: no separators, no '..'). Every row is checked
@@ -166,13 +169,15 @@ def batch_command(manifest: Path, out: Path | None, server: str | None, key: str
     from ..batch import exit_code
 
     if server:
+        if resume:
+            raise ConfigError("--resume is for a local batch (a server batch runs each row once)")
         return _remote_batch(manifest, out, server, key, as_json, options)
     if out is None:
         raise ConfigError("--out is required (or --server URL --key KEY to run the batch on a server)")
 
     config = config_from_options(options)
     with progress_bar(not as_json) as progress:
-        result = jobs.batch(manifest, out, config, progress=progress)
+        result = jobs.batch(manifest, out, config, progress=progress, resume=resume)
     summary = result.rows
     if as_json:
         print_json(summary)
@@ -181,7 +186,7 @@ def batch_command(manifest: Path, out: Path | None, server: str | None, key: str
             tail = f"best distance {e['best']['distance']}" if e.get("best") else e.get("message", "")
             if e.get("failed_templates"):
                 tail += f"; failed: {', '.join(e['failed_templates'])}"
-            click.echo(f"{e['name']}: {e['status']} {tail}")
+            click.echo(f"{e['name']}: {e['status']}{' (already done)' if e.get('resumed') else ''} {tail}")
         click.echo(f"summary: {out / 'batch.json'}")
     raise SystemExit(exit_code([e["status"] for e in summary]))
 
