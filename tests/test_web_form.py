@@ -173,3 +173,18 @@ def test_operator_password_gate(tmp_path, browser):
         page.fill('input[name="secret"]', "s3cret")
         page.click('button[type="submit"]')
         assert page.query_selector("#start") is not None
+
+
+def test_cancel_from_the_status_page(tmp_path, browser, samples):
+    """No worker runs here, so the job waits in the queue until the visitor cancels it."""
+    app = make_app(tmp_path / "data", web_refresh_seconds=30)
+    with live_server(app) as url:
+        page = browser.new_context(java_script_enabled=False).new_page()
+        page.goto(url + "/")
+        page.set_input_files("#photos-input", [str(p) for p in samples[:5]])
+        page.click("#start")
+        assert page.get_attribute("#job", "data-state") == "queued"
+        assert "Jobs ahead of yours: 0" in page.inner_text("#job")
+        page.click("#cancel")
+        assert page.get_attribute("#job", "data-state") == "cancelled"
+        assert page.query_selector('meta[http-equiv="refresh"]') is None

@@ -217,6 +217,14 @@ def job_page(job_id):
     return render_template("web/job.html", job=job, photos=photos, refresh=front().web_refresh_seconds)
 
 
+@bp.route("/jobs/<job_id>/cancel", methods=["POST"])
+def cancel(job_id):
+    """Stop this visitor's job (queued: at once; running: at its next step); no other job is touched."""
+    _mine("jobs", job_id)
+    svc().cancel_job(visitor_tenant(), job_id)
+    return redirect(url_for("web.job_page", job_id=job_id), code=303)
+
+
 def _result_file(job: dict, result_id: str):
     if result_id not in {r["id"] for r in job["results"]}:
         raise NotFound(f"result {result_id[:64]} not found")
