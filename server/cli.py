@@ -134,20 +134,13 @@ def worker(data_dir: Optional[str], device: str, max_jobs: Optional[int], idle_e
 
 
 def _celery_worker(w, settings) -> None:
-    import threading
-
     from .queue.celery_app import make_celery, set_runner
 
     app = make_celery(settings)
     set_runner(w.run_claimed)
     w.register()
     w.maintenance(force=True)
-
-    def _maintain():  # reap dead leases (and republish), webhooks, retention while idle too
-        while not w.stop_event.wait(2.0):
-            w.maintenance()
-
-    threading.Thread(target=_maintain, name="maintenance", daemon=True).start()
+    w.start_maintenance()  # reap dead leases (and republish them), webhooks, retention
     try:
         app.worker_main(["worker", "--pool=solo", "--concurrency=1", "--prefetch-multiplier=1",
                          "--without-gossip", "--without-mingle", "--without-heartbeat",

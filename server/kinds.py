@@ -11,7 +11,7 @@ import importlib
 import time
 from typing import Any, Mapping
 
-from portrait.errors import ConfigError, PortraitError
+from portrait.errors import Cancelled, ConfigError, PortraitError
 
 PUBLIC_KINDS = ("preprocess", "train", "embed", "generate", "run")
 INTERNAL_KINDS = ("_empty", "_sleep")
@@ -69,7 +69,7 @@ def run_internal(kind: str, options: dict, out_dir, *, progress=None, cancel=Non
     steps, seconds = options["steps"], options["seconds"]
     for i in range(steps):
         if cancel is not None and cancel.is_set():
-            raise _cancelled()
+            raise Cancelled("cancelled")
         if progress is not None:
             progress("sleep", i, steps)
         time.sleep(seconds / steps)
@@ -80,12 +80,3 @@ def run_internal(kind: str, options: dict, out_dir, *, progress=None, cancel=Non
     with open(log, "a") as fh:
         fh.write("end\n")
     return {"kind": kind, "steps": steps}
-
-
-def _cancelled() -> Exception:
-    try:
-        from portrait.errors import Cancelled  # the job layer's (issue 9)
-    except ImportError:  # pragma: no cover - before the job layer lands
-        class Cancelled(PortraitError):  # type: ignore[no-redef]
-            code = "cancelled"
-    return Cancelled("cancelled")

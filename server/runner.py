@@ -5,6 +5,7 @@ job's Result into Result rows and the photos' verdicts (report.json)."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -17,8 +18,10 @@ from .db.models import Identity, Job, Photo
 from .queue.lease import Claimed
 
 
-def run(service, job: Claimed, out_dir: Path, *, device: str = "cpu", progress=None, cancel=None) -> dict:
-    """Run the job; its result as a dict (the job layer's Result.to_dict())."""
+def run(service, job: Claimed, out_dir: Path, *, device: str = "cpu", progress=None, cancel=None,
+        pool=None) -> dict:
+    """Run the job; its result as a dict (the job layer's Result.to_dict()). `pool`: the worker's
+    preprocess.workers.WorkerPool (analysis processes kept, with their face models, between jobs)."""
     if job.kind in job_kinds.INTERNAL_KINDS:
         opts = job_kinds.config_for(job.kind, job.options)
         return job_kinds.run_internal(job.kind, opts, out_dir, progress=progress, cancel=cancel)
@@ -28,11 +31,15 @@ def run(service, job: Claimed, out_dir: Path, *, device: str = "cpu", progress=N
     photos = storage.photos_dir(job.tenant_id, job.identity_id)
     kw = {"progress": progress, "cancel": cancel}
     if job.kind == "preprocess":
-        result = jobs.preprocess(photos, out_dir, config, **kw)
+        result = jobs.preprocess(photos, out_dir, config, **kw, **_pool(jobs.preprocess, pool))
+        if getattr(result, "ok", True) is False:  # too few usable photos: a user error, with every verdict
+            from portrait.errors import NotEnoughPhotosError
+
+            raise NotEnoughPhotosError(result.message)
     elif job.kind == "embed":
-        result = jobs.embed(photos, out_dir, config, **kw)
+        result = jobs.embed(photos, out_dir, config, **kw, **_pool(jobs.embed, pool))
     elif job.kind == "run":
-        result = jobs.run(photos, list(job.templates), out_dir, config, **kw)
+        result = jobs.run(photos, list(job.templates), out_dir, config, **kw, **_pool(jobs.run, pool))
     elif job.kind == "train":
         with service.db.session() as s:
             src = service._trainset_job(s, job.identity_id)
@@ -46,6 +53,10 @@ def run(service, job: Claimed, out_dir: Path, *, device: str = "cpu", progress=N
     else:  # validated at submit; a bug otherwise
         raise ValueError(f"unknown job kind {job.kind}")
     return result.to_dict() if hasattr(result, "to_dict") else dict(result)
+
+
+def _pool(fn, pool) -> dict:
+    return {"pool": pool} if pool is not None and "pool" in inspect.signature(fn).parameters else {}
 
 
 def _with_device(kind: str, options: dict, device: str) -> dict:

@@ -43,6 +43,10 @@ PRIORITY_RANGE = (-10, 10)
 BATCH_PRIORITY = -1  # a studio's batch waits behind interactive jobs (priority 0)
 MAX_BATCH_ROWS = 500
 _TEMPLATE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+# Options the server sets (paths on its disk, devices, processes, limits), refused from requests.
+SERVER_OWNED_OPTIONS = frozenset({"models_dir", "device", "dtype", "reference", "identity", "file_name",
+                                  "workers", "max_pixels", "max_bytes", "out", "out_dir"})
 _FORMAT_EXT = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "HEIF": ".heic", "AVIF": ".avif",
                "BMP": ".bmp", "TIFF": ".tif"}
 
@@ -408,6 +412,7 @@ class Service:
             self._identity_artefact(s, identity_id)
         if kind == "train":
             self._trainset_job(s, identity_id)
+        self.check_options(options)
         try:
             job_kinds.config_for(kind, options)
         except ConfigError as exc:
@@ -416,6 +421,22 @@ class Service:
             raise BadRequest(str(exc), code=exc.code, details={"field": "options"}) from exc
         return {"kind": kind, "identity_id": identity_id, "templates": list(templates), "options": dict(options),
                 "priority": priority, "webhook_url": webhook_url or None}
+
+    def check_options(self, options: dict, where: str = "options") -> None:
+        """Options name no server path and no hardware: those are the server's (models, devices,
+        worker processes, limits). Model and template references are names, never paths."""
+        for key, value in options.items():
+            if key in SERVER_OWNED_OPTIONS:
+                raise BadRequest(f"option '{where}.{key}' is set by the server, not by a request",
+                                 code="bad_options", details={"field": f"{where}.{key}"})
+            if isinstance(value, dict):
+                self.check_options(value, f"{where}.{key}")
+            elif key == "base_model" and isinstance(value, str) and not _MODEL_NAME.match(value):
+                raise BadRequest(f"option '{where}.base_model' must be a model name from the server's manifest, "
+                                 f"got {value[:80]!r}", code="bad_options", details={"field": f"{where}.{key}"})
+            elif key == "templates" and isinstance(value, list):
+                for name in value:
+                    self.check_template(str(name))
 
     def check_template(self, name: str) -> None:
         """A template is named (never a path) and must exist on the server's search path."""
@@ -576,7 +597,7 @@ class Service:
     # -- batches ---------------------------------------------------------------------------------
     def submit_batch(self, tenant: "TenantInfo | str", rows: list, *, name: str = "",
                      priority: int = BATCH_PRIORITY, idempotency_key: Optional[str] = None,
-                     webhook_url: Optional[str] = None) -> dict:
+                     webhook_url: Optional[str] = None, internal: bool = False) -> dict:
         """One job per row (`{"kind"="run", "identity_id", "templates", "options"}`) under one batch id.
         Every row is validated first: one bad row is a 400 naming it, and nothing is queued."""
         tenant_id = _tid(tenant)
@@ -601,7 +622,8 @@ class Service:
                 try:
                     checked.append(self.validate_job(s, tenant_id, row.get("kind", "run"), row.get("identity_id"),
                                                      row.get("templates"), row.get("options"),
-                                                     row.get("priority", priority), webhook_url))
+                                                     row.get("priority", priority), webhook_url,
+                                                     internal=internal))
                 except ServiceError as exc:
                     exc.details = {"row": i, **exc.details}
                     exc.message = f"row {i}: {exc.message}"

@@ -32,6 +32,7 @@ class Settings:
     retention_days: float = 30.0  # default per-tenant TTL of photos, identities and results
     poll_interval: float = 0.05  # an idle embedded worker looks for queued jobs this often
     visibility_timeout: int = 6 * 3600  # Celery/Redis: above the longest training job
+    redispatch_seconds: float = 900.0  # Celery: a job queued this long untouched is published again
     webhook_attempts: int = 5
     webhook_backoff: float = 2.0  # seconds before the first retry, doubled after each
     queue_name: str = "portrait"
@@ -75,7 +76,7 @@ class Settings:
                      "tenant_concurrency", "max_attempts", "webhook_attempts"):
             if getattr(self, name) < 1:
                 raise BadSettings(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("lease_seconds", "retention_days", "poll_interval"):
+        for name in ("lease_seconds", "retention_days", "poll_interval", "redispatch_seconds"):
             if getattr(self, name) <= 0:
                 raise BadSettings(f"{name} must be positive, got {getattr(self, name)}")
         if self.broker_url and not self.broker_url.startswith(("redis://", "rediss://", "memory://")):

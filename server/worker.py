@@ -21,9 +21,9 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from portrait.errors import PortraitError
 
@@ -37,6 +37,7 @@ from .settings import Settings
 log = logging.getLogger("portrait.worker")
 MAINTENANCE_SECONDS = 2.0
 RETENTION_SECONDS = 600.0
+STALE_WORKER_SECONDS = 3600.0
 PROGRESS_SECONDS = 1.0  # a running job's progress reaches the row at least this often
 
 
@@ -44,7 +45,7 @@ class ProgressTracker:
     """The job layer's progress(stage, done, total) → the job's stage, overall 0..1 fraction (via
     `portrait.jobs.OverallProgress` for public kinds), and per-stage durations."""
 
-    def __init__(self, kind: str, fraction: Optional[Callable[[str, int, int], float]] = None):
+    def __init__(self, kind: str, fraction=None):
         self.kind = kind
         self._fraction = fraction
         self.stage: Optional[str] = None
@@ -63,7 +64,8 @@ class ProgressTracker:
                 self._stage_started = t
                 self.changed.set()  # a new stage is written at once
             if self._fraction is not None:
-                p = float(self._fraction(stage, done, total))
+                self._fraction(stage, done, total)
+                p = float(self._fraction.fraction)
             else:
                 p = done / total if total else 0.0
             self.progress = max(self.progress, min(max(p, 0.0), 1.0))
@@ -79,27 +81,16 @@ class ProgressTracker:
             return dict(self.timings)
 
 
-def overall_progress(kind: str) -> Optional[Callable[[str, int, int], float]]:
-    """A (stage, done, total) → 0..1 function from the job layer, when it has one for `kind`."""
+def overall_progress(kind: str):
+    """The job layer's OverallProgress for `kind` (a callable keeping `.fraction` and `.stage`)."""
     try:
         from portrait.jobs import OverallProgress
-    except ImportError:
+    except ImportError:  # pragma: no cover - the job layer is part of the library
         return None
     try:
-        op = OverallProgress(kind)
-    except TypeError:
-        op = OverallProgress()
-    for name in ("update", "__call__"):
-        fn = getattr(op, name, None)
-        if callable(fn):
-            def fraction(stage, done, total, _fn=fn, _op=op):
-                v = _fn(stage, done, total)
-                if v is None:
-                    v = getattr(_op, "fraction", getattr(_op, "value", 0.0))
-                    v = v() if callable(v) else v
-                return float(v)
-            return fraction
-    return None
+        return OverallProgress(kind)
+    except ValueError:
+        return None
 
 
 class Worker:
@@ -114,9 +105,28 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.stop_event = threading.Event()
         self._last_maintenance = 0.0
+        self._last_redispatch = 0.0
+        self._maintenance_lock = threading.Lock()
         self._last_retention = 0.0
         self._current: Optional[str] = None
+        self._pool = None
         self.jobs_done = 0
+
+    def _analysis_pool(self, kind: str):
+        """The preprocess analysis processes (face models loaded once), created at the first job that
+        analyses photos and kept for the worker's life."""
+        if kind not in ("preprocess", "embed", "run"):
+            return None
+        if self._pool is None:
+            from preprocess.workers import WorkerPool
+
+            self._pool = WorkerPool(2)
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def register(self) -> None:
@@ -137,12 +147,27 @@ class Worker:
             s.execute(update(WorkerRow).where(WorkerRow.id == self.id).values(
                 heartbeat_at=now(), job_id=self._current, jobs_done=self.jobs_done))
 
+    def start_maintenance(self) -> threading.Thread:
+        """Maintenance every MAINTENANCE_SECONDS in a background thread, also while a long job runs
+        (webhook retries, reaping other workers' dead leases, retention, this worker's heartbeat)."""
+        def loop():
+            while not self.stop_event.wait(MAINTENANCE_SECONDS):
+                self.maintenance()
+
+        th = threading.Thread(target=loop, name="maintenance", daemon=True)
+        th.start()
+        return th
+
     def maintenance(self, force: bool = False) -> None:
         """Reap dead leases (Celery: publish the requeued ids again), webhooks, retention, own heartbeat."""
-        t = time.monotonic()
-        if not force and t - self._last_maintenance < MAINTENANCE_SECONDS:
-            return
-        self._last_maintenance = t
+        with self._maintenance_lock:
+            t = time.monotonic()
+            if not force and t - self._last_maintenance < MAINTENANCE_SECONDS / 2:
+                return
+            self._last_maintenance = t
+            self._maintain(t, force)
+
+    def _maintain(self, t: float, force: bool) -> None:
         try:
             requeued, ended = lease.reap(self.db)
             if requeued or ended:
@@ -151,12 +176,20 @@ class Worker:
                 with self.db.session() as s:
                     prio = dict(s.execute(select(Job.id, Job.priority).where(Job.id.in_(requeued))).all())
                 self.service.dispatcher.publish([(j, prio.get(j, 0)) for j in requeued])
+            if self.mode == "celery" and (force or t - self._last_redispatch > self.settings.redispatch_seconds / 4):
+                self._last_redispatch = t
+                again = lease.stale_queued(self.db, self.settings.redispatch_seconds)
+                if again:
+                    log.warning("queued jobs published again", extra={"jobs": len(again), "worker": self.id})
+                    self.service.dispatcher.publish(again)
             webhooks.deliver_due(self.db, max_attempts=self.settings.webhook_attempts,
                                  backoff=self.settings.webhook_backoff)
             if force or t - self._last_retention > RETENTION_SECONDS:
                 self._last_retention = t
                 retention.apply_retention(self.service)
             self._beat_row()
+            with self.db.session(immediate=True) as s:  # workers gone for an hour leave /metrics
+                s.execute(delete(WorkerRow).where(WorkerRow.heartbeat_at < now() - STALE_WORKER_SECONDS))
         except Exception:  # the database may be briefly away: log, keep serving
             log.exception("maintenance failed", extra={"worker": self.id})
 
@@ -165,10 +198,10 @@ class Worker:
         """Claim and run jobs until stopped (or `max_jobs` done, or idle for `idle_exit` seconds)."""
         self.register()
         self.maintenance(force=True)
+        self.start_maintenance()
         idle_since = time.monotonic()
         try:
             while not self.stop_event.is_set():
-                self.maintenance()
                 claimed = lease.claim_next(self.db, self.id, lease_seconds=self.settings.lease_seconds,
                                            tenant_concurrency=self.settings.tenant_concurrency)
                 if claimed is None:
@@ -181,13 +214,15 @@ class Worker:
                 if max_jobs is not None and self.jobs_done >= max_jobs:
                     break
         finally:
+            self.stop_event.set()  # ends the maintenance thread
+            self.maintenance(force=True)  # this worker's own webhooks go out before it exits
             self.unregister()
+            self.close()
         return self.jobs_done
 
     # -- celery ----------------------------------------------------------------------------------
     def run_claimed(self, job_id: str) -> None:
         """A Celery delivery: claim that job's row and run it, or drop a duplicate."""
-        self.maintenance()
         claimed = lease.claim_job(self.db, job_id, self.id, lease_seconds=self.settings.lease_seconds)
         if claimed is None:
             log.info("delivery dropped (job finished or held by a live lease)", extra={"job": job_id,
@@ -215,7 +250,8 @@ class Worker:
         hb.start()
         state, result, error = "failed", None, None
         try:
-            result = runner.run(self.service, job, out_dir, device=self.device, progress=tracker, cancel=cancel)
+            result = runner.run(self.service, job, out_dir, device=self.device, progress=tracker, cancel=cancel,
+                                pool=self._analysis_pool(job.kind))
             state = "succeeded"
         except PortraitError as exc:
             d = exc.to_dict()
@@ -235,8 +271,6 @@ class Worker:
             log.warning("lease lost: result discarded", extra=ctx)
             self._current = None
             return "lost"
-        if state == "cancelled" and cancel.is_set() and error and not error.get("message"):
-            error["message"] = "cancelled"
         rows = runner.output_rows(out_dir, result) if state == "succeeded" else []
 
         def on_finish(s, row: Job) -> None:

@@ -61,6 +61,27 @@ def test_celery_workers_on_redis_share_the_queue_and_survive_sigkill(tmp_path):
         assert len(_events(logs, more[0]["id"], "delivery dropped (job finished or held by a live lease)")) == 2
 
 
+def test_celery_jobs_survive_a_broker_that_lost_its_messages(tmp_path):
+    """The job row is the truth: Redis restarted empty (FLUSHALL) loses no queued job."""
+    import redis
+
+    with redis_server(tmp_path / "redis") as url:
+        cfg = {"broker_url": url, "lease_seconds": 3.0, "redispatch_seconds": 2.0}
+        svc = Service(Settings.load({"data_dir": tmp_path / "data", **cfg}, env={}))
+        t, _ = svc.create_tenant("fleet")
+        jobs = [svc.submit_job(t["id"], "_sleep", options={"seconds": 0.1, "steps": 1}, internal=True)["id"]
+                for _ in range(3)]
+        redis.Redis.from_url(url).flushall()  # every message gone, no worker ever saw them
+        worker = start_worker(svc.settings.data_dir, tmp_path / "w.log", **cfg)
+        try:
+            wait_for(lambda: all(svc.get_job(t["id"], j)["state"] == "succeeded" for j in jobs), 90,
+                     "the jobs to be published again and run")
+        finally:
+            stop([worker])
+        for j in jobs:
+            assert runs(svc.storage.job_dir(t["id"], j)) == (1, 1)
+
+
 def test_postgres_migrations_and_skip_locked_claims_over_200_jobs(tmp_path):
     with postgres_server(tmp_path / "pg") as url:
         db = Database(url)

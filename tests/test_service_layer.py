@@ -278,3 +278,82 @@ def test_tenant_commands(tmp_path):
     assert run("revoke", key[:10]).returncode == 0
     with pytest.raises(Unauthorized):
         svc.authenticate(key)
+
+
+def test_worker_runs_a_real_preprocess_job_and_the_verdicts_reach_the_photos(tmp_path):
+    """The sample photos (8 of one person, Grace Hopper, an exact copy) through a real preprocess job
+    on the worker: the photo rows get report.json's verdicts and the reference; progress ends at 1."""
+    from portrait.samples import write_sample_photos
+
+    svc = make_service(tmp_path)
+    t, _ = svc.create_tenant("acme")
+    ident = svc.create_identity(t["id"], "astronaut")
+    by_id = {}
+    for path in write_sample_photos(tmp_path / "samples"):
+        p = svc.add_photo(t["id"], ident["id"], path.name, path.read_bytes())
+        by_id[p["id"]] = path.name
+    job = svc.submit_job(t["id"], "preprocess", ident["id"], options={"top_k": 6})
+    assert job["state"] == "queued"
+    w = Worker(svc.settings, service=svc)
+    assert w.run_forever(max_jobs=1) == 1
+    done = svc.get_job(t["id"], job["id"])
+    assert done["state"] == "succeeded", done["error"]
+    assert done["progress"] == 1.0 and done["attempts"] == 1 and "analyse" in done["timings"]
+    photos = {by_id[p["id"]]: p for p in svc.get_identity(t["id"], ident["id"])["photos"]}
+    rejected = {name: p["reasons"] for name, p in photos.items() if not p["accepted"]}
+    assert "different_person" in sum(rejected.values(), [])
+    assert "duplicate" in sum(rejected.values(), [])
+    refs = [name for name, p in photos.items() if p["reference"]]
+    assert len(refs) == 1 and photos[refs[0]]["accepted"]
+    assert svc.get_identity(t["id"], ident["id"])["reference_photo_id"] is not None
+    report = svc.job_report(t["id"], job["id"])
+    assert len(report["photos"]) == len(photos)
+    assert str(tmp_path) not in json.dumps(svc.get_job(t["id"], job["id"]))  # no server paths leak
+
+
+@pytest.mark.parametrize("kind,templates,options,field", [
+    ("preprocess", [], {"models_dir": "/etc"}, "options.models_dir"),
+    ("preprocess", [], {"face": {"device": "cuda:7"}}, "options.face.device"),
+    ("run", ["studio-grey"], {"base_model": "../../secrets/model.safetensors"}, "options.base_model"),
+    ("run", ["studio-grey"], {"identity": "/data/other-tenant/identity.safetensors"}, "options.identity"),
+    ("preprocess", [], {"bogus": 1}, "options"),
+    ("run", ["studio-grey"], {"variants": 99}, "options"),
+    ("run", ["../templates/studio-grey"], {}, None),
+    ("run", ["no-such-template"], {}, None),
+    ("run", [], {}, "templates"),
+])
+def test_bad_job_requests_are_refused_before_anything_is_queued(tmp_path, kind, templates, options, field):
+    from server.errors import BadRequest
+
+    svc = make_service(tmp_path)
+    t, _ = svc.create_tenant("acme")
+    ident = svc.create_identity(t["id"], "me")
+    svc.add_photo(t["id"], ident["id"], "a.jpg", jpeg())
+    with pytest.raises(BadRequest) as err:
+        svc.submit_job(t["id"], kind, ident["id"], templates, options)
+    status, body = error_response(err.value)
+    assert status == 400 and body["error"]["message"]
+    if field:
+        assert body["error"]["details"].get("field") == field
+    else:
+        assert body["error"]["code"] == "bad_template"
+    assert svc.list_jobs(t["id"])["items"] == []
+
+
+def test_the_library_never_imports_the_server():
+    """Layers run one way: `portrait` and `preprocess` never import `server` (its commands reach the
+    CLI through the `portrait.commands` entry point)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for pkg in ("portrait", "preprocess"):
+        for path in (root / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+                offenders += [f"{path.relative_to(root)}: {n}" for n in names if n == "server" or n.startswith("server.")]
+    assert offenders == []
+    from importlib.metadata import entry_points
+
+    assert "server.cli:register" in {e.value for e in entry_points(group="portrait.commands")}

@@ -15,6 +15,7 @@ from server.errors import QueueFull, error_response
 from server.queue import lease
 from server.service import Service
 from server.settings import Settings
+from server.worker import Worker
 
 # A dead worker's job is retried once its lease runs out; long enough that a live worker on a busy
 # 2-core CI machine always renews in time (it heartbeats every lease / 4).
@@ -230,3 +231,36 @@ def test_two_workers_drain_jobs_submitted_while_they_run(tmp_path):
     rows = [svc.get_job(t["id"], j) for j in first + rest]
     assert all(r["state"] == "succeeded" and r["attempts"] == 1 for r in rows)
     assert {pid_of(r["worker"]) for r in rows} == {w.pid for w in workers}
+
+
+def test_batch_rows_run_behind_interactive_jobs_and_a_failing_row_stops_no_other(tmp_path):
+    from server.errors import BadRequest
+
+    svc = make_service(tmp_path)
+    t, _ = svc.create_tenant("studio")
+    tid = t["id"]
+    with pytest.raises(BadRequest) as err:  # one bad row: a 400 naming it, nothing queued
+        svc.submit_batch(tid, [{"kind": "_empty"}, {"kind": "_sleep", "options": {"nope": 1}}], internal=True)
+    assert err.value.details["row"] == 1 and "row 1" in err.value.message
+    assert svc.list_jobs(tid)["items"] == []
+    rows = [{"kind": "_sleep", "options": {"seconds": 0.05, "steps": 1}},
+            {"kind": "_sleep", "options": {"seconds": 0.05, "steps": 1, "fail": "this customer's photos"}},
+            {"kind": "_sleep", "options": {"seconds": 0.05, "steps": 1}}]
+    batch = svc.submit_batch(tid, rows, name="saturday", internal=True, idempotency_key="b1")
+    assert svc.submit_batch(tid, rows, internal=True, idempotency_key="b1")["id"] == batch["id"]
+    interactive = svc.submit_job(tid, "_empty", internal=True)
+    assert svc.get_job(tid, interactive["id"])["queue_position"] == 0  # ahead of the batch's rows
+    assert batch["counts"]["queued"] == 3 and not batch["done"]
+    order = []
+    while (c := lease.claim_next(svc.db, "w", lease_seconds=30, tenant_concurrency=10)) is not None:
+        order.append(c.id)
+        lease.finish(svc.db, c.id, "w", "succeeded")
+    assert order[0] == interactive["id"]
+    svc2 = make_service(tmp_path)
+    t2 = svc2.submit_batch(tid, rows, internal=True)
+    Worker(svc2.settings, service=svc2).run_forever(max_jobs=3)
+    done = svc2.get_batch(tid, t2["id"])
+    assert done["done"] and done["progress"] == 1.0
+    assert done["counts"]["succeeded"] == 2 and done["counts"]["failed"] == 1
+    assert [j["state"] for j in done["jobs"]] == ["succeeded", "failed", "succeeded"]
+    assert done["jobs"][1]["error"]["message"] == "this customer's photos"

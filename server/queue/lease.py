@@ -234,3 +234,20 @@ def cancel(db: Database, tenant_id: str, job_id: str) -> Optional[str]:
         s.execute(update(Job).where(mine, Job.state == "running").values(cancel_requested=True, updated_at=t)
                   .execution_options(synchronize_session=False))
         return s.scalar(select(Job.state).where(mine))
+
+
+def stale_queued(db: Database, older_than: float, limit: int = 500) -> list[tuple[str, int]]:
+    """Queued jobs untouched for `older_than` seconds, marked as touched now: (id, priority) to publish
+    again (fleet mode: a broker that lost its messages, e.g. Redis restarted without persistence,
+    loses no job; a duplicate delivery is dropped at the claim)."""
+    t = now()
+    with db.session() as s:
+        rows = s.execute(select(Job.id, Job.priority).where(Job.state == "queued", Job.updated_at < t - older_than)
+                         .order_by(Job.priority.desc(), Job.created_at).limit(limit)).all()
+    out = []
+    for job_id, priority in rows:
+        with db.session(immediate=True) as s:
+            if s.execute(update(Job).where(Job.id == job_id, Job.state == "queued", Job.updated_at < t - older_than)
+                         .values(updated_at=t).execution_options(synchronize_session=False)).rowcount == 1:
+                out.append((job_id, priority))
+    return out
