@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from portrait.errors import PortraitError
 
-from .errors import ServiceError, error_response
+from .errors import BadSettings, ServiceError, error_response
 from .front_settings import FrontSettings
 from .settings import Settings
 
@@ -36,7 +36,14 @@ def _split_config(config: Mapping[str, Any] | None) -> tuple[dict, dict, dict]:
     service, front, flask = {}, {}, {}
     for key, value in (config or {}).items():
         low = key.lower()
-        (service if low in service_keys else front if low in front_keys else flask)[key if key.isupper() else low] = value
+        if low in service_keys:
+            service[low] = value
+        elif low in front_keys:
+            front[low] = value
+        elif key.isupper():
+            flask[key] = value
+        else:
+            raise BadSettings(f"unknown setting {key!r} (settings: {', '.join(sorted(service_keys | front_keys))})")
     return service, front, flask
 
 

@@ -25,7 +25,6 @@ class FrontSettings:
     web_auth: str = "none"  # none | password | key: what the web form asks before it is used
     web_password: str = ""
     web_refresh_seconds: int = 2  # the no-JavaScript status page refreshes itself this often
-    idempotency_hours: float = 24.0  # an Idempotency-Key is remembered this long
 
     @classmethod
     def field_names(cls) -> set[str]:

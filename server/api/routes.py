@@ -16,6 +16,8 @@ from . import schemas as s
 from .present import with_label
 from .templates_info import template_list, thumbnail_path
 
+SSE_KEEPALIVE = 15.0  # seconds without news before a comment line keeps an event stream alive
+
 blp = Blueprint("api", __name__, url_prefix="/api/v1", description="portrait REST API")
 
 ERRORS = {"description": 'an error: {"error": {"code", "message", "details"}}', "content": {
@@ -253,12 +255,16 @@ def job_events(job_id):
 
     def stream():
         last, job, start = None, first, time.monotonic()
+        quiet_since = start
         while True:
             snapshot = json.dumps(job, sort_keys=True)
             ended = job["state"] in ("succeeded", "failed", "cancelled")
             if snapshot != last:
                 yield f"event: {'end' if ended else 'progress'}\ndata: {snapshot}\n\n"
-                last = snapshot
+                last, quiet_since = snapshot, time.monotonic()
+            elif time.monotonic() - quiet_since > SSE_KEEPALIVE:  # proxies keep it open; a gone client is noticed
+                yield ": keep-alive\n\n"
+                quiet_since = time.monotonic()
             if ended or time.monotonic() - start > limit:
                 return
             time.sleep(poll)
