@@ -10,11 +10,12 @@ import logging
 from typing import Any, Mapping
 
 from flask import Flask, g, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
 from portrait.errors import PortraitError
 
-from .errors import ServiceError, error_response
+from .errors import BadSettings, ServiceError, error_response
 from .front_settings import FrontSettings
 from .settings import Settings
 
@@ -35,7 +36,14 @@ def _split_config(config: Mapping[str, Any] | None) -> tuple[dict, dict, dict]:
     service, front, flask = {}, {}, {}
     for key, value in (config or {}).items():
         low = key.lower()
-        (service if low in service_keys else front if low in front_keys else flask)[key if key.isupper() else low] = value
+        if low in service_keys:
+            service[low] = value
+        elif low in front_keys:
+            front[low] = value
+        elif key.isupper():
+            flask[key] = value
+        else:
+            raise BadSettings(f"unknown setting {key!r} (settings: {', '.join(sorted(service_keys | front_keys))})")
     return service, front, flask
 
 
@@ -113,6 +121,8 @@ def _register_error_handlers(app: Flask) -> None:
             limit = app.config.get("MAX_CONTENT_LENGTH")
             message = f"the request body is larger than {limit} bytes" if limit else message
         code = HTTP_CODES.get(status, "http_error" if status < 500 else "internal")
+        if isinstance(exc, CSRFError):
+            code = "csrf_failed"
         if status == 422:  # a body or query that fails its schema: a bad request naming the field
             status, code, message = 400, "invalid", "invalid request: " + _flatten(details.get("fields"))
         response = error_body(status, code, message, details)

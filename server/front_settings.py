@@ -15,7 +15,7 @@ WEB_AUTH_MODES = ("none", "password", "key")
 
 @dataclass(frozen=True)
 class FrontSettings:
-    rate_limit: str = "600 per minute"  # requests per API key (or per address without one)
+    rate_limit: str = "3000 per minute"  # requests per API key (or per address without one): 50/s
     rate_limit_storage_url: str = ""  # "" = memory:// on one machine, the broker's Redis in fleet mode
     signed_url_seconds: int = 3600  # life of a signed result URL (a mini-program <image src>)
     max_request_bytes: int = 0  # one request body; 0 = 10 photos at max_upload_bytes
@@ -25,7 +25,6 @@ class FrontSettings:
     web_auth: str = "none"  # none | password | key: what the web form asks before it is used
     web_password: str = ""
     web_refresh_seconds: int = 2  # the no-JavaScript status page refreshes itself this often
-    idempotency_hours: float = 24.0  # an Idempotency-Key is remembered this long
 
     @classmethod
     def field_names(cls) -> set[str]:

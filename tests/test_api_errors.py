@@ -236,3 +236,18 @@ def test_unknown_routes_and_methods_answer_json(app):
     a = Tenant(app, "a")
     assert_error(a.c.get("/api/v1/nope", headers=a.h), 404, "not_found")
     assert_error(a.c.put("/api/v1/identities", headers=a.h), 405, "method_not_allowed")
+
+
+def test_rate_limit_is_counted_in_redis_across_server_processes(tmp_path):
+    """Fleet mode: two server processes (two apps) share one count per key through a real redis-server."""
+    from helpers_fleet import redis_server
+
+    with redis_server(tmp_path) as redis_url:
+        apps = [make_app(tmp_path / "data", rate_limit="4 per minute", rate_limit_storage_url=redis_url)
+                for _ in range(2)]
+        key = new_key(apps[0], "a")
+        one, two = (app.test_client() for app in apps)
+        for client in (one, two, one, two):
+            assert client.get("/api/v1/identities", headers=auth(key)).status_code == 200
+        assert_error(two.get("/api/v1/identities", headers=auth(key)), 429, "rate_limited")
+        assert_error(one.get("/api/v1/identities", headers=auth(key)), 429, "rate_limited")

@@ -6,6 +6,9 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
@@ -109,3 +112,54 @@ def test_whole_api_flow(tmp_path, samples):
         assert db.execute(f"SELECT count(*) FROM {table} WHERE {column} = ?", (iid,)).fetchone()[0] == 0, table
     assert db.execute("SELECT count(*) FROM results").fetchone()[0] == 0
     db.close()
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    got: list = []
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).got.append((dict(self.headers), body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_events_follow_a_running_job_and_the_tenant_webhook_fires(tmp_path, samples):
+    from server.webhooks import verify
+
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    data = tmp_path / "data"
+    app = make_app(data)
+    h = auth(new_key(app, "app"))
+    c = app.test_client()
+    hook = f"http://127.0.0.1:{receiver.server_port}/hook"
+    r = c.patch("/api/v1/tenant", json={"webhook_url": hook}, headers=h)
+    assert r.status_code == 200 and r.get_json()["webhook_url"] == hook
+    secret = c.get("/api/v1/tenant", headers=h).get_json()["webhook_secret"]
+    iid = c.post("/api/v1/identities", json={"name": "e"}, headers=h).get_json()["id"]
+    c.post(f"/api/v1/identities/{iid}/photos", data={"photos": _files(samples[:6])}, headers=h)
+    job = c.post("/api/v1/jobs", headers=h, json={"identity_id": iid, "templates": ["classic-bw"],
+                                                  "options": {"variants": 1, "min_photos": 3}}).get_json()
+    with worker_process(data):
+        stream = c.get(f"/api/v1/jobs/{job['id']}/events", headers=h)  # streams until the job ends
+        events = [e for e in stream.get_data(as_text=True).split("\n\n") if e.strip() and not e.startswith(":")]
+        deadline = time.monotonic() + 120
+        while not _Receiver.got and time.monotonic() < deadline:  # the worker's next maintenance round
+            time.sleep(0.2)
+    kinds = [e.split("\n")[0] for e in events]
+    states = [json.loads(e.split("data: ", 1)[1]) for e in events]
+    assert kinds[-1] == "event: end" and set(kinds[:-1]) == {"event: progress"} and len(kinds) >= 3
+    assert states[-1]["state"] == "succeeded" and states[-1]["results"]
+    progress = [s["progress"] for s in states]
+    assert progress == sorted(progress) and len(set(progress)) >= 3
+    assert any(s["state"] == "running" and s["label"] not in ("waiting in the queue", "done") for s in states)
+    (headers, body), = _Receiver.got
+    assert verify(secret, body, headers["X-Portrait-Signature"])
+    payload = json.loads(body)
+    assert payload["event"] == "job.succeeded" and payload["job"]["id"] == job["id"]
+    assert headers["X-Portrait-Event"] == "job.succeeded"
+    receiver.shutdown()

@@ -63,7 +63,8 @@ def test_schemathesis_finds_no_server_error(tmp_path):
     tail = proc.stdout[-6000:] + proc.stderr[-2000:]
     assert proc.returncode == 0, tail
     assert "Server error" not in proc.stdout, tail
-    ops = sum(len(m) for m in app.test_client().get("/api/v1/openapi.json").get_json()["paths"].values())
+    paths = app.test_client().get("/api/v1/openapi.json").get_json()["paths"].values()
+    ops = sum(1 for item in paths for method in item if method in ("get", "post", "put", "patch", "delete"))
     assert re.search(rf"Tested: {ops}\b", proc.stdout), tail  # every operation was exercised
     generated = re.search(r"(\d+) generated, (\d+) passed", proc.stdout)
     assert generated and int(generated.group(1)) >= 100 and generated.group(1) == generated.group(2), tail

@@ -20,10 +20,13 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from ..errors import PortraitError
 from ..imageio import image_files
+
+if TYPE_CHECKING:
+    from ..batch import BatchRow
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -148,20 +151,19 @@ def upload_rows(client: ApiClient, rows: list[Row], run_key: str, progress: Call
             if not any(p.get("accepted", True) for p in row.uploaded):
                 raise ServerError("no_usable_photos", f"{row.photos}: the server refused every photo")
         except ServerError as exc:
-            if exc.code in ("unauthorized", "unreachable"):
+            if exc.status == 401 or exc.code == "unreachable":  # no row can work: stop with the reason
                 raise
             row.error = {"error": exc.code, "message": str(exc)}
 
 
 def follow_batch(client: ApiClient, batch_id: str, progress: Callable, poll: float = 1.0,
                  timeout: float | None = None) -> dict:
-    """Poll the batch until every job has ended; one progress bar across rows (the batch's progress)."""
+    """Poll the batch until every row's job has ended; one progress bar across rows (the batch's 0..1)."""
     start = time.monotonic()
     while True:
         batch = client.request("GET", f"/batches/{batch_id}")
-        jobs = batch.get("jobs", [])
         progress("batch", int(round(1000 * float(batch.get("progress", 0.0)))), 1000)
-        if jobs and all(j["state"] in TERMINAL for j in jobs):
+        if batch.get("done") or all(j["state"] in TERMINAL for j in batch.get("jobs", [])):
             return batch
         if timeout is not None and time.monotonic() - start > timeout:
             raise ServerError("timeout", f"batch {batch_id} still running after {timeout:.0f} s")
@@ -182,26 +184,28 @@ def download_results(client: ApiClient, rows: list[Row], out: Path) -> None:
             res["file"] = str(target)
 
 
-def remote_batch(manifest_rows: list[dict], base: Path, server: str, key: str, *, out: Path | None,
-                 progress: Callable, kind: str = "run", poll: float = 1.0) -> list[dict]:
-    """The whole client flow; returns one summary entry per row (status done / failed)."""
+def remote_batch(manifest_rows: "list[BatchRow]", server: str, key: str, *, out: Path | None,
+                 progress: Callable, kind: str = "run", options: dict | None = None, name: str = "",
+                 poll: float = 1.0) -> list[dict]:
+    """The whole client flow over `portrait.batch.read_manifest`'s rows (safe, unique names); one
+    summary entry per row: status done / partial / failed, as a local batch reports them."""
     client = ApiClient(server, key)
-    rows = []
-    for i, r in enumerate(manifest_rows):
-        photos = Path(r["photos"]).expanduser()
-        rows.append(Row(name=(r.get("name") or "").strip() or f"row{i + 1:03d}",
-                        photos=photos if photos.is_absolute() else base / photos,
-                        templates=[t.strip() for t in (r.get("templates") or "").split(";") if t.strip()]))
-    run_key = _key(str(base.resolve()), json.dumps(manifest_rows, sort_keys=True))
+    rows = [Row(name=r.name, photos=Path(r.photos), templates=list(r.templates)) for r in manifest_rows]
+    # Retries of this run's requests are idempotent; running the manifest again is a new batch.
+    run_key = _key(server, json.dumps([[r.name, str(r.photos)] for r in rows]), uuid.uuid4().hex)
     upload_rows(client, rows, run_key, progress)
     ready = [r for r in rows if r.error is None]
     if ready:
-        payload = {"kind": kind, "rows": [{"identity_id": r.identity_id, "templates": r.templates, "name": r.name}
-                                          for r in ready]}
+        if any(not r.templates for r in ready):
+            names = [t["name"] for t in client.request("GET", "/templates")]
+            for r in ready:
+                r.templates = r.templates or names
+        payload = {"kind": kind, "name": name[:200], "rows": [
+            {"identity_id": r.identity_id, "templates": r.templates, "options": dict(options or {})} for r in ready]}
         batch = client.post_json("/batches", payload, _key(run_key, "batch"))
         batch = follow_batch(client, batch["id"], progress, poll)
-        for row, job in zip(ready, batch["jobs"]):
-            row.job = job
+        for brief in batch["jobs"]:
+            ready[brief["row"]].job = client.request("GET", f"/jobs/{brief['id']}")
         if out is not None:
             download_results(client, ready, out)
     return [_summary(r) for r in rows]
@@ -213,9 +217,12 @@ def _summary(row: Row) -> dict:
     if row.error:
         entry.update(status="failed", **row.error)
     elif row.job:
-        ok = row.job["state"] == "succeeded"
-        entry.update(status="done" if ok else "failed", job_id=row.job["id"], state=row.job["state"],
-                     results=row.job.get("results", []), error=row.job.get("error"))
+        results = row.job.get("results", [])
+        made = {r.get("template") for r in results}
+        status = "failed" if row.job["state"] != "succeeded" or not results else (
+            "done" if all(t in made for t in row.job.get("templates", [])) else "partial")
+        entry.update(status=status, job_id=row.job["id"], state=row.job["state"], results=results,
+                     error=row.job.get("error"))
         if row.job.get("results"):
             entry["best"] = row.job["results"][0]
     return entry

@@ -145,11 +145,19 @@ def _parse_slots(values: tuple[str, ...]) -> dict[int, Path]:
 
 @click.command("batch")
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Results folder (required locally; with --server, where the portraits are downloaded).")
+@click.option("--server", default=None, metavar="URL", help="Run the batch on a portrait server instead of here.")
+@click.option("--key", default=None, envvar="PORTRAIT_API_KEY", metavar="KEY",
+              help="The server's API key (or $PORTRAIT_API_KEY).")
+@click.option("--resume", is_flag=True,
+              help="Skip rows whose OUT/NAME/result.json is complete (a portrait for each template): rerun an "
+              "interrupted batch.")
 @run_options
 @json_option
 @handle_errors
-def batch_command(manifest: Path, out: Path, as_json: bool, **options) -> None:
+def batch_command(manifest: Path, out: Path | None, server: str | None, key: str | None, resume: bool,
+                  as_json: bool, **options) -> None:
     """Run every row of MANIFEST.csv (columns: photos, templates, name); one failing row never stops the rest.
 
     Each row's name becomes a folder inside OUT (made safe: no separators, no '..'). Every row is checked
@@ -160,9 +168,16 @@ def batch_command(manifest: Path, out: Path, as_json: bool, **options) -> None:
     from .. import jobs
     from ..batch import exit_code
 
+    if server:
+        if resume:
+            raise ConfigError("--resume is for a local batch (a server batch runs each row once)")
+        return _remote_batch(manifest, out, server, key, as_json, options)
+    if out is None:
+        raise ConfigError("--out is required (or --server URL --key KEY to run the batch on a server)")
+
     config = config_from_options(options)
     with progress_bar(not as_json) as progress:
-        result = jobs.batch(manifest, out, config, progress=progress)
+        result = jobs.batch(manifest, out, config, progress=progress, resume=resume)
     summary = result.rows
     if as_json:
         print_json(summary)
@@ -171,8 +186,39 @@ def batch_command(manifest: Path, out: Path, as_json: bool, **options) -> None:
             tail = f"best distance {e['best']['distance']}" if e.get("best") else e.get("message", "")
             if e.get("failed_templates"):
                 tail += f"; failed: {', '.join(e['failed_templates'])}"
-            click.echo(f"{e['name']}: {e['status']} {tail}")
+            click.echo(f"{e['name']}: {e['status']}{' (already done)' if e.get('resumed') else ''} {tail}")
         click.echo(f"summary: {out / 'batch.json'}")
+    raise SystemExit(exit_code([e["status"] for e in summary]))
+
+
+def _remote_batch(manifest: Path, out: Path | None, server: str, key: str | None, as_json: bool,
+                  options: dict) -> None:
+    """`batch --server`: upload each row's folder, one batch on the server, one progress bar across rows."""
+    import json
+
+    from .remote_batch import remote_batch
+
+    if not key:
+        raise ConfigError("--server needs --key KEY (or $PORTRAIT_API_KEY): `portrait tenant create NAME` on the "
+                          "server prints one")
+    ctx = click.get_current_context()
+    sent = {k: v for k, v in options.items() if k not in ("identity", "device", "detector", "landmarks", "embedder")
+            and ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+    from ..batch import exit_code, read_manifest
+
+    with progress_bar(not as_json) as progress:
+        summary = remote_batch(read_manifest(manifest), server, key, out=out, progress=progress, options=sent,
+                               name=manifest.stem)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "batch.json").write_text(json.dumps(summary, indent=2))
+    if as_json:
+        print_json(summary)
+    else:
+        for e in summary:
+            best = e.get("best")
+            tail = f"best {best['template']} likeness {best['score']}" if best else e.get("message", e.get("state", ""))
+            click.echo(f"{e['name']}: {e['status']} {tail}")
     raise SystemExit(exit_code([e["status"] for e in summary]))
 
 

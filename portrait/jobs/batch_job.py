@@ -38,9 +38,12 @@ def batch_rows(rows: Path | str | Sequence[BatchRow | Mapping]) -> list[BatchRow
 
 
 def batch(rows: Path | str | Sequence[BatchRow | Mapping], out_dir: Path, config: RunConfig | None = None, *,
-          progress: ProgressCallback | None = None, cancel: CancelToken | None = None, pool=None) -> BatchResult:
+          progress: ProgressCallback | None = None, cancel: CancelToken | None = None, pool=None,
+          resume: bool = False) -> BatchResult:
     """Every row checked first (photos folder, templates: a row that cannot start is `failed`), then run.
-    Row status: done (every template gave a portrait), partial (some did), failed (none did)."""
+    Row status: done (every template gave a portrait), partial (some did), failed (none did).
+    `resume`: a row whose folder already holds a complete result.json (a portrait for each of its
+    templates, every file present) is not run again; its entry comes from that file (`resumed: true`)."""
     from ..preflight import check_photos_folder
     from ..templates import list_templates
 
@@ -67,11 +70,36 @@ def batch(rows: Path | str | Sequence[BatchRow | Mapping], out_dir: Path, config
     for i, (row, entry, folder, templates) in enumerate(planned):
         check_cancel(cancel, "batch cancelled")
         report(progress, "batch", i, len(planned))
+        done = completed_row(folder, templates) if resume else None
+        if done is not None:
+            entry.update(done)
+            continue
         _run_row(pipe, row, entry, folder, templates, progress, cancel)
     report(progress, "batch", len(planned), len(planned))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
     return BatchResult(summary, out_dir / SUMMARY_NAME)
+
+
+def completed_row(folder: Path, templates: Sequence) -> dict | None:
+    """The summary entry of a row already run to completion (folder/result.json naming an existing
+    portrait for every one of `templates`), or None when it must run (missing, partial, unreadable)."""
+    path = folder / "result.json"
+    try:
+        result = json.loads(path.read_text())
+        outputs = [o for o in result.get("outputs") or [] if isinstance(o, dict)]
+    except (OSError, ValueError, AttributeError):
+        return None
+    made = set()
+    for o in outputs:
+        file = Path(str(o.get("file") or ""))
+        if (file if file.is_absolute() else folder / file).is_file():
+            made.add(str(o.get("template")))
+    wanted = {getattr(t, "name", str(t)) for t in templates}
+    if not outputs or not wanted <= made:
+        return None
+    return {"status": "done", "result": str(path), "outputs": len(outputs), "failures": 0, "best": outputs[0],
+            "resumed": True}
 
 
 def _run_row(pipe: PortraitPipeline, row: BatchRow, entry: dict, folder: Path, templates, progress, cancel) -> None:

@@ -55,7 +55,7 @@ def init_app(app: Flask, settings: Settings, front: FrontSettings) -> None:
     storage = front.rate_limit_storage_url or (settings.broker_url if settings.broker_url.startswith("redis")
                                                else "memory://")
     limiter = Limiter(key_func=rate_key, storage_uri=storage, headers_enabled=True,
-                      strategy="moving-window" if storage == "memory://" else "fixed-window")
+                      strategy="fixed-window")
     limiter.init_app(app)
     limiter.limit(lambda: front.rate_limit, key_func=rate_key)(blp)
     app.extensions["portrait.limiter"] = limiter

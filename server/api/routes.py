@@ -16,6 +16,8 @@ from . import schemas as s
 from .present import with_label
 from .templates_info import template_list, thumbnail_path
 
+SSE_KEEPALIVE = 15.0  # seconds without news before a comment line keeps an event stream alive
+
 blp = Blueprint("api", __name__, url_prefix="/api/v1", description="portrait REST API")
 
 ERRORS = {"description": 'an error: {"error": {"code", "message", "details"}}', "content": {
@@ -115,6 +117,26 @@ def add_photos(tenant_ref, identity_id: str, files) -> list[dict]:
 def _display(filename) -> str:
     name = str(filename or "upload").replace("\\", "/").split("/")[-1]
     return "".join(ch for ch in name if ch.isprintable())[:120] or "upload"
+
+
+# -- the key's tenant -----------------------------------------------------------------------------------
+@blp.route("/tenant", methods=["GET"])
+@blp.response(200, s.TenantInfo)
+@blp.doc(**_errors(401))
+def get_tenant():
+    """This key's tenant: its retention, concurrency, tenant-wide webhook and the webhook signing secret"""
+    who = tenant()
+    return dict(svc().find_tenant(who.id), webhook_secret=svc().webhook_secret(who))
+
+
+@blp.route("/tenant", methods=["PATCH"])
+@blp.arguments(s.TenantPatch)
+@blp.response(200, s.TenantInfo)
+@blp.doc(**_errors(400, 401))
+def patch_tenant(body):
+    """Set (or clear with null) the tenant-wide webhook URL"""
+    who = tenant()
+    return dict(svc().update_tenant(who, webhook_url=body["webhook_url"]), webhook_secret=svc().webhook_secret(who))
 
 
 # -- identities ----------------------------------------------------------------------------------------
@@ -233,12 +255,16 @@ def job_events(job_id):
 
     def stream():
         last, job, start = None, first, time.monotonic()
+        quiet_since = start
         while True:
             snapshot = json.dumps(job, sort_keys=True)
             ended = job["state"] in ("succeeded", "failed", "cancelled")
             if snapshot != last:
                 yield f"event: {'end' if ended else 'progress'}\ndata: {snapshot}\n\n"
-                last = snapshot
+                last, quiet_since = snapshot, time.monotonic()
+            elif time.monotonic() - quiet_since > SSE_KEEPALIVE:  # proxies keep it open; a gone client is noticed
+                yield ": keep-alive\n\n"
+                quiet_since = time.monotonic()
             if ended or time.monotonic() - start > limit:
                 return
             time.sleep(poll)

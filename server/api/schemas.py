@@ -195,3 +195,19 @@ class ResultArgs(Strict):
     token = fields.String(load_default=None, validate=validate.Length(max=500),
                           metadata={"description": "the signature of a result's `url` (no header needed)"})
     download = fields.Boolean(load_default=False, metadata={"description": "send as an attachment"})
+
+
+class TenantInfo(Strict):
+    id = fields.String(required=True)
+    name = fields.String(required=True)
+    created_at = fields.String(allow_none=True)
+    retention_days = fields.Float(metadata={"description": "photos, identities and results are deleted after this"})
+    concurrency = fields.Integer(metadata={"description": "jobs of this tenant running at once"})
+    webhook_url = fields.String(allow_none=True, metadata={"description": "POSTed every job of the tenant when it "
+                                                                          "ends (unless the job names its own)"})
+    webhook_secret = fields.String(metadata={"description": "key of the HMAC-SHA256 signature of each webhook "
+                                                            "body (header X-Portrait-Signature)"})
+
+
+class TenantPatch(Strict):
+    webhook_url = fields.URL(required=True, allow_none=True, schemes={"http", "https"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import io
+import re
 import secrets
 import zipfile
 
@@ -38,6 +39,19 @@ def _gate():
             return jsonify({"error": {"code": "unauthorized", "message": "sign in first", "details": {}}}), 401
         return redirect(url_for("web.login", next=request.full_path if request.method == "GET" else None))
     return None
+
+
+CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+       "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+
+
+@bp.after_request
+def _headers(response):
+    """No inline script, no framing, no content sniffing: the form only runs its own static file."""
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    return response
 
 
 def visitor_tenant() -> str:
@@ -179,7 +193,15 @@ def _job_view(job_id: str) -> tuple[dict, list]:
             photos = svc().get_identity(tid, job["identity_id"]).get("photos", [])
         except NotFound:
             photos = []
-    return job, photos
+    return job, _readable(photos)
+
+
+def _readable(photos: list[dict]) -> list[dict]:
+    """Verdict messages name files by their stored name (`<photo id>.<ext>`): show the visitor's names."""
+    names = {p["id"]: p["filename"] for p in photos}
+    stored = re.compile(r"\b([0-9a-f]{32})\.[a-z0-9]{1,5}\b")
+    return [dict(p, message=stored.sub(lambda m: names.get(m.group(1), m.group(0)), p.get("message") or ""))
+            for p in photos]
 
 
 @bp.route("/jobs/<job_id>.json", methods=["GET"])
@@ -193,6 +215,14 @@ def job_status(job_id):
 def job_page(job_id):
     job, photos = _job_view(job_id)
     return render_template("web/job.html", job=job, photos=photos, refresh=front().web_refresh_seconds)
+
+
+@bp.route("/jobs/<job_id>/cancel", methods=["POST"])
+def cancel(job_id):
+    """Stop this visitor's job (queued: at once; running: at its next step); no other job is touched."""
+    _mine("jobs", job_id)
+    svc().cancel_job(visitor_tenant(), job_id)
+    return redirect(url_for("web.job_page", job_id=job_id), code=303)
 
 
 def _result_file(job: dict, result_id: str):

@@ -1,0 +1,190 @@
+"""The web form in a real headless Chromium (Debian's /usr/bin/chromium driven by Playwright; no
+browser download), against a real server socket and a real worker process."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+from portrait.samples import write_sample_photos
+
+from helpers_service import live_server, make_app, worker_process
+
+CHROMIUM = "/usr/bin/chromium"
+OUTPUT = Path(__file__).parent / "output"  # git-ignored: screenshots a person can look at after a run
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    return write_sample_photos(tmp_path_factory.mktemp("samples"))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    assert Path(CHROMIUM).exists(), "Debian's chromium is needed (apt-get install chromium)"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def served(tmp_path):
+    data = tmp_path / "data"
+    app = make_app(data, web_refresh_seconds=1)
+    with live_server(app) as url, worker_process(data):
+        yield url
+
+
+def _save_screenshot(page, tmp_path: Path, name: str) -> Path:
+    shot = tmp_path / name
+    page.screenshot(path=str(shot), full_page=True)
+    OUTPUT.mkdir(exist_ok=True)
+    shutil.copy(shot, OUTPUT / name)
+    return shot
+
+
+def _wait_until(page, condition, timeout: float = 300.0) -> None:
+    """Poll from Python (the form's Content-Security-Policy forbids the eval behind wait_for_function)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the page never reached the expected state"
+        page.wait_for_timeout(100)
+
+
+def _drop_file(page, path: Path) -> None:
+    """A real drop event on the drop zone, carrying the file (what a drag from the desktop does)."""
+    page.evaluate("""([name, b64]) => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], name, {type: 'image/jpeg'}));
+        const zone = document.getElementById('drop');
+        zone.dispatchEvent(new DragEvent('dragover', {dataTransfer: dt, bubbles: true, cancelable: true}));
+        zone.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+    }""", [path.name, base64.b64encode(path.read_bytes()).decode()])
+
+
+def test_upload_follow_progress_and_gallery(served, browser, samples, tmp_path):
+    context = browser.new_context(viewport={"width": 1200, "height": 900}, accept_downloads=True)
+    context.set_default_timeout(300_000)  # a loaded 2-core machine; a guard, not a speed target
+    page = context.new_page()
+    response = page.goto(served + "/")
+    assert page.title() == "portrait"
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    violations = []
+    page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+
+    _drop_file(page, samples[0])  # drag and drop ...
+    junk = tmp_path / "notes.jpg"
+    junk.write_text("this is not a photo")
+    page.set_input_files("#photos-input", [str(p) for p in samples[1:]] + [str(junk)])  # ... and the picker
+    _wait_until(page, lambda: len(page.query_selector_all("#photo-list li.ok, #photo-list li.bad")) == 11)
+    rows = {li.get_attribute("data-file"): li for li in page.query_selector_all("#photo-list li")}
+    assert all("ok" in rows[p.name].get_attribute("class") for p in samples)
+    assert "bad" in rows["notes.jpg"].get_attribute("class")
+    assert "unreadable" in rows["notes.jpg"].inner_text()
+
+    # templates from their thumbnails: only studio-grey
+    for box in page.query_selector_all('input[name="templates"]:checked'):
+        box.uncheck()
+    page.click('label.tpl:has(input[value="studio-grey"]) img')
+    assert page.eval_on_selector_all('input[name="templates"]:checked', "els => els.map(e => e.value)") == \
+        ["studio-grey"]
+    thumb = page.eval_on_selector('label.tpl:has(input[value="studio-grey"]) img', "i => i.naturalWidth")
+    assert thumb > 0
+
+    page.click("#start")
+    page.wait_for_selector("#progress:not([hidden])")
+    seen, labels = [], set()
+    while "/jobs/" not in page.url:
+        try:
+            seen.append(float(page.eval_on_selector("#bar", "b => b.value")))
+            labels.add(page.inner_text("#stage-label"))
+        except Exception:  # the page is navigating to the gallery
+            break
+        page.wait_for_timeout(100)
+    page.wait_for_selector("#gallery img")
+    assert seen == sorted(seen), "the progress bar went backwards"
+    assert labels - {"queued"}, labels  # it showed the job's stages
+
+    # the gallery: one portrait with its likeness score; the verdicts, with the reference marked
+    assert page.get_attribute("#job", "data-state") == "succeeded", page.inner_text("#job")
+    figures = page.query_selector_all("#gallery figure")
+    assert len(figures) == 1 and "studio-grey" in figures[0].inner_text()
+    score = float(figures[0].query_selector(".score").inner_text())
+    assert 0.0 <= score <= 1.0
+    assert page.eval_on_selector("#gallery img", "i => i.complete && i.naturalWidth") > 0
+    verdicts = {li.get_attribute("data-file"): li.inner_text() for li in page.query_selector_all("#verdicts li")}
+    assert "different_person" in verdicts["grace_hopper.jpg"]
+    assert "the same photo as astronaut_" in verdicts["astronaut_09_copy.jpg"] + verdicts["astronaut_01.jpg"]
+    assert sum("reference" in v for v in verdicts.values()) == 1
+    assert violations == []
+    shot = _save_screenshot(page, tmp_path, "web-gallery.png")
+    assert shot.stat().st_size > 10_000
+
+    # downloads: one image, and all as a zip
+    with page.expect_download() as one:
+        page.click("#gallery figcaption a[download]")
+    assert one.value.suggested_filename.endswith(".png")
+    with page.expect_download() as all_:
+        page.click("#download-all")
+    with zipfile.ZipFile(all_.value.path()) as zf:
+        assert [n for n in zf.namelist() if n.endswith(".png")] == ["01-studio-grey.png"]
+
+    # another visitor (another session) cannot see this job, nor post without a CSRF token
+    other = browser.new_context().new_page()
+    r = other.goto(page.url)
+    assert r.status == 404
+    r = other.request.post(served + "/identities", data="{}", headers={"Content-Type": "application/json"})
+    assert r.status == 400 and r.json()["error"]["code"] == "csrf_failed"
+    context.close()
+
+
+def test_without_javascript_the_status_page_refreshes_to_the_gallery(served, browser, samples, tmp_path):
+    context = browser.new_context(java_script_enabled=False)
+    context.set_default_timeout(300_000)
+    page = context.new_page()
+    page.goto(served + "/")
+    page.set_input_files("#photos-input", [str(p) for p in samples[:8]])
+    page.click("#start")
+    assert "/jobs/" in page.url
+    assert page.query_selector('meta[http-equiv="refresh"]') or page.query_selector("#gallery")
+    page.wait_for_selector("#gallery img", timeout=600_000)  # reached by the page's own refreshes
+    assert len(page.query_selector_all("#gallery figure")) == 2  # the two templates checked by default
+    _save_screenshot(page, tmp_path, "web-gallery-nojs.png")
+    context.close()
+
+
+def test_operator_password_gate(tmp_path, browser):
+    app = make_app(tmp_path / "data", web_auth="password", web_password="s3cret")
+    with live_server(app) as url:
+        page = browser.new_context().new_page()
+        page.goto(url + "/")
+        assert "/login" in page.url and page.query_selector("#start") is None
+        page.fill('input[name="secret"]', "wrong")
+        page.click('button[type="submit"]')
+        assert page.inner_text("#login-error")
+        page.fill('input[name="secret"]', "s3cret")
+        page.click('button[type="submit"]')
+        assert page.query_selector("#start") is not None
+
+
+def test_cancel_from_the_status_page(tmp_path, browser, samples):
+    """No worker runs here, so the job waits in the queue until the visitor cancels it."""
+    app = make_app(tmp_path / "data", web_refresh_seconds=30)
+    with live_server(app) as url:
+        page = browser.new_context(java_script_enabled=False).new_page()
+        page.goto(url + "/")
+        page.set_input_files("#photos-input", [str(p) for p in samples[:5]])
+        page.click("#start")
+        assert page.get_attribute("#job", "data-state") == "queued"
+        assert "Jobs ahead of yours: 0" in page.inner_text("#job")
+        page.click("#cancel")
+        assert page.get_attribute("#job", "data-state") == "cancelled"
+        assert page.query_selector('meta[http-equiv="refresh"]') is None
