@@ -341,3 +341,27 @@ def test_library_warnings_stay_out_of_the_cli_unless_verbose(hermetic, tiny_mode
     assert "inpaint: diffusion" in quiet.stdout
     assert loud.stderr.strip(), "the run printed no library warning at all: this test proves nothing"
     assert quiet.stderr.strip() == "", quiet.stderr
+
+
+def test_an_identity_lora_for_another_architecture_is_not_picked(hermetic, tiny_models_dir, photos, tmp_path,
+                                                                 monkeypatch):
+    """An SDXL-sized LoRA (2048-d text tokens) on the tiny SD 1.5 base: auto skips diffusion saying why;
+    --diffusion on refuses before any photo is read."""
+    import torch
+    from safetensors.torch import save_file
+
+    from portrait.engines import choose_diffusion
+    from portrait.models.manifest import Manifest
+
+    lora = tmp_path / "sdxl_identity.safetensors"
+    save_file({"unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight": torch.zeros(2, 2048),
+               "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_B.weight": torch.zeros(32, 2)},
+              str(lora))
+    models = _models_dir(tmp_path / "models", tiny_models_dir)
+    auto = choose_diffusion("auto", Manifest(models), None, str(lora))
+    assert auto.engine == "skipped" and "2048-d" in auto.reason, auto
+    monkeypatch.setenv("PORTRAIT_MODELS_DIR", str(models))
+    r = invoke("run", photos, "--template", "navy-formal", "--identity", lora, "--diffusion", "on",
+               "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "2048-d" in r.stderr and str(lora) in r.stderr, r.output
+    assert not (tmp_path / "o").exists()
