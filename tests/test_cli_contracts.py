@@ -291,7 +291,8 @@ def test_dtype_reaches_the_diffusion_weights(hermetic, tiny_models_dir, photos, 
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["engines"]["inpaint"]["engine"] == "diffusion"
     bases = [p for k, p in loading._CACHE.items() if k[0] == "base"]
-    assert bases and all(p.unet.dtype == torch.bfloat16 for p in bases), [(k, p.dtype) for k, p in loading._CACHE.items()]
+    assert bases and all(p.unet.dtype == torch.bfloat16 for p in bases), [(k, p.dtype) for k, p in
+                                                                           loading._CACHE.items()]
     loading.clear_cache()
     for cmd in (["run", photos, "--template", "navy-formal"], ["generate", "--identity", photos, "--template", "x"]):
         r = invoke(*cmd, "--out", tmp_path / "o2", "--dtype", "fp7")

@@ -83,7 +83,7 @@ def register(group: click.Group) -> None:
         from ..faces import FaceConfig, get_face_analysis
         from ..generate.template_inpaint import (Identity, InpaintModels, TemplateInpaint, generate_on_template,
                                                 job_from_template, template_slots)
-        from ..engines import missing_controlnets
+        from ..engines import INSTANTID_NAMES, missing_controlnets
         from ..models import loading
         from ..models.manifest import get_manifest
         from ..preflight import resolve_templates
@@ -97,6 +97,9 @@ def register(group: click.Group) -> None:
         fa = get_face_analysis(FaceConfig(embedder=ident.face.engine) if ident.face is not None else FaceConfig())
         tmpls = resolve_templates(templates, fa)  # names, folders or image files; all checked first
         faceid = manifest.require("ip-adapter-faceid") if id_engine == "faceid" else None
+        if id_engine == "instantid":  # the engine asked for first, then what the templates need
+            for name in INSTANTID_NAMES:
+                manifest.require(name)
         over = {"steps": steps, "seed": seed, "strength": strength}
         first = [job_from_template(t, face_analysis=fa, **over) for t in tmpls]
         for j in first:  # bad settings are the user's to fix: a clear message and exit code 2, not a traceback
