@@ -141,7 +141,13 @@ def test_sdxl_identity_engine_with_dlib_embeddings(tiny_sdxl_dir, tmp_path):
     assert engine == "faceid" and "InstantID not used" in why and "--embedder arcface" in why
     assert choose_identity(m, "sdxl", None, "arcface")[0] == "instantid"
     assert choose_identity(m, "sdxl", "lora.safetensors", "arcface")[0] == "lora"
-    assert choose_identity(m, "sd15", None, "dlib-resnet") == ("faceid", "FaceID embedding")  # SD 1.5 unchanged
+    # On SD 1.5 that SDXL-wide adapter cannot run, so auto does not pick it (issue 8); the set's own 512-d SD 1.5
+    # adapter fits ArcFace embeddings, and not dlib's.
+    engine, why = choose_identity(m, "sd15", None, "dlib-resnet")
+    assert engine is None and "tokens" in why, why
+    assert choose_identity(Manifest(tiny_sdxl_dir), "sd15", None, "arcface") == ("faceid", "FaceID embedding")
+    engine, why = choose_identity(Manifest(tiny_sdxl_dir), "sd15", None, "dlib-resnet")
+    assert engine is None and "512-d" in why and "--embedder arcface" in why
 
 
 def test_run_cli_inpaint_size_reaches_the_diffusion_stage(tiny_models_dir, photos, tmp_path, monkeypatch):
