@@ -277,8 +277,8 @@ def main() -> None:
         tenant, key = svc.create_tenant("bench")
         job = svc.submit_job(tenant["id"], "_empty", internal=True)  # stays queued: no worker here
         path = f"/api/v1/jobs/{job['id']}"
-        for label, extra in (("waitress (1 process, 16 threads)", []), ("gunicorn (2 processes x 8 threads)",
-                                                                         ["--workers", "2", "--threads", "8"])):
+        for label, extra in (("waitress (1 process, 16 threads)", ["--workers", "1", "--threads", "16"]),
+                             ("gunicorn (2 processes x 8 threads)", ["--workers", "2", "--threads", "8"])):
             port = free_port()
             server = portrait("serve", "--port", str(port), "--data-dir", str(data), *extra,
                               env=env_for(data), log=tmp / "serve.log")
@@ -293,7 +293,7 @@ def main() -> None:
                                  f"{rps:,.0f} polls/s", f"p50 {p50:.1f} ms, p99 {p99:.1f} ms; server CPU "
                                  f"{cpu_ms:.2f} ms/poll (= {2000 / cpu_ms:,.0f} polls/s on 2 free cores)"
                                  + (f", {errors} errors" if errors else "")))
-                if not extra:
+                if extra[1] == "1":
                     ident = api_json(port, key, "POST", "/api/v1/identities", {"name": "bench"})["id"]
                     photos = [five_mb_jpeg(i) for i in range(10)]
                     t0 = time.perf_counter()

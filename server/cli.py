@@ -57,13 +57,15 @@ def register(cli: click.Group) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on (0.0.0.0: all)")
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--data-dir", default=None, help=DATA_DIR_HELP)
-@click.option("--workers", default=1, show_default=True, type=int,
-              help="server processes: 1 runs waitress (threads), more run gunicorn (gthread)")
-@click.option("--threads", default=16, show_default=True, type=int, help="request threads per process")
-def serve(host: str, port: int, data_dir: Optional[str], workers: int, threads: int) -> None:
+@click.option("--workers", default=None, type=int,
+              help="server processes (default: the CPU count, at most 4): 1 runs waitress, more run gunicorn")
+@click.option("--threads", default=8, show_default=True, type=int, help="request threads per process")
+def serve(host: str, port: int, data_dir: Optional[str], workers: Optional[int], threads: int) -> None:
     """Run the web server (REST API, web form, /metrics) with a production WSGI server.
 
     Jobs are run by `portrait worker` processes, never by the server."""
+    if workers is None:  # Python serves requests on one core per process: one process per core
+        workers = max(1, min(4, os.cpu_count() or 1))
     settings = _settings(data_dir)
     os.environ["PORTRAIT_DATA_DIR"] = str(settings.data_dir)  # gunicorn's processes build the same app
     from .db import Database

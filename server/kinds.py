@@ -57,8 +57,8 @@ class InternalFailure(PortraitError):
 
 def run_internal(kind: str, options: dict, out_dir, *, progress=None, cancel=None) -> dict:
     """`_empty` does nothing; `_sleep` takes `seconds` in `steps` steps, checking `cancel` between
-    them, and appends one line to out_dir/runs.log when it starts and when it ends (so tests can
-    count executions)."""
+    them, and appends a line to out_dir/runs.log when it starts, at each step and when it ends (so
+    tests can count executions)."""
     from pathlib import Path
 
     if kind == "_empty":
@@ -72,6 +72,9 @@ def run_internal(kind: str, options: dict, out_dir, *, progress=None, cancel=Non
             raise Cancelled("cancelled")
         if progress is not None:
             progress("sleep", i, steps)
+        log.parent.mkdir(parents=True, exist_ok=True)  # a job writes as it goes (real ones: crops, checkpoints)
+        with open(log, "a") as fh:
+            fh.write("step\n")
         time.sleep(seconds / steps)
     if progress is not None:
         progress("sleep", steps, steps)

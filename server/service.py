@@ -323,9 +323,11 @@ class Service:
                 self._identity_row(s, tenant_id, identity_id)  # deleted meanwhile?
                 s.add(photo)
                 s.get(Identity, identity_id).updated_at = now()
-        except BaseException:
+        except BaseException as exc:
             if photo.stored_name:
                 self.storage.delete_photo(tenant_id, identity_id, photo.stored_name)
+            if isinstance(exc, NotFound):  # the identity was deleted during the upload: leave nothing
+                self.storage.delete_identity(tenant_id, identity_id)
             raise
         log.info("photo added", extra={"tenant": tenant_id, "identity": identity_id, "photo": photo.id,
                                        "accepted": photo.accepted, "reasons": photo.reasons})

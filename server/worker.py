@@ -269,6 +269,7 @@ class Worker:
         timings = tracker.finish()
         if lost.is_set():
             log.warning("lease lost: result discarded", extra=ctx)
+            self._forget_if_deleted(job)
             self._current = None
             return "lost"
         rows = runner.output_rows(out_dir, result) if state == "succeeded" else []
@@ -282,6 +283,8 @@ class Worker:
 
         written = lease.finish(self.db, job.id, self.id, state, result=_jsonable(result, out_dir), error=error,
                                timings=timings, results=rows, on_finish=on_finish)
+        if not written:
+            self._forget_if_deleted(job)
         self._current = None
         self.jobs_done += 1
         log.info("job ended", extra={**ctx, "state": state if written else "lost",
@@ -289,14 +292,27 @@ class Worker:
                                      "seconds": round(sum(timings.values()), 3)})
         return state if written else "lost"
 
+    def _forget_if_deleted(self, job: Claimed) -> None:
+        """The job's row is gone (its identity was deleted while it ran): so are the files it wrote since."""
+        with self.db.session() as s:
+            gone = s.get(Job, job.id) is None
+        if gone:
+            self.storage.delete_job(job.tenant_id, job.id)
+            log.info("job deleted while running: its files removed", extra={"job": job.id, "tenant": job.tenant_id})
+
     def _heartbeat_loop(self, job: Claimed, tracker: ProgressTracker, cancel: threading.Event,
                         done: threading.Event, lost: threading.Event) -> None:
         interval = self.settings.heartbeat_seconds
         next_beat = 0.0
+        logged_stage = None
         while not done.is_set():
             t = time.monotonic()
             if t >= next_beat or tracker.changed.is_set():
                 tracker.changed.clear()
+                if tracker.stage != logged_stage:
+                    logged_stage = tracker.stage
+                    log.info("stage", extra={"job": job.id, "tenant": job.tenant_id, "stage": logged_stage,
+                                             "worker": self.id})
                 try:
                     res = lease.heartbeat(self.db, job.id, self.id, lease_seconds=self.settings.lease_seconds,
                                           stage=tracker.stage, progress=tracker.progress)

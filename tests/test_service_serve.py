@@ -50,7 +50,7 @@ def test_server_restart_with_queued_jobs(tmp_path):
         return {j["id"]: j["state"] for j in json.loads(body)["items"]}
 
     port = free_port()
-    server = serve(data, port, tmp_path / "serve1.log")
+    server = serve(data, port, tmp_path / "serve1.log", "--workers", "1")  # waitress
     try:
         wait_for(lambda: get(port, "/healthz")[0] == 200, 120, "the server")
         assert listed(port) == {j: "queued" for j in jobs}
