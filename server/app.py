@@ -63,6 +63,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the visitor's session
     )
     app.config.update(flask_cfg)
+    if front.proxy_hops:  # behind TLS-terminating proxies: signed result URLs must be https:// on the public host
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        n = front.proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
     app.extensions["portrait.settings"] = settings
     app.extensions["portrait.front"] = front
 

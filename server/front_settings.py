@@ -25,6 +25,7 @@ class FrontSettings:
     web_auth: str = "none"  # none | password | key: what the web form asks before it is used
     web_password: str = ""
     web_refresh_seconds: int = 2  # the no-JavaScript status page refreshes itself this often
+    proxy_hops: int = 0  # reverse proxies in front that set X-Forwarded-*: URLs then use the client's scheme/host
 
     @classmethod
     def field_names(cls) -> set[str]:

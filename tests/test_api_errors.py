@@ -251,3 +251,13 @@ def test_rate_limit_is_counted_in_redis_across_server_processes(tmp_path):
             assert client.get("/api/v1/identities", headers=auth(key)).status_code == 200
         assert_error(two.get("/api/v1/identities", headers=auth(key)), 429, "rate_limited")
         assert_error(one.get("/api/v1/identities", headers=auth(key)), 429, "rate_limited")
+
+
+def test_behind_a_proxy_urls_use_the_public_scheme_and_host(tmp_path):
+    """A mini-program only loads https images: with PORTRAIT_PROXY_HOPS the URLs follow X-Forwarded-*."""
+    fwd = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "api.example.com", "X-Forwarded-For": "203.0.113.9"}
+    for hops, expected in ((1, "https://api.example.com/api/v1/templates/"), (0, "http://localhost/api/v1/templates/")):
+        app = make_app(tmp_path / f"data{hops}", proxy_hops=hops)
+        h = auth(new_key(app, "a"))
+        (first, *_) = app.test_client().get("/api/v1/templates", headers={**h, **fwd}).get_json()
+        assert first["thumbnail_url"].startswith(expected), first
