@@ -26,7 +26,7 @@ from .faces.base import Detection
 from .faces.types import Face
 
 SCORE_RATIO = 0.35
-SIZE_RATIO = 0.4
+SIZE_RATIO = 0.5
 CONFIRM_PX = 120  # the candidate face's size in the confirmation crop
 PIN_IOU = 0.3
 SIMILAR_SIZE = 0.8  # two faces within this size ratio are "of similar size" (an ambiguous choice)
