@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from portrait.faces import FaceConfig
+from portrait.imageio import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, READ_FORMATS_TEXT, limits_text
 
 # The stable reason codes of DESIGN.md section 5, in the order a photo's reasons are listed.
 REASONS: tuple[str, ...] = (
     "unreadable",
+    "unsupported_format",
     "too_large",
     "too_small",
     "no_face",
@@ -29,6 +31,7 @@ REASONS: tuple[str, ...] = (
 # (plural, singular) verb phrases: "3 of 8 photos show another person", "1 of 8 photos is blurry".
 REASON_TEXT = {
     "unreadable": ("are not readable images", "is not a readable image"),
+    "unsupported_format": ("are not in a photo format portrait reads", "is not in a photo format portrait reads"),
     "too_large": ("are too large", "is too large"),
     "too_small": ("are too small", "is too small"),
     "no_face": ("show no detectable face", "shows no detectable face"),
@@ -44,7 +47,8 @@ REASON_TEXT = {
 # What the user should do about each reason (the CLI's and the API's advice line).
 REASON_ADVICE = {
     "unreadable": "export them again as JPEG, PNG or WebP",
-    "too_large": "send photos under 60 MB and 64 megapixels",
+    "unsupported_format": f"send photos as {READ_FORMATS_TEXT}",
+    "too_large": f"send photos under {limits_text(DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS)}",
     "too_small": "send the original photos, not thumbnails",
     "no_face": "send photos where the face is clearly visible and upright",
     "multiple_faces": "send photos of the person alone, or crop the others out",
@@ -58,10 +62,14 @@ REASON_ADVICE = {
 
 
 
-def describe(reason: str, count: int, total: int) -> str:
-    """`3 of 8 photos show another person: remove the photos of other people`."""
+def describe(reason: str, count: int, total: int, config: "PreprocessConfig | None" = None) -> str:
+    """`3 of 8 photos show another person: remove the photos of other people`. With `config`, the
+    size advice states that config's limits (the same numbers and units as each photo's message)."""
     plural, singular = REASON_TEXT[reason]
-    return f"{count} of {total} photos {singular if count == 1 else plural}: {REASON_ADVICE[reason]}"
+    advice = REASON_ADVICE[reason]
+    if reason == "too_large" and config is not None:
+        advice = f"send photos under {limits_text(config.max_bytes, config.max_pixels)}"
+    return f"{count} of {total} photos {singular if count == 1 else plural}: {advice}"
 
 
 @dataclass(frozen=True)
@@ -81,8 +89,8 @@ class PreprocessConfig:
     max_side: int = 1024  # photos are analysed at this size (JPEG draft decoding); coordinates mapped back
     coarse_side: int = 768  # first detection pass runs at this size; finer passes only when needed
     min_image_side: int = 256  # shorter side (px) below which a photo is too_small
-    max_pixels: int = 64_000_000
-    max_bytes: int = 60 * 1024 * 1024
+    max_pixels: int = DEFAULT_MAX_PIXELS  # 64 MP
+    max_bytes: int = DEFAULT_MAX_BYTES  # 60 MiB
     # -- faces -------------------------------------------------------------------------------------
     min_detection_score: Optional[float] = None  # None: the detector's default (dlib-hog 0.3)
     dominance_ratio: float = 0.5  # a second face >= this x the largest's size: multiple_faces

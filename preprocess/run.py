@@ -31,7 +31,7 @@ from typing import Iterator, Optional, Sequence
 import cv2
 import numpy as np
 
-from portrait.errors import PortraitError
+from portrait.errors import NoPhotosError
 from portrait.faces import Face, FaceConfig, get_face_analysis
 from portrait.faces.analysis import FaceAnalysis
 from portrait.models.manifest import get_manifest
@@ -353,7 +353,12 @@ def _message(p: PhotoResult, a: _Analysis, dist: float, threshold: float, config
     if r == "different_person":
         return f"identity distance {dist:.2f} to the other photos (same person below {threshold:.2f})"
     if r == "face_too_small":
-        return f"face is {a.face.size:.0f} px; at least {config.min_face_px} px and {config.min_face_fraction:.0%} of the photo needed"
+        w, h = a.intake.facts["original_size"]
+        short = min(w, h)
+        if a.face.size < config.min_face_px:
+            return f"face is {a.face.size:.0f} px, smaller than the {config.min_face_px} px needed"
+        return (f"face is {a.face.size:.0f} px, {a.face.size / short:.1%} of the photo's shorter side ({short} px); "
+                f"at least {config.min_face_fraction:.0%} ({config.min_face_fraction * short:.0f} px) needed")
     if r == "extreme_pose":
         return f"head turned (yaw {a.face.yaw:.0f}°, pitch {a.face.pitch:.0f}°, roll {a.face.roll:.0f}°)"
     if r == "blurry":
@@ -389,9 +394,11 @@ def run_preprocess(photos: Path | str | list, out_dir: Path | str | None = None,
     too few accepted photos is not an error here (see `result.accepted_count` against `config.min_photos`).
     """
     t_start = time.perf_counter()
-    files, root = list_photos(photos)
+    skipped: list[dict] = []
+    files, root = list_photos(photos, skipped)
     if not files:
-        raise PortraitError(f"no photos found in {photos} (looked for .jpg, .jpeg, .png, .webp, .heic)")
+        raise NoPhotosError(f"no photos found in {photos}" + (f" (skipped: {', '.join(s['file'] for s in skipped)})"
+                                                               if skipped else ""))
     names = [_unique(f, root, i, files) for i, f in enumerate(files)]
     fa = get_face_analysis(config.face)
     timings: dict[str, float] = {}
@@ -450,7 +457,7 @@ def run_preprocess(photos: Path | str | list, out_dir: Path | str | None = None,
         centroid = scoring.robust_centroid(list(embeddings.values()), fa.metric,
                                            config.identity_threshold or fa.same_person_threshold)
     rep = build_report(results, [p.file for p in selected], ref.file if ref else None, engines, config, text,
-                       train_dir)
+                       train_dir, skipped)
     if out_dir is not None:
         write_report(Path(out_dir), rep)
     timings["total"] = time.perf_counter() - t_start

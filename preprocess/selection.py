@@ -8,7 +8,7 @@ from .config import REASONS, PreprocessConfig
 from .types import PhotoResult
 
 # Reasons that end a photo's analysis: nothing else about it can be judged.
-HARD_REASONS = frozenset({"unreadable", "too_large", "too_small", "no_face", "multiple_faces"})
+HARD_REASONS = frozenset({"unreadable", "unsupported_format", "too_large", "too_small", "no_face", "multiple_faces"})
 
 
 def order_reasons(reasons: Sequence[str]) -> list[str]:

@@ -74,13 +74,17 @@ class PreprocessResult:
         raise KeyError(file)
 
 
-def verdict_message(result: PreprocessResult, min_photos: int) -> str:
+def verdict_message(result: PreprocessResult, min_photos: int, config=None) -> str:
     """One paragraph for the user: how many photos are usable and what to do about the others."""
     from .config import REASONS, describe
 
     total = len(result.photos)
     counts = {r: sum(r in p.reasons for p in result.photos) for r in REASONS}
-    advice = [describe(r, c, total) for r, c in sorted(counts.items(), key=lambda t: -t[1]) if c]
+    if config is None and result.decode_limits:  # the limits this run applied, for the size advice
+        from types import SimpleNamespace
+
+        config = SimpleNamespace(**result.decode_limits)
+    advice = [describe(r, c, total, config) for r, c in sorted(counts.items(), key=lambda t: -t[1]) if c]
     head = (f"{result.accepted_count} of {total} photos accepted, {len(result.selected)} selected for training."
             if result.accepted_count >= min_photos else
             f"Only {result.accepted_count} of {total} photos are usable; at least {min_photos} are needed.")
