@@ -98,12 +98,26 @@ class PreprocessConfig:
     min_face_fraction: float = 0.06  # face size / photo's shorter side below which: face_too_small
     # -- scores and rejections ---------------------------------------------------------------------
     identity_threshold: Optional[float] = None  # None: the embedder's same-person threshold (dlib 0.6)
-    blur_threshold: float = 0.15  # sharpness score below which: blurry
+    # blurry: the face's sharpness (normalised Laplacian variance of the face aligned at a fixed 128 px
+    # scale, scoring.sharpness_raw) below blur_floor, or below blur_relative x the set's median (sets of
+    # 3+ faces). Measured on real photos: sharp 0.9-4.9 (Tom Hanks' 112 px crop 0.91, the astronaut 1.7,
+    # Grace Hopper 4.9); Gaussian blur of sigma 1 / 2 / 3 px on the astronaut's 87 px face: 0.39 / 0.12 / 0.06.
+    blur_floor: float = 0.25
+    blur_relative: float = 0.3
     exposure_threshold: float = 0.35  # exposure score below which: bad_exposure
-    max_yaw: float = 40.0  # |yaw| above this (degrees): extreme_pose
-    max_pitch: float = 50.0
-    max_roll: float = 40.0
-    duplicate_bits: int = 10  # perceptual-hash Hamming distance (of 128 bits) at or below which: duplicate
+    # extreme_pose: beyond what the templates take (their faces: |yaw| <= 17, |roll| <= 4; the fusion and
+    # inpainting re-align roll, but a head turned past 35° shows the other side of the face).
+    max_yaw: float = 35.0  # |yaw| above this (degrees): extreme_pose
+    max_pitch: float = 50.0  # pitch from a generic 3-D model carries a ~20-30° offset: a loose limit
+    max_roll: float = 25.0  # head tilt
+    duplicate_bits: int = 10  # whole-frame hash Hamming distance (of 128 bits) for photos without a face
+    duplicate_embedding: float = 0.15  # same photo: identity distance at most this (a re-encode moves 0.04-0.11) ...
+    duplicate_face_bits: int = 6  # ... and the aligned face crop's 64-bit hash within this many bits ...
+    duplicate_lab: float = 3.0  # ... and its Lab thumbnail within this mean difference (other light: 5+)
+    max_crop_padding: float = 0.1  # a crop padded over this fraction of its area lowers the photo's score
+    restore_crops: bool = True  # crops of faces smaller than the resolution needs go through the upscale engine
+    restore_engine: str = "auto"  # auto (esrgan when its model is present, else classic) | classic | esrgan
+    retouch_crops: bool = False  # a light skin retouch on the training crops (classic, or restore when present)
     workers: int = 2  # analysis worker processes (dlib holds the GIL); used for 4+ photos with dlib engines
 
     def __post_init__(self):
@@ -119,6 +133,11 @@ class PreprocessConfig:
             raise ValueError(f"background_engine must be auto, grabcut or onnx, got {self.background_engine!r}")
         if not self.trigger_word.strip():
             raise ValueError("trigger_word must not be empty")
+        if not 0 < self.blur_relative < 1 or self.blur_floor < 0:
+            raise ValueError(f"blur_relative must be in (0, 1) and blur_floor >= 0, got {self.blur_relative}, "
+                             f"{self.blur_floor}")
+        if self.restore_engine not in ("auto", "classic", "esrgan"):
+            raise ValueError(f"restore_engine must be auto, classic or esrgan, got {self.restore_engine!r}")
         if self.max_side < 256:
             raise ValueError(f"max_side must be >= 256, got {self.max_side}")
 

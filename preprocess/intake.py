@@ -99,7 +99,7 @@ def intake_photo(path: Path, config: PreprocessConfig, root: Path | None = None,
     return res
 
 
-def decode_for_crop(path: Path, config: PreprocessConfig, needed_scale: float) -> tuple[np.ndarray, float]:
+def decode_for_crop(path: Path, config: PreprocessConfig, needed_scale: float, turned: int = 0) -> tuple[np.ndarray, float]:
     """Decode a selected photo at the smallest size that keeps `needed_scale` of the original's
     resolution (1.0 = full). JPEG draft decoding makes a half- or quarter-size decode much cheaper.
     Returns the pixels and their scale relative to the original."""
@@ -110,4 +110,6 @@ def decode_for_crop(path: Path, config: PreprocessConfig, needed_scale: float) -
         with Image.open(path) as img:
             max_side = max(1, int(np.ceil(max(img.size) * needed_scale)))
     dec = decode_image(path, max_side=max_side, max_pixels=config.max_pixels, max_bytes=config.max_bytes)
-    return dec.pixels, dec.scale
+    from .orientation import turn_upright
+
+    return turn_upright(dec.pixels, turned), dec.scale
