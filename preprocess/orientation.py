@@ -89,3 +89,36 @@ def find_tilted(fa, image: np.ndarray, config: PreprocessConfig
             # tilted clockwise (positive roll): the face's roll on the photo is its roll here + angle.
             return angle, rotated, faces, (lambda f, back=back, angle=angle: map_face(f, back, angle))
     return None
+
+
+ROLL_REFINE_FROM = 8.0  # degrees: a face estimated at least this tilted gets its roll measured again upright
+
+
+def refine_roll(fa, image: np.ndarray, face: Face, rounds: int = 3) -> float:
+    """The face's roll measured again on copies turned to undo the tilt found so far.
+
+    dlib's shape predictor fits a tilted face poorly from an upright detection box: a head tilted by
+    30° reads as 13°, one by 38° as 5°. Turning the face upright by the first estimate and measuring
+    the remainder, until it is small, recovers the tilt (30° → 29°)."""
+    total = float(face.roll)
+    if abs(total) < ROLL_REFINE_FROM:
+        return total
+    cx, cy = (float(v) for v in face.center)
+    half = 1.6 * max(face.size, 40.0)
+    h, w = image.shape[:2]
+    x0, y0 = int(max(0, cx - half)), int(max(0, cy - half))
+    x1, y1 = int(min(w, cx + half)), int(min(h, cy + half))
+    region = np.ascontiguousarray(image[y0:y1, x0:x1])
+    centre = (cx - x0, cy - y0)
+    for _ in range(rounds):
+        m = cv2.getRotationMatrix2D(centre, total, 1.0)  # counter-clockwise by the clockwise tilt: upright
+        upright = cv2.warpAffine(region, m, (region.shape[1], region.shape[0]), flags=cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_REPLICATE)
+        faces = fa.analyze(upright, embed=False)
+        if not faces:
+            break
+        near = min(faces, key=lambda f: float(np.linalg.norm(f.center - np.asarray(centre))))
+        total += float(near.roll)
+        if abs(near.roll) < 2.0:
+            break
+    return total

@@ -45,7 +45,7 @@ from .crops import crop_padding, face_in_crop, make_crop_with_padding
 from .dataset import build_report, crop_name, prepare_train_dir, write_metadata, write_png, write_report
 from .duplicates import face_signature, find_face_duplicates, perceptual_hash
 from .intake import IntakeResult, decode_for_crop, intake_photo, list_photos
-from .orientation import find_tilted, find_turned, turn_text
+from .orientation import find_tilted, find_turned, refine_roll, turn_text
 from .restore import needs_restoring, restore_engine, restored_crop, retouched
 from .selection import HARD_REASONS, blur_limit, choose_reference, face_reasons, order_reasons, select_top_k
 from .types import SCORE_KEYS, PhotoResult, PreprocessResult
@@ -180,6 +180,8 @@ def analyse_photo(fa: FaceAnalysis, intake: IntakeResult, config: PreprocessConf
         a.reason, a.message = "no_face", "no face was found (also looked on the photo turned by 90°, 180° and 270°)"
         return a
     face = faces[0]
+    if back is None:
+        face.roll = refine_roll(fa, img, face)
     a.face = (face if back is None else back(face)).scaled(1.0 / intake.scale)
     if len(faces) > 1 and faces[1].size >= config.dominance_ratio * face.size:
         a.reason = "multiple_faces"
