@@ -33,6 +33,7 @@ from portrait.samples import astronaut, write_sample_photos  # noqa: E402
 from portrait.templates import load_template  # noqa: E402
 from preprocess import PreprocessConfig, run_preprocess  # noqa: E402
 
+BAR, ESCAPED = "|", "\\|"
 BUNDLED = ("astronaut-wide", "classic-bw", "duo", "navy-formal", "studio-grey", "warm-studio")
 
 
@@ -119,7 +120,7 @@ def ladder_table(root: Path) -> None:
     for p in r.photos:
         roll = "" if p.face is None else f"{p.face.roll:.0f}°"
         print(f"| {p.file} | {', '.join(p.reasons) or 'accepted'} | {p.facts.get('sharpness_raw', '')} | {roll} | "
-              f"{p.message.replace('|', '\\|')} |")
+              f"{p.message.replace(BAR, ESCAPED)} |")
 
 
 def main() -> None:
