@@ -159,24 +159,34 @@ def register(group: click.Group) -> None:
     @json_option
     @handle_errors
     def embed(trainset, out_file, embedder, as_json):
-        """Train-free identity: the mean face embedding of a training set, for IP-Adapter FaceID."""
+        """Train-free identity: the mean face embedding of a training set, for IP-Adapter FaceID.
+
+        TRAINSET is a `portrait preprocess` output, or a raw photo folder: that goes through the same
+        intake and selection first (into OUT's folder/preprocess), so other people, duplicates and
+        blurry photos are never averaged in."""
         import shutil
 
+        from preprocess import PreprocessConfig
+        from preprocess.identity_photos import identity_photos
+
         from ..faces import FaceConfig, get_face_analysis
-        from ..identity.face_embedding import embed_identity
+        from ..identity.face_embedding import FaceIdentity
 
         fa = get_face_analysis(FaceConfig(embedder=embedder))
-        with progress_bar(not as_json) as cb:
-            ident = embed_identity(trainset, face_analysis=fa, progress=cb)
         out = Path(out_file) if out_file else Path(trainset) / EMBEDDING_NAME
+        with progress_bar(not as_json) as cb:
+            photos = identity_photos(trainset, out.parent / "preprocess", PreprocessConfig(face=fa.config), progress=cb)
+        ident = FaceIdentity.from_vectors(photos.vectors, photos.names, fa.config.embedder, fa.metric)
+        out.parent.mkdir(parents=True, exist_ok=True)
         ident.save(out)
-        # The photo nearest the identity serves as the fusion reference for `portrait generate`.
-        folder = Path(trainset) / "train" if (Path(trainset) / "train").is_dir() else Path(trainset)
-        ref = folder / ident.sources[0] if ident.sources else None
+        # A clear photo of the person serves as the fusion reference for `portrait generate`.
+        ref = (Path(trainset) / "train" / ident.sources[0] if photos.source_kind == "training_set"
+               else photos.reference)
         if ref is not None and ref.is_file():
             shutil.copyfile(ref, out.parent / REFERENCE_NAME)
         summary = {"file": str(out), "engine": ident.engine, "dim": ident.dim, "metric": ident.metric,
-                   "photos": ident.count, "reference": str(out.parent / REFERENCE_NAME) if ref else None}
+                   "photos": ident.count, "reference": str(out.parent / REFERENCE_NAME) if ref else None,
+                   **photos.to_dict()}
         if as_json:
             print_json(summary)
         else:
