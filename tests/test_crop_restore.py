@@ -63,3 +63,20 @@ def test_retouch_crops_is_recorded(tmp_path):
     diff = abs(a - b)
     assert 0.2 < diff[192:320, 192:320].mean() < 6  # a light touch on the face, not a new picture
     assert diff[:48].mean() < diff[192:320, 192:320].mean() / 3  # the top of the picture hardly moves
+
+
+def test_retouch_crops_option_on_the_cli(tmp_path):
+    from click.testing import CliRunner
+
+    from portrait.cli import cli
+
+    paths = write_sample_photos(tmp_path / "samples")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in paths[:4]:
+        (photos / p.name).write_bytes(p.read_bytes())
+    res = CliRunner().invoke(cli, ["preprocess", str(photos), "--out", str(tmp_path / "out"), "--retouch-crops",
+                                   "--json", "--resolution", "256"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert all(p.get("retouched") == "classic" for p in report["photos"] if p["crop"])
