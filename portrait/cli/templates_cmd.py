@@ -30,12 +30,14 @@ def _summary(t, with_faces: bool = False, bundled: set | None = None) -> dict:
 
 
 def _preview(t, path: Path | None) -> Path | None:
-    """Write the numbered-slot preview: PATH, else the template folder's preview.jpg, else
-    ./NAME-preview.jpg when that folder is read-only."""
+    """Write the numbered-slot preview: PATH, else a user template's own preview.jpg, else (a bundled
+    template, or a read-only folder) ./NAME-preview.jpg."""
     from ..template_slots import PREVIEW_NAME, draw_preview
+    from ..templates import bundled_dir
 
     target = path or t.directory / PREVIEW_NAME
-    if path is None and not os.access(t.directory, os.W_OK):
+    bundled = t.directory.parent.resolve() == bundled_dir().resolve()
+    if path is None and (bundled or not os.access(t.directory, os.W_OK)):
         target = Path.cwd() / f"{t.name}-preview.jpg"
     faces = t.detected_faces()
     try:
@@ -101,8 +103,8 @@ def register(group: click.Group) -> None:
     @templates.command("show")
     @click.argument("name")
     @click.option("--preview", "preview_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                  help="Where to write the preview with numbered slot boxes [default: the template folder's "
-                       "preview.jpg, or ./NAME-preview.jpg when that folder is read-only].")
+                  help="Where to write the preview with numbered slot boxes [default: a user template's "
+                       "preview.jpg; ./NAME-preview.jpg for a bundled or read-only one].")
     @json_option
     @handle_errors
     def show_cmd(name: str, preview_path: Path | None, as_json: bool) -> None:
@@ -121,7 +123,7 @@ def register(group: click.Group) -> None:
             print_json(data)
             return
         for k, v in data.items():
-            if k not in ("detected_faces", "slots", "not_slots", "preview", "notice"):
+            if k not in ("detected_faces", "slots", "not_slots", "preview", "notice", "image"):
                 click.echo(f"{k:<16} {v}")
         _print_slots(t, notice, preview)
 
