@@ -80,3 +80,22 @@ def test_retouch_crops_option_on_the_cli(tmp_path):
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
     assert all(p.get("retouched") == "classic" for p in report["photos"] if p["crop"])
+
+
+def test_esrgan_restores_when_its_model_is_present(tmp_path):
+    """With a Real-ESRGAN file in the models folder (here a tiny random RRDB in the real layout), auto
+    restores small-face crops through it, and report.json says so."""
+    from helpers_spandrel import tiny_rrdb
+
+    from portrait.faces import FaceConfig
+
+    models = tmp_path / "models"
+    models.mkdir()
+    rrdb = tiny_rrdb(models / "rrdb.safetensors", scale=4)
+    (models / "models.toml").write_text(f'[models.realesrgan-x4]\npath = "{rrdb}"\n')
+    paths = write_sample_photos(tmp_path / "samples")
+    small = [p for p in paths if p.name == "astronaut_01.jpg"]  # an 87 px face: needs restoring at 512
+    config = PreprocessConfig(min_photos=1, face=FaceConfig(models_dir=str(models)))
+    r = run_preprocess(small, tmp_path / "out", config)
+    assert r.photos[0].facts["restored"] == "esrgan"
+    assert load_rgb(tmp_path / "out" / "train" / r.photos[0].crop).shape == (512, 512, 3)
