@@ -159,12 +159,15 @@ def test_a_bundled_name_is_not_shadowed_unless_forced(user_templates, grace_hopp
     assert marks["navy-formal"] is True and marks["studio-grey"] is False
 
 
-def test_show_a_bundled_template_writes_its_preview_here_not_into_the_package(user_templates, tmp_path, monkeypatch):
+def test_show_a_bundled_template_writes_its_preview_to_the_cache_not_into_the_package(user_templates, tmp_path,
+                                                                                       monkeypatch):
     from portrait.cli import cli
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     res = CliRunner().invoke(cli, ["templates", "show", "astronaut-wide"])
     assert res.exit_code == 0, res.output
     assert "slot 0: box 179,83-266,170" in res.output
-    assert (tmp_path / "astronaut-wide-preview.jpg").is_file()
+    assert (tmp_path / "cache" / "portrait" / "previews" / "astronaut-wide-preview.jpg").is_file()
     assert not (T.bundled_dir() / "astronaut-wide" / "preview.jpg").exists()
+    assert list(tmp_path.glob("*.jpg")) == []  # nothing dropped in the current folder

@@ -31,14 +31,15 @@ def _summary(t, with_faces: bool = False, bundled: set | None = None) -> dict:
 
 def _preview(t, path: Path | None) -> Path | None:
     """Write the numbered-slot preview: PATH, else a user template's own preview.jpg, else (a bundled
-    template, or a read-only folder) ./NAME-preview.jpg."""
+    template, or a read-only folder) $XDG_CACHE_HOME/portrait/previews/NAME-preview.jpg."""
     from ..template_slots import PREVIEW_NAME, draw_preview
     from ..templates import bundled_dir
 
     target = path or t.directory / PREVIEW_NAME
     bundled = t.directory.parent.resolve() == bundled_dir().resolve()
     if path is None and (bundled or not os.access(t.directory, os.W_OK)):
-        target = Path.cwd() / f"{t.name}-preview.jpg"
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        target = cache / "portrait" / "previews" / f"{t.name}-preview.jpg"
     faces = t.detected_faces()
     try:
         return draw_preview(t.image(), faces, t.faces, target)
@@ -104,7 +105,7 @@ def register(group: click.Group) -> None:
     @click.argument("name")
     @click.option("--preview", "preview_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
                   help="Where to write the preview with numbered slot boxes [default: a user template's "
-                       "preview.jpg; ./NAME-preview.jpg for a bundled or read-only one].")
+                       "preview.jpg; ~/.cache/portrait/previews/NAME-preview.jpg for a bundled or read-only one].")
     @json_option
     @handle_errors
     def show_cmd(name: str, preview_path: Path | None, as_json: bool) -> None:
