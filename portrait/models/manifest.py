@@ -545,9 +545,9 @@ class Manifest:
             return f"It {spec.source}; reinstall portrait (pip install -e .)."
         dl = spec.download
         if dl is not None and dl.automatic:
-            return (f"Download it with `portrait models fetch {spec.name}` ({dl.size or 'size unknown'}, from "
-                    f"{dl.page()}), or place your own copy at that path or set [models.{spec.name}] path = \"...\" "
-                    f"in {self.config_file}.")
+            return (f"Download it with `portrait models fetch {spec.name}` ({spec.source}; {dl.size or 'size unknown'}"
+                    f" from {dl.page()}), or place your own copy at that path or set [models.{spec.name}] path = "
+                    f"\"...\" in {self.config_file}.")
         if dl is not None and (dl.url or dl.steps):
             url = f" Download {dl.url}" if dl.url else ""
             return (f"It cannot be fetched automatically.{url}{';' if url else ''} {dl.steps}. Or set "
