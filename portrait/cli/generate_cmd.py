@@ -10,6 +10,7 @@ import click
 
 from ..errors import ConfigError, TemplateError
 from .common import handle_errors, json_option, print_json, progress_bar
+from .licence_opt import licence_option
 
 REFERENCE_NAME = "reference.png"
 EMBEDDING_NAME = "identity_embedding.safetensors"
@@ -90,6 +91,7 @@ def register(group: click.Group) -> None:
                   help="How a face-embedding identity is painted: IP-Adapter FaceID, or InstantID (SDXL: IdentityNet "
                   "+ adapter); auto = InstantID when the base is SDXL and its files are present.")
     @json_option
+    @licence_option
     @handle_errors
     def generate(base_model, identity, templates, out_dir, reference, steps, seed, strength, device, engine, as_json):
         """Paint the identity into each template's face (two-pass ControlNet inpainting)."""
@@ -157,6 +159,7 @@ def register(group: click.Group) -> None:
     @click.option("--embedder", type=click.Choice(("dlib-resnet", "arcface")), default="dlib-resnet", show_default=True,
                   help="Face engine; a real IP-Adapter FaceID needs arcface (512-d).")
     @json_option
+    @licence_option
     @handle_errors
     def embed(trainset, out_file, embedder, as_json):
         """Train-free identity: the mean face embedding of a training set, for IP-Adapter FaceID."""

@@ -13,6 +13,7 @@ from ..engines import DIFFUSION_MODES, FUSION_ENGINES, RETOUCH_ENGINES, UPSCALE_
 from ..errors import ConfigError, PortraitError, internal_error
 from ..faces.analysis import DETECTORS, EMBEDDERS, LANDMARKS, FaceConfig
 from .common import handle_errors, json_option, print_json, progress_bar
+from .licence_opt import licence_option
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ def _summary(result) -> None:
                    "slots are numbered left to right from 0, the user fills the rest. Repeatable.")
 @run_options
 @json_option
+@licence_option
 @handle_errors
 def run_command(photos: Path, templates: tuple[str, ...], out: Path, slots: tuple[str, ...], as_json: bool,
                 **options) -> None:
@@ -156,6 +158,7 @@ def _read_manifest(path: Path) -> list[dict]:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @run_options
 @json_option
+@licence_option
 @handle_errors
 def batch_command(manifest: Path, out: Path, as_json: bool, **options) -> None:
     """Run every row of MANIFEST.csv (columns: photos, templates, name); one failing row never stops the rest."""
