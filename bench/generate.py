@@ -84,6 +84,7 @@ def main() -> None:
     ap.add_argument("--device", default=None, help="cpu | cuda | mps (default: best available)")
     ap.add_argument("--dtype", default=None, help="fp32 | fp16 | bf16 (default: per device)")
     ap.add_argument("--steps", type=int, default=None, help="scheduler steps per pass (default: cpu 4, else 30)")
+    ap.add_argument("--steps2", type=int, default=None, help="scheduler steps of pass 2 (default: --steps)")
     ap.add_argument("--controlnets", type=int, default=None, choices=(1, 2, 3),
                     help="pass-1 ControlNets (default: cpu 1, else 3); pass 2 runs tile + canny")
     ap.add_argument("--size", type=int, default=512)
@@ -112,7 +113,7 @@ def main() -> None:
         torch.set_num_threads(os.cpu_count() or 1)
     t0 = time.perf_counter()
     pass1 = replace(PASS1, steps=steps, controlnets=dict(list(PASS1.controlnets.items())[:n_cn]))
-    pass2 = replace(PASS2, steps=steps)
+    pass2 = replace(PASS2, steps=args.steps2 or steps)
     needed = list(dict.fromkeys([*pass1.controlnets, *pass2.controlnets]))
     base, nets = build_sd15(device, dtype, needed)
     lora = random_lora(base.unet, Path(args.out))
@@ -170,21 +171,25 @@ def main() -> None:
     run_ours()  # warm-up: loads the LoRA, builds the pipelines, first-call allocations
     bare()
     t_ours, t_bare = [], []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     for _ in range(args.repeat):  # interleaved so drift hits both alike
         t_bare.append(timed(bare))
         t_ours.append(timed(run_ours))
     mo, mb = statistics.median(t_ours), statistics.median(t_bare)
-    d1, d2 = int(steps * pass1.strength), int(steps * pass2.strength)
+    d1, d2 = int(steps * pass1.strength), int(pass2.steps * pass2.strength)
 
     print(f"\nportrait bench/generate.py — device {device} ({str(dtype).replace('torch.', '')}), torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, build {build_s:.0f} s")
     print(f"full-size SD 1.5 (random weights), {args.size}x{args.size}, identity LoRA r16; pass 1: {'+'.join(names1)} "
           f"strength {pass1.strength} x {steps} steps = {d1} denoise; pass 2: {'+'.join(names2)} "
-          f"strength {pass2.strength} x {steps} steps = {d2} denoise; median of {args.repeat}\n")
+          f"strength {pass2.strength} x {pass2.steps} steps = {d2} denoise; median of {args.repeat}\n")
     print(f"{'run':<34}{'median s':>10}{'runs (s)':>28}")
     print(f"{'bare diffusers (pass 1 + pass 2)':<34}{mb:>10.2f}{' '.join(f'{x:.2f}' for x in t_bare):>28}")
     print(f"{'TemplateInpaint (whole recipe)':<34}{mo:>10.2f}{' '.join(f'{x:.2f}' for x in t_ours):>28}")
     ratio = mo / mb
+    if device.type == "cuda":
+        print(f"{'peak GPU memory (generate)':<34}{torch.cuda.max_memory_allocated() / 2**30:>9.1f} GiB")
     print(f"\noverhead ratio ours / bare = {ratio:.3f}  (goal <= 1.05: {'met' if ratio <= 1.05 else 'NOT met'})")
     # Run-to-run noise on a shared CPU can exceed the overhead itself: also print the recipe's own
     # non-diffusion stages as TemplateInpaint measured them (crop, fusions, controls, colour transfer).

@@ -6,7 +6,7 @@
 
 Engines (config names):
   detector:  dlib-hog (default, offline), dlib-mmod (offline CNN), scrfd (ONNX, user-supplied)
-  landmarks: dlib68 (default; non-commercial licence), dlib5 (commercial-friendly), none
+  landmarks: dlib5 (default, commercial-safe), dlib68 (non-commercial licence; dense outline), none
   embedder:  dlib-resnet (default, offline), arcface (ONNX, user-supplied)
 """
 
@@ -36,7 +36,7 @@ EMBEDDERS: tuple[str, ...] = EmbedderName.__args__  # type: ignore[attr-defined]
 @dataclass(frozen=True)
 class FaceConfig:
     detector: str = "dlib-hog"
-    landmarks: str = "dlib68"
+    landmarks: str = "dlib5"  # commercial-safe; as alike as dlib68 on the samples (README, Models)
     embedder: str = "dlib-resnet"
     detect_max_side: int = 1024  # detection runs on a copy downscaled to this (speed); results mapped back
     upsample: int = 0  # extra detector upsampling for small faces
@@ -122,6 +122,22 @@ class FaceAnalysis:
     def engines(self) -> dict:
         return self.config.engines()
 
+    def model_names(self) -> list[str]:
+        """The manifest models this configuration loads (for the licence policy)."""
+        c = self.config
+        names = {"dlib-mmod": ["dlib-mmod"], "scrfd": ["scrfd"]}.get(c.detector, [])
+        names += {"dlib68": ["dlib-68pt"], "dlib5": ["dlib-5pt"]}.get(c.landmarks, [])
+        names += ["dlib-resnet" if c.embedder == "dlib-resnet" else "arcface-buffalo"]
+        return names
+
+    def check_licences(self) -> None:
+        """LicenceError if the licence policy in force excludes a model of this configuration. Checked on
+        every call, not only at load: a cached analyser must not outlive a stricter policy."""
+        from ..models.licence import check_licence
+
+        for name in self.model_names():
+            check_licence(self.manifest.spec(name))
+
     # -- analysis ---------------------------------------------------------------------------------
     def detect(self, image: np.ndarray) -> list[Detection]:
         """Detections in full-image coordinates (detector runs on a downscaled copy)."""
@@ -145,6 +161,7 @@ class FaceAnalysis:
 
     def analyze(self, image: np.ndarray, *, embed: bool = True, max_faces: int | None = None) -> list[Face]:
         """All faces in `image` (uint8 RGB), largest first, with landmarks, pose and (optionally) embedding."""
+        self.check_licences()
         dets = self.detect(image)
         dets.sort(key=lambda d: -float((d.box[2] - d.box[0]) * (d.box[3] - d.box[1])))
         if max_faces is not None:
