@@ -156,3 +156,25 @@ def test_unreachable_endpoint_is_a_clear_error(empty_models_dir):
     assert r.returncode == 2
     err = json.loads(r.stdout)
     assert err["error"] == "fetch_failed" and "clip-tokenizer" in err["message"]
+
+
+def test_small_git_files_are_checked_against_their_blob_id_and_not_fetched_twice(tmp_path):
+    """config.json-like files (not LFS) carry the git blob id as ETag: a copy that does not match it is
+    refused; a second fetch of a folder already in place downloads nothing."""
+    cfg = b'{"_class_name": "ControlNetModel", "in_channels": 4}'
+    spec = ModelSpec("test-folder", "controlnet", "test/folder", licence="MIT", commercial_use=True,
+                     download=Download("tester/tiny-model", COMMIT, (SourceFile("config.json", "config.json"),)))
+    m = Manifest(tmp_path / "models", specs=[spec])
+    with HubServer() as hub:
+        f = hub.state.add("tester/tiny-model", "config.json", cfg, lfs=False)
+        assert fetch_model(m, "test-folder", endpoint=hub.endpoint).state == "fetched"
+        gets = sum(1 for meth, _, _ in hub.state.requests if meth == "GET")
+        assert fetch_model(m, "test-folder", endpoint=hub.endpoint).state == "present"
+        assert sum(1 for meth, _, _ in hub.state.requests if meth == "GET") == gets
+        # the server now sends other bytes under the same blob id (a corrupt mirror): refused, nothing kept
+        (tmp_path / "models" / "test" / "folder" / "config.json").unlink()
+        f.data, good = b'{"tampered": true}', f.data
+        hub.state.etag_override = hashlib.sha1(b"blob %d\0" % len(good) + good).hexdigest()
+        with pytest.raises(ModelHashError):
+            fetch_model(m, "test-folder", endpoint=hub.endpoint)
+    assert _files_under(tmp_path / "models") == []

@@ -19,6 +19,7 @@ carrying the exact URL and steps. `--endpoint` / HF_ENDPOINT select a mirror.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -153,6 +154,22 @@ def _is_sha256(value: str | None) -> bool:
     return bool(value) and len(value) == 64 and all(c in "0123456789abcdef" for c in value.lower())
 
 
+def _git_sha1(path: Path) -> str:
+    """The git blob id of a file: what the Hub sends as ETag for small (non-LFS) files like config.json."""
+    h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _matches_git_etag(path: Path, etag: str | None) -> bool | None:
+    """True/False when the ETag is a git blob id (40 hex), None when it is something else."""
+    if not etag or len(etag) != 40 or any(c not in "0123456789abcdef" for c in etag.lower()):
+        return None
+    return _git_sha1(path) == etag.lower()
+
+
 def _prune(folder: Path, stop: Path) -> None:
     """Remove empty folders from `folder` up to (not including) `stop`."""
     while folder != stop and folder.is_dir() and stop in folder.parents and not any(folder.iterdir()):
@@ -179,8 +196,8 @@ def _fetch_file(name: str, dl: Download, f: SourceFile, dest: Path, staging: Pat
         raise ModelHashError(name, url, f.sha256, server_sha)
     if f.size is not None and meta.size is not None and f.size != meta.size:
         raise FetchError(name, f"{url} is {meta.size} bytes, the manifest records {f.size}: a different file")
-    if dest.is_file() and expected and sha256_file(dest) == expected:
-        return FetchedFile(f.repo_path, str(dest), expected, dest.stat().st_size, "present", pinned), None
+    if dest.is_file() and (sha256_file(dest) == expected if expected else _matches_git_etag(dest, meta.etag)):
+        return FetchedFile(f.repo_path, str(dest), sha256_file(dest), dest.stat().st_size, "present", pinned), None
 
     part = staging / (f.repo_path + ".part")
     info = part.with_name(part.name + ".json")
@@ -208,6 +225,8 @@ def _fetch_file(name: str, dl: Download, f: SourceFile, dest: Path, staging: Pat
     actual = sha256_file(part)
     if expected and actual != expected:
         raise ModelHashError(name, url, expected, actual)
+    if not expected and _matches_git_etag(part, meta.etag) is False:  # a small git file: its blob id
+        raise ModelHashError(name, url, f"git blob {meta.etag}", f"git blob {_git_sha1(part)}")
     return FetchedFile(f.repo_path, str(dest), actual, part.stat().st_size, "resumed" if resume else "downloaded",
                        pinned), part
 
