@@ -19,7 +19,7 @@ from typing import Literal, Optional
 import numpy as np
 
 from ..imageio import check_rgb
-from ..models.manifest import Manifest, get_manifest
+from ..models.manifest import ALIASES, Manifest, get_manifest
 from .base import Detection, distance
 from .landmarks_dlib import DlibShapePredictor, five_from_68, five_from_dlib5
 from .pose import pose_from_5, pose_from_68
@@ -127,7 +127,7 @@ class FaceAnalysis:
         c = self.config
         names = {"dlib-mmod": ["dlib-mmod"], "scrfd": ["scrfd"]}.get(c.detector, [])
         names += {"dlib68": ["dlib-68pt"], "dlib5": ["dlib-5pt"]}.get(c.landmarks, [])
-        names += ["dlib-resnet" if c.embedder == "dlib-resnet" else "arcface-buffalo"]
+        names.append(ALIASES.get(c.embedder, (c.embedder,))[0])  # embedder names are manifest names
         return names
 
     def check_licences(self) -> None:
