@@ -127,7 +127,7 @@ class FaceAnalysis:
         c = self.config
         names = {"dlib-mmod": ["dlib-mmod"], "scrfd": ["scrfd"]}.get(c.detector, [])
         names += {"dlib68": ["dlib-68pt"], "dlib5": ["dlib-5pt"]}.get(c.landmarks, [])
-        names.append(ALIASES.get(c.embedder, (c.embedder,))[0])  # embedder names are manifest names
+        names.append(ALIASES.get(c.embedder, c.embedder))  # embedder names are manifest names
         return names
 
     def check_licences(self) -> None:

@@ -34,7 +34,7 @@ from .manifest import Download, Manifest, ModelSpec, SourceFile, is_commit, sha2
 # `--all-for TARGET`: every model a recipe can use on that base, and the face models.
 TARGETS: dict[str, tuple[str, ...]] = {
     "sd15": ("sd15", "controlnet-canny", "controlnet-openpose", "controlnet-tile", "ip-adapter-faceid",
-             "ip-adapter-faceid-plusv2", "clip-vit-h-image-encoder", "arcface-buffalo", "scrfd"),
+             "ip-adapter-faceid-plusv2", "clip-vision-vit-h", "arcface-buffalo", "scrfd"),
     "sdxl": ("sdxl", "controlnet-canny-sdxl", "controlnet-openpose-sdxl", "controlnet-tile-sdxl",
              "instantid-adapter", "instantid-controlnet", "arcface-antelopev2", "scrfd"),
     "faces": ("scrfd", "arcface-buffalo", "arcface-antelopev2"),

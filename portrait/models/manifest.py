@@ -47,10 +47,10 @@ ModelKind = Literal[
     "vae",
     "controlnet",
     "ip_adapter",
+    "image_encoder",
     "instantid",
     "lora",
     "tokenizer",
-    "image_encoder",
 ]
 MODEL_KINDS: tuple[str, ...] = ModelKind.__args__  # type: ignore[attr-defined]
 
@@ -396,7 +396,7 @@ BUILTIN: tuple[ModelSpec, ...] = (
         download=Download(_FACEID_REPO, "main", (_f("ip-adapter-faceid_sd15_lora.safetensors"),), size="51.1 MB"),
     ),
     ModelSpec(
-        "clip-vit-h-image-encoder", "image_encoder", "ip-adapter/image_encoder", licence="MIT (OpenCLIP ViT-H-14, "
+        "clip-vision-vit-h", "image_encoder", "ip-adapter/image_encoder", licence="MIT (OpenCLIP ViT-H-14, "
         "LAION-2B)", commercial_use=True, source="h94/IP-Adapter models/image_encoder (CLIP ViT-H-14)",
         description="CLIP image encoder for IP-Adapter Plus / FaceID-PlusV2", required=("config.json",),
         download=Download("h94/IP-Adapter", "018e402774aeeddd60609b4ecdb7e298259dc729",
@@ -424,11 +424,12 @@ BUILTIN: tuple[ModelSpec, ...] = (
     ),
 )
 
-# Old names still read from existing models.toml files and code: name -> (new name, note).
-ALIASES: dict[str, tuple[str, str]] = {
-    "arcface": ("arcface-buffalo", "the model name 'arcface' is deprecated: it is now 'arcface-buffalo' (buffalo_l "
-                "w600k_r50.onnx, for FaceID and inswapper); InstantID uses 'arcface-antelopev2' (antelopev2 "
-                "glintr100.onnx). Rename [models.arcface] in models.toml"),
+# Old names still accepted everywhere a model name is (models.toml tables included), with why they changed.
+ALIASES: dict[str, str] = {"arcface": "arcface-buffalo"}
+ALIAS_NOTES: dict[str, str] = {
+    "arcface": "the model name 'arcface' is deprecated: it is now 'arcface-buffalo' (buffalo_l w600k_r50.onnx, for "
+               "FaceID and inswapper); InstantID uses 'arcface-antelopev2' (antelopev2 glintr100.onnx). Rename "
+               "[models.arcface] in models.toml",
 }
 
 
@@ -486,10 +487,9 @@ class Manifest:
             raise ConfigError(f"{path}: cannot parse models config ({exc})") from exc
         for name, entry in (data.get("models") or {}).items():
             if name in ALIASES and name not in self.specs:
-                new, note = ALIASES[name]
-                log.warning("%s: %s", path, note)
-                self.notes.append(f"{path}: {note}")
-                name = new
+                log.warning("%s: %s", path, ALIAS_NOTES[name])
+                self.notes.append(f"{path}: {ALIAS_NOTES[name]}")
+                name = ALIASES[name]
             if not isinstance(entry, dict):
                 raise ConfigError(f"{path}: [models.{name}] must be a table")
             unknown = set(entry) - {"path", "sha256", "kind", "licence", "commercial_use", "source",
@@ -518,11 +518,10 @@ class Manifest:
         """`name`, or the current name of a deprecated alias (logged once per manifest)."""
         if name in self.specs or name not in ALIASES:
             return name
-        new, note = ALIASES[name]
-        if note not in self._warned:
-            self._warned.add(note)
-            log.warning(note)
-        return new
+        if name not in self._warned:
+            self._warned.add(name)
+            log.warning(ALIAS_NOTES[name])
+        return ALIASES[name]
 
     def __contains__(self, name: str) -> bool:
         return self.canonical(name) in self.specs
