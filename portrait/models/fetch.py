@@ -98,7 +98,8 @@ def manual_steps(manifest: Manifest, spec: ModelSpec) -> str:
     if dl is None or not (dl.url or dl.steps):
         return f"no known download; place the files at {path} (see `portrait models list`)."
     url = f"1. download {dl.url}\n  2. " if dl.url else "1. "
-    return f"{url}{dl.steps}\n  path: {path}"
+    steps = dl.steps.replace("<models>", str(manifest.models_dir))
+    return f"{url}{steps}\n  path: {path}"
 
 
 # -- progress ---------------------------------------------------------------------------------------

@@ -278,7 +278,7 @@ BUILTIN: tuple[ModelSpec, ...] = (
         "restore/GFPGANv1.4.safetensors`, or point models.toml at the .pth)",
         description="face restoration for the skin-retouch stage",
         download=_manual("https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.4.pth",
-                         "download it, then `portrait models convert GFPGANv1.4.pth <models>/restore/"
+                         "convert it: `portrait models convert GFPGANv1.4.pth <models>/restore/"
                          "GFPGANv1.4.safetensors`", size="348.6 MB"),
     ),
     ModelSpec(
@@ -286,7 +286,7 @@ BUILTIN: tuple[ModelSpec, ...] = (
         commercial_use=True, source="xinntao Real-ESRGAN release RealESRGAN_x4plus (.pth: `portrait models convert` it, or set path)",
         description="4x super-resolution (RRDB) for the upscale stage",
         download=_manual("https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth",
-                         "download it, then `portrait models convert RealESRGAN_x4plus.pth <models>/upscale/"
+                         "convert it: `portrait models convert RealESRGAN_x4plus.pth <models>/upscale/"
                          "RealESRGAN_x4plus.safetensors`", size="64 MB"),
     ),
     # --- diffusion --------------------------------------------------------------------------------
@@ -340,7 +340,7 @@ BUILTIN: tuple[ModelSpec, ...] = (
         commercial_use=None, source="EasyPhoto's control_sd15_random_color (a single A1111 .pth)",
         architecture="sd15", description="colour ControlNet", required=("config.json",),
         download=_manual("https://pai-aigc-photog.oss-cn-hangzhou.aliyuncs.com/webui/control_sd15_random_color.pth",
-                         "a non-Hub host: download it and set [models.controlnet-color] path = \"/path/to/"
+                         "a non-Hub host: set [models.controlnet-color] path = \"/path/to/"
                          "control_sd15_random_color.pth\" in models.toml", size="1.45 GB"),
     ),
     # SDXL ControlNets (the SD 1.5 ones cannot steer an SDXL UNet); InpaintModels picks them for SDXL bases.
