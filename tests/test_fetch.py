@@ -59,11 +59,17 @@ def test_cli_fetches_a_builtin_model_at_its_pinned_revision_into_the_manifest_pa
     assert (folder / "vocab.json").read_bytes() == vocab and (folder / "merges.txt").read_bytes() == merges
     # the pinned commit from the manifest is what was asked for, file by exact name
     assert f"/{repo}/resolve/f03de327dd89b501a01da37fc5240cf4fdba85a1/tokenizer/vocab.json" in heads
-    assert _files_under(empty_models_dir) == ["tokenizer/clip-vit-large-patch14/merges.txt",
+    assert _files_under(empty_models_dir) == [".fetched/clip-tokenizer.json", "tokenizer/clip-vit-large-patch14/merges.txt",
                                               "tokenizer/clip-vit-large-patch14/vocab.json"]
     listed = json.loads(_cli("models", "list", "--json").stdout)
     row = next(m for m in listed["models"] if m["name"] == "clip-tokenizer")
-    assert row["state"] != "missing" and row["source"]["repo"] == repo and row["pin"] == "pinned"
+    assert row["state"] == "present" and row["source"]["repo"] == repo and row["pin"] == "pinned"
+    # `verify` checks every fetched file against the hash recorded at fetch time
+    assert _cli("models", "verify", "clip-tokenizer").returncode == 0
+    (folder / "merges.txt").write_bytes(merges + b"x y\n")
+    bad = _cli("models", "verify", "clip-tokenizer", "--json")
+    assert bad.returncode == 2 and json.loads(bad.stdout)["models"][0]["state"] == "bad_hash"
+    assert "merges.txt" in json.loads(bad.stdout)["models"][0]["fix"]
 
 
 def test_good_hash_is_verified_installed_and_not_downloaded_twice(tmp_path):
@@ -80,8 +86,10 @@ def test_good_hash_is_verified_installed_and_not_downloaded_twice(tmp_path):
     assert dest.read_bytes() == data
     assert first.state == "fetched" and first.files[0].sha256 == sha and first.files[0].pinned
     assert second.state == "present" and gets_after_second == gets_after_first == 1
-    assert _files_under(tmp_path / "models") == ["test/weights.safetensors"]  # no partials, no metadata
-    assert m.status("test-model").state == "present"  # and `verify` checks the recorded hash
+    assert _files_under(tmp_path / "models") == [".fetched/test-model.json", "test/weights.safetensors"]  # no partials
+    assert m.status("test-model").state == "present"  # `verify` checks the hash recorded at fetch time
+    dest.write_bytes(data[:-1] + b"!")
+    assert m.status("test-model").state == "bad_hash"
 
 
 def test_recorded_hash_that_differs_from_the_server_is_refused_and_nothing_is_left(empty_models_dir):
@@ -140,7 +148,7 @@ def test_an_interrupted_download_resumes_where_it_stopped(empty_models_dir):
     dest = empty_models_dir / "ip-adapter" / name
     assert dest.read_bytes() == data
     assert result.files[0].state == "resumed" and ranges[-1] == f"bytes={kept}-"
-    assert _files_under(empty_models_dir) == [f"ip-adapter/{name}"]
+    assert _files_under(empty_models_dir) == [".fetched/ip-adapter-faceid-lora.json", f"ip-adapter/{name}"]
 
 
 def test_models_that_cannot_be_fetched_print_the_url_and_steps(empty_models_dir):
@@ -177,4 +185,4 @@ def test_small_git_files_are_checked_against_their_blob_id_and_not_fetched_twice
         hub.state.etag_override = hashlib.sha1(b"blob %d\0" % len(good) + good).hexdigest()
         with pytest.raises(ModelHashError):
             fetch_model(m, "test-folder", endpoint=hub.endpoint)
-    assert _files_under(tmp_path / "models") == []
+    assert _files_under(tmp_path / "models") == [".fetched/test-folder.json"]  # the first fetch's record only

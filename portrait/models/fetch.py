@@ -232,6 +232,21 @@ def _fetch_file(name: str, dl: Download, f: SourceFile, dest: Path, staging: Pat
                        pinned), part
 
 
+def _write_record(manifest: Manifest, name: str, path: Path, dl: Download, done: list[FetchedFile]) -> None:
+    """What `models verify` checks later: each installed file's sha256 (of the converted .safetensors for a
+    converted pickle), with the source it was verified against."""
+    files = {}
+    for fl, f in zip(dl.files, done):
+        installed = Path(f.path)
+        rel = "" if installed == path else str(installed.relative_to(path))
+        files[rel] = sha256_file(installed) if fl.convert or not f.sha256 else f.sha256
+    record = manifest.record_file(name)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"path": str(path), "repo": dl.repo, "repo_type": dl.repo_type,
+                                  "revision": dl.revision, "files": files,
+                                  "source_sha256": {f.repo_path: f.sha256 for f in done}}, indent=1))
+
+
 # -- one model --------------------------------------------------------------------------------------
 def fetch_model(manifest: Manifest, name: str, *, endpoint: str | None = None, token: str | bool | None = None,
                 progress: ProgressCallback | None = None) -> FetchResult:
@@ -279,6 +294,7 @@ def fetch_model(manifest: Manifest, name: str, *, endpoint: str | None = None, t
             convert_to_safetensors(bin_path, target)
         else:
             os.replace(part, target)
+    _write_record(manifest, name, path, dl, done)
     if progress is not None:
         progress(f"fetch {name}", len(dl.files), len(dl.files))
     shutil.rmtree(staging, ignore_errors=True)

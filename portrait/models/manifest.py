@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import tomllib
@@ -54,6 +55,7 @@ ModelKind = Literal[
 ]
 MODEL_KINDS: tuple[str, ...] = ModelKind.__args__  # type: ignore[attr-defined]
 
+FETCH_RECORDS = ".fetched"  # under the models folder: one JSON per model `portrait models fetch` installed
 PACKAGE_PREFIX = "pkg:"  # "pkg:module/relative/path": a file shipped inside an installed pip package
 
 
@@ -555,24 +557,27 @@ class Manifest:
         return (f"Place it at that path or set [models.{spec.name}] path = \"...\" in {self.config_file}.{where}"
                 " Run `portrait models list` to see every model's state.")
 
-    def file_hashes(self, spec: ModelSpec, path: Path) -> dict[Path, str]:
+    def record_file(self, name: str) -> Path:
+        """Where `portrait models fetch` records what it installed for model `name` (files and sha256)."""
+        return self.models_dir / FETCH_RECORDS / f"{name}.json"
+
+    def fetch_record(self, name: str) -> dict | None:
+        try:
+            return json.loads(self.record_file(name).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def file_hashes(self, spec: ModelSpec, path: Path, deep: bool = True) -> dict[Path, str]:
         """Files under the model's path with a known sha256: the manifest's (or models.toml's) for a single
-        file, the download's per-file hashes for a folder (only where the path is the kind the download
-        writes: a user's single-file checkpoint in place of a diffusers folder has no recorded hash)."""
+        file; else what `portrait models fetch` recorded when it installed the model at this path (each file
+        checked against the manifest's pin or the Hub's LFS hash). A model you placed yourself (any SD 1.5
+        folder, say) has no recorded hashes and is `unchecked`, never refused for being another release."""
         if spec.sha256:
             return {path: spec.sha256} if not path.is_dir() else {}
-        dl = spec.download
-        if dl is None:
+        record = self.fetch_record(spec.name) if deep else None
+        if not record or record.get("path") != str(path):
             return {}
-        out = {}
-        for f in dl.files:
-            if f.sha256 is None or f.convert:
-                continue
-            if f.dest and path.is_dir():
-                out[path / f.dest] = f.sha256
-            elif not f.dest and not path.is_dir():
-                out[path] = f.sha256
-        return out
+        return {(path / rel if rel else path): sha for rel, sha in (record.get("files") or {}).items()}
 
     def _hash_ok(self, file: Path, expected: str) -> str | None:
         """None if `file` has sha256 `expected`, else the actual hash (cached per path, size and mtime)."""
@@ -582,7 +587,9 @@ class Manifest:
         self._verified[key] = actual
         return None if actual.lower() == expected.lower() else actual
 
-    def status(self, name: str, check_hash: bool = True) -> ModelStatus:
+    def status(self, name: str, check_hash: bool = True, deep: bool = True) -> ModelStatus:
+        """present / unchecked / missing / bad_hash. `check_hash` reads files: the manifest's sha256 and,
+        with `deep`, every file `portrait models fetch` recorded (what `models verify` does)."""
         spec = self.spec(name)
         try:
             path = self.path(name)
@@ -591,7 +598,7 @@ class Manifest:
         if not path.exists():
             return ModelStatus(spec, path, "missing", self.how_to_get(spec, path))
         # A folder in another layout (say .bin weights) is the user's choice: only files present are hashed.
-        hashes = {f: h for f, h in self.file_hashes(spec, path).items() if f.is_file()}
+        hashes = {f: h for f, h in self.file_hashes(spec, path, deep).items() if f.is_file()}
         if path.is_dir():
             lacking = [r for r in spec.required if not (path / r).exists()]
             if lacking:
@@ -613,7 +620,7 @@ class Manifest:
         from .licence import check_licence
 
         check_licence(self.spec(name))
-        st = self.status(name, check_hash=check_hash)
+        st = self.status(name, check_hash=check_hash, deep=False)  # loading never re-reads gigabytes
         if st.state == "missing":
             raise ModelMissingError(name, st.path, st.message if st.message.startswith("folder") else
                                     self.how_to_get(st.spec, st.path))
