@@ -59,7 +59,7 @@ def face_analysis():
     """The default offline analyser (dlib HOG + 68 points + ResNet), loaded once per test session."""
     from portrait.faces import FaceConfig, get_face_analysis
 
-    return get_face_analysis(FaceConfig(landmarks="dlib68"))
+    return get_face_analysis(FaceConfig())
 
 
 @pytest.fixture

@@ -94,7 +94,7 @@ def test_every_downloadable_model_lists_its_source_size_and_licence(empty_models
 
 def test_a_folder_you_placed_yourself_is_unchecked_not_refused(empty_models_dir):
     """Hashes recorded for the released files identify what `models fetch` installs; your own SD 1.5
-    fine-tune at the same path is another model, not a corrupt one (verify says `unchecked`)."""
+    fine-tune at the same path is another model, not a corrupt one (its required members are the check)."""
     import json
 
     sd15 = empty_models_dir / "diffusion" / "sd15"
@@ -102,7 +102,7 @@ def test_a_folder_you_placed_yourself_is_unchecked_not_refused(empty_models_dir)
     (sd15 / "model_index.json").write_text("{}")
     (sd15 / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"my own fine-tune")
     r = _cli("models", "verify", "sd15", "--json")
-    assert r.exit_code == 0 and json.loads(r.stdout)["models"][0]["state"] == "unchecked"
+    assert r.exit_code == 0 and json.loads(r.stdout)["models"][0]["state"] == "present"
     assert Manifest(empty_models_dir).require("sd15") == sd15
 
 

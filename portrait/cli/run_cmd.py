@@ -47,7 +47,7 @@ def run_options(f):
         click.option("--seed", type=int, default=None),
         click.option("--device", default=None, help="cpu | cuda | mps (default: best available)."),
         click.option("--detector", type=click.Choice(DETECTORS), default="dlib-hog", show_default=True),
-        click.option("--landmarks", type=click.Choice(LANDMARKS), default="dlib5", show_default=True,
+        click.option("--landmarks", type=click.Choice(LANDMARKS), default="dlib68", show_default=True,
                      help="dlib68's licence excludes commercial use; dlib5 is licence-safe."),
         click.option("--embedder", type=click.Choice(EMBEDDERS), default="dlib-resnet", show_default=True),
     ]

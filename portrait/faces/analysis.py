@@ -6,7 +6,7 @@
 
 Engines (config names):
   detector:  dlib-hog (default, offline), dlib-mmod (offline CNN), scrfd (ONNX, user-supplied)
-  landmarks: dlib5 (default, commercial-safe), dlib68 (non-commercial licence; dense outline), none
+  landmarks: dlib68 (default; non-commercial licence), dlib5 (commercial-friendly), none
   embedder:  dlib-resnet (default, offline), arcface (ONNX, user-supplied)
 """
 
@@ -36,7 +36,7 @@ EMBEDDERS: tuple[str, ...] = EmbedderName.__args__  # type: ignore[attr-defined]
 @dataclass(frozen=True)
 class FaceConfig:
     detector: str = "dlib-hog"
-    landmarks: str = "dlib5"  # commercial-safe; as alike as dlib68 on the samples (README, Models)
+    landmarks: str = "dlib68"
     embedder: str = "dlib-resnet"
     detect_max_side: int = 1024  # detection runs on a copy downscaled to this (speed); results mapped back
     upsample: int = 0  # extra detector upsampling for small faces

@@ -369,8 +369,9 @@ BUILTIN: tuple[ModelSpec, ...] = (
         commercial_use=None, source="any SDXL colour-palette ControlNet as a diffusers folder (there is no standard "
         "release; or set the template's [inpaint] controlnets color = 0 to run without it)", architecture="sdxl",
         description="colour ControlNet (SDXL)", required=("config.json",),
-        download=_manual("", "there is no standard SDXL colour ControlNet release: the SDXL recipe runs without it; "
-                         "to use one, put its diffusers folder at the path shown"),
+        download=_manual("", "there is no standard SDXL colour ControlNet release: set the template's [inpaint] "
+                         "controlnets color = 0 to run without it, or put an SDXL colour ControlNet's diffusers "
+                         "folder at the path shown"),
     ),
     ModelSpec(
         "ip-adapter-faceid", "ip_adapter", "ip-adapter/ip-adapter-faceid_sd15.safetensors",
@@ -610,8 +611,8 @@ class Manifest:
                     return ModelStatus(spec, path, "bad_hash", f"sha256 {actual} != expected {expected}"
                                        + (f" ({file.relative_to(path)})" if file != path else ""))
             return ModelStatus(spec, path, "present")
-        if path.is_dir():
-            return ModelStatus(spec, path, "present" if hashes else "unchecked")
+        if path.is_dir():  # folders without a fetch record: their required members are the check
+            return ModelStatus(spec, path, "present")
         return ModelStatus(spec, path, "present" if hashes or spec.bundled else "unchecked")
 
     def require(self, name: str, check_hash: bool = True) -> Path:
