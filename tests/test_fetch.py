@@ -186,3 +186,17 @@ def test_small_git_files_are_checked_against_their_blob_id_and_not_fetched_twice
         with pytest.raises(ModelHashError):
             fetch_model(m, "test-folder", endpoint=hub.endpoint)
     assert _files_under(tmp_path / "models") == [".fetched/test-folder.json"]  # the first fetch's record only
+
+
+def test_antelopev2_comes_from_the_instantid_space(empty_models_dir):
+    """InstantID's own Space ships antelopev2's glintr100.onnx: fetched from /spaces/..., into the path
+    the arcface-antelopev2 entry names (the buffalo_l model keeps its own path)."""
+    data = _weights(70_000, seed=5)
+    with HubServer() as hub:
+        hub.state.add("InstantX/InstantID", "models/antelopev2/glintr100.onnx", data)
+        r = _cli("models", "fetch", "arcface-antelopev2", "--endpoint", hub.endpoint, "--json")
+        heads = [p for m, p, _ in hub.state.requests if m == "HEAD"]
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert heads == ["/spaces/InstantX/InstantID/resolve/main/models/antelopev2/glintr100.onnx"]
+    assert (empty_models_dir / "insightface" / "glintr100.onnx").read_bytes() == data
+    assert not (empty_models_dir / "insightface" / "w600k_r50.onnx").exists()
