@@ -200,3 +200,19 @@ def test_antelopev2_comes_from_the_instantid_space(empty_models_dir):
     assert heads == ["/spaces/InstantX/InstantID/resolve/main/models/antelopev2/glintr100.onnx"]
     assert (empty_models_dir / "insightface" / "glintr100.onnx").read_bytes() == data
     assert not (empty_models_dir / "insightface" / "w600k_r50.onnx").exists()
+
+
+def test_all_for_faces_fetches_the_face_stack(empty_models_dir):
+    files = {("public-data/insightface", "models/buffalo_l/det_10g.onnx"): _weights(30_000, seed=6),
+             ("public-data/insightface", "models/buffalo_l/w600k_r50.onnx"): _weights(40_000, seed=7),
+             ("InstantX/InstantID", "models/antelopev2/glintr100.onnx"): _weights(50_000, seed=8)}
+    with HubServer() as hub:
+        for (repo, path), data in files.items():
+            hub.state.add(repo, path, data)
+        r = _cli("models", "fetch", "--all-for", "faces", "--endpoint", hub.endpoint, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [m["name"] for m in json.loads(r.stdout)["models"]] == ["scrfd", "arcface-buffalo", "arcface-antelopev2"]
+    ins = empty_models_dir / "insightface"
+    assert (ins / "scrfd_10g_bnkps.onnx").read_bytes() == files[("public-data/insightface", "models/buffalo_l/det_10g.onnx")]
+    assert (ins / "w600k_r50.onnx").read_bytes() == files[("public-data/insightface", "models/buffalo_l/w600k_r50.onnx")]
+    assert (ins / "glintr100.onnx").read_bytes() == files[("InstantX/InstantID", "models/antelopev2/glintr100.onnx")]
