@@ -292,7 +292,9 @@ def set_identity_lora(pipe, lora_path: str | Path | None, weight: float = 1.0, s
     """Load, replace or (None) unload the identity and style LoRAs on `pipe` without reloading the base.
 
     Adapters are named "identity" and "style" and combined with set_adapters. The state lives on the
-    UNet, so pipelines derived from the same base (inpaint_pipeline) see the same LoRAs.
+    UNet, so pipelines derived from the same base (inpaint_pipeline) see the same LoRAs. A LoRA that an
+    IP-Adapter file brought (FaceID's `faceid_0`, loaded by diffusers' load_ip_adapter) stays active beside
+    them: see activate_loras.
     """
     loaded: dict[str, str] = pipe.unet.__dict__.setdefault("_portrait_loras", {})
     wanted = {"identity": lora_path, "style": style_lora if style_weight else None}
@@ -307,7 +309,25 @@ def set_identity_lora(pipe, lora_path: str | Path | None, weight: float = 1.0, s
             if path is not None:
                 pipe.load_lora_weights(str(path), adapter_name=name)
                 loaded[name] = key
-    active = [n for n in ("identity", "style") if n in loaded]
-    if active:
-        weights = {"identity": weight, "style": style_weight}
-        pipe.set_adapters(active, adapter_weights=[weights[n] for n in active])
+    pipe.unet.__dict__["_portrait_lora_weights"] = {"identity": weight, "style": style_weight}
+    activate_loras(pipe)
+
+
+IP_ADAPTER_LORA_PREFIX = "faceid_"  # diffusers names an IP-Adapter file's own LoRA faceid_<index>
+
+
+def ip_adapter_loras(pipe) -> list[str]:
+    """The LoRAs on the UNet that came with an IP-Adapter file (FaceID's faceid_0)."""
+    return [n for n in getattr(pipe.unet, "peft_config", {}) or {} if n.startswith(IP_ADAPTER_LORA_PREFIX)]
+
+
+def activate_loras(pipe) -> None:
+    """Make every loaded LoRA active at its weight: identity and style at the weights set_identity_lora was
+    given, an IP-Adapter's own LoRA (faceid_0) at 1.0 as diffusers loads it. diffusers' set_adapters (and
+    load_ip_adapter, which calls it with faceid_0 alone) switches off every adapter not named, so this runs
+    after any of them changes."""
+    loaded = pipe.unet.__dict__.get("_portrait_loras", {})
+    weights = pipe.unet.__dict__.get("_portrait_lora_weights", {})
+    names = [n for n in ("identity", "style") if n in loaded] + ip_adapter_loras(pipe)
+    if names:
+        pipe.set_adapters(names, adapter_weights=[float(weights.get(n, 1.0)) for n in names])
