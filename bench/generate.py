@@ -98,8 +98,8 @@ def main() -> None:
 
     from portrait.faces import FaceConfig, get_face_analysis
     from portrait.generate import controls
-    from portrait.generate.template_inpaint import (PASS1, PASS2, Identity, InpaintJob, InpaintModels,
-                                                    TemplateInpaint, _pil)
+    from portrait.generate.pipelines import InpaintModels
+    from portrait.generate.template_inpaint import PASS1, PASS2, Identity, InpaintJob, TemplateInpaint, _pil
     from portrait.imageio import load_rgb
     from portrait.models.device import pick_device
     from portrait.post.fusion import fuse

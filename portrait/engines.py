@@ -11,10 +11,13 @@ from dataclasses import asdict, dataclass
 
 from .errors import ConfigError
 from .models.manifest import Manifest
+from .post import fusion, retouch, upscale
 
-FUSION_ENGINES = ("auto", "classic", "onnx")
-RETOUCH_ENGINES = ("auto", "classic", "restore", "none")
-UPSCALE_ENGINES = ("auto", "classic", "esrgan", "none")
+# Each stage's own engines (its module's ENGINES), plus "auto" (chosen from the models present) and, for
+# the optional stages, "none".
+FUSION_ENGINES = ("auto", *fusion.ENGINES)
+RETOUCH_ENGINES = ("auto", *retouch.ENGINES, "none")
+UPSCALE_ENGINES = ("auto", *upscale.ENGINES, "none")
 DIFFUSION_MODES = ("auto", "on", "off")
 
 
@@ -94,7 +97,7 @@ def _base_info(manifest: Manifest, base: str) -> tuple[str, int | None]:
 
 def _adapter_fits(path, embedder: str, cross_dim: int | None) -> str | None:
     """None when the adapter file takes this embedder's embeddings and this base's token size; else why not."""
-    from .identity.face_embedding import adapter_id_dim, adapter_token_dim
+    from .generate.pipelines import adapter_id_dim, adapter_token_dim
 
     try:
         id_dim, tok = adapter_id_dim(path), adapter_token_dim(path)

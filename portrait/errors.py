@@ -75,6 +75,16 @@ class NotEnoughPhotosError(PortraitError):
     code = "not_enough_photos"
 
 
+class Cancelled(PortraitError):
+    """The job's cancel token was set: the job stopped (between photos, templates or variants, within one
+    diffusion or training step) and wrote no result."""
+
+    code = "cancelled"
+
+    def __init__(self, message: str = "cancelled"):
+        super().__init__(message)
+
+
 def internal_error(exc: BaseException) -> dict:
     """The JSON body for an unexpected failure (a bug): its type and message, never a traceback."""
     return {"error": "internal", "message": f"unexpected {type(exc).__name__}: {exc} (please report this)"}

@@ -278,7 +278,8 @@ class PortraitPipeline:
 
     def _diffuse(self, tmpl, people: dict[int, tuple[np.ndarray, Face]]) -> np.ndarray:
         """Paint each slot in turn (each on the previous result) with that slot's person's identity."""
-        from .generate.template_inpaint import TemplateInpaint, generate_on_template, template_controls
+        from .generate.template_inpaint import TemplateInpaint
+        from .generate.template_jobs import generate_on_template, template_controls
 
         models, identity = self._diffusion_models()
         models.ensure_controlnets(template_controls(tmpl))  # this template's ControlNets, for the base's architecture
@@ -289,7 +290,7 @@ class PortraitPipeline:
         for slot, (ref_img, ref_face) in sorted(people.items()):
             who = self._slot_identity(slot) if slot in self._people else identity
             image = generate_on_template(models, tmpl, who, ref_img, ref_face, inpaint=self._inpaint, slot=slot,
-                                         image=image, callback=self.progress, face_analysis=self.fa,
+                                         image=image, progress=self.progress, face_analysis=self.fa,
                                          steps=self.config.steps, seed=self.config.seed).image
         return image
 
@@ -315,7 +316,8 @@ class PortraitPipeline:
     def _diffusion_models(self):
         """Base (+ FaceID adapter or InstantID) loaded once per pipeline, ControlNets as templates need them;
         the identity once per run, painted by self.identity_engine."""
-        from .generate.template_inpaint import Identity, InpaintModels
+        from .generate.pipelines import InpaintModels
+        from .generate.template_inpaint import Identity
 
         c = self.config
         engine = self.identity_engine

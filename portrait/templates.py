@@ -52,7 +52,7 @@ import portrait
 
 from .errors import ImageError, TemplateError
 from .faces.types import Face
-from .generate.controls import CONTROL_NAMES
+from .generate.template_inpaint import PASS1, PASS2, PassSettings
 from .imageio import DecodedImage, decode_image, image_files, save_image
 from .models.manifest import sha256_file
 
@@ -63,18 +63,7 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 CACHE_VERSION = 1
 
 
-@dataclass(frozen=True)
-class PassConfig:
-    """One diffusion pass: denoise strength, steps, guidance and ControlNet scales by name."""
-
-    strength: float
-    steps: int
-    controlnets: dict = field(default_factory=dict)
-    guidance_scale: float = 7.0
-
-
-DEFAULT_INPAINT = PassConfig(0.45, 30, {"canny": 0.5, "openpose": 0.3, "color": 0.5})
-DEFAULT_EDGE = PassConfig(0.3, 20, {"tile": 0.8, "canny": 0.8})
+DEFAULT_INPAINT, DEFAULT_EDGE = PASS1, PASS2  # template.toml's [inpaint] / [edge] defaults
 
 
 @dataclass
@@ -87,8 +76,8 @@ class Template:
     negative_prompt: str = "blurry, deformed, lowres, bad anatomy, watermark"
     faces: tuple[int, ...] = (0,)
     seed: int | None = None
-    inpaint: PassConfig = DEFAULT_INPAINT
-    edge: PassConfig = DEFAULT_EDGE
+    inpaint: PassSettings = DEFAULT_INPAINT
+    edge: PassSettings = DEFAULT_EDGE
     style_lora: str | None = None
     style_weight: float = 0.6
     max_side: int = 1024
@@ -193,22 +182,22 @@ class _Reader:
         if extra:
             raise self.fail(prefix + extra[0], f"is unknown (allowed: {', '.join(sorted(allowed))})")
 
-    def pass_config(self, key: str, default: PassConfig) -> PassConfig:
+    def pass_settings(self, key: str, default: PassSettings) -> PassSettings:
+        """A pass table read into PassSettings: types checked here, limits by PassSettings.problem()."""
         t = self.table(key)
         self.unknown(t, ("strength", "steps", "guidance_scale", "controlnets"), f"{key}.")
-        strength = self.get(t, "strength", f"{key}.strength", float, default.strength, lo=0.0, hi=1.0, lo_open=True)
-        steps = self.get(t, "steps", f"{key}.steps", int, default.steps, lo=1, hi=500)
-        guidance = self.get(t, "guidance_scale", f"{key}.guidance_scale", float, default.guidance_scale, lo=0.0, hi=50.0)
         nets = t.get("controlnets", default.controlnets)
         if not isinstance(nets, dict):
             raise self.fail(f"{key}.controlnets", f"must be a table of name = scale, got {type(nets).__name__}")
-        for n in nets:
-            if n not in CONTROL_NAMES:
-                raise self.fail(f"{key}.controlnets.{n}", f"is not a known ControlNet ({', '.join(CONTROL_NAMES)})")
-        scales = {n: self.get(nets, n, f"{key}.controlnets.{n}", float, lo=0.0, hi=2.0) for n in nets}
-        if int(steps * strength) < 1:
-            raise self.fail(f"{key}.steps", f"x strength = {steps * strength:.2f} leaves no denoising step")
-        return PassConfig(strength, steps, scales, guidance)
+        settings = PassSettings(
+            strength=self.get(t, "strength", f"{key}.strength", float, default.strength),
+            steps=self.get(t, "steps", f"{key}.steps", int, default.steps),
+            controlnets={n: self.get(nets, n, f"{key}.controlnets.{n}", float) for n in nets},
+            guidance_scale=self.get(t, "guidance_scale", f"{key}.guidance_scale", float, default.guidance_scale))
+        bad = settings.problem()
+        if bad is not None:
+            raise self.fail(f"{key}.{bad[0]}", bad[1])
+        return settings
 
 
 TOP_KEYS = ("name", "description", "image", "prompt", "negative_prompt", "faces", "seed", "inpaint", "edge", "style",
@@ -261,8 +250,8 @@ def parse_template(directory: str | Path) -> Template:
         negative_prompt=r.get(data, "negative_prompt", "negative_prompt", str, Template.negative_prompt),
         faces=tuple(faces),
         seed=r.get(data, "seed", "seed", int, None, lo=0, hi=2**63 - 1),
-        inpaint=r.pass_config("inpaint", DEFAULT_INPAINT),
-        edge=r.pass_config("edge", DEFAULT_EDGE),
+        inpaint=r.pass_settings("inpaint", DEFAULT_INPAINT),
+        edge=r.pass_settings("edge", DEFAULT_EDGE),
         style_lora=r.get(style, "lora", "style.lora", str, None),
         style_weight=r.get(style, "weight", "style.weight", float, 0.6, lo=0.0, hi=2.0),
         max_side=r.get(output, "max_side", "output.max_side", int, 1024, lo=256, hi=8192),

@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from portrait.errors import ConfigError
 from portrait.faces import Face
 from portrait.models.manifest import Manifest, get_manifest
 
@@ -113,7 +114,7 @@ def remove_background(image: np.ndarray, face: Face, engine: str = "auto", manif
     elif used == "grabcut":
         alpha = grabcut_alpha(image, face)
     else:
-        raise ValueError(f"unknown background engine {engine!r}")
+        raise ConfigError(f"unknown background engine {engine!r}")
     a = alpha[..., None]
     out = image.astype(np.float32) * a + 255.0 * (1.0 - a)
     return np.clip(out + 0.5, 0, 255).astype(np.uint8), alpha, used

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from portrait.errors import ConfigError
 from portrait.faces import FaceConfig
 
 # The stable reason codes of DESIGN.md section 5, in the order a photo's reasons are listed.
@@ -100,19 +101,19 @@ class PreprocessConfig:
 
     def __post_init__(self):
         if self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
         if self.min_photos < 1:
-            raise ValueError(f"min_photos must be >= 1, got {self.min_photos}")
+            raise ConfigError(f"min_photos must be >= 1, got {self.min_photos}")
         if self.resolution < 64 or self.resolution % 8:
-            raise ValueError(f"resolution must be a multiple of 8 and >= 64, got {self.resolution}")
+            raise ConfigError(f"resolution must be a multiple of 8 and >= 64, got {self.resolution}")
         if not 0.2 <= self.face_fraction <= 1.0:
-            raise ValueError(f"face_fraction must be in [0.2, 1], got {self.face_fraction}")
+            raise ConfigError(f"face_fraction must be in [0.2, 1], got {self.face_fraction}")
         if self.background_engine not in ("auto", "grabcut", "onnx"):
-            raise ValueError(f"background_engine must be auto, grabcut or onnx, got {self.background_engine!r}")
+            raise ConfigError(f"background_engine must be auto, grabcut or onnx, got {self.background_engine!r}")
         if not self.trigger_word.strip():
-            raise ValueError("trigger_word must not be empty")
+            raise ConfigError("trigger_word must not be empty")
         if self.max_side < 256:
-            raise ValueError(f"max_side must be >= 256, got {self.max_side}")
+            raise ConfigError(f"max_side must be >= 256, got {self.max_side}")
 
 
     def detection_score(self) -> float:

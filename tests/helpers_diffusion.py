@@ -44,7 +44,7 @@ def load_models(paths: dict, faceid: bool = False):
     """InpaintModels over the tiny files, loaded with plain diffusers (no manifest)."""
     from diffusers import ControlNetModel, StableDiffusionPipeline
 
-    from portrait.generate.template_inpaint import InpaintModels
+    from portrait.generate.pipelines import InpaintModels
 
     base = StableDiffusionPipeline.from_pretrained(paths["base"], safety_checker=None, requires_safety_checker=False)
     base.set_progress_bar_config(disable=True)

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
+from portrait.errors import ConfigError
 from portrait.faces import FaceConfig, get_face_analysis
 from portrait.faces.align import align_face, template_points
 from portrait.imageio import load_rgb
@@ -78,7 +79,7 @@ def test_licence_safe_five_point_engine_matches_68(astronaut, face_analysis):
 
 
 def test_unknown_engine_name_is_refused():
-    with pytest.raises(ValueError, match="detector"):
+    with pytest.raises(ConfigError, match="detector"):
         FaceConfig(detector="magic")
 
 

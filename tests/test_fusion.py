@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from portrait.errors import PortraitError
+from portrait.errors import ConfigError, PortraitError
 from portrait.post import color, fusion
 from portrait.templates import load_template
 
@@ -89,17 +89,17 @@ def test_multi_face_template_takes_one_identity_per_slot(face_analysis, astronau
     for face, (_, ref) in zip(faces, (ids[0], ids[1])):
         assert face_analysis.distance(face.embedding, ref.embedding) < 0.6
     assert set(res.details["slots"]) == {0, 1}
-    with pytest.raises(ValueError, match="slot 5"):
+    with pytest.raises(ConfigError, match="slot 5"):
         fusion.fuse_slots(img, t.detected_faces(face_analysis), {5: ids[0]})
 
 
 def test_bad_arguments(face_analysis, astronaut):
     f = _face(face_analysis, astronaut)
-    with pytest.raises(ValueError, match="unknown fusion engine"):
+    with pytest.raises(ConfigError, match="unknown fusion engine"):
         fusion.fuse(astronaut, f, astronaut, f, engine="magic")
-    with pytest.raises(ValueError, match="source_embedding"):
+    with pytest.raises(ConfigError, match="source_embedding"):
         fusion.fuse(astronaut, f, None, None, engine="onnx")
-    with pytest.raises(ValueError, match="blend"):
+    with pytest.raises(ConfigError, match="blend"):
         fusion.fuse(astronaut, f, astronaut, f, blend=2)
 
 

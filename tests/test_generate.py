@@ -13,8 +13,9 @@ import pytest
 from helpers_diffusion import load_models, small_template, tiny_models  # noqa: E402
 
 from portrait.generate import controls  # noqa: E402
-from portrait.generate.template_inpaint import (PASS1, PASS2, Identity, InpaintJob, TemplateInpaint,  # noqa: E402
-                                                job_from_template)
+from portrait.errors import Cancelled, ConfigError  # noqa: E402
+from portrait.generate.template_inpaint import PASS1, PASS2, Identity, InpaintJob, TemplateInpaint  # noqa: E402
+from portrait.generate.template_jobs import job_from_template  # noqa: E402
 from portrait.post import masks  # noqa: E402
 
 CROP = 96  # working resolution: fast on 2 cores, still a real two-pass run
@@ -104,21 +105,43 @@ def test_batched_templates_match_single_runs(models, scene, tiny, reference_resu
 def test_check_inputs_and_interrupt(models, scene, tiny):
     _, _, ref, rface = scene
     ti = TemplateInpaint(models, crop_size=CROP)
-    with pytest.raises(ValueError, match="strength"):
+    with pytest.raises(ConfigError, match="strength"):
         ti(_job(scene, pass1=replace(PASS1, strength=1.5)), Identity(lora=tiny["lora"]), ref, rface)
-    with pytest.raises(ValueError, match="unknown ControlNet"):
+    with pytest.raises(ConfigError, match="unknown ControlNet"):
         ti(_job(scene, pass1=replace(PASS1, controlnets={"depth": 1.0})), Identity(lora=tiny["lora"]), ref, rface)
-    with pytest.raises(ValueError, match="neither a LoRA nor a face"):
+    with pytest.raises(ConfigError, match="neither a LoRA nor a face"):
         ti(_job(scene), Identity(), ref, rface)
-    with pytest.raises(ValueError, match="faceid_adapter"):
+    with pytest.raises(ConfigError, match="faceid_adapter"):
         ti(_job(scene), Identity(face=object()), ref, rface)
 
     def stop(stage, done, total):
         if stage == "inpaint 1":
             ti.interrupt = True
 
-    with pytest.raises(InterruptedError):
-        ti(_job(scene), Identity(lora=tiny["lora"]), ref, rface, callback=stop)
+    with pytest.raises(Cancelled):
+        ti(_job(scene), Identity(lora=tiny["lora"]), ref, rface, progress=stop)
+    # The flag is the caller's: a call never clears it, so a stop set between two calls is not lost.
+    with pytest.raises(Cancelled):
+        ti(_job(scene), Identity(lora=tiny["lora"]), ref, rface)
+    ti.interrupt = False
+
+
+def test_a_cancel_token_stops_generation_within_one_diffusion_step(models, scene, tiny):
+    """cancel set during pass 1's first step: the call raises Cancelled before another step runs."""
+    import threading
+
+    _, _, ref, rface = scene
+    cancel, steps = threading.Event(), []
+
+    def progress(stage, done, total):
+        if stage.startswith("inpaint"):
+            steps.append((stage, done))
+            cancel.set()
+
+    with pytest.raises(Cancelled) as err:
+        TemplateInpaint(models, crop_size=CROP)(_job(scene), Identity(lora=tiny["lora"]), ref, rface,
+                                                progress=progress, cancel=cancel)
+    assert steps == [("inpaint 1", 1)] and err.value.code == "cancelled"
 
 
 def test_job_from_template_reads_settings_and_overrides(scene):

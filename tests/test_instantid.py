@@ -14,8 +14,8 @@ import pytest
 from helpers_diffusion import small_template  # noqa: E402
 
 from portrait.errors import ConfigError, ModelMissingError  # noqa: E402
-from portrait.generate.template_inpaint import (IDENTITYNET, PASS1, PASS2, Identity, InpaintJob,  # noqa: E402
-                                                InpaintModels, TemplateInpaint)
+from portrait.generate.pipelines import IDENTITYNET, InpaintModels  # noqa: E402
+from portrait.generate.template_inpaint import PASS1, PASS2, Identity, InpaintJob, TemplateInpaint  # noqa: E402
 from portrait.identity.face_embedding import FaceIdentity, embed_identity  # noqa: E402
 from portrait.models import loading, tiny  # noqa: E402
 from portrait.models import manifest as manifest_mod  # noqa: E402
@@ -89,7 +89,7 @@ def test_instantid_loads_from_the_manifest_as_diffusers_parts(models, tiny_xl):
     assert [type(n).__name__ for n in pipe.controlnet.nets] == ["ControlNetModel", "ControlNetModel"]
     assert pipe.controlnet.nets[1] is models.identitynet
     # The adapter file reads natively: a perceiver resampler holding exactly the file's weights.
-    from portrait.identity.face_embedding import load_faceid_adapter
+    from portrait.generate.pipelines import load_faceid_adapter
 
     load_faceid_adapter(pipe, models.instantid_adapter, 128)
     [proj] = pipe.unet.encoder_hid_proj.image_projection_layers

@@ -128,7 +128,7 @@ def test_sdxl_loads_and_renders(models_env):
 
 
 def test_inpaint_models_pick_the_controlnets_of_the_base_architecture(models_env):
-    from portrait.generate.template_inpaint import InpaintModels
+    from portrait.generate.pipelines import InpaintModels
 
     xl = InpaintModels.load("sdxl", ["canny", "openpose", "color", "tile"], manifest=models_env, device="cpu")
     for c, net in xl.controlnets.items():
@@ -145,7 +145,7 @@ def test_inpaint_models_pick_the_controlnets_of_the_base_architecture(models_env
 
 
 def test_sdxl_base_without_sdxl_controlnets_names_the_missing_sdxl_entry(empty_models_dir, tiny_set):
-    from portrait.generate.template_inpaint import InpaintModels
+    from portrait.generate.pipelines import InpaintModels
 
     # Only the SD 1.5 ControlNets are configured: an SDXL template run must not fall back to them.
     (empty_models_dir / "models.toml").write_text(

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
+from portrait.errors import ConfigError
 from portrait.post import masks, retouch, spandrel_models
 
 from helpers_spandrel import manifest_with, tiny_rrdb
@@ -36,9 +37,9 @@ def test_classic_smooths_skin_only(astronaut, astro_face):
 
 
 def test_bad_arguments(astronaut, astro_face):
-    with pytest.raises(ValueError, match="engine"):
+    with pytest.raises(ConfigError, match="engine"):
         retouch.retouch(astronaut, astro_face, engine="magic")
-    with pytest.raises(ValueError, match="strength"):
+    with pytest.raises(ConfigError, match="strength"):
         retouch.retouch(astronaut, astro_face, strength=1.5)
 
 

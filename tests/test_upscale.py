@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from portrait.errors import ConfigError
 from portrait.post import spandrel_models, upscale
 
 from helpers_spandrel import manifest_with, tiny_rrdb
@@ -21,9 +22,9 @@ def test_classic_doubles_the_size_and_adds_detail(astronaut):
 
 
 def test_bad_arguments(astronaut):
-    with pytest.raises(ValueError, match="engine"):
+    with pytest.raises(ConfigError, match="engine"):
         upscale.upscale(astronaut, engine="magic")
-    with pytest.raises(ValueError, match="scale"):
+    with pytest.raises(ConfigError, match="scale"):
         upscale.upscale(astronaut, scale=0)
 
 

@@ -12,7 +12,6 @@ from typing import Iterator
 import click
 
 from ..errors import PortraitError
-from ..progress import ProgressCallback
 
 EXIT_OK = 0
 EXIT_USER = 2  # bad input, missing model, not enough usable photos
@@ -43,25 +42,43 @@ def print_json(data) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+class Bar:
+    """The (stage, done, total) callback feeding a rich progress bar, one task per stage; `loss(step, value)`
+    shows a smoothed training loss beside the "train" task (bars made with show_loss=True)."""
+
+    def __init__(self, progress=None):
+        self.progress = progress
+        self.tasks: dict[str, int] = {}
+        self.smooth: float | None = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.progress is None:
+            return
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(stage, total=max(total, 1), loss="")
+        self.progress.update(self.tasks[stage], completed=done, total=max(total, 1))
+
+    def loss(self, step: int, value: float) -> None:  # noqa: ARG002 - the on_step hook's signature
+        self.smooth = value if self.smooth is None else 0.9 * self.smooth + 0.1 * value
+        if self.progress is not None and "train" in self.tasks:
+            self.progress.update(self.tasks["train"], loss=f"loss {self.smooth:.4f}")
+
+
 @contextmanager
-def progress_bar(enabled: bool = True) -> Iterator[ProgressCallback]:
-    """A rich progress bar (on stderr) fed by the (stage, done, total) callback; one task per stage."""
+def progress_bar(enabled: bool = True, show_loss: bool = False) -> Iterator[Bar]:
+    """A rich progress bar on stderr (nothing when disabled or $PORTRAIT_NO_PROGRESS is set)."""
     if not enabled or os.environ.get("PORTRAIT_NO_PROGRESS"):
-        yield lambda stage, done, total: None
+        yield Bar()
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
-    progress = Progress(
-        TextColumn("[bold]{task.description:<14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=Console(stderr=True), transient=False,
-    )
-    tasks: dict[str, int] = {}
-
-    def callback(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            tasks[stage] = progress.add_task(stage, total=max(total, 1))
-        progress.update(tasks[stage], completed=done, total=max(total, 1))
-
+    if show_loss:
+        columns = (TextColumn("[bold]{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    else:
+        columns = (TextColumn("[bold]{task.description:<14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    progress = Progress(*columns, console=Console(stderr=True), transient=False)
     with progress:
-        yield callback
+        yield Bar(progress)

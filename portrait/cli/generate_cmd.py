@@ -94,8 +94,9 @@ def register(group: click.Group) -> None:
     def generate(base_model, identity, templates, out_dir, reference, steps, seed, strength, device, engine, as_json):
         """Paint the identity into each template's face (two-pass ControlNet inpainting)."""
         from ..faces import FaceConfig, get_face_analysis
-        from ..generate.template_inpaint import (Identity, InpaintModels, TemplateInpaint, generate_on_template,
-                                                job_from_template, template_slots)
+        from ..generate.pipelines import InpaintModels
+        from ..generate.template_inpaint import Identity, TemplateInpaint
+        from ..generate.template_jobs import generate_on_template, job_from_template, template_slots
         from ..models.manifest import get_manifest
 
         manifest = get_manifest()
@@ -111,11 +112,8 @@ def register(group: click.Group) -> None:
         over = {"steps": steps, "seed": seed, "strength": strength}
         first = [job_from_template(t, face_analysis=fa, **over) for t in tmpls]
         for j in first:  # bad settings are the user's to fix: a clear message and exit code 2, not a traceback
-            try:
-                j.pass1.check(f"template {j.name} pass 1")
-                j.pass2.check(f"template {j.name} pass 2")
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
+            j.pass1.check(f"template {j.name} pass 1")
+            j.pass2.check(f"template {j.name} pass 2")
         needed = list(dict.fromkeys(n for j in first for n, _ in (*j.pass1.active(), *j.pass2.active())))
         multi = [i for i, t in enumerate(tmpls) if len(template_slots(t, fa)) > 1]
         with progress_bar(not as_json) as cb:
@@ -126,8 +124,8 @@ def register(group: click.Group) -> None:
             runner = TemplateInpaint(models)
             # One-face templates run together (batched where their settings match); others slot by slot.
             single = [j for i, j in enumerate(first) if i not in multi]
-            results = runner(single, ident, ref_rgb, ref_face, callback=cb) if single else []
-            results += [generate_on_template(models, tmpls[i], ident, ref_rgb, ref_face, callback=cb, inpaint=runner,
+            results = runner(single, ident, ref_rgb, ref_face, progress=cb) if single else []
+            results += [generate_on_template(models, tmpls[i], ident, ref_rgb, ref_face, progress=cb, inpaint=runner,
                                              face_analysis=fa, **over) for i in multi]
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

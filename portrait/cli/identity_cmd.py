@@ -2,44 +2,28 @@
 
 from __future__ import annotations
 
-import os
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
-from .common import EXIT_OK, handle_errors, json_option, print_json
+from .common import EXIT_OK, handle_errors, json_option, print_json, progress_bar
 
 
-@contextmanager
-def _train_bar(enabled: bool):
-    """(progress callback, on_step) feeding a rich bar that shows the loss next to the step count."""
-    if not enabled or os.environ.get("PORTRAIT_NO_PROGRESS"):
-        yield None, None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+def _template_validator(cfg):
+    """Validation on cfg.templates' faces (the generation stage's validator over the loaded templates)."""
+    if not cfg.templates:
+        return None
+    from ..generate.template_jobs import template_validator
+    from ..templates import load_template
 
-    progress = Progress(TextColumn("[bold]{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=Console(stderr=True))
-    tasks: dict[str, int] = {}
-    smooth = {"loss": None}
+    loaded = [load_template(t) for t in cfg.templates]
 
-    def callback(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            tasks[stage] = progress.add_task(stage, total=max(total, 1), loss="")
-        progress.update(tasks[stage], completed=done, total=max(total, 1))
+    def make(base, crops, centroid, fa):
+        return template_validator(base, loaded, crops, centroid, fa, steps=cfg.validation_steps,
+                                  crop_size=cfg.validation_size, save_dir=Path(cfg.out_dir) / "validation")
 
-    def on_step(step: int, loss: float) -> None:
-        s = smooth["loss"]
-        smooth["loss"] = loss if s is None else 0.9 * s + 0.1 * loss
-        if "train" in tasks:
-            progress.update(tasks["train"], loss=f"loss {smooth['loss']:.4f}")
-
-    with progress:
-        yield callback, on_step
+    return make
 
 
 def register(group: click.Group) -> None:
@@ -85,8 +69,9 @@ def register(group: click.Group) -> None:
                           alpha=alpha, lr=lr, resolution=resolution, seed=seed, validate_every=validate_every,
                           merge_top_k=merge_top_k, templates=tuple(templates), validation_size=validation_size,
                           device=device, dtype=dtype)
-        with _train_bar(not as_json) as (callback, on_step):
-            result = train_lora(cfg, validate=None if no_validate else "default", progress=callback, on_step=on_step)
+        with progress_bar(not as_json, show_loss=True) as bar:
+            result = train_lora(cfg, validate=None if no_validate else "default", progress=bar, on_step=bar.loss,
+                                template_validator=_template_validator(cfg))
         rep = result.report
         summary = {"lora": str(result.lora_path), "kohya": str(result.kohya_path), "report": str(result.report_path),
                    "steps": rep["config"]["steps"], "chosen": rep["chosen"], "merged": rep["merged"],

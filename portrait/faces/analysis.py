@@ -22,6 +22,7 @@ from typing import Literal, Optional
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..imageio import check_rgb
 from ..models.manifest import Manifest, get_manifest
 from .base import Detection, distance
@@ -64,7 +65,7 @@ class FaceConfig:
         for value, allowed, what in ((self.detector, DETECTORS, "detector"), (self.landmarks, LANDMARKS, "landmarks"),
                                      (self.embedder, EMBEDDERS, "embedder")):
             if value not in allowed:
-                raise ValueError(f"unknown face {what} engine {value!r}; choose one of {', '.join(allowed)}")
+                raise ConfigError(f"unknown face {what} engine {value!r}; choose one of {', '.join(allowed)}")
 
     def engines(self) -> dict:
         return {"detector": self.detector, "landmarks": self.landmarks, "embedder": self.embedder}

@@ -25,6 +25,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from ..errors import ConfigError
 from ..faces.types import Face
 from ..post import masks as _masks
 
@@ -153,7 +154,7 @@ def make_controls(names: list[str] | tuple[str, ...], *, fused: np.ndarray, repl
         elif name == "tile":
             out.append(tile(fused))
         else:
-            raise ValueError(f"unknown control {name!r}; choose from {', '.join(CONTROL_NAMES)}")
+            raise ConfigError(f"unknown control {name!r}; choose from {', '.join(CONTROL_NAMES)}")
     return out
 
 
@@ -235,7 +236,7 @@ def face_crop(image_hw: tuple[int, int], face: Face, size: int = 512, expand: fl
     `size` (the working resolution: 512 for SD 1.5, 1024 for SDXL) is rounded down to a multiple of 8.
     """
     if size < 8:
-        raise ValueError(f"crop size must be at least 8, got {size}")
+        raise ConfigError(f"crop size must be at least 8, got {size}")
     h, w = image_hw
     side = int(round(max(face.width, face.height) * expand))
     side = max(8, min(side, h, w))

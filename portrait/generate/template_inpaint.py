@@ -1,6 +1,6 @@
 """Two-pass template inpainting: the user's identity painted into a template's face (EasyPhoto's recipe).
 
-    models = InpaintModels.load("sd15")                      # base + ControlNets named in the manifest
+    models = InpaintModels.load("sd15")                      # portrait.generate.pipelines
     inpaint = TemplateInpaint(models)
     [result] = inpaint(InpaintJob(template_rgb, template_face, prompt="..."),
                        identity=Identity.from_path("identity.safetensors"), ref_rgb=ref, ref_face=face)
@@ -20,87 +20,64 @@ templates; jobs whose pass settings match run in one batched call.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, PortraitError
+from ..errors import Cancelled, ConfigError
 from ..faces.types import Face
+from ..models import loading
 from ..progress import ProgressCallback, report
 from . import controls
+from .pipelines import (IDENTITYNET, INSTANTID_MODELS, WORKING_SIZE, InpaintModels, _quiet_prompt_notice,
+                        check_adapter_dim, faceid_embeds, identity_tokens, identitynet_hook, instantid_embeds,
+                        load_faceid_adapter, unload_faceid_adapter)
 
-# Which manifest model serves each control, per base architecture (overridable per InpaintModels).
-CONTROLNET_MODELS_BY_ARCH = {
-    "sd15": {"canny": "controlnet-canny", "openpose": "controlnet-openpose", "color": "controlnet-color",
-             "tile": "controlnet-tile"},
-    "sdxl": {"canny": "controlnet-canny-sdxl", "openpose": "controlnet-openpose-sdxl", "color": "controlnet-color-sdxl",
-             "tile": "controlnet-tile-sdxl"},
-}
-CONTROLNET_MODELS = CONTROLNET_MODELS_BY_ARCH["sd15"]  # the SD 1.5 names (kept for callers of the old table)
-
-
-def controlnet_model(arch: str, control: str, overrides: Mapping[str, str] | None = None) -> str:
-    """The manifest name (or path) of the ControlNet serving `control` on an `arch` base: `overrides` first,
-    then CONTROLNET_MODELS_BY_ARCH; a ConfigError when neither knows one."""
-    if overrides and control in overrides:
-        return overrides[control]
-    names = CONTROLNET_MODELS_BY_ARCH.get(arch, {})
-    if control not in names:
-        raise ConfigError(f"no {arch} ControlNet is known for control '{control}': pass controlnet_models="
-                          f"{{'{control}': NAME_OR_PATH}} or set that control's scale to 0 in the template")
-    return names[control]
-WORKING_SIZE = {"sd15": 512, "sdxl": 1024}
-# InstantID (SDXL): the IdentityNet ControlNet and the image-prompt adapter, by manifest name.
-INSTANTID_MODELS = {"controlnet": "instantid-controlnet", "adapter": "instantid-adapter"}
-IDENTITYNET = "identitynet"  # the pass-1 control name InstantID's IdentityNet runs under
 IDENTITY_ENGINES = ("faceid", "instantid")  # how a face-embedding identity is painted
-
-
-def _quiet_prompt_notice() -> None:
-    """Drop diffusers' "You have N ControlNets and you have passed M prompts. The conditionings will be
-    fixed across the prompts." (logged on every multi-ControlNet call with a list of prompts: our control
-    images are per image already), and nothing else those loggers say."""
-    import logging
-
-    class _Drop(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            msg = record.getMessage()
-            return not ("ControlNets and you have passed" in msg and "conditionings will be fixed" in msg)
-
-    for name in ("diffusers.pipelines.controlnet.pipeline_controlnet_inpaint",
-                 "diffusers.pipelines.controlnet.pipeline_controlnet_inpaint_sd_xl"):
-        logger = logging.getLogger(name)
-        if not any(type(f).__name__ == "_Drop" for f in logger.filters):
-            logger.addFilter(_Drop())
 
 
 @dataclass(frozen=True)
 class PassSettings:
-    """One inpaint pass: denoise strength, scheduler steps, ControlNets by name with their scales."""
+    """One inpaint pass: denoise strength, scheduler steps, guidance and ControlNets by name with their
+    scales. The one definition of a pass: template.toml's [inpaint] / [edge] tables read into it, and
+    `problem()` holds its limits, which template validation and the recipe's input check both use."""
 
     strength: float
     steps: int
-    controlnets: Mapping[str, float]
+    controlnets: Mapping[str, float] = field(default_factory=dict)
     guidance_scale: float = 7.0
 
     def active(self) -> tuple[tuple[str, float], ...]:
         """The ControlNets that run: scale 0 drops a net (a zero-scaled net still costs its full compute)."""
         return tuple((n, float(s)) for n, s in self.controlnets.items() if float(s) != 0.0)
 
-    def check(self, what: str) -> None:
+    def problem(self) -> tuple[str, str] | None:
+        """(key, what is wrong) for the first value out of its limits, None when all are valid."""
         if not 0.0 < self.strength <= 1.0:
-            raise ValueError(f"{what}: strength must be in (0, 1], got {self.strength}")
-        if self.steps < 1:
-            raise ValueError(f"{what}: steps must be >= 1, got {self.steps}")
+            return "strength", f"must be in (0, 1], got {self.strength!r}"
+        if not 1 <= self.steps <= MAX_STEPS:
+            return "steps", f"must be in [1, {MAX_STEPS}], got {self.steps!r}"
+        if not 0.0 <= self.guidance_scale <= MAX_GUIDANCE:
+            return "guidance_scale", f"must be in [0, {MAX_GUIDANCE:g}], got {self.guidance_scale!r}"
+        for n, scale in self.controlnets.items():
+            if n not in controls.CONTROL_NAMES:
+                return f"controlnets.{n}", f"is an unknown ControlNet; choose from {', '.join(controls.CONTROL_NAMES)}"
+            if not 0.0 <= float(scale) <= MAX_CONTROL_SCALE:
+                return f"controlnets.{n}", f"must be in [0, {MAX_CONTROL_SCALE:g}], got {scale!r}"
         if int(self.steps * self.strength) < 1:
-            raise ValueError(f"{what}: steps x strength = {self.steps * self.strength:.2f} leaves no denoising step")
-        unknown = [n for n in self.controlnets if n not in controls.CONTROL_NAMES]
-        if unknown:
-            raise ValueError(f"{what}: unknown ControlNet(s) {unknown}; choose from {', '.join(controls.CONTROL_NAMES)}")
+            return "steps", f"x strength = {self.steps * self.strength:.2f} leaves no denoising step"
+        return None
+
+    def check(self, what: str) -> None:
+        """ConfigError naming `what` and the key when a value is out of its limits."""
+        bad = self.problem()
+        if bad is not None:
+            raise ConfigError(f"{what}: {bad[0]} {bad[1]}")
 
 
+MAX_STEPS, MAX_GUIDANCE, MAX_CONTROL_SCALE = 500, 50.0, 2.0
 PASS1 = PassSettings(0.45, 30, {"canny": 0.5, "openpose": 0.3, "color": 0.5})
 PASS2 = PassSettings(0.3, 20, {"tile": 0.8, "canny": 0.8})
 
@@ -178,195 +155,6 @@ class InpaintResult:
     details: dict = field(default_factory=dict)
 
 
-# -- models -----------------------------------------------------------------------------------------
-
-def _loading():
-    """M's portrait.models.loading when present (the cached, manifest-aware loaders)."""
-    try:
-        from ..models import loading
-    except ImportError:
-        return None
-    return loading
-
-
-def _architecture(unet) -> str:
-    return "sdxl" if getattr(unet.config, "addition_embed_type", None) == "text_time" else "sd15"
-
-
-class InpaintModels:
-    """A base model and ControlNets by control name; inpaint pipelines are built per ControlNet set
-    from the base's shared components (no weights copied) and cached, so one load serves every job."""
-
-    def __init__(self, base, controlnets: Mapping[str, Any], *, faceid_adapter: str | Path | None = None,
-                 identitynet=None, instantid_adapter: str | Path | None = None):
-        self.base = base
-        self.controlnets = dict(controlnets)
-        self.faceid_adapter = Path(faceid_adapter) if faceid_adapter else None
-        self.identitynet = identitynet
-        self.instantid_adapter = Path(instantid_adapter) if instantid_adapter else None
-        self._pipes: dict[tuple[str, ...], Any] = {}
-        self._loader: dict | None = None  # set by load(): how ensure_controlnets loads more nets
-        self.arch = getattr(base, "arch", None) or _architecture(self.components["unet"])
-        unet_dim = self.components["unet"].config.cross_attention_dim
-        for n, net in self.controlnets.items():
-            self._check_controlnet(n, net)
-        if (identitynet is None) != (instantid_adapter is None):
-            raise ConfigError("InstantID needs both its IdentityNet ControlNet and its ip-adapter file")
-        if identitynet is not None:
-            self._check_instantid(unet_dim)
-
-    def _check_controlnet(self, name: str, net) -> None:
-        """An SD 1.5 ControlNet cannot steer an SDXL UNet, nor back."""
-        unet_dim = self.components["unet"].config.cross_attention_dim
-        net_dim = getattr(getattr(net, "config", None), "cross_attention_dim", unet_dim)
-        if net_dim != unet_dim:
-            raise ConfigError(f"ControlNet '{name}' attends to {net_dim}-d text embeddings but the {self.arch} base "
-                              f"to {unet_dim}-d: use the '{name}' ControlNet made for {self.arch}")
-
-    def ensure_controlnets(self, controls: Sequence[str]) -> None:
-        """Load the ControlNets of `controls` not loaded yet (only for models made by `load`, which knows
-        where they live); a ConfigError otherwise, a ModelMissingError naming a missing model."""
-        missing = [c for c in controls if c not in self.controlnets]
-        if not missing:
-            return
-        if self._loader is None:
-            raise ConfigError(f"no ControlNet loaded for control(s) {missing}; loaded: {sorted(self.controlnets)}")
-        loading = _loading()
-        kw = {k: self._loader[k] for k in ("manifest", "device", "dtype")}
-        for c in missing:
-            net = loading.load_controlnet(controlnet_model(self.arch, c, self._loader["names"]), **kw)
-            self._check_controlnet(c, net)
-            self.controlnets[c] = net
-
-    def _check_instantid(self, unet_dim: int) -> None:
-        from ..identity.face_embedding import check_instantid_adapter
-
-        if self.arch != "sdxl":
-            raise ConfigError(f"InstantID is built for SDXL; the base model is {self.arch}")
-        check_instantid_adapter(self.instantid_adapter, unet_dim)
-        cfg = self.identitynet.config
-        if cfg.cross_attention_dim != unet_dim or getattr(cfg, "addition_embed_type", None) != "text_time":
-            raise ConfigError(f"the InstantID IdentityNet is not an SDXL ControlNet for this base (cross-attention "
-                              f"{cfg.cross_attention_dim}-d, the base's {unet_dim}-d)")
-
-    @property
-    def has_instantid(self) -> bool:
-        return self.identitynet is not None
-
-    @classmethod
-    def load(cls, base: str | Path = "sd15", controlnets: Sequence[str] = ("canny", "openpose", "color", "tile"), *,
-             controlnet_models: Mapping[str, str] | None = None, manifest=None, device=None, dtype=None,
-             faceid_adapter: str | Path | None = None, instantid: bool = False,
-             instantid_models: Mapping[str, str] | None = None) -> "InpaintModels":
-        """Load the base and the named controls' ControlNets (manifest names or paths) through M's loaders.
-
-        Each control's ControlNet is the manifest entry for the base's architecture
-        (CONTROLNET_MODELS_BY_ARCH: "controlnet-canny" for SD 1.5, "controlnet-canny-sdxl" for SDXL, ...)
-        unless `controlnet_models` names another; a missing one raises ModelMissingError naming it.
-
-        instantid=True also loads InstantID (SDXL): INSTANTID_MODELS' "instantid-controlnet" (IdentityNet)
-        and "instantid-adapter" from the manifest (or the names / paths in `instantid_models`); a missing
-        one raises ModelMissingError naming it, a non-SDXL base or adapter a ConfigError.
-        """
-        loading = _loading()
-        if loading is None:
-            raise PortraitError("portrait.models.loading is not available (install portrait[ml])")
-        b = loading.load_base(str(base), manifest=manifest, device=device, dtype=dtype)
-        arch = _architecture(b.unet) if hasattr(b, "unet") else "sd15"
-        overrides = dict(controlnet_models or {})
-        names = {c: controlnet_model(arch, c, overrides) for c in controlnets}
-        identitynet = adapter = None
-        if instantid:
-            iid = {**INSTANTID_MODELS, **(instantid_models or {})}
-            if arch != "sdxl":
-                raise ConfigError(f"InstantID is built for SDXL; the base model '{base}' is {arch}")
-            adapter, _ = loading.resolve_model(iid["adapter"], manifest)
-            identitynet = loading.load_controlnet(iid["controlnet"], manifest=manifest, device=device, dtype=dtype)
-        nets = {c: loading.load_controlnet(names[c], manifest=manifest, device=device, dtype=dtype) for c in controlnets}
-        models = cls(b, nets, faceid_adapter=faceid_adapter, identitynet=identitynet, instantid_adapter=adapter)
-        models._loader = {"manifest": manifest, "device": device, "dtype": dtype, "names": overrides}
-        return models
-
-    @property
-    def components(self) -> dict:
-        return self.base.components if hasattr(self.base, "components") else dict(self.base)
-
-    @property
-    def device(self):
-        return self.components["unet"].device
-
-    @property
-    def dtype(self):
-        return self.components["unet"].dtype
-
-    def pipeline(self, names: Sequence[str]):
-        """The inpaint pipeline running exactly the ControlNets `names` (in that order)."""
-        key = tuple(names)
-        if key not in self._pipes:
-            loaded = {**self.controlnets, **({IDENTITYNET: self.identitynet} if self.has_instantid else {})}
-            missing = [n for n in key if n not in loaded]
-            if missing:
-                raise ConfigError(f"no ControlNet loaded for control(s) {missing}; loaded: {sorted(loaded)}")
-            nets = [loaded[n] for n in key]
-            loading = _loading()
-            if loading is not None and hasattr(loading, "inpaint_pipeline") and nets:
-                pipe = loading.inpaint_pipeline(self.base, nets)
-            else:
-                pipe = _inpaint_pipeline(self.components, nets, self.arch)
-            pipe.set_progress_bar_config(disable=True)
-            self._pipes[key] = pipe
-        return self._pipes[key]
-
-
-def _inpaint_pipeline(components: dict, nets: list, arch: str):
-    """(SDXL)ControlNetInpaintPipeline from shared components; the plain inpaint pipeline with no nets."""
-    import inspect
-
-    import diffusers
-
-    if nets:
-        cls = diffusers.StableDiffusionXLControlNetInpaintPipeline if arch == "sdxl" else \
-            diffusers.StableDiffusionControlNetInpaintPipeline
-    else:
-        cls = diffusers.StableDiffusionXLInpaintPipeline if arch == "sdxl" else diffusers.StableDiffusionInpaintPipeline
-    params = inspect.signature(cls.__init__).parameters
-    kwargs = {k: v for k, v in components.items() if k in params and k != "controlnet"}
-    for opt in ("safety_checker", "feature_extractor", "image_encoder"):
-        if opt in params:
-            kwargs.setdefault(opt, None)
-    if "requires_safety_checker" in params:
-        kwargs["requires_safety_checker"] = False
-    if nets:
-        kwargs["controlnet"] = nets[0] if len(nets) == 1 else diffusers.MultiControlNetModel(nets)
-    return cls(**kwargs)
-
-
-def _set_loras(models: InpaintModels, pipe, identity: Identity, style_lora, style_weight: float) -> None:
-    """Identity LoRA (+ style LoRA) on the shared UNet, through M's set_identity_lora when present."""
-    state = (str(identity.lora), identity.lora_weight, str(style_lora), style_weight)
-    if getattr(models, "_lora_state", None) == state:
-        return
-    loading = _loading()
-    if loading is not None and hasattr(loading, "set_identity_lora"):
-        loading.set_identity_lora(pipe, identity.lora, weight=identity.lora_weight,
-                                  style_lora=style_lora, style_weight=style_weight)
-    else:  # minimal stand-in with diffusers' own adapter API
-        loaded = set(pipe.get_list_adapters().get("unet", [])) if hasattr(pipe, "get_list_adapters") else set()
-        names, weights = [], []
-        for path, name, w in ((identity.lora, "identity", identity.lora_weight), (style_lora, "style", style_weight)):
-            if path is None or w == 0:
-                continue
-            tag = f"{name}_{abs(hash(str(path))) % 10**8}"
-            if tag not in loaded:
-                pipe.load_lora_weights(str(Path(path).parent), weight_name=Path(path).name, adapter_name=tag)
-            names.append(tag)
-            weights.append(w)
-        if names:
-            pipe.enable_lora()
-            pipe.set_adapters(names, weights)
-        elif loaded:
-            pipe.disable_lora()
-    models._lora_state = state
 
 
 # -- the recipe -------------------------------------------------------------------------------------
@@ -381,6 +169,20 @@ def _to_uint8(x) -> np.ndarray:
     return np.clip(np.asarray(x) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
+class _Stop:
+    """One call's stop condition: the runner's `interrupt` flag or the caller's cancel token."""
+
+    def __init__(self, runner: "TemplateInpaint", cancel):
+        self.runner, self.cancel = runner, cancel
+
+    def is_set(self) -> bool:
+        return bool(self.runner.interrupt) or (self.cancel is not None and self.cancel.is_set())
+
+    def check(self) -> None:
+        if self.is_set():
+            raise Cancelled("generation cancelled")
+
+
 @dataclass
 class _Work:
     job: InpaintJob
@@ -393,7 +195,10 @@ class _Work:
 
 
 class TemplateInpaint:
-    """The two-pass recipe as one callable. Set `interrupt = True` (from another thread) to stop early."""
+    """The two-pass recipe as one callable. A call stops within one diffusion step when its `cancel`
+    (anything with `is_set()`) is set, or once `interrupt` is set to True (from another thread; it stays
+    set until the caller clears it), raising portrait.errors.Cancelled. No call keeps state on the
+    instance: it holds only the models, the settings and that flag."""
 
     def __init__(self, models: InpaintModels, *, fusion_engine: str = "classic", crop_size: int | None = None,
                  max_batch: int = 4):
@@ -407,58 +212,57 @@ class TemplateInpaint:
     # -- validation --------------------------------------------------------------------------------
     def check_inputs(self, jobs: Sequence[InpaintJob], identity: Identity, ref_rgb: np.ndarray, ref_face: Face) -> None:
         if not jobs:
-            raise ValueError("no jobs given")
+            raise ConfigError("no jobs given")
         if not isinstance(identity, Identity):
-            raise ValueError(f"identity must be an Identity, got {type(identity).__name__}")
+            raise ConfigError(f"identity must be an Identity, got {type(identity).__name__}")
         if identity.lora is None and identity.face is None:
-            raise ValueError("identity has neither a LoRA nor a face embedding")
+            raise ConfigError("identity has neither a LoRA nor a face embedding")
         if identity.face is not None and identity.engine not in IDENTITY_ENGINES:
             raise ConfigError(f"unknown identity engine {identity.engine!r}; choose from {', '.join(IDENTITY_ENGINES)}")
         if identity.instantid:
             if not self.models.has_instantid:
                 raise ConfigError("the InstantID engine needs InpaintModels.load(..., instantid=True) "
                                   f"(models {', '.join(INSTANTID_MODELS.values())})")
-            from ..identity.face_embedding import check_adapter_dim
-
             dim = getattr(identity.face, "dim", None)
             if dim is not None:
                 check_adapter_dim(self.models.instantid_adapter, dim, getattr(identity.face, "engine", ""))
         elif identity.face is not None and self.models.faceid_adapter is None:
-            raise ValueError("a face-embedding identity needs InpaintModels(faceid_adapter=...)")
+            raise ConfigError("a face-embedding identity needs InpaintModels(faceid_adapter=...)")
         if identity.lora is not None and not Path(identity.lora).is_file():
-            raise ValueError(f"identity LoRA {identity.lora} does not exist")
+            raise ConfigError(f"identity LoRA {identity.lora} does not exist")
         for what, img in (("ref_rgb", ref_rgb), *((f"job {i} template_rgb", j.template_rgb) for i, j in enumerate(jobs))):
             if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-                raise ValueError(f"{what} must be uint8 RGB (H, W, 3)")
+                raise ConfigError(f"{what} must be uint8 RGB (H, W, 3)")
         if ref_face is None or np.asarray(ref_face.landmarks5).shape != (5, 2):
-            raise ValueError("ref_face needs landmarks5 of shape (5, 2)")
+            raise ConfigError("ref_face needs landmarks5 of shape (5, 2)")
         for i, j in enumerate(jobs):
             if j.template_face is None or np.asarray(j.template_face.landmarks5).shape != (5, 2):
-                raise ValueError(f"job {i}: template_face needs landmarks5 of shape (5, 2)")
+                raise ConfigError(f"job {i}: template_face needs landmarks5 of shape (5, 2)")
             j.pass1.check(f"job {i} pass 1")
             j.pass2.check(f"job {i} pass 2")
             for n, _ in (*j.pass1.active(), *j.pass2.active()):
                 if n not in self.models.controlnets:
-                    raise ValueError(f"job {i}: ControlNet '{n}' is not loaded (loaded: {sorted(self.models.controlnets)}); "
+                    raise ConfigError(f"job {i}: ControlNet '{n}' is not loaded (loaded: {sorted(self.models.controlnets)}); "
                                      "load it or set its scale to 0")
             if j.style_lora is not None and j.style_weight and not Path(j.style_lora).is_file():
-                raise ValueError(f"job {i}: style LoRA {j.style_lora} does not exist")
+                raise ConfigError(f"job {i}: style LoRA {j.style_lora} does not exist")
         if self.crop_size % 8:
-            raise ValueError(f"crop_size must be a multiple of 8, got {self.crop_size}")
+            raise ConfigError(f"crop_size must be a multiple of 8, got {self.crop_size}")
 
     # -- the call ----------------------------------------------------------------------------------
     def __call__(self, jobs: InpaintJob | Sequence[InpaintJob], identity: Identity, ref_rgb: np.ndarray,
-                 ref_face: Face, *, callback: ProgressCallback | None = None,
-                 keep_stages: bool = False) -> list[InpaintResult]:
+                 ref_face: Face, *, progress: ProgressCallback | None = None,
+                 keep_stages: bool = False, cancel=None) -> list[InpaintResult]:
         from ..post.color import reinhard_transfer
         from ..post.fusion import fuse, paste_5pt, transform_face
         from ..faces.align import similarity_transform
 
         jobs = [jobs] if isinstance(jobs, InpaintJob) else list(jobs)
         self.check_inputs(jobs, identity, ref_rgb, ref_face)
-        self.interrupt = False
+        stop = _Stop(self, cancel)
         works: list[_Work] = []
         for i, job in enumerate(jobs):
+            stop.check()
             t0 = time.perf_counter()
             crop = controls.face_crop(job.template_rgb.shape[:2], job.template_face, self.crop_size)
             w = _Work(job, crop, crop.face(job.template_face), crop.crop(job.template_rgb))
@@ -476,8 +280,8 @@ class TemplateInpaint:
                 w.stages["controls1"].append(controls.face_keypoints(h_w, user_face, style="kps"))
             w.timings["prepare"] = time.perf_counter() - t0
             works.append(w)
-            report(callback, "fusion", i + 1, len(jobs))
-        self._run_pass(works, "pass1", identity, ref_rgb, callback)
+            report(progress, "fusion", i + 1, len(jobs))
+        self._run_pass(works, "pass1", identity, progress, stop)
         for w in works:
             t0 = time.perf_counter()
             out1 = w.stages["pass1"]
@@ -494,7 +298,7 @@ class TemplateInpaint:
             w.stages["controls2"] = controls.make_controls([n for n, _ in w.job.pass2.active()], fused=fused2.image,
                                                            replaced=fused2.image, faces=w.face)
             w.timings["between"] = time.perf_counter() - t0
-        self._run_pass(works, "pass2", identity, ref_rgb, callback)
+        self._run_pass(works, "pass2", identity, progress, stop)
         results = []
         for w in works:
             final_mask = np.maximum(w.masks["pass1"], w.masks["pass2"])
@@ -513,7 +317,7 @@ class TemplateInpaint:
         return results
 
     # -- one pass over all jobs, batched where settings match ---------------------------------------
-    def _run_pass(self, works: list[_Work], which: str, identity: Identity, ref_rgb, callback) -> None:
+    def _run_pass(self, works: list[_Work], which: str, identity: Identity, progress, stop: "_Stop") -> None:
         groups: dict[tuple, list[_Work]] = {}
         for w in works:
             s: PassSettings = getattr(w.job, which)
@@ -522,19 +326,18 @@ class TemplateInpaint:
         done = 0
         for (active, strength, steps, guidance, _, _), members in groups.items():
             for start in range(0, len(members), self.max_batch):
-                if self.interrupt:
-                    raise InterruptedError("generation interrupted")
+                stop.check()
                 batch = members[start:start + self.max_batch]
                 t0 = time.perf_counter()
-                images = self._diffuse(batch, which, active, strength, steps, guidance, identity, callback)
+                images = self._diffuse(batch, which, active, strength, steps, guidance, identity, progress, stop)
                 dt = (time.perf_counter() - t0) / len(batch)
                 for w, img in zip(batch, images):
                     w.stages[which] = img
                     w.timings[which] = dt
                 done += len(batch)
-                report(callback, which, done, len(works))
+                report(progress, which, done, len(works))
 
-    def _diffuse(self, batch: list[_Work], which: str, active, strength, steps, guidance, identity, callback):
+    def _diffuse(self, batch: list[_Work], which: str, active, strength, steps, guidance, identity, progress, stop):
         import torch
 
         identitynet = identity.instantid and which == "pass1"
@@ -543,25 +346,20 @@ class TemplateInpaint:
         names = tuple(n for n, _ in active)
         pipe = self.models.pipeline(names)
         job0 = batch[0].job
-        _set_loras(self.models, pipe, identity, job0.style_lora, job0.style_weight)
+        loading.set_identity_lora(pipe, identity.lora, weight=identity.lora_weight, style_lora=job0.style_lora,
+                                  style_weight=job0.style_weight)
         kwargs: dict = {}
         if identity.instantid:
-            from ..identity.face_embedding import instantid_embeds, load_faceid_adapter
-
             load_faceid_adapter(pipe, self.models.instantid_adapter, identity.face.dim, identity.faceid_scale,
                                 identity.face.engine)
             kwargs["ip_adapter_image_embeds"] = instantid_embeds(identity.face, batch=len(batch), guidance=guidance > 1,
                                                                  device=self.models.device, dtype=self.models.dtype)
         elif identity.face is not None:
-            from ..identity.face_embedding import faceid_embeds, load_faceid_adapter
-
             load_faceid_adapter(pipe, self.models.faceid_adapter, identity.face.dim, identity.faceid_scale,
                                 identity.face.engine)
             kwargs["ip_adapter_image_embeds"] = faceid_embeds(identity.face, batch=len(batch), guidance=guidance > 1,
                                                               device=self.models.device, dtype=self.models.dtype)
         else:
-            from ..identity.face_embedding import unload_faceid_adapter
-
             unload_faceid_adapter(pipe)
         key_img = "fused" if which == "pass1" else "fused2"
         key_ctl = "controls1" if which == "pass1" else "controls2"
@@ -576,16 +374,14 @@ class TemplateInpaint:
         stage = f"inpaint {which[-1]}"
 
         def on_step(p, i, t, cb_kwargs):
-            report(callback, stage, i + 1, total)
-            if self.interrupt:
-                p._interrupt = True
+            report(progress, stage, i + 1, total)
+            if stop.is_set():
+                p._interrupt = True  # diffusers ends the denoising loop; the call raises Cancelled below
             return cb_kwargs
 
         size = self.crop_size
         hook = None
         if identitynet:
-            from ..identity.face_embedding import identity_tokens, identitynet_hook
-
             hook = identitynet_hook(self.models.identitynet,
                                     identity_tokens(pipe.unet, kwargs["ip_adapter_image_embeds"]))
         try:
@@ -593,8 +389,7 @@ class TemplateInpaint:
         finally:
             if hook is not None:
                 hook.remove()
-        if self.interrupt:
-            raise InterruptedError("generation interrupted")
+        stop.check()
         return [_to_uint8(img) for img in out]
 
     @staticmethod
@@ -609,98 +404,3 @@ class TemplateInpaint:
             output_type="np", callback_on_step_end=on_step, **kwargs,
         ).images
 
-
-# -- templates ----------------------------------------------------------------------------------------
-
-def _field(obj, name: str, default=None):
-    if obj is None:
-        return default
-    if isinstance(obj, Mapping):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
-
-
-def _pass_from(section, base: PassSettings) -> PassSettings:
-    if section is None:
-        return base
-    nets = _field(section, "controlnets")
-    return PassSettings(
-        strength=float(_field(section, "strength", base.strength) or base.strength),
-        steps=int(_field(section, "steps", base.steps) or base.steps),
-        controlnets=dict(nets) if nets else dict(base.controlnets),
-        guidance_scale=float(_field(section, "guidance_scale", base.guidance_scale) or base.guidance_scale),
-    )
-
-
-def template_controls(template, controlnets: Mapping[str, float] | None = None) -> list[str]:
-    """The controls (ControlNet names) a template's two passes run, pass 1's first; `controlnets`
-    overrides pass-1 scales as in job_from_template."""
-    p1 = _pass_from(_field(template, "inpaint"), PASS1)
-    if controlnets is not None:
-        p1 = replace(p1, controlnets={**p1.controlnets, **controlnets})
-    p2 = _pass_from(_field(template, "edge"), PASS2)
-    return list(dict.fromkeys(n for n, _ in (*p1.active(), *p2.active())))
-
-
-def template_slots(template, face_analysis=None) -> dict[int, Face]:
-    """The template's face slots to paint: portrait.templates.Template.slot_faces(), or a mapping's 'faces'."""
-    if hasattr(template, "slot_faces"):
-        return dict(template.slot_faces(face_analysis))
-    return dict(enumerate(_field(template, "faces") or []))
-
-
-def job_from_template(template, *, slot: int | None = None, steps: int | None = None, seed: int | None = None,
-                      strength: float | None = None, controlnets: Mapping[str, float] | None = None,
-                      image: np.ndarray | None = None, face_analysis=None) -> InpaintJob:
-    """An InpaintJob from a portrait.templates.Template (or a mapping with the same fields: image, faces,
-    prompt, negative_prompt, inpaint / edge pass settings, style_lora, style_weight, seed) for face `slot`
-    (default: the first slot). `steps`, `seed`, `strength` (pass 1) and `controlnets` (pass-1 scales)
-    override; `image` replaces the template image (to chain slots)."""
-    slots = template_slots(template, face_analysis)
-    name = str(_field(template, "name", ""))
-    if not slots:
-        raise ConfigError(f"template {name or '?'} has no face to paint")
-    slot = min(slots) if slot is None else slot
-    if slot not in slots:
-        raise ConfigError(f"template {name or '?'} has no face slot {slot} (slots: {sorted(slots)})")
-    if image is None:
-        image = _field(template, "image")
-        image = image() if callable(image) else image
-    p1 = _pass_from(_field(template, "inpaint"), PASS1)
-    p2 = _pass_from(_field(template, "edge"), PASS2)
-    if steps is not None:
-        p1, p2 = replace(p1, steps=steps), replace(p2, steps=steps)
-    if strength is not None:
-        p1 = replace(p1, strength=strength)
-    if controlnets is not None:
-        p1 = replace(p1, controlnets={**p1.controlnets, **controlnets})
-    style = _field(template, "style_lora")
-    style_weight = _field(template, "style_weight", 0.0) if style else 0.0
-    tseed = _field(template, "seed", 0)
-    return InpaintJob(
-        template_rgb=image, template_face=slots[slot], prompt=_field(template, "prompt", "") or "",
-        negative_prompt=_field(template, "negative_prompt", "") or "", pass1=p1, pass2=p2,
-        seed=int(seed if seed is not None else (tseed or 0)), style_lora=style, style_weight=float(style_weight or 0.0),
-        name=name,
-    )
-
-
-def generate_on_template(models: InpaintModels, template, identity: Identity | str | Path, ref_rgb: np.ndarray,
-                         ref_face: Face, *, callback: ProgressCallback | None = None, inpaint: TemplateInpaint | None = None,
-                         slot: int | None = None, face_analysis=None, image: np.ndarray | None = None,
-                         **overrides) -> InpaintResult:
-    """`identity` painted on `template` (what LoRA validation calls). With `slot=None` every face slot
-    of the template is painted in turn (each on the previous result); `image` replaces the template's
-    image as the starting point (to paint several people slot by slot); overrides as job_from_template."""
-    ident = identity if isinstance(identity, Identity) else Identity.from_path(identity)
-    runner = inpaint or TemplateInpaint(models)
-    slots = [slot] if slot is not None else sorted(template_slots(template, face_analysis))
-    result = None
-    for s in slots:
-        job = job_from_template(template, slot=s, face_analysis=face_analysis,
-                                image=image if result is None else result.image, **overrides)
-        r = runner(job, ident, ref_rgb, ref_face, callback=callback)[0]
-        if result is not None:
-            r.mask = np.maximum(r.mask, result.mask)
-        result = r
-    return result

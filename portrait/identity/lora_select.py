@@ -11,8 +11,6 @@ A validator is `validate(pipe, step, lora_path) -> float`: it renders with the L
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from typing import Callable, Sequence
 
 import numpy as np
@@ -68,54 +66,6 @@ def text2img_validator(centroid: np.ndarray | None, prompt: str, face_analysis, 
             out = pipe(prompt, height=resolution, width=resolution, num_inference_steps=steps,
                        guidance_scale=guidance_scale, generator=gen, output_type="np").images[0]
             images.append((np.clip(out, 0, 1) * 255).round().astype(np.uint8))
-        return face_score(images, centroid, face_analysis)
-
-    return validate
-
-
-def template_validator(base, templates: Sequence[str], user_crops: Sequence[np.ndarray], centroid: np.ndarray | None,
-                       face_analysis, *, steps: int = 12, controlnet_models: dict | None = None,
-                       crop_size: int | None = None, save_dir: Path | None = None) -> Validator:
-    """Validation as the product uses the LoRA: each checkpoint painted into template faces with the
-    two-pass inpaint recipe (portrait.generate.template_inpaint), scored by likeness to the centroid.
-
-    Only the ControlNets the templates use are loaded, the ones made for the base's architecture, on the
-    base's device and dtype. `crop_size` is the inpaint working size (default: the architecture's);
-    with `save_dir` every render is written as step_<N>_<template>.png for the user to look at."""
-    from ..generate.template_inpaint import (Identity, InpaintModels, TemplateInpaint, controlnet_model,
-                                             generate_on_template, template_controls)
-    from ..imageio import save_image
-    from ..models.device import dtype_name
-    from ..models.loading import load_controlnet, set_identity_lora
-    from ..templates import load_template
-
-    loaded = [load_template(t) for t in templates]
-    ref = None
-    for crop in user_crops:  # the user's crop nearest the centroid is the fusion reference
-        faces = face_analysis.analyze(crop, max_faces=1)
-        if faces and faces[0].embedding is not None and centroid is not None:
-            d = face_analysis.distance(faces[0].embedding, centroid)
-            if ref is None or d < ref[0]:
-                ref = (d, crop, faces[0])
-    models = InpaintModels(base, {})
-    device, dtype = str(base.unet.device), dtype_name(base.unet.dtype)
-    for control in dict.fromkeys(c for t in loaded for c in template_controls(t)):
-        net = load_controlnet(controlnet_model(models.arch, control, controlnet_models), device=device, dtype=dtype)
-        models.controlnets[control] = net
-    runner = TemplateInpaint(models, crop_size=crop_size)
-
-    def validate(pipe, step: int, lora_path=None) -> float:  # noqa: ARG001
-        if ref is None or lora_path is None:
-            return NO_FACE
-        try:
-            images = [generate_on_template(models, t, Identity(lora=lora_path, lora_weight=1.0), ref[1], ref[2],
-                                           inpaint=runner, steps=steps, face_analysis=face_analysis).image
-                      for t in loaded]
-        finally:
-            set_identity_lora(base, None)  # back to the adapter being trained
-        if save_dir is not None:
-            for t, img in zip(loaded, images):
-                save_image(img, Path(save_dir) / f"step_{step:05d}_{t.name}.png")
         return face_score(images, centroid, face_analysis)
 
     return validate

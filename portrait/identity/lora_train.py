@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import ConfigError, PortraitError
 from ..models.device import dtype_name
-from ..progress import ProgressCallback, report
+from ..progress import ProgressCallback, check_cancel, report
 from . import lora_select
 
 ADAPTER = "portrait_train"
@@ -212,21 +212,28 @@ def _strip_unet_prefix(state: dict) -> dict:
 
 
 # -- validation ---------------------------------------------------------------------------------------
+# (base, user crops, centroid, face analysis) -> validator: how the job layer hands in template validation
+# (portrait.generate.template_jobs.template_validator), which this layer cannot import.
+ValidatorFactory = Callable[[object, list, object, object], lora_select.Validator]
+
+
 def default_validator(cfg: TrainConfig, files: list[Path], captions: list[str], base,
+                      template_validator: ValidatorFactory | None = None,
                       resolution: int | None = None) -> Callable | None:
-    """Template renders when templates are named and the generation package provides them, else text2img
-    renders of the trigger prompt at the training `resolution` (512 SD 1.5, 1024 SDXL: what the base draws
-    faces at; smaller renders are too small to tell checkpoints apart); both scored by likeness to the
-    centroid of the user's crops."""
+    """Template renders when templates are named (built by `template_validator`, which the job layer
+    passes), else text2img renders of the trigger prompt at the training `resolution` (512 SD 1.5, 1024
+    SDXL: what the base draws faces at; smaller renders are too small to tell checkpoints apart); both
+    scored by likeness to the centroid of the user's crops."""
     from ..faces import get_face_analysis
 
     fa = get_face_analysis()
     crops = [_load_square(f, max(256, min(512, cfg.resolution or 512))) for f in files]
     centroid = lora_select.user_centroid(crops, fa)
     if cfg.templates:
-        return lora_select.template_validator(base, cfg.templates, crops, centroid, fa, steps=cfg.validation_steps,
-                                              crop_size=cfg.validation_size,
-                                              save_dir=Path(cfg.out_dir) / "validation")
+        if template_validator is None:
+            raise ConfigError("validation on templates needs the generation stage: train through "
+                              "portrait.jobs.train (or pass template_validator=)")
+        return template_validator(base, crops, centroid, fa)
     prompt = cfg.validation_prompt or captions[0]
     size = cfg.validation_resolution or resolution or cfg.resolution or 512
     return lora_select.text2img_validator(centroid, prompt, fa, resolution=size,
@@ -264,13 +271,16 @@ def _probe_loss(unet, probe: dict, target_kind: str, noise_scheduler, autocast: 
 # -- training -----------------------------------------------------------------------------------------
 def train_lora(cfg: TrainConfig, *, validate: lora_select.Validator | None | str = "default",
                progress: ProgressCallback | None = None, on_step: Callable[[int, float], None] | None = None,
-               manifest=None) -> TrainResult:
+               manifest=None, template_validator: ValidatorFactory | None = None, cancel=None) -> TrainResult:
     """Train, validate, choose (and merge) checkpoints, and write the identity files to cfg.out_dir.
 
     `validate`: "default" (text2img or template renders scored by face likeness), a callable
     `(pipe, step, checkpoint_path) -> score` (higher is better), or None (no validation: the last
     checkpoint wins).
     `on_step(step, loss)` sees every step's loss (the CLI shows it in the bar).
+    `template_validator` builds the validator when cfg.templates names templates (the job layer's).
+    `cancel` (anything with is_set()) is checked before every step: Cancelled, and the cached base gets
+    its original UNet back; identity.safetensors and training.json are not written.
     """
     import torch
     from diffusers import DDPMScheduler
@@ -307,7 +317,8 @@ def train_lora(cfg: TrainConfig, *, validate: lora_select.Validator | None | str
     report(progress, "cache", len(files), len(files))
     t_cached = time.perf_counter()
 
-    validator = default_validator(cfg, files, captions, base, resolution) if validate == "default" else validate
+    validator = (default_validator(cfg, files, captions, base, template_validator, resolution) if validate == "default"
+                 else validate)
 
     set_identity_lora(base, None)  # train on the bare base: no identity/style LoRA from an earlier job
     torch.manual_seed(cfg.seed)
@@ -336,6 +347,7 @@ def train_lora(cfg: TrainConfig, *, validate: lora_select.Validator | None | str
         t_validate = 0.0
         unet.train()
         for step in range(1, steps + 1):
+            check_cancel(cancel, "training cancelled")
             idx = torch.randint(0, len(files) * variants, (cfg.batch_size,), generator=gen)
             caption_idx = idx // variants
             mean, std = lat_mean[idx], lat_std[idx]

@@ -26,6 +26,7 @@ from typing import Literal, Mapping
 import cv2
 import numpy as np
 
+from ..errors import ConfigError
 from ..faces.align import similarity_transform, transform_points
 from ..faces.types import Face
 from ..imageio import check_rgb
@@ -166,7 +167,7 @@ def _swapper(manifest, device: str):
 def _fuse_onnx(template_rgb: np.ndarray, template_face: Face, source_embedding, manifest, device: str,
                margin: float, feather: float) -> FusionResult:
     if source_embedding is None:
-        raise ValueError("engine 'onnx' needs source_embedding (the user's ArcFace embedding)")
+        raise ConfigError("engine 'onnx' needs source_embedding (the user's ArcFace embedding)")
     if manifest is None:
         from ..models.manifest import get_manifest
 
@@ -192,9 +193,9 @@ def fuse(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.ndarray | No
     (nothing outside it changes). Faces without 68 landmarks use the 5-point fit and ellipse masks.
     """
     if engine not in ENGINES:
-        raise ValueError(f"unknown fusion engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        raise ConfigError(f"unknown fusion engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if not 0.0 <= blend <= 1.0:
-        raise ValueError(f"blend must be in 0..1, got {blend}")
+        raise ConfigError(f"blend must be in 0..1, got {blend}")
     _check(template_rgb, template_face, ref_rgb if engine == "classic" else None,
            ref_face if engine == "classic" else None)
     if engine == "onnx":
@@ -215,7 +216,7 @@ def fuse_slots(template_rgb: np.ndarray, template_faces: list[Face], identities:
     details: dict = {"slots": {}}
     for slot, ident in sorted(identities.items()):
         if not 0 <= slot < len(template_faces):
-            raise ValueError(f"face slot {slot} does not exist: the template has {len(template_faces)} face(s)")
+            raise ConfigError(f"face slot {slot} does not exist: the template has {len(template_faces)} face(s)")
         ref_rgb, ref_face, *emb = ident
         res = fuse(out, template_faces[slot], ref_rgb, ref_face, engine=engine,
                    source_embedding=emb[0] if emb else None, **kwargs)

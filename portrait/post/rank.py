@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..faces.base import distance as _distance
 from ..faces.types import Face
 
@@ -110,7 +111,7 @@ def best_of(make_variant: Callable[[int], Candidate], user: np.ndarray | Sequenc
     """The retry hook: call `make_variant(i)` for i = 0.. at least `variants` times and, while no
     output passes the bar, again up to `max_tries` in all; return every output ranked."""
     if variants < 1 or max_tries < variants:
-        raise ValueError("need 1 <= variants <= max_tries")
+        raise ConfigError("need 1 <= variants <= max_tries")
     cands: list[Candidate] = []
     limit = threshold if bar is None else bar
     for i in range(max_tries):

@@ -18,6 +18,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from ..errors import ConfigError
 from ..faces.align import similarity_transform
 from ..faces.types import Face
 from ..imageio import check_rgb
@@ -99,9 +100,9 @@ def retouch(rgb: np.ndarray, face: Face, engine: str = "classic", strength: floa
     """Retouch the skin of `face` in `rgb` (uint8 RGB); strength 0..1 (0 returns a copy)."""
     check_rgb(rgb)
     if engine not in ENGINES:
-        raise ValueError(f"unknown retouch engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        raise ConfigError(f"unknown retouch engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"strength must be in 0..1, got {strength}")
+        raise ConfigError(f"strength must be in 0..1, got {strength}")
     if strength == 0:
         return rgb.copy()
     if engine == "restore":

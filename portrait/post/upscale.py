@@ -16,6 +16,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from ..errors import ConfigError
 from ..imageio import check_rgb
 from ..progress import ProgressCallback, report
 
@@ -77,9 +78,9 @@ def upscale(rgb: np.ndarray, scale: float = 2, engine: str = "classic", manifest
     """`rgb` (uint8 RGB) enlarged by `scale` (> 0; 1 returns a copy)."""
     check_rgb(rgb)
     if engine not in ENGINES:
-        raise ValueError(f"unknown upscale engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        raise ConfigError(f"unknown upscale engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if not 0 < scale <= 8:
-        raise ValueError(f"scale must be in (0, 8], got {scale}")
+        raise ConfigError(f"scale must be in (0, 8], got {scale}")
     if scale == 1:
         return rgb.copy()
     if engine == "classic":

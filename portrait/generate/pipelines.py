@@ -1,0 +1,353 @@
+"""Inpaint pipelines and what loads into them: the base + ControlNets (InpaintModels), the pipeline per
+ControlNet set, and the identity adapters (IP-Adapter FaceID, InstantID's adapter and IdentityNet).
+
+    models = InpaintModels.load("sd15", ["canny", "tile"])   # base + ControlNets named in the manifest
+    pipe = models.pipeline(("canny", "tile"))                 # shares the base's modules: no weights copied
+    load_faceid_adapter(pipe, "ip-adapter-faceid_sd15.safetensors", 128)
+    pipe(..., ip_adapter_image_embeds=faceid_embeds(ident, batch=1, guidance=True))
+
+A FaceID adapter's id dimension must equal the embedding engine's (128 for dlib's ResNet, 512 for
+ArcFace): a real FaceID adapter is trained on ArcFace, so dlib embeddings only suit adapters built
+for them (the tiny test adapters). A mismatch raises ConfigError naming both sizes.
+
+InstantID (SDXL) is built from diffusers parts: its `ip-adapter` file loads natively through
+`load_ip_adapter` (a perceiver resampler, the IP-Adapter Plus layout) and its IdentityNet is a plain
+`ControlNetModel` on a 5-keypoint drawing; the one thing diffusers' pipelines do not do is give the
+ControlNet the projected face tokens instead of the text embeddings, which `identitynet_hook`
+adds with a forward pre-hook on that ControlNet.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, PortraitError
+from ..identity.face_embedding import FaceIdentity
+from ..models import loading
+
+
+# Which manifest model serves each control, per base architecture (overridable per InpaintModels).
+CONTROLNET_MODELS_BY_ARCH = {
+    "sd15": {"canny": "controlnet-canny", "openpose": "controlnet-openpose", "color": "controlnet-color",
+             "tile": "controlnet-tile"},
+    "sdxl": {"canny": "controlnet-canny-sdxl", "openpose": "controlnet-openpose-sdxl", "color": "controlnet-color-sdxl",
+             "tile": "controlnet-tile-sdxl"},
+}
+CONTROLNET_MODELS = CONTROLNET_MODELS_BY_ARCH["sd15"]  # the SD 1.5 names (kept for callers of the old table)
+
+
+def controlnet_model(arch: str, control: str, overrides: Mapping[str, str] | None = None) -> str:
+    """The manifest name (or path) of the ControlNet serving `control` on an `arch` base: `overrides` first,
+    then CONTROLNET_MODELS_BY_ARCH; a ConfigError when neither knows one."""
+    if overrides and control in overrides:
+        return overrides[control]
+    names = CONTROLNET_MODELS_BY_ARCH.get(arch, {})
+    if control not in names:
+        raise ConfigError(f"no {arch} ControlNet is known for control '{control}': pass controlnet_models="
+                          f"{{'{control}': NAME_OR_PATH}} or set that control's scale to 0 in the template")
+    return names[control]
+
+
+WORKING_SIZE = {"sd15": 512, "sdxl": 1024}
+# InstantID (SDXL): the IdentityNet ControlNet and the image-prompt adapter, by manifest name.
+INSTANTID_MODELS = {"controlnet": "instantid-controlnet", "adapter": "instantid-adapter"}
+IDENTITYNET = "identitynet"  # the pass-1 control name InstantID's IdentityNet runs under
+
+
+def _quiet_prompt_notice() -> None:
+    """Drop diffusers' "You have N ControlNets and you have passed M prompts. The conditionings will be
+    fixed across the prompts." (logged on every multi-ControlNet call with a list of prompts: our control
+    images are per image already), and nothing else those loggers say."""
+    import logging
+
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            msg = record.getMessage()
+            return not ("ControlNets and you have passed" in msg and "conditionings will be fixed" in msg)
+
+    for name in ("diffusers.pipelines.controlnet.pipeline_controlnet_inpaint",
+                 "diffusers.pipelines.controlnet.pipeline_controlnet_inpaint_sd_xl"):
+        logger = logging.getLogger(name)
+        if not any(type(f).__name__ == "_Drop" for f in logger.filters):
+            logger.addFilter(_Drop())
+
+
+# -- models -----------------------------------------------------------------------------------------
+
+def _architecture(unet) -> str:
+    return "sdxl" if getattr(unet.config, "addition_embed_type", None) == "text_time" else "sd15"
+
+
+class InpaintModels:
+    """A base model and ControlNets by control name; inpaint pipelines are built per ControlNet set
+    from the base's shared components (no weights copied) and cached, so one load serves every job."""
+
+    def __init__(self, base, controlnets: Mapping[str, Any], *, faceid_adapter: str | Path | None = None,
+                 identitynet=None, instantid_adapter: str | Path | None = None):
+        self.base = base
+        self.controlnets = dict(controlnets)
+        self.faceid_adapter = Path(faceid_adapter) if faceid_adapter else None
+        self.identitynet = identitynet
+        self.instantid_adapter = Path(instantid_adapter) if instantid_adapter else None
+        self._pipes: dict[tuple[str, ...], Any] = {}
+        self._loader: dict | None = None  # set by load(): how ensure_controlnets loads more nets
+        self.arch = getattr(base, "arch", None) or _architecture(self.components["unet"])
+        unet_dim = self.components["unet"].config.cross_attention_dim
+        for n, net in self.controlnets.items():
+            self._check_controlnet(n, net)
+        if (identitynet is None) != (instantid_adapter is None):
+            raise ConfigError("InstantID needs both its IdentityNet ControlNet and its ip-adapter file")
+        if identitynet is not None:
+            self._check_instantid(unet_dim)
+
+    def _check_controlnet(self, name: str, net) -> None:
+        """An SD 1.5 ControlNet cannot steer an SDXL UNet, nor back."""
+        unet_dim = self.components["unet"].config.cross_attention_dim
+        net_dim = getattr(getattr(net, "config", None), "cross_attention_dim", unet_dim)
+        if net_dim != unet_dim:
+            raise ConfigError(f"ControlNet '{name}' attends to {net_dim}-d text embeddings but the {self.arch} base "
+                              f"to {unet_dim}-d: use the '{name}' ControlNet made for {self.arch}")
+
+    def ensure_controlnets(self, controls: Sequence[str]) -> None:
+        """Load the ControlNets of `controls` not loaded yet (only for models made by `load`, which knows
+        where they live); a ConfigError otherwise, a ModelMissingError naming a missing model."""
+        missing = [c for c in controls if c not in self.controlnets]
+        if not missing:
+            return
+        if self._loader is None:
+            raise ConfigError(f"no ControlNet loaded for control(s) {missing}; loaded: {sorted(self.controlnets)}")
+        kw = {k: self._loader[k] for k in ("manifest", "device", "dtype")}
+        for c in missing:
+            net = loading.load_controlnet(controlnet_model(self.arch, c, self._loader["names"]), **kw)
+            self._check_controlnet(c, net)
+            self.controlnets[c] = net
+
+    def _check_instantid(self, unet_dim: int) -> None:
+        if self.arch != "sdxl":
+            raise ConfigError(f"InstantID is built for SDXL; the base model is {self.arch}")
+        check_instantid_adapter(self.instantid_adapter, unet_dim)
+        cfg = self.identitynet.config
+        if cfg.cross_attention_dim != unet_dim or getattr(cfg, "addition_embed_type", None) != "text_time":
+            raise ConfigError(f"the InstantID IdentityNet is not an SDXL ControlNet for this base (cross-attention "
+                              f"{cfg.cross_attention_dim}-d, the base's {unet_dim}-d)")
+
+    def clear_identity(self) -> None:
+        """Take every identity off the shared UNet: the identity / style LoRAs and any IP-Adapter (FaceID,
+        InstantID). A worker calls this between jobs, so nothing of one person reaches the next job."""
+        base = self.base if hasattr(self.base, "unet") else None
+        if base is None:
+            return
+        if getattr(base.unet, "_portrait_loras", None):
+            loading.set_identity_lora(base, None)
+        unload_faceid_adapter(base)
+
+    @property
+    def has_instantid(self) -> bool:
+        return self.identitynet is not None
+
+    @classmethod
+    def load(cls, base: str | Path = "sd15", controlnets: Sequence[str] = ("canny", "openpose", "color", "tile"), *,
+             controlnet_models: Mapping[str, str] | None = None, manifest=None, device=None, dtype=None,
+             faceid_adapter: str | Path | None = None, instantid: bool = False,
+             instantid_models: Mapping[str, str] | None = None) -> "InpaintModels":
+        """Load the base and the named controls' ControlNets (manifest names or paths) through M's loaders.
+
+        Each control's ControlNet is the manifest entry for the base's architecture
+        (CONTROLNET_MODELS_BY_ARCH: "controlnet-canny" for SD 1.5, "controlnet-canny-sdxl" for SDXL, ...)
+        unless `controlnet_models` names another; a missing one raises ModelMissingError naming it.
+
+        instantid=True also loads InstantID (SDXL): INSTANTID_MODELS' "instantid-controlnet" (IdentityNet)
+        and "instantid-adapter" from the manifest (or the names / paths in `instantid_models`); a missing
+        one raises ModelMissingError naming it, a non-SDXL base or adapter a ConfigError.
+        """
+        b = loading.load_base(str(base), manifest=manifest, device=device, dtype=dtype)
+        arch = _architecture(b.unet) if hasattr(b, "unet") else "sd15"
+        overrides = dict(controlnet_models or {})
+        names = {c: controlnet_model(arch, c, overrides) for c in controlnets}
+        identitynet = adapter = None
+        if instantid:
+            iid = {**INSTANTID_MODELS, **(instantid_models or {})}
+            if arch != "sdxl":
+                raise ConfigError(f"InstantID is built for SDXL; the base model '{base}' is {arch}")
+            adapter, _ = loading.resolve_model(iid["adapter"], manifest)
+            identitynet = loading.load_controlnet(iid["controlnet"], manifest=manifest, device=device, dtype=dtype)
+        nets = {c: loading.load_controlnet(names[c], manifest=manifest, device=device, dtype=dtype) for c in controlnets}
+        models = cls(b, nets, faceid_adapter=faceid_adapter, identitynet=identitynet, instantid_adapter=adapter)
+        models._loader = {"manifest": manifest, "device": device, "dtype": dtype, "names": overrides}
+        return models
+
+    @property
+    def components(self) -> dict:
+        return self.base.components if hasattr(self.base, "components") else dict(self.base)
+
+    @property
+    def device(self):
+        return self.components["unet"].device
+
+    @property
+    def dtype(self):
+        return self.components["unet"].dtype
+
+    def pipeline(self, names: Sequence[str]):
+        """The inpaint pipeline running exactly the ControlNets `names` (in that order)."""
+        key = tuple(names)
+        if key not in self._pipes:
+            loaded = {**self.controlnets, **({IDENTITYNET: self.identitynet} if self.has_instantid else {})}
+            missing = [n for n in key if n not in loaded]
+            if missing:
+                raise ConfigError(f"no ControlNet loaded for control(s) {missing}; loaded: {sorted(loaded)}")
+            self._pipes[key] = loading.inpaint_pipeline(self.base, [loaded[n] for n in key])
+        return self._pipes[key]
+
+
+# -- IP-Adapter FaceID -----------------------------------------------------------------------------
+
+def adapter_id_dim(path: str | Path) -> int:
+    """The face-embedding size an IP-Adapter FaceID (or InstantID) file expects."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        keys = set(f.keys())
+        for key in ("image_proj.proj.0.weight", "image_proj.proj_in.weight", "image_proj.proj.weight"):
+            if key in keys:
+                return int(f.get_slice(key).get_shape()[1])
+    raise ConfigError(f"{path} is not an IP-Adapter file: no image_proj.proj.0 / proj_in weight")
+
+
+def check_adapter_dim(path: str | Path, identity_dim: int, engine: str = "") -> int:
+    dim = adapter_id_dim(path)
+    if dim != identity_dim:
+        by = f" from the '{engine}' face engine" if engine else ""
+        raise ConfigError(
+            f"the IP-Adapter {path} expects {dim}-d face embeddings but the identity has {identity_dim}-d "
+            f"embeddings{by}; use the face engine the adapter was trained for (512: arcface, 128: dlib-resnet)")
+    return dim
+
+
+def load_faceid_adapter(pipe, adapter_path: str | Path, identity_dim: int | None = None, scale: float = 1.0,
+                        engine: str = "") -> None:
+    """Load an IP-Adapter FaceID (or InstantID adapter) file into `pipe` with diffusers' own loader.
+
+    Build ControlNets from the UNet before this (DESIGN.md section 4). Idempotent per path.
+    """
+    path = Path(adapter_path)
+    if not path.is_file():
+        raise PortraitError(f"IP-Adapter file {path} does not exist")
+    if identity_dim is not None:
+        check_adapter_dim(path, identity_dim, engine)
+    # Pipelines built from one base share its UNet, which is what the adapter changes: track it there.
+    loaded = getattr(pipe.unet, "_portrait_ip_adapter", None)
+    if loaded != str(path):
+        if loaded is not None:
+            pipe.unload_ip_adapter()
+        pipe.load_ip_adapter(str(path.parent), subfolder="", weight_name=path.name, image_encoder_folder=None)
+        pipe.unet._portrait_ip_adapter = str(path)
+    pipe.set_ip_adapter_scale(scale)
+
+
+def unload_faceid_adapter(pipe) -> None:
+    """Remove a loaded IP-Adapter from the pipeline's (shared) UNet; no-op when none is loaded."""
+    if getattr(pipe.unet, "_portrait_ip_adapter", None) is not None:
+        pipe.unload_ip_adapter()
+        pipe.unet._portrait_ip_adapter = None
+
+
+def faceid_embeds(identity: FaceIdentity | np.ndarray, *, batch: int = 1, guidance: bool = True,
+                  normalized: bool = True, device=None, dtype=None) -> list:
+    """`ip_adapter_image_embeds` for a pipeline call: [(2 x batch | batch, 1, dim)] (zeros = unconditional)."""
+    import torch
+
+    vec = identity.vector(normalized) if isinstance(identity, FaceIdentity) else np.asarray(identity, np.float32)
+    emb = torch.from_numpy(np.ascontiguousarray(vec, np.float32)).reshape(1, 1, -1).repeat(batch, 1, 1)
+    if guidance:
+        emb = torch.cat([torch.zeros_like(emb), emb])
+    return [emb.to(device=device, dtype=dtype)]
+
+
+
+def adapter_token_dim(path: str | Path) -> int:
+    """The cross-attention size an IP-Adapter / InstantID file projects to (768 SD 1.5, 2048 SDXL)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        keys = set(f.keys())
+        for key in ("image_proj.norm_out.weight", "image_proj.norm.weight", "image_proj.proj_out.weight"):
+            if key in keys:
+                return int(f.get_slice(key).get_shape()[0])
+        for key in (k for k in keys if k.endswith(".to_k_ip.weight")):
+            return int(f.get_slice(key).get_shape()[1])
+    raise ConfigError(f"{path} is not an IP-Adapter file: no image projection or to_k_ip weights")
+
+
+def is_resampler_adapter(path: str | Path) -> bool:
+    """True for the perceiver-resampler layout (IP-Adapter Plus, InstantID's ip-adapter)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return "image_proj.latents" in set(f.keys())
+
+
+def check_instantid_adapter(path: str | Path, cross_attention_dim: int, identity_dim: int | None = None,
+                            engine: str = "") -> None:
+    """ConfigError unless `path` is an InstantID adapter for a UNet with this cross-attention size
+    (2048 for SDXL) and, when given, for `identity_dim`-d face embeddings."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"InstantID adapter {path} does not exist")
+    if not is_resampler_adapter(path):
+        raise ConfigError(f"{path} is not an InstantID adapter (no image_proj.latents: expected InstantID's "
+                          "ip-adapter with a perceiver resampler)")
+    dim = adapter_token_dim(path)
+    if dim != cross_attention_dim:
+        arch = {768: "SD 1.5", 2048: "SDXL"}
+        raise ConfigError(
+            f"the InstantID adapter {path} projects to {dim}-d tokens ({arch.get(dim, 'another base')}) but the base "
+            f"model's UNet attends to {cross_attention_dim}-d ({arch.get(cross_attention_dim, 'this base')}); "
+            "use the adapter made for this base (InstantID is SDXL)")
+    if identity_dim is not None:
+        check_adapter_dim(path, identity_dim, engine)
+
+
+def instantid_embeds(identity: FaceIdentity | np.ndarray, *, batch: int = 1, guidance: bool = True,
+                     device=None, dtype=None) -> list:
+    """`ip_adapter_image_embeds` for InstantID's resampler adapter: [(2 x batch | batch, 1, 1, dim)], one
+    face token per image, the raw (unnormalised, as InstantID was trained) embedding; zeros unconditional."""
+    import torch
+
+    vec = identity.vector(normalized=False) if isinstance(identity, FaceIdentity) else np.asarray(identity, np.float32)
+    emb = torch.from_numpy(np.ascontiguousarray(vec, np.float32)).reshape(1, 1, 1, -1).repeat(batch, 1, 1, 1)
+    if guidance:
+        emb = torch.cat([torch.zeros_like(emb), emb])
+    return [emb.to(device=device, dtype=dtype)]
+
+# -- InstantID's IdentityNet from diffusers parts ---------------------------------------------------
+
+def identity_tokens(unet, image_embeds: list):
+    """The face tokens the UNet's IP-Adapter projection makes from `image_embeds` (one adapter)."""
+    import torch
+
+    with torch.no_grad():
+        tokens = unet.encoder_hid_proj(image_embeds)
+    return tokens[0].reshape(tokens[0].shape[0], -1, tokens[0].shape[-1])
+
+
+def identitynet_hook(controlnet, tokens):
+    """Make `controlnet` (InstantID's IdentityNet) attend to the face `tokens` instead of the prompt.
+
+    Returns the hook handle; call `.remove()` when done. The batch of `tokens` must be the
+    ControlNet's (2 x batch with classifier-free guidance, unconditional first).
+    """
+
+    def swap(module, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        t = tokens.to(device=sample.device, dtype=sample.dtype)
+        if t.shape[0] != sample.shape[0]:
+            t = t.repeat_interleave(sample.shape[0] // t.shape[0], dim=0)
+        kwargs["encoder_hidden_states"] = t
+        return args, kwargs
+
+    return controlnet.register_forward_pre_hook(swap, with_kwargs=True)
+
