@@ -282,7 +282,7 @@ class PortraitPipeline:
         from .generate.template_jobs import generate_on_template, template_controls
 
         models, identity = self._diffusion_models()
-        models.ensure_controlnets(template_controls(tmpl))  # this template's ControlNets, for the base's architecture
+        models.ensure_controlnets(template_controls(tmpl, arch=models.arch))  # this template's ControlNets, for the base's architecture
         if self._inpaint is None:
             self._inpaint = TemplateInpaint(models, fusion_engine=self.engine("fusion").engine,
                                             crop_size=self.config.inpaint_size)

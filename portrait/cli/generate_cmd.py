@@ -97,6 +97,7 @@ def register(group: click.Group) -> None:
         from ..generate.pipelines import InpaintModels
         from ..generate.template_inpaint import Identity, TemplateInpaint
         from ..generate.template_jobs import generate_on_template, job_from_template, template_slots
+        from ..models.loading import base_unet_config
         from ..models.manifest import get_manifest
 
         manifest = get_manifest()
@@ -110,7 +111,8 @@ def register(group: click.Group) -> None:
         tmpls = [_template(t, fa) for t in templates]
         faceid = manifest.require("ip-adapter-faceid") if id_engine == "faceid" else None
         over = {"steps": steps, "seed": seed, "strength": strength}
-        first = [job_from_template(t, face_analysis=fa, **over) for t in tmpls]
+        arch, _ = base_unet_config(base, manifest)  # the recipe's ControlNets depend on it (SDXL: canny only)
+        first = [job_from_template(t, face_analysis=fa, arch=arch, **over) for t in tmpls]
         for j in first:  # bad settings are the user's to fix: a clear message and exit code 2, not a traceback
             j.pass1.check(f"template {j.name} pass 1")
             j.pass2.check(f"template {j.name} pass 2")

@@ -241,6 +241,29 @@ def load_controlnet(name_or_path: str | Path, *, manifest: Manifest | None = Non
         return net
 
 
+# -- CLIP image encoder (FaceID-Plus) ----------------------------------------------------------------
+IMAGE_ENCODER = "clip-vision-vit-h"
+
+
+def load_image_encoder(name_or_path: str | Path = IMAGE_ENCODER, *, manifest: Manifest | None = None,
+                       device: str | None = None, dtype: str | None = None):
+    """A CLIPVisionModelWithProjection folder (h94/IP-Adapter models/image_encoder); cached likewise."""
+    from transformers import CLIPVisionModelWithProjection
+
+    manifest = manifest or get_manifest()
+    path, _ = resolve_model(name_or_path, manifest)
+    dev, dt = pick_device(device, dtype)
+    key = ("image_encoder", str(path.resolve()), str(dev), str(dt))
+    with _LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        with offline():
+            enc = CLIPVisionModelWithProjection.from_pretrained(str(path), dtype=dt, local_files_only=True)
+        enc.to(dev).eval()
+        _CACHE[key] = enc
+        return enc
+
+
 # -- derived pipelines (share the base's modules) ----------------------------------------------------
 def is_sdxl(pipe) -> bool:
     return "text_encoder_2" in pipe.components

@@ -37,6 +37,7 @@ ModelKind = Literal[
     "vae",
     "controlnet",
     "ip_adapter",
+    "image_encoder",
     "instantid",
     "lora",
     "tokenizer",
@@ -209,6 +210,12 @@ BUILTIN: tuple[ModelSpec, ...] = (
         licence="non-commercial (uses insightface embeddings)", commercial_use=False,
         source="h94/IP-Adapter-FaceID ip-adapter-faceid_sd15.bin (`portrait models convert` it to .safetensors)",
         architecture="sd15", description="IP-Adapter FaceID for the train-free identity path",
+    ),
+    ModelSpec(
+        "clip-vision-vit-h", "image_encoder", "ip-adapter/image_encoder", licence="MIT (OpenCLIP ViT-H-14, LAION-2B)",
+        commercial_use=True, source="h94/IP-Adapter models/image_encoder (config.json + model.safetensors)",
+        description="CLIP ViT-H/14 image encoder: FaceID-Plus / PlusV2 read the face crop with it",
+        required=("config.json",),
     ),
     ModelSpec(
         "instantid-adapter", "instantid", "instantid/ip-adapter.safetensors", licence="Apache-2.0 (InstantID)",
