@@ -161,13 +161,24 @@ def test_sdxl_identity_engine_follows_the_recogniser(tiny_sdxl_dir, tmp_path):
 
 
 def test_run_cli_inpaint_size_reaches_the_diffusion_stage(tiny_models_dir, photos, tmp_path, monkeypatch):
-    """--inpaint-size sets the working crop: the run finishes through the CLI with diffusion on."""
+    """--inpaint-size sets the working crop: both passes denoise 96 px crops (12 x 12 latents, seen where they
+    enter the UNet the CLI run paints with), and the run finishes with diffusion on."""
+    from portrait.models import loading
+    from portrait.models.manifest import get_manifest
+
     monkeypatch.setenv("PORTRAIT_MODELS_DIR", str(tiny_models_dir))
     monkeypatch.delenv("PORTRAIT_MODELS_CONFIG", raising=False)
-    res = CliRunner().invoke(cli, ["run", str(photos), "--template", "navy-formal", "--out", str(tmp_path),
-                                   "--diffusion", "on", "--steps", "4", "--inpaint-size", "96", "--variants", "1",
-                                   "--max-tries", "1", "--upscale", "none", "--json"])
+    base = loading.load_base("sd15", manifest=get_manifest())  # the cached base the CLI run loads
+    shapes = []
+    hook = base.unet.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape)))
+    try:
+        res = CliRunner().invoke(cli, ["run", str(photos), "--template", "navy-formal", "--out", str(tmp_path),
+                                       "--diffusion", "on", "--steps", "4", "--inpaint-size", "96", "--variants",
+                                       "1", "--max-tries", "1", "--upscale", "none", "--json"])
+    finally:
+        hook.remove()
     assert res.exit_code == 0, res.output
+    assert shapes and {s[1:] for s in shapes} == {(4, 12, 12)}
     result = json.loads(res.output)
     assert result["engines"]["inpaint"]["engine"] == "diffusion" and not result["failures"]
     assert result["engines"]["inpaint"]["reason"].endswith("96 px working crops")
