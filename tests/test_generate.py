@@ -292,3 +292,16 @@ def test_generate_cli_end_to_end_on_the_tiny_set(tmp_path, tiny, astronaut, grac
     assert out["seed"] == 5 and out["identity"] == "lora"
     img = np.asarray(Image.open(out["file"]))
     assert img.shape == small.shape and (img != small).any()
+
+
+def test_colour_control_is_easyphotos_mosaic(scene):
+    """EasyPhoto's colour input: the image at 1024 px on its short side cut into 24 px cells (cubic shrink,
+    nearest blow-up), then back to size: flat cells holding each region's colour, no detail."""
+    tpl = cv2.resize(scene[0], (1024, 1024), interpolation=cv2.INTER_CUBIC)
+    mosaic = controls.color_map(tpl)
+    assert mosaic.shape == tpl.shape
+    rows = {tuple(map(tuple, r)) for r in mosaic[:, ::7]}
+    assert 38 <= len(rows) <= 44  # 1024 / 24 = 42 distinct rows of cells
+    small = cv2.resize(tpl, (42, 42), interpolation=cv2.INTER_CUBIC)
+    centres = ((np.arange(42) + 0.5) * 1024 / 42).astype(int)
+    np.testing.assert_array_equal(mosaic[np.ix_(centres, centres)], small)

@@ -281,3 +281,17 @@ def test_swapper_needs_an_arcface_embedding_and_its_emap(tmp_path, tiny, face_an
     with pytest.raises(ConfigError, match="emap") as err:
         OnnxSwapper(manifest)
     assert str(manifest.path("inswapper")) in str(err.value)
+
+
+def test_onnx_fusion_blend_is_the_swapped_faces_opacity(tiny, face_analysis, astronaut):
+    """fusion2_blend reaches the onnx engine: half opacity is halfway between the template and the full swap."""
+    from portrait.post.fusion import fuse
+
+    face = face_analysis.analyze(astronaut, embed=False)[0]
+    src = np.random.default_rng(1).standard_normal(512)
+    full = fuse(astronaut, face, None, None, engine="onnx", manifest=tiny, source_embedding=src, blend=1.0).image
+    half = fuse(astronaut, face, None, None, engine="onnx", manifest=tiny, source_embedding=src, blend=0.5).image
+    none = fuse(astronaut, face, None, None, engine="onnx", manifest=tiny, source_embedding=src, blend=0.0)
+    mid = (astronaut.astype(np.float64) + full) / 2
+    assert np.abs(half - mid).max() <= 1.0 and np.abs(full.astype(int) - astronaut).max() > 20
+    assert np.array_equal(none.image, astronaut) and not none.mask.any()
