@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from portrait.imageio import decode_image  # noqa: E402
 from portrait.samples import astronaut  # noqa: E402
 from preprocess import PreprocessConfig, run_preprocess  # noqa: E402
-from preprocess import run as pre_run  # noqa: E402
+from preprocess.workers import WorkerPool  # noqa: E402
 
 
 def make_photos(folder: Path, n: int) -> list[Path]:
@@ -60,11 +60,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def worker_peak_rss_mb() -> list[float]:
+def worker_peak_rss_mb(pool: WorkerPool) -> list[float]:
     """Peak RSS (VmHWM) of each live analysis worker process."""
-    pool = pre_run._POOL
     out = []
-    for pid in sorted(getattr(pool, "_processes", None) or {}):
+    for pid in sorted(getattr(pool._executor, "_processes", None) or {}):
         try:
             text = Path(f"/proc/{pid}/status").read_text()
         except OSError:
@@ -102,7 +101,8 @@ def main() -> None:
         rss0 = peak_rss_mb()
         load0 = loadavg()
         t = time.perf_counter()
-        run_preprocess(files, None, config)  # warm-up: starts the workers, loads the face models once
+        workers = WorkerPool(config.workers)  # held for every run, as a long-lived worker process holds it
+        run_preprocess(files, None, config, pool=workers)  # warm-up: starts the workers, loads the face models once
         t_first = time.perf_counter() - t
         rss_models = peak_rss_mb()
 
@@ -114,11 +114,12 @@ def main() -> None:
             floors.append(time.perf_counter() - t)
             cpu_floor.append(time.process_time() - c)
             t, c = time.perf_counter(), time.process_time()
-            results.append(run_preprocess(src, tmp / "out", config))
+            results.append(run_preprocess(src, tmp / "out", config, pool=workers))
             totals.append(time.perf_counter() - t)
             cpu_total.append(time.process_time() - c)
         rss = peak_rss_mb()
-        worker_rss = worker_peak_rss_mb()
+        worker_rss = worker_peak_rss_mb(workers)
+        workers.close()
         load1 = loadavg()
     floor, total = min(floors), min(totals)
     result = results[int(np.argmin(totals))]

@@ -1,7 +1,13 @@
 """The whole chain behind `portrait run`: photos → preprocess → identity → per template
 (fusion, paste, [two-pass diffusion inpaint], retouch, upscale) → ranking by likeness → result.json.
 
-One template failing (bad image, no face, bad template.toml) is recorded and the others go on.
+One template failing (bad image, no face, bad template.toml) is recorded and the others go on; a
+cancelled run (its `cancel` set) stops at the next photo, template, variant or diffusion step, raises
+portrait.errors.Cancelled and writes no result.json.
+
+A PortraitPipeline keeps models between runs (a worker serves one user after another with one
+instance); everything about one run (the person, their identity, the other people, progress, cancel)
+lives in that run's _Run, and each run ends with the shared UNet's identity adapters taken off.
 """
 
 from __future__ import annotations
@@ -15,19 +21,23 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from .engines import EngineChoice, choose_diffusion, choose_fusion, choose_identity, choose_retouch, choose_upscale
-from .errors import ConfigError, NotEnoughPhotosError, PortraitError, internal_error
+from .engines import (DIFFUSION_MODES, FUSION_ENGINES, RETOUCH_ENGINES, UPSCALE_ENGINES, EngineChoice, choose_diffusion,
+                      choose_fusion, choose_identity, choose_retouch, choose_upscale)
+from .errors import Cancelled, ConfigError, NotEnoughPhotosError, PortraitError, internal_error
 from .faces import Face, FaceConfig, get_face_analysis
 from .imageio import save_image
 from .models.manifest import get_manifest
 from .post.rank import Candidate, best_of, output_face
-from .progress import ProgressCallback, report
+from .progress import ProgressCallback, check_cancel, report
+from .settings import check_choice, check_range, from_dict
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
+    """Settings of `portrait run` / `batch`, validated when built (ConfigError naming the option)."""
+
     top_k: int = 12
     min_photos: int = 4
     resolution: int = 512
@@ -48,6 +58,33 @@ class RunConfig:
     seed: Optional[int] = None
     device: Optional[str] = None
     models_dir: Optional[str] = None
+
+    def __post_init__(self):
+        check_range("top_k", self.top_k, 1, 100)
+        check_range("min_photos", self.min_photos, 1, 100)
+        check_range("resolution", self.resolution, 64, 4096)
+        if self.resolution % 8:
+            raise ConfigError(f"option 'resolution' must be a multiple of 8, got {self.resolution}")
+        check_choice("fusion", self.fusion, FUSION_ENGINES)
+        check_choice("retouch", self.retouch, RETOUCH_ENGINES)
+        check_range("retouch_strength", self.retouch_strength, 0.0, 1.0)
+        check_choice("upscale", self.upscale, UPSCALE_ENGINES)
+        check_range("upscale_factor", self.upscale_factor, 1.0, 8.0, optional=True)
+        check_choice("diffusion", self.diffusion, DIFFUSION_MODES)
+        check_range("variants", self.variants, 1, 10)
+        check_range("max_tries", self.max_tries, 1, 10)
+        if self.variants > self.max_tries:
+            raise ConfigError(f"variants ({self.variants}) cannot exceed max_tries ({self.max_tries})")
+        check_range("likeness_bar", self.likeness_bar, 0.0, None, optional=True)
+        check_range("steps", self.steps, 1, 500, optional=True)
+        check_range("inpaint_size", self.inpaint_size, 64, 4096, optional=True)
+        if self.inpaint_size is not None and self.inpaint_size % 8:
+            raise ConfigError(f"option 'inpaint_size' must be a multiple of 8, got {self.inpaint_size}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping | None) -> "RunConfig":
+        """From the API's "options" (nested "face" too): ConfigError naming an unknown key or a bad value."""
+        return from_dict(cls, data)
 
 
 @dataclass
@@ -93,12 +130,30 @@ class RunResult:
         }
 
 
-class PortraitPipeline:
-    """Stateless per run; models are cached per process by the engines themselves."""
+@dataclass
+class _Run:
+    """One run's state: the person, their identity, the other people, progress and cancel."""
 
-    def __init__(self, config: RunConfig = RunConfig(), progress: Optional[ProgressCallback] = None):
+    progress: Optional[ProgressCallback]
+    cancel: object = None
+    pre: object = None  # the user's PreprocessResult
+    people: dict = field(default_factory=dict)  # slot -> PreprocessResult of another person
+    identity: object = None  # the user's generate.template_inpaint.Identity (diffusion), made on first use
+    slot_identities: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        check_cancel(self.cancel, "run cancelled")
+
+
+class PortraitPipeline:
+    """The chain for one RunConfig; models are cached on it (and per process by the engines), never a run's
+    state: one instance serves run after run, each run's person in its own _Run."""
+
+    def __init__(self, config: RunConfig = RunConfig(), progress: Optional[ProgressCallback] = None, *,
+                 pool=None):
         self.config = config
-        self.progress = progress
+        self.progress = progress  # the default for runs that pass none
+        self.pool = pool  # a preprocess.workers.WorkerPool the caller owns (None: one per preprocess call)
         self.manifest = get_manifest(config.models_dir)
         self.fa = get_face_analysis(config.face)
         self.engines = self._choose_engines()
@@ -107,10 +162,7 @@ class PortraitPipeline:
         if self.engine("inpaint").engine == "diffusion":
             self.identity_engine = choose_identity(self.manifest, config.base_model or "sd15", config.identity,
                                                    config.face.embedder)[0]
-        self._pre = None  # the current run's PreprocessResult
-        self._models = self._identity = self._inpaint = None  # diffusion: loaded on first use
-        self._people: dict = {}  # slot -> PreprocessResult of another person (this run)
-        self._slot_identities: dict = {}
+        self._models = self._inpaint = None  # diffusion models and the recipe: loaded on first use, kept
 
     def _choose_engines(self) -> list[EngineChoice]:
         c, m = self.config, self.manifest
@@ -130,35 +182,46 @@ class PortraitPipeline:
 
     # -- the run ----------------------------------------------------------------------------------
     def run(self, photos: Path | Sequence[Path], templates: Sequence[str], out_dir: Path,
-            others: Mapping[int, Path] | None = None) -> RunResult:
+            others: Mapping[int, Path] | None = None, *, progress: Optional[ProgressCallback] = None,
+            cancel=None) -> RunResult:
         """`photos`: the user, painted into every face slot of each template except those in `others`,
-        which maps a slot to another person's photos (a couple on a two-face template)."""
+        which maps a slot to another person's photos (a couple on a two-face template). `cancel` (anything
+        with is_set()): Cancelled at the next photo, template, variant or diffusion step; no result.json."""
         if others and self.engine("inpaint").engine == "diffusion" and self.identity_engine == "lora":
             raise ConfigError("other people in face slots need a face-embedding identity (FaceID / InstantID), "
                               "but --identity is the user's LoRA: leave out --identity, or --diffusion off")
-        out_dir = Path(out_dir)
+        run = _Run(progress if progress is not None else self.progress, cancel)
+        try:
+            return self._run(run, photos, templates, Path(out_dir), others)
+        finally:
+            if self._models is not None:
+                self._models.clear_identity()  # nothing of this person stays on the shared UNet
+
+    def _run(self, run: _Run, photos, templates: Sequence[str], out_dir: Path, others) -> RunResult:
         out_dir.mkdir(parents=True, exist_ok=True)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        pre = self._preprocess(photos, out_dir / "preprocess")
-        self._people = {slot: self._preprocess(p, out_dir / f"preprocess-slot{slot}")
-                        for slot, p in sorted((others or {}).items())}
+        run.pre = pre = self._preprocess(run, photos, out_dir / "preprocess")
+        run.people = {slot: self._preprocess(run, p, out_dir / f"preprocess-slot{slot}")
+                      for slot, p in sorted((others or {}).items())}
         timings["preprocess"] = time.perf_counter() - t0
-        self._pre, self._identity = pre, None  # a new person: never reuse the last run's identity
-        self._slot_identities = {}
         references = self._references(pre)
         centroid = pre.centroid
         outputs, failures = [], []
         for i, name in enumerate(templates):
-            report(self.progress, "templates", i, len(templates))
+            run.check()
+            report(run.progress, "templates", i, len(templates))
             try:
-                outputs.append(self._one_template(name, references, centroid, out_dir, timings))
+                outputs.append(self._one_template(run, name, references, centroid, out_dir, timings))
+            except Cancelled:
+                raise
             except PortraitError as exc:
                 failures.append({"template": name, **exc.to_dict()})
             except Exception as exc:  # a bug must not cost the user the other templates: record it loudly
                 log.exception("template %s failed unexpectedly", name)
                 failures.append({"template": name, **internal_error(exc)})
-        report(self.progress, "templates", len(templates), len(templates))
+        run.check()
+        report(run.progress, "templates", len(templates), len(templates))
         outputs.sort(key=lambda o: o.distance)
         timings["total"] = time.perf_counter() - t0
         result = RunResult(outputs, failures, self.engines, timings,
@@ -169,20 +232,19 @@ class PortraitPipeline:
         result.result_file.write_text(json.dumps(result.to_dict(), indent=2))
         return result
 
-    def _preprocess(self, photos, out: Path):
+    def _preprocess(self, run: _Run, photos, out: Path):
         from preprocess import PreprocessConfig, run_preprocess
 
         c = self.config
         pre = run_preprocess(photos, out, PreprocessConfig(top_k=c.top_k, min_photos=c.min_photos,
                                                            resolution=c.resolution, face=c.face),
-                             progress=self.progress)
+                             progress=run.progress, pool=self.pool, cancel=run.cancel)
         if pre.accepted_count < c.min_photos or pre.reference_face is None:
             raise NotEnoughPhotosError(
                 f"{photos}: only {pre.accepted_count} usable photo(s), at least {c.min_photos} needed; "
                 f"see {out / 'report.json'} for each photo's reason"
             )
         return pre
-
     def _references(self, pre) -> list[tuple[str, np.ndarray, Face]]:
         """The reference photo first, then the other selected photos, closest to the identity first."""
         by_file = {p.file: p for p in pre.photos}
@@ -202,14 +264,14 @@ class PortraitPipeline:
             refs[i] = (name, img, face)
         return refs[i]
 
-    def _one_template(self, name: str, references, centroid, out_dir: Path, timings: dict) -> TemplateOutput:
+    def _one_template(self, run: _Run, name: str, references, centroid, out_dir: Path, timings: dict) -> TemplateOutput:
         from .templates import load_template
 
         c = self.config
         tmpl = load_template(name)
         n = len(references)
         ranked = best_of(
-            lambda i: self._render(tmpl, *self._reference(references, i)),
+            lambda i: self._render(run, tmpl, *self._reference(references, i)),
             centroid, variants=min(c.variants, n), max_tries=min(c.max_tries, n), metric=self.fa.metric,
             threshold=self.fa.same_person_threshold, bar=c.likeness_bar,
         )
@@ -220,8 +282,9 @@ class PortraitPipeline:
         return TemplateOutput(tmpl.name, str(path), best.meta["reference"], best.distance, best.similarity,
                               best.passed_bar, len(ranked), best.meta["timings"], best.meta["others"])
 
-    def _render(self, tmpl, ref_name: str, ref_img: np.ndarray, ref_face: Face) -> Candidate:
+    def _render(self, run: _Run, tmpl, ref_name: str, ref_img: np.ndarray, ref_face: Face) -> Candidate:
         """One portrait of the user on `tmpl` from one reference photo, and its face embedding."""
+        run.check()  # between variants
         from .post.fusion import fuse
         from .post.retouch import retouch
         from .post.upscale import upscale
@@ -231,12 +294,12 @@ class PortraitPipeline:
         slot_faces = tmpl.slot_faces(self.fa)
         slots = sorted(slot_faces)
         # Who goes where: another person's reference in their slots, this variant's reference elsewhere.
-        people = {s: ((p.reference_image, p.reference_face) if (p := self._people.get(s)) else (ref_img, ref_face))
+        people = {s: ((p.reference_image, p.reference_face) if (p := run.people.get(s)) else (ref_img, ref_face))
                   for s in slots}
         tic = time.perf_counter()
         if self.engine("inpaint").engine == "diffusion":
             # The two-pass recipe runs its own fusion #1 / #2 around the ControlNet inpaints.
-            image = self._diffuse(tmpl, people)
+            image = self._diffuse(run, tmpl, people)
             t["inpaint"] = time.perf_counter() - tic
         else:
             fusion = self.engine("fusion").engine
@@ -258,40 +321,40 @@ class PortraitPipeline:
         if up != "skipped" and factor > 1:
             tic = time.perf_counter()
             image = upscale(image, factor, engine=up, manifest=self.manifest, device=c.device or "cpu",
-                            progress=self.progress)
+                            progress=run.progress)
             scale = image.shape[1] / tmpl_width
             t["upscale"] = time.perf_counter() - tic
         tic = time.perf_counter()
         found = self.fa.analyze(image)
-        mine = [s for s in slots if s not in self._people] or slots
+        mine = [s for s in slots if s not in run.people] or slots
         judged = output_face(found, near=slot_faces[mine[0]].scaled(scale))
         others = {}
         for s in slots:
-            if s in self._people:  # each other person's likeness in their own slot
+            if s in run.people:  # each other person's likeness in their own slot
                 face = output_face(found, near=slot_faces[s].scaled(scale))
                 others[s] = (float("inf") if face is None else
-                             self.fa.distance(face.embedding, self._people[s].centroid))
+                             self.fa.distance(face.embedding, run.people[s].centroid))
         t["rank"] = time.perf_counter() - tic
         return Candidate(None if judged is None else judged.embedding, image=image,
                          meta={"reference": ref_name, "timings": {k: round(v, 3) for k, v in t.items()},
                                "others": others})
 
-    def _diffuse(self, tmpl, people: dict[int, tuple[np.ndarray, Face]]) -> np.ndarray:
+    def _diffuse(self, run: _Run, tmpl, people: dict[int, tuple[np.ndarray, Face]]) -> np.ndarray:
         """Paint each slot in turn (each on the previous result) with that slot's person's identity."""
         from .generate.template_inpaint import TemplateInpaint
         from .generate.template_jobs import generate_on_template, template_controls
 
-        models, identity = self._diffusion_models()
+        models, identity = self._diffusion_models(run)
         models.ensure_controlnets(template_controls(tmpl, arch=models.arch))  # this template's ControlNets, for the base's architecture
         if self._inpaint is None:
             self._inpaint = TemplateInpaint(models, fusion_engine=self.engine("fusion").engine,
                                             crop_size=self.config.inpaint_size)
         image = None
         for slot, (ref_img, ref_face) in sorted(people.items()):
-            who = self._slot_identity(slot) if slot in self._people else identity
+            who = self._slot_identity(run, slot) if slot in run.people else identity
             image = generate_on_template(models, tmpl, who, ref_img, ref_face, inpaint=self._inpaint, slot=slot,
-                                         image=image, progress=self.progress, face_analysis=self.fa,
-                                         steps=self.config.steps, seed=self.config.seed).image
+                                         image=image, progress=run.progress, face_analysis=self.fa,
+                                         steps=self.config.steps, seed=self.config.seed, cancel=run.cancel).image
         return image
 
     def _face_identity(self, pre):
@@ -303,17 +366,17 @@ class PortraitPipeline:
                                                        list(pre.selected), self.config.face.embedder,
                                                        self.fa.metric), engine=engine)
 
-    def _slot_identity(self, slot: int):
+    def _slot_identity(self, run: _Run, slot: int):
         """Another person's identity: their face embedding (FaceID / InstantID; only the user has a LoRA)."""
-        if slot not in self._slot_identities:
+        if slot not in run.slot_identities:
             if self.identity_engine == "lora":
                 raise ConfigError(f"face slot {slot} holds another person, but --identity is the user's LoRA: "
                                   "painting other people needs a face-embedding engine (FaceID / InstantID): "
                                   "leave out --identity")
-            self._slot_identities[slot] = self._face_identity(self._people[slot])
-        return self._slot_identities[slot]
+            run.slot_identities[slot] = self._face_identity(run.people[slot])
+        return run.slot_identities[slot]
 
-    def _diffusion_models(self):
+    def _diffusion_models(self, run: _Run):
         """Base (+ FaceID adapter or InstantID) loaded once per pipeline, ControlNets as templates need them;
         the identity once per run, painted by self.identity_engine."""
         from .generate.pipelines import InpaintModels
@@ -325,6 +388,6 @@ class PortraitPipeline:
             faceid = self.manifest.require("ip-adapter-faceid") if engine == "faceid" else None
             self._models = InpaintModels.load(c.base_model or "sd15", (), manifest=self.manifest, device=c.device,
                                               faceid_adapter=faceid, instantid=engine == "instantid")
-        if self._identity is None:
-            self._identity = Identity.from_path(c.identity) if c.identity else self._face_identity(self._pre)
-        return self._models, self._identity
+        if run.identity is None:
+            run.identity = Identity.from_path(c.identity) if c.identity else self._face_identity(run.pre)
+        return self._models, run.identity

@@ -115,6 +115,12 @@ class PreprocessConfig:
         if self.max_side < 256:
             raise ConfigError(f"max_side must be >= 256, got {self.max_side}")
 
+    @classmethod
+    def from_dict(cls, data) -> "PreprocessConfig":
+        """From a mapping (nested "face" too): ConfigError naming an unknown key or a bad value."""
+        from portrait.settings import from_dict
+
+        return from_dict(cls, data)
 
     def detection_score(self) -> float:
         if self.min_detection_score is not None:

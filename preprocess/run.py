@@ -4,9 +4,9 @@
     result = run_preprocess(Path("photos"), Path("out"), PreprocessConfig(top_k=10), progress=callback)
 
 Speed: photos are decoded at analysis size (`max_side`, with JPEG draft decoding) and analysed in a
-pool of worker processes (`workers`, started on the first batch of `POOL_MIN_PHOTOS` or more and kept;
-dlib holds the GIL, so threads cannot run two analyses at once); small batches run in this process
-with decoding in threads. Faces are first looked for on a `coarse_side`
+pool of worker processes (preprocess.workers.WorkerPool: the caller's, or one for this call, for
+batches of `POOL_MIN_PHOTOS` or more; dlib holds the GIL, so threads cannot run two analyses at once);
+small batches run in this process with decoding in threads. Faces are first looked for on a `coarse_side`
 copy and only searched again at analysis size when the coarse pass cannot rule out smaller faces;
 only the dominant face is embedded. When the analysis image already holds the face at training
 resolution the crop is cut from it right away (a 512² crop is small to keep); otherwise a *selected*
@@ -16,14 +16,11 @@ resolution at most). `result.reference_image` (full resolution) is decoded only 
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import sys
-import threading
 import time
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -35,7 +32,7 @@ from portrait.errors import PortraitError
 from portrait.faces import Face, FaceConfig, get_face_analysis
 from portrait.faces.analysis import FaceAnalysis
 from portrait.models.manifest import get_manifest
-from portrait.progress import ProgressCallback, report
+from portrait.progress import ProgressCallback, check_cancel, report
 
 from . import scoring
 from .background import choose_engine, remove_background
@@ -47,6 +44,7 @@ from .duplicates import find_duplicates, perceptual_hash
 from .intake import IntakeResult, decode_for_crop, intake_photo, list_photos
 from .selection import HARD_REASONS, choose_reference, face_reasons, order_reasons, select_top_k
 from .types import SCORE_KEYS, PhotoResult, PreprocessResult
+from .workers import WorkerPool, analyse_in_worker, use_pool
 
 DETECTABLE_PX = 80  # smallest face (px) the default detector finds without upsampling
 
@@ -182,11 +180,12 @@ def analyse_photo(fa: FaceAnalysis, intake: IntakeResult, config: PreprocessConf
 
 
 def _analyse_here(fa: FaceAnalysis, files: Sequence[Path], root: Path | None, config: PreprocessConfig,
-                  timings: dict, progress: ProgressCallback | None) -> list[_Analysis]:
+                  timings: dict, progress: ProgressCallback | None, cancel=None) -> list[_Analysis]:
     """Intake and analysis in this process: decoding `workers` photos ahead in threads."""
     analyses: list[_Analysis] = []
     n, t_analyse = len(files), 0.0
     for i, intake in enumerate(_prefetch(files, root, config, timings)):
+        check_cancel(cancel, "preprocess cancelled")
         report(progress, "intake", i + 1, n)
         t = time.perf_counter()
         analyses.append(analyse_photo(fa, intake, config))
@@ -197,115 +196,44 @@ def _analyse_here(fa: FaceAnalysis, files: Sequence[Path], root: Path | None, co
     return analyses
 
 
-# -- worker processes -------------------------------------------------------------------------------
-# dlib holds the GIL for its whole detection and embedding calls (~60 and ~110 ms a photo), so threads
-# cannot overlap analysis with analysis, and decoding threads stall behind it (Pillow re-takes the GIL
-# between JPEG chunks). A small pool of processes, started once per process and kept for later calls,
-# does intake + analysis of whole photos in parallel. On Linux the workers are forked after this process
-# has loaded the face models, so they share them (copy-on-write) and start in milliseconds; fork also
-# spares scripts without an `if __name__ == "__main__"` guard from being re-run. (Do not call
-# cv2.setNumThreads in a forked worker: with OpenCV's pthreads pool already started it hangs.)
-POOL_MIN_PHOTOS = 4  # below this, starting workers (imports + model loading, ~1.5 s) costs more than it saves
-_ENV_KEYS = ("PORTRAIT_MODELS_DIR", "PORTRAIT_MODELS_CONFIG", "XDG_DATA_HOME", "HOME")
-_POOL: Optional[ProcessPoolExecutor] = None
-_POOL_KEY: Optional[tuple] = None
-_POOL_LOCK = threading.Lock()
-
-
-def _use_pool(config: PreprocessConfig, n: int) -> bool:
-    """Worker processes pay off for the dlib engines (which hold the GIL) on batches of a few photos."""
-    return (n >= POOL_MIN_PHOTOS and min(config.workers, os.cpu_count() or 1) >= 2
-            and config.face.detector.startswith("dlib") and config.face.embedder == "dlib-resnet")
-
-
-def _worker_init(env: dict, face: FaceConfig) -> None:
-    for k, v in env.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    fa = get_face_analysis(face)
-    fa.detector, fa.landmarker, fa.embedder  # loaded already when forked; a spawned worker loads them once
-
-
-def _worker_analyse(path: Path, root: Path | None, config: PreprocessConfig) -> tuple[_Analysis, float, float]:
-    t0 = time.perf_counter()
-    intake = intake_photo(path, config, root)
-    t1 = time.perf_counter()
-    a = analyse_photo(get_face_analysis(config.face), intake, config)
-    intake.pixels = None  # the analysis image stays in the worker
-    if a.crop is not None and not config.remove_background:
-        # Encode here, in parallel, rather than in the parent after selection: most photos are selected.
-        a.crop_png, a.crop = _png_bytes(a.crop), None
-    return a, t1 - t0, time.perf_counter() - t1
-
-
-def _png_bytes(image: np.ndarray) -> bytes:
-    """The bytes `dataset.write_png` writes for `image` (same encoder and settings)."""
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 3])
-    if not ok:
-        raise OSError("cannot encode the crop as PNG")
-    return buf.tobytes()
-
-
-def _pool(config: PreprocessConfig, workers: int) -> ProcessPoolExecutor:
-    global _POOL, _POOL_KEY
-    env = {k: os.environ.get(k) for k in _ENV_KEYS}
-    key = (workers, config.face, tuple(sorted(env.items(), key=lambda kv: kv[0])))
-    with _POOL_LOCK:
-        if _POOL is None or _POOL_KEY != key:
-            if _POOL is not None:
-                _POOL.shutdown(wait=False, cancel_futures=True)
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() and os.name == "posix" \
-                and not sys.platform.startswith("darwin") else "spawn"
-            _POOL = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
-                                        initializer=_worker_init, initargs=(env, config.face))
-            _POOL_KEY = key
-        return _POOL
-
-
-def shutdown_workers() -> None:
-    """Stop the analysis worker processes (they are otherwise kept for later calls and end at exit)."""
-    global _POOL, _POOL_KEY
-    with _POOL_LOCK:
-        if _POOL is not None:
-            _POOL.shutdown(wait=True, cancel_futures=True)
-        _POOL, _POOL_KEY = None, None
-
-
-def _analyse_in_workers(files: Sequence[Path], root: Path | None, config: PreprocessConfig, timings: dict,
-                        progress: ProgressCallback | None) -> list[_Analysis]:
-    """Intake + analysis of every photo in worker processes; progress reported here as photos complete.
-    A photo whose worker failed is analysed again in this process, so a real error surfaces with its type."""
+def _analyse_in_workers(pool: "WorkerPool", files: Sequence[Path], root: Path | None, config: PreprocessConfig,
+                        timings: dict, progress: ProgressCallback | None, cancel) -> list[_Analysis]:
+    """Intake + analysis of every photo in the pool's worker processes; progress reported here as photos
+    complete, `cancel` checked between them (the photos not started yet are dropped). A photo whose worker
+    failed is analysed again in this process, so a real error surfaces with its type."""
     n = len(files)
-    workers = min(config.workers, os.cpu_count() or 1, n)
     try:
-        pool = _pool(config, workers)
-        futures = {pool.submit(_worker_analyse, p, root, config): i for i, p in enumerate(files)}
+        executor = pool.executor()
+        futures = {executor.submit(analyse_in_worker, p, root, config): i for i, p in enumerate(files)}
     except Exception:  # no processes on this platform / sandbox: analyse here
-        shutdown_workers()
-        return _analyse_here(get_face_analysis(config.face), files, root, config, timings, progress)
+        pool.close()
+        return _analyse_here(get_face_analysis(config.face), files, root, config, timings, progress, cancel)
     out: list[Optional[_Analysis]] = [None] * n
     t_intake = t_analyse = 0.0
     done = 0
-    for fut in as_completed(futures):
-        i = futures[fut]
-        try:
-            out[i], ti, ta = fut.result()
-        except Exception:
-            if isinstance(fut.exception(), BrokenProcessPool):
-                shutdown_workers()
-            t0 = time.perf_counter()
-            intake = intake_photo(files[i], config, root)
-            t1 = time.perf_counter()
-            out[i] = analyse_photo(get_face_analysis(config.face), intake, config)
-            intake.pixels = None
-            ti, ta = t1 - t0, time.perf_counter() - t1
-        t_intake += ti
-        t_analyse += ta
-        done += 1
-        report(progress, "intake", done, n)
-        report(progress, "analyse", done, n)
+    try:
+        for fut in as_completed(futures):
+            check_cancel(cancel, "preprocess cancelled")
+            i = futures[fut]
+            try:
+                out[i], ti, ta = fut.result()
+            except Exception:
+                if isinstance(fut.exception(), BrokenProcessPool):
+                    pool.close()
+                t0 = time.perf_counter()
+                intake = intake_photo(files[i], config, root)
+                t1 = time.perf_counter()
+                out[i] = analyse_photo(get_face_analysis(config.face), intake, config)
+                intake.pixels = None
+                ti, ta = t1 - t0, time.perf_counter() - t1
+            t_intake += ti
+            t_analyse += ta
+            done += 1
+            report(progress, "intake", done, n)
+            report(progress, "analyse", done, n)
+    finally:
+        for fut in futures:
+            fut.cancel()
     timings["intake"], timings["analyse"] = t_intake, t_analyse
     return out  # type: ignore[return-value]
 
@@ -382,11 +310,15 @@ def _crop_one(p: PhotoResult, a: _Analysis, config: PreprocessConfig, background
 
 def run_preprocess(photos: Path | str | list, out_dir: Path | str | None = None,
                    config: PreprocessConfig = PreprocessConfig(),
-                   progress: ProgressCallback | None = None) -> PreprocessResult:
+                   progress: ProgressCallback | None = None, *, pool: WorkerPool | None = None,
+                   cancel=None) -> PreprocessResult:
     """Judge every photo, select the training set and (with `out_dir`) write train/ and report.json.
 
     `out_dir=None` analyses only and writes nothing. Raises PortraitError when no photo files are found;
     too few accepted photos is not an error here (see `result.accepted_count` against `config.min_photos`).
+    `pool`: the WorkerPool analysing batches of POOL_MIN_PHOTOS or more (a long-lived worker holds one);
+    without one, such a batch gets a pool of its own for this call. `cancel` (anything with is_set()) is
+    checked between photos and between crops: Cancelled, and report.json is not written.
     """
     t_start = time.perf_counter()
     files, root = list_photos(photos)
@@ -398,12 +330,13 @@ def run_preprocess(photos: Path | str | list, out_dir: Path | str | None = None,
     n = len(files)
 
     t = time.perf_counter()
-    if _use_pool(config, n):
-        # Load the models here: a missing file fails with its name, not in a worker, and forked workers share them.
+    if use_pool(config, n):
+        # Load the models here: a missing file fails with its name, not in a worker.
         fa.detector, fa.landmarker, fa.embedder
-        analyses = _analyse_in_workers(files, root, config, timings, progress)
+        with (nullcontext(pool) if pool is not None else WorkerPool(config.workers)) as p:
+            analyses = _analyse_in_workers(p.for_config(config, n), files, root, config, timings, progress, cancel)
     else:
-        analyses = _analyse_here(fa, files, root, config, timings, progress)
+        analyses = _analyse_here(fa, files, root, config, timings, progress, cancel)
     for a, name in zip(analyses, names):
         a.intake.file = name
     timings["analyse_wall"] = time.perf_counter() - t
@@ -425,7 +358,7 @@ def run_preprocess(photos: Path | str | list, out_dir: Path | str | None = None,
     if train_dir is not None:
         by_file = {name: a for name, a in zip(names, analyses)}
         entries = []
-        with ThreadPoolExecutor(max(1, config.workers), thread_name_prefix="crops") as pool:
+        with ThreadPoolExecutor(max(1, config.workers), thread_name_prefix="crops") as threads:
             def job(i: int, p: PhotoResult) -> None:
                 p.crop = crop_name(i + 1, p.file)
                 a = by_file[p.file]
@@ -434,8 +367,12 @@ def run_preprocess(photos: Path | str | list, out_dir: Path | str | None = None,
                 else:
                     write_png(train_dir / p.crop, _crop_one(p, a, config, background))
 
-            futures = [pool.submit(job, i, p) for i, p in enumerate(selected)]
+            futures = [threads.submit(job, i, p) for i, p in enumerate(selected)]
             for i, (p, fut) in enumerate(zip(selected, futures)):
+                if cancel is not None and cancel.is_set():
+                    for f in futures:
+                        f.cancel()
+                    check_cancel(cancel, "preprocess cancelled")
                 fut.result()
                 entries.append((p.crop, text))
                 report(progress, "crops", i + 1, len(selected))

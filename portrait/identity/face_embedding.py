@@ -2,18 +2,8 @@
 
     ident = embed_identity("out/train", FaceConfig())        # mean of normalised embeddings
     ident.save("identity_embedding.safetensors")
-    load_faceid_adapter(pipe, "ip-adapter-faceid_sd15.safetensors", ident.dim)
-    pipe(..., ip_adapter_image_embeds=faceid_embeds(ident, batch=1, guidance=True))
 
-The adapter's id dimension must equal the embedding engine's (128 for dlib's ResNet, 512 for
-ArcFace): a real FaceID adapter is trained on ArcFace, so dlib embeddings only suit adapters built
-for them (the tiny test adapters). A mismatch raises ConfigError naming both sizes.
-
-InstantID (SDXL) is built from diffusers parts: its `ip-adapter` file loads natively through
-`load_ip_adapter` (a perceiver resampler, the IP-Adapter Plus layout) and its IdentityNet is a plain
-`ControlNetModel` on a 5-keypoint drawing; the one thing diffusers' pipelines do not do is give the
-ControlNet the projected face tokens instead of the text embeddings, which `identitynet_hook`
-adds with a forward pre-hook on that ControlNet.
+The adapters that paint it load in portrait.generate.pipelines (load_faceid_adapter, faceid_embeds).
 """
 
 from __future__ import annotations
@@ -26,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ConfigError, NotEnoughPhotosError, PortraitError
-from ..progress import ProgressCallback, report
+from ..progress import ProgressCallback, check_cancel, report
 
 FORMAT = "portrait.face_identity"
 FORMAT_VERSION = "1"
@@ -117,7 +107,7 @@ def trainset_images(folder: Path) -> list[Path]:
 
 def embed_identity(source: str | Path | Sequence[np.ndarray | str | Path], face_config=None, *,
                    face_analysis=None, min_faces: int = 1,
-                   progress: ProgressCallback | None = None) -> FaceIdentity:
+                   progress: ProgressCallback | None = None, cancel=None) -> FaceIdentity:
     """The identity of the person in a training set (a folder, preprocess output, or images).
 
     Each photo's largest face is embedded with the configured engine; vectors are L2-normalised,
@@ -139,6 +129,7 @@ def embed_identity(source: str | Path | Sequence[np.ndarray | str | Path], face_
         items = list(source)
     vectors, names = [], []
     for i, item in enumerate(items):
+        check_cancel(cancel, "embedding cancelled")
         rgb = item if isinstance(item, np.ndarray) else load_rgb(item)
         faces = fa.analyze(rgb, max_faces=1)
         report(progress, "embed", i + 1, len(items))

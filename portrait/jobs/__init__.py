@@ -1,0 +1,30 @@
+"""The library's jobs: one call per job kind, the way the CLI, the API's worker and scripts run them.
+
+    from portrait import jobs
+    result = jobs.run(Path("photos"), ["studio-grey"], Path("out"), jobs.RunConfig.from_dict({"variants": 1}),
+                      progress=jobs.OverallProgress("run"), cancel=threading.Event())
+    result.to_dict()                                  # what `portrait run --json` prints
+
+Each job is `(inputs..., out_dir, config=None, *, progress=None, cancel=None) -> Result` and writes only
+under out_dir. Configs are frozen and validated when built (`from_dict` for mappings: ConfigError naming
+an unknown key or a bad value); results have `to_dict()`. `progress(stage, done, total)` reports the
+stages of STAGES; `cancel` (anything with is_set()) is checked between photos, templates and variants
+and at every diffusion and training step, and raises portrait.errors.Cancelled (code "cancelled"); a
+cancelled job writes no result file. Errors are portrait.errors.PortraitError subclasses with stable codes.
+"""
+
+from .configs import EmbedConfig, GenerateConfig, PreprocessConfig, RunConfig, TrainConfig
+from .embed_job import embed
+from .preprocess_job import preprocess
+from .results import BatchResult, EmbedResult, GenerateResult, PreprocessResult, RunResult, TrainResult
+from .run_job import run
+from .stages import JOB_STAGES, STAGES, OverallProgress
+
+__all__ = ["JOB_STAGES", "STAGES", "BatchResult", "EmbedConfig", "EmbedResult", "GenerateConfig", "GenerateResult",
+           "OverallProgress", "PreprocessConfig", "PreprocessResult", "RunConfig", "RunResult", "TrainConfig",
+           "TrainResult", "batch", "embed", "generate", "preprocess", "run", "train"]
+
+
+def __getattr__(name: str):
+    # train, generate and batch are being added (issue 9); until then they are not importable.
+    raise AttributeError(f"module 'portrait.jobs' has no attribute {name!r}")

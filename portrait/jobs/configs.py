@@ -1,0 +1,99 @@
+"""The jobs' settings: frozen dataclasses validated when built, each with `from_dict(mapping)` (what the
+API's "options" object goes through: ConfigError naming an unknown key or a bad value)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+from preprocess import PreprocessConfig
+
+from ..errors import ConfigError
+from ..faces.analysis import EMBEDDERS
+from ..pipeline import RunConfig
+from ..settings import check_choice, check_range, from_dict
+
+EMBEDDING_NAME = "identity_embedding.safetensors"
+REFERENCE_NAME = "reference.png"
+IDENTITY_ENGINES = ("auto", "faceid", "instantid")
+
+__all__ = ["EmbedConfig", "GenerateConfig", "PreprocessConfig", "RunConfig", "TrainConfig"]
+
+
+class _FromDict:
+    @classmethod
+    def from_dict(cls, data: Mapping | None):
+        """Built from a mapping: ConfigError naming an unknown key or a bad value."""
+        return from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class TrainConfig(_FromDict):
+    """`portrait train`: an identity LoRA (EasyPhoto's defaults)."""
+
+    base_model: str = "sd15"  # manifest name, diffusers folder or single file
+    steps: Optional[int] = None  # None: 200 per photo, at most 800
+    rank: int = 128
+    alpha: float = 64.0
+    lr: float = 1e-4
+    resolution: Optional[int] = None  # None: 512 SD 1.5, 1024 SDXL
+    seed: int = 0
+    validate_every: int = 100
+    merge_top_k: int = 1
+    templates: tuple[str, ...] = ()  # validate on these templates' faces (two-pass inpaint) instead of text2img
+    validation_size: Optional[int] = None  # template validation's inpaint working size
+    validate: bool = True  # False: no validation renders, the last checkpoint is kept
+    device: Optional[str] = None
+    dtype: Optional[str] = None
+    models_dir: Optional[str] = None
+
+    def __post_init__(self):
+        check_range("steps", self.steps, 1, 100000, optional=True)
+        check_range("rank", self.rank, 1, 1024)
+        check_range("alpha", self.alpha, 1e-9, None)
+        check_range("lr", self.lr, 1e-12, None)
+        check_range("resolution", self.resolution, 64, 4096, optional=True)
+        if self.resolution is not None and self.resolution % 8:
+            raise ConfigError(f"option 'resolution' must be a multiple of 8, got {self.resolution}")
+        check_range("validate_every", self.validate_every, 1, 100000)
+        check_range("merge_top_k", self.merge_top_k, 1, 100)
+        check_range("validation_size", self.validation_size, 64, 2048, optional=True)
+        if self.dtype is not None:
+            check_choice("dtype", self.dtype, ("fp32", "fp16", "bf16"))
+
+
+@dataclass(frozen=True)
+class EmbedConfig(_FromDict):
+    """`portrait embed`: a train-free identity (the mean face embedding) for IP-Adapter FaceID / InstantID."""
+
+    embedder: str = "dlib-resnet"  # a real FaceID adapter needs arcface (512-d)
+    file_name: str = EMBEDDING_NAME  # written under out_dir, with reference.png beside it
+    top_k: int = 12  # a raw photo folder: the photos kept by selection
+    min_photos: int = 1  # fewer usable photos: NotEnoughPhotosError
+    models_dir: Optional[str] = None
+
+    def __post_init__(self):
+        check_choice("embedder", self.embedder, EMBEDDERS)
+        check_range("top_k", self.top_k, 1, 100)
+        check_range("min_photos", self.min_photos, 1, 100)
+        if not self.file_name or "/" in self.file_name or "\\" in self.file_name or self.file_name.startswith("."):
+            raise ConfigError(f"option 'file_name' must be a plain file name, got {self.file_name!r}")
+
+
+@dataclass(frozen=True)
+class GenerateConfig(_FromDict):
+    """`portrait generate`: an identity painted into templates by two-pass ControlNet inpainting."""
+
+    base_model: Optional[str] = None  # None: sd15 from the models config
+    reference: Optional[str] = None  # the user's photo or training set (None: reference.png beside the identity)
+    steps: Optional[int] = None  # scheduler steps of both passes (None: the template's)
+    seed: Optional[int] = None
+    strength: Optional[float] = None  # pass-1 denoise strength
+    device: Optional[str] = None
+    engine: str = "auto"  # how a face embedding is painted: auto | faceid | instantid
+    models_dir: Optional[str] = None
+
+    def __post_init__(self):
+        check_range("steps", self.steps, 1, 500, optional=True)
+        check_range("strength", self.strength, 0.01, 1.0, optional=True)
+        check_choice("engine", self.engine, IDENTITY_ENGINES)

@@ -1,0 +1,66 @@
+"""The embed job: a train-free identity (the mean face embedding) and its reference photo, for
+IP-Adapter FaceID / InstantID; `portrait generate` reads both."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ..errors import ConfigError, NotEnoughPhotosError
+from ..faces import FaceConfig, get_face_analysis
+from ..identity.face_embedding import FaceIdentity, embed_identity
+from ..imageio import load_rgb, save_image
+from ..progress import CancelToken, ProgressCallback
+from .configs import REFERENCE_NAME, EmbedConfig
+from .results import EmbedResult
+
+
+def is_trainset(folder: Path) -> bool:
+    """A preprocess output (train/ with metadata.jsonl) or a training set folder (metadata.jsonl)."""
+    return (folder / "train" / "metadata.jsonl").is_file() or (folder / "metadata.jsonl").is_file() \
+        or (folder / "train").is_dir()
+
+
+def embed(source: Path, out_dir: Path, config: EmbedConfig | None = None, *, progress: ProgressCallback | None = None,
+          cancel: CancelToken | None = None, pool=None) -> EmbedResult:
+    """out_dir/<file_name> (the identity) and out_dir/reference.png (the photo nearest it).
+
+    `source`: a training set (preprocess output: its crops are embedded) or a raw photo folder (intake and
+    selection run first, nothing else is written; the selected photos are embedded)."""
+    config = config or EmbedConfig()
+    src, out_dir = Path(source), Path(out_dir)
+    if not src.is_dir():
+        raise ConfigError(f"{src} is not a folder (a training set from `portrait preprocess`, or photos)")
+    face = FaceConfig(embedder=config.embedder, models_dir=config.models_dir)
+    if is_trainset(src):
+        ident = embed_identity(src, face_analysis=get_face_analysis(face), progress=progress, cancel=cancel)
+        folder = src / "train" if (src / "train").is_dir() else src
+        ref = folder / ident.sources[0] if ident.sources else None
+    else:
+        ident, ref = _embed_photos(src, face, config, progress, cancel, pool)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = ident.save(out_dir / config.file_name)
+    reference = None
+    if ref is not None and ref.is_file():
+        reference = out_dir / REFERENCE_NAME
+        if ref.suffix.lower() == ".png":
+            shutil.copyfile(ref, reference)
+        else:  # a raw photo: decoded (EXIF-turned) and written as PNG
+            save_image(load_rgb(ref), reference)
+    return EmbedResult(out, ident.engine, ident.dim, ident.metric, ident.count, reference)
+
+
+def _embed_photos(src: Path, face: FaceConfig, config: EmbedConfig, progress, cancel, pool):
+    """The identity of the photos a raw folder's intake and selection keep, and the one nearest it."""
+    from preprocess import PreprocessConfig, run_preprocess
+
+    pre = run_preprocess(src, None, PreprocessConfig(top_k=config.top_k, min_photos=config.min_photos, face=face),
+                         progress=progress, pool=pool, cancel=cancel)
+    chosen = [f for f in pre.selected if f in pre.embeddings]
+    if len(chosen) < config.min_photos:
+        raise NotEnoughPhotosError(f"{src}: only {len(chosen)} usable photo(s), at least {config.min_photos} "
+                                   "needed (run `portrait preprocess` to see each photo's reason)")
+    fa = get_face_analysis(face)
+    ident = FaceIdentity.from_vectors([pre.embeddings[f] for f in chosen], chosen, face.embedder, fa.metric)
+    paths = {p.file: p.path for p in pre.photos}
+    return ident, Path(paths[ident.sources[0]])

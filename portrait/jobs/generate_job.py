@@ -1,0 +1,138 @@
+"""The generate job: an identity (LoRA or face embedding) painted into templates by two-pass ControlNet
+inpainting; out_dir gets NN_<template>.png per template and generate.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import ConfigError, TemplateError
+from ..progress import CancelToken, ProgressCallback, check_cancel, report
+from .configs import REFERENCE_NAME, GenerateConfig
+from .results import GenerateResult
+
+RESULT_NAME = "generate.json"
+
+
+def load_template_or_image(name_or_dir: str | Path, fa):
+    """A template by name or folder (portrait.templates); a bare image file also works (its faces detected)."""
+    from ..imageio import load_rgb
+
+    p = Path(name_or_dir)
+    if p.is_file():
+        image = load_rgb(p)
+        faces = fa.analyze(image)
+        if not faces:
+            raise TemplateError(f"template image {p} has no usable face")
+        return {"name": p.stem, "image": image, "faces": faces[:1]}
+    from ..templates import load_template
+
+    return load_template(name_or_dir)
+
+
+def find_reference(identity_path: Path, reference: str | Path | None, fa):
+    """(photo, face, file) for the fusion stages: `reference` (a photo or a training set), else
+    reference.png beside the identity file; ConfigError when neither holds a usable face."""
+    from ..identity.face_embedding import trainset_images
+    from ..imageio import load_rgb
+
+    if reference:
+        r = Path(reference)
+        candidates = trainset_images(r) if r.is_dir() else [r]
+    else:
+        folder = identity_path if identity_path.is_dir() else identity_path.parent
+        candidates = [folder / REFERENCE_NAME] if (folder / REFERENCE_NAME).is_file() else []
+        if not candidates:
+            raise ConfigError(f"no {REFERENCE_NAME} beside {identity_path}: pass --reference PHOTO_OR_TRAINSET_DIR")
+    for c in candidates:
+        rgb = load_rgb(c)
+        faces = fa.analyze(rgb, max_faces=1)
+        if faces:
+            return rgb, faces[0], str(c)
+    raise ConfigError(f"no usable face in the reference {reference or candidates[0]}")
+
+
+def identity_engine(engine: str, ident, base: str, manifest) -> str | None:
+    """The engine painting a face-embedding identity: `engine`, or auto = the rule `portrait run` uses
+    (engines.choose_identity: InstantID on SDXL when its files are present and its adapter takes the
+    identity's embeddings, else IP-Adapter FaceID). None for a LoRA identity."""
+    from ..engines import choose_identity
+
+    if ident.face is None:
+        if engine != "auto":
+            raise ConfigError(f"--engine {engine} needs a face embedding from `portrait embed` as --identity, "
+                              "not a LoRA")
+        return None
+    if engine == "auto":
+        engine, why = choose_identity(manifest, base, None, embedder=ident.face.engine)
+        if engine is None:
+            if not manifest.available("ip-adapter-faceid"):
+                manifest.require("ip-adapter-faceid")  # the missing-model error names the file to supply
+            raise ConfigError(f"cannot paint this face embedding: {why}")
+    return engine
+
+
+def generate(identity: Path, templates: Sequence[str | Path], out_dir: Path, config: GenerateConfig | None = None, *,
+             progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> GenerateResult:
+    """Paint `identity` (a LoRA from train, or a face embedding from embed) into each template's face."""
+    from ..faces import FaceConfig, get_face_analysis
+    from ..generate.pipelines import InpaintModels
+    from ..generate.template_inpaint import Identity, TemplateInpaint
+    from ..generate.template_jobs import generate_on_template, job_from_template, template_slots
+    from ..models.manifest import get_manifest
+
+    config = config or GenerateConfig()
+    if not templates:
+        raise ConfigError("no template given: name at least one template, template folder or image")
+    manifest = get_manifest(config.models_dir)
+    ident = Identity.from_path(identity)
+    base = config.base_model or "sd15"
+    id_engine = identity_engine(config.engine, ident, base, manifest)
+    if id_engine is not None:
+        ident.engine = id_engine
+    face = FaceConfig(embedder=ident.face.engine) if ident.face is not None else FaceConfig()
+    fa = get_face_analysis(face)
+    ref_rgb, ref_face, ref_file = find_reference(Path(identity), config.reference, fa)
+    tmpls = [load_template_or_image(t, fa) for t in templates]
+    faceid = manifest.require("ip-adapter-faceid") if id_engine == "faceid" else None
+    over = {"steps": config.steps, "seed": config.seed, "strength": config.strength}
+    first = [job_from_template(t, face_analysis=fa, **over) for t in tmpls]
+    for j in first:  # bad settings are the user's to fix, before any model loads
+        j.pass1.check(f"template {j.name} pass 1")
+        j.pass2.check(f"template {j.name} pass 2")
+    needed = list(dict.fromkeys(n for j in first for n, _ in (*j.pass1.active(), *j.pass2.active())))
+    multi = [i for i, t in enumerate(tmpls) if len(template_slots(t, fa)) > 1]
+    check_cancel(cancel, "generation cancelled")
+    report(progress, "load models", 0, 1)
+    models = InpaintModels.load(base, needed, manifest=manifest, device=config.device, faceid_adapter=faceid,
+                                instantid=id_engine == "instantid")
+    report(progress, "load models", 1, 1)
+    runner = TemplateInpaint(models)
+    try:
+        # One-face templates run together (batched where their settings match); others slot by slot.
+        single = [j for i, j in enumerate(first) if i not in multi]
+        report(progress, "outputs", 0, len(tmpls))
+        results = runner(single, ident, ref_rgb, ref_face, progress=progress, cancel=cancel) if single else []
+        report(progress, "outputs", len(results), len(tmpls))
+        for i in multi:
+            check_cancel(cancel, "generation cancelled")
+            results.append(generate_on_template(models, tmpls[i], ident, ref_rgb, ref_face, progress=progress,
+                                                inpaint=runner, face_analysis=fa, cancel=cancel, **over))
+            report(progress, "outputs", len(results), len(tmpls))
+    finally:
+        models.clear_identity()  # nothing of this identity stays on the cached base
+    return _write(results, Path(out_dir), identity, ident, id_engine, ref_file, base)
+
+
+def _write(results, out: Path, identity, ident, id_engine, ref_file: str, base: str) -> GenerateResult:
+    from ..imageio import save_image
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, r in enumerate(results):
+        path = save_image(r.image, out / f"{i:02d}_{r.name or 'template'}.png")
+        written.append({"template": r.name, "file": str(path), "seed": r.seed, **r.details})
+    result = GenerateResult(str(identity), ident.kind, id_engine, ref_file, base, written, out / RESULT_NAME)
+    result.result_file.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    return result
