@@ -97,7 +97,10 @@ def generate(identity: Path, templates: Sequence[str | Path], out_dir: Path, con
     tmpls = [load_template_or_image(t, fa) for t in templates]
     faceid = manifest.require("ip-adapter-faceid") if id_engine == "faceid" else None
     over = {"steps": config.steps, "seed": config.seed, "strength": config.strength}
-    first = [job_from_template(t, face_analysis=fa, **over) for t in tmpls]
+    from ..models.loading import base_unet_config
+
+    arch, _ = base_unet_config(base, manifest)  # the recipe's ControlNets depend on it (SDXL: canny only)
+    first = [job_from_template(t, face_analysis=fa, arch=arch, **over) for t in tmpls]
     for j in first:  # bad settings are the user's to fix, before any model loads
         j.pass1.check(f"template {j.name} pass 1")
         j.pass2.check(f"template {j.name} pass 2")
