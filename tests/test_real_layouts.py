@@ -194,11 +194,12 @@ def test_faceid_plus_without_its_image_encoder_names_the_model(sd, tmp_path):
 
 
 # -- A1111 single-file ControlNet ---------------------------------------------------------------------------
-def test_an_a1111_controlnet_pth_loads_through_the_manifest_as_its_diffusers_original(sd, tmp_path):
+@pytest.mark.parametrize("prefix", ["control_model.", ""], ids=["control_model-keys", "bare-keys"])
+def test_an_a1111_controlnet_pth_loads_through_the_manifest_as_its_diffusers_original(sd, tmp_path, prefix):
     from diffusers import ControlNetModel
 
     folder = sd["controlnets"]["color"]
-    pth = tiny_release.save_a1111_controlnet(folder, tmp_path / "models" / "control_sd15_random_color.pth")
+    pth = tiny_release.save_a1111_controlnet(folder, tmp_path / "models" / "control_sd15_random_color.pth", prefix)
     (tmp_path / "models" / "models.toml").write_text(
         f'[models.controlnet-color]\npath = "control_sd15_random_color.pth"\nconfig = "{folder}"\n')
     m = Manifest(tmp_path / "models", tmp_path / "models" / "models.toml")

@@ -117,6 +117,8 @@ def detect_architecture(path: str | Path) -> str:
             return "sdxl" if json.loads(cfg.read_text()).get("addition_embed_type") == "text_time" else "sd15"
         raise ConfigError(f"{path}: not a diffusers folder (no model_index.json or config.json)")
     keys = _single_file_keys(path)
+    if any(k.startswith("input_hint_block.") for k in keys):  # a ControlNet saved without its control_model. prefix
+        return "sdxl" if any(k.startswith("label_emb.") for k in keys) else "sd15"
     if any(k.startswith("conditioner.embedders.1.") or k.endswith("label_emb.0.0.weight") for k in keys):
         return "sdxl"
     if any(k.startswith("cond_stage_model.transformer.") or k.startswith("control_model.") for k in keys):
