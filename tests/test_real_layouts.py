@@ -301,3 +301,14 @@ def test_a_buffalo_embedding_is_refused_by_instantid_naming_both(xl, scene, buff
     tpl, tface, ref, rface = scene
     with pytest.raises(ConfigError, match=r"InstantID.*'arcface-antelopev2'.*'arcface-buffalo'"):
         TemplateInpaint(xl["models"], crop_size=CROP)(_job(scene), Identity(face=face, engine="instantid"), ref, rface)
+
+
+def test_an_old_unit_length_identity_is_refused_by_instantid(xl, scene, antelope, grace_hopper):
+    """Identity files written when ArcFace vectors were normalised carry norm 1: InstantID would get a face 20x
+    too weak, so it asks for a new embedding instead."""
+    from dataclasses import replace as dc_replace
+
+    face = dc_replace(embed_identity([grace_hopper], face_analysis=antelope), norm=1.0)
+    tpl, tface, ref, rface = scene
+    with pytest.raises(ConfigError, match="portrait embed --embedder arcface-antelopev2"):
+        TemplateInpaint(xl["models"], crop_size=CROP)(_job(scene), Identity(face=face, engine="instantid"), ref, rface)

@@ -254,6 +254,11 @@ class TemplateInpaint:
                 check_adapter_dim(adapter, dim, engine)
             if engine:
                 check_embedder(adapter, engine)
+            norm = float(getattr(identity.face, "norm", 0.0) or 0.0)
+            if identity.instantid and str(engine).startswith("arcface") and abs(norm - 1.0) < 1e-3:
+                raise ConfigError("this identity file holds unit-length ArcFace vectors only (written before raw "
+                                  "embeddings were kept), and InstantID needs the raw ones at their length: run "
+                                  "`portrait embed --embedder arcface-antelopev2` again")
         if identity.lora is not None and not Path(identity.lora).is_file():
             raise ConfigError(f"identity LoRA {identity.lora} does not exist")
         for what, img in (("ref_rgb", ref_rgb), *((f"job {i} template_rgb", j.template_rgb) for i, j in enumerate(jobs))):
