@@ -8,6 +8,7 @@ by the CLI and written to result.json so a user sees exactly what ran.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 from .errors import ConfigError
 from .models.manifest import Manifest
@@ -119,6 +120,26 @@ def _adapter_fits(path, embedder: str, cross_dim: int | None) -> str | None:
     return None
 
 
+def _lora_fits(path, cross_dim: int | None) -> str | None:
+    """None when the LoRA's cross-attention key/value layers take this base's text tokens; else why not."""
+    if cross_dim is None:
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                if "attn2" in key and "to_k" in key and ("lora_A" in key or "lora_down" in key or "lora.down" in key):
+                    width = f.get_slice(key).get_shape()[-1]
+                    if width != cross_dim:
+                        return (f"it was trained for {width}-d text tokens and this base attends to {cross_dim}-d "
+                                "(an SD 1.5 LoRA on SDXL, or the reverse)")
+                    return None
+    except Exception as exc:  # noqa: BLE001 - unreadable: said to the user, never a traceback
+        return f"it cannot be read as a LoRA ({exc})"
+    return None
+
+
 def choose_identity(manifest: Manifest, base: str, identity: str | None,
                     embedder: str = "dlib-resnet") -> tuple[str | None, str]:
     """How the user's identity is painted: ("lora" | "faceid" | "instantid" | None, why).
@@ -128,17 +149,20 @@ def choose_identity(manifest: Manifest, base: str, identity: str | None,
     `portrait generate --engine auto`. Else IP-Adapter FaceID when its adapter is present (on SDXL also
     when it fits the embedder and the base). None: no engine can run, `why` says what to do.
     """
+    arch, cross_dim = _base_info(manifest, base)
     if identity:
+        problem = _lora_fits(identity, cross_dim)
+        if problem:
+            return None, f"the identity LoRA {identity} does not fit the base model {base}: {problem}"
         return "lora", "identity LoRA"
     have_faceid = manifest.available("ip-adapter-faceid")
-    arch, cross_dim = _base_info(manifest, base)
     if arch != "sdxl":  # SD 1.5: FaceID when its adapter is present and takes this embedder's embeddings
         if not have_faceid:
             return None, "no identity LoRA given and no FaceID adapter present"
         problem = _adapter_fits(manifest.path("ip-adapter-faceid"), embedder, cross_dim)
-        if problem is None:
-            return "faceid", "FaceID embedding"
-        return None, f"the FaceID adapter does not fit: {problem}"
+        if problem:
+            return None, f"the FaceID adapter does not fit: {problem}"
+        return "faceid", "FaceID embedding"
     iid_missing = [n for n in INSTANTID_NAMES if not (n in manifest.specs and manifest.available(n))]
     iid_problem = None
     if not iid_missing:
@@ -158,24 +182,54 @@ def choose_identity(manifest: Manifest, base: str, identity: str | None,
                   f"{faceid_problem}")
 
 
+def missing_controlnets(manifest: Manifest, arch: str, controls: Sequence[str]) -> list[str]:
+    """Manifest names of the ControlNets `controls` need on an `arch` base that are not present."""
+    from .generate.pipelines import CONTROLNET_MODELS_BY_ARCH
+
+    names = CONTROLNET_MODELS_BY_ARCH.get(arch, {})
+    wanted = [names.get(c, f"controlnet-{c}-{arch}") for c in controls]
+    return [n for n in wanted if n not in manifest.specs or not manifest.available(n)]
+
+
 def choose_diffusion(mode: str, manifest: Manifest, base_model: str | None, identity: str | None,
-                     embedder: str = "dlib-resnet") -> EngineChoice:
-    """The two-pass ControlNet inpaint runs when a base model and an identity engine (LoRA, FaceID or
-    InstantID: choose_identity) exist; the reason names the identity engine."""
+                     embedder: str = "dlib-resnet", controls: Sequence[str] | None = None) -> EngineChoice:
+    """The two-pass ControlNet inpaint runs when a base model, the ControlNets the templates need
+    (`controls`: control names such as "canny", "tile"; None when not known yet) and an identity engine
+    that can paint this identity (LoRA, FaceID or InstantID: choose_identity) are all present; the reason
+    names the identity engine.
+
+    "auto" never picks diffusion when something it needs is missing or does not fit the inputs (embedding
+    size, architecture): the inpaint stage is skipped (the classic path runs) and the reason says why.
+    "on" raises the error naming what is missing instead. A --base-model given by name or path must exist.
+    """
     _check(mode, DIFFUSION_MODES, "diffusion")
     if mode == "off":
         return EngineChoice("inpaint", "skipped", "disabled")
+    if base_model:
+        from .models import loading
+
+        loading.resolve_model(base_model, manifest)  # ModelMissingError naming it: the user asked for it
     base = base_model or ("sd15" if manifest.available("sd15") else None)
     if base is None:
         if mode == "on":
             manifest.require("sd15")
         return EngineChoice("inpaint", "skipped", "no base model configured (see `portrait models list`)")
+    arch, _ = _base_info(manifest, base)
+    missing = missing_controlnets(manifest, arch, controls or ())
+    if missing:
+        if mode == "on":
+            for name in missing:
+                manifest.require(name)  # ModelMissingError naming the file (ConfigError for an unknown name)
+        return EngineChoice("inpaint", "skipped", f"the templates need ControlNet(s) {', '.join(missing)}, "
+                            "not present (see `portrait models list`)")
     engine, how = choose_identity(manifest, base, identity, embedder)
     if engine is None:
         if mode == "on":
             if how.startswith("no identity LoRA given and no FaceID adapter present"):
                 raise ConfigError("diffusion needs an identity: pass --identity LORA (from `portrait train`) "
                                   "or install the ip-adapter-faceid model")
+            if how.startswith("the identity LoRA"):
+                raise ConfigError(f"diffusion cannot run: {how}")
             raise ConfigError(f"diffusion needs an identity: {how}; or pass --identity LORA (from `portrait train`)")
         return EngineChoice("inpaint", "skipped", how)
     return EngineChoice("inpaint", "diffusion", f"base model {base}, {how}")

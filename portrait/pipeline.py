@@ -57,6 +57,7 @@ class RunConfig:
     inpaint_size: Optional[int] = None  # working crop side for diffusion (default: 512 SD 1.5, 1024 SDXL)
     seed: Optional[int] = None
     device: Optional[str] = None
+    dtype: Optional[str] = None  # diffusion weights: fp32 | fp16 | bf16 (default: fp16 on GPU, fp32 on CPU)
     models_dir: Optional[str] = None
 
     def __post_init__(self):
@@ -156,17 +157,25 @@ class PortraitPipeline:
         self.pool = pool  # a preprocess.workers.WorkerPool the caller owns (None: one per preprocess call)
         self.manifest = get_manifest(config.models_dir)
         self.fa = get_face_analysis(config.face)
-        self.engines = self._choose_engines()
+        if config.dtype is not None:
+            from .models.device import check_dtype_name
+
+            check_dtype_name(config.dtype)
         # How the identity is painted when diffusion runs: "lora", "faceid" or "instantid" (see choose_identity).
         self.identity_engine: Optional[str] = None
-        if self.engine("inpaint").engine == "diffusion":
-            self.identity_engine = choose_identity(self.manifest, config.base_model or "sd15", config.identity,
-                                                   config.face.embedder)[0]
+        self._set_engines(None)  # the templates' ControlNets are checked again once run() knows the templates
         self._models = self._inpaint = None  # diffusion models and the recipe: loaded on first use, kept
 
-    def _choose_engines(self) -> list[EngineChoice]:
+    def _set_engines(self, controls: Optional[Sequence[str]]) -> None:
+        self.engines = self._choose_engines(controls)
+        self.identity_engine = None
+        if self.engine("inpaint").engine == "diffusion":
+            self.identity_engine = choose_identity(self.manifest, self.config.base_model or "sd15",
+                                                   self.config.identity, self.config.face.embedder)[0]
+
+    def _choose_engines(self, controls: Optional[Sequence[str]] = None) -> list[EngineChoice]:
         c, m = self.config, self.manifest
-        inpaint = choose_diffusion(c.diffusion, m, c.base_model, c.identity, c.face.embedder)
+        inpaint = choose_diffusion(c.diffusion, m, c.base_model, c.identity, c.face.embedder, controls)
         if inpaint.engine == "diffusion" and c.inpaint_size:
             inpaint = EngineChoice(inpaint.stage, inpaint.engine, f"{inpaint.reason}, {c.inpaint_size} px working crops")
         return [
@@ -181,15 +190,38 @@ class PortraitPipeline:
         return next(e for e in self.engines if e.stage == stage)
 
     # -- the run ----------------------------------------------------------------------------------
-    def run(self, photos: Path | Sequence[Path], templates: Sequence[str], out_dir: Path,
-            others: Mapping[int, Path] | None = None, *, progress: Optional[ProgressCallback] = None,
-            cancel=None) -> RunResult:
-        """`photos`: the user, painted into every face slot of each template except those in `others`,
-        which maps a slot to another person's photos (a couple on a two-face template). `cancel` (anything
-        with is_set()): Cancelled at the next photo, template, variant or diffusion step; no result.json."""
+    def check(self, templates: Sequence, others: Mapping[int, Path] | None = None) -> list:
+        """Everything checkable before a photo is processed: each template (name, folder or image file)
+        loads and has its faces, each slot in `others` exists in a template, the engines can run with
+        these templates (ControlNets present; else auto falls back, "on" raises). Returns the Templates;
+        raises a PortraitError naming the problem."""
+        from .preflight import check_photos_folder, check_slots, resolve_templates
+
+        tmpls = resolve_templates(templates, self.fa)
+        check_slots(others, tmpls)
+        for slot, folder in sorted((others or {}).items()):
+            if not isinstance(folder, (list, tuple)):
+                check_photos_folder(folder, f"photos folder for face slot {slot}")
+        if self.engine("inpaint").engine == "diffusion":
+            from .engines import _base_info
+            from .generate.template_jobs import template_controls
+
+            arch = _base_info(self.manifest, self.config.base_model or "sd15")[0]  # SDXL's recipe: canny only
+            self._set_engines(list(dict.fromkeys(c for t in tmpls for c in template_controls(t, arch=arch))))
         if others and self.engine("inpaint").engine == "diffusion" and self.identity_engine == "lora":
             raise ConfigError("other people in face slots need a face-embedding identity (FaceID / InstantID), "
                               "but --identity is the user's LoRA: leave out --identity, or --diffusion off")
+        return tmpls
+
+    def run(self, photos: Path | Sequence[Path], templates: Sequence, out_dir: Path,
+            others: Mapping[int, Path] | None = None, *, progress: Optional[ProgressCallback] = None,
+            cancel=None) -> RunResult:
+        """`photos`: the user, painted into every face slot of each template except those in `others`,
+        which maps a slot to another person's photos (a couple on a two-face template). `templates`:
+        names, template folders, image files or Templates, all checked (`check`) before any photo is read.
+        `cancel` (anything with is_set()): Cancelled at the next photo, template, variant or diffusion
+        step; no result.json."""
+        templates = self.check(templates, others)
         run = _Run(progress if progress is not None else self.progress, cancel)
         try:
             return self._run(run, photos, templates, Path(out_dir), others)
@@ -197,7 +229,7 @@ class PortraitPipeline:
             if self._models is not None:
                 self._models.clear_identity()  # nothing of this person stays on the shared UNet
 
-    def _run(self, run: _Run, photos, templates: Sequence[str], out_dir: Path, others) -> RunResult:
+    def _run(self, run: _Run, photos, templates: Sequence, out_dir: Path, others) -> RunResult:
         out_dir.mkdir(parents=True, exist_ok=True)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -208,18 +240,18 @@ class PortraitPipeline:
         references = self._references(pre)
         centroid = pre.centroid
         outputs, failures = [], []
-        for i, name in enumerate(templates):
+        for i, tmpl in enumerate(templates):
             run.check()
             report(run.progress, "templates", i, len(templates))
             try:
-                outputs.append(self._one_template(run, name, references, centroid, out_dir, timings))
+                outputs.append(self._one_template(run, tmpl, references, centroid, out_dir, timings))
             except Cancelled:
                 raise
             except PortraitError as exc:
-                failures.append({"template": name, **exc.to_dict()})
+                failures.append({"template": tmpl.name, **exc.to_dict()})
             except Exception as exc:  # a bug must not cost the user the other templates: record it loudly
-                log.exception("template %s failed unexpectedly", name)
-                failures.append({"template": name, **internal_error(exc)})
+                log.exception("template %s failed unexpectedly", tmpl.name)
+                failures.append({"template": tmpl.name, **internal_error(exc)})
         run.check()
         report(run.progress, "templates", len(templates), len(templates))
         outputs.sort(key=lambda o: o.distance)
@@ -264,11 +296,8 @@ class PortraitPipeline:
             refs[i] = (name, img, face)
         return refs[i]
 
-    def _one_template(self, run: _Run, name: str, references, centroid, out_dir: Path, timings: dict) -> TemplateOutput:
-        from .templates import load_template
-
+    def _one_template(self, run: _Run, tmpl, references, centroid, out_dir: Path, timings: dict) -> TemplateOutput:
         c = self.config
-        tmpl = load_template(name)
         n = len(references)
         ranked = best_of(
             lambda i: self._render(run, tmpl, *self._reference(references, i)),
@@ -387,7 +416,7 @@ class PortraitPipeline:
         if self._models is None:
             faceid = self.manifest.require("ip-adapter-faceid") if engine == "faceid" else None
             self._models = InpaintModels.load(c.base_model or "sd15", (), manifest=self.manifest, device=c.device,
-                                              faceid_adapter=faceid, instantid=engine == "instantid")
+                                              dtype=c.dtype, faceid_adapter=faceid, instantid=engine == "instantid")
         if run.identity is None:
             run.identity = Identity.from_path(c.identity) if c.identity else self._face_identity(run.pre)
         return self._models, run.identity

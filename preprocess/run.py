@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from portrait.errors import PortraitError
-from portrait.faces import Face, FaceConfig, get_face_analysis
+from portrait.faces import Face, get_face_analysis
 from portrait.faces.analysis import FaceAnalysis
 from portrait.models.manifest import get_manifest
 from portrait.progress import ProgressCallback, check_cancel, report

@@ -72,9 +72,28 @@ def empty_models_dir(tmp_path, monkeypatch) -> Path:
     return d
 
 
+# The user's environment that changes what the code finds: models, templates, device. No test sees the
+# machine's own (a developer's models folder or GPU must not change a result); `hermetic` and the tests
+# that build tiny models set their own.
+USER_ENVIRONMENT = ("PORTRAIT_MODELS_DIR", "PORTRAIT_MODELS_CONFIG", "PORTRAIT_TEMPLATES_DIR", "PORTRAIT_DEVICE",
+                    "PORTRAIT_DTYPE")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_user_environment(tmp_path_factory):
+    """For the whole session: empty models and templates folders, no device or dtype override."""
+    root = tmp_path_factory.mktemp("no-user-env")
+    with pytest.MonkeyPatch.context() as mp:
+        for name in USER_ENVIRONMENT:
+            mp.delenv(name, raising=False)
+        mp.setenv("PORTRAIT_MODELS_DIR", str(root / "models"))
+        mp.setenv("PORTRAIT_TEMPLATES_DIR", str(root / "templates"))
+        yield root
+
+
 @pytest.fixture(scope="module")
 def hermetic(tmp_path_factory) -> Path:
-    """No user models and no user templates (bundled templates only) for a whole test module.
+    """No user models, no user templates (bundled templates only), no device override, for a whole module.
 
     One folder per module, not per test: preprocess keys its worker pool on PORTRAIT_MODELS_DIR, and a
     new folder per test would restart the pool (seconds) every time."""
@@ -85,6 +104,8 @@ def hermetic(tmp_path_factory) -> Path:
         mp.setenv("PORTRAIT_MODELS_DIR", str(root / "models"))
         mp.delenv("PORTRAIT_MODELS_CONFIG", raising=False)
         mp.setenv("PORTRAIT_TEMPLATES_DIR", str(root / "templates"))
+        mp.delenv("PORTRAIT_DEVICE", raising=False)
+        mp.delenv("PORTRAIT_DTYPE", raising=False)
         yield root
 
 

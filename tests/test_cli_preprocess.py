@@ -13,6 +13,8 @@ from portrait.cli import cli
 from portrait.imageio import load_rgb
 from preprocess import REASONS
 
+pytestmark = pytest.mark.usefixtures("hermetic")  # no user models, templates or device (conftest)
+
 NUM = (int, float)
 
 

@@ -1,6 +1,6 @@
 """`portrait run` and `portrait batch` through the CLI: JSON equals result.json, engine lines, bad
-templates recorded while the good ones finish, exit codes (0 with any output, 2 with none), too few
-photos, a batch with a missing folder."""
+templates stopping the run before any photo is read, templates failing while rendering recorded, exit
+codes (0 with any output, 2 with none), too few photos, a batch with a missing folder."""
 
 from __future__ import annotations
 
@@ -86,49 +86,53 @@ def test_run_json_is_result_json(small_dir, tmp_path):
         assert "upscale" not in o["timings"]
 
 
-def test_bad_templates_are_reported_and_the_good_one_finishes(small_dir, bad_templates, tmp_path):
+def test_bad_templates_stop_the_run_before_any_photo_is_read(small_dir, bad_templates, tmp_path):
+    """Every template is checked first (issue 8): each bad one is named with its reason, the available
+    ones are listed, exit 2, and no photo was preprocessed."""
     out = tmp_path / "out"
     r = invoke("run", small_dir, "--template", bad_templates["noface"], "--template", "navy-formal",
                "--template", bad_templates["corrupt"], "--template", bad_templates["badvalues"], "--out", out, *QUICK)
-    assert r.exit_code == 0, r.output
-    # The human summary: each stage's engine and why, the ranked table, one line per failure.
-    assert "fusion: classic (no inswapper model)" in r.stdout
-    assert "inpaint: skipped (no base model" in r.stdout
-    assert "upscale: skipped (disabled)" in r.stdout
-    assert r.stdout.count("failed:") == 3
-    data = json.loads((out / "result.json").read_text())
-    assert [o["template"] for o in data["outputs"]] == ["navy-formal"]
-    assert (out / "navy-formal.png").is_file()
-    fails = {Path(f["template"]).name: f for f in data["failures"]}
-    assert set(fails) == {"noface", "corrupt", "badvalues"}
-    assert all(f["error"] == "bad_template" for f in fails.values())
-    assert str(bad_templates["noface"] / "template.png") in fails["noface"]["message"]
-    assert "no face" in fails["noface"]["message"]
-    assert str(bad_templates["corrupt"] / "template.jpg") in fails["corrupt"]["message"]
-    assert "unusable" in fails["corrupt"]["message"]
-    msg = fails["badvalues"]["message"]
-    assert str(bad_templates["badvalues"] / "template.toml") in msg and "'inpaint.strength'" in msg and "5.0" in msg
-
-
-def test_only_bad_templates_exit_2_with_the_failures_written(small_dir, bad_templates, tmp_path):
-    out = tmp_path / "out"
-    r = invoke("run", small_dir, "--template", bad_templates["noface"], "--template", bad_templates["corrupt"],
-               "--out", out, "--json", *QUICK)
     assert r.exit_code == 2, r.output
-    printed = json.loads(r.stdout)
-    assert printed["outputs"] == [] and len(printed["failures"]) == 2
-    assert printed == json.loads((out / "result.json").read_text())
+    msg = r.stderr
+    assert str(bad_templates["noface"] / "template.png") in msg and "no face" in msg
+    assert str(bad_templates["corrupt"] / "template.jpg") in msg and "unusable" in msg
+    assert str(bad_templates["badvalues"] / "template.toml") in msg and "'inpaint.strength'" in msg and "5.0" in msg
+    assert "available templates:" in msg and "studio-grey" in msg
+    assert not out.exists()
+    r = invoke("run", small_dir, "--template", bad_templates["noface"], "--out", out, "--json", *QUICK)
+    assert r.exit_code == 2 and json.loads(r.stdout)["error"] == "bad_template" and not out.exists()
 
 
-def test_unknown_template_name_is_a_failure_not_a_crash(small_dir, tmp_path):
+def test_when_every_template_fails_there_is_no_empty_table_and_no_portraits_line(small_dir, tmp_path, monkeypatch):
+    """Templates that pass the checks can still fail while rendering (here: a fault injected into fusion):
+    exit 2, each failure printed, result.json written, but no empty ranking table and no 'portraits in'."""
+    from portrait.post import fusion
+
+    def broken(*args, **kwargs):
+        raise ValueError("injected fault")
+
+    monkeypatch.setattr(fusion, "fuse", broken)
+    out = tmp_path / "out"
+    r = invoke("run", small_dir, "--template", "navy-formal", "--template", "studio-grey", "--out", out, *QUICK)
+    assert r.exit_code == 2, r.output
+    assert r.stdout.count("failed:") == 2 and "injected fault" in r.stdout
+    assert "Portraits, most alike first" not in r.stdout and "portraits and result.json in" not in r.stdout
+    assert "no portraits: every template failed" in r.stdout
+    data = json.loads((out / "result.json").read_text())
+    assert data["outputs"] == [] and [f["template"] for f in data["failures"]] == ["navy-formal", "studio-grey"]
+    r = invoke("run", small_dir, "--template", "navy-formal", "--out", tmp_path / "o2", "--json", *QUICK)
+    assert r.exit_code == 2 and json.loads(r.stdout) == json.loads((tmp_path / "o2" / "result.json").read_text())
+
+
+def test_unknown_template_name_fails_before_preprocessing(small_dir, tmp_path):
     out = tmp_path / "out"
     r = invoke("run", small_dir, "--template", "no-such-template", "--template", "studio-grey", "--out", out,
                "--json", *QUICK)
-    assert r.exit_code == 0, r.output
-    printed = json.loads(r.stdout)
-    assert [o["template"] for o in printed["outputs"]] == ["studio-grey"]
-    (f,) = printed["failures"]
-    assert f["template"] == "no-such-template" and "not found" in f["message"]
+    assert r.exit_code == 2, r.output
+    err = json.loads(r.stdout)
+    assert err["error"] == "bad_template" and "'no-such-template' not found" in err["message"]
+    assert "available templates: astronaut-wide, classic-bw, duo, navy-formal, studio-grey" in err["message"]
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("as_json", [False, True])
@@ -157,7 +161,7 @@ def test_batch_one_good_row_one_missing_folder(small_dir, tmp_path):
     manifest.write_text("photos,templates,name\nalice,navy-formal,alice\nnobody_here,navy-formal;studio-grey,bob\n")
     out = tmp_path / "out"
     r = invoke("batch", manifest, "--out", out, *QUICK)
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 1, r.output  # some rows failed
     rows = json.loads((out / "batch.json").read_text())
     assert [(e["name"], e["status"]) for e in rows] == [("alice", "done"), ("bob", "failed")]
     done, failed = rows

@@ -12,6 +12,8 @@ from portrait.faces.align import align_face, template_points
 from portrait.imageio import load_rgb
 from portrait.post.masks import face_mask, features_mask, skin_mask
 
+pytestmark = pytest.mark.usefixtures("hermetic")  # no user models, templates or device (conftest)
+
 
 def _one(fa, img):
     faces = fa.analyze(img)

@@ -20,6 +20,8 @@ from portrait.identity.face_embedding import FaceIdentity, embed_identity  # noq
 from portrait.models import loading, tiny  # noqa: E402
 from portrait.models import manifest as manifest_mod  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("hermetic")  # no user models, templates or device (conftest)
+
 CROP = 128
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import tracemalloc
 
 import numpy as np
@@ -86,32 +85,30 @@ def test_too_small(tmp_path, astronaut):
 
 def _refused_cheaply(path, config=CFG):
     tracemalloc.start()
-    t = time.perf_counter()
     r = intake_photo(path, config, path.parent)
-    elapsed = time.perf_counter() - t
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return r, peak, elapsed
+    return r, peak
 
 
 def test_decompression_bomb_header_refused_without_allocating(tmp_path):
-    r, peak, elapsed = _refused_cheaply(png_header_bomb(tmp_path / "bomb.png"))
+    r, peak = _refused_cheaply(png_header_bomb(tmp_path / "bomb.png"))
     assert r.reason == "too_large" and r.message
-    assert peak < 5_000_000 and elapsed < 1.0  # 30 GB claimed; a few KB touched
+    assert peak < 5_000_000  # 30 GB claimed; a few KB touched
 
 
 def test_compressed_bomb_refused_without_allocating(tmp_path):
     path = png_real_bomb(tmp_path / "zeros.png")  # 81 MP of zeros in a small file
     assert path.stat().st_size < 2_000_000
-    r, peak, _ = _refused_cheaply(path)
+    r, peak = _refused_cheaply(path)
     assert r.reason == "too_large"
     assert peak < 5_000_000  # decoding would need 81 MB (243 MB as RGB)
 
 
 def test_oversize_file_refused_without_reading(tmp_path, astronaut):
-    r, peak, elapsed = _refused_cheaply(sparse_file(tmp_path / "huge.jpg", 61 * 1024 * 1024))
+    r, peak = _refused_cheaply(sparse_file(tmp_path / "huge.jpg", 61 * 1024 * 1024))
     assert r.reason == "too_large" and "MB" in r.message
-    assert peak < 1_000_000 and elapsed < 0.5
+    assert peak < 1_000_000  # the 61 MiB were never read
     small_limit = PreprocessConfig(max_bytes=10_000)
     r = intake_photo(save(tmp_path / "photo.jpg", astronaut), small_limit, tmp_path)
     assert r.reason == "too_large"

@@ -17,6 +17,8 @@ from portrait.identity import lora_select
 from portrait.identity.lora_train import TrainConfig, read_trainset, train_lora
 from portrait.models import tiny
 
+pytestmark = pytest.mark.usefixtures("hermetic")  # no user models, templates or device (conftest)
+
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory) -> Path:

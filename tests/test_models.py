@@ -72,7 +72,9 @@ def test_folder_and_single_file_load_offline_with_identical_weights_and_output(m
     for part in ("unet", "vae", "text_encoder"):
         a, b = getattr(folder, part).state_dict(), getattr(single, part).state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
-    np.testing.assert_array_equal(_render(folder), _render(single))
+    # Same weights, separately built pipelines: renders agree to float rounding (kernels may sum in another
+    # order per instance and CPU), not bit for bit.
+    np.testing.assert_allclose(_render(folder), _render(single), rtol=0, atol=1e-4)
 
 
 def test_sdxl_folder_and_single_file_load_offline_with_identical_weights_and_output(models_env, tiny_set):
@@ -93,7 +95,9 @@ def test_sdxl_folder_and_single_file_load_offline_with_identical_weights_and_out
     for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
         a, b = getattr(folder, part).state_dict(), getattr(single, part).state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
-    np.testing.assert_array_equal(_render(folder), _render(single))
+    # Same weights, separately built pipelines: renders agree to float rounding (kernels may sum in another
+    # order per instance and CPU), not bit for bit.
+    np.testing.assert_allclose(_render(folder), _render(single), rtol=0, atol=1e-4)
 
 
 def test_sdxl_single_file_by_path_picks_the_shipped_sdxl_config(empty_models_dir, tiny_set):

@@ -216,7 +216,7 @@ def test_strict_likeness_bar_tries_every_variant_and_flags(hermetic, small_dir, 
     assert relaxed.outputs[0].variants_tried == 1 and relaxed.outputs[0].passed_bar
 
 
-def test_an_unexpected_error_in_one_template_is_recorded_and_the_others_finish(tmp_path, monkeypatch):
+def test_an_unexpected_error_in_one_template_is_recorded_and_the_others_finish(hermetic, tmp_path, monkeypatch):
     """A bug inside one template (here: fusion raising for the studio-grey face) must not cost the others."""
     from portrait.post import fusion
     from portrait.samples import write_sample_photos

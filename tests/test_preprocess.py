@@ -16,6 +16,8 @@ from helpers_photos import (exif_rotated, re_encoded, rgba_png, save, text_as_jp
 from portrait.imageio import load_rgb
 from preprocess import REASONS, PreprocessConfig, run_preprocess
 
+pytestmark = pytest.mark.usefixtures("hermetic")  # no user models, templates or device (conftest)
+
 MIXED_EXPECTED = {
     "a1.jpg": [],
     "a1_copy.jpg": ["duplicate"],

@@ -15,6 +15,8 @@ from portrait.pipeline import PortraitPipeline, RunConfig
 from portrait.samples import write_sample_photos
 from portrait.templates import load_template
 
+pytestmark = pytest.mark.usefixtures("hermetic")  # no user models, templates or device (conftest)
+
 FAST = dict(steps=4, variants=1, max_tries=1, inpaint_size=128, retouch="none", upscale="none", seed=7)
 
 

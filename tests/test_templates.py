@@ -14,6 +14,8 @@ from portrait.errors import TemplateError
 from portrait.imageio import save_image
 from portrait.models.manifest import sha256_file
 
+pytestmark = pytest.mark.usefixtures("hermetic")  # no user models, templates or device (conftest)
+
 
 @pytest.fixture
 def user_templates(tmp_path, monkeypatch):

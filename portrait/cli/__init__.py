@@ -8,6 +8,7 @@ import importlib.util
 import click
 
 from .. import __version__
+from . import startup
 
 # One module per subcommand group, registered in this order (see docs/design.md section 5).
 COMMAND_MODULES = (
@@ -23,13 +24,16 @@ COMMAND_MODULES = (
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="portrait")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Studio portraits of a person from 5-20 ordinary photos, on your own machine."""
+    startup.start(ctx)  # environment paths made absolute once; library warnings hidden unless --verbose
 
 
 for _name in COMMAND_MODULES:
     if importlib.util.find_spec(f"{__name__}.{_name}") is not None:
         importlib.import_module(f"{__name__}.{_name}").register(cli)
+startup.apply_policies(cli)  # every path parameter absolute, --verbose on every command
 
 
 def main() -> None:

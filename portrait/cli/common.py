@@ -16,6 +16,10 @@ from ..errors import PortraitError
 EXIT_OK = 0
 EXIT_USER = 2  # bad input, missing model, not enough usable photos
 
+# One range for the photo counts on every command that takes them (preprocess, run, batch).
+TOP_K_MAX = 100
+MIN_PHOTOS_MAX = 100
+
 
 def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")(f)
@@ -36,6 +40,42 @@ def handle_errors(f):
             sys.exit(EXIT_USER)
 
     return wrapper
+
+
+def top_k_option(help: str = "At most this many photos go into the training set."):
+    return click.option("--top-k", type=click.IntRange(1, TOP_K_MAX), default=12, show_default=True, help=help)
+
+
+def min_photos_option(help: str = "Fewer accepted photos than this is a failure (exit code 2)."):
+    return click.option("--min-photos", type=click.IntRange(1, MIN_PHOTOS_MAX), default=4, show_default=True,
+                        help=help)
+
+
+def dtype_option():
+    from ..models.device import DTYPE_NAMES
+
+    return click.option("--dtype", type=click.Choice(DTYPE_NAMES, case_sensitive=False), default=None,
+                        help="Diffusion weights' precision [default: fp16 on GPU, fp32 on CPU; $PORTRAIT_DTYPE].")
+
+
+def print_table(console, table) -> None:
+    """A rich table on a terminal (folded to its width); piped or redirected, a plain layout instead: one
+    line per row, columns separated by two spaces, no markup and no wrapping, so `grep` and `cut` work."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    from rich.text import Text
+
+    def plain(cell) -> str:
+        text = Text.from_markup(cell).plain if isinstance(cell, str) else getattr(cell, "plain", str(cell))
+        return text.replace("\n", " ")
+
+    cols = [[plain(c.header)] + [plain(x) for x in c._cells] for c in table.columns]
+    widths = [max(len(x) for x in col) for col in cols]
+    if table.title:
+        click.echo(plain(table.title))
+    for r in range(len(cols[0]) if cols else 0):
+        click.echo("  ".join(col[r].ljust(w) for col, w in zip(cols, widths)).rstrip())
 
 
 def print_json(data) -> None:

@@ -10,22 +10,6 @@ import click
 from .common import EXIT_OK, handle_errors, json_option, print_json, progress_bar
 
 
-def _template_validator(cfg):
-    """Validation on cfg.templates' faces (the generation stage's validator over the loaded templates)."""
-    if not cfg.templates:
-        return None
-    from ..generate.template_jobs import template_validator
-    from ..templates import load_template
-
-    loaded = [load_template(t) for t in cfg.templates]
-
-    def make(base, crops, centroid, fa):
-        return template_validator(base, loaded, crops, centroid, fa, steps=cfg.validation_steps,
-                                  crop_size=cfg.validation_size, save_dir=Path(cfg.out_dir) / "validation")
-
-    return make
-
-
 def register(group: click.Group) -> None:
     @group.command("train")
     @click.argument("trainset_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -63,19 +47,17 @@ def register(group: click.Group) -> None:
         user's photos; the best one (or the merge of the best --merge-top-k) is written to
         OUT/identity.safetensors (diffusers) and OUT/identity_kohya.safetensors (A1111 / ComfyUI).
         """
-        from ..identity.lora_train import TrainConfig, loss_trend, train_lora
+        from .. import jobs
+        from ..identity.lora_train import loss_trend
 
-        cfg = TrainConfig(trainset=trainset_dir, base_model=base_model, out_dir=out, steps=steps, rank=rank,
-                          alpha=alpha, lr=lr, resolution=resolution, seed=seed, validate_every=validate_every,
-                          merge_top_k=merge_top_k, templates=tuple(templates), validation_size=validation_size,
-                          device=device, dtype=dtype)
+        config = jobs.TrainConfig(base_model=base_model, steps=steps, rank=rank, alpha=alpha, lr=lr,
+                                  resolution=resolution, seed=seed, validate_every=validate_every,
+                                  merge_top_k=merge_top_k, templates=tuple(templates), validation_size=validation_size,
+                                  validate=not no_validate, device=device, dtype=dtype)
         with progress_bar(not as_json, show_loss=True) as bar:
-            result = train_lora(cfg, validate=None if no_validate else "default", progress=bar, on_step=bar.loss,
-                                template_validator=_template_validator(cfg))
+            result = jobs.train(trainset_dir, out, config, progress=bar, on_step=bar.loss)
         rep = result.report
-        summary = {"lora": str(result.lora_path), "kohya": str(result.kohya_path), "report": str(result.report_path),
-                   "steps": rep["config"]["steps"], "chosen": rep["chosen"], "merged": rep["merged"],
-                   "checkpoints": rep["checkpoints"], "timings": rep["timings"], "device": rep["device"]}
+        summary = result.to_dict()
         if as_json:
             print_json(summary)
         else:
@@ -86,6 +68,8 @@ def register(group: click.Group) -> None:
                 mark = "*" if c["step"] in rep["chosen"] else " "
                 score = "no face" if c["score"] is None else f"{c['score']:.3f}"
                 click.echo(f" {mark} step {c['step']:>6}: score {score}")
-            click.echo(f"identity LoRA: {result.lora_path}\nkohya copy:    {result.kohya_path}\nreport:        "
-                       f"{result.report_path}")
+            click.echo(f"identity LoRA: {result.lora}\nkohya copy:    {result.kohya}\nreport:        "
+                       f"{result.report_file}")
+            if summary["reference"]:
+                click.echo(f"reference:     {summary['reference']} (used by `portrait generate --identity`)")
         sys.exit(EXIT_OK)

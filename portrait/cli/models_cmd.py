@@ -94,18 +94,24 @@ def register(group: click.Group) -> None:
     @models.command("convert")
     @click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))
     @click.argument("dst", required=False, type=click.Path(dir_okay=False, path_type=Path))
+    @click.option("--tensors-only", is_flag=True,
+                  help="Keep only the tensors of a file that also holds other entries (numbers, strings), "
+                       "naming what was dropped.")
     @json_option
     @handle_errors
-    def convert_cmd(src: Path, dst: Path | None, as_json: bool) -> None:
+    def convert_cmd(src: Path, dst: Path | None, tensors_only: bool, as_json: bool) -> None:
         """Convert a .pth / .bin weights file to .safetensors (read with torch.load(weights_only=True):
         a file holding anything but tensors is refused, never executed)."""
-        from ..models.convert import convert_to_safetensors
+        from ..models.convert import convert_checkpoint
 
-        out = convert_to_safetensors(src, dst)
+        done = convert_checkpoint(src, dst, tensors_only=tensors_only)
         if as_json:
-            print_json({"src": str(src), "dst": str(out)})
-        else:
-            click.echo(f"wrote {out}; point models.toml at it (path = \"{out}\")")
+            print_json({"src": str(src), **done.to_dict()})
+            return
+        if done.dropped:
+            click.echo(f"dropped {len(done.dropped)} entr{'y' if len(done.dropped) == 1 else 'ies'} that "
+                       f"{'is' if len(done.dropped) == 1 else 'are'} not tensors: {', '.join(done.dropped)}", err=True)
+        click.echo(f"wrote {done.tensors} tensors to {done.dst}; point models.toml at it (path = \"{done.dst}\")")
 
     @models.command("tiny")
     @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from ..faces.analysis import DETECTORS, EMBEDDERS, LANDMARKS, FaceConfig
-from .common import EXIT_OK, EXIT_USER, handle_errors, json_option, print_json, progress_bar
+from .common import (EXIT_OK, EXIT_USER, handle_errors, json_option, min_photos_option, print_json, print_table,
+                     progress_bar, top_k_option)
 
 
 def _fmt(v) -> str:
@@ -17,6 +18,7 @@ def _fmt(v) -> str:
 
 def _table(result) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="Photos", show_lines=False)
@@ -35,15 +37,13 @@ def _table(result) -> None:
             verdict = "[red]rejected[/]"
         reason = ", ".join(p.reasons)
         s = p.scores
-        table.add_row(p.file, verdict, reason, _fmt(s["identity"]), _fmt(s["quality"]), _fmt(s["sharpness"]),
+        table.add_row(escape(p.file), verdict, reason, _fmt(s["identity"]), _fmt(s["quality"]), _fmt(s["sharpness"]),
                       _fmt(s["pose"]), _fmt(s["total"]))
-    console = Console()
-    if not console.is_terminal:  # pipes and logs: wide enough for one line per photo
-        console = Console(width=max(console.width, 120))
-    console.print(table)
+    console = Console(soft_wrap=True)  # lines are never cut at 80 columns when piped
+    print_table(console, table)  # piped: a plain layout, one line per photo
     for p in result.photos:
         if p.reasons and p.message:
-            console.print(f"  [red]{p.file}[/]: {p.message}", highlight=False)
+            console.print(f"  [red]{escape(p.file)}[/]: {escape(p.message)}", highlight=False)
 
 
 def register(group: click.Group) -> None:
@@ -51,12 +51,10 @@ def register(group: click.Group) -> None:
     @click.argument("photos_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
     @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
                   help="Output folder: report.json and train/ (crops + metadata.jsonl).")
-    @click.option("--top-k", type=click.IntRange(1, 100), default=12, show_default=True,
-                  help="At most this many photos go into the training set.")
+    @top_k_option()
     @click.option("--resolution", type=click.IntRange(64, 4096), default=512, show_default=True,
                   help="Training crop side (512 for SD 1.5, 1024 for SDXL).")
-    @click.option("--min-photos", type=click.IntRange(1, 100), default=4, show_default=True,
-                  help="Fewer accepted photos than this is a failure (exit code 2).")
+    @min_photos_option()
     @click.option("--remove-background", is_flag=True, help="Put the crops on white (GrabCut, or the ONNX "
                   "'matting' model when present).")
     @click.option("--trigger", default="ohwx", show_default=True, help="Caption trigger word.")
@@ -74,33 +72,27 @@ def register(group: click.Group) -> None:
 
         Exit code 0 when at least --min-photos photos were accepted, 2 otherwise (the message says why).
         """
-        from preprocess import PreprocessConfig, run_preprocess, verdict_message
-
+        from .. import jobs
         from ..errors import ConfigError
 
         if resolution % 8:
             raise ConfigError(f"--resolution must be a multiple of 8, got {resolution}")
-        try:
-            config = PreprocessConfig(
-                top_k=top_k, resolution=resolution, min_photos=min_photos, remove_background=remove_background,
-                trigger_word=trigger, class_word=class_word,
-                face=FaceConfig(detector=detector, landmarks=landmarks, embedder=embedder),
-            )
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
+        config = jobs.PreprocessConfig(
+            top_k=top_k, resolution=resolution, min_photos=min_photos, remove_background=remove_background,
+            trigger_word=trigger, class_word=class_word,
+            face=FaceConfig(detector=detector, landmarks=landmarks, embedder=embedder),
+        )
         with progress_bar(not as_json) as progress:
-            result = run_preprocess(photos_dir, out, config, progress=progress)
-        ok = result.accepted_count >= min_photos
-        message = verdict_message(result, min_photos)
+            result = jobs.preprocess(photos_dir, out, config, progress=progress)
         if as_json:
-            print_json(dict(result.report, ok=ok, message=message, out=str(out)))
+            print_json(result.to_dict())
         else:
-            _table(result)
-            click.secho(message, fg=None if ok else "red", err=not ok)
-            if ok:
-                click.echo(f"Training set: {out / 'train'} ({len(result.selected)} crops); report: "
-                           f"{out / 'report.json'}; reference: {result.reference}")
-        sys.exit(EXIT_OK if ok else EXIT_USER)
+            _table(result.result)
+            click.secho(result.message, fg=None if result.ok else "red", err=not result.ok)
+            if result.ok:
+                click.echo(f"Training set: {out / 'train'} ({len(result.result.selected)} crops); report: "
+                           f"{out / 'report.json'}; reference: {result.result.reference}")
+        sys.exit(EXIT_OK if result.ok else EXIT_USER)
 
     @group.command("samples")
     @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))

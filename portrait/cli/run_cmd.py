@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import csv
-import json
-import logging
 from pathlib import Path
 
 import click
 
 from ..engines import DIFFUSION_MODES, FUSION_ENGINES, RETOUCH_ENGINES, UPSCALE_ENGINES
-from ..errors import ConfigError, PortraitError, internal_error
+from ..errors import ConfigError
 from ..faces.analysis import DETECTORS, EMBEDDERS, LANDMARKS, FaceConfig
-from .common import handle_errors, json_option, print_json, progress_bar
-
-log = logging.getLogger(__name__)
+from .common import (dtype_option, handle_errors, json_option, min_photos_option, print_json, print_table,
+                     progress_bar, top_k_option)
 
 
 def run_options(f):
     """Options shared by run and batch; they build a RunConfig."""
     opts = [
-        click.option("--top-k", type=click.IntRange(1, 50), default=12, show_default=True, help="Photos kept."),
-        click.option("--min-photos", type=click.IntRange(1, 50), default=4, show_default=True),
+        top_k_option(help="At most this many photos are kept for the identity."),
+        min_photos_option(),
         click.option("--fusion", type=click.Choice(FUSION_ENGINES), default="auto", show_default=True),
         click.option("--retouch", type=click.Choice(RETOUCH_ENGINES), default="auto", show_default=True),
         click.option("--retouch-strength", type=click.FloatRange(0, 1), default=0.35, show_default=True),
@@ -45,6 +41,7 @@ def run_options(f):
                      help="Diffusion working crop side [default: 512 SD 1.5, 1024 SDXL]; smaller is faster."),
         click.option("--seed", type=int, default=None),
         click.option("--device", default=None, help="cpu | cuda | mps (default: best available)."),
+        dtype_option(),
         click.option("--detector", type=click.Choice(DETECTORS), default="dlib-hog", show_default=True),
         click.option("--landmarks", type=click.Choice(LANDMARKS), default="dlib68", show_default=True,
                      help="dlib68's licence excludes commercial use; dlib5 is licence-safe."),
@@ -57,44 +54,52 @@ def run_options(f):
 
 def config_from_options(o: dict):
     from ..pipeline import RunConfig
+    from ..preflight import check_run_options
 
-    if o["variants"] > o["max_tries"]:
-        raise ConfigError("--variants cannot exceed --max-tries")
+    check_run_options(variants=o["variants"], max_tries=o["max_tries"])
     face = FaceConfig(detector=o["detector"], landmarks=o["landmarks"], embedder=o["embedder"],
                       device=o["device"] or "cpu")
     keys = ("top_k", "min_photos", "fusion", "retouch", "retouch_strength", "upscale", "upscale_factor",
             "diffusion", "base_model", "identity", "variants", "max_tries", "likeness_bar", "steps", "inpaint_size",
-            "seed", "device")
+            "seed", "device", "dtype")
     return RunConfig(face=face, **{k: o[k] for k in keys})
 
 
 def _summary(result) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
+    console = Console(soft_wrap=True)  # lines are never cut at 80 columns when piped
     for e in result.engines:
-        console.print(f"[bold]{e.stage}[/]: {e.engine} [dim]({e.reason})[/]")
+        console.print(f"[bold]{e.stage}[/]: {e.engine} [dim]({escape(e.reason)})[/]")
+    if not result.outputs:  # nothing to rank: no empty table, no "portraits in" line
+        for f in result.failures:
+            console.print(f"[red]template {escape(f['template'])} failed:[/] {escape(f['message'])}")
+        console.print(f"[red]no portraits: every template failed[/] (details in {escape(str(result.result_file))})")
+        return
     table = Table(title=f"Portraits, most alike first ({result.metric} distance; same person < {result.threshold})")
     for col in ("#", "template", "file", "distance", "similarity", "likeness", "reference photo"):
         table.add_column(col, overflow="fold")
     for i, o in enumerate(result.outputs, 1):
         ok = "[green]passes[/]" if o.passed_bar else "[yellow]below bar[/]"
         dist = "no face" if o.distance == float("inf") else f"{o.distance:.3f}"
-        table.add_row(str(i), o.template, Path(o.file).name, dist, f"{o.similarity:.2f}", ok, o.reference)
-    console.print(table)
+        table.add_row(str(i), escape(o.template), escape(Path(o.file).name), dist, f"{o.similarity:.2f}", ok,
+                      escape(o.reference))
+    print_table(console, table)
     for o in result.outputs:
         for slot, d in sorted(o.others.items()):
             shown = "no face" if d == float("inf") else f"{d:.3f}"
             console.print(f"{o.template}: face slot {slot} (another person) distance to them {shown}")
     for f in result.failures:
-        console.print(f"[red]template {f['template']} failed:[/] {f['message']}")
-    console.print(f"portraits and result.json in {result.result_file.parent}")
+        console.print(f"[red]template {escape(f['template'])} failed:[/] {escape(f['message'])}")
+    console.print(f"portraits and result.json in {escape(str(result.result_file.parent))}")
 
 
 @click.command("run")
 @click.argument("photos", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--template", "templates", multiple=True, help="Template name or folder (repeatable; default: all).")
+@click.option("--template", "templates", multiple=True,
+              help="Template name, folder or image file (repeatable; default: every installed template).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--slot", "slots", multiple=True, metavar="N=PHOTOS_DIR",
               help="Put another person (their photos folder) into face slot N of multi-face templates; "
@@ -104,18 +109,16 @@ def _summary(result) -> None:
 @handle_errors
 def run_command(photos: Path, templates: tuple[str, ...], out: Path, slots: tuple[str, ...], as_json: bool,
                 **options) -> None:
-    """The whole chain: PHOTOS → preprocess → identity → each template → ranked portraits in OUT."""
-    from ..pipeline import PortraitPipeline
-    from ..templates import list_templates
+    """The whole chain: PHOTOS → preprocess → identity → each template → ranked portraits in OUT.
 
-    names = list(templates) or [t.name for t in list_templates()]
-    if not names:
-        raise ConfigError("no templates found: pass --template NAME_OR_DIR or add one with `portrait templates add`")
+    Every template, slot, model and option is checked before any photo is read (exit 2 naming it)."""
+    from .. import jobs
+
+    names = jobs.template_names(templates)
     config = config_from_options(options)
     others = _parse_slots(slots)
-    with progress_bar(not as_json) as progress:
-        pipe = PortraitPipeline(config, progress=progress)
-        result = pipe.run(photos, names, out, others=others)
+    with progress_bar(not as_json) as progress:  # every template and slot is checked before any photo is read
+        result = jobs.run(photos, names, out, config, others=others, progress=progress)
     if as_json:
         print_json(result.to_dict())
     else:
@@ -140,17 +143,6 @@ def _parse_slots(values: tuple[str, ...]) -> dict[int, Path]:
     return out
 
 
-def _read_manifest(path: Path) -> list[dict]:
-    try:
-        rows = list(csv.DictReader(path.read_text().splitlines()))
-    except (OSError, csv.Error) as exc:
-        raise ConfigError(f"{path}: cannot read batch manifest ({exc})") from exc
-    if not rows or "photos" not in rows[0]:
-        raise ConfigError(f"{path}: needs a header with at least a 'photos' column "
-                          "(optional: 'templates' separated by ';', 'name')")
-    return rows
-
-
 @click.command("batch")
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
@@ -158,51 +150,30 @@ def _read_manifest(path: Path) -> list[dict]:
 @json_option
 @handle_errors
 def batch_command(manifest: Path, out: Path, as_json: bool, **options) -> None:
-    """Run every row of MANIFEST.csv (columns: photos, templates, name); one failing row never stops the rest."""
-    from ..pipeline import PortraitPipeline
-    from ..templates import list_templates
+    """Run every row of MANIFEST.csv (columns: photos, templates, name); one failing row never stops the rest.
 
-    if options.get("identity"):
-        raise ConfigError("--identity is one person's LoRA, but batch rows are different people: run "
-                          "`portrait run --identity` per person, or let batch use each row's FaceID embedding")
-    rows = _read_manifest(manifest)
+    Each row's name becomes a folder inside OUT (made safe: no separators, no '..'). Every row is checked
+    (photos folder, templates) before any photo is processed; a row that cannot start is `failed`.
+    Row status: done (every template gave a portrait), partial (some did), failed (none did).
+    Exit code: 0 when every row is done, 1 when some rows failed or are partial, 2 when no row gave a
+    portrait or on a usage error."""
+    from .. import jobs
+    from ..batch import exit_code
+
     config = config_from_options(options)
-    summary = []
     with progress_bar(not as_json) as progress:
-        pipe = PortraitPipeline(config, progress=progress)
-        for i, row in enumerate(rows):
-            progress("batch", i, len(rows))
-            name = (row.get("name") or "").strip() or f"row{i + 1:03d}"
-            photos = Path(row["photos"]).expanduser()
-            if not photos.is_absolute():
-                photos = manifest.parent / photos
-            names = [t.strip() for t in (row.get("templates") or "").split(";") if t.strip()]
-            entry = {"name": name, "photos": str(photos)}
-            try:
-                if not photos.is_dir():
-                    raise ConfigError(f"{photos}: photos folder does not exist")
-                result = pipe.run(photos, names or [t.name for t in list_templates()], out / name)
-                entry.update(status="done", result=str(result.result_file), outputs=len(result.outputs),
-                             failures=len(result.failures),
-                             best=result.outputs[0].to_dict() if result.outputs else None)
-            except PortraitError as exc:
-                entry.update(status="failed", **exc.to_dict())
-            except Exception as exc:  # one customer's bug must not stop the studio's other rows
-                log.exception("batch row %s failed unexpectedly", name)
-                entry.update(status="failed", **internal_error(exc))
-            summary.append(entry)
-        progress("batch", len(rows), len(rows))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "batch.json").write_text(json.dumps(summary, indent=2))
+        result = jobs.batch(manifest, out, config, progress=progress)
+    summary = result.rows
     if as_json:
         print_json(summary)
     else:
         for e in summary:
             tail = f"best distance {e['best']['distance']}" if e.get("best") else e.get("message", "")
+            if e.get("failed_templates"):
+                tail += f"; failed: {', '.join(e['failed_templates'])}"
             click.echo(f"{e['name']}: {e['status']} {tail}")
         click.echo(f"summary: {out / 'batch.json'}")
-    if all(e["status"] == "failed" for e in summary):
-        raise SystemExit(2)
+    raise SystemExit(exit_code([e["status"] for e in summary]))
 
 
 def register(group: click.Group) -> None:

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, NotEnoughPhotosError, PortraitError
+from ..errors import ConfigError, NotEnoughPhotosError
 from ..progress import ProgressCallback, check_cancel, report
 
 FORMAT = "portrait.face_identity"

@@ -28,6 +28,7 @@ from ..errors import ConfigError, PortraitError
 from ..models.device import dtype_name
 from ..progress import ProgressCallback, check_cancel, report
 from . import lora_select
+from .reference import trainset_reference, write_reference
 
 ADAPTER = "portrait_train"
 TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
@@ -403,6 +404,8 @@ def train_lora(cfg: TrainConfig, *, validate: lora_select.Validator | None | str
     final = lora_select.merge_loras(chosen_states, rank=cfg.rank) if len(chosen_states) > 1 else chosen_states[0]
     lora_path = save_lora(base, final, out / LORA_FILE)
     kohya_path = save_kohya(final, out / KOHYA_FILE)
+    # The user's reference photo beside the LoRA: `portrait generate --identity OUT/identity.safetensors` fuses it.
+    reference = write_reference(trainset_reference(cfg.trainset), out)
 
     t_end = time.perf_counter()
     rep = {
@@ -432,6 +435,7 @@ def train_lora(cfg: TrainConfig, *, validate: lora_select.Validator | None | str
                     "validate_s": round(t_validate, 3), "total_s": round(t_end - t_start, 3),
                     "steps_per_s": round(steps / max(t_trained - t_cached - t_validate, 1e-9), 3)},
         "trainset_reference": trainset_report.get("reference"),
+        "reference": reference.name if reference else None,
     }
     report_path = out / REPORT_FILE
     report_path.write_text(json.dumps(rep, indent=2) + "\n")

@@ -13,18 +13,17 @@ and at every diffusion and training step, and raises portrait.errors.Cancelled (
 cancelled job writes no result file. Errors are portrait.errors.PortraitError subclasses with stable codes.
 """
 
+from .batch_job import batch
 from .configs import EmbedConfig, GenerateConfig, PreprocessConfig, RunConfig, TrainConfig
 from .embed_job import embed
+from .generate_job import generate
 from .preprocess_job import preprocess
 from .results import BatchResult, EmbedResult, GenerateResult, PreprocessResult, RunResult, TrainResult
-from .run_job import run
+from .run_job import run, template_names
 from .stages import JOB_STAGES, STAGES, OverallProgress
+from .train_job import train
 
 __all__ = ["JOB_STAGES", "STAGES", "BatchResult", "EmbedConfig", "EmbedResult", "GenerateConfig", "GenerateResult",
            "OverallProgress", "PreprocessConfig", "PreprocessResult", "RunConfig", "RunResult", "TrainConfig",
-           "TrainResult", "batch", "embed", "generate", "preprocess", "run", "train"]
+           "TrainResult", "batch", "embed", "generate", "preprocess", "run", "template_names", "train"]
 
-
-def __getattr__(name: str):
-    # train, generate and batch are being added (issue 9); until then they are not importable.
-    raise AttributeError(f"module 'portrait.jobs' has no attribute {name!r}")

@@ -10,14 +10,15 @@ from preprocess import PreprocessConfig
 
 from ..errors import ConfigError
 from ..faces.analysis import EMBEDDERS
+from ..identity.reference import REFERENCE_NAME
+from ..models.device import check_dtype_name
 from ..pipeline import RunConfig
 from ..settings import check_choice, check_range, from_dict
 
 EMBEDDING_NAME = "identity_embedding.safetensors"
-REFERENCE_NAME = "reference.png"
 IDENTITY_ENGINES = ("auto", "faceid", "instantid")
 
-__all__ = ["EmbedConfig", "GenerateConfig", "PreprocessConfig", "RunConfig", "TrainConfig"]
+__all__ = ["REFERENCE_NAME", "EmbedConfig", "GenerateConfig", "PreprocessConfig", "RunConfig", "TrainConfig"]
 
 
 class _FromDict:
@@ -58,8 +59,7 @@ class TrainConfig(_FromDict):
         check_range("validate_every", self.validate_every, 1, 100000)
         check_range("merge_top_k", self.merge_top_k, 1, 100)
         check_range("validation_size", self.validation_size, 64, 2048, optional=True)
-        if self.dtype is not None:
-            check_choice("dtype", self.dtype, ("fp32", "fp16", "bf16"))
+        check_dtype_name(self.dtype)
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,7 @@ class GenerateConfig(_FromDict):
     seed: Optional[int] = None
     strength: Optional[float] = None  # pass-1 denoise strength
     device: Optional[str] = None
+    dtype: Optional[str] = None  # fp32 | fp16 | bf16 (default: fp16 on GPU, fp32 on CPU)
     engine: str = "auto"  # how a face embedding is painted: auto | faceid | instantid
     models_dir: Optional[str] = None
 
@@ -97,3 +98,4 @@ class GenerateConfig(_FromDict):
         check_range("steps", self.steps, 1, 500, optional=True)
         check_range("strength", self.strength, 0.01, 1.0, optional=True)
         check_choice("engine", self.engine, IDENTITY_ENGINES)
+        check_dtype_name(self.dtype)

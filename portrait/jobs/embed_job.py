@@ -3,15 +3,14 @@ IP-Adapter FaceID / InstantID; `portrait generate` reads both."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from ..errors import ConfigError, NotEnoughPhotosError
 from ..faces import FaceConfig, get_face_analysis
 from ..identity.face_embedding import FaceIdentity, embed_identity
-from ..imageio import load_rgb, save_image
+from ..identity.reference import write_reference
 from ..progress import CancelToken, ProgressCallback
-from .configs import REFERENCE_NAME, EmbedConfig
+from .configs import EmbedConfig
 from .results import EmbedResult
 
 
@@ -40,13 +39,8 @@ def embed(source: Path, out_dir: Path, config: EmbedConfig | None = None, *, pro
         ident, ref = _embed_photos(src, face, config, progress, cancel, pool)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = ident.save(out_dir / config.file_name)
-    reference = None
-    if ref is not None and ref.is_file():
-        reference = out_dir / REFERENCE_NAME
-        if ref.suffix.lower() == ".png":
-            shutil.copyfile(ref, reference)
-        else:  # a raw photo: decoded (EXIF-turned) and written as PNG
-            save_image(load_rgb(ref), reference)
+    # The photo nearest the identity serves as the fusion reference for `portrait generate`.
+    reference = write_reference(ref, out_dir)
     return EmbedResult(out, ident.engine, ident.dim, ident.metric, ident.count, reference)
 
 

@@ -7,28 +7,12 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import ConfigError, TemplateError
+from ..errors import ConfigError
 from ..progress import CancelToken, ProgressCallback, check_cancel, report
 from .configs import REFERENCE_NAME, GenerateConfig
 from .results import GenerateResult
 
 RESULT_NAME = "generate.json"
-
-
-def load_template_or_image(name_or_dir: str | Path, fa):
-    """A template by name or folder (portrait.templates); a bare image file also works (its faces detected)."""
-    from ..imageio import load_rgb
-
-    p = Path(name_or_dir)
-    if p.is_file():
-        image = load_rgb(p)
-        faces = fa.analyze(image)
-        if not faces:
-            raise TemplateError(f"template image {p} has no usable face")
-        return {"name": p.stem, "image": image, "faces": faces[:1]}
-    from ..templates import load_template
-
-    return load_template(name_or_dir)
 
 
 def find_reference(identity_path: Path, reference: str | Path | None, fa):
@@ -75,12 +59,17 @@ def identity_engine(engine: str, ident, base: str, manifest) -> str | None:
 
 def generate(identity: Path, templates: Sequence[str | Path], out_dir: Path, config: GenerateConfig | None = None, *,
              progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> GenerateResult:
-    """Paint `identity` (a LoRA from train, or a face embedding from embed) into each template's face."""
+    """Paint `identity` (a LoRA from train, or a face embedding from embed) into each template's face (names,
+    template folders or image files). Every template, model and option is checked before the reference
+    photo is read."""
+    from ..engines import missing_controlnets
     from ..faces import FaceConfig, get_face_analysis
     from ..generate.pipelines import InpaintModels
     from ..generate.template_inpaint import Identity, TemplateInpaint
     from ..generate.template_jobs import generate_on_template, job_from_template, template_slots
+    from ..models import loading
     from ..models.manifest import get_manifest
+    from ..preflight import resolve_templates
 
     config = config or GenerateConfig()
     if not templates:
@@ -93,23 +82,28 @@ def generate(identity: Path, templates: Sequence[str | Path], out_dir: Path, con
         ident.engine = id_engine
     face = FaceConfig(embedder=ident.face.engine) if ident.face is not None else FaceConfig()
     fa = get_face_analysis(face)
-    ref_rgb, ref_face, ref_file = find_reference(Path(identity), config.reference, fa)
-    tmpls = [load_template_or_image(t, fa) for t in templates]
+    tmpls = resolve_templates(templates, fa)  # names, folders or image files; all checked first
     faceid = manifest.require("ip-adapter-faceid") if id_engine == "faceid" else None
     over = {"steps": config.steps, "seed": config.seed, "strength": config.strength}
-    from ..models.loading import base_unet_config
-
-    arch, _ = base_unet_config(base, manifest)  # the recipe's ControlNets depend on it (SDXL: canny only)
+    arch, _ = loading.base_unet_config(base, manifest)  # ModelMissingError naming a missing base
+    # The base's architecture picks the recipe's ControlNets (SDXL: canny only).
     first = [job_from_template(t, face_analysis=fa, arch=arch, **over) for t in tmpls]
     for j in first:  # bad settings are the user's to fix, before any model loads
         j.pass1.check(f"template {j.name} pass 1")
         j.pass2.check(f"template {j.name} pass 2")
     needed = list(dict.fromkeys(n for j in first for n, _ in (*j.pass1.active(), *j.pass2.active())))
+    for name in missing_controlnets(manifest, arch, needed):
+        manifest.require(name)  # ModelMissingError naming the ControlNet a template needs
+    if config.dtype is not None or config.device is not None:
+        from ..models.device import pick_device
+
+        pick_device(config.device, config.dtype)  # an unknown device or dtype fails here, not after the reference
+    ref_rgb, ref_face, ref_file = find_reference(Path(identity), config.reference, fa)
     multi = [i for i, t in enumerate(tmpls) if len(template_slots(t, fa)) > 1]
     check_cancel(cancel, "generation cancelled")
     report(progress, "load models", 0, 1)
-    models = InpaintModels.load(base, needed, manifest=manifest, device=config.device, faceid_adapter=faceid,
-                                instantid=id_engine == "instantid")
+    models = InpaintModels.load(base, needed, manifest=manifest, device=config.device, dtype=config.dtype,
+                                faceid_adapter=faceid, instantid=id_engine == "instantid")
     report(progress, "load models", 1, 1)
     runner = TemplateInpaint(models)
     try:

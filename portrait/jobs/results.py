@@ -36,7 +36,8 @@ class TrainResult:
         rep = self.report
         return {"lora": str(self.lora), "kohya": str(self.kohya), "report": str(self.report_file),
                 "steps": rep["config"]["steps"], "chosen": rep["chosen"], "merged": rep["merged"],
-                "checkpoints": rep["checkpoints"], "timings": rep["timings"], "device": rep["device"]}
+                "checkpoints": rep["checkpoints"], "timings": rep["timings"], "device": rep["device"],
+                "reference": str(self.lora.parent / rep["reference"]) if rep.get("reference") else None}
 
 
 @dataclass

@@ -13,6 +13,19 @@ _DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16"
            "bf16": "bfloat16", "bfloat16": "bfloat16"}
 
 
+DTYPE_NAMES = ("fp32", "fp16", "bf16")
+
+
+def check_dtype_name(dtype: str | None) -> str | None:
+    """`dtype` (fp32, fp16, bf16 or a torch spelling) or None; a ConfigError naming the choices otherwise.
+    Checked without importing torch, so a bad --dtype fails before any work."""
+    if dtype in (None, "auto"):
+        return dtype
+    if str(dtype).lower() not in _DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_NAMES)}")
+    return dtype
+
+
 def pick_device(device: str | None = None, dtype: str | None = None):
     """(torch.device, torch.dtype) for diffusion work; explicit arguments beat the environment."""
     import torch

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterable, Literal
 
 from ..errors import ConfigError, ModelHashError, ModelMissingError
+from ..paths import absolute
 
 ModelKind = Literal[
     "face_detector",
@@ -233,8 +234,8 @@ BUILTIN: tuple[ModelSpec, ...] = (
 def default_models_dir() -> Path:
     env = os.environ.get("PORTRAIT_MODELS_DIR")
     if env:
-        return Path(env).expanduser()
-    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "portrait" / "models"
+        return absolute(env)
+    return absolute(Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "portrait" / "models")
 
 
 def package_file(spec_path: str) -> Path:
@@ -267,10 +268,10 @@ class Manifest:
 
     def __init__(self, models_dir: str | Path | None = None, config_file: str | Path | None = None,
                  specs: Iterable[ModelSpec] = BUILTIN):
-        self.models_dir = Path(models_dir) if models_dir else default_models_dir()
+        self.models_dir = absolute(models_dir) if models_dir else default_models_dir()
         self.specs: dict[str, ModelSpec] = {s.name: s for s in specs}
         cfg = config_file or os.environ.get("PORTRAIT_MODELS_CONFIG") or (self.models_dir / "models.toml")
-        self.config_file = Path(cfg)
+        self.config_file = absolute(cfg)
         if self.config_file.is_file():
             self._apply_config(self.config_file)
         self._verified: dict[str, str] = {}
@@ -301,8 +302,11 @@ class Manifest:
                 changes["extra"] = {**base.extra, "config": str(cfg_path if cfg_path.is_absolute() else path.parent / cfg_path)}
             if "required" in entry:
                 changes["required"] = tuple(entry["required"])
-            if "path" in entry and not Path(entry["path"]).is_absolute():
-                changes["path"] = str(path.parent / entry["path"])
+            if "path" in entry and not isinstance(entry["path"], str):
+                raise ConfigError(f"{path}: [models.{name}] path must be a string")
+            if "path" in entry:  # relative to the models.toml's folder (the file's path is absolute)
+                p = Path(entry["path"]).expanduser()
+                changes["path"] = str(p if p.is_absolute() else path.parent / p)
             self.specs[name] = replace(base, **changes)
 
     # -- lookup ----------------------------------------------------------------------------------
@@ -370,8 +374,9 @@ _MANIFESTS: dict[tuple[str, str], Manifest] = {}
 
 def get_manifest(models_dir: str | Path | None = None, config_file: str | Path | None = None) -> Manifest:
     """The process-wide manifest for a models folder (cached; the model caches key on it)."""
-    md = str(Path(models_dir) if models_dir else default_models_dir())
-    key = (md, str(config_file or os.environ.get("PORTRAIT_MODELS_CONFIG") or ""))
+    md = str(absolute(models_dir) if models_dir else default_models_dir())
+    cfg = config_file or os.environ.get("PORTRAIT_MODELS_CONFIG")
+    key = (md, str(absolute(cfg)) if cfg else "")
     if key not in _MANIFESTS:
         _MANIFESTS[key] = Manifest(md, config_file)
     return _MANIFESTS[key]

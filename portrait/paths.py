@@ -1,0 +1,35 @@
+"""Paths as a user reads them: relative paths (from the environment or the command line) are taken
+against the current directory once, when they enter the program, and are absolute from then on.
+
+A relative path resolved a second time against another folder is how `PORTRAIT_MODELS_DIR=tiny`
+became `tiny/tiny/sd15`; an absolute one can be joined, printed and handed to another process safely.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import MutableMapping
+
+# The environment variables that name folders or files.
+PATH_VARIABLES = ("PORTRAIT_MODELS_DIR", "PORTRAIT_MODELS_CONFIG", "PORTRAIT_TEMPLATES_DIR")
+
+
+def absolute(path: str | Path) -> Path:
+    """`path` with `~` expanded and, when relative, joined to the current directory (no symlinks resolved:
+    the path the user typed stays recognisable)."""
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
+def resolve_env_paths(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Make every PATH_VARIABLES entry of `environ` (default os.environ) absolute, in place; returns the
+    ones changed (name → new value). Called once at start-up by the CLI (and any long-running service)."""
+    env = os.environ if environ is None else environ
+    changed = {}
+    for name in PATH_VARIABLES:
+        value = env.get(name)
+        if value:
+            new = str(absolute(value))
+            if new != value:
+                env[name] = changed[name] = new
+    return changed
