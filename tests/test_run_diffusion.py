@@ -159,7 +159,6 @@ def test_sdxl_identity_engine_follows_the_recogniser(tiny_sdxl_dir, tmp_path):
     m = Manifest(tiny_sdxl_dir, cfg)
     engine, why = choose_identity(m, "sdxl", None, "dlib-resnet")
     assert engine == "faceid" and "InstantID not used" in why and "--embedder arcface-antelopev2" in why
-    assert choose_identity(m, "sdxl", "lora.safetensors", "arcface")[0] == "lora"
 
 
 def test_run_cli_inpaint_size_reaches_the_diffusion_stage(tiny_models_dir, photos, tmp_path, monkeypatch):
