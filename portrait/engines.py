@@ -135,8 +135,8 @@ def _lora_fits(path, cross_dim: int | None) -> str | None:
                         return (f"it was trained for {width}-d text tokens and this base attends to {cross_dim}-d "
                                 "(an SD 1.5 LoRA on SDXL, or the reverse)")
                     return None
-    except Exception as exc:  # noqa: BLE001 - unreadable: said to the user, never a traceback
-        return f"it cannot be read as a LoRA ({exc})"
+    except Exception:  # noqa: BLE001 - not readable here: the loader names the file and the problem
+        return None
     return None
 
 

@@ -164,6 +164,7 @@ class PortraitPipeline:
         # How the identity is painted when diffusion runs: "lora", "faceid" or "instantid" (see choose_identity).
         self.identity_engine: Optional[str] = None
         self._set_engines(None)  # the templates' ControlNets are checked again once run() knows the templates
+        self._diffusion_possible = self.engine("inpaint").engine == "diffusion"
         self._models = self._inpaint = None  # diffusion models and the recipe: loaded on first use, kept
 
     def _set_engines(self, controls: Optional[Sequence[str]]) -> None:
@@ -195,19 +196,21 @@ class PortraitPipeline:
         loads and has its faces, each slot in `others` exists in a template, the engines can run with
         these templates (ControlNets present; else auto falls back, "on" raises). Returns the Templates;
         raises a PortraitError naming the problem."""
-        from .preflight import check_photos_folder, check_slots, resolve_templates
+        from .preflight import check_diffusion_settings, check_photos_folder, check_slots, resolve_templates
 
         tmpls = resolve_templates(templates, self.fa)
         check_slots(others, tmpls)
         for slot, folder in sorted((others or {}).items()):
             if not isinstance(folder, (list, tuple)):
                 check_photos_folder(folder, f"photos folder for face slot {slot}")
-        if self.engine("inpaint").engine == "diffusion":
+        if self._diffusion_possible:  # decided again for these templates (a batch row's differ from the last)
             from .engines import _base_info
             from .generate.template_jobs import template_controls
 
             arch = _base_info(self.manifest, self.config.base_model or "sd15")[0]  # SDXL's recipe: canny only
             self._set_engines(list(dict.fromkeys(c for t in tmpls for c in template_controls(t, arch=arch))))
+        if self.engine("inpaint").engine == "diffusion":
+            check_diffusion_settings(tmpls, self.fa, steps=self.config.steps)
         if others and self.engine("inpaint").engine == "diffusion" and self.identity_engine == "lora":
             raise ConfigError("other people in face slots need a face-embedding identity (FaceID / InstantID), "
                               "but --identity is the user's LoRA: leave out --identity, or --diffusion off")

@@ -112,6 +112,22 @@ def check_run_options(*, variants: int, max_tries: int) -> None:
         raise ConfigError("--variants cannot exceed --max-tries")
 
 
+def check_diffusion_settings(templates: Sequence[Template], face_analysis=None, *, steps: int | None = None,
+                             strength: float | None = None) -> None:
+    """Each template's two diffusion passes, with the --steps / --strength overrides, leave at least one
+    denoising step (ConfigError naming the template and the pass otherwise)."""
+    from .generate.template_jobs import job_from_template
+
+    for t in templates:
+        job = job_from_template(t, steps=steps, strength=strength, face_analysis=face_analysis)
+        for label, settings in (("pass 1", job.pass1), ("pass 2", job.pass2)):
+            try:
+                settings.check(f"template {t.name} {label}")
+            except ConfigError as exc:
+                fix = "; raise --steps" if steps is not None else ""
+                raise ConfigError(f"{exc}{fix}") from None
+
+
 def check_photos_folder(path: str | Path, what: str = "photos folder") -> Path:
     p = Path(path)
     if not p.is_dir():

@@ -276,3 +276,93 @@ def test_batch_status_and_exit_code_rules():
     assert unique_names(["a", "A", "a"]) == ["a", "A-2", "a-3"]
     with pytest.raises(Exception, match="not a plain folder name"):
         row_dir("/tmp/out", "../x")
+
+
+# -- 8. --dtype on run and generate, as the README says -------------------------------------------------------
+def test_dtype_reaches_the_diffusion_weights(hermetic, tiny_models_dir, photos, tmp_path, monkeypatch):
+    import torch
+
+    from portrait.models import loading
+
+    monkeypatch.setenv("PORTRAIT_MODELS_DIR", str(_models_dir(tmp_path / "models", tiny_models_dir)))
+    loading.clear_cache()
+    r = invoke("run", photos, "--template", "navy-formal", "--out", tmp_path / "o", "--dtype", "bf16", "--steps", "4",
+               "--inpaint-size", "64", "--retouch", "none", "--json", *QUICK)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["engines"]["inpaint"]["engine"] == "diffusion"
+    bases = [p for k, p in loading._CACHE.items() if k[0] == "base"]
+    assert bases and all(p.unet.dtype == torch.bfloat16 for p in bases), [(k, p.dtype) for k, p in
+                                                                           loading._CACHE.items()]
+    loading.clear_cache()
+    for cmd in (["run", photos, "--template", "navy-formal"], ["generate", "--identity", photos, "--template", "x"]):
+        r = invoke(*cmd, "--out", tmp_path / "o2", "--dtype", "fp7")
+        assert r.exit_code == 2 and "'fp7' is not one of 'fp32', 'fp16', 'bf16'" in r.stderr, r.output
+
+
+# -- 9. messages ------------------------------------------------------------------------------------------------
+def test_models_list_hints_survive_rich_and_do_not_point_at_themselves(hermetic, tmp_path, monkeypatch):
+    monkeypatch.setenv("PORTRAIT_MODELS_DIR", str(tmp_path / "empty"))
+    r = invoke("models", "list")
+    assert r.exit_code == 0, r.output
+    assert '[models.sd15] path = "..."' in r.stdout and '[models.gfpgan] path = "..."' in r.stdout
+    assert "portrait models list" not in r.stdout
+    # Piped, the table is one plain line per model: nothing cut, no box drawing.
+    line = next(x for x in r.stdout.splitlines() if x.startswith("controlnet-openpose-sdxl "))
+    assert str(tmp_path / "empty" / "controlnet" / "sdxl-openpose") in line and "missing" in line
+    assert "│" not in r.stdout and "┃" not in r.stdout
+
+
+def test_verify_with_nothing_to_verify_says_so(hermetic, tmp_path, monkeypatch):
+    monkeypatch.setenv("PORTRAIT_MODELS_DIR", str(tmp_path / "empty"))
+    r = invoke("models", "verify")
+    assert r.exit_code == 0 and "nothing verified" in r.stderr and "verified" not in r.stderr.replace(
+        "nothing verified", "")
+    r = invoke("models", "verify", "--json")
+    assert json.loads(r.stdout)["verified"] == 0 and json.loads(r.stdout)["message"].startswith("nothing verified")
+    r = invoke("models", "verify", "sd15")
+    assert r.exit_code == 2 and "1 problem(s): sd15" in r.stderr
+
+
+def test_library_warnings_stay_out_of_the_cli_unless_verbose(hermetic, tiny_models_dir, photos, tmp_path):
+    """A real process (the libraries log to the stderr they found at import): a tiny diffusion run prints
+    diffusers' and transformers' warnings only with --verbose."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PORTRAIT_MODELS_DIR=str(_models_dir(tmp_path / "models", tiny_models_dir)),
+               PORTRAIT_NO_PROGRESS="1")
+    base = [sys.executable, "-c", "from portrait.cli import main; main()", "run", str(photos), "--template",
+            "navy-formal", "--steps", "4", "--inpaint-size", "64", "--retouch", "none", "--diffusion", "on", *QUICK]
+    quiet = subprocess.run([*base, "--out", str(tmp_path / "q")], env=env, capture_output=True, text=True,
+                           timeout=600)
+    loud = subprocess.run([*base, "--out", str(tmp_path / "v"), "--verbose"], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr[-3000:] + loud.stderr[-3000:]
+    assert "inpaint: diffusion" in quiet.stdout
+    assert loud.stderr.strip(), "the run printed no library warning at all: this test proves nothing"
+    assert quiet.stderr.strip() == "", quiet.stderr
+
+
+def test_an_identity_lora_for_another_architecture_is_not_picked(hermetic, tiny_models_dir, photos, tmp_path,
+                                                                 monkeypatch):
+    """An SDXL-sized LoRA (2048-d text tokens) on the tiny SD 1.5 base: auto skips diffusion saying why;
+    --diffusion on refuses before any photo is read."""
+    import torch
+    from safetensors.torch import save_file
+
+    from portrait.engines import choose_diffusion
+    from portrait.models.manifest import Manifest
+
+    lora = tmp_path / "sdxl_identity.safetensors"
+    save_file({"unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight": torch.zeros(2, 2048),
+               "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_B.weight": torch.zeros(32, 2)},
+              str(lora))
+    models = _models_dir(tmp_path / "models", tiny_models_dir)
+    auto = choose_diffusion("auto", Manifest(models), None, str(lora))
+    assert auto.engine == "skipped" and "2048-d" in auto.reason, auto
+    monkeypatch.setenv("PORTRAIT_MODELS_DIR", str(models))
+    r = invoke("run", photos, "--template", "navy-formal", "--identity", lora, "--diffusion", "on",
+               "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "2048-d" in r.stderr and str(lora) in r.stderr, r.output
+    assert not (tmp_path / "o").exists()

@@ -159,6 +159,9 @@ def test_sdxl_identity_engine_follows_the_recogniser(tiny_sdxl_dir, tmp_path):
     m = Manifest(tiny_sdxl_dir, cfg)
     engine, why = choose_identity(m, "sdxl", None, "dlib-resnet")
     assert engine == "faceid" and "InstantID not used" in why and "--embedder arcface-antelopev2" in why
+    # On SD 1.5 that SDXL-wide adapter cannot run, so auto does not pick it (issue 8).
+    engine, why = choose_identity(m, "sd15", None, "dlib-resnet")
+    assert engine is None and "tokens" in why, why
 
 
 def test_run_cli_inpaint_size_reaches_the_diffusion_stage(tiny_models_dir, photos, tmp_path, monkeypatch):

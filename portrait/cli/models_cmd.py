@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import EXIT_OK, EXIT_USER, handle_errors, json_option, print_json, progress_bar
+from .common import EXIT_OK, EXIT_USER, handle_errors, json_option, print_json, print_table, progress_bar
 
 
 def _commercial(spec) -> str:
@@ -19,14 +19,18 @@ def _row(manifest, status) -> dict:
     row = {"name": spec.name, "kind": spec.kind, "state": status.state, "path": str(status.path),
            "licence": spec.licence, "commercial_use": _commercial(spec), "description": spec.description}
     if status.state in ("missing", "bad_hash"):
-        row["fix"] = status.message if status.state == "bad_hash" else manifest.how_to_get(spec, status.path)
+        row["fix"] = (status.message if status.state == "bad_hash"
+                      else manifest.how_to_get(spec, status.path, list_hint=False))
         if status.message.startswith("folder"):
             row["fix"] = f"{status.message}. {row['fix']}"
     return row
 
 
 def _print_table(rows: list[dict], title: str) -> None:
+    """The models as a table (plain lines when piped), then each missing model's fix. Every text from the
+    manifest is escaped: a hint such as `[models.sd15] path = ...` must not be read as rich markup."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     colours = {"present": "green", "unchecked": "yellow", "missing": "red", "bad_hash": "red"}
@@ -34,15 +38,13 @@ def _print_table(rows: list[dict], title: str) -> None:
     for col in ("name", "kind", "state", "commercial", "licence", "path"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(r["name"], r["kind"], f"[{colours[r['state']]}]{r['state']}[/]", r["commercial_use"],
-                      r["licence"], r["path"])
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=max(console.width, 160))
-    console.print(table)
+        table.add_row(escape(r["name"]), escape(r["kind"]), f"[{colours[r['state']]}]{r['state']}[/]",
+                      r["commercial_use"], escape(r["licence"]), escape(r["path"]))
+    console = Console(soft_wrap=True)  # lines are never cut at 80 columns when piped
+    print_table(console, table)
     for r in rows:
         if "fix" in r:
-            console.print(f"  [red]{r['name']}[/]: {r['fix']}", highlight=False)
+            console.print(f"  [red]{escape(r['name'])}[/]: {escape(r['fix'])}", highlight=False, soft_wrap=True)
 
 
 def register(group: click.Group) -> None:
@@ -83,12 +85,29 @@ def register(group: click.Group) -> None:
         specs = [manifest.spec(n) for n in names] if names else manifest.all()
         rows = [_row(manifest, manifest.status(s.name, check_hash=True)) for s in specs]
         bad = [r for r in rows if r["state"] == "bad_hash" or (names and r["state"] == "missing")]
+        present = [r for r in rows if r["state"] != "missing"]
+        hashed = [r for r in present if r["state"] == "bad_hash" or manifest.spec(r["name"]).sha256]
+        missing = len(rows) - len(present)
+        if bad:
+            verdict = f"{len(bad)} problem(s): {', '.join(r['name'] for r in bad)}"
+        elif not present:
+            verdict = ("nothing verified: none of the named models is present" if names else
+                       f"nothing verified: no model is present in {manifest.models_dir}")
+        elif not hashed:
+            verdict = (f"nothing verified: none of the {len(present)} present model(s) has a sha256 to check "
+                       "(set sha256 in models.toml)")
+        else:
+            verdict = f"{len(hashed)} model(s) match their sha256"
+            if len(present) > len(hashed):
+                verdict += f"; {len(present) - len(hashed)} present without a sha256 to check"
+        if missing and not bad:
+            verdict += f"; {missing} missing" + ("" if names else " (optional)")
         if as_json:
-            print_json({"ok": not bad, "models": rows})
+            print_json({"ok": not bad, "verified": len(hashed), "present": len(present), "message": verdict,
+                        "models": rows})
         else:
             _print_table(rows, "Verified models")
-            click.echo("all named models verified" if not bad else
-                       f"{len(bad)} problem(s): {', '.join(r['name'] for r in bad)}", err=True)
+            click.echo(verdict, err=True)
         sys.exit(EXIT_USER if bad else EXIT_OK)
 
     @models.command("convert")

@@ -62,7 +62,7 @@ def generate(identity: Path, templates: Sequence[str | Path], out_dir: Path, con
     """Paint `identity` (a LoRA from train, or a face embedding from embed) into each template's face (names,
     template folders or image files). Every template, model and option is checked before the reference
     photo is read."""
-    from ..engines import missing_controlnets
+    from ..engines import INSTANTID_NAMES, missing_controlnets
     from ..faces import FaceConfig, get_face_analysis
     from ..generate.pipelines import InpaintModels
     from ..generate.template_inpaint import Identity, TemplateInpaint
@@ -84,6 +84,9 @@ def generate(identity: Path, templates: Sequence[str | Path], out_dir: Path, con
     fa = get_face_analysis(face)
     tmpls = resolve_templates(templates, fa)  # names, folders or image files; all checked first
     faceid = manifest.require("ip-adapter-faceid") if id_engine == "faceid" else None
+    if id_engine == "instantid":  # the engine asked for first, then what the templates need
+        for name in INSTANTID_NAMES:
+            manifest.require(name)
     over = {"steps": config.steps, "seed": config.seed, "strength": config.strength}
     arch, _ = loading.base_unet_config(base, manifest)  # ModelMissingError naming a missing base
     # The base's architecture picks the recipe's ControlNets (SDXL: canny only).

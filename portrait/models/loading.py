@@ -291,12 +291,15 @@ def inpaint_pipeline(base, controlnets: list | tuple = ()):
     if key in derived:
         return derived[key][0]
     xl = is_sdxl(base)
+    # from_pipe casts every shared module to its dtype argument, float32 by default: pass the base's own, or
+    # an fp16 / bf16 base (--dtype, or any GPU) silently becomes float32 on its first inpaint.
+    keep = _dtype_kw(base.unet.dtype)
     if not controlnets:
-        pipe = (StableDiffusionXLInpaintPipeline if xl else StableDiffusionInpaintPipeline).from_pipe(base)
+        pipe = (StableDiffusionXLInpaintPipeline if xl else StableDiffusionInpaintPipeline).from_pipe(base, **keep)
     else:
         net = controlnets[0] if len(controlnets) == 1 else MultiControlNetModel(controlnets)
         cls = StableDiffusionXLControlNetInpaintPipeline if xl else StableDiffusionControlNetInpaintPipeline
-        pipe = cls.from_pipe(base, controlnet=net)
+        pipe = cls.from_pipe(base, controlnet=net, **keep)
     pipe.set_progress_bar_config(disable=True)
     derived[key] = (pipe, controlnets)  # keep the nets alive so their ids stay unique
     return pipe

@@ -323,12 +323,14 @@ class Manifest:
         p = Path(spec.path).expanduser()
         return p if p.is_absolute() else self.models_dir / p
 
-    def how_to_get(self, spec: ModelSpec, path: Path) -> str:
+    def how_to_get(self, spec: ModelSpec, path: Path, list_hint: bool = True) -> str:
+        """What to do about a missing model; `list_hint` adds the pointer to `portrait models list` (left
+        out where the text is shown by that very command)."""
         if spec.bundled:
             return f"It {spec.source}; reinstall portrait (pip install -e .)."
         where = f" Get it from: {spec.source}." if spec.source else ""
-        return (f"Place it at that path or set [models.{spec.name}] path = \"...\" in {self.config_file}.{where}"
-                " Run `portrait models list` to see every model's state.")
+        more = " Run `portrait models list` to see every model's state." if list_hint else ""
+        return f"Place it at that path or set [models.{spec.name}] path = \"...\" in {self.config_file}.{where}{more}"
 
     def status(self, name: str, check_hash: bool = True) -> ModelStatus:
         spec = self.spec(name)
