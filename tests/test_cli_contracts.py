@@ -334,10 +334,14 @@ def test_library_warnings_stay_out_of_the_cli_unless_verbose(hermetic, tiny_mode
                PORTRAIT_NO_PROGRESS="1")
     base = [sys.executable, "-c", "from portrait.cli import main; main()", "run", str(photos), "--template",
             "navy-formal", "--steps", "4", "--inpaint-size", "64", "--retouch", "none", "--diffusion", "on", *QUICK]
-    quiet = subprocess.run([*base, "--out", str(tmp_path / "q")], env=env, capture_output=True, text=True,
-                           timeout=600)
-    loud = subprocess.run([*base, "--out", str(tmp_path / "v"), "--verbose"], env=env, capture_output=True,
-                          text=True, timeout=600)
+    procs = [subprocess.Popen([*base, "--out", str(tmp_path / name), *extra], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for name, extra in (("q", []), ("v", ["--verbose"]))]
+
+    def finish(p):  # both run at once; a process blocked on a full pipe just waits its turn
+        out, err = p.communicate(timeout=600)
+        return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+    quiet, loud = (finish(p) for p in procs)
     assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr[-3000:] + loud.stderr[-3000:]
     assert "inpaint: diffusion" in quiet.stdout
     assert loud.stderr.strip(), "the run printed no library warning at all: this test proves nothing"
