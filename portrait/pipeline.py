@@ -204,9 +204,11 @@ class PortraitPipeline:
             if not isinstance(folder, (list, tuple)):
                 check_photos_folder(folder, f"photos folder for face slot {slot}")
         if self._diffusion_possible:  # decided again for these templates (a batch row's differ from the last)
+            from .engines import _base_info
             from .generate.template_jobs import template_controls
 
-            self._set_engines(list(dict.fromkeys(c for t in tmpls for c in template_controls(t))))
+            arch = _base_info(self.manifest, self.config.base_model or "sd15")[0]  # SDXL's recipe: canny only
+            self._set_engines(list(dict.fromkeys(c for t in tmpls for c in template_controls(t, arch=arch))))
         if self.engine("inpaint").engine == "diffusion":
             check_diffusion_settings(tmpls, self.fa, steps=self.config.steps)
         if others and self.engine("inpaint").engine == "diffusion" and self.identity_engine == "lora":
@@ -375,7 +377,7 @@ class PortraitPipeline:
         from .generate.template_jobs import generate_on_template, template_controls
 
         models, identity = self._diffusion_models(run)
-        models.ensure_controlnets(template_controls(tmpl))  # this template's ControlNets, for the base's architecture
+        models.ensure_controlnets(template_controls(tmpl, arch=models.arch))  # this template's ControlNets, for the base's architecture
         if self._inpaint is None:
             self._inpaint = TemplateInpaint(models, fusion_engine=self.engine("fusion").engine,
                                             crop_size=self.config.inpaint_size)

@@ -19,11 +19,11 @@ template.toml (every key optional except `name`):
     strength = 0.45
     steps = 30
     guidance_scale = 7.0
-    controlnets = { canny = 0.5, openpose = 0.3, color = 0.5 }
-    [edge]                              # pass 2: the ring around the face
+    controlnets = { canny = 0.5, openpose = 0.3, color = 0.5 }   # unset: the base's recipe (SD 1.5: these;
+    [edge]                              # pass 2: the ring around the face      SDXL: canny 0.5 only)
     strength = 0.3
     steps = 20
-    controlnets = { tile = 0.8, canny = 0.8 }
+    controlnets = { tile = 0.8, canny = 0.8 }                       # unset: SD 1.5 these, SDXL canny 1.0
     [style]
     lora = "styles/film.safetensors"    # a file (relative to the template folder) or a manifest model name
     weight = 0.6
@@ -42,7 +42,7 @@ import json
 import os
 import re
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -63,7 +63,9 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 CACHE_VERSION = 1
 
 
-DEFAULT_INPAINT, DEFAULT_EDGE = PASS1, PASS2  # template.toml's [inpaint] / [edge] defaults
+# template.toml's [inpaint] / [edge] defaults; ControlNets None: the base architecture's recipe (SD 1.5: PASS1 /
+# PASS2; SDXL: canny only, template_inpaint.RECIPES), resolved when a job is made for a loaded base.
+DEFAULT_INPAINT, DEFAULT_EDGE = replace(PASS1, controlnets=None), replace(PASS2, controlnets=None)
 
 
 @dataclass
@@ -187,12 +189,12 @@ class _Reader:
         t = self.table(key)
         self.unknown(t, ("strength", "steps", "guidance_scale", "controlnets"), f"{key}.")
         nets = t.get("controlnets", default.controlnets)
-        if not isinstance(nets, dict):
+        if nets is not None and not isinstance(nets, dict):
             raise self.fail(f"{key}.controlnets", f"must be a table of name = scale, got {type(nets).__name__}")
         settings = PassSettings(
             strength=self.get(t, "strength", f"{key}.strength", float, default.strength),
             steps=self.get(t, "steps", f"{key}.steps", int, default.steps),
-            controlnets={n: self.get(nets, n, f"{key}.controlnets.{n}", float) for n in nets},
+            controlnets=None if nets is None else {n: self.get(nets, n, f"{key}.controlnets.{n}", float) for n in nets},
             guidance_scale=self.get(t, "guidance_scale", f"{key}.guidance_scale", float, default.guidance_scale))
         bad = settings.problem()
         if bad is not None:

@@ -55,8 +55,10 @@ def register(group: click.Group) -> None:
     @click.argument("trainset", type=click.Path(exists=True, file_okay=False))
     @click.option("--out", "out_file", default=None, type=click.Path(dir_okay=False),
                   help=f"Output file (default: TRAINSET/{EMBEDDING_NAME}).")
-    @click.option("--embedder", type=click.Choice(("dlib-resnet", "arcface")), default="dlib-resnet", show_default=True,
-                  help="Face engine; a real IP-Adapter FaceID needs arcface (512-d).")
+    @click.option("--embedder", type=click.Choice(("dlib-resnet", "arcface", "arcface-buffalo", "arcface-antelopev2")),
+                  default="dlib-resnet", show_default=True,
+                  help="Face engine: IP-Adapter FaceID and inswapper need arcface-buffalo (alias arcface), "
+                       "InstantID arcface-antelopev2.")
     @json_option
     @handle_errors
     def embed(trainset, out_file, embedder, as_json):

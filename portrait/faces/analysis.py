@@ -7,7 +7,11 @@
 Engines (config names):
   detector:  dlib-hog (default, offline), dlib-mmod (offline CNN), scrfd (ONNX, user-supplied)
   landmarks: dlib68 (default; non-commercial licence), dlib5 (commercial-friendly), none
-  embedder:  dlib-resnet (default, offline), arcface (ONNX, user-supplied)
+  embedder:  dlib-resnet (default, offline), arcface-buffalo (alias arcface: buffalo_l's w600k_r50, for
+             FaceID and inswapper), arcface-antelopev2 (antelopev2's glintr100, for InstantID); ONNX, user-supplied
+
+With a detector that gives 5 keypoints (SCRFD), those points are the face's `landmarks5` (what ArcFace,
+inswapper and every 5-point alignment use, as in insightface); dense landmarks add `landmarks68` only.
 """
 
 from __future__ import annotations
@@ -28,10 +32,22 @@ from .types import Face
 
 DetectorName = Literal["dlib-hog", "dlib-mmod", "scrfd"]
 LandmarksName = Literal["dlib68", "dlib5", "none"]
-EmbedderName = Literal["dlib-resnet", "arcface"]
+EmbedderName = Literal["dlib-resnet", "arcface", "arcface-buffalo", "arcface-antelopev2"]
 DETECTORS: tuple[str, ...] = DetectorName.__args__  # type: ignore[attr-defined]
 LANDMARKS: tuple[str, ...] = LandmarksName.__args__  # type: ignore[attr-defined]
 EMBEDDERS: tuple[str, ...] = EmbedderName.__args__  # type: ignore[attr-defined]
+# The face-embedding size each embedder gives (what an identity adapter must be built for).
+EMBEDDING_DIMS = {"dlib-resnet": 128, "arcface": 512, "arcface-buffalo": 512, "arcface-antelopev2": 512}
+
+
+def embedder_model(name: str) -> str:
+    """The manifest model name behind an embedder config name ('arcface' is arcface-buffalo); what an
+    identity file records as its engine."""
+    return "arcface-buffalo" if name == "arcface" else name
+
+
+def is_arcface(name: str) -> bool:
+    return embedder_model(name).startswith("arcface-")
 
 
 @dataclass(frozen=True)
@@ -76,7 +92,7 @@ def _make_embedder(cfg: FaceConfig, manifest: Manifest):
         return DlibResnetEmbedder(manifest)
     from .embed_arcface import ArcFaceEmbedder
 
-    return ArcFaceEmbedder(manifest, device=cfg.device)
+    return ArcFaceEmbedder(manifest, device=cfg.device, model=embedder_model(cfg.embedder))
 
 
 class FaceAnalysis:
@@ -160,7 +176,8 @@ class FaceAnalysis:
                 pts = self.landmarker.landmarks(image, det.box)
                 if self.landmarker.points == 68:
                     lm68 = pts
-                    lm5 = five_from_68(pts)
+                    # insightface aligns on the detector's own keypoints: keep them where there are some.
+                    lm5 = det.landmarks5 if det.landmarks5 is not None else five_from_68(pts)
                 else:
                     lm5 = det.landmarks5 if det.landmarks5 is not None else five_from_dlib5(pts)
             elif det.landmarks5 is not None:

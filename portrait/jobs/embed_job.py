@@ -55,6 +55,10 @@ def _embed_photos(src: Path, face: FaceConfig, config: EmbedConfig, progress, ca
         raise NotEnoughPhotosError(f"{src}: only {len(chosen)} usable photo(s), at least {config.min_photos} "
                                    "needed (run `portrait preprocess` to see each photo's reason)")
     fa = get_face_analysis(face)
-    ident = FaceIdentity.from_vectors([pre.embeddings[f] for f in chosen], chosen, face.embedder, fa.metric)
+    from ..faces.analysis import embedder_model
+
+    # The recogniser's manifest name (arcface -> arcface-buffalo): adapters check it (models.adapters).
+    ident = FaceIdentity.from_vectors([pre.embeddings[f] for f in chosen], chosen, embedder_model(face.embedder),
+                                      fa.metric)
     paths = {p.file: p.path for p in pre.photos}
     return ident, Path(paths[ident.sources[0]])

@@ -38,11 +38,15 @@ ModelKind = Literal[
     "vae",
     "controlnet",
     "ip_adapter",
+    "image_encoder",
     "instantid",
     "lora",
     "tokenizer",
 ]
 MODEL_KINDS: tuple[str, ...] = ModelKind.__args__  # type: ignore[attr-defined]
+
+# Old names still accepted everywhere a model name is (models.toml tables included).
+ALIASES = {"arcface": "arcface-buffalo"}
 
 PACKAGE_PREFIX = "pkg:"  # "pkg:module/relative/path": a file shipped inside an installed pip package
 
@@ -102,9 +106,15 @@ BUILTIN: tuple[ModelSpec, ...] = (
         "set path in models.toml)", description="SCRFD face detector with 5 keypoints (ONNX)",
     ),
     ModelSpec(
-        "arcface", "face_embedding", "insightface/w600k_r50.onnx", licence=_INSIGHTFACE_LICENCE,
+        "arcface-buffalo", "face_embedding", "insightface/w600k_r50.onnx", licence=_INSIGHTFACE_LICENCE,
         commercial_use=False, source="insightface 'buffalo_l' pack (w600k_r50.onnx)",
-        description="ArcFace ResNet-50 512-d identity embedding (cosine)",
+        description="ArcFace ResNet-50 512-d identity embedding (cosine), what IP-Adapter FaceID and inswapper "
+        "were trained on (alias: arcface)",
+    ),
+    ModelSpec(
+        "arcface-antelopev2", "face_embedding", "insightface/glintr100.onnx", licence=_INSIGHTFACE_LICENCE,
+        commercial_use=False, source="insightface 'antelopev2' pack (glintr100.onnx)",
+        description="ArcFace ResNet-100 512-d identity embedding (cosine), what InstantID was trained on",
     ),
     ModelSpec(
         "inswapper", "face_swapper", "insightface/inswapper_128.onnx", licence=_INSIGHTFACE_LICENCE,
@@ -203,6 +213,12 @@ BUILTIN: tuple[ModelSpec, ...] = (
         architecture="sd15", description="IP-Adapter FaceID for the train-free identity path",
     ),
     ModelSpec(
+        "clip-vision-vit-h", "image_encoder", "ip-adapter/image_encoder", licence="MIT (OpenCLIP ViT-H-14, LAION-2B)",
+        commercial_use=True, source="h94/IP-Adapter models/image_encoder (config.json + model.safetensors)",
+        description="CLIP ViT-H/14 image encoder: FaceID-Plus / PlusV2 read the face crop with it",
+        required=("config.json",),
+    ),
+    ModelSpec(
         "instantid-adapter", "instantid", "instantid/ip-adapter.safetensors", licence="Apache-2.0 (InstantID)",
         commercial_use=None, source="InstantX/InstantID ip-adapter.bin (`portrait models convert` it to .safetensors)",
         architecture="sdxl", description="InstantID image-prompt adapter (SDXL)",
@@ -266,6 +282,7 @@ class Manifest:
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: cannot parse models config ({exc})") from exc
         for name, entry in (data.get("models") or {}).items():
+            name = ALIASES.get(name, name)
             if not isinstance(entry, dict):
                 raise ConfigError(f"{path}: [models.{name}] must be a table")
             unknown = set(entry) - {"path", "sha256", "kind", "licence", "commercial_use", "source",
@@ -295,7 +312,7 @@ class Manifest:
     # -- lookup ----------------------------------------------------------------------------------
     def spec(self, name: str) -> ModelSpec:
         try:
-            return self.specs[name]
+            return self.specs[ALIASES.get(name, name)]
         except KeyError:
             raise ConfigError(f"unknown model '{name}'; known: {', '.join(sorted(self.specs))}") from None
 

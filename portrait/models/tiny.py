@@ -331,6 +331,13 @@ def build_tiny_controlnet(base_dir: str | Path, out_dir: str | Path, seed: int =
     return out
 
 
+def _embedder_meta(id_dim: int) -> dict:
+    """The file's one metadata key (safetensors writes several in no fixed order, which would break the builds'
+    determinism): 128-d tiny adapters take dlib's ResNet descriptors and say so
+    (portrait.models.adapters.trained_on); 512-d ones take the recogniser their real counterpart was trained on."""
+    return {"face_embedder": "dlib-resnet" if id_dim == 128 else "default"}
+
+
 def _ip_attention_state(unet) -> dict:
     """`ip_adapter.{k}.to_k_ip/to_v_ip` for every cross-attention layer of `unet` (global torch RNG)."""
     import torch
@@ -382,7 +389,7 @@ def build_tiny_ip_adapter_faceid(base_dir: str | Path, out_file: str | Path, id_
     state.update(_ip_attention_state(unet))
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(out), metadata={"id_dim": str(id_dim)})
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out), metadata=_embedder_meta(id_dim))
     return out
 
 
@@ -432,7 +439,7 @@ def build_tiny_instantid_adapter(sdxl_dir: str | Path, out_file: str | Path, id_
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(out),
-              metadata={"id_dim": str(id_dim), "kind": "instantid"})
+              metadata=_embedder_meta(id_dim))
     return out
 
 
