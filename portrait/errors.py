@@ -88,3 +88,20 @@ class Cancelled(PortraitError):
 def internal_error(exc: BaseException) -> dict:
     """The JSON body for an unexpected failure (a bug): its type and message, never a traceback."""
     return {"error": "internal", "message": f"unexpected {type(exc).__name__}: {exc} (please report this)"}
+
+
+class LicenceError(PortraitError):
+    """The licence policy (`--licence commercial` / PORTRAIT_LICENCE) excludes a model the job needs."""
+
+    code = "licence_excluded"
+
+    def __init__(self, model: str, licence: str, alternative: str, why: str):
+        self.model = model
+        self.licence = licence
+        self.alternative = alternative
+        instead = f"; use {alternative} instead" if alternative else ""
+        super().__init__(f"model '{model}' is refused under --licence commercial: {why} (licence: {licence}){instead}")
+
+    def to_dict(self) -> dict:
+        return {"error": self.code, "model": self.model, "licence": self.licence, "alternative": self.alternative,
+                "message": str(self)}

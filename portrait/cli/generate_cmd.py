@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .common import dtype_option, handle_errors, json_option, print_json, progress_bar
+from .licence_opt import licence_option
 
 EMBEDDING_NAME = "identity_embedding.safetensors"
 
@@ -30,6 +31,7 @@ def register(group: click.Group) -> None:
                   help="How a face-embedding identity is painted: IP-Adapter FaceID, or InstantID (SDXL: IdentityNet "
                   "+ adapter); auto = InstantID when the base is SDXL and its files are present.")
     @json_option
+    @licence_option
     @handle_errors
     def generate(base_model, identity, templates, out_dir, reference, steps, seed, strength, device, dtype, engine,
                  as_json):
@@ -60,6 +62,7 @@ def register(group: click.Group) -> None:
                   help="Face engine: IP-Adapter FaceID and inswapper need arcface-buffalo (alias arcface), "
                        "InstantID arcface-antelopev2.")
     @json_option
+    @licence_option
     @handle_errors
     def embed(trainset, out_file, embedder, as_json):
         """Train-free identity: the mean face embedding of a training set, for IP-Adapter FaceID."""

@@ -10,6 +10,7 @@ import click
 from ..faces.analysis import DETECTORS, EMBEDDERS, LANDMARKS, FaceConfig
 from .common import (EXIT_OK, EXIT_USER, handle_errors, json_option, min_photos_option, print_json, print_table,
                      progress_bar, top_k_option)
+from .licence_opt import licence_option
 
 
 def _fmt(v) -> str:
@@ -64,6 +65,7 @@ def register(group: click.Group) -> None:
                   help="dlib68's licence excludes commercial use; dlib5 is licence-safe.")
     @click.option("--embedder", type=click.Choice(EMBEDDERS), default="dlib-resnet", show_default=True)
     @json_option
+    @licence_option
     @handle_errors
     def preprocess_cmd(photos_dir: Path, out: Path, top_k: int, resolution: int, min_photos: int,
                        remove_background: bool, trigger: str, class_word: str, detector: str, landmarks: str,

@@ -11,6 +11,7 @@ from ..errors import ConfigError
 from ..faces.analysis import DETECTORS, EMBEDDERS, LANDMARKS, FaceConfig
 from .common import (dtype_option, handle_errors, json_option, min_photos_option, print_json, print_table,
                      progress_bar, top_k_option)
+from .licence_opt import licence_option
 
 
 def run_options(f):
@@ -106,6 +107,7 @@ def _summary(result) -> None:
                    "slots are numbered left to right from 0, the user fills the rest. Repeatable.")
 @run_options
 @json_option
+@licence_option
 @handle_errors
 def run_command(photos: Path, templates: tuple[str, ...], out: Path, slots: tuple[str, ...], as_json: bool,
                 **options) -> None:
@@ -155,6 +157,7 @@ def _parse_slots(values: tuple[str, ...]) -> dict[int, Path]:
               "interrupted batch.")
 @run_options
 @json_option
+@licence_option
 @handle_errors
 def batch_command(manifest: Path, out: Path | None, server: str | None, key: str | None, resume: bool,
                   as_json: bool, **options) -> None:

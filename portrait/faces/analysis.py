@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..imageio import check_rgb
-from ..models.manifest import Manifest, get_manifest
+from ..models.manifest import ALIASES, Manifest, get_manifest
 from .base import Detection, distance
 from .landmarks_dlib import DlibShapePredictor, five_from_68, five_from_dlib5
 from .pose import pose_from_5, pose_from_68
@@ -139,6 +139,22 @@ class FaceAnalysis:
     def engines(self) -> dict:
         return self.config.engines()
 
+    def model_names(self) -> list[str]:
+        """The manifest models this configuration loads (for the licence policy)."""
+        c = self.config
+        names = {"dlib-mmod": ["dlib-mmod"], "scrfd": ["scrfd"]}.get(c.detector, [])
+        names += {"dlib68": ["dlib-68pt"], "dlib5": ["dlib-5pt"]}.get(c.landmarks, [])
+        names.append(ALIASES.get(c.embedder, c.embedder))  # embedder names are manifest names
+        return names
+
+    def check_licences(self) -> None:
+        """LicenceError if the licence policy in force excludes a model of this configuration. Checked on
+        every call, not only at load: a cached analyser must not outlive a stricter policy."""
+        from ..models.licence import check_licence
+
+        for name in self.model_names():
+            check_licence(self.manifest.spec(name))
+
     # -- analysis ---------------------------------------------------------------------------------
     def detect(self, image: np.ndarray) -> list[Detection]:
         """Detections in full-image coordinates (detector runs on a downscaled copy)."""
@@ -162,6 +178,7 @@ class FaceAnalysis:
 
     def analyze(self, image: np.ndarray, *, embed: bool = True, max_faces: int | None = None) -> list[Face]:
         """All faces in `image` (uint8 RGB), largest first, with landmarks, pose and (optionally) embedding."""
+        self.check_licences()
         dets = self.detect(image)
         dets.sort(key=lambda d: -float((d.box[2] - d.box[0]) * (d.box[3] - d.box[1])))
         if max_faces is not None:
