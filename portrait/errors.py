@@ -69,6 +69,12 @@ class TemplateError(PortraitError):
     code = "bad_template"
 
 
+class NoPhotosError(PortraitError):
+    """The photos folder holds no files to judge (empty, only hidden files or sub-folders, or missing)."""
+
+    code = "no_photos"
+
+
 class NotEnoughPhotosError(PortraitError):
     """Preprocessing accepted fewer photos than the minimum."""
 

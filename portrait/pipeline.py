@@ -27,7 +27,7 @@ from .errors import Cancelled, ConfigError, NotEnoughPhotosError, PortraitError,
 from .faces import Face, FaceConfig, get_face_analysis
 from .imageio import save_image
 from .models.manifest import get_manifest
-from .post.rank import Candidate, best_of, output_face
+from .post.rank import Candidate, best_of, measure_slots
 from .progress import ProgressCallback, check_cancel, report
 from .settings import check_choice, check_range, from_dict
 
@@ -99,6 +99,7 @@ class TemplateOutput:
     variants_tried: int
     timings: dict
     others: dict = field(default_factory=dict)  # slot -> distance of that slot's face to its own person
+    slots: dict = field(default_factory=dict)  # slot -> {found, main_face, distance, passes}: the face seen there
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -292,10 +293,8 @@ class PortraitPipeline:
 
     def _reference(self, refs: list, i: int) -> tuple[str, np.ndarray, Face]:
         name, img, face = refs[i]
-        if img is None:  # a PhotoResult: decode at full resolution, where its face coordinates live
-            from .imageio import load_rgb
-
-            img, face = load_rgb(face.path), face.face
+        if img is None:  # a PhotoResult: full resolution, upright as judged, where its face coordinates live
+            img, face = face.image(), face.face
             refs[i] = (name, img, face)
         return refs[i]
 
@@ -312,7 +311,8 @@ class PortraitPipeline:
             timings[f"{tmpl.name}.{k}"] = v
         path = save_image(best.image, out_dir / f"{tmpl.name}.png")
         return TemplateOutput(tmpl.name, str(path), best.meta["reference"], best.distance, best.similarity,
-                              best.passed_bar, len(ranked), best.meta["timings"], best.meta["others"])
+                              best.passed_bar, len(ranked), best.meta["timings"], best.meta["others"],
+                              best.meta.get("slots", {}))
 
     def _render(self, run: _Run, tmpl, ref_name: str, ref_img: np.ndarray, ref_face: Face) -> Candidate:
         """One portrait of the user on `tmpl` from one reference photo, and its face embedding."""
@@ -357,19 +357,17 @@ class PortraitPipeline:
             scale = image.shape[1] / tmpl_width
             t["upscale"] = time.perf_counter() - tic
         tic = time.perf_counter()
-        found = self.fa.analyze(image)
+        # Measured on what a viewer sees: the face in each painted slot of this output (post.rank.measure_slots).
+        targets = {s: (run.people[s].centroid if s in run.people else run.pre.centroid) for s in slots}
+        bar = c.likeness_bar if c.likeness_bar is not None else self.fa.same_person_threshold
+        seen = measure_slots(self.fa.analyze(image), {s: slot_faces[s].scaled(scale) for s in slots}, targets,
+                             self.fa.distance, bar)
         mine = [s for s in slots if s not in run.people] or slots
-        judged = output_face(found, near=slot_faces[mine[0]].scaled(scale))
-        others = {}
-        for s in slots:
-            if s in run.people:  # each other person's likeness in their own slot
-                face = output_face(found, near=slot_faces[s].scaled(scale))
-                others[s] = (float("inf") if face is None else
-                             self.fa.distance(face.embedding, run.people[s].centroid))
+        others = {s: seen[s].distance for s in slots if s in run.people}
         t["rank"] = time.perf_counter() - tic
-        return Candidate(None if judged is None else judged.embedding, image=image,
+        return Candidate(seen[mine[0]].embedding, image=image, eligible=all(seen[s].main_face for s in mine),
                          meta={"reference": ref_name, "timings": {k: round(v, 3) for k, v in t.items()},
-                               "others": others})
+                               "others": others, "slots": {s: v.to_dict() for s, v in seen.items()}})
 
     def _diffuse(self, run: _Run, tmpl, people: dict[int, tuple[np.ndarray, Face]]) -> np.ndarray:
         """Paint each slot in turn (each on the previous result) with that slot's person's identity."""

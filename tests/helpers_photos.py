@@ -103,3 +103,15 @@ def re_encoded(img: np.ndarray, scale: float, quality: int) -> np.ndarray:
     buf = io.BytesIO()
     Image.fromarray(small).save(buf, "JPEG", quality=quality)
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def relit(img: np.ndarray, gain=(1.0, 1.0, 1.0), gamma: float = 1.0, side: float = 0.0) -> np.ndarray:
+    """The same photo in other light: a colour gain, a gamma, and a light falling from one side
+    (`side` > 0: the right side brighter by that fraction, the left darker). Another *photo* to the
+    duplicate check, which judges the face's light as well as its shape."""
+    x = img.astype(np.float32) / 255.0
+    x = x ** gamma * np.asarray(gain, np.float32)
+    if side:
+        ramp = np.linspace(1.0 - side, 1.0 + side, img.shape[1], dtype=np.float32)[None, :, None]
+        x = x * ramp
+    return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
