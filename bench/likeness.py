@@ -32,6 +32,7 @@ from portrait.pipeline import PortraitPipeline, RunConfig  # noqa: E402
 from portrait.samples import astronaut, write_sample_photos  # noqa: E402
 from portrait.templates import load_template  # noqa: E402
 from preprocess import PreprocessConfig, run_preprocess  # noqa: E402
+from preprocess.orientation import rotated  # noqa: E402
 
 BAR, ESCAPED = "|", "\\|"
 BUNDLED = ("astronaut-wide", "classic-bw", "duo", "navy-formal", "studio-grey", "warm-studio")
@@ -84,16 +85,6 @@ def template_table(root: Path, meter: Meter) -> None:
         print("failures:", result.failures)
 
 
-def _tilted(img, degrees):
-    h, w = img.shape[:2]
-    m = cv2.getRotationMatrix2D((w / 2, h / 2), -degrees, 1.0)
-    c, s = abs(m[0, 0]), abs(m[0, 1])
-    nw, nh = int(h * s + w * c), int(h * c + w * s)
-    m[0, 2] += nw / 2 - w / 2
-    m[1, 2] += nh / 2 - h / 2
-    return cv2.warpAffine(img, m, (nw, nh), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
-
-
 def _relit(img, gamma, gain):
     x = (img.astype(np.float32) / 255.0) ** gamma * np.asarray(gain, np.float32)
     return np.clip(x * 255 + 0.5, 0, 255).astype(np.uint8)
@@ -110,7 +101,7 @@ def ladder_table(root: Path) -> None:
     for sigma in (1.0, 1.5, 2.0, 2.5, 3.0, 4.0):
         made[f"blur_{sigma}px"] = cv2.GaussianBlur(_relit(a, *next(lights)), (0, 0), sigma)
     for deg in (15, 30, 38, 45):
-        made[f"tilt_{deg}"] = _tilted(_relit(a, *next(lights)), deg)
+        made[f"tilt_{deg}"] = rotated(_relit(a, *next(lights)), deg)
     made["turned_90"] = np.ascontiguousarray(np.rot90(_relit(a, 1.0, (1.0, 0.95, 0.9))))
     for name, img in made.items():
         save_image(img, d / f"{name}.jpg", quality=95)

@@ -104,6 +104,7 @@ class TemplateOutput:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["others"] = {str(k): (None if not np.isfinite(v) else round(v, 4)) for k, v in self.others.items()}
+        d["slots"] = {str(k): v for k, v in self.slots.items()}  # JSON keys: what result.json and the API hold
         d["distance"] = None if not np.isfinite(self.distance) else round(self.distance, 4)
         d["similarity"] = round(self.similarity, 4)
         return d
@@ -151,9 +152,9 @@ class PortraitPipeline:
     """The chain for one RunConfig; models are cached on it (and per process by the engines), never a run's
     state: one instance serves run after run, each run's person in its own _Run."""
 
-    def __init__(self, config: RunConfig = RunConfig(), progress: Optional[ProgressCallback] = None, *,
+    def __init__(self, config: RunConfig | None = None, progress: Optional[ProgressCallback] = None, *,
                  pool=None):
-        self.config = config
+        self.config = config = config or RunConfig()
         self.progress = progress  # the default for runs that pass none
         self.pool = pool  # a preprocess.workers.WorkerPool the caller owns (None: one per preprocess call)
         self.manifest = get_manifest(config.models_dir)

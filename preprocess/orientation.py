@@ -64,6 +64,12 @@ def _rotation(shape: tuple[int, ...], angle: float) -> tuple[np.ndarray, tuple[i
     return m, (nw, nh)
 
 
+def rotated(image: np.ndarray, degrees: float, interpolation: int = cv2.INTER_CUBIC) -> np.ndarray:
+    """The whole photo rotated clockwise by `degrees` on a canvas that holds it all (edges replicated)."""
+    m, size = _rotation(image.shape, -degrees)
+    return cv2.warpAffine(image, m, size, flags=interpolation, borderMode=cv2.BORDER_REPLICATE)
+
+
 def map_face(face: Face, m: np.ndarray, roll_offset: float) -> Face:
     """`face` moved by the 2x3 matrix `m` (box: bounding box of the moved corners), its roll offset."""
     x0, y0, x1, y1 = face.box

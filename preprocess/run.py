@@ -374,7 +374,7 @@ def _crop_one(p: PhotoResult, a: _Analysis, config: PreprocessConfig, background
 
 
 def run_preprocess(photos: Path | str | list, out_dir: Path | str | None = None,
-                   config: PreprocessConfig = PreprocessConfig(),
+                   config: PreprocessConfig | None = None,
                    progress: ProgressCallback | None = None, *, pool: WorkerPool | None = None,
                    cancel=None) -> PreprocessResult:
     """Judge every photo, select the training set and (with `out_dir`) write train/ and report.json.
@@ -385,6 +385,7 @@ def run_preprocess(photos: Path | str | list, out_dir: Path | str | None = None,
     without one, such a batch gets a pool of its own for this call. `cancel` (anything with is_set()) is
     checked between photos and between crops: Cancelled, and report.json is not written.
     """
+    config = config or PreprocessConfig()
     t_start = time.perf_counter()
     skipped: list[dict] = []
     files, root = list_photos(photos, skipped)

@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 from helpers_onnx import tiny_models_dir
+from helpers_photos import small_photo_set
 from portrait.cli import cli
 from portrait.errors import LicenceError
 from portrait.models.licence import licence_policy
 from portrait.models.manifest import Manifest
-from portrait.samples import write_sample_photos
 
 QUICK = ["--upscale", "none", "--retouch", "none", "--variants", "1", "--max-tries", "1", "--diffusion", "off",
          "--template", "studio-grey", "--json"]
@@ -29,12 +29,7 @@ def env(hermetic):
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
-    full = tmp_path_factory.mktemp("samples")
-    write_sample_photos(full)
-    d = tmp_path_factory.mktemp("photos")
-    for p in sorted(full.glob("astronaut_0[1-5]*")):
-        shutil.copy(p, d / p.name)
-    return d
+    return small_photo_set(tmp_path_factory)
 
 
 def invoke(*args, env=None):
@@ -46,7 +41,7 @@ def test_commercial_run_refuses_dlib_68pt_and_names_the_alternative(photos, tmp_
     r = invoke("run", photos, "--out", out, "--landmarks", "dlib68", "--licence", "commercial", *QUICK)
     assert r.exit_code == 2, r.output
     err = json.loads(r.stdout)
-    assert err.get("error") == "licence_excluded" and err["model"] == "dlib-68pt", r.stdout[:3000]
+    assert err["error"] == "licence_excluded" and err["model"] == "dlib-68pt"
     assert "dlib-5pt" in err["alternative"] and "commercial" in err["message"]
     assert not list(out.rglob("*.png"))  # refused before any portrait is painted
 
@@ -71,6 +66,20 @@ def test_commercial_run_on_dlib_5pt_makes_portraits(photos, tmp_path):
     result = json.loads(r.stdout)
     assert len(result["outputs"]) == 1 and Path(result["outputs"][0]["file"]).is_file()
     assert result["outputs"][0]["passed_bar"]  # the same person, painted with commercial-safe models only
+
+
+def test_the_default_landmarks_are_commercial_safe_under_the_commercial_policy(photos, tmp_path):
+    # No --landmarks: `auto` is dlib5 under --licence commercial (the run goes through, on dlib-5pt) ...
+    r = invoke("run", photos, "--out", tmp_path / "c", "--licence", "commercial", *QUICK)
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    assert result["engines"]["faces"]["engine"] == "dlib-hog+dlib5+dlib-resnet" and len(result["outputs"]) == 1
+    report = json.loads((tmp_path / "c" / "preprocess" / "report.json").read_text())
+    assert report["engines"]["landmarks"] == "dlib5"  # the photos were judged on 5 points too
+    # ... and dlib68 without a policy, whose head pose is measured.
+    r = invoke("run", photos, "--out", tmp_path / "a", *QUICK)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["engines"]["faces"]["engine"] == "dlib-hog+dlib68+dlib-resnet"
 
 
 def test_the_option_does_not_leak_into_the_caller(photos, tmp_path, monkeypatch):

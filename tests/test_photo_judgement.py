@@ -17,6 +17,7 @@ from helpers_photos import relit, save
 from portrait.imageio import load_rgb
 from portrait.samples import write_sample_photos
 from preprocess import PreprocessConfig, run_preprocess
+from preprocess.orientation import rotated
 
 
 def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
@@ -33,17 +34,6 @@ def _boxed(img: np.ndarray, w: int, h: int) -> np.ndarray:
     y, x = (h - r.shape[0]) // 2, (w - r.shape[1]) // 2
     out[y:y + r.shape[0], x:x + r.shape[1]] = r
     return out
-
-
-def _tilted(img: np.ndarray, degrees: float) -> np.ndarray:
-    """The whole photo rotated clockwise by `degrees` on a canvas that holds it all (edges replicated)."""
-    h, w = img.shape[:2]
-    m = cv2.getRotationMatrix2D((w / 2, h / 2), -degrees, 1.0)
-    c, s = abs(m[0, 0]), abs(m[0, 1])
-    nw, nh = int(h * s + w * c), int(h * c + w * s)
-    m[0, 2] += nw / 2 - w / 2
-    m[1, 2] += nh / 2 - h / 2
-    return cv2.warpAffine(img, m, (nw, nh), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
 
 
 # -- duplicates ---------------------------------------------------------------------------------------
@@ -112,7 +102,7 @@ def ladder(tmp_path_factory, astronaut):
     for name, sigma in BLUR.items():
         save(d / f"{name}.jpg", cv2.GaussianBlur(relit(a, **next(lights)), (0, 0), sigma), quality=95)
     for name, deg in TILT.items():
-        save(d / f"{name}.jpg", _tilted(relit(a, **next(lights)), deg), quality=95)
+        save(d / f"{name}.jpg", rotated(relit(a, **next(lights)), deg), quality=95)
     save(d / "turned_90.jpg", np.rot90(relit(a, **next(lights))), quality=95)  # lies on its side, no EXIF tag
     result = run_preprocess(d, d.parent / (d.name + "_out"), PreprocessConfig(min_photos=1))
     return result

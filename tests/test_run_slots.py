@@ -4,33 +4,20 @@ from __future__ import annotations
 
 import json
 
-import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from helpers_photos import hopper_photo_set
 from portrait.cli import cli
-from portrait.imageio import load_rgb, save_image
+from portrait.imageio import load_rgb
 from portrait.samples import write_sample_photos
 from portrait.templates import load_template
 
 
 @pytest.fixture(scope="module")
 def hopper_photos(tmp_path_factory, grace_hopper):
-    """Four usable photos of Grace Hopper: the original, a mirror, and a turned and a closer framing each
-    in other light (a mere reframing in the same light is rightly a duplicate: the face crop matches)."""
-    from helpers_photos import relit
-
-    d = tmp_path_factory.mktemp("hopper")
-    h, w = grace_hopper.shape[:2]
-    variants = [grace_hopper, np.ascontiguousarray(grace_hopper[:, ::-1]),
-                cv2.warpAffine(relit(grace_hopper, gamma=0.75), cv2.getRotationMatrix2D((w / 2, h / 2), 8, 0.85),
-                               (w, h), borderMode=cv2.BORDER_REPLICATE),
-                cv2.resize(relit(grace_hopper, gain=(1.1, 1.0, 0.82))[40:h - 60, 30:w - 30], (w, h - 100),
-                           interpolation=cv2.INTER_AREA)]
-    for i, v in enumerate(variants):
-        save_image(v, d / f"hopper_{i}.jpg")
-    return d
+    return hopper_photo_set(tmp_path_factory, grace_hopper)
 
 
 @pytest.fixture(scope="module")

@@ -44,8 +44,8 @@ def run_options(f):
         click.option("--device", default=None, help="cpu | cuda | mps (default: best available)."),
         dtype_option(),
         click.option("--detector", type=click.Choice(DETECTORS), default="dlib-hog", show_default=True),
-        click.option("--landmarks", type=click.Choice(LANDMARKS), default="dlib68", show_default=True,
-                     help="dlib68's licence excludes commercial use; dlib5 is licence-safe."),
+        click.option("--landmarks", type=click.Choice(LANDMARKS), default="auto", show_default=True,
+                  help="auto: dlib5 under --licence commercial, else dlib68 (dlib68's licence excludes commercial use; dlib5 is licence-safe but reads every head as about frontal)."),
         click.option("--embedder", type=click.Choice(EMBEDDERS), default="dlib-resnet", show_default=True),
     ]
     for opt in reversed(opts):

@@ -31,7 +31,7 @@ from .pose import pose_from_5, pose_from_68
 from .types import Face
 
 DetectorName = Literal["dlib-hog", "dlib-mmod", "scrfd"]
-LandmarksName = Literal["dlib68", "dlib5", "none"]
+LandmarksName = Literal["auto", "dlib68", "dlib5", "none"]
 EmbedderName = Literal["dlib-resnet", "arcface", "arcface-buffalo", "arcface-antelopev2"]
 DETECTORS: tuple[str, ...] = DetectorName.__args__  # type: ignore[attr-defined]
 LANDMARKS: tuple[str, ...] = LandmarksName.__args__  # type: ignore[attr-defined]
@@ -50,10 +50,19 @@ def is_arcface(name: str) -> bool:
     return embedder_model(name).startswith("arcface-")
 
 
+def default_landmarks() -> str:
+    """What `landmarks="auto"` becomes: dlib's 5-point model under the commercial licence policy (the
+    68-point one was trained on data that excludes commercial use), else the 68-point model, whose head
+    pose is measured (with 5 points every head reads as about frontal, so `extreme_pose` is rarely given)."""
+    from ..models.licence import current_policy
+
+    return "dlib5" if current_policy() == "commercial" else "dlib68"
+
+
 @dataclass(frozen=True)
 class FaceConfig:
     detector: str = "dlib-hog"
-    landmarks: str = "dlib68"
+    landmarks: str = "auto"  # resolved when the config is made: default_landmarks()
     embedder: str = "dlib-resnet"
     detect_max_side: int = 1024  # detection runs on a copy downscaled to this (speed); results mapped back
     upsample: int = 0  # extra detector upsampling for small faces
@@ -62,6 +71,8 @@ class FaceConfig:
     device: str = "cpu"  # for ONNX engines: cpu | cuda
 
     def __post_init__(self):
+        if self.landmarks == "auto":
+            object.__setattr__(self, "landmarks", default_landmarks())
         for value, allowed, what in ((self.detector, DETECTORS, "detector"), (self.landmarks, LANDMARKS, "landmarks"),
                                      (self.embedder, EMBEDDERS, "embedder")):
             if value not in allowed:
@@ -98,8 +109,8 @@ def _make_embedder(cfg: FaceConfig, manifest: Manifest):
 class FaceAnalysis:
     """The combined analyser. Engines load lazily on first use and stay loaded."""
 
-    def __init__(self, config: FaceConfig = FaceConfig(), manifest: Manifest | None = None):
-        self.config = config
+    def __init__(self, config: FaceConfig | None = None, manifest: Manifest | None = None):
+        self.config = config = config or FaceConfig()
         self.manifest = manifest or get_manifest(config.models_dir)
         self._detector = None
         self._landmarker: DlibShapePredictor | None = None
@@ -225,8 +236,9 @@ _CACHE: dict[tuple, FaceAnalysis] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def get_face_analysis(config: FaceConfig = FaceConfig()) -> FaceAnalysis:
+def get_face_analysis(config: FaceConfig | None = None) -> FaceAnalysis:
     """The per-process FaceAnalysis for `config` (engines load once per process)."""
+    config = config or FaceConfig()
     key = tuple(sorted(asdict(config).items()))
     with _CACHE_LOCK:
         if key not in _CACHE:

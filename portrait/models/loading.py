@@ -180,6 +180,15 @@ def _clip_tokenizers(config: Path, arch: str, manifest: Manifest) -> dict:
     return kwargs
 
 
+def _cached(key: tuple, make):
+    """The model under `key`, made once (offline: the Hub is never asked) and kept for the process."""
+    with _LOCK:
+        if key not in _CACHE:
+            with offline():
+                _CACHE[key] = make()
+        return _CACHE[key]
+
+
 # -- base pipelines ----------------------------------------------------------------------------------
 def load_base(name_or_path: str | Path, *, manifest: Manifest | None = None, device: str | None = None,
               dtype: str | None = None, arch: str | None = None):
@@ -190,15 +199,14 @@ def load_base(name_or_path: str | Path, *, manifest: Manifest | None = None, dev
     dev, dt = pick_device(device, dtype)
     config = spec.extra.get("config") if spec else None
     key = ("base", str(path.resolve()), str(dev), str(dt), str(arch), config)  # a single file read two ways is two models
-    with _LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-        with offline():
-            pipe = _load_base(path, spec, arch or (spec.architecture if spec else None), dt, manifest)
+
+    def make():
+        pipe = _load_base(path, spec, arch or (spec.architecture if spec else None), dt, manifest)
         pipe.to(dev)
         pipe.set_progress_bar_config(disable=True)
-        _CACHE[key] = pipe
         return pipe
+
+    return _cached(key, make)
 
 
 def _load_base(path: Path, spec: ModelSpec | None, arch: str | None, dt, manifest: Manifest):
@@ -228,19 +236,17 @@ def load_controlnet(name_or_path: str | Path, *, manifest: Manifest | None = Non
     path, spec = resolve_model(name_or_path, manifest)
     dev, dt = pick_device(device, dtype)
     key = ("controlnet", str(path.resolve()), str(dev), str(dt))
-    with _LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-        with offline():
-            if path.is_dir():
-                net = ControlNetModel.from_pretrained(str(path), **_dtype_kw(dt), local_files_only=True)
-            else:
-                config = _config_folder(path, spec, spec.architecture if spec else None, "controlnet-")
-                net = ControlNetModel.from_single_file(str(path), config=str(config), **_dtype_kw(dt),
-                                                       local_files_only=True)
-        net.to(dev)
-        _CACHE[key] = net
-        return net
+
+    def make():
+        if path.is_dir():
+            net = ControlNetModel.from_pretrained(str(path), **_dtype_kw(dt), local_files_only=True)
+        else:
+            config = _config_folder(path, spec, spec.architecture if spec else None, "controlnet-")
+            net = ControlNetModel.from_single_file(str(path), config=str(config), **_dtype_kw(dt),
+                                                   local_files_only=True)
+        return net.to(dev)
+
+    return _cached(key, make)
 
 
 # -- CLIP image encoder (FaceID-Plus) ----------------------------------------------------------------
@@ -256,14 +262,8 @@ def load_image_encoder(name_or_path: str | Path = IMAGE_ENCODER, *, manifest: Ma
     path, _ = resolve_model(name_or_path, manifest)
     dev, dt = pick_device(device, dtype)
     key = ("image_encoder", str(path.resolve()), str(dev), str(dt))
-    with _LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-        with offline():
-            enc = CLIPVisionModelWithProjection.from_pretrained(str(path), dtype=dt, local_files_only=True)
-        enc.to(dev).eval()
-        _CACHE[key] = enc
-        return enc
+    return _cached(key, lambda: CLIPVisionModelWithProjection.from_pretrained(
+        str(path), dtype=dt, local_files_only=True).to(dev).eval())
 
 
 # -- derived pipelines (share the base's modules) ----------------------------------------------------

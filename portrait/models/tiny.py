@@ -338,23 +338,31 @@ def _embedder_meta(id_dim: int) -> dict:
     return {"face_embedder": "dlib-resnet" if id_dim == 128 else "default"}
 
 
-def _ip_attention_state(unet) -> dict:
-    """`ip_adapter.{k}.to_k_ip/to_v_ip` for every cross-attention layer of `unet` (global torch RNG)."""
-    import torch
-
-    cross = unet.config.cross_attention_dim
-    state = {}
-    key_id = 1  # diffusers numbers the cross-attention processors 1, 3, 5, ... in attn_processors order
+def attention_layers(unet) -> list[tuple[str, int, int | None]]:
+    """(processor name, hidden size, cross-attention dim or None for self-attention) for every attention
+    processor of `unet`, in `attn_processors` order: the shapes an IP-Adapter's per-layer weights take."""
     blocks = list(unet.config.block_out_channels)
+    layers = []
     for name in unet.attn_processors:
-        if name.endswith("attn1.processor"):
-            continue
         if name.startswith("mid_block"):
             hidden = blocks[-1]
         elif name.startswith("up_blocks"):
             hidden = blocks[::-1][int(name.split(".")[1])]
         else:
             hidden = blocks[int(name.split(".")[1])]
+        layers.append((name, hidden, None if name.endswith("attn1.processor") else unet.config.cross_attention_dim))
+    return layers
+
+
+def _ip_attention_state(unet) -> dict:
+    """`ip_adapter.{k}.to_k_ip/to_v_ip` for every cross-attention layer of `unet` (global torch RNG)."""
+    import torch
+
+    state = {}
+    key_id = 1  # diffusers numbers the cross-attention processors 1, 3, 5, ... in attn_processors order
+    for _, hidden, cross in attention_layers(unet):
+        if cross is None:
+            continue
         state[f"ip_adapter.{key_id}.to_k_ip.weight"] = torch.randn(hidden, cross) / cross**0.5
         state[f"ip_adapter.{key_id}.to_v_ip.weight"] = torch.randn(hidden, cross) / cross**0.5
         key_id += 2

@@ -28,22 +28,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
-def _attention_layers(unet) -> list[tuple[str, int, int | None]]:
-    """(processor name, hidden size, cross-attention size or None for self-attention) in attn_processors order
-    (the order the released `ip_adapter` sections number their layers 0, 1, 2, ...)."""
-    cross = unet.config.cross_attention_dim
-    blocks = list(unet.config.block_out_channels)
-    layers = []
-    for name in unet.attn_processors:
-        if name.startswith("mid_block"):
-            hidden = blocks[-1]
-        elif name.startswith("up_blocks"):
-            hidden = blocks[::-1][int(name.split(".")[1])]
-        else:
-            hidden = blocks[int(name.split(".")[1])]
-        layers.append((name, hidden, None if name.endswith("attn1.processor") else cross))
-    return layers
+from .tiny import attention_layers
 
 
 def _unet(base_dir: Path):
@@ -61,7 +46,7 @@ def _ip_adapter_section(unet, lora_rank: int | None, gen) -> dict:
         return torch.randn(*shape, generator=gen) * scale
 
     out = {}
-    for i, (_, hidden, cross) in enumerate(_attention_layers(unet)):
+    for i, (_, hidden, cross) in enumerate(attention_layers(unet)):
         if lora_rank:
             kv_in = cross or hidden
             for proj, n_in in (("to_q", hidden), ("to_k", kv_in), ("to_v", kv_in), ("to_out", hidden)):
