@@ -9,7 +9,11 @@ ControlNets (from_unet, output convs randomised). Pass 1 + pass 2 at 512 x 512 w
   bare  the two ControlNet-inpaint pipeline calls alone, on precomputed inputs
 
     python bench/generate.py                        # CPU: 4 steps (1 denoising step per pass), 1 ControlNet
-    python bench/generate.py --device cuda --steps 30 --controlnets 3
+    python bench/generate.py --device cuda --steps 30 --steps2 20 --controlnets 3
+    python bench/generate.py --device cuda --arch sdxl --no-train   # full-size SDXL at 1024 x 1024
+    python bench/generate.py --arch sdxl --toy --size 128 --no-train  # tiny models: checks the wiring on a CPU
+
+On CUDA the peak GPU memory of the timed runs is printed too.
 
 Then the LoRA training table of bench/train.py (steps/s at 512² on a full-size SD 1.5 UNet), unless
 --no-train. Goal: ours / bare <= 1.05. Set OMP_WAIT_POLICY=PASSIVE on small CPUs (DESIGN.md section 4).
@@ -30,31 +34,57 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train as train_bench  # noqa: E402  (bench/train.py: the LoRA training steps/s table)
 
-CONFIGS = Path(__file__).resolve().parents[1] / "portrait" / "models" / "configs" / "sd15"
+CONFIGS = Path(__file__).resolve().parents[1] / "portrait" / "models" / "configs"
 
 
-def build_sd15(device, dtype, controlnets, seed: int = 0):
-    """Full-size SD 1.5 base and ControlNets with random weights from the shipped configs."""
-    import torch
-    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+def _full_size(arch: str):
+    """(unet, vae, text encoders, tokenizers, scheduler) of a full-size SD 1.5 / SDXL, random weights."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from portrait.models.tiny import tiny_tokenizer
 
-    if not (CONFIGS / "unet" / "config.json").is_file():
-        sys.exit(f"missing SD 1.5 configs in {CONFIGS}")
+    cfg = CONFIGS / arch
+    if not (cfg / "unet" / "config.json").is_file():
+        sys.exit(f"missing {arch} configs in {cfg}")
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(cfg / "unet"))
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(cfg / "vae"))
+    texts = {"text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(cfg / "text_encoder")),
+             "tokenizer": tiny_tokenizer()}
+    if arch == "sdxl":
+        texts["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(cfg / "text_encoder_2"))
+        texts["tokenizer_2"] = tiny_tokenizer(pad_token="!")
+    sched = DDIMScheduler.from_config(DDIMScheduler.load_config(cfg / "scheduler"))
+    return unet, vae, texts, sched
+
+
+def build_base(arch: str, device, dtype, controlnets, seed: int = 0, toy: bool = False):
+    """A full-size SD 1.5 or SDXL base (random weights from the shipped configs; `toy`: the tiny test
+    models instead, to check the wiring on a CPU) and ControlNets made from its UNet."""
+    import tempfile
+
+    import torch
+    from diffusers import ControlNetModel, StableDiffusionPipeline, StableDiffusionXLPipeline
+
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(CONFIGS / "unet"))
-    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(CONFIGS / "vae"))
-    text = CLIPTextModel(CLIPTextConfig.from_pretrained(CONFIGS / "text_encoder"))
-    sched = DDIMScheduler.from_config(DDIMScheduler.load_config(CONFIGS / "scheduler"))
-    base = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tiny_tokenizer(), unet=unet, scheduler=sched,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    cls = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
+    if toy:
+        from portrait.models.tiny import build_tiny_sd15, build_tiny_sdxl
+
+        folder = (build_tiny_sdxl if arch == "sdxl" else build_tiny_sd15)(tempfile.mkdtemp(prefix="bench-toy-"))
+        extra = {} if arch == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+        base = cls.from_pretrained(folder, **extra)
+    else:
+        with torch.device(device):  # random init straight on the accelerator: seconds, not minutes, for SDXL
+            unet, vae, texts, sched = _full_size(arch)
+        extra = {} if arch == "sdxl" else {"safety_checker": None, "feature_extractor": None,
+                                            "requires_safety_checker": False}
+        base = cls(vae=vae, unet=unet, scheduler=sched, **texts, **extra)
     base.to(device=device, dtype=dtype)
     base.set_progress_bar_config(disable=True)
     nets = {}
     for i, name in enumerate(controlnets):
-        net = ControlNetModel.from_unet(unet)
+        net = ControlNetModel.from_unet(base.unet)
         with torch.no_grad():
             for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
                 conv.weight.normal_(0, 0.01, generator=torch.Generator().manual_seed(i))
@@ -62,9 +92,9 @@ def build_sd15(device, dtype, controlnets, seed: int = 0):
     return base, nets
 
 
-def random_lora(unet, out_dir: Path) -> Path:
+def random_lora(unet, out_dir: Path, arch: str = "sd15") -> Path:
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
@@ -74,7 +104,8 @@ def random_lora(unet, out_dir: Path) -> Path:
     state = {k: torch.randn_like(v) * 0.01 for k, v in get_peft_model_state_dict(unet, adapter_name="bench_tmp").items()}
     unet.delete_adapters("bench_tmp")
     out_dir.mkdir(parents=True, exist_ok=True)
-    StableDiffusionPipeline.save_lora_weights(out_dir, unet_lora_layers=convert_state_dict_to_diffusers(state),
+    cls = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
+    cls.save_lora_weights(out_dir, unet_lora_layers=convert_state_dict_to_diffusers(state),
                                               weight_name="identity.safetensors")
     return out_dir / "identity.safetensors"
 
@@ -84,9 +115,12 @@ def main() -> None:
     ap.add_argument("--device", default=None, help="cpu | cuda | mps (default: best available)")
     ap.add_argument("--dtype", default=None, help="fp32 | fp16 | bf16 (default: per device)")
     ap.add_argument("--steps", type=int, default=None, help="scheduler steps per pass (default: cpu 4, else 30)")
+    ap.add_argument("--steps2", type=int, default=None, help="scheduler steps of pass 2 (default: --steps)")
     ap.add_argument("--controlnets", type=int, default=None, choices=(1, 2, 3),
                     help="pass-1 ControlNets (default: cpu 1, else 3); pass 2 runs tile + canny")
-    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--arch", choices=("sd15", "sdxl"), default="sd15", help="base architecture (full size)")
+    ap.add_argument("--toy", action="store_true", help="tiny test models instead of full size (checks the wiring)")
+    ap.add_argument("--size", type=int, default=None, help="working crop side (default: sd15 512, sdxl 1024)")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--out", default="/tmp/portrait-bench-generate")
     ap.add_argument("--no-train", action="store_true", help="skip the LoRA training steps/s table")
@@ -105,6 +139,7 @@ def main() -> None:
     from portrait.post.fusion import fuse
 
     device, dtype = pick_device(args.device, args.dtype)
+    args.size = args.size or (1024 if args.arch == "sdxl" else 512)
     cpu = device.type == "cpu"
     steps = args.steps or (4 if cpu else 30)
     n_cn = args.controlnets or (1 if cpu else 3)
@@ -112,10 +147,10 @@ def main() -> None:
         torch.set_num_threads(os.cpu_count() or 1)
     t0 = time.perf_counter()
     pass1 = replace(PASS1, steps=steps, controlnets=dict(list(PASS1.controlnets.items())[:n_cn]))
-    pass2 = replace(PASS2, steps=steps)
+    pass2 = replace(PASS2, steps=args.steps2 or steps)
     needed = list(dict.fromkeys([*pass1.controlnets, *pass2.controlnets]))
-    base, nets = build_sd15(device, dtype, needed)
-    lora = random_lora(base.unet, Path(args.out))
+    base, nets = build_base(args.arch, device, dtype, needed, toy=args.toy)
+    lora = random_lora(base.unet, Path(args.out), args.arch)
     build_s = time.perf_counter() - t0
 
     fa = get_face_analysis(FaceConfig())
@@ -170,21 +205,27 @@ def main() -> None:
     run_ours()  # warm-up: loads the LoRA, builds the pipelines, first-call allocations
     bare()
     t_ours, t_bare = [], []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     for _ in range(args.repeat):  # interleaved so drift hits both alike
         t_bare.append(timed(bare))
         t_ours.append(timed(run_ours))
     mo, mb = statistics.median(t_ours), statistics.median(t_bare)
-    d1, d2 = int(steps * pass1.strength), int(steps * pass2.strength)
+    d1, d2 = int(steps * pass1.strength), int(pass2.steps * pass2.strength)
 
     print(f"\nportrait bench/generate.py — device {device} ({str(dtype).replace('torch.', '')}), torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, build {build_s:.0f} s")
-    print(f"full-size SD 1.5 (random weights), {args.size}x{args.size}, identity LoRA r16; pass 1: {'+'.join(names1)} "
+    what = {"sd15": "SD 1.5", "sdxl": "SDXL"}[args.arch]
+    print(f"{'TOY (tiny test models)' if args.toy else 'full-size'} {what} (random weights), {args.size}x{args.size}, "
+          f"identity LoRA r16; pass 1: {'+'.join(names1)} "
           f"strength {pass1.strength} x {steps} steps = {d1} denoise; pass 2: {'+'.join(names2)} "
-          f"strength {pass2.strength} x {steps} steps = {d2} denoise; median of {args.repeat}\n")
+          f"strength {pass2.strength} x {pass2.steps} steps = {d2} denoise; median of {args.repeat}\n")
     print(f"{'run':<34}{'median s':>10}{'runs (s)':>28}")
     print(f"{'bare diffusers (pass 1 + pass 2)':<34}{mb:>10.2f}{' '.join(f'{x:.2f}' for x in t_bare):>28}")
     print(f"{'TemplateInpaint (whole recipe)':<34}{mo:>10.2f}{' '.join(f'{x:.2f}' for x in t_ours):>28}")
     ratio = mo / mb
+    if device.type == "cuda":
+        print(f"{'peak GPU memory (generate)':<34}{torch.cuda.max_memory_allocated() / 2**30:>9.1f} GiB")
     print(f"\noverhead ratio ours / bare = {ratio:.3f}  (goal <= 1.05: {'met' if ratio <= 1.05 else 'NOT met'})")
     # Run-to-run noise on a shared CPU can exceed the overhead itself: also print the recipe's own
     # non-diffusion stages as TemplateInpaint measured them (crop, fusions, controls, colour transfer).

@@ -37,7 +37,8 @@ from preprocess.workers import WorkerPool  # noqa: E402
 
 
 def make_photos(folder: Path, n: int) -> list[Path]:
-    """n distinct 4000x3000 JPEGs: astronaut framings (shifted, mirrored, toned), upscaled to 12 MP."""
+    """n distinct 4000x3000 JPEGs: astronaut framings (shifted, mirrored), each in its own light (a mere
+    reframing is a duplicate to preprocess: the face crop matches), upscaled to 12 MP."""
     a = astronaut()
     rng = np.random.default_rng(0)
     paths = []
@@ -48,8 +49,9 @@ def make_photos(folder: Path, n: int) -> list[Path]:
             crop = crop[:, ::-1]
         img = Image.fromarray(np.ascontiguousarray(crop)).resize((4000, 3000), Image.Resampling.BICUBIC)
         arr = np.asarray(img).astype(np.int16) + rng.integers(-3, 4, (3000, 4000, 3), dtype=np.int16)
-        gain = 1.0 + 0.04 * (i % 3)
-        arr = np.clip(arr * gain, 0, 255).astype(np.uint8)
+        gamma = (0.6, 0.8, 1.0, 1.2, 1.45)[(i // 2) % 5]
+        gain = np.array([(1.0, 1.0, 1.0), (1.08, 1.0, 0.86), (0.9, 0.97, 1.1)][i % 3], np.float32)
+        arr = np.clip(255.0 * (np.clip(arr, 0, 255) / 255.0) ** gamma * gain, 0, 255).astype(np.uint8)
         p = folder / f"photo_{i:02d}.jpg"
         Image.fromarray(arr).save(p, quality=90)
         paths.append(p)

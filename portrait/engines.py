@@ -44,15 +44,19 @@ def choose_fusion(requested: str, manifest: Manifest, embedder: str) -> EngineCh
     _check(requested, FUSION_ENGINES, "fusion")
     if requested == "classic":
         return EngineChoice("fusion", "classic", "requested")
+    from .faces.analysis import embedder_model
+
     have = manifest.available("inswapper")
+    buffalo = embedder_model(embedder) == "arcface-buffalo"  # inswapper was trained on buffalo_l's embeddings
     if requested == "onnx":
         manifest.require("inswapper")
-        if embedder != "arcface":
-            raise ConfigError("fusion engine 'onnx' (inswapper) needs ArcFace embeddings: use --embedder arcface")
+        if not buffalo:
+            raise ConfigError("fusion engine 'onnx' (inswapper) needs buffalo_l ArcFace embeddings: "
+                              "use --embedder arcface-buffalo")
         return EngineChoice("fusion", "onnx", "requested")
-    if have and embedder == "arcface":
+    if have and buffalo:
         return EngineChoice("fusion", "onnx", "inswapper and ArcFace models present")
-    why = "no inswapper model" if not have else "inswapper needs the arcface embedder"
+    why = "no inswapper model" if not have else "inswapper needs the arcface-buffalo embedder"
     return EngineChoice("fusion", "classic", why)
 
 
@@ -77,8 +81,8 @@ def choose_upscale(requested: str, manifest: Manifest, factor: float | None) -> 
     return EngineChoice("upscale", "classic", "requested" if requested == "classic" else "no Real-ESRGAN model")
 
 
-# The face-embedding size each embedder gives (what an identity adapter must be built for).
-EMBEDDING_DIMS = {"dlib-resnet": 128, "arcface": 512}
+from .faces.analysis import EMBEDDING_DIMS  # noqa: E402  (the size each embedder gives)
+
 INSTANTID_NAMES = ("instantid-adapter", "instantid-controlnet")
 
 
@@ -98,16 +102,19 @@ def _base_info(manifest: Manifest, base: str) -> tuple[str, int | None]:
 
 def _adapter_fits(path, embedder: str, cross_dim: int | None) -> str | None:
     """None when the adapter file takes this embedder's embeddings and this base's token size; else why not."""
+    from .faces.analysis import embedder_model
     from .generate.pipelines import adapter_id_dim, adapter_token_dim
+    from .models.adapters import trained_on
 
     try:
-        id_dim, tok = adapter_id_dim(path), adapter_token_dim(path)
+        id_dim, tok, model = adapter_id_dim(path), adapter_token_dim(path), trained_on(path)
     except Exception as exc:  # noqa: BLE001 - an unreadable file is a reason not to choose it, said to the user
         return f"cannot be read ({exc})"
     want = EMBEDDING_DIMS.get(embedder)
     if want is not None and id_dim != want:
-        fix = "use --embedder arcface" if id_dim == 512 else "use the embedder it was trained for"
-        return f"it expects {id_dim}-d face embeddings and the {embedder} embedder gives {want}-d: {fix}"
+        return f"it expects {id_dim}-d face embeddings and the {embedder} embedder gives {want}-d: use --embedder {model}"
+    if embedder_model(embedder) != model:
+        return f"it was trained on {model} embeddings, not {embedder_model(embedder)}: use --embedder {model}"
     if cross_dim is not None and tok != cross_dim:
         return f"it projects to {tok}-d tokens and the base model's UNet attends to {cross_dim}-d"
     return None

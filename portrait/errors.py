@@ -69,6 +69,12 @@ class TemplateError(PortraitError):
     code = "bad_template"
 
 
+class NoPhotosError(PortraitError):
+    """The photos folder holds no files to judge (empty, only hidden files or sub-folders, or missing)."""
+
+    code = "no_photos"
+
+
 class NotEnoughPhotosError(PortraitError):
     """Preprocessing accepted fewer photos than the minimum."""
 
@@ -88,3 +94,20 @@ class Cancelled(PortraitError):
 def internal_error(exc: BaseException) -> dict:
     """The JSON body for an unexpected failure (a bug): its type and message, never a traceback."""
     return {"error": "internal", "message": f"unexpected {type(exc).__name__}: {exc} (please report this)"}
+
+
+class LicenceError(PortraitError):
+    """The licence policy (`--licence commercial` / PORTRAIT_LICENCE) excludes a model the job needs."""
+
+    code = "licence_excluded"
+
+    def __init__(self, model: str, licence: str, alternative: str, why: str):
+        self.model = model
+        self.licence = licence
+        self.alternative = alternative
+        instead = f"; use {alternative} instead" if alternative else ""
+        super().__init__(f"model '{model}' is refused under --licence commercial: {why} (licence: {licence}){instead}")
+
+    def to_dict(self) -> dict:
+        return {"error": self.code, "model": self.model, "licence": self.licence, "alternative": self.alternative,
+                "message": str(self)}

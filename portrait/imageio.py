@@ -2,13 +2,15 @@
 
 Sizes are checked from the header before any pixel is decoded, so a decompression bomb or an
 oversize file is refused without allocating the full image. EXIF orientation is applied; RGBA,
-palette, CMYK, 16-bit and grayscale images are converted to RGB.
+palette, CMYK, 16-bit and grayscale images are converted to RGB. GIF and animated WebP give their
+first frame. Limits are stated in one unit each: MiB for file size, MP (10^6 pixels) for dimensions.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +28,35 @@ try:  # HEIC/HEIF from phones; optional at import time so a broken wheel never b
 except Exception:  # pragma: no cover - depends on the platform's wheel
     HEIF_SUPPORTED = False
 
-ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "HEIF", "AVIF", "BMP", "TIFF"})
+ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "HEIF", "AVIF", "BMP", "TIFF", "GIF"})
 # File names listed as images in a folder (the decoder still checks the content, never the name).
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".avif", ".bmp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".heic", ".heif", ".avif", ".bmp",
+                              ".dib", ".tif", ".tiff", ".gif"})
+READ_FORMATS_TEXT = "JPEG, PNG, WebP, HEIC/HEIF, AVIF, GIF (first frame), BMP or TIFF"
 DEFAULT_MAX_PIXELS = 64_000_000  # 64 MP: larger than any phone photo, far below a bomb
-DEFAULT_MAX_BYTES = 60 * 1024 * 1024
+DEFAULT_MAX_BYTES = 60 * 1024 * 1024  # 60 MiB
+MIB = 1024 * 1024
+
+
+def mib(n: float) -> str:
+    """Bytes as MiB, the one unit every file-size limit is stated in."""
+    return f"{n / MIB:.1f} MiB" if n < 100 * MIB else f"{n / MIB:.0f} MiB"
+
+
+def mp(n: float) -> str:
+    """Pixels as MP (10^6 pixels), the one unit every dimension limit is stated in."""
+    return f"{n / 1e6:.1f} MP" if n < 100e6 else f"{n / 1e6:.0f} MP"
+
+
+def limits_text(max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+    """`60 MiB and 64 MP`: the limits as the README, the per-photo message and the advice state them."""
+    return f"{max_bytes / MIB:g} MiB and {max_pixels / 1e6:g} MP"
+
+
+def unsupported_message(path: str | Path) -> str:
+    ext = Path(path).suffix.lower()
+    kind = f"a {ext} file" if ext else "a file without an extension"
+    return f"{kind} is not a photo format portrait reads ({READ_FORMATS_TEXT})"
 
 # Pillow's own bomb guard is a second line of defence behind our header check.
 Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
@@ -60,7 +86,7 @@ def _open_checked(source: str | Path | bytes, name: str | None, max_pixels: int,
             raise ImageError(label, "unreadable", f"cannot read file ({exc.strerror})") from exc
         fp = None
     if size > max_bytes:
-        raise ImageError(label, "too_large", f"file is {size / 1e6:.1f} MB, the limit is {max_bytes / 1e6:.0f} MB")
+        raise ImageError(label, "too_large", f"file is {mib(size)}, the limit is {max_bytes / MIB:g} MiB")
     if size == 0:
         raise ImageError(label, "unreadable", "file is empty")
     try:
@@ -70,19 +96,25 @@ def _open_checked(source: str | Path | bytes, name: str | None, max_pixels: int,
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         if isinstance(exc, UnidentifiedImageError):
             raise ImageError(label, "unreadable", "not an image file (unrecognised format)") from exc
-        raise ImageError(label, "too_large", "image dimensions exceed the pixel limit") from exc
+        raise ImageError(label, "too_large", _bomb_message(exc, max_pixels)) from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(label, "unreadable", f"corrupt image header ({exc})") from exc
     if img.format not in ALLOWED_FORMATS:
         img.close()
-        raise ImageError(label, "unreadable", f"unsupported image format {img.format}")
+        raise ImageError(label, "unsupported_format", f"a {img.format} image is not a photo format portrait reads "
+                                                      f"({READ_FORMATS_TEXT})")
     w, h = img.size
     if w * h > max_pixels:
         img.close()
-        raise ImageError(
-            label, "too_large", f"image is {w}x{h} ({w * h / 1e6:.0f} MP), the limit is {max_pixels / 1e6:.0f} MP"
-        )
+        raise ImageError(label, "too_large", f"image is {w}x{h} ({mp(w * h)}), the limit is {max_pixels / 1e6:g} MP")
     return img, label
+
+
+def _bomb_message(exc: BaseException, max_pixels: int) -> str:
+    """Pillow's bomb guard fired before our header check: state the size and the limit in MP."""
+    m = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"image is {mp(int(m.group(1)))}" if m else "image dimensions are over the limit"
+    return f"{size}, the limit is {max_pixels / 1e6:g} MP"
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -121,7 +153,7 @@ def decode_image(
 
     `max_side` downscales (with JPEG draft decoding when possible) so the longer side is at most
     `max_side`; the returned `scale` maps coordinates back to the original.
-    Raises ImageError with code `unreadable` or `too_large`.
+    Raises ImageError with code `unreadable`, `unsupported_format` or `too_large`.
     """
     img, label = _open_checked(source, name, max_pixels, max_bytes)
     try:
@@ -140,11 +172,13 @@ def decode_image(
             sw, sh = img.size
             img.draft("RGB", (-(-max_side * sw // max(sw, sh)), -(-max_side * sh // max(sw, sh))))
         try:
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)  # GIF / animated WebP / multi-page TIFF: the first frame
             img.load()
             img = ImageOps.exif_transpose(img) if orientation != 1 else img
             img = _to_rgb(img)
         except Image.DecompressionBombError as exc:
-            raise ImageError(label, "too_large", "image dimensions exceed the pixel limit") from exc
+            raise ImageError(label, "too_large", _bomb_message(exc, max_pixels)) from exc
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
             raise ImageError(label, "unreadable", f"corrupt or truncated image data ({exc})") from exc
         if max_side and max(img.size) > max_side:
@@ -168,6 +202,22 @@ def image_files(folder: str | Path) -> list[Path]:
     """The image files of a folder, sorted: image extensions in any case, hidden files skipped."""
     return sorted(p for p in Path(folder).iterdir()
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def folder_entries(folder: str | Path) -> tuple[list[Path], list[dict]]:
+    """Every file of a folder a user could take for a photo (sorted; each gets a verdict, whatever its
+    extension), and what was skipped without one: `[{"file", "why"}]` for hidden files and sub-folders."""
+    files, skipped = [], []
+    for p in sorted(Path(folder).iterdir()):
+        if p.name.startswith("."):
+            skipped.append({"file": p.name, "why": "hidden file" if not p.is_dir() else "hidden folder"})
+        elif p.is_dir():
+            skipped.append({"file": p.name, "why": "a folder (photos are read from the top level only)"})
+        elif p.is_file():
+            files.append(p)
+        else:
+            skipped.append({"file": p.name, "why": "not a regular file"})
+    return files, skipped
 
 
 def load_rgb(source: str | Path | bytes, **kwargs) -> np.ndarray:

@@ -27,7 +27,7 @@ from .errors import Cancelled, ConfigError, NotEnoughPhotosError, PortraitError,
 from .faces import Face, FaceConfig, get_face_analysis
 from .imageio import save_image
 from .models.manifest import get_manifest
-from .post.rank import Candidate, best_of, output_face
+from .post.rank import Candidate, best_of, measure_slots
 from .progress import ProgressCallback, check_cancel, report
 from .settings import check_choice, check_range, from_dict
 
@@ -99,10 +99,12 @@ class TemplateOutput:
     variants_tried: int
     timings: dict
     others: dict = field(default_factory=dict)  # slot -> distance of that slot's face to its own person
+    slots: dict = field(default_factory=dict)  # slot -> {found, main_face, distance, passes}: the face seen there
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["others"] = {str(k): (None if not np.isfinite(v) else round(v, 4)) for k, v in self.others.items()}
+        d["slots"] = {str(k): v for k, v in self.slots.items()}  # JSON keys: what result.json and the API hold
         d["distance"] = None if not np.isfinite(self.distance) else round(self.distance, 4)
         d["similarity"] = round(self.similarity, 4)
         return d
@@ -150,9 +152,9 @@ class PortraitPipeline:
     """The chain for one RunConfig; models are cached on it (and per process by the engines), never a run's
     state: one instance serves run after run, each run's person in its own _Run."""
 
-    def __init__(self, config: RunConfig = RunConfig(), progress: Optional[ProgressCallback] = None, *,
+    def __init__(self, config: RunConfig | None = None, progress: Optional[ProgressCallback] = None, *,
                  pool=None):
-        self.config = config
+        self.config = config = config or RunConfig()
         self.progress = progress  # the default for runs that pass none
         self.pool = pool  # a preprocess.workers.WorkerPool the caller owns (None: one per preprocess call)
         self.manifest = get_manifest(config.models_dir)
@@ -204,9 +206,11 @@ class PortraitPipeline:
             if not isinstance(folder, (list, tuple)):
                 check_photos_folder(folder, f"photos folder for face slot {slot}")
         if self._diffusion_possible:  # decided again for these templates (a batch row's differ from the last)
+            from .engines import _base_info
             from .generate.template_jobs import template_controls
 
-            self._set_engines(list(dict.fromkeys(c for t in tmpls for c in template_controls(t))))
+            arch = _base_info(self.manifest, self.config.base_model or "sd15")[0]  # SDXL's recipe: canny only
+            self._set_engines(list(dict.fromkeys(c for t in tmpls for c in template_controls(t, arch=arch))))
         if self.engine("inpaint").engine == "diffusion":
             check_diffusion_settings(tmpls, self.fa, steps=self.config.steps)
         if others and self.engine("inpaint").engine == "diffusion" and self.identity_engine == "lora":
@@ -290,10 +294,8 @@ class PortraitPipeline:
 
     def _reference(self, refs: list, i: int) -> tuple[str, np.ndarray, Face]:
         name, img, face = refs[i]
-        if img is None:  # a PhotoResult: decode at full resolution, where its face coordinates live
-            from .imageio import load_rgb
-
-            img, face = load_rgb(face.path), face.face
+        if img is None:  # a PhotoResult: full resolution, upright as judged, where its face coordinates live
+            img, face = face.image(), face.face
             refs[i] = (name, img, face)
         return refs[i]
 
@@ -310,7 +312,8 @@ class PortraitPipeline:
             timings[f"{tmpl.name}.{k}"] = v
         path = save_image(best.image, out_dir / f"{tmpl.name}.png")
         return TemplateOutput(tmpl.name, str(path), best.meta["reference"], best.distance, best.similarity,
-                              best.passed_bar, len(ranked), best.meta["timings"], best.meta["others"])
+                              best.passed_bar, len(ranked), best.meta["timings"], best.meta["others"],
+                              best.meta.get("slots", {}))
 
     def _render(self, run: _Run, tmpl, ref_name: str, ref_img: np.ndarray, ref_face: Face) -> Candidate:
         """One portrait of the user on `tmpl` from one reference photo, and its face embedding."""
@@ -355,19 +358,17 @@ class PortraitPipeline:
             scale = image.shape[1] / tmpl_width
             t["upscale"] = time.perf_counter() - tic
         tic = time.perf_counter()
-        found = self.fa.analyze(image)
+        # Measured on what a viewer sees: the face in each painted slot of this output (post.rank.measure_slots).
+        targets = {s: (run.people[s].centroid if s in run.people else run.pre.centroid) for s in slots}
+        bar = c.likeness_bar if c.likeness_bar is not None else self.fa.same_person_threshold
+        seen = measure_slots(self.fa.analyze(image), {s: slot_faces[s].scaled(scale) for s in slots}, targets,
+                             self.fa.distance, bar)
         mine = [s for s in slots if s not in run.people] or slots
-        judged = output_face(found, near=slot_faces[mine[0]].scaled(scale))
-        others = {}
-        for s in slots:
-            if s in run.people:  # each other person's likeness in their own slot
-                face = output_face(found, near=slot_faces[s].scaled(scale))
-                others[s] = (float("inf") if face is None else
-                             self.fa.distance(face.embedding, run.people[s].centroid))
+        others = {s: seen[s].distance for s in slots if s in run.people}
         t["rank"] = time.perf_counter() - tic
-        return Candidate(None if judged is None else judged.embedding, image=image,
+        return Candidate(seen[mine[0]].embedding, image=image, eligible=all(seen[s].main_face for s in mine),
                          meta={"reference": ref_name, "timings": {k: round(v, 3) for k, v in t.items()},
-                               "others": others})
+                               "others": others, "slots": {s: v.to_dict() for s, v in seen.items()}})
 
     def _diffuse(self, run: _Run, tmpl, people: dict[int, tuple[np.ndarray, Face]]) -> np.ndarray:
         """Paint each slot in turn (each on the previous result) with that slot's person's identity."""
@@ -375,7 +376,7 @@ class PortraitPipeline:
         from .generate.template_jobs import generate_on_template, template_controls
 
         models, identity = self._diffusion_models(run)
-        models.ensure_controlnets(template_controls(tmpl))  # this template's ControlNets, for the base's architecture
+        models.ensure_controlnets(template_controls(tmpl, arch=models.arch))  # this template's ControlNets, for the base's architecture
         if self._inpaint is None:
             self._inpaint = TemplateInpaint(models, fusion_engine=self.engine("fusion").engine,
                                             crop_size=self.config.inpaint_size)

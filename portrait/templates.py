@@ -14,16 +14,17 @@ template.toml (every key optional except `name`):
     prompt = "a studio portrait photo of a person, soft light"
     negative_prompt = "blurry, deformed"
     faces = [0]                         # face slots to replace; slots are numbered left to right
+    pins = [[120, 80, 210, 170]]        # optional: boxes (image px) that are slots whatever the detectors say
     seed = 1234
     [inpaint]                           # pass 1: the face
     strength = 0.45
     steps = 30
     guidance_scale = 7.0
-    controlnets = { canny = 0.5, openpose = 0.3, color = 0.5 }
-    [edge]                              # pass 2: the ring around the face
+    controlnets = { canny = 0.5, openpose = 0.3, color = 0.5 }   # unset: the base's recipe (SD 1.5: these;
+    [edge]                              # pass 2: the ring around the face      SDXL: canny 0.5 only)
     strength = 0.3
     steps = 20
-    controlnets = { tile = 0.8, canny = 0.8 }
+    controlnets = { tile = 0.8, canny = 0.8 }                       # unset: SD 1.5 these, SDXL canny 1.0
     [style]
     lora = "styles/film.safetensors"    # a file (relative to the template folder) or a manifest model name
     weight = 0.6
@@ -42,7 +43,7 @@ import json
 import os
 import re
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -55,15 +56,18 @@ from .faces.types import Face
 from .generate.template_inpaint import PASS1, PASS2, PassSettings
 from .imageio import DecodedImage, decode_image, image_files, save_image
 from .models.manifest import sha256_file
+from .template_slots import CONFIRMER, PREVIEW_NAME, choose_slots, parse_pins, slot_faces_of
 
 TOML_NAME = "template.toml"
 FACE_CACHE = ".faces.json"
 MIN_FACE_PX = 64  # a template face smaller than this (sqrt of box area) is too small to receive a face
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: slots chosen by portrait.template_slots (score, size, MMOD confirmation, pins)
 
 
-DEFAULT_INPAINT, DEFAULT_EDGE = PASS1, PASS2  # template.toml's [inpaint] / [edge] defaults
+# template.toml's [inpaint] / [edge] defaults; ControlNets None: the base architecture's recipe (SD 1.5: PASS1 /
+# PASS2; SDXL: canny only, template_inpaint.RECIPES), resolved when a job is made for a loaded base.
+DEFAULT_INPAINT, DEFAULT_EDGE = replace(PASS1, controlnets=None), replace(PASS2, controlnets=None)
 
 
 @dataclass
@@ -75,6 +79,7 @@ class Template:
     prompt: str = "a studio portrait photo of a person, high quality, detailed skin"
     negative_prompt: str = "blurry, deformed, lowres, bad anatomy, watermark"
     faces: tuple[int, ...] = (0,)
+    pins: tuple[tuple[float, float, float, float], ...] = ()
     seed: int | None = None
     inpaint: PassSettings = DEFAULT_INPAINT
     edge: PassSettings = DEFAULT_EDGE
@@ -108,7 +113,7 @@ class Template:
     def detected_faces(self, face_analysis=None) -> list[Face]:
         """Every face in image() coordinates, left to right (slot order), from the cache or detected now."""
         if self._faces is None:
-            faces = template_faces(self.image_path, face_analysis)  # the cache holds full-size coordinates
+            faces = template_faces(self.image_path, face_analysis, self.pins)  # the cache holds full-size coordinates
             scale = self._decoded().scale
             self._faces = faces if scale == 1.0 else [f.scaled(scale) for f in faces]
         return self._faces
@@ -124,7 +129,8 @@ class Template:
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
-        d.update(directory=str(self.directory), image_path=str(self.image_path), faces=list(self.faces))
+        d.update(directory=str(self.directory), image_path=str(self.image_path), faces=list(self.faces),
+                 pins=[list(b) for b in self.pins])
         return d
 
 
@@ -187,12 +193,12 @@ class _Reader:
         t = self.table(key)
         self.unknown(t, ("strength", "steps", "guidance_scale", "controlnets"), f"{key}.")
         nets = t.get("controlnets", default.controlnets)
-        if not isinstance(nets, dict):
+        if nets is not None and not isinstance(nets, dict):
             raise self.fail(f"{key}.controlnets", f"must be a table of name = scale, got {type(nets).__name__}")
         settings = PassSettings(
             strength=self.get(t, "strength", f"{key}.strength", float, default.strength),
             steps=self.get(t, "steps", f"{key}.steps", int, default.steps),
-            controlnets={n: self.get(nets, n, f"{key}.controlnets.{n}", float) for n in nets},
+            controlnets=None if nets is None else {n: self.get(nets, n, f"{key}.controlnets.{n}", float) for n in nets},
             guidance_scale=self.get(t, "guidance_scale", f"{key}.guidance_scale", float, default.guidance_scale))
         bad = settings.problem()
         if bad is not None:
@@ -200,8 +206,8 @@ class _Reader:
         return settings
 
 
-TOP_KEYS = ("name", "description", "image", "prompt", "negative_prompt", "faces", "seed", "inpaint", "edge", "style",
-            "output")
+TOP_KEYS = ("name", "description", "image", "prompt", "negative_prompt", "faces", "pins", "seed", "inpaint", "edge",
+            "style", "output")
 
 
 def _find_image(directory: Path, r: _Reader) -> Path:
@@ -213,7 +219,7 @@ def _find_image(directory: Path, r: _Reader) -> Path:
         if not p.is_file():
             raise r.fail("image", f"names {name!r}, which does not exist in {directory}")
         return p
-    found = image_files(directory)
+    found = [p for p in image_files(directory) if p.name != PREVIEW_NAME]
     if len(found) != 1:
         raise r.fail("image", f"is needed: the folder holds {len(found)} image files, set image = \"...\"")
     return found[0]
@@ -249,6 +255,7 @@ def parse_template(directory: str | Path) -> Template:
         prompt=r.get(data, "prompt", "prompt", str, Template.prompt),
         negative_prompt=r.get(data, "negative_prompt", "negative_prompt", str, Template.negative_prompt),
         faces=tuple(faces),
+        pins=parse_pins(data.get("pins", []), r.fail),
         seed=r.get(data, "seed", "seed", int, None, lo=0, hi=2**63 - 1),
         inpaint=r.pass_settings("inpaint", DEFAULT_INPAINT),
         edge=r.pass_settings("edge", DEFAULT_EDGE),
@@ -274,22 +281,30 @@ def _face_from_json(d: dict) -> Face:
                 yaw=float(d["yaw"]), pitch=float(d["pitch"]), roll=float(d["roll"]))
 
 
-def detect_template_faces(rgb: np.ndarray, face_analysis=None, label: str | Path = "template image") -> list[Face]:
-    """Usable faces in a template image, left to right; TemplateError when there is none."""
+def template_decisions(rgb: np.ndarray, face_analysis=None, pins=()) -> list:
+    """Every detection in a template image with its slot verdict (portrait.template_slots)."""
     if face_analysis is None:
         from .faces import get_face_analysis
 
         face_analysis = get_face_analysis()
-    faces = face_analysis.analyze(rgb, embed=False)
-    usable = [f for f in faces if f.size >= MIN_FACE_PX]
+    return choose_slots(rgb, face_analysis.analyze(rgb, embed=False), pins=pins, min_px=MIN_FACE_PX,
+                        face_analysis=face_analysis)
+
+
+def detect_template_faces(rgb: np.ndarray, face_analysis=None, label: str | Path = "template image",
+                          pins=(), decisions: list | None = None) -> list[Face]:
+    """The face slots of a template image, left to right; TemplateError when there is none."""
+    decisions = template_decisions(rgb, face_analysis, pins) if decisions is None else decisions
+    usable = slot_faces_of(decisions)
     if not usable:
-        why = (f"its largest face is {max(f.size for f in faces):.0f} px, smaller than the {MIN_FACE_PX} px a template "
-               "face needs" if faces else "no face was found in it")
+        faces = [d.face for d in decisions]
+        why = (f"no face holds up as a slot ({'; '.join(d.why for d in decisions)})" if faces
+               else "no face was found in it")
         raise TemplateError(f"{label}: cannot be a template: {why}")
-    return sorted(usable, key=lambda f: float(f.center[0]))
+    return usable
 
 
-def template_faces(image_path: Path, face_analysis=None) -> list[Face]:
+def template_faces(image_path: Path, face_analysis=None, pins=()) -> list[Face]:
     """The image's faces from `.faces.json` beside it when its sha256 and engines match, else detected
     and cached (the cache is skipped silently where the folder is read-only)."""
     if face_analysis is None:
@@ -299,7 +314,7 @@ def template_faces(image_path: Path, face_analysis=None) -> list[Face]:
     cache = image_path.parent / FACE_CACHE
     sha = sha256_file(image_path)
     key = {"version": CACHE_VERSION, "image": image_path.name, "image_sha256": sha,
-           "engines": face_analysis.engines()}
+           "engines": dict(face_analysis.engines(), confirm=CONFIRMER), "pins": [list(map(float, b)) for b in pins]}
     try:
         data = json.loads(cache.read_text())
         if all(data.get(k) == v for k, v in key.items()):
@@ -310,10 +325,13 @@ def template_faces(image_path: Path, face_analysis=None) -> list[Face]:
         rgb = decode_image(image_path).pixels
     except ImageError as exc:
         raise TemplateError(f"{image_path}: template image is unusable: {exc.reason}") from exc
-    faces = detect_template_faces(rgb, face_analysis, image_path)
+    decisions = template_decisions(rgb, face_analysis, pins)
+    faces = detect_template_faces(rgb, face_analysis, image_path, pins, decisions)
+    rejected = [{"box": [round(float(v), 1) for v in d.face.box], "score": round(float(d.face.score), 3), "why": d.why}
+                for d in decisions if not d.slot]
     try:
         tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**key, "faces": [_face_to_json(f) for f in faces]}, indent=1))
+        tmp.write_text(json.dumps({**key, "faces": [_face_to_json(f) for f in faces], "rejected": rejected}, indent=1))
         tmp.replace(cache)
     except OSError:
         pass
@@ -329,7 +347,7 @@ def list_templates(dirs: Iterable[str | Path] | None = None,
     for d in (template_dirs() if dirs is None else [Path(x) for x in dirs]):
         if not d.is_dir():
             continue
-        for sub in sorted(p for p in d.iterdir() if (p / TOML_NAME).is_file()):
+        for sub in sorted(p for p in d.iterdir() if not p.name.startswith(".") and (p / TOML_NAME).is_file()):
             try:
                 t = parse_template(sub)
             except TemplateError as exc:
@@ -360,36 +378,64 @@ def load_template(name_or_dir: str | Path, dirs: Iterable[str | Path] | None = N
                         "(`portrait templates list` shows what is there)")
 
 
+def bundled_names() -> set[str]:
+    """Names of the templates that ship with portrait."""
+    return {t.name for t in list_templates([bundled_dir()])}
+
+
 def add_template(image_path: str | Path, name: str, dest_dir: str | Path | None = None, *, face_analysis=None,
-                 overwrite: bool = False, **fields) -> Template:
+                 overwrite: bool = False, force: bool = False, **fields) -> Template:
     """Create `dest_dir`/`name`/ from an image: validates that the image decodes and holds at least one
-    face of usable size, writes the image, a template.toml (`fields` are its keys, e.g. prompt=...,
-    faces=[0], inpaint={...}) and the face cache. Returns the loaded template."""
+    face slot, writes the image, a template.toml (`fields` are its keys, e.g. prompt=..., faces=[0],
+    pins=[[x0, y0, x1, y1]], inpaint={...}), the face cache and preview.jpg. Returns the loaded template.
+
+    Atomic: the folder is built under a temporary name beside its destination and renamed into place
+    only when everything checked out, so a failed add leaves nothing behind. A name that shadows a
+    bundled template is refused unless `force`."""
+    import shutil
+    import tempfile
+
     import tomli_w
+
+    from .template_slots import draw_preview
 
     if not NAME_RE.match(name):
         raise TemplateError(f"template name must be lower-case letters, digits, '-' or '_' (max 64), got {name!r}")
+    dest = Path(dest_dir) if dest_dir is not None else user_dir()
+    folder = dest / name
+    if folder.exists() and not overwrite:
+        raise TemplateError(f"{folder}: a template named '{name}' already exists (choose another name)")
+    if not force and dest.resolve() != bundled_dir().resolve() and name in bundled_names():
+        raise TemplateError(f"template name '{name}' would hide the bundled template of that name "
+                            "(choose another name, or --force to override it)")
     try:
         rgb = decode_image(image_path).pixels
     except ImageError as exc:
         raise TemplateError(f"{image_path}: cannot be a template: {exc.reason}") from exc
-    faces = detect_template_faces(rgb, face_analysis, image_path)
-    dest = Path(dest_dir) if dest_dir is not None else user_dir()
-    folder = dest / name
-    if (folder / TOML_NAME).exists() and not overwrite:
-        raise TemplateError(f"{folder}: a template named '{name}' already exists (choose another name)")
-    folder.mkdir(parents=True, exist_ok=True)
-    suffix = ".png" if Path(image_path).suffix.lower() == ".png" else ".jpg"
-    img = save_image(rgb, folder / f"template{suffix}", quality=95)
-    doc = {"name": name, "image": img.name, **{k: v for k, v in fields.items() if v is not None}}
+    doc = {"name": name, **{k: v for k, v in fields.items() if v is not None}}
     doc.setdefault("faces", [0])
-    (folder / TOML_NAME).write_text(tomli_w.dumps(doc), encoding="utf-8")
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=dest))
     try:
-        t = parse_template(folder)
-    except TemplateError:
-        (folder / TOML_NAME).unlink()
-        img.unlink()
+        suffix = ".png" if Path(image_path).suffix.lower() == ".png" else ".jpg"
+        img = save_image(rgb, tmp / f"template{suffix}", quality=95)
+        doc["image"] = img.name
+        (tmp / TOML_NAME).write_text(tomli_w.dumps(doc), encoding="utf-8")
+        t = parse_template(tmp)
+        try:
+            t.slot_faces(face_analysis)  # detects, checks the slots named in `faces`, writes the face cache
+        except TemplateError as exc:
+            raise TemplateError(str(exc).replace(str(tmp / TOML_NAME), f"{image_path}").replace(str(tmp), str(folder))) \
+                from exc
+        draw_preview(t.image(), t.detected_faces(face_analysis), t.faces, tmp / PREVIEW_NAME)
+        if folder.exists():  # overwrite: swap the old folder out only once the new one is complete
+            old = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=dest))
+            folder.rename(old / name)
+            tmp.rename(folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
-    t.detected_faces(face_analysis)  # writes the face cache
-    t.slot_faces(face_analysis)
-    return t
+    return parse_template(folder)

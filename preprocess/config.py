@@ -11,10 +11,12 @@ from typing import Optional
 
 from portrait.errors import ConfigError
 from portrait.faces import FaceConfig
+from portrait.imageio import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, READ_FORMATS_TEXT, limits_text
 
 # The stable reason codes of DESIGN.md section 5, in the order a photo's reasons are listed.
 REASONS: tuple[str, ...] = (
     "unreadable",
+    "unsupported_format",
     "too_large",
     "too_small",
     "no_face",
@@ -30,6 +32,7 @@ REASONS: tuple[str, ...] = (
 # (plural, singular) verb phrases: "3 of 8 photos show another person", "1 of 8 photos is blurry".
 REASON_TEXT = {
     "unreadable": ("are not readable images", "is not a readable image"),
+    "unsupported_format": ("are not in a photo format portrait reads", "is not in a photo format portrait reads"),
     "too_large": ("are too large", "is too large"),
     "too_small": ("are too small", "is too small"),
     "no_face": ("show no detectable face", "shows no detectable face"),
@@ -45,7 +48,8 @@ REASON_TEXT = {
 # What the user should do about each reason (the CLI's and the API's advice line).
 REASON_ADVICE = {
     "unreadable": "export them again as JPEG, PNG or WebP",
-    "too_large": "send photos under 60 MB and 64 megapixels",
+    "unsupported_format": f"send photos as {READ_FORMATS_TEXT}",
+    "too_large": f"send photos under {limits_text(DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS)}",
     "too_small": "send the original photos, not thumbnails",
     "no_face": "send photos where the face is clearly visible and upright",
     "multiple_faces": "send photos of the person alone, or crop the others out",
@@ -59,10 +63,14 @@ REASON_ADVICE = {
 
 
 
-def describe(reason: str, count: int, total: int) -> str:
-    """`3 of 8 photos show another person: remove the photos of other people`."""
+def describe(reason: str, count: int, total: int, config: "PreprocessConfig | None" = None) -> str:
+    """`3 of 8 photos show another person: remove the photos of other people`. With `config`, the
+    size advice states that config's limits (the same numbers and units as each photo's message)."""
     plural, singular = REASON_TEXT[reason]
-    return f"{count} of {total} photos {singular if count == 1 else plural}: {REASON_ADVICE[reason]}"
+    advice = REASON_ADVICE[reason]
+    if reason == "too_large" and config is not None:
+        advice = f"send photos under {limits_text(config.max_bytes, config.max_pixels)}"
+    return f"{count} of {total} photos {singular if count == 1 else plural}: {advice}"
 
 
 @dataclass(frozen=True)
@@ -82,8 +90,8 @@ class PreprocessConfig:
     max_side: int = 1024  # photos are analysed at this size (JPEG draft decoding); coordinates mapped back
     coarse_side: int = 768  # first detection pass runs at this size; finer passes only when needed
     min_image_side: int = 256  # shorter side (px) below which a photo is too_small
-    max_pixels: int = 64_000_000
-    max_bytes: int = 60 * 1024 * 1024
+    max_pixels: int = DEFAULT_MAX_PIXELS  # 64 MP
+    max_bytes: int = DEFAULT_MAX_BYTES  # 60 MiB
     # -- faces -------------------------------------------------------------------------------------
     min_detection_score: Optional[float] = None  # None: the detector's default (dlib-hog 0.3)
     dominance_ratio: float = 0.5  # a second face >= this x the largest's size: multiple_faces
@@ -91,12 +99,26 @@ class PreprocessConfig:
     min_face_fraction: float = 0.06  # face size / photo's shorter side below which: face_too_small
     # -- scores and rejections ---------------------------------------------------------------------
     identity_threshold: Optional[float] = None  # None: the embedder's same-person threshold (dlib 0.6)
-    blur_threshold: float = 0.15  # sharpness score below which: blurry
+    # blurry: the face's sharpness (normalised Laplacian variance of the face aligned at a fixed 128 px
+    # scale, scoring.sharpness_raw) below blur_floor, or below blur_relative x the set's median (sets of
+    # 3+ faces). Measured on real photos: sharp 0.9-4.9 (Tom Hanks' 112 px crop 0.91, the astronaut 1.7,
+    # Grace Hopper 4.9); Gaussian blur of sigma 1 / 2 / 3 px on the astronaut's 87 px face: 0.39 / 0.12 / 0.06.
+    blur_floor: float = 0.25
+    blur_relative: float = 0.3
     exposure_threshold: float = 0.35  # exposure score below which: bad_exposure
-    max_yaw: float = 40.0  # |yaw| above this (degrees): extreme_pose
-    max_pitch: float = 50.0
-    max_roll: float = 40.0
-    duplicate_bits: int = 10  # perceptual-hash Hamming distance (of 128 bits) at or below which: duplicate
+    # extreme_pose: beyond what the templates take (their faces: |yaw| <= 17, |roll| <= 4; the fusion and
+    # inpainting re-align roll, but a head turned past 35° shows the other side of the face).
+    max_yaw: float = 35.0  # |yaw| above this (degrees): extreme_pose
+    max_pitch: float = 50.0  # pitch from a generic 3-D model carries a ~20-30° offset: a loose limit
+    max_roll: float = 25.0  # head tilt
+    duplicate_bits: int = 10  # whole-frame hash Hamming distance (of 128 bits) for photos without a face
+    duplicate_embedding: float = 0.15  # same photo: identity distance at most this (a re-encode moves 0.04-0.11) ...
+    duplicate_face_bits: int = 6  # ... and the aligned face crop's 64-bit hash within this many bits ...
+    duplicate_lab: float = 3.0  # ... and its Lab thumbnail within this mean difference (other light: 5+)
+    max_crop_padding: float = 0.1  # a crop padded over this fraction of its area lowers the photo's score
+    restore_crops: bool = True  # crops of faces smaller than the resolution needs go through the upscale engine
+    restore_engine: str = "auto"  # auto (esrgan when its model is present, else classic) | classic | esrgan
+    retouch_crops: bool = False  # a light skin retouch on the training crops (classic, or restore when present)
     workers: int = 2  # analysis worker processes (dlib holds the GIL); used for 4+ photos with dlib engines
 
     def __post_init__(self):
@@ -112,6 +134,11 @@ class PreprocessConfig:
             raise ConfigError(f"background_engine must be auto, grabcut or onnx, got {self.background_engine!r}")
         if not self.trigger_word.strip():
             raise ConfigError("trigger_word must not be empty")
+        if not 0 < self.blur_relative < 1 or self.blur_floor < 0:
+            raise ConfigError(f"blur_relative must be in (0, 1) and blur_floor >= 0, got {self.blur_relative}, "
+                             f"{self.blur_floor}")
+        if self.restore_engine not in ("auto", "classic", "esrgan"):
+            raise ConfigError(f"restore_engine must be auto, classic or esrgan, got {self.restore_engine!r}")
         if self.max_side < 256:
             raise ConfigError(f"max_side must be >= 256, got {self.max_side}")
 

@@ -68,9 +68,10 @@ def summary(photos: Sequence[PhotoResult], selected: Sequence[str]) -> dict:
 
 
 def build_report(photos: Sequence[PhotoResult], selected: Sequence[str], reference: str | None, engines: dict,
-                 config: PreprocessConfig, caption: str, train_dir: Path | None) -> dict:
+                 config: PreprocessConfig, caption: str, train_dir: Path | None, skipped: Sequence[dict] = ()) -> dict:
     return {
         "photos": [p.to_dict() for p in photos],
+        "skipped": [dict(s) for s in skipped],  # files in the folder that got no verdict, and why
         "selected": list(selected),
         "reference": reference,
         "engines": dict(engines),

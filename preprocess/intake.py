@@ -14,8 +14,8 @@ from typing import Optional
 
 import numpy as np
 
-from portrait.errors import ImageError, PortraitError
-from portrait.imageio import decode_image, image_files
+from portrait.errors import ImageError, NoPhotosError
+from portrait.imageio import IMAGE_EXTENSIONS, decode_image, folder_entries, unsupported_message
 
 from .config import PreprocessConfig
 
@@ -28,7 +28,7 @@ class IntakeResult:
     file: str  # the name the report uses (relative to the photos folder)
     pixels: Optional[np.ndarray] = None  # uint8 RGB at analysis size (longer side <= max_side)
     scale: float = 1.0  # pixels' size / original size
-    reason: Optional[str] = None  # unreadable | too_large | too_small
+    reason: Optional[str] = None  # unreadable | unsupported_format | too_large | too_small
     message: str = ""
     facts: dict = field(default_factory=dict)  # format, mode, original_size, exif_rotated, bytes
 
@@ -37,19 +37,24 @@ class IntakeResult:
         return self.reason is None
 
 
-def list_photos(photos: Path | str | list) -> tuple[list[Path], Path | None]:
-    """The photo files to process (sorted) and the folder they are named relative to.
+def list_photos(photos: Path | str | list, skipped: list | None = None) -> tuple[list[Path], Path | None]:
+    """The files to judge (sorted) and the folder they are named relative to.
 
-    A folder yields its files with image extensions (any case; hidden files skipped). Content is never
-    trusted from the extension: a text file named .jpg is listed here and rejected as unreadable later.
+    A folder yields every regular, non-hidden file at its top level, whatever its extension: each gets
+    a verdict (a .mov or .txt one of `unsupported_format`). Hidden files and sub-folders are skipped and,
+    when `skipped` is a list, appended to it as `{"file", "why"}`. Content is never trusted from the
+    extension: a text file named .jpg is listed here and rejected as unreadable later.
     """
     if isinstance(photos, (str, Path)):
         root = Path(photos)
         if not root.exists():
-            raise PortraitError(f"photos folder {root} does not exist")
+            raise NoPhotosError(f"photos folder {root} does not exist")
         if root.is_file():
             return [root], root.parent
-        return image_files(root), root
+        files, left_out = folder_entries(root)
+        if skipped is not None:
+            skipped.extend(left_out)
+        return files, root
     files = [Path(p) for p in photos]
     parents = {p.parent for p in files}
     return files, (parents.pop() if len(parents) == 1 else None)
@@ -72,6 +77,9 @@ def intake_photo(path: Path, config: PreprocessConfig, root: Path | None = None,
         res.facts["bytes"] = path.stat().st_size
     except OSError:
         pass
+    if path.suffix and path.suffix.lower() not in IMAGE_EXTENSIONS:  # a video, RAW, document: not decoded at all
+        res.reason, res.message = "unsupported_format", unsupported_message(path)
+        return res
     try:
         dec = decode_image(path, name=res.file, max_side=max_side or config.max_side,
                            max_pixels=config.max_pixels, max_bytes=config.max_bytes)
@@ -91,7 +99,7 @@ def intake_photo(path: Path, config: PreprocessConfig, root: Path | None = None,
     return res
 
 
-def decode_for_crop(path: Path, config: PreprocessConfig, needed_scale: float) -> tuple[np.ndarray, float]:
+def decode_for_crop(path: Path, config: PreprocessConfig, needed_scale: float, turned: int = 0) -> tuple[np.ndarray, float]:
     """Decode a selected photo at the smallest size that keeps `needed_scale` of the original's
     resolution (1.0 = full). JPEG draft decoding makes a half- or quarter-size decode much cheaper.
     Returns the pixels and their scale relative to the original."""
@@ -102,4 +110,6 @@ def decode_for_crop(path: Path, config: PreprocessConfig, needed_scale: float) -
         with Image.open(path) as img:
             max_side = max(1, int(np.ceil(max(img.size) * needed_scale)))
     dec = decode_image(path, max_side=max_side, max_pixels=config.max_pixels, max_bytes=config.max_bytes)
-    return dec.pixels, dec.scale
+    from .orientation import turn_upright
+
+    return turn_upright(dec.pixels, turned), dec.scale

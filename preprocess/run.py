@@ -28,7 +28,7 @@ from typing import Iterator, Optional, Sequence
 import cv2
 import numpy as np
 
-from portrait.errors import PortraitError
+from portrait.errors import NoPhotosError
 from portrait.faces import Face, get_face_analysis
 from portrait.faces.analysis import FaceAnalysis
 from portrait.models.manifest import get_manifest
@@ -38,11 +38,13 @@ from . import scoring
 from .background import choose_engine, remove_background
 from .captions import caption
 from .config import REASON_TEXT, PreprocessConfig
-from .crops import face_in_crop, make_crop
+from .crops import crop_padding, face_in_crop, make_crop_with_padding
 from .dataset import build_report, crop_name, prepare_train_dir, write_metadata, write_png, write_report
-from .duplicates import find_duplicates, perceptual_hash
+from .duplicates import face_signature, find_face_duplicates, perceptual_hash
 from .intake import IntakeResult, decode_for_crop, intake_photo, list_photos
-from .selection import HARD_REASONS, choose_reference, face_reasons, order_reasons, select_top_k
+from .orientation import find_tilted, find_turned, refine_roll, turn_text
+from .restore import needs_restoring, restore_engine, restored_crop, retouched
+from .selection import HARD_REASONS, blur_limit, choose_reference, face_reasons, order_reasons, select_top_k
 from .types import SCORE_KEYS, PhotoResult, PreprocessResult
 from .workers import WorkerPool, analyse_in_worker, use_pool
 
@@ -64,6 +66,13 @@ class _Analysis:
     crop: Optional[np.ndarray] = None  # training crop cut from the analysis image when it holds enough pixels
     crop_face: Optional[Face] = None  # the face in the crop's coordinates
     crop_png: Optional[bytes] = None  # the crop already PNG-encoded (by a worker; no background removal)
+    sharp_raw: Optional[float] = None  # scoring.sharpness_raw of the face (fixed 128 px scale)
+    padding: float = 0.0  # fraction of the training crop outside the photo
+    signature: Optional[object] = None  # duplicates.FaceSignature of the face
+    turned: int = 0  # degrees clockwise the photo was turned to stand upright (no EXIF orientation said so)
+    tilted: float = 0.0  # degrees the photo was rotated to find a strongly tilted face (judged extreme_pose)
+    restored: Optional[str] = None  # engine that restored a small face's crop
+    retouched: Optional[str] = None  # engine of the optional light skin retouch of the crop
 
 
 # -- intake ---------------------------------------------------------------------------------------
@@ -152,29 +161,47 @@ def analyse_photo(fa: FaceAnalysis, intake: IntakeResult, config: PreprocessConf
     img = intake.pixels
     a.hash = perceptual_hash(img)
     faces = detect_faces(fa, img, config)
+    back = None  # maps a face found on a tilted copy back to the photo
+    if not faces:  # on its side or upside down without an EXIF tag, or a strongly tilted head?
+        turned = find_turned(fa, img, config)
+        if turned is not None:
+            a.turned, img, faces = turned
+            intake.pixels = img
+            w, h = intake.facts["original_size"]
+            intake.facts.update(original_size=[h, w] if a.turned in (90, 270) else [w, h], turned=a.turned)
+        else:
+            tilted = find_tilted(fa, img, config)
+            if tilted is not None:
+                a.tilted, img, faces, back = tilted
     a.faces = len(faces)
     if not faces:
-        a.reason, a.message = "no_face", "no face was found"
+        a.reason, a.message = "no_face", "no face was found (also looked on the photo turned by 90°, 180° and 270°)"
         return a
     face = faces[0]
-    a.face = face.scaled(1.0 / intake.scale)
+    if back is None:
+        face.roll = refine_roll(fa, img, face)
+    a.face = (face if back is None else back(face)).scaled(1.0 / intake.scale)
     if len(faces) > 1 and faces[1].size >= config.dominance_ratio * face.size:
         a.reason = "multiple_faces"
         a.message = f"{len(faces)} faces, none clearly larger than the others"
         return a
     face.embedding = fa.embed(img, face)
     a.face.embedding = a.embedding = face.embedding
-    raw = scoring.sharpness_raw(scoring.face_chip(img, face))
+    a.signature = face_signature(img, face)
+    raw = a.sharp_raw = scoring.sharpness_raw(scoring.face_chip(img, face))
     a.scores.update(
         sharpness=scoring.sharpness_score(raw),
         exposure=scoring.exposure_score(img, face),
         face_size=scoring.face_size_score(a.face.size, config),
-        pose=scoring.pose_score(face, config),
+        pose=scoring.pose_score(a.face, config),
     )
     a.scores["quality"] = scoring.quality_score(a.scores["sharpness"], a.scores["exposure"], a.scores["face_size"])
+    if back is not None:
+        return a  # a strongly tilted head: judged extreme_pose, never cropped
+    a.padding = crop_padding(img.shape, face, config)
     if face.size >= scoring.needed_face_px(config):
         # The analysis image already holds the face at training resolution: crop now, skip a re-decode.
-        a.crop, m = make_crop(img, face, config)
+        a.crop, m, _ = make_crop_with_padding(img, face, config)
         a.crop_face = face_in_crop(face, m)
     return a
 
@@ -243,49 +270,78 @@ def _verdicts(analyses: list[_Analysis], fa: FaceAnalysis, config: PreprocessCon
               ) -> tuple[list[PhotoResult], Optional[np.ndarray], float]:
     threshold = config.identity_threshold or fa.same_person_threshold
     with_face = [a for a in analyses if a.embedding is not None]
-    good = [a for a in with_face if (a.scores["sharpness"] or 0) >= config.blur_threshold]
+    sharp_limit = blur_limit([a.sharp_raw for a in with_face if a.reason is None], config)
+    good = [a for a in with_face if (a.sharp_raw or 0) >= sharp_limit]
     pool = good if len(good) >= 2 else with_face
     centroid = scoring.robust_centroid([a.embedding for a in pool], fa.metric, threshold)
     photos: list[PhotoResult] = []
     for a, name in zip(analyses, names):
         p = PhotoResult(file=name, path=a.intake.path, face=a.face, facts=dict(a.intake.facts, faces=a.faces))
         p.scores.update(a.scores)
+        if a.sharp_raw is not None:
+            p.facts["sharpness_raw"] = round(a.sharp_raw, 4)
+        if a.face is not None and a.tilted == 0:
+            p.facts["crop_padding"] = round(a.padding, 4)
         if a.reason is not None:
             p.reasons, p.message = [a.reason], a.message
         elif a.embedding is not None and a.face is not None:
             dist = fa.distance(a.embedding, centroid)
             p.scores["identity"] = scoring.identity_score(dist, threshold)
             p.scores["total"] = scoring.total_score(p.scores["identity"], p.scores["quality"], p.scores["pose"])
+            if a.padding > config.max_crop_padding:  # the crop would be partly made up: a worse training photo
+                p.scores["total"] -= a.padding
             w, h = a.intake.facts["original_size"]
             p.reasons = face_reasons(p.scores, a.face.size, a.face.size / min(w, h), a.face.yaw, a.face.pitch,
-                                     a.face.roll, dist, threshold, config)
+                                     a.face.roll, dist, threshold, config, a.sharp_raw, sharp_limit)
             p.facts["identity_distance"] = round(dist, 4)
-            p.message = _message(p, a, dist, threshold, config)
+            p.message = _message(p, a, dist, threshold, config, sharp_limit, with_face)
         photos.append(p)
     rank = [(0.0 if p.reasons else 1.0) + float(p.scores["total"] or 0.0) for p in photos]
-    dups = find_duplicates([a.hash for a in analyses], rank, config.duplicate_bits)
+    dups = find_face_duplicates([a.signature for a in analyses], [a.embedding for a in analyses],
+                                [a.hash for a in analyses], rank, fa.distance,
+                                max_embedding=config.duplicate_embedding, face_bits=config.duplicate_face_bits,
+                                max_lab=config.duplicate_lab, frame_bits=config.duplicate_bits)
     for i, keep in dups.items():
         photos[i].reasons = order_reasons(photos[i].reasons + ["duplicate"])
         if photos[i].reasons[0] == "duplicate":
-            photos[i].message = f"the same photo as {photos[keep].file}"
+            photos[i].message = f"the same photo as {photos[keep].file} (the face matches, whatever the framing)"
     for p in photos:
         p.reasons = order_reasons(p.reasons)
         p.accepted = not p.reasons
     return photos, centroid, threshold
 
 
-def _message(p: PhotoResult, a: _Analysis, dist: float, threshold: float, config: PreprocessConfig) -> str:
+def _message(p: PhotoResult, a: _Analysis, dist: float, threshold: float, config: PreprocessConfig,
+             sharp_limit: float, with_face: list) -> str:
+    turned = turn_text(a.turned)
     if not p.reasons:
-        return ""
+        return turned[0].upper() + turned[1:] if turned else ""
+    text = _reason_message(p, a, dist, threshold, config, sharp_limit, with_face)
+    return f"{text}; {turned}" if turned else text
+
+
+def _reason_message(p: PhotoResult, a: _Analysis, dist: float, threshold: float, config: PreprocessConfig,
+                    sharp_limit: float, with_face: list) -> str:
     r = p.reasons[0]
     if r == "different_person":
         return f"identity distance {dist:.2f} to the other photos (same person below {threshold:.2f})"
     if r == "face_too_small":
-        return f"face is {a.face.size:.0f} px; at least {config.min_face_px} px and {config.min_face_fraction:.0%} of the photo needed"
+        w, h = a.intake.facts["original_size"]
+        short = min(w, h)
+        if a.face.size < config.min_face_px:
+            return f"face is {a.face.size:.0f} px, smaller than the {config.min_face_px} px needed"
+        return (f"face is {a.face.size:.0f} px, {a.face.size / short:.1%} of the photo's shorter side ({short} px); "
+                f"at least {config.min_face_fraction:.0%} ({config.min_face_fraction * short:.0f} px) needed")
     if r == "extreme_pose":
-        return f"head turned (yaw {a.face.yaw:.0f}°, pitch {a.face.pitch:.0f}°, roll {a.face.roll:.0f}°)"
+        found = f"; the face was found only on the photo rotated by {a.tilted:+.0f}°" if a.tilted else ""
+        return (f"head turned or tilted too far (yaw {a.face.yaw:.0f}°, pitch {a.face.pitch:.0f}°, roll "
+                f"{a.face.roll:.0f}°; the limits are |yaw| {config.max_yaw:.0f}°, |pitch| {config.max_pitch:.0f}°, "
+                f"|roll| {config.max_roll:.0f}°){found}")
     if r == "blurry":
-        return f"face sharpness {p.scores['sharpness']:.2f} (at least {config.blur_threshold:.2f} needed)"
+        vals = [x.sharp_raw for x in with_face if x.reason is None and x.sharp_raw is not None]
+        rel = (f"{config.blur_relative:.0%} of this set's median {float(np.median(vals)):.2f}, and never below "
+               f"{config.blur_floor:.2f}" if len(vals) >= 3 else "the floor for a set of fewer than 3 faces")
+        return f"face sharpness {a.sharp_raw:.2f}; at least {sharp_limit:.2f} needed ({rel})"
     if r == "bad_exposure":
         return f"face exposure {p.scores['exposure']:.2f} (at least {config.exposure_threshold:.2f} needed)"
     return REASON_TEXT[r][1]
@@ -296,12 +352,21 @@ def _crop_one(p: PhotoResult, a: _Analysis, config: PreprocessConfig, background
     """The training crop of a selected photo: cut during analysis, or from a fresh decode at the
     smallest scale that keeps the face at training resolution (full resolution at most)."""
     crop, crop_face = a.crop, a.crop_face
+    manifest = get_manifest(config.face.models_dir)
     if crop is None:
         need = scoring.needed_face_px(config) * 1.25 / max(p.face.size, 1.0)
-        img, scale = decode_for_crop(p.path, config, need)
+        img, scale = decode_for_crop(p.path, config, need, a.turned)
         face = p.face.scaled(scale)
-        crop, m = make_crop(img, face, config)
+        if needs_restoring(p.face.size, config):
+            engine = restore_engine(config, manifest)
+            crop, m, _ = restored_crop(img, face, config, engine, manifest, config.face.device)
+            a.restored = engine
+        else:
+            crop, m, _ = make_crop_with_padding(img, face, config)
         crop_face = face_in_crop(face, m)
+    if config.retouch_crops:
+        crop, engine = retouched(crop, crop_face, manifest, config.face.device)
+        a.retouched = engine
     if background is not None:
         crop, _, _ = remove_background(crop, crop_face, background, get_manifest(config.face.models_dir),
                                        device=config.face.device)
@@ -309,7 +374,7 @@ def _crop_one(p: PhotoResult, a: _Analysis, config: PreprocessConfig, background
 
 
 def run_preprocess(photos: Path | str | list, out_dir: Path | str | None = None,
-                   config: PreprocessConfig = PreprocessConfig(),
+                   config: PreprocessConfig | None = None,
                    progress: ProgressCallback | None = None, *, pool: WorkerPool | None = None,
                    cancel=None) -> PreprocessResult:
     """Judge every photo, select the training set and (with `out_dir`) write train/ and report.json.
@@ -320,10 +385,13 @@ def run_preprocess(photos: Path | str | list, out_dir: Path | str | None = None,
     without one, such a batch gets a pool of its own for this call. `cancel` (anything with is_set()) is
     checked between photos and between crops: Cancelled, and report.json is not written.
     """
+    config = config or PreprocessConfig()
     t_start = time.perf_counter()
-    files, root = list_photos(photos)
+    skipped: list[dict] = []
+    files, root = list_photos(photos, skipped)
     if not files:
-        raise PortraitError(f"no photos found in {photos} (looked for .jpg, .jpeg, .png, .webp, .heic)")
+        raise NoPhotosError(f"no photos found in {photos}" + (f" (skipped: {', '.join(s['file'] for s in skipped)})"
+                                                               if skipped else ""))
     names = [_unique(f, root, i, files) for i, f in enumerate(files)]
     fa = get_face_analysis(config.face)
     timings: dict[str, float] = {}
@@ -362,10 +430,13 @@ def run_preprocess(photos: Path | str | list, out_dir: Path | str | None = None,
             def job(i: int, p: PhotoResult) -> None:
                 p.crop = crop_name(i + 1, p.file)
                 a = by_file[p.file]
-                if a.crop_png is not None and background is None:
+                if a.crop_png is not None and background is None and not config.retouch_crops:
                     (train_dir / p.crop).write_bytes(a.crop_png)
                 else:
                     write_png(train_dir / p.crop, _crop_one(p, a, config, background))
+                for key in ("restored", "retouched"):
+                    if getattr(a, key):
+                        p.facts[key] = getattr(a, key)
 
             futures = [threads.submit(job, i, p) for i, p in enumerate(selected)]
             for i, (p, fut) in enumerate(zip(selected, futures)):
@@ -387,7 +458,7 @@ def run_preprocess(photos: Path | str | list, out_dir: Path | str | None = None,
         centroid = scoring.robust_centroid(list(embeddings.values()), fa.metric,
                                            config.identity_threshold or fa.same_person_threshold)
     rep = build_report(results, [p.file for p in selected], ref.file if ref else None, engines, config, text,
-                       train_dir)
+                       train_dir, skipped)
     if out_dir is not None:
         write_report(Path(out_dir), rep)
     timings["total"] = time.perf_counter() - t_start
@@ -397,6 +468,7 @@ def run_preprocess(photos: Path | str | list, out_dir: Path | str | None = None,
         embeddings=embeddings, centroid=centroid, report=rep, accepted_count=len(accepted), train_dir=train_dir,
         engines=engines, timings=timings,
         decode_limits={"max_pixels": config.max_pixels, "max_bytes": config.max_bytes},
+        reference_turn=int(ref.facts.get("turned", 0)) if ref else 0,
     )
 
 

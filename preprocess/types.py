@@ -27,7 +27,18 @@ class PhotoResult:
     crop: Optional[str] = None  # the crop's file name in train/ when selected
     facts: dict = field(default_factory=dict)  # format, mode, original_size, exif_rotated, bytes, faces
 
+    def image(self) -> np.ndarray:
+        """The photo at full resolution, upright as judged (EXIF orientation applied, and turned when no
+        face showed until it was): the pixels `face`'s coordinates refer to."""
+        from portrait.imageio import decode_image
+
+        from .orientation import turn_upright
+
+        return turn_upright(decode_image(self.path, max_pixels=1 << 62, max_bytes=1 << 62).pixels,
+                            int(self.facts.get("turned", 0)))
+
     def to_dict(self) -> dict:
+        extra = {k: self.facts[k] for k in ("turned", "crop_padding", "restored", "retouched") if k in self.facts}
         return {
             "file": self.file,
             "accepted": self.accepted,
@@ -37,6 +48,7 @@ class PhotoResult:
                        for k in SCORE_KEYS},
             "message": self.message,
             "crop": self.crop,
+            **extra,
         }
 
 
@@ -55,6 +67,7 @@ class PreprocessResult:
     engines: dict
     timings: dict = field(default_factory=dict)  # seconds per stage
     decode_limits: dict = field(default_factory=dict, repr=False)  # max_pixels / max_bytes for the lazy decode
+    reference_turn: int = 0  # degrees the reference photo was turned to stand upright
     _reference_image: Optional[np.ndarray] = field(default=None, repr=False)
 
     @property
@@ -64,7 +77,10 @@ class PreprocessResult:
         if self._reference_image is None and self.reference_path is not None:
             from portrait.imageio import decode_image
 
-            self._reference_image = decode_image(self.reference_path, **self.decode_limits).pixels
+            from .orientation import turn_upright
+
+            self._reference_image = turn_upright(decode_image(self.reference_path, **self.decode_limits).pixels,
+                                                 self.reference_turn)
         return self._reference_image
 
     def photo(self, file: str) -> PhotoResult:
@@ -74,13 +90,17 @@ class PreprocessResult:
         raise KeyError(file)
 
 
-def verdict_message(result: PreprocessResult, min_photos: int) -> str:
+def verdict_message(result: PreprocessResult, min_photos: int, config=None) -> str:
     """One paragraph for the user: how many photos are usable and what to do about the others."""
     from .config import REASONS, describe
 
     total = len(result.photos)
     counts = {r: sum(r in p.reasons for p in result.photos) for r in REASONS}
-    advice = [describe(r, c, total) for r, c in sorted(counts.items(), key=lambda t: -t[1]) if c]
+    if config is None and result.decode_limits:  # the limits this run applied, for the size advice
+        from types import SimpleNamespace
+
+        config = SimpleNamespace(**result.decode_limits)
+    advice = [describe(r, c, total, config) for r, c in sorted(counts.items(), key=lambda t: -t[1]) if c]
     head = (f"{result.accepted_count} of {total} photos accepted, {len(result.selected)} selected for training."
             if result.accepted_count >= min_photos else
             f"Only {result.accepted_count} of {total} photos are usable; at least {min_photos} are needed.")

@@ -40,6 +40,7 @@ from .config import PreprocessConfig
 
 POOL_MIN_PHOTOS = 4  # below this, starting workers (imports + model loading) costs more than it saves
 _ENV_KEYS = ("PORTRAIT_MODELS_DIR", "PORTRAIT_MODELS_CONFIG", "XDG_DATA_HOME", "HOME")
+LICENCE_KEY = "PORTRAIT_LICENCE"  # the caller's licence policy (models.licence) travels to the workers
 
 
 def use_pool(config: PreprocessConfig, n: int) -> bool:
@@ -87,7 +88,10 @@ class WorkerPool:
         return self
 
     def executor(self) -> ProcessPoolExecutor:
+        from portrait.models.licence import current_policy
+
         env = {k: os.environ.get(k) for k in _ENV_KEYS}
+        env[LICENCE_KEY] = current_policy()  # a context policy (--licence, a request) as well as the env's
         key = (self._face, tuple(sorted(env.items(), key=lambda kv: kv[0])))
         with self._lock:
             if self._executor is None or self._key != key:

@@ -157,6 +157,7 @@ if __name__ == "__main__":
     from portrait.templates import parse_template
 
     for folder in build():
+        (folder / ".faces.json").unlink(missing_ok=True)  # regenerated: slots chosen by portrait.template_slots
         t = parse_template(folder)
         faces = t.slot_faces()
         print(f"{t.name}: {t.image_path.stat().st_size // 1024} KB, face slots {sorted(faces)}")

@@ -6,7 +6,8 @@ Built with onnx.helper (no export, no weights downloaded), a few hundred kB each
   location's two anchors (the second at 0.9x, a duplicate for NMS to remove); strides 16/32 never
   fire. Box and keypoint distances are constants (BOX_DIST, KPS_DIST, in units of the stride), so
   a detection's box and keypoints are known exactly.
-- ArcFace: 8x8 average pool → flatten → random linear map to `dim`.
+- ArcFace: 8x8 average pool → flatten → random linear map to `dim` (arcface_weights), at both
+  buffalo_l's and antelopev2's paths (different seeds: different models).
 - inswapper: 1x1 convolution of the target plus a per-channel offset from the source, sigmoid;
   the last initializer is a random 512x512 `emap`, as in the released file.
 """
@@ -86,16 +87,28 @@ def make_scrfd(path: Path, batched: bool = True) -> Path:
     return _save(helper.make_model(graph, opset_imports=OPSET, ir_version=IR_VERSION), path)
 
 
-def make_arcface(path: Path, dim: int = 512, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
+def arcface_weights(dim: int = 512, seed: int = 0) -> np.ndarray:
+    """The tiny ArcFace's one weight matrix (3 x 14 x 14 pooled inputs -> dim), as make_arcface stores it."""
+    return np.random.default_rng(seed).standard_normal((3 * 14 * 14, dim)).astype(np.float32)
+
+
+def make_arcface(path: Path, dim: int = 512, seed: int = 0, normalises_itself: bool = False) -> Path:
+    """8x8 average pool -> flatten -> arcface_weights. `normalises_itself`: the graph starts with its own
+    (x - 127.5) * (1 / 127.5) in nodes named like MXNet's exports (`_minusscalar0`, `_mulscalar0`), so it
+    takes raw 0..255 pixels, as insightface detects for those files."""
+    nodes, inits, first = [], [numpy_helper.from_array(arcface_weights(dim, seed), "w")], "input.1"
+    if normalises_itself:
+        inits += [_const("mean", 127.5), _const("inv_std", 1 / 127.5)]
+        nodes += [helper.make_node("Sub", ["input.1", "mean"], ["centred"], name="_minusscalar0"),
+                  helper.make_node("Mul", ["centred", "inv_std"], ["scaled"], name="_mulscalar0")]
+        first = "scaled"
+    nodes += [helper.make_node("AveragePool", [first], ["pool"], kernel_shape=[8, 8], strides=[8, 8]),
+              helper.make_node("Flatten", ["pool"], ["flat"]),
+              helper.make_node("MatMul", ["flat", "w"], ["683"])]
     graph = helper.make_graph(
-        [helper.make_node("AveragePool", ["input.1"], ["pool"], kernel_shape=[8, 8], strides=[8, 8]),
-         helper.make_node("Flatten", ["pool"], ["flat"]),
-         helper.make_node("MatMul", ["flat", "w"], ["683"])],
-        "tiny_arcface",
+        nodes, "tiny_arcface",
         [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [None, 3, 112, 112])],
-        [helper.make_tensor_value_info("683", TensorProto.FLOAT, [None, dim])],
-        [numpy_helper.from_array(rng.standard_normal((3 * 14 * 14, dim)).astype(np.float32), "w")])
+        [helper.make_tensor_value_info("683", TensorProto.FLOAT, [None, dim])], inits)
     return _save(helper.make_model(graph, opset_imports=OPSET, ir_version=IR_VERSION), path)
 
 
@@ -125,8 +138,9 @@ def tiny_models_dir(root: Path, *, scrfd: bool = True, arcface: bool = True, ins
     manifest = Manifest(models_dir=root, config_file=root / "models.toml")
     if scrfd:
         make_scrfd(manifest.path("scrfd"), batched=batched)
-    if arcface:
-        make_arcface(manifest.path("arcface"))
+    if arcface:  # buffalo_l's and antelopev2's recognisers: two different models of the same size
+        make_arcface(manifest.path("arcface-buffalo"))
+        make_arcface(manifest.path("arcface-antelopev2"), seed=1)
     if inswapper:
         make_inswapper(manifest.path("inswapper"))
     return manifest

@@ -103,3 +103,51 @@ def re_encoded(img: np.ndarray, scale: float, quality: int) -> np.ndarray:
     buf = io.BytesIO()
     Image.fromarray(small).save(buf, "JPEG", quality=quality)
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def relit(img: np.ndarray, gain=(1.0, 1.0, 1.0), gamma: float = 1.0, side: float = 0.0) -> np.ndarray:
+    """The same photo in other light: a colour gain, a gamma, and a light falling from one side
+    (`side` > 0: the right side brighter by that fraction, the left darker). Another *photo* to the
+    duplicate check, which judges the face's light as well as its shape."""
+    x = img.astype(np.float32) / 255.0
+    x = x ** gamma * np.asarray(gain, np.float32)
+    if side:
+        ramp = np.linspace(1.0 - side, 1.0 + side, img.shape[1], dtype=np.float32)[None, :, None]
+        x = x * ramp
+    return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+SMALL_SET = ("astronaut_01.jpg", "astronaut_02_mirror.jpg", "astronaut_03_close.png", "astronaut_04_bright.jpg",
+             "astronaut_05_warm.webp")
+
+
+def small_photo_set(tmp_path_factory) -> Path:
+    """Five astronaut sample photos (no large one): enough for the default --min-photos 4, quick to
+    preprocess."""
+    import shutil
+
+    from portrait.samples import write_sample_photos
+
+    full = tmp_path_factory.mktemp("samples")
+    write_sample_photos(full)
+    d = tmp_path_factory.mktemp("small")
+    for name in SMALL_SET:
+        shutil.copy(full / name, d / name)
+    return d
+
+
+def hopper_photo_set(tmp_path_factory, grace_hopper: np.ndarray) -> Path:
+    """Four usable photos of Grace Hopper: the original, a mirror, and a turned and a closer framing each
+    in other light (a mere reframing in the same light is rightly a duplicate: the face crop matches)."""
+    from portrait.imageio import save_image
+
+    d = tmp_path_factory.mktemp("hopper")
+    h, w = grace_hopper.shape[:2]
+    variants = [grace_hopper, np.ascontiguousarray(grace_hopper[:, ::-1]),
+                cv2.warpAffine(relit(grace_hopper, gamma=0.75), cv2.getRotationMatrix2D((w / 2, h / 2), 8, 0.85),
+                               (w, h), borderMode=cv2.BORDER_REPLICATE),
+                cv2.resize(relit(grace_hopper, gain=(1.1, 1.0, 0.82))[40:h - 60, 30:w - 30], (w, h - 100),
+                           interpolation=cv2.INTER_AREA)]
+    for i, v in enumerate(variants):
+        save_image(v, d / f"hopper_{i}.jpg")
+    return d

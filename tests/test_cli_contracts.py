@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from helpers_photos import small_photo_set
 from portrait.cli import cli
 from portrait.templates import load_template
 
@@ -87,24 +88,12 @@ def test_convert_refusal_never_suggests_weights_only_false(tmp_path, monkeypatch
 
 
 # -- shared inputs for the runs below -----------------------------------------------------------------
-SMALL_SET = ("astronaut_01.jpg", "astronaut_02_mirror.jpg", "astronaut_03_close.png", "astronaut_04_bright.jpg",
-             "astronaut_05_warm.webp")
 QUICK = ["--upscale", "none", "--variants", "1", "--max-tries", "1"]
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
-    """Five astronaut sample photos: enough for --min-photos 4, quick to preprocess."""
-    import shutil
-
-    from portrait.samples import write_sample_photos
-
-    full = tmp_path_factory.mktemp("samples")
-    write_sample_photos(full)
-    d = tmp_path_factory.mktemp("photos")
-    for name in SMALL_SET:
-        shutil.copy(full / name, d / name)
-    return d
+    return small_photo_set(tmp_path_factory)
 
 
 def _models_dir(root: Path, tiny: Path, faceid: Path | None = None, controlnets: bool = True) -> Path:

@@ -8,7 +8,7 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from helpers_photos import save
+from helpers_photos import relit, save
 from portrait.cli import cli
 from portrait.imageio import load_rgb
 from preprocess import REASONS
@@ -126,7 +126,7 @@ def test_too_few_photos_exit_2_with_advice(tmp_path, astronaut, grace_hopper_pat
     photos = tmp_path / "photos"
     photos.mkdir()
     for i, (y, x) in enumerate([(0, 0), (40, 60), (80, 20)]):
-        save(photos / f"me{i}.jpg", astronaut[y:y + 420, x:x + 420])
+        save(photos / f"me{i}.jpg", relit(astronaut, gamma=(0.7, 1.0, 1.4)[i])[y:y + 420, x:x + 420])
     shutil.copyfile(grace_hopper_path, photos / "friend.jpg")
     shutil.copyfile(group_photo_path, photos / "party.jpg")
     runner = CliRunner()

@@ -14,13 +14,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from helpers_photos import SMALL_SET, small_photo_set
 from portrait.cli import cli
 from portrait.imageio import load_rgb
-from portrait.samples import write_sample_photos
 from portrait.templates import load_template
 
-SMALL_SET = ("astronaut_01.jpg", "astronaut_02_mirror.jpg", "astronaut_03_close.png", "astronaut_04_bright.jpg",
-             "astronaut_05_warm.webp")
 QUICK = ["--upscale", "none", "--variants", "1", "--max-tries", "1"]
 
 
@@ -32,13 +30,7 @@ def env(hermetic):
 
 @pytest.fixture(scope="module")
 def small_dir(tmp_path_factory) -> Path:
-    """Five astronaut sample photos: enough for the default --min-photos 4, quick to preprocess."""
-    full = tmp_path_factory.mktemp("samples")
-    write_sample_photos(full)
-    d = tmp_path_factory.mktemp("small")
-    for name in SMALL_SET:
-        shutil.copy(full / name, d / name)
-    return d
+    return small_photo_set(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -52,12 +52,13 @@ def test_crop_size_level_centred(astronaut, face_analysis, size):
 def test_preprocess_crops_from_exif_rotated_and_large_photos(tmp_path, astronaut, face_analysis):
     photos = tmp_path / "in"
     photos.mkdir()
-    from helpers_photos import exif_rotated
+    from helpers_photos import exif_rotated, relit
 
-    exif_rotated(photos / "phone.jpg", _rotated(astronaut[0:400, 60:460], -15))
+    # Three framings of one portrait, each in its own light (else the same photo: duplicates).
+    exif_rotated(photos / "phone.jpg", _rotated(relit(astronaut, gamma=0.75)[0:400, 60:460], -15))
     big = cv2.resize(astronaut[0:400, 60:460], (1600, 1600), interpolation=cv2.INTER_CUBIC)
     save(photos / "big.jpg", big)  # face ~350 px: cropped from the analysis image, no re-decode
-    save(photos / "plain.jpg", astronaut[30:480, 0:450])
+    save(photos / "plain.jpg", relit(astronaut, gain=(1.1, 1.0, 0.82))[30:480, 0:450])
     result = run_preprocess(photos, tmp_path / "out", PreprocessConfig(min_photos=1, resolution=384))
     assert result.accepted_count == 3, [(p.file, p.reasons) for p in result.photos]
     for p in result.photos:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import cv2
 import numpy as np
 import pytest
 
@@ -163,15 +164,61 @@ def test_controls_and_crop_geometry(scene):
     assert crop.size == 96 and crop.side <= 256 and 0 <= crop.x0 <= 256 - crop.side
     face = crop.face(tface)
     img = crop.crop(tpl)
-    kp = controls.face_keypoints(img.shape[:2], face)
-    assert kp.shape == img.shape and kp.any()
-    five = replace(face, landmarks68=None)
-    assert controls.face_keypoints(img.shape[:2], five).any()
     m = controls.inpaint_mask(img.shape[:2], face)
-    ring = controls.edge_ring(m, 3, 3)
-    assert ring.any() and not (ring & controls.edge_ring(m, 3, 3) & ~masks.dilate(m, 3)).any()
+    inner, outer = 3, 4
+    ring = controls.edge_ring(m, inner, outer)
+    k = 2 * inner + 1
+    core = cv2.erode(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    assert core.any() and not (ring & core).any()  # the eroded core is not repainted
+    assert (ring & m).any() and (ring & ~m).any()  # the ring spans both sides of the mask's edge
+    assert not (ring & ~masks.dilate(m, outer)).any()
+    edge = cv2.morphologyEx(m, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+    assert ring[edge].all()  # ... and covers the whole edge
+    # Canny lies on the template's edges: where the image's gradient is strong, not elsewhere.
+    edges = controls.canny(img)[..., 0] > 0
+    grad = np.hypot(cv2.Sobel(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.CV_32F, 1, 0),
+                    cv2.Sobel(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.CV_32F, 0, 1))
+    assert edges.any() and grad[edges].mean() > 3 * grad[~edges].mean()
     for c in controls.make_controls(controls.CONTROL_NAMES, fused=img, replaced=img, faces=face):
         assert c.shape == img.shape and c.dtype == np.uint8
+
+
+def _pixel(img, xy):
+    return tuple(int(v) for v in img[int(xy[1]), int(xy[0])])
+
+
+def test_openpose_control_of_a_five_point_face_is_an_openpose_rendering(scene):
+    """control_v11p_sd15_openpose saw OpenPose renderings: white face dots, the head's keypoints and limbs in
+    OpenPose's colours; not InstantID's keypoint drawing (what 5-point faces used to get)."""
+    tpl, tface, _, _ = scene
+    crop = controls.face_crop(tpl.shape[:2], tface, 256)
+    five = replace(crop.face(tface), landmarks68=None)
+    img = controls.face_keypoints((256, 256), five)
+    lm = five.landmarks5
+    for xy in lm:  # white dots of radius 3 on every point
+        assert _pixel(img, xy) == (255, 255, 255)
+    colours = {tuple(c) for c in img.reshape(-1, 3)}
+    assert (255, 255, 255) in colours and not colours & {(0, 255, 0), (0, 0, 255), (255, 255, 0)}  # no kps colours
+    # The nose-eye limbs in OpenPose's colours (limb 13 (85, 0, 255), limb 15 (255, 0, 255)) at 0.6 over black.
+    mid_right, mid_left = (lm[2] + lm[0]) / 2, (lm[2] + lm[1]) / 2
+    assert _pixel(img, mid_right) == tuple(round(c * 0.6) for c in (85, 0, 255))
+    assert _pixel(img, mid_left) == tuple(round(c * 0.6) for c in (255, 0, 255))
+    assert not img[:20].any()  # nothing far from the face
+
+
+def test_instantid_keypoints_follow_draw_kps(scene):
+    """InstantX's draw_kps: discs of radius 10 in the five colours at the points, sticks of half-width 4 from the
+    eyes and mouth corners to the nose at 60 % of their colour."""
+    tpl, tface, _, _ = scene
+    face = controls.face_crop(tpl.shape[:2], tface, 1024).face(tface)
+    img = controls.face_keypoints((1024, 1024), face, style="kps")
+    colours = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255))
+    lm = face.landmarks5
+    for xy, c in zip(lm, colours):
+        assert _pixel(img, xy) == c
+        assert _pixel(img, xy + np.array([9, 0])) == c and _pixel(img, xy + np.array([12, 0])) != c
+    mid = lm[0] + (lm[2] - lm[0]) * 0.5
+    assert _pixel(img, mid) == (int(255 * 0.6), 0, 0)
 
 
 # -- CLI: missing models give a clear error and exit code 2 ------------------------------------------
@@ -245,3 +292,16 @@ def test_generate_cli_end_to_end_on_the_tiny_set(tmp_path, tiny, astronaut, grac
     assert out["seed"] == 5 and out["identity"] == "lora"
     img = np.asarray(Image.open(out["file"]))
     assert img.shape == small.shape and (img != small).any()
+
+
+def test_colour_control_is_easyphotos_mosaic(scene):
+    """EasyPhoto's colour input: the image at 1024 px on its short side cut into 24 px cells (cubic shrink,
+    nearest blow-up), then back to size: flat cells holding each region's colour, no detail."""
+    tpl = cv2.resize(scene[0], (1024, 1024), interpolation=cv2.INTER_CUBIC)
+    mosaic = controls.color_map(tpl)
+    assert mosaic.shape == tpl.shape
+    rows = {tuple(map(tuple, r)) for r in mosaic[:, ::7]}
+    assert 38 <= len(rows) <= 44  # 1024 / 24 = 42 distinct rows of cells
+    small = cv2.resize(tpl, (42, 42), interpolation=cv2.INTER_CUBIC)
+    centres = ((np.arange(42) + 0.5) * 1024 / 42).astype(int)
+    np.testing.assert_array_equal(mosaic[np.ix_(centres, centres)], small)

@@ -126,7 +126,33 @@ def test_instantid_identity_reaches_the_unet_and_the_identitynet(runs, models):
     assert not models.identitynet._forward_pre_hooks  # the hook is removed after the call
 
 
-def test_instantid_keypoint_control_and_untouched_pixels(runs, scene):
+def test_instantid_keypoint_control_is_draw_kps_at_the_users_mapped_landmarks(models, scene, hopper_identity):
+    """The IdentityNet's control image (as it enters the ControlNet) has InstantX's draw_kps discs at the user's
+    five landmarks carried onto the template face in the crop."""
+    from portrait.faces.align import similarity_transform
+    from portrait.generate import controls
+    from portrait.post.fusion import transform_face
+
+    tpl, tface, ref, rface = scene
+    seen = []
+    hook = models.identitynet.register_forward_pre_hook(
+        lambda m, a, k: seen.append(k["controlnet_cond"].detach().clone()), with_kwargs=True)
+    try:
+        _run(models, scene, hopper_identity, faceid_scale=1.0)
+    finally:
+        hook.remove()
+    img = (seen[0][-1].permute(1, 2, 0).float().numpy() * 255).round().astype(np.uint8)
+    face = controls.face_crop(tpl.shape[:2], tface, CROP).face(tface)
+    kps = transform_face(rface, similarity_transform(rface.landmarks5, face.landmarks5)).landmarks5
+    colours = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255))
+    for i, (x, y) in enumerate(kps):
+        # The disc drawn last over this point (discs of radius 10, drawn in order) gives its colour.
+        last = max(j for j in range(5) if (int(kps[j][0]) - int(x)) ** 2 + (int(kps[j][1]) - int(y)) ** 2 <= 100)
+        assert tuple(int(v) for v in img[int(y), int(x)]) == colours[last]
+    assert not img[:8].any() and not img[-8:].any()  # black away from the face
+
+
+def test_instantid_untouched_pixels(runs, scene):
     tpl = scene[0]
     for r in runs.values():
         assert r.image.shape == tpl.shape and r.image.dtype == np.uint8

@@ -107,18 +107,21 @@ def test_compressed_bomb_refused_without_allocating(tmp_path):
 
 def test_oversize_file_refused_without_reading(tmp_path, astronaut):
     r, peak = _refused_cheaply(sparse_file(tmp_path / "huge.jpg", 61 * 1024 * 1024))
-    assert r.reason == "too_large" and "MB" in r.message
+    assert r.reason == "too_large" and "61.0 MiB, the limit is 60 MiB" in r.message
     assert peak < 1_000_000  # the 61 MiB were never read
     small_limit = PreprocessConfig(max_bytes=10_000)
     r = intake_photo(save(tmp_path / "photo.jpg", astronaut), small_limit, tmp_path)
     assert r.reason == "too_large"
 
 
-def test_list_photos_skips_hidden_and_non_images(tmp_path, astronaut):
+def test_list_photos_skips_hidden_files_and_folders(tmp_path, astronaut):
     save(tmp_path / "b.JPG", astronaut)
     save(tmp_path / "a.png", astronaut)
     (tmp_path / ".hidden.jpg").write_bytes(b"x")
     (tmp_path / "notes.txt").write_text("hello")
     text_as_jpg(tmp_path / "c.jpeg")
-    files, root = list_photos(tmp_path)
-    assert [f.name for f in files] == ["a.png", "b.JPG", "c.jpeg"] and root == tmp_path
+    (tmp_path / "sub").mkdir()
+    skipped: list = []
+    files, root = list_photos(tmp_path, skipped)
+    assert [f.name for f in files] == ["a.png", "b.JPG", "c.jpeg", "notes.txt"] and root == tmp_path
+    assert [s["file"] for s in skipped] == [".hidden.jpg", "sub"]

@@ -10,15 +10,15 @@ import sys
 import threading
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from helpers_photos import hopper_photo_set
 from portrait import jobs
 from portrait.cli import cli
 from portrait.errors import Cancelled, ConfigError
-from portrait.imageio import load_rgb, save_image
+from portrait.imageio import load_rgb
 from portrait.samples import write_sample_photos
 
 pytestmark = pytest.mark.usefixtures("hermetic")  # no user models, templates or device (conftest)
@@ -37,16 +37,7 @@ def photos(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def hopper_photos(tmp_path_factory, grace_hopper) -> Path:
-    """Another person: four usable photos of Grace Hopper (original, mirror, turned, closer)."""
-    d = tmp_path_factory.mktemp("hopper")
-    h, w = grace_hopper.shape[:2]
-    variants = [grace_hopper, np.ascontiguousarray(grace_hopper[:, ::-1]),
-                cv2.warpAffine(grace_hopper, cv2.getRotationMatrix2D((w / 2, h / 2), 8, 0.85), (w, h),
-                               borderMode=cv2.BORDER_REPLICATE),
-                cv2.resize(grace_hopper[40:h - 60, 30:w - 30], (w, h - 100), interpolation=cv2.INTER_AREA)]
-    for i, v in enumerate(variants):
-        save_image(v, d / f"hopper_{i}.jpg")
-    return d
+    return hopper_photo_set(tmp_path_factory, grace_hopper)
 
 
 @pytest.fixture(scope="module")

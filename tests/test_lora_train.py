@@ -210,3 +210,56 @@ def test_template_validation_paints_checkpoints_into_template_faces(tiny_base, t
         assert render.shape == tpl.shape
         assert np.array_equal(render[outside], tpl[outside])  # painted into the face, pasted back by mask
         assert not np.array_equal(render, tpl)
+
+
+def test_face_score_ranks_the_users_face_above_another_persons(tmp_path, face_analysis):
+    """Checkpoint scoring on real faces: renders of the user (held-out photos of the astronaut) score above
+    renders of someone else (Grace Hopper) against the centroid of the user's other photos; no face is worst."""
+    from portrait.imageio import load_rgb
+    from portrait.samples import write_sample_photos
+
+    write_sample_photos(tmp_path)
+    user = [load_rgb(tmp_path / n) for n in ("astronaut_01.jpg", "astronaut_03_close.png", "astronaut_04_bright.jpg")]
+    held_out = [load_rgb(tmp_path / n) for n in ("astronaut_02_mirror.jpg", "astronaut_05_warm.webp")]
+    other = [load_rgb(tmp_path / "grace_hopper.jpg")]
+    centroid = lora_select.user_centroid(user, face_analysis)
+    mine, theirs = (lora_select.face_score(imgs, centroid, face_analysis) for imgs in (held_out, other))
+    assert mine > theirs + 0.2
+    assert -mine < face_analysis.same_person_threshold < -theirs  # same person / another person, by the engine
+    blank = np.full((256, 256, 3), 128, np.uint8)
+    assert lora_select.face_score([blank], centroid, face_analysis) == lora_select.NO_FACE < theirs
+
+
+def test_sdxl_vae_encodes_in_fp32_where_fp16_overflows():
+    """SDXL's VAE overflows in fp16 (diffusers' SDXL pipelines upcast it: force_upcast): training caches latents
+    through an fp32 VAE and hands them back in the training dtype; the VAE is left in fp16."""
+    from types import SimpleNamespace
+
+    from portrait.identity.lora_train import _encode_latents, vae_needs_upcast
+
+    torch.manual_seed(0)
+    vae = tiny._tiny_vae()
+    with torch.no_grad():
+        # Activations past fp16's 65504 (as SDXL's VAE reaches on real photos) from weights that fp16 holds.
+        vae.encoder.conv_in.weight.mul_(1e4)
+        vae.encoder.conv_in.bias.fill_(65000.0)
+    vae = vae.to(torch.float16)
+    img = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    pipe = SimpleNamespace(vae=vae)
+    assert vae_needs_upcast(vae, xl=True) and not vae_needs_upcast(vae, xl=False)
+    mean, std = _encode_latents(pipe, [img], False, torch.device("cpu"), torch.float16, xl=True)
+    assert mean.dtype == torch.float16 and torch.isfinite(mean).all() and torch.isfinite(std).all()
+    assert vae.dtype == torch.float16
+    raw, _ = _encode_latents(pipe, [img], False, torch.device("cpu"), torch.float16, xl=False)
+    assert not torch.isfinite(raw).all()  # what training read before: the overflow is real
+
+
+def test_fp16_mixed_precision_training_scales_the_loss(tiny_base, trainset, tmp_path):
+    cfg = TrainConfig(trainset=trainset, base_model=str(tiny_base), out_dir=tmp_path, steps=4, rank=4, alpha=2,
+                      lr=1e-3, resolution=64, validate_every=4, seed=0, dtype="float16", mixed_precision=True,
+                      device="cpu")
+    result = train_lora(cfg, validate=None)
+    report = json.loads((tmp_path / "training.json").read_text())
+    assert report["mixed_precision"] and report["grad_scaler"] and report["dtype"] == "float16"
+    assert len(report["loss"]) == 4 and all(np.isfinite(report["loss"]))
+    assert Path(result.lora_path).is_file()

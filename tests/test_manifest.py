@@ -58,3 +58,60 @@ def test_folder_models_need_their_required_members(empty_models_dir):
     assert st.state == "missing" and "model_index.json" in st.message
     with pytest.raises(ModelMissingError, match="model_index.json"):
         m.require("sd15")
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from portrait.cli import cli
+
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_every_downloadable_model_lists_its_source_size_and_licence(empty_models_dir):
+    import json
+
+    r = _cli("models", "list", "--json")
+    assert r.exit_code == 0
+    rows = {m["name"]: m for m in json.loads(r.stdout)["models"]}
+    for name, row in rows.items():
+        assert row["licence"] and row["commercial_use"] in ("yes", "no", "check")
+        if row["pin"] == "bundled":
+            continue
+        src = row["source"]
+        assert row["size"] or name == "controlnet-color-sdxl", name  # the one model with no release at all
+        if src["automatic"]:  # a Hub repo, a revision and exact file names
+            assert src["repo"] and src["revision"] and src["files"] and all(f["path"] for f in src["files"])
+            assert row["pin"] == "pinned" or row["pin"].startswith("missing")
+        else:
+            assert src["steps"], name  # manual: what to do by hand
+    assert rows["sd15"]["pin"] == "pinned"
+    unet = next(f for f in rows["sd15"]["source"]["files"] if f["path"] == "unet/diffusion_pytorch_model.safetensors")
+    assert unet["sha256"] == "19da7aaa4b880e59d56843f1fcb4dd9b599c28a1d9d9af7c1143057c8ffae9f1"
+    assert rows["arcface-antelopev2"]["source"]["files"][0]["path"] == "models/antelopev2/glintr100.onnx"
+    assert rows["arcface-buffalo"]["source"]["files"][0]["path"] == "models/buffalo_l/w600k_r50.onnx"
+
+
+def test_a_folder_you_placed_yourself_is_unchecked_not_refused(empty_models_dir):
+    """Hashes recorded for the released files identify what `models fetch` installs; your own SD 1.5
+    fine-tune at the same path is another model, not a corrupt one (its required members are the check)."""
+    import json
+
+    sd15 = empty_models_dir / "diffusion" / "sd15"
+    (sd15 / "unet").mkdir(parents=True)
+    (sd15 / "model_index.json").write_text("{}")
+    (sd15 / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"my own fine-tune")
+    r = _cli("models", "verify", "sd15", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["models"][0]["state"] == "present"
+    assert Manifest(empty_models_dir).require("sd15") == sd15
+
+
+def test_old_arcface_name_is_an_alias_of_arcface_buffalo(empty_models_dir, tmp_path):
+    weights = tmp_path / "w600k_r50.onnx"
+    weights.write_bytes(b"onnx bytes")
+    (empty_models_dir / "models.toml").write_text(f'[models.arcface]\npath = "{weights}"\n')
+    m = Manifest(empty_models_dir)
+    assert m.require("arcface-buffalo") == weights == m.require("arcface")
+    assert m.spec("arcface").name == "arcface-buffalo" and "arcface" in m
+    assert any("arcface-antelopev2" in n for n in m.notes)  # the deprecation note names both new models
+    assert m.path("arcface-antelopev2") == empty_models_dir / "insightface" / "glintr100.onnx"

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from helpers_onnx import BOX_DIST, KPS_DIST, make_arcface, make_inswapper, make_scrfd, tiny_models_dir
+from helpers_onnx import BOX_DIST, KPS_DIST, arcface_weights, make_arcface, make_inswapper, make_scrfd, tiny_models_dir
 
 from portrait.errors import ConfigError, ModelMissingError
 from portrait.faces import FaceAnalysis, FaceConfig
@@ -97,23 +97,88 @@ def test_scrfd_as_the_face_analysis_detector(tiny):
 
 
 # -- ArcFace --------------------------------------------------------------------------------------
-def test_arcface_unit_vectors_of_the_models_dim(tmp_path, tiny, face_analysis, astronaut, grace_hopper):
+def _insightface_crop(image: np.ndarray, kps: np.ndarray) -> np.ndarray:
+    """insightface's face_align.norm_crop, restated: skimage's similarity fit of the 5 points onto ArcFace's
+    112 template, bilinear warp, constant black border."""
+    import cv2
+    from skimage.transform import SimilarityTransform
+
+    from portrait.faces.types import ARCFACE_5PT_112
+
+    tform = SimilarityTransform.from_estimate(kps, ARCFACE_5PT_112) if hasattr(SimilarityTransform, "from_estimate") \
+        else SimilarityTransform()
+    if not hasattr(SimilarityTransform, "from_estimate"):
+        tform.estimate(kps, ARCFACE_5PT_112)
+    return cv2.warpAffine(image, tform.params[:2], (112, 112), borderValue=0.0)
+
+
+def _graph_output(crop: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The tiny ArcFace graph by hand: RGB (x - 127.5) / 127.5, 8x8 average pool, flatten (C, y, x), matmul."""
+    x = (crop.astype(np.float64) - 127.5) / 127.5
+    pooled = x.reshape(14, 8, 14, 8, 3).mean(axis=(1, 3)).transpose(2, 0, 1)  # (3, 14, 14)
+    return pooled.reshape(-1) @ weights.astype(np.float64)
+
+
+def test_arcface_is_the_graph_on_insightfaces_crop_raw_and_unnormalised(tiny, face_analysis, astronaut):
     emb = ArcFaceEmbedder(tiny)
-    assert (emb.name, emb.dim, emb.metric, emb.same_person_threshold) == ("arcface", 512, "cosine", 0.6)
+    assert (emb.name, emb.dim, emb.metric, emb.same_person_threshold) == ("arcface-buffalo", 512, "cosine", 0.6)
     face = face_analysis.analyze(astronaut, embed=False)[0]
-    other = face_analysis.analyze(grace_hopper, embed=False)[0]
-    a, a2, b = emb.embed(astronaut, face), emb.embed(astronaut.copy(), face), emb.embed(grace_hopper, other)
-    assert a.shape == (512,) and a.dtype == np.float32
-    assert np.linalg.norm(a) == pytest.approx(1.0, abs=1e-5) and np.linalg.norm(b) == pytest.approx(1.0, abs=1e-5)
-    from portrait.faces.base import distance
+    got = emb.embed(astronaut, face)
+    want = _graph_output(_insightface_crop(astronaut, face.landmarks5), arcface_weights())
+    assert got.dtype == np.float32 and got.shape == (512,)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)  # raw: its length is the model's, not 1
+    assert abs(float(np.linalg.norm(got)) - 1.0) > 0.1
+    # Channel order matters: the same crop read as BGR is another vector.
+    bgr = _graph_output(_insightface_crop(astronaut[..., ::-1], face.landmarks5), arcface_weights())
+    assert np.abs(bgr - want).max() > 1e-2
 
-    assert distance(a, a2, "cosine") == pytest.approx(0.0, abs=1e-6)
-    assert distance(a, b, "cosine") > 1e-3
 
-    small = Manifest(models_dir=tmp_path, config_file=tmp_path / "models.toml")
-    make_arcface(small.path("arcface"), dim=64)
-    assert ArcFaceEmbedder(small).dim == 64
-    assert ArcFaceEmbedder(small).embed(astronaut, face).shape == (64,)
+def test_arcface_border_is_black_like_insightface(tiny, face_analysis, astronaut):
+    """A face at the image's edge: the part of the crop outside the image is black (constant border), which a
+    reflected border would fill with face pixels."""
+    emb = ArcFaceEmbedder(tiny)
+    face = face_analysis.analyze(astronaut, embed=False)[0]
+    x0 = int(face.box[0]) + 8
+    edge = np.ascontiguousarray(astronaut[:, x0:])  # the left part of the face is cut off
+    moved = face.scaled(1.0)
+    moved.landmarks5 = face.landmarks5 - np.array([x0, 0], np.float32)
+    crop = _insightface_crop(edge, moved.landmarks5)
+    assert (crop[:, :4] == 0).all()  # the check is about something: the crop does reach past the edge
+    np.testing.assert_allclose(emb.embed(edge, moved), _graph_output(crop, arcface_weights()), rtol=1e-4, atol=1e-3)
+
+
+def test_arcface_graphs_that_normalise_themselves_get_raw_pixels(tmp_path, face_analysis, astronaut):
+    """MXNet-exported recognisers start with their own Sub/Mul: insightface feeds them 0..255, and so do we;
+    both graphs then give the same vector."""
+    plain = Manifest(models_dir=tmp_path / "a", config_file=tmp_path / "a" / "models.toml")
+    mx = Manifest(models_dir=tmp_path / "b", config_file=tmp_path / "b" / "models.toml")
+    make_arcface(plain.path("arcface-buffalo"))
+    make_arcface(mx.path("arcface-buffalo"), normalises_itself=True)
+    face = face_analysis.analyze(astronaut, embed=False)[0]
+    np.testing.assert_allclose(ArcFaceEmbedder(mx).embed(astronaut, face), ArcFaceEmbedder(plain).embed(astronaut, face),
+                               rtol=1e-4, atol=1e-3)
+    small = Manifest(models_dir=tmp_path / "c", config_file=tmp_path / "c" / "models.toml")
+    make_arcface(small.path("arcface"), dim=64)  # 'arcface' is buffalo_l's recogniser
+    assert ArcFaceEmbedder(small).dim == 64 and ArcFaceEmbedder(small).embed(astronaut, face).shape == (64,)
+
+
+def test_antelopev2_is_its_own_model_and_named_as_such(tiny, face_analysis, astronaut):
+    face = face_analysis.analyze(astronaut, embed=False)[0]
+    antelope = ArcFaceEmbedder(tiny, model="arcface-antelopev2")
+    assert antelope.name == "arcface-antelopev2"
+    np.testing.assert_allclose(antelope.embed(astronaut, face),
+                               _graph_output(_insightface_crop(astronaut, face.landmarks5), arcface_weights(seed=1)),
+                               rtol=1e-4, atol=1e-3)
+
+
+def test_face_analysis_aligns_arcface_on_the_detectors_points(tiny, astronaut, monkeypatch):
+    """With SCRFD and dlib's 68 points, landmarks5 (what ArcFace and inswapper align on) are SCRFD's own, as in
+    insightface; the 68 points stay for masks."""
+    fa = FaceAnalysis(FaceConfig(detector="scrfd", landmarks="dlib68", embedder="arcface"), manifest=tiny)
+    faces = fa.analyze(_blocks(480, 640, (320, 240)))
+    _, kps = _expected(40, 30, 1.0)
+    np.testing.assert_allclose(faces[0].landmarks5, kps, atol=1e-3)
+    assert faces[0].landmarks68 is not None
 
 
 def test_face_analysis_with_arcface_end_to_end(tiny, astronaut, monkeypatch):
@@ -121,11 +186,10 @@ def test_face_analysis_with_arcface_end_to_end(tiny, astronaut, monkeypatch):
     fa = FaceAnalysis(FaceConfig(embedder="arcface", models_dir=str(tiny.models_dir)))  # detector dlib-hog
     faces = fa.analyze(astronaut)
     assert len(faces) == 1
-    assert faces[0].embedding.shape == (512,)
-    assert np.linalg.norm(faces[0].embedding) == pytest.approx(1.0, abs=1e-5)
+    want = _graph_output(_insightface_crop(astronaut, faces[0].landmarks5), arcface_weights())
+    np.testing.assert_allclose(faces[0].embedding, want, rtol=1e-4, atol=1e-3)
     assert fa.metric == "cosine" and fa.same_person_threshold == 0.6
     flipped = fa.analyze(np.ascontiguousarray(astronaut[:, ::-1]))[0]
-    assert fa.distance(faces[0].embedding, fa.analyze(astronaut)[0].embedding) == pytest.approx(0.0, abs=1e-6)
     assert fa.distance(faces[0].embedding, flipped.embedding) > 1e-3
 
 
@@ -139,7 +203,7 @@ def test_scrfd_without_its_file_names_the_model_and_path(empty_models_dir, astro
     assert "'scrfd'" in str(err.value) and str(expected) in str(err.value) and "models.toml" in str(err.value)
 
 
-@pytest.mark.parametrize("engine,model", [(ScrfdDetector, "scrfd"), (ArcFaceEmbedder, "arcface"),
+@pytest.mark.parametrize("engine,model", [(ScrfdDetector, "scrfd"), (ArcFaceEmbedder, "arcface-buffalo"),
                                           (OnnxSwapper, "inswapper")])
 def test_a_corrupt_onnx_file_is_a_clear_error_naming_it(tmp_path, engine, model):
     manifest = Manifest(models_dir=tmp_path, config_file=tmp_path / "models.toml")
@@ -217,3 +281,17 @@ def test_swapper_needs_an_arcface_embedding_and_its_emap(tmp_path, tiny, face_an
     with pytest.raises(ConfigError, match="emap") as err:
         OnnxSwapper(manifest)
     assert str(manifest.path("inswapper")) in str(err.value)
+
+
+def test_onnx_fusion_blend_is_the_swapped_faces_opacity(tiny, face_analysis, astronaut):
+    """fusion2_blend reaches the onnx engine: half opacity is halfway between the template and the full swap."""
+    from portrait.post.fusion import fuse
+
+    face = face_analysis.analyze(astronaut, embed=False)[0]
+    src = np.random.default_rng(1).standard_normal(512)
+    full = fuse(astronaut, face, None, None, engine="onnx", manifest=tiny, source_embedding=src, blend=1.0).image
+    half = fuse(astronaut, face, None, None, engine="onnx", manifest=tiny, source_embedding=src, blend=0.5).image
+    none = fuse(astronaut, face, None, None, engine="onnx", manifest=tiny, source_embedding=src, blend=0.0)
+    mid = (astronaut.astype(np.float64) + full) / 2
+    assert np.abs(half - mid).max() <= 1.0 and np.abs(full.astype(int) - astronaut).max() > 20
+    assert np.array_equal(none.image, astronaut) and not none.mask.any()

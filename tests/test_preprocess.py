@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from helpers_photos import (exif_rotated, re_encoded, rgba_png, save, text_as_jpg, tiny_face, truncated_jpeg,
-                            turned_head)
+from helpers_photos import (exif_rotated, re_encoded, relit, rgba_png, save, text_as_jpg, tiny_face,
+                            truncated_jpeg, turned_head)
 from portrait.imageio import load_rgb
 from preprocess import REASONS, PreprocessConfig, run_preprocess
 
@@ -45,9 +45,10 @@ def mixed(tmp_path_factory, astronaut, grace_hopper_path, group_photo_path):
     save(d / "a1.jpg", a)
     shutil.copyfile(d / "a1.jpg", d / "a1_copy.jpg")
     save(d / "a2_mirror.jpg", a[0:420, 40:460][:, ::-1])
-    save(d / "a3_close.png", _resize(a[30:330, 80:380], (480, 480)))
-    rgba_png(d / "a4_rgba.png", np.ascontiguousarray(a[20:480, 10:470]))
-    exif_rotated(d / "a5_exif.jpg", a[10:470, 60:512])
+    # Reframed copies of one portrait, each in other light: different photos to the duplicate check.
+    save(d / "a3_close.png", _resize(relit(a, gain=(0.88, 0.95, 1.08), side=0.3)[30:330, 80:380], (480, 480)))
+    rgba_png(d / "a4_rgba.png", np.ascontiguousarray(relit(a, gamma=0.75)[20:480, 10:470]))
+    exif_rotated(d / "a5_exif.jpg", relit(a, gain=(1.1, 1.0, 0.82))[10:470, 60:512])
     shutil.copyfile(grace_hopper_path, d / "grace.jpg")
     shutil.copyfile(group_photo_path, d / "group.jpg")
     truncated_jpeg(d / "broken.jpg", a)
@@ -125,7 +126,7 @@ def test_progress_stages(mixed):
 
 def test_analyse_only_writes_nothing(tmp_path, astronaut):
     for i, (y, x) in enumerate([(0, 0), (40, 60), (80, 20)]):
-        save(tmp_path / f"p{i}.jpg", astronaut[y:y + 420, x:x + 420])
+        save(tmp_path / f"p{i}.jpg", relit(astronaut, gamma=(0.7, 1.0, 1.4)[i])[y:y + 420, x:x + 420])
     before = sorted(tmp_path.rglob("*"))
     result = run_preprocess(tmp_path, None, PreprocessConfig(min_photos=2))
     assert sorted(tmp_path.rglob("*")) == before
@@ -140,14 +141,14 @@ def conditions(tmp_path_factory, astronaut, grace_hopper):
     a = astronaut
     save(d / "base1.jpg", a)
     save(d / "base2.jpg", a[0:420, 40:460][:, ::-1])
-    save(d / "base3.png", _resize(a[30:330, 80:380], (480, 480)))
+    save(d / "base3.png", _resize(relit(a, gain=(0.88, 0.95, 1.08), side=0.3)[30:330, 80:380], (480, 480)))
     save(d / "blurry.jpg", cv2.GaussianBlur(a[10:430, 20:440], (0, 0), 3.0))
     save(d / "dark.jpg", (a[40:460, 10:430] * 0.15).astype(np.uint8))
-    save(d / "rotated90.jpg", np.rot90(a[0:450, 30:480]))  # no EXIF tag: the face lies on its side
+    save(d / "rotated90.jpg", np.rot90(relit(a, gamma=1.3)[0:450, 30:480]))  # no EXIF tag: the face lies on its side
     save(d / "tiny_face.jpg", tiny_face(a[60:400, 100:400]))
     save(d / "thumbnail.jpg", _resize(a[20:440, 30:450], (200, 200)))
     # A dominant face with a small second face in the background is fine ...
-    big = _resize(a[0:400, 60:460], (1024, 1024))
+    big = _resize(relit(a, gamma=0.75)[0:400, 60:460], (1024, 1024))
     big[719:1000, 760:1000] = _resize(grace_hopper, (240, 281))  # her face ~90 px, the main one ~215 px
     save(d / "with_bystander.jpg", big)
     # ... two faces of similar size are not.
@@ -160,11 +161,22 @@ def conditions(tmp_path_factory, astronaut, grace_hopper):
 
 @pytest.mark.parametrize("file,expected", [
     ("base2.jpg", []), ("base3.png", []),
-    ("blurry.jpg", ["blurry"]), ("dark.jpg", ["bad_exposure"]), ("rotated90.jpg", ["no_face"]),
+    ("blurry.jpg", ["blurry"]), ("dark.jpg", ["bad_exposure"]), ("rotated90.jpg", []),
     ("thumbnail.jpg", ["too_small"]), ("with_bystander.jpg", []), ("two_people.jpg", ["multiple_faces"]),
 ])
 def test_conditions(conditions, file, expected):
     assert conditions.photo(file).reasons == expected, conditions.photo(file).message
+
+
+def test_sideways_photo_without_exif_is_turned_upright_and_says_so(conditions):
+    p = conditions.photo("rotated90.jpg")
+    assert p.accepted and p.facts["turned"] == 90 and "turned 90° clockwise to stand upright" in p.message.lower()
+    w, h = p.facts["original_size"]
+    assert (w, h) == (450, 450) and abs(p.face.roll) < 10
+    upright = p.image()
+    assert upright.shape[:2] == (450, 450)
+    x0, y0, x1, y1 = p.face.box
+    assert 0 <= x0 < x1 <= 450 and 0 <= y0 < y1 <= 450
 
 
 def test_resized_reencoded_copy_is_a_duplicate(conditions):
@@ -195,7 +207,7 @@ def test_turned_head_is_extreme_pose(tmp_path, group_photo_path):
 
 
 def test_reason_codes_are_the_contract():
-    assert REASONS == ("unreadable", "too_large", "too_small", "no_face", "multiple_faces", "face_too_small",
+    assert REASONS == ("unreadable", "unsupported_format", "too_large", "too_small", "no_face", "multiple_faces", "face_too_small",
                        "different_person", "blurry", "bad_exposure", "extreme_pose", "duplicate")
 
 

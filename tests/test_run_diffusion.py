@@ -70,8 +70,8 @@ def test_run_cli_with_diffusion_forced_but_no_base_model_says_what_is_missing(ph
 # -- SDXL: InstantID chosen by the same auto rule as `portrait generate` ---------------------------------
 @pytest.fixture(scope="module")
 def tiny_sdxl_dir(tmp_path_factory):
-    """The tiny set with SDXL, its ControlNets and a 512-d (ArcFace-sized) InstantID + FaceID, and a tiny
-    random ArcFace ONNX model at the manifest's arcface path."""
+    """The tiny set with SDXL, its ControlNets and a 512-d (ArcFace-sized) InstantID + FaceID, and tiny random
+    ArcFace ONNX models at both recognisers' manifest paths (buffalo_l's and antelopev2's)."""
     from helpers_onnx import make_arcface
 
     from portrait.models.manifest import Manifest
@@ -79,20 +79,26 @@ def tiny_sdxl_dir(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("tiny-sdxl-models")
     build_tiny_set(d, id_dim=512, sdxl=True)
-    make_arcface(Manifest(d).path("arcface"))
+    make_arcface(Manifest(d).path("arcface-buffalo"))
+    make_arcface(Manifest(d).path("arcface-antelopev2"), seed=1)
     return d
 
 
-def _sdxl_config(models_dir, embedder="arcface", **kw):
+def _sdxl_config(models_dir, embedder="arcface-antelopev2", **kw):
     from portrait.faces import FaceConfig
 
     return RunConfig(models_dir=str(models_dir), base_model="sdxl", face=FaceConfig(embedder=embedder,
                      models_dir=str(models_dir)), **{**FAST, **kw})
 
 
-def test_run_on_sdxl_paints_with_instantid_and_keeps_the_rest(tiny_sdxl_dir, photos, tmp_path):
+def test_run_on_sdxl_paints_with_instantid_and_keeps_the_rest(tiny_sdxl_dir, photos, tmp_path, monkeypatch):
     import shutil
 
+    # The SDXL recipe needs no colour ControlNet (there is no standard SDXL release): make it missing.
+    cfg = tiny_sdxl_dir / "models-no-colour.toml"  # beside the set: its relative paths resolve there
+    cfg.write_text((tiny_sdxl_dir / "models.toml").read_text().replace('path = "controlnet/sdxl-color"',
+                                                                       'path = "controlnet/absent"'))
+    monkeypatch.setenv("PORTRAIT_MODELS_CONFIG", str(cfg))
     # A copy: the ArcFace run re-keys the template's face cache, which must not touch the repository's.
     folder = shutil.copytree(load_template("navy-formal").image_path.parent, tmp_path / "navy-formal")
     template = load_template(str(folder))
@@ -102,34 +108,48 @@ def test_run_on_sdxl_paints_with_instantid_and_keeps_the_rest(tiny_sdxl_dir, pho
     assert inpaint.engine == "diffusion" and "InstantID" in inpaint.reason and "sdxl" in inpaint.reason
     result = pipe.run(photos, [str(folder)], tmp_path / "xl")
     assert not result.failures and len(result.outputs) == 1
-    # The SDXL ControlNets of the template's passes were loaded (not the SD 1.5 ones), plus the IdentityNet.
+    # EasyPhoto's SDXL recipe: canny alone in both passes (SDXL ControlNets), plus the IdentityNet.
     models = pipe._models
     assert models.arch == "sdxl" and models.has_instantid
-    assert set(models.controlnets) == {"canny", "openpose", "color", "tile"}
-    assert all(n.config.addition_embed_type == "text_time" for n in models.controlnets.values())
+    assert set(models.controlnets) == {"canny"}
+    assert models.controlnets["canny"].config.addition_embed_type == "text_time"
     out = load_rgb(result.outputs[0].file)
     tpl = template.image()
     assert out.shape == tpl.shape
     outside = _outside_crop(template, tpl.shape[:2])
     assert np.array_equal(out[outside], tpl[outside])
+    # Painted by diffusion, not only by the fusion: the same run with diffusion off differs on the face.
+    plain = PortraitPipeline(_sdxl_config(tiny_sdxl_dir, diffusion="off")).run(photos, [str(folder)], tmp_path / "off")
+    off = load_rgb(plain.outputs[0].file)
     x0, y0, x1, y1 = (int(v) for v in template.slot_faces()[0].box)
-    assert (out[y0:y1, x0:x1] != tpl[y0:y1, x0:x1]).any()
+    assert np.abs(out[y0:y1, x0:x1].astype(int) - off[y0:y1, x0:x1].astype(int)).mean() > 2.0
+    assert np.array_equal(off[outside], tpl[outside])
     saved = json.loads(result.result_file.read_text())["engines"]["inpaint"]
     assert "InstantID" in saved["reason"]
 
 
-def test_sdxl_identity_engine_with_dlib_embeddings(tiny_sdxl_dir, tmp_path):
+def test_sdxl_identity_engine_follows_the_recogniser(tiny_sdxl_dir, tmp_path):
     from portrait.engines import choose_identity
     from portrait.errors import ConfigError
     from portrait.models.manifest import Manifest
     from portrait.models.tiny import build_tiny_ip_adapter_faceid
 
-    # InstantID's adapter takes 512-d ArcFace embeddings and the set's FaceID adapter is SD 1.5's: nothing fits.
+    # InstantID's adapter takes 512-d antelopev2 embeddings and the set's FaceID adapter is SD 1.5's: nothing fits.
     auto = PortraitPipeline(_sdxl_config(tiny_sdxl_dir, embedder="dlib-resnet"))
     skipped = auto.engine("inpaint")
-    assert skipped.engine == "skipped" and "--embedder arcface" in skipped.reason and auto.identity_engine is None
-    with pytest.raises(ConfigError, match="--embedder arcface"):
+    assert skipped.engine == "skipped" and "--embedder arcface-antelopev2" in skipped.reason
+    assert auto.identity_engine is None
+    with pytest.raises(ConfigError, match="--embedder arcface-antelopev2"):
         PortraitPipeline(_sdxl_config(tiny_sdxl_dir, embedder="dlib-resnet", diffusion="on"))
+    set_manifest = Manifest(tiny_sdxl_dir)
+    # buffalo_l's embeddings are 512-d too, but InstantID was trained on antelopev2's: not chosen, and said why.
+    engine, why = choose_identity(set_manifest, "sdxl", None, "arcface")
+    assert engine is None and "arcface-antelopev2" in why and "arcface-buffalo" in why
+    assert choose_identity(set_manifest, "sdxl", None, "arcface-antelopev2")[0] == "instantid"
+    # SD 1.5: FaceID only with the recogniser it was trained on, never with dlib's 128-d descriptors.
+    engine, why = choose_identity(set_manifest, "sd15", None, "dlib-resnet")
+    assert engine is None and "128-d" in why and "--embedder arcface-buffalo" in why
+    assert choose_identity(set_manifest, "sd15", None, "arcface") == ("faceid", "FaceID embedding")
     # An SDXL FaceID adapter for 128-d dlib embeddings: FaceID runs, and the reason says why not InstantID.
     adapter = build_tiny_ip_adapter_faceid(tiny_sdxl_dir / "sdxl", tmp_path / "faceid-xl.safetensors", id_dim=128)
     cfg = tiny_sdxl_dir / "models-faceid-xl.toml"  # beside the set: its relative paths resolve there
@@ -138,26 +158,31 @@ def test_sdxl_identity_engine_with_dlib_embeddings(tiny_sdxl_dir, tmp_path):
         f'\n[models.ip-adapter-faceid]\npath = "{adapter}"\n')
     m = Manifest(tiny_sdxl_dir, cfg)
     engine, why = choose_identity(m, "sdxl", None, "dlib-resnet")
-    assert engine == "faceid" and "InstantID not used" in why and "--embedder arcface" in why
-    assert choose_identity(m, "sdxl", None, "arcface")[0] == "instantid"
-    assert choose_identity(m, "sdxl", "lora.safetensors", "arcface")[0] == "lora"
-    # On SD 1.5 that SDXL-wide adapter cannot run, so auto does not pick it (issue 8); the set's own 512-d SD 1.5
-    # adapter fits ArcFace embeddings, and not dlib's.
+    assert engine == "faceid" and "InstantID not used" in why and "--embedder arcface-antelopev2" in why
+    # On SD 1.5 that SDXL-wide adapter cannot run, so auto does not pick it (issue 8).
     engine, why = choose_identity(m, "sd15", None, "dlib-resnet")
     assert engine is None and "tokens" in why, why
-    assert choose_identity(Manifest(tiny_sdxl_dir), "sd15", None, "arcface") == ("faceid", "FaceID embedding")
-    engine, why = choose_identity(Manifest(tiny_sdxl_dir), "sd15", None, "dlib-resnet")
-    assert engine is None and "512-d" in why and "--embedder arcface" in why
 
 
 def test_run_cli_inpaint_size_reaches_the_diffusion_stage(tiny_models_dir, photos, tmp_path, monkeypatch):
-    """--inpaint-size sets the working crop: the run finishes through the CLI with diffusion on."""
+    """--inpaint-size sets the working crop: both passes denoise 96 px crops (12 x 12 latents, seen where they
+    enter the UNet the CLI run paints with), and the run finishes with diffusion on."""
+    from portrait.models import loading
+    from portrait.models.manifest import get_manifest
+
     monkeypatch.setenv("PORTRAIT_MODELS_DIR", str(tiny_models_dir))
     monkeypatch.delenv("PORTRAIT_MODELS_CONFIG", raising=False)
-    res = CliRunner().invoke(cli, ["run", str(photos), "--template", "navy-formal", "--out", str(tmp_path),
-                                   "--diffusion", "on", "--steps", "4", "--inpaint-size", "96", "--variants", "1",
-                                   "--max-tries", "1", "--upscale", "none", "--json"])
+    base = loading.load_base("sd15", manifest=get_manifest())  # the cached base the CLI run loads
+    shapes = []
+    hook = base.unet.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape)))
+    try:
+        res = CliRunner().invoke(cli, ["run", str(photos), "--template", "navy-formal", "--out", str(tmp_path),
+                                       "--diffusion", "on", "--steps", "4", "--inpaint-size", "96", "--variants",
+                                       "1", "--max-tries", "1", "--upscale", "none", "--json"])
+    finally:
+        hook.remove()
     assert res.exit_code == 0, res.output
+    assert shapes and {s[1:] for s in shapes} == {(4, 12, 12)}
     result = json.loads(res.output)
     assert result["engines"]["inpaint"]["engine"] == "diffusion" and not result["failures"]
     assert result["engines"]["inpaint"]["reason"].endswith("96 px working crops")

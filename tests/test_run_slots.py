@@ -4,30 +4,20 @@ from __future__ import annotations
 
 import json
 
-import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from helpers_photos import hopper_photo_set
 from portrait.cli import cli
-from portrait.imageio import load_rgb, save_image
+from portrait.imageio import load_rgb
 from portrait.samples import write_sample_photos
 from portrait.templates import load_template
 
 
 @pytest.fixture(scope="module")
 def hopper_photos(tmp_path_factory, grace_hopper):
-    """Four usable photos of Grace Hopper: the original, a mirror, a turned and a closer framing (a mere
-    brightness change would rightly count as a duplicate)."""
-    d = tmp_path_factory.mktemp("hopper")
-    h, w = grace_hopper.shape[:2]
-    variants = [grace_hopper, np.ascontiguousarray(grace_hopper[:, ::-1]),
-                cv2.warpAffine(grace_hopper, cv2.getRotationMatrix2D((w / 2, h / 2), 8, 0.85), (w, h),
-                               borderMode=cv2.BORDER_REPLICATE),
-                cv2.resize(grace_hopper[40:h - 60, 30:w - 30], (w, h - 100), interpolation=cv2.INTER_AREA)]
-    for i, v in enumerate(variants):
-        save_image(v, d / f"hopper_{i}.jpg")
-    return d
+    return hopper_photo_set(tmp_path_factory, grace_hopper)
 
 
 @pytest.fixture(scope="module")
@@ -78,31 +68,40 @@ def test_another_person_with_too_few_photos_stops_before_any_template(hermetic, 
 
 def test_with_diffusion_each_person_is_painted_with_their_own_face_embedding(tiny_models_dir, user_photos,
                                                                                hopper_photos, tmp_path):
-    """Tiny random models cannot make a likeness, so this checks the wiring: both slots are painted (by
-    FaceID from each person's own photos), nothing outside the two face crops changes."""
+    """Tiny random models cannot make a likeness, so this checks the wiring: the embedding each slot is painted
+    with (recorded where it enters the UNet) is that slot's person's identity, measured separately from their
+    photos; both slots are painted and nothing outside the two face crops changes."""
+    from portrait.faces import FaceConfig, get_face_analysis
+    from portrait.identity.face_embedding import embed_identity
+    from portrait.models import loading
+    from portrait.models.manifest import Manifest
     from portrait.pipeline import PortraitPipeline, RunConfig
 
     config = RunConfig(models_dir=str(tiny_models_dir), diffusion="on", steps=4, variants=1, max_tries=1,
                        inpaint_size=96, retouch="none", upscale="none", seed=3)
     pipe = PortraitPipeline(config)
-    fed = []
+    base = loading.load_base("sd15", manifest=Manifest(tiny_models_dir))  # the cached base the run paints with
+    painted: list[np.ndarray] = []
 
-    def capture(module, args, kwargs):  # the face embedding each UNet call is given (the positive half)
+    def record(module, args, kwargs):
         embeds = (kwargs.get("added_cond_kwargs") or {}).get("image_embeds")
-        fed.append(embeds[0].detach().reshape(embeds[0].shape[0], -1)[-1].numpy().copy())
+        if embeds is not None:  # FaceID's input: (unconditional zeros, the identity) per image
+            painted.append(embeds[0].reshape(embeds[0].shape[0], -1)[-1].detach().cpu().numpy())
 
-    from portrait.models import loading
-    from portrait.models.manifest import get_manifest
-
-    unet = loading.load_base("sd15", manifest=get_manifest(str(tiny_models_dir))).unet
-    hook = unet.register_forward_pre_hook(capture, with_kwargs=True)
+    hook = base.unet.register_forward_pre_hook(record, with_kwargs=True)
     try:
         result = pipe.run(user_photos, ["duo"], tmp_path, others={0: hopper_photos})
     finally:
         hook.remove()
     assert not result.failures, result.failures
-    people = {tuple(np.round(v, 4)) for v in fed}
-    assert len(people) == 2  # slot 0 painted with Grace Hopper's embedding, slot 1 with the user's
+    fa = get_face_analysis(FaceConfig())
+    hopper = embed_identity(hopper_photos, face_analysis=fa).embedding
+    user = embed_identity(user_photos, face_analysis=fa).embedding
+    # Slots are painted in order (slot 0 = Grace Hopper, slot 1 = the user), each over both passes' steps.
+    first, last = painted[0], painted[-1]
+    assert np.allclose(painted[: len(painted) // 2], first) and np.allclose(painted[len(painted) // 2:], last)
+    for vec, own, other in ((first, hopper, user), (last, user, hopper)):
+        assert fa.distance(vec, own) < 0.15 and fa.distance(vec, other) > fa.distance(vec, own) + 0.2
     template = load_template("duo")
     tpl, out = template.image(), load_rgb(result.outputs[0].file)
     assert out.shape == tpl.shape

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .common import dtype_option, handle_errors, json_option, print_json, progress_bar
+from .licence_opt import licence_option
 
 EMBEDDING_NAME = "identity_embedding.safetensors"
 
@@ -30,6 +31,7 @@ def register(group: click.Group) -> None:
                   help="How a face-embedding identity is painted: IP-Adapter FaceID, or InstantID (SDXL: IdentityNet "
                   "+ adapter); auto = InstantID when the base is SDXL and its files are present.")
     @json_option
+    @licence_option
     @handle_errors
     def generate(base_model, identity, templates, out_dir, reference, steps, seed, strength, device, dtype, engine,
                  as_json):
@@ -55,9 +57,12 @@ def register(group: click.Group) -> None:
     @click.argument("trainset", type=click.Path(exists=True, file_okay=False))
     @click.option("--out", "out_file", default=None, type=click.Path(dir_okay=False),
                   help=f"Output file (default: TRAINSET/{EMBEDDING_NAME}).")
-    @click.option("--embedder", type=click.Choice(("dlib-resnet", "arcface")), default="dlib-resnet", show_default=True,
-                  help="Face engine; a real IP-Adapter FaceID needs arcface (512-d).")
+    @click.option("--embedder", type=click.Choice(("dlib-resnet", "arcface", "arcface-buffalo", "arcface-antelopev2")),
+                  default="dlib-resnet", show_default=True,
+                  help="Face engine: IP-Adapter FaceID and inswapper need arcface-buffalo (alias arcface), "
+                       "InstantID arcface-antelopev2.")
     @json_option
+    @licence_option
     @handle_errors
     def embed(trainset, out_file, embedder, as_json):
         """Train-free identity: the mean face embedding of a training set, for IP-Adapter FaceID."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .common import EXIT_OK, handle_errors, json_option, print_json, progress_bar
+from .licence_opt import licence_option
 
 
 def register(group: click.Group) -> None:
@@ -37,6 +38,7 @@ def register(group: click.Group) -> None:
     @click.option("--device", default=None, help="cuda, mps or cpu [default: best available; $PORTRAIT_DEVICE].")
     @click.option("--dtype", default=None, help="fp32, fp16 or bf16 [default: fp16 on GPU, fp32 on CPU].")
     @json_option
+    @licence_option
     @handle_errors
     def train_cmd(trainset_dir: Path, base_model: str, out: Path, steps, rank, alpha, lr, resolution, seed,
                   validate_every, merge_top_k, templates, validation_size, no_validate, device, dtype,

@@ -18,12 +18,37 @@ def _row(manifest, status) -> dict:
     spec = status.spec
     row = {"name": spec.name, "kind": spec.kind, "state": status.state, "path": str(status.path),
            "licence": spec.licence, "commercial_use": _commercial(spec), "description": spec.description}
+    row.update(_source_fields(spec))
     if status.state in ("missing", "bad_hash"):
         row["fix"] = (status.message if status.state == "bad_hash"
                       else manifest.how_to_get(spec, status.path, list_hint=False))
         if status.message.startswith("folder"):
             row["fix"] = f"{status.message}. {row['fix']}"
     return row
+
+
+def _source_fields(spec) -> dict:
+    """source (repo, revision, files), size and pin state of a model's download, for list --json."""
+    dl = spec.download
+    if spec.bundled or dl is None:
+        return {"source": {"note": spec.source, "bundled": spec.bundled}, "size": None, "pin": "bundled"
+                if spec.bundled else "none"}
+    pin = "pinned" if dl.pinned else ("manual" if not dl.automatic else f"missing (revision '{dl.revision}')")
+    return {"source": {**dl.to_dict(), "note": spec.source}, "size": dl.size or None, "pin": pin}
+
+
+def _print_sources(rows: list[dict]) -> None:
+    """One line per model: where `portrait models fetch` gets it, its size and whether the revision is pinned."""
+    for r in rows:
+        src = r.get("source") or {}
+        if r.get("pin") == "bundled":
+            continue
+        if src.get("automatic"):
+            where = f"{src['repo']}@{src['revision'][:12]}" + (" (space)" if src.get("repo_type") == "space" else "")
+            how = "fetch" if r["pin"] == "pinned" else f"fetch, pin {r['pin']}"
+        else:
+            where, how = src.get("url") or "no known download", "manual"
+        click.echo(f"  {r['name']:26s} {how:32s} {r.get('size') or '?':>16s}  {where}")
 
 
 def _print_table(rows: list[dict], title: str) -> None:
@@ -67,9 +92,14 @@ def register(group: click.Group) -> None:
         manifest = Manifest()
         rows = [_row(manifest, manifest.status(s.name, check_hash=hashes)) for s in manifest.all()]
         if as_json:
-            print_json({"models_dir": str(manifest.models_dir), "config": str(manifest.config_file), "models": rows})
+            print_json({"models_dir": str(manifest.models_dir), "config": str(manifest.config_file), "models": rows,
+                        "notes": manifest.notes})
         else:
             _print_table(rows, f"Models in {manifest.models_dir}")
+            click.echo("\nSources (`portrait models fetch NAME` downloads those marked fetch):")
+            _print_sources(rows)
+            for note in manifest.notes:
+                click.echo(f"note: {note}", err=True)
         sys.exit(EXIT_OK)
 
     @models.command("verify")
@@ -109,6 +139,51 @@ def register(group: click.Group) -> None:
             _print_table(rows, "Verified models")
             click.echo(verdict, err=True)
         sys.exit(EXIT_USER if bad else EXIT_OK)
+
+    @models.command("fetch")
+    @click.argument("names", nargs=-1)
+    @click.option("--all-for", "all_for", type=click.Choice(("sd15", "sdxl", "faces")), default=None,
+                  help="Every model the recipe for that base (or the face stack) can use.")
+    @click.option("--endpoint", default=None, envvar="HF_ENDPOINT", show_envvar=True,
+                  help="Hub endpoint or mirror [default: https://huggingface.co].")
+    @json_option
+    @handle_errors
+    def fetch_cmd(names: tuple[str, ...], all_for: str | None, endpoint: str | None, as_json: bool) -> None:
+        """Download models from the Hugging Face Hub into the models folder, at the manifest's revision,
+        resuming interrupted downloads and checking every file's sha256 (a mismatch is refused and
+        nothing is kept). Models that cannot be fetched automatically print the URL and the steps.
+
+        Exit 2 if a download fails, a hash is refused, or a named model must be fetched by hand. A Hub
+        token (gated models) is read from HF_TOKEN or `huggingface-cli login`.
+        """
+        from ..errors import ConfigError
+        from ..models.fetch import fetch_models, names_for
+        from ..models.manifest import get_manifest
+
+        wanted = list(names) + (list(names_for(all_for)) if all_for else [])
+        if not wanted:
+            raise ConfigError("name the models to fetch (see `portrait models list`) or pass --all-for sd15|sdxl|faces")
+        manifest = get_manifest()
+
+        def report(r) -> None:
+            if as_json:
+                return
+            if r.state == "manual":
+                click.echo(f"{r.name}: cannot be fetched automatically:\n  {r.message}", err=True)
+                return
+            for w in r.warnings:
+                click.echo(f"{r.name}: warning: {w}", err=True)
+            for f in r.files:
+                pin = "" if f.pinned else " (sha256 from the server: no pin recorded)"
+                click.echo(f"{r.name}: {f.state} {f.path} sha256 {f.sha256[:16]}…{pin}")
+
+        with progress_bar(not as_json) as progress:
+            results = fetch_models(manifest, wanted, endpoint=endpoint, progress=progress, on_result=report)
+        manual = [r for r in results if r.state == "manual" and not manifest.available(r.name)]
+        if as_json:
+            print_json({"ok": not manual, "models_dir": str(manifest.models_dir),
+                        "models": [r.to_dict() for r in results]})
+        sys.exit(EXIT_USER if manual else EXIT_OK)
 
     @models.command("convert")
     @click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))

@@ -10,6 +10,7 @@ import click
 from ..faces.analysis import DETECTORS, EMBEDDERS, LANDMARKS, FaceConfig
 from .common import (EXIT_OK, EXIT_USER, handle_errors, json_option, min_photos_option, print_json, print_table,
                      progress_bar, top_k_option)
+from .licence_opt import licence_option
 
 
 def _fmt(v) -> str:
@@ -57,16 +58,19 @@ def register(group: click.Group) -> None:
     @min_photos_option()
     @click.option("--remove-background", is_flag=True, help="Put the crops on white (GrabCut, or the ONNX "
                   "'matting' model when present).")
+    @click.option("--retouch-crops", is_flag=True, help="A light skin retouch on the training crops (classic, or "
+                  "the GFPGAN-type restorer when present).")
     @click.option("--trigger", default="ohwx", show_default=True, help="Caption trigger word.")
     @click.option("--class-word", default="person", show_default=True, help="Caption class word.")
     @click.option("--detector", type=click.Choice(DETECTORS), default="dlib-hog", show_default=True)
-    @click.option("--landmarks", type=click.Choice(LANDMARKS), default="dlib68", show_default=True,
-                  help="dlib68's licence excludes commercial use; dlib5 is licence-safe.")
+    @click.option("--landmarks", type=click.Choice(LANDMARKS), default="auto", show_default=True,
+                  help="auto: dlib5 under --licence commercial, else dlib68 (dlib68's licence excludes commercial use; dlib5 is licence-safe but reads every head as about frontal).")
     @click.option("--embedder", type=click.Choice(EMBEDDERS), default="dlib-resnet", show_default=True)
     @json_option
+    @licence_option
     @handle_errors
     def preprocess_cmd(photos_dir: Path, out: Path, top_k: int, resolution: int, min_photos: int,
-                       remove_background: bool, trigger: str, class_word: str, detector: str, landmarks: str,
+                       remove_background: bool, retouch_crops: bool, trigger: str, class_word: str, detector: str, landmarks: str,
                        embedder: str, as_json: bool) -> None:
         """Judge every photo in PHOTOS_DIR and write a training set of the best ones to --out.
 
@@ -79,6 +83,7 @@ def register(group: click.Group) -> None:
             raise ConfigError(f"--resolution must be a multiple of 8, got {resolution}")
         config = jobs.PreprocessConfig(
             top_k=top_k, resolution=resolution, min_photos=min_photos, remove_background=remove_background,
+            retouch_crops=retouch_crops,
             trigger_word=trigger, class_word=class_word,
             face=FaceConfig(detector=detector, landmarks=landmarks, embedder=embedder),
         )

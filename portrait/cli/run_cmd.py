@@ -11,6 +11,7 @@ from ..errors import ConfigError
 from ..faces.analysis import DETECTORS, EMBEDDERS, LANDMARKS, FaceConfig
 from .common import (dtype_option, handle_errors, json_option, min_photos_option, print_json, print_table,
                      progress_bar, top_k_option)
+from .licence_opt import licence_option
 
 
 def run_options(f):
@@ -43,8 +44,8 @@ def run_options(f):
         click.option("--device", default=None, help="cpu | cuda | mps (default: best available)."),
         dtype_option(),
         click.option("--detector", type=click.Choice(DETECTORS), default="dlib-hog", show_default=True),
-        click.option("--landmarks", type=click.Choice(LANDMARKS), default="dlib68", show_default=True,
-                     help="dlib68's licence excludes commercial use; dlib5 is licence-safe."),
+        click.option("--landmarks", type=click.Choice(LANDMARKS), default="auto", show_default=True,
+                  help="auto: dlib5 under --licence commercial, else dlib68 (dlib68's licence excludes commercial use; dlib5 is licence-safe but reads every head as about frontal)."),
         click.option("--embedder", type=click.Choice(EMBEDDERS), default="dlib-resnet", show_default=True),
     ]
     for opt in reversed(opts):
@@ -106,6 +107,7 @@ def _summary(result) -> None:
                    "slots are numbered left to right from 0, the user fills the rest. Repeatable.")
 @run_options
 @json_option
+@licence_option
 @handle_errors
 def run_command(photos: Path, templates: tuple[str, ...], out: Path, slots: tuple[str, ...], as_json: bool,
                 **options) -> None:
@@ -155,6 +157,7 @@ def _parse_slots(values: tuple[str, ...]) -> dict[int, Path]:
               "interrupted batch.")
 @run_options
 @json_option
+@licence_option
 @handle_errors
 def batch_command(manifest: Path, out: Path | None, server: str | None, key: str | None, resume: bool,
                   as_json: bool, **options) -> None:

@@ -47,14 +47,19 @@ def align_matrix(landmarks5: np.ndarray, size: int, face_fraction: float = 1.0) 
 
 
 def align_face(image: np.ndarray, landmarks5: np.ndarray, size: int = 112, face_fraction: float = 1.0,
-               border: str = "reflect") -> tuple[np.ndarray, np.ndarray]:
-    """The aligned square crop and its 2x3 matrix (image → crop). Eyes level, face centred."""
+               border: str = "reflect", interpolation: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """The aligned square crop and its 2x3 matrix (image → crop). Eyes level, face centred.
+
+    border "constant" fills with black (insightface's norm_crop); interpolation "linear" is its bilinear
+    warp, "auto" cubic above 160 px and area below.
+    """
     import cv2
 
     m = align_matrix(landmarks5, size, face_fraction)
     mode = {"reflect": cv2.BORDER_REFLECT101, "constant": cv2.BORDER_CONSTANT, "replicate": cv2.BORDER_REPLICATE}[border]
-    crop = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_CUBIC if size > 160 else cv2.INTER_AREA,
-                          borderMode=mode, borderValue=(255, 255, 255))
+    flags = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC, "area": cv2.INTER_AREA,
+             "auto": cv2.INTER_CUBIC if size > 160 else cv2.INTER_AREA}[interpolation]
+    crop = cv2.warpAffine(image, m, (size, size), flags=flags, borderMode=mode, borderValue=(0, 0, 0))
     return crop, m
 
 

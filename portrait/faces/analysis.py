@@ -7,7 +7,11 @@
 Engines (config names):
   detector:  dlib-hog (default, offline), dlib-mmod (offline CNN), scrfd (ONNX, user-supplied)
   landmarks: dlib68 (default; non-commercial licence), dlib5 (commercial-friendly), none
-  embedder:  dlib-resnet (default, offline), arcface (ONNX, user-supplied)
+  embedder:  dlib-resnet (default, offline), arcface-buffalo (alias arcface: buffalo_l's w600k_r50, for
+             FaceID and inswapper), arcface-antelopev2 (antelopev2's glintr100, for InstantID); ONNX, user-supplied
+
+With a detector that gives 5 keypoints (SCRFD), those points are the face's `landmarks5` (what ArcFace,
+inswapper and every 5-point alignment use, as in insightface); dense landmarks add `landmarks68` only.
 """
 
 from __future__ import annotations
@@ -20,24 +24,45 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..imageio import check_rgb
-from ..models.manifest import Manifest, get_manifest
+from ..models.manifest import ALIASES, Manifest, get_manifest
 from .base import Detection, distance
 from .landmarks_dlib import DlibShapePredictor, five_from_68, five_from_dlib5
 from .pose import pose_from_5, pose_from_68
 from .types import Face
 
 DetectorName = Literal["dlib-hog", "dlib-mmod", "scrfd"]
-LandmarksName = Literal["dlib68", "dlib5", "none"]
-EmbedderName = Literal["dlib-resnet", "arcface"]
+LandmarksName = Literal["auto", "dlib68", "dlib5", "none"]
+EmbedderName = Literal["dlib-resnet", "arcface", "arcface-buffalo", "arcface-antelopev2"]
 DETECTORS: tuple[str, ...] = DetectorName.__args__  # type: ignore[attr-defined]
 LANDMARKS: tuple[str, ...] = LandmarksName.__args__  # type: ignore[attr-defined]
 EMBEDDERS: tuple[str, ...] = EmbedderName.__args__  # type: ignore[attr-defined]
+# The face-embedding size each embedder gives (what an identity adapter must be built for).
+EMBEDDING_DIMS = {"dlib-resnet": 128, "arcface": 512, "arcface-buffalo": 512, "arcface-antelopev2": 512}
+
+
+def embedder_model(name: str) -> str:
+    """The manifest model name behind an embedder config name ('arcface' is arcface-buffalo); what an
+    identity file records as its engine."""
+    return "arcface-buffalo" if name == "arcface" else name
+
+
+def is_arcface(name: str) -> bool:
+    return embedder_model(name).startswith("arcface-")
+
+
+def default_landmarks() -> str:
+    """What `landmarks="auto"` becomes: dlib's 5-point model under the commercial licence policy (the
+    68-point one was trained on data that excludes commercial use), else the 68-point model, whose head
+    pose is measured (with 5 points every head reads as about frontal, so `extreme_pose` is rarely given)."""
+    from ..models.licence import current_policy
+
+    return "dlib5" if current_policy() == "commercial" else "dlib68"
 
 
 @dataclass(frozen=True)
 class FaceConfig:
     detector: str = "dlib-hog"
-    landmarks: str = "dlib68"
+    landmarks: str = "auto"  # resolved when the config is made: default_landmarks()
     embedder: str = "dlib-resnet"
     detect_max_side: int = 1024  # detection runs on a copy downscaled to this (speed); results mapped back
     upsample: int = 0  # extra detector upsampling for small faces
@@ -46,6 +71,8 @@ class FaceConfig:
     device: str = "cpu"  # for ONNX engines: cpu | cuda
 
     def __post_init__(self):
+        if self.landmarks == "auto":
+            object.__setattr__(self, "landmarks", default_landmarks())
         for value, allowed, what in ((self.detector, DETECTORS, "detector"), (self.landmarks, LANDMARKS, "landmarks"),
                                      (self.embedder, EMBEDDERS, "embedder")):
             if value not in allowed:
@@ -76,14 +103,14 @@ def _make_embedder(cfg: FaceConfig, manifest: Manifest):
         return DlibResnetEmbedder(manifest)
     from .embed_arcface import ArcFaceEmbedder
 
-    return ArcFaceEmbedder(manifest, device=cfg.device)
+    return ArcFaceEmbedder(manifest, device=cfg.device, model=embedder_model(cfg.embedder))
 
 
 class FaceAnalysis:
     """The combined analyser. Engines load lazily on first use and stay loaded."""
 
-    def __init__(self, config: FaceConfig = FaceConfig(), manifest: Manifest | None = None):
-        self.config = config
+    def __init__(self, config: FaceConfig | None = None, manifest: Manifest | None = None):
+        self.config = config = config or FaceConfig()
         self.manifest = manifest or get_manifest(config.models_dir)
         self._detector = None
         self._landmarker: DlibShapePredictor | None = None
@@ -123,6 +150,22 @@ class FaceAnalysis:
     def engines(self) -> dict:
         return self.config.engines()
 
+    def model_names(self) -> list[str]:
+        """The manifest models this configuration loads (for the licence policy)."""
+        c = self.config
+        names = {"dlib-mmod": ["dlib-mmod"], "scrfd": ["scrfd"]}.get(c.detector, [])
+        names += {"dlib68": ["dlib-68pt"], "dlib5": ["dlib-5pt"]}.get(c.landmarks, [])
+        names.append(ALIASES.get(c.embedder, c.embedder))  # embedder names are manifest names
+        return names
+
+    def check_licences(self) -> None:
+        """LicenceError if the licence policy in force excludes a model of this configuration. Checked on
+        every call, not only at load: a cached analyser must not outlive a stricter policy."""
+        from ..models.licence import check_licence
+
+        for name in self.model_names():
+            check_licence(self.manifest.spec(name))
+
     # -- analysis ---------------------------------------------------------------------------------
     def detect(self, image: np.ndarray) -> list[Detection]:
         """Detections in full-image coordinates (detector runs on a downscaled copy)."""
@@ -146,6 +189,7 @@ class FaceAnalysis:
 
     def analyze(self, image: np.ndarray, *, embed: bool = True, max_faces: int | None = None) -> list[Face]:
         """All faces in `image` (uint8 RGB), largest first, with landmarks, pose and (optionally) embedding."""
+        self.check_licences()
         dets = self.detect(image)
         dets.sort(key=lambda d: -float((d.box[2] - d.box[0]) * (d.box[3] - d.box[1])))
         if max_faces is not None:
@@ -160,7 +204,8 @@ class FaceAnalysis:
                 pts = self.landmarker.landmarks(image, det.box)
                 if self.landmarker.points == 68:
                     lm68 = pts
-                    lm5 = five_from_68(pts)
+                    # insightface aligns on the detector's own keypoints: keep them where there are some.
+                    lm5 = det.landmarks5 if det.landmarks5 is not None else five_from_68(pts)
                 else:
                     lm5 = det.landmarks5 if det.landmarks5 is not None else five_from_dlib5(pts)
             elif det.landmarks5 is not None:
@@ -191,8 +236,9 @@ _CACHE: dict[tuple, FaceAnalysis] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def get_face_analysis(config: FaceConfig = FaceConfig()) -> FaceAnalysis:
+def get_face_analysis(config: FaceConfig | None = None) -> FaceAnalysis:
     """The per-process FaceAnalysis for `config` (engines load once per process)."""
+    config = config or FaceConfig()
     key = tuple(sorted(asdict(config).items()))
     with _CACHE_LOCK:
         if key not in _CACHE:

@@ -6,9 +6,16 @@ ControlNet set, and the identity adapters (IP-Adapter FaceID, InstantID's adapte
     load_faceid_adapter(pipe, "ip-adapter-faceid_sd15.safetensors", 128)
     pipe(..., ip_adapter_image_embeds=faceid_embeds(ident, batch=1, guidance=True))
 
-A FaceID adapter's id dimension must equal the embedding engine's (128 for dlib's ResNet, 512 for
-ArcFace): a real FaceID adapter is trained on ArcFace, so dlib embeddings only suit adapters built
-for them (the tiny test adapters). A mismatch raises ConfigError naming both sizes.
+A face adapter takes the embeddings of the recogniser it was trained on (portrait.models.adapters): FaceID,
+FaceID-Plus and PlusV2 buffalo_l's (`arcface-buffalo`, unit length, as tencent-ailab's ip_adapter_faceid
+feeds `normed_embedding`), InstantID antelopev2's (`arcface-antelopev2`, raw, as InstantX's pipeline feeds
+`embedding`). Another recogniser's identity, or another size, raises ConfigError naming both.
+
+A released FaceID file carries its own LoRA, which diffusers' load_ip_adapter loads as the adapter
+`faceid_0`: it stays active beside the identity and style LoRAs (loading.activate_loras) and goes with the
+adapter when it is unloaded. FaceID-Plus / PlusV2 files also read CLIP ViT-H hidden states of the face
+crop (insightface's norm_crop at 224 px, `faceid_plus_clip_embeds`); PlusV2 adds the id tokens back
+(`shortcut`).
 
 InstantID (SDXL) is built from diffusers parts: its `ip-adapter` file loads natively through
 `load_ip_adapter` (a perceiver resampler, the IP-Adapter Plus layout) and its IdentityNet is a plain
@@ -86,10 +93,18 @@ class InpaintModels:
     from the base's shared components (no weights copied) and cached, so one load serves every job."""
 
     def __init__(self, base, controlnets: Mapping[str, Any], *, faceid_adapter: str | Path | None = None,
-                 identitynet=None, instantid_adapter: str | Path | None = None):
+                 identitynet=None, instantid_adapter: str | Path | None = None, image_encoder=None):
+        from ..models.adapters import FACEID_PLUS, adapter_kind, plus_shortcut
+
         self.base = base
         self.controlnets = dict(controlnets)
         self.faceid_adapter = Path(faceid_adapter) if faceid_adapter else None
+        self.faceid_kind = adapter_kind(self.faceid_adapter) if self.faceid_adapter else None
+        if self.faceid_kind == FACEID_PLUS and image_encoder is None:
+            raise ConfigError(f"the FaceID-Plus adapter {self.faceid_adapter.name} reads the face crop with a CLIP "
+                              f"image encoder: load one ({loading.IMAGE_ENCODER}) and pass image_encoder=")
+        self.image_encoder = image_encoder
+        self.faceid_shortcut = self.faceid_kind == FACEID_PLUS and plus_shortcut(self.faceid_adapter)
         self.identitynet = identitynet
         self.instantid_adapter = Path(instantid_adapter) if instantid_adapter else None
         self._pipes: dict[tuple[str, ...], Any] = {}
@@ -167,7 +182,12 @@ class InpaintModels:
         arch = _architecture(b.unet) if hasattr(b, "unet") else "sd15"
         overrides = dict(controlnet_models or {})
         names = {c: controlnet_model(arch, c, overrides) for c in controlnets}
-        identitynet = adapter = None
+        identitynet = adapter = encoder = None
+        if faceid_adapter is not None:
+            from ..models.adapters import FACEID_PLUS, adapter_kind
+
+            if adapter_kind(faceid_adapter) == FACEID_PLUS:  # a missing encoder: ModelMissingError naming it
+                encoder = loading.load_image_encoder(manifest=manifest, device=device, dtype=dtype)
         if instantid:
             iid = {**INSTANTID_MODELS, **(instantid_models or {})}
             if arch != "sdxl":
@@ -175,7 +195,8 @@ class InpaintModels:
             adapter, _ = loading.resolve_model(iid["adapter"], manifest)
             identitynet = loading.load_controlnet(iid["controlnet"], manifest=manifest, device=device, dtype=dtype)
         nets = {c: loading.load_controlnet(names[c], manifest=manifest, device=device, dtype=dtype) for c in controlnets}
-        models = cls(b, nets, faceid_adapter=faceid_adapter, identitynet=identitynet, instantid_adapter=adapter)
+        models = cls(b, nets, faceid_adapter=faceid_adapter, identitynet=identitynet, instantid_adapter=adapter,
+                     image_encoder=encoder)
         models._loader = {"manifest": manifest, "device": device, "dtype": dtype, "names": overrides}
         return models
 
@@ -229,30 +250,81 @@ def check_adapter_dim(path: str | Path, identity_dim: int, engine: str = "") -> 
 
 def load_faceid_adapter(pipe, adapter_path: str | Path, identity_dim: int | None = None, scale: float = 1.0,
                         engine: str = "") -> None:
-    """Load an IP-Adapter FaceID (or InstantID adapter) file into `pipe` with diffusers' own loader.
+    """Load an IP-Adapter FaceID (-Plus, -PlusV2) or InstantID adapter file into `pipe` with diffusers' own
+    loader; `engine` (the identity's face recogniser) must be the one the file was trained on.
 
-    Build ControlNets from the UNet before this (DESIGN.md section 4). Idempotent per path.
+    Build ControlNets from the UNet before this (DESIGN.md section 4). Idempotent per path. The file's own
+    LoRA (faceid_0) is active afterwards beside the identity and style LoRAs.
     """
+    from ..models.adapters import check_embedder
+
     path = Path(adapter_path)
     if not path.is_file():
         raise PortraitError(f"IP-Adapter file {path} does not exist")
     if identity_dim is not None:
         check_adapter_dim(path, identity_dim, engine)
+    if engine:
+        check_embedder(path, engine)
     # Pipelines built from one base share its UNet, which is what the adapter changes: track it there.
     loaded = getattr(pipe.unet, "_portrait_ip_adapter", None)
     if loaded != str(path):
         if loaded is not None:
-            pipe.unload_ip_adapter()
-        pipe.load_ip_adapter(str(path.parent), subfolder="", weight_name=path.name, image_encoder_folder=None)
+            unload_faceid_adapter(pipe)
+        with loading.offline():
+            pipe.load_ip_adapter(str(path.parent), subfolder="", weight_name=path.name, image_encoder_folder=None)
         pipe.unet._portrait_ip_adapter = str(path)
+        loading.activate_loras(pipe)  # load_ip_adapter left only faceid_0 active
     pipe.set_ip_adapter_scale(scale)
 
 
 def unload_faceid_adapter(pipe) -> None:
-    """Remove a loaded IP-Adapter from the pipeline's (shared) UNet; no-op when none is loaded."""
+    """Remove a loaded IP-Adapter, and the LoRA it brought (faceid_0), from the pipeline's (shared) UNet;
+    no-op when none is loaded."""
     if getattr(pipe.unet, "_portrait_ip_adapter", None) is not None:
         pipe.unload_ip_adapter()
+        brought = loading.ip_adapter_loras(pipe)
+        if brought:
+            pipe.delete_adapters(brought)
         pipe.unet._portrait_ip_adapter = None
+        loading.activate_loras(pipe)
+
+
+def faceid_plus_clip_embeds(image_encoder, ref_rgb: np.ndarray, ref_face):
+    """FaceID-Plus's second input: CLIP hidden states (the penultimate layer) of the user's face aligned as
+    insightface's norm_crop(image, kps, 224) makes it, and the unconditional ones of an all-zero image (as
+    tencent-ailab's reference makes them): (cond, uncond), each (1, 1, tokens, hidden)."""
+    import torch
+    from transformers import CLIPImageProcessor
+
+    from ..faces.align import align_face
+
+    crop, _ = align_face(ref_rgb, np.asarray(ref_face.landmarks5), 224, border="constant", interpolation="linear")
+    size = int(image_encoder.config.image_size)
+    pixels = CLIPImageProcessor(size=size, crop_size=size)(images=crop, return_tensors="pt").pixel_values
+    pixels = pixels.to(image_encoder.device, image_encoder.dtype)
+    with torch.no_grad():
+        cond = image_encoder(pixels, output_hidden_states=True).hidden_states[-2]
+        uncond = image_encoder(torch.zeros_like(pixels), output_hidden_states=True).hidden_states[-2]
+    return cond[:, None], uncond[:, None]
+
+
+def faceid_plus_batch(pair, batch: int, guidance: bool):
+    """(cond, uncond) from faceid_plus_clip_embeds as one call's clip_embeds: (2B | B, 1, tokens, hidden),
+    unconditional half first (the order of ip_adapter_image_embeds)."""
+    import torch
+
+    cond, uncond = pair
+    embeds = cond.repeat(batch, 1, 1, 1)
+    return torch.cat([uncond.repeat(batch, 1, 1, 1), embeds]) if guidance else embeds
+
+
+def set_faceid_plus_inputs(pipe, clip_embeds, shortcut: bool) -> None:
+    """Give the loaded FaceID-Plus projection its CLIP input and PlusV2's shortcut (diffusers reads both from
+    the projection layer, not from the pipeline call)."""
+    layer = pipe.unet.encoder_hid_proj.image_projection_layers[0]
+    layer.clip_embeds = clip_embeds.to(device=pipe.unet.device, dtype=pipe.unet.dtype)
+    layer.shortcut = bool(shortcut)
+    layer.shortcut_scale = 1.0
 
 
 def faceid_embeds(identity: FaceIdentity | np.ndarray, *, batch: int = 1, guidance: bool = True,

@@ -20,7 +20,7 @@ templates; jobs whose pass settings match run in one batched call.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -32,8 +32,8 @@ from ..models import loading
 from ..progress import ProgressCallback, report
 from . import controls
 from .pipelines import (IDENTITYNET, INSTANTID_MODELS, WORKING_SIZE, InpaintModels, _quiet_prompt_notice,
-                        check_adapter_dim, faceid_embeds, identity_tokens, identitynet_hook, instantid_embeds,
-                        load_faceid_adapter, unload_faceid_adapter)
+                        check_adapter_dim, faceid_embeds, faceid_plus_batch, faceid_plus_clip_embeds, identity_tokens, identitynet_hook,
+                        instantid_embeds, load_faceid_adapter, set_faceid_plus_inputs, unload_faceid_adapter)
 
 IDENTITY_ENGINES = ("faceid", "instantid")  # how a face-embedding identity is painted
 
@@ -46,12 +46,22 @@ class PassSettings:
 
     strength: float
     steps: int
-    controlnets: Mapping[str, float] = field(default_factory=dict)
+    controlnets: Mapping[str, float] | None = field(default_factory=dict)  # None: the base's recipe (RECIPES)
     guidance_scale: float = 7.0
 
     def active(self) -> tuple[tuple[str, float], ...]:
         """The ControlNets that run: scale 0 drops a net (a zero-scaled net still costs its full compute)."""
+        if self.controlnets is None:
+            raise ConfigError("these pass settings take their ControlNets from the base's recipe: resolve them with "
+                              "for_arch(arch) first")
         return tuple((n, float(s)) for n, s in self.controlnets.items() if float(s) != 0.0)
+
+    def for_arch(self, arch: str, which: int) -> "PassSettings":
+        """These settings with the base architecture's default ControlNets (pass `which`: 1 or 2) where none
+        were set."""
+        if self.controlnets is not None:
+            return self
+        return replace(self, controlnets=dict(recipe(arch)[which - 1].controlnets))
 
     def problem(self) -> tuple[str, str] | None:
         """(key, what is wrong) for the first value out of its limits, None when all are valid."""
@@ -61,7 +71,7 @@ class PassSettings:
             return "steps", f"must be in [1, {MAX_STEPS}], got {self.steps!r}"
         if not 0.0 <= self.guidance_scale <= MAX_GUIDANCE:
             return "guidance_scale", f"must be in [0, {MAX_GUIDANCE:g}], got {self.guidance_scale!r}"
-        for n, scale in self.controlnets.items():
+        for n, scale in (self.controlnets or {}).items():
             if n not in controls.CONTROL_NAMES:
                 return f"controlnets.{n}", f"is an unknown ControlNet; choose from {', '.join(controls.CONTROL_NAMES)}"
             if not 0.0 <= float(scale) <= MAX_CONTROL_SCALE:
@@ -80,6 +90,16 @@ class PassSettings:
 MAX_STEPS, MAX_GUIDANCE, MAX_CONTROL_SCALE = 500, 50.0, 2.0
 PASS1 = PassSettings(0.45, 30, {"canny": 0.5, "openpose": 0.3, "color": 0.5})
 PASS2 = PassSettings(0.3, 20, {"tile": 0.8, "canny": 0.8})
+# SDXL, as EasyPhoto's SDXL recipe (easyphoto_infer.py: sdxl_canny_mid alone in both diffusions): canny only.
+# No colour ControlNet has a standard SDXL release, and the SD 1.5 openpose / tile ones cannot steer SDXL.
+PASS1_SDXL = PassSettings(0.45, 30, {"canny": 0.5})
+PASS2_SDXL = PassSettings(0.3, 20, {"canny": 1.0})
+RECIPES = {"sd15": (PASS1, PASS2), "sdxl": (PASS1_SDXL, PASS2_SDXL)}
+
+
+def recipe(arch: str) -> tuple[PassSettings, PassSettings]:
+    """The default (pass 1, pass 2) settings for a base architecture (SD 1.5's for anything unknown)."""
+    return RECIPES.get(arch, RECIPES["sd15"])
 
 
 @dataclass
@@ -223,11 +243,22 @@ class TemplateInpaint:
             if not self.models.has_instantid:
                 raise ConfigError("the InstantID engine needs InpaintModels.load(..., instantid=True) "
                                   f"(models {', '.join(INSTANTID_MODELS.values())})")
-            dim = getattr(identity.face, "dim", None)
-            if dim is not None:
-                check_adapter_dim(self.models.instantid_adapter, dim, getattr(identity.face, "engine", ""))
         elif identity.face is not None and self.models.faceid_adapter is None:
             raise ConfigError("a face-embedding identity needs InpaintModels(faceid_adapter=...)")
+        if identity.face is not None:  # the adapter's embedding size and recogniser (models.adapters)
+            from ..models.adapters import check_embedder
+
+            adapter = self.models.instantid_adapter if identity.instantid else self.models.faceid_adapter
+            dim, engine = getattr(identity.face, "dim", None), getattr(identity.face, "engine", "")
+            if dim is not None:
+                check_adapter_dim(adapter, dim, engine)
+            if engine:
+                check_embedder(adapter, engine)
+            norm = float(getattr(identity.face, "norm", 0.0) or 0.0)
+            if identity.instantid and str(engine).startswith("arcface") and abs(norm - 1.0) < 1e-3:
+                raise ConfigError("this identity file holds unit-length ArcFace vectors only (written before raw "
+                                  "embeddings were kept), and InstantID needs the raw ones at their length: run "
+                                  "`portrait embed --embedder arcface-antelopev2` again")
         if identity.lora is not None and not Path(identity.lora).is_file():
             raise ConfigError(f"identity LoRA {identity.lora} does not exist")
         for what, img in (("ref_rgb", ref_rgb), *((f"job {i} template_rgb", j.template_rgb) for i, j in enumerate(jobs))):
@@ -258,6 +289,8 @@ class TemplateInpaint:
         from ..faces.align import similarity_transform
 
         jobs = [jobs] if isinstance(jobs, InpaintJob) else list(jobs)
+        arch = self.models.arch  # passes without ControlNets of their own run the base's recipe
+        jobs = [replace(j, pass1=j.pass1.for_arch(arch, 1), pass2=j.pass2.for_arch(arch, 2)) for j in jobs]
         self.check_inputs(jobs, identity, ref_rgb, ref_face)
         stop = _Stop(self, cancel)
         works: list[_Work] = []
@@ -281,7 +314,11 @@ class TemplateInpaint:
             w.timings["prepare"] = time.perf_counter() - t0
             works.append(w)
             report(progress, "fusion", i + 1, len(jobs))
-        self._run_pass(works, "pass1", identity, progress, stop)
+        # FaceID-Plus: CLIP hidden states of the user's aligned face, once per call (batched in _diffuse).
+        plus = (faceid_plus_clip_embeds(self.models.image_encoder, ref_rgb, ref_face)
+                if identity.face is not None and not identity.instantid and self.models.image_encoder is not None
+                and self.models.faceid_kind == "faceid-plus" else None)
+        self._run_pass(works, "pass1", identity, progress, stop, plus)
         for w in works:
             t0 = time.perf_counter()
             out1 = w.stages["pass1"]
@@ -298,7 +335,7 @@ class TemplateInpaint:
             w.stages["controls2"] = controls.make_controls([n for n, _ in w.job.pass2.active()], fused=fused2.image,
                                                            replaced=fused2.image, faces=w.face)
             w.timings["between"] = time.perf_counter() - t0
-        self._run_pass(works, "pass2", identity, progress, stop)
+        self._run_pass(works, "pass2", identity, progress, stop, plus)
         results = []
         for w in works:
             final_mask = np.maximum(w.masks["pass1"], w.masks["pass2"])
@@ -317,7 +354,7 @@ class TemplateInpaint:
         return results
 
     # -- one pass over all jobs, batched where settings match ---------------------------------------
-    def _run_pass(self, works: list[_Work], which: str, identity: Identity, progress, stop: "_Stop") -> None:
+    def _run_pass(self, works: list[_Work], which: str, identity: Identity, progress, stop: "_Stop", plus=None) -> None:
         groups: dict[tuple, list[_Work]] = {}
         for w in works:
             s: PassSettings = getattr(w.job, which)
@@ -329,7 +366,7 @@ class TemplateInpaint:
                 stop.check()
                 batch = members[start:start + self.max_batch]
                 t0 = time.perf_counter()
-                images = self._diffuse(batch, which, active, strength, steps, guidance, identity, progress, stop)
+                images = self._diffuse(batch, which, active, strength, steps, guidance, identity, progress, stop, plus)
                 dt = (time.perf_counter() - t0) / len(batch)
                 for w, img in zip(batch, images):
                     w.stages[which] = img
@@ -337,7 +374,8 @@ class TemplateInpaint:
                 done += len(batch)
                 report(progress, which, done, len(works))
 
-    def _diffuse(self, batch: list[_Work], which: str, active, strength, steps, guidance, identity, progress, stop):
+    def _diffuse(self, batch: list[_Work], which: str, active, strength, steps, guidance, identity, progress, stop,
+                 plus=None):
         import torch
 
         identitynet = identity.instantid and which == "pass1"
@@ -359,6 +397,9 @@ class TemplateInpaint:
                                 identity.face.engine)
             kwargs["ip_adapter_image_embeds"] = faceid_embeds(identity.face, batch=len(batch), guidance=guidance > 1,
                                                               device=self.models.device, dtype=self.models.dtype)
+            if plus is not None:
+                set_faceid_plus_inputs(pipe, faceid_plus_batch(plus, len(batch), guidance > 1),
+                                       self.models.faceid_shortcut)
         else:
             unload_faceid_adapter(pipe)
         key_img = "fused" if which == "pass1" else "fused2"

@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..faces.types import Face
 from ..progress import ProgressCallback
 from .pipelines import InpaintModels, controlnet_model
-from .template_inpaint import PASS1, PASS2, Identity, InpaintJob, InpaintResult, PassSettings, TemplateInpaint
+from .template_inpaint import Identity, InpaintJob, InpaintResult, PassSettings, TemplateInpaint, recipe
 
 
 def _field(obj, name: str, default=None):
@@ -35,24 +35,25 @@ def _pass_from(section, base: PassSettings) -> PassSettings:
     """A template's pass: its PassSettings (portrait.templates), or one from a mapping's fields over `base`."""
     if section is None:
         return base
-    if isinstance(section, PassSettings):
-        return section
+    if isinstance(section, PassSettings):  # controlnets None: the base's recipe
+        return section if section.controlnets is not None else replace(section, controlnets=dict(base.controlnets))
     nets = _field(section, "controlnets")
     return PassSettings(
         strength=float(_field(section, "strength", base.strength) or base.strength),
         steps=int(_field(section, "steps", base.steps) or base.steps),
-        controlnets=dict(nets) if nets else dict(base.controlnets),
+        controlnets=dict(nets) if nets is not None else dict(base.controlnets),
         guidance_scale=float(_field(section, "guidance_scale", base.guidance_scale) or base.guidance_scale),
     )
 
 
-def template_controls(template, controlnets: Mapping[str, float] | None = None) -> list[str]:
-    """The controls (ControlNet names) a template's two passes run, pass 1's first; `controlnets`
-    overrides pass-1 scales as in job_from_template."""
-    p1 = _pass_from(_field(template, "inpaint"), PASS1)
+def template_controls(template, controlnets: Mapping[str, float] | None = None, arch: str = "sd15") -> list[str]:
+    """The controls (ControlNet names) a template's two passes run on an `arch` base, pass 1's first;
+    `controlnets` overrides pass-1 scales as in job_from_template."""
+    pass1, pass2 = recipe(arch)
+    p1 = _pass_from(_field(template, "inpaint"), pass1)
     if controlnets is not None:
         p1 = replace(p1, controlnets={**p1.controlnets, **controlnets})
-    p2 = _pass_from(_field(template, "edge"), PASS2)
+    p2 = _pass_from(_field(template, "edge"), pass2)
     return list(dict.fromkeys(n for n, _ in (*p1.active(), *p2.active())))
 
 
@@ -65,11 +66,12 @@ def template_slots(template, face_analysis=None) -> dict[int, Face]:
 
 def job_from_template(template, *, slot: int | None = None, steps: int | None = None, seed: int | None = None,
                       strength: float | None = None, controlnets: Mapping[str, float] | None = None,
-                      image: np.ndarray | None = None, face_analysis=None) -> InpaintJob:
+                      image: np.ndarray | None = None, face_analysis=None, arch: str = "sd15") -> InpaintJob:
     """An InpaintJob from a portrait.templates.Template (or a mapping with the same fields: image, faces,
     prompt, negative_prompt, inpaint / edge pass settings, style_lora, style_weight, seed) for face `slot`
-    (default: the first slot). `steps`, `seed`, `strength` (pass 1) and `controlnets` (pass-1 scales)
-    override; `image` replaces the template image (to chain slots)."""
+    (default: the first slot) on an `arch` base (a pass without ControlNets of its own gets that
+    architecture's recipe: template_inpaint.RECIPES). `steps`, `seed`, `strength` (pass 1) and
+    `controlnets` (pass-1 scales) override; `image` replaces the template image (to chain slots)."""
     slots = template_slots(template, face_analysis)
     name = str(_field(template, "name", ""))
     if not slots:
@@ -80,8 +82,9 @@ def job_from_template(template, *, slot: int | None = None, steps: int | None = 
     if image is None:
         image = _field(template, "image")
         image = image() if callable(image) else image
-    p1 = _pass_from(_field(template, "inpaint"), PASS1)
-    p2 = _pass_from(_field(template, "edge"), PASS2)
+    pass1, pass2 = recipe(arch)
+    p1 = _pass_from(_field(template, "inpaint"), pass1)
+    p2 = _pass_from(_field(template, "edge"), pass2)
     if steps is not None:
         p1, p2 = replace(p1, steps=steps), replace(p2, steps=steps)
     if strength is not None:
@@ -111,7 +114,7 @@ def generate_on_template(models: InpaintModels, template, identity: Identity | s
     slots = [slot] if slot is not None else sorted(template_slots(template, face_analysis))
     result = None
     for s in slots:
-        job = job_from_template(template, slot=s, face_analysis=face_analysis,
+        job = job_from_template(template, slot=s, face_analysis=face_analysis, arch=models.arch,
                                 image=image if result is None else result.image, **overrides)
         r = runner(job, ident, ref_rgb, ref_face, progress=progress, cancel=cancel)[0]
         if result is not None:
@@ -145,7 +148,7 @@ def template_validator(base, templates: Sequence, user_crops: Sequence[np.ndarra
                 ref = (d, crop, faces[0])
     models = InpaintModels(base, {})
     device, dtype = str(base.unet.device), dtype_name(base.unet.dtype)
-    for control in dict.fromkeys(c for t in loaded for c in template_controls(t)):
+    for control in dict.fromkeys(c for t in loaded for c in template_controls(t, arch=models.arch)):
         net = load_controlnet(controlnet_model(models.arch, control, controlnet_models), device=device, dtype=dtype)
         models.controlnets[control] = net
     runner = TemplateInpaint(models, crop_size=crop_size)

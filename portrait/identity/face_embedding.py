@@ -27,10 +27,11 @@ class FaceIdentity:
     """A person's identity vector: the mean of their photos' L2-normalised embeddings, renormalised."""
 
     embedding: np.ndarray  # (dim,) float32, unit length
-    engine: str  # the embedder that made it ("dlib-resnet", "arcface")
+    engine: str  # the manifest model that made it ("dlib-resnet", "arcface-buffalo", "arcface-antelopev2")
     metric: str  # how that engine compares vectors ("l2", "cosine")
     count: int = 1  # photos averaged
-    norm: float = 1.0  # mean length of the raw embeddings (InstantID feeds unnormalised ArcFace vectors)
+    norm: float = 1.0  # mean length of the raw embeddings: InstantID is fed embedding x norm (insightface's raw
+    #                    ArcFace vector, length ~15-30 on real faces), FaceID the unit embedding
     sources: list[str] = field(default_factory=list)
 
     @property
@@ -141,4 +142,8 @@ def embed_identity(source: str | Path | Sequence[np.ndarray | str | Path], face_
         names.append(item.name if isinstance(item, Path) else str(item) if isinstance(item, str) else f"#{i}")
     if len(vectors) < min_faces:
         raise NotEnoughPhotosError(f"found a usable face in {len(vectors)} of {len(items)} photos; need {min_faces}")
-    return FaceIdentity.from_vectors(vectors, names, fa.config.embedder, fa.metric)
+    from ..faces.analysis import embedder_model
+
+    # The engine recorded is the manifest model that made the vectors (arcface-buffalo, arcface-antelopev2,
+    # dlib-resnet): an adapter checks it (portrait.models.adapters.check_embedder).
+    return FaceIdentity.from_vectors(vectors, names, embedder_model(fa.config.embedder), fa.metric)

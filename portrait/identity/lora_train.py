@@ -61,8 +61,8 @@ class TrainConfig:
     device: str | None = None
     dtype: str | None = None
     validation_prompt: str | None = None  # None: the first caption (it holds the trigger word)
-    validation_resolution: int = 256
-    validation_steps: int = 12
+    validation_resolution: int | None = None  # text2img validation renders: None = the training resolution
+    validation_steps: int = 20  # EasyPhoto's validation renders use 20 steps
     templates: tuple[str, ...] = ()  # template names/folders for validation on template faces
     validation_size: int | None = None  # template validation: inpaint working size (default: 512 / 1024)
 
@@ -125,23 +125,41 @@ def _load_square(path: Path, size: int) -> np.ndarray:
 
 
 # -- caching ------------------------------------------------------------------------------------------
-def _encode_latents(pipe, images: list[np.ndarray], flip: bool, device, dtype):
-    """Latent mean and std of every image (and its mirror), on the VAE's device: [N(x2), 4, h, w] each."""
+def vae_needs_upcast(vae, xl: bool) -> bool:
+    """True where the VAE must encode in fp32: SDXL's VAE overflows in fp16 (its config says force_upcast,
+    which diffusers' SDXL pipelines honour; the fp16-fix VAE says false). SD 1.5's VAE is fine in fp16."""
     import torch
 
+    return xl and vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", True))
+
+
+def _encode_latents(pipe, images: list[np.ndarray], flip: bool, device, dtype, xl: bool = False):
+    """Latent mean and std of every image (and its mirror), on the VAE's device: [N(x2), 4, h, w] each, in
+    `dtype` (encoded in fp32 where vae_needs_upcast)."""
+    import torch
+
+    vae = pipe.vae
+    upcast = vae_needs_upcast(vae, xl)
+    enc_dtype = torch.float32 if upcast else dtype
+    if upcast:
+        vae.to(torch.float32)
     means, stds = [], []
     variants = [False, True] if flip else [False]
-    with torch.no_grad():
-        for img in images:
-            for mirrored in variants:
-                a = img[:, ::-1] if mirrored else img
-                x = torch.from_numpy(np.array(a)).permute(2, 0, 1)[None].to(device, dtype) / 127.5 - 1
-                dist = pipe.vae.encode(x).latent_dist
-                means.append(dist.mean)
-                stds.append(dist.std)
-    sf = pipe.vae.config.scaling_factor
-    shift = getattr(pipe.vae.config, "shift_factor", None) or 0.0
-    return (torch.cat(means) - shift) * sf, torch.cat(stds) * sf
+    try:
+        with torch.no_grad():
+            for img in images:
+                for mirrored in variants:
+                    a = img[:, ::-1] if mirrored else img
+                    x = torch.from_numpy(np.array(a)).permute(2, 0, 1)[None].to(device, enc_dtype) / 127.5 - 1
+                    dist = vae.encode(x).latent_dist
+                    means.append(dist.mean)
+                    stds.append(dist.std)
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+    sf = vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return ((torch.cat(means) - shift) * sf).to(dtype), (torch.cat(stds) * sf).to(dtype)
 
 
 def _encode_text(pipe, captions: list[str], device, xl: bool, resolution: int):
@@ -201,10 +219,12 @@ ValidatorFactory = Callable[[object, list, object, object], lora_select.Validato
 
 
 def default_validator(cfg: TrainConfig, files: list[Path], captions: list[str], base,
-                      template_validator: ValidatorFactory | None = None) -> Callable | None:
+                      template_validator: ValidatorFactory | None = None,
+                      resolution: int | None = None) -> Callable | None:
     """Template renders when templates are named (built by `template_validator`, which the job layer
-    passes), else text2img renders of the trigger prompt; both scored by likeness to the centroid of the
-    user's crops."""
+    passes), else text2img renders of the trigger prompt at the training `resolution` (512 SD 1.5, 1024
+    SDXL: what the base draws faces at; smaller renders are too small to tell checkpoints apart); both
+    scored by likeness to the centroid of the user's crops."""
     from ..faces import get_face_analysis
 
     fa = get_face_analysis()
@@ -216,7 +236,8 @@ def default_validator(cfg: TrainConfig, files: list[Path], captions: list[str], 
                               "portrait.jobs.train (or pass template_validator=)")
         return template_validator(base, crops, centroid, fa)
     prompt = cfg.validation_prompt or captions[0]
-    return lora_select.text2img_validator(centroid, prompt, fa, resolution=cfg.validation_resolution,
+    size = cfg.validation_resolution or resolution or cfg.resolution or 512
+    return lora_select.text2img_validator(centroid, prompt, fa, resolution=size,
                                           steps=cfg.validation_steps)
 
 
@@ -291,13 +312,13 @@ def train_lora(cfg: TrainConfig, *, validate: lora_select.Validator | None | str
     # Encode once: the VAE and text encoder are frozen, so their outputs never change.
     report(progress, "cache", 0, len(files))
     images = [_load_square(f, resolution) for f in files]
-    lat_mean, lat_std = _encode_latents(base, images, cfg.flip, device, weight_dtype)
+    lat_mean, lat_std = _encode_latents(base, images, cfg.flip, device, weight_dtype, xl)
     variants = 2 if cfg.flip else 1
     text = _encode_text(base, captions, device, xl, resolution)
     report(progress, "cache", len(files), len(files))
     t_cached = time.perf_counter()
 
-    validator = (default_validator(cfg, files, captions, base, template_validator) if validate == "default"
+    validator = (default_validator(cfg, files, captions, base, template_validator, resolution) if validate == "default"
                  else validate)
 
     set_identity_lora(base, None)  # train on the bare base: no identity/style LoRA from an earlier job
@@ -313,6 +334,8 @@ def train_lora(cfg: TrainConfig, *, validate: lora_select.Validator | None | str
         if checkpointing:
             unet.enable_gradient_checkpointing()
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+        # fp16 autocast: gradients below fp16's range vanish without loss scaling (bf16 has fp32's range).
+        scaler = torch.amp.GradScaler(device.type, enabled=bool(autocast) and weight_dtype == torch.float16)
         noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)
         target_kind = noise_scheduler.config.prediction_type
         gen = torch.Generator("cpu").manual_seed(cfg.seed)
@@ -341,9 +364,11 @@ def train_lora(cfg: TrainConfig, *, validate: lora_select.Validator | None | str
                             added_cond_kwargs=added).sample
             loss = torch.nn.functional.mse_loss(pred.float(), target.float())
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # clip the true gradients
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
+            scaler.step(optimizer)  # skipped (and the scale lowered) when a gradient overflowed
+            scaler.update()
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise PortraitError(f"training diverged at step {step} (loss {value}); lower --lr")
@@ -392,6 +417,8 @@ def train_lora(cfg: TrainConfig, *, validate: lora_select.Validator | None | str
         "device": str(device),
         "dtype": dtype_name(weight_dtype),
         "mixed_precision": bool(autocast),
+        "grad_scaler": bool(scaler.is_enabled()),
+        "vae_upcast": bool(vae_needs_upcast(base.vae, xl)),
         "gradient_checkpointing": bool(checkpointing),
         "checkpoints": [{"step": s, "file": str(p.relative_to(out)),
                          "score": (None if s not in scores or not math.isfinite(scores[s]) else scores[s]),

@@ -66,7 +66,7 @@ class TrainConfig(_FromDict):
 class EmbedConfig(_FromDict):
     """`portrait embed`: a train-free identity (the mean face embedding) for IP-Adapter FaceID / InstantID."""
 
-    embedder: str = "dlib-resnet"  # a real FaceID adapter needs arcface (512-d)
+    embedder: str = "dlib-resnet"  # FaceID needs arcface-buffalo, InstantID arcface-antelopev2 (512-d)
     file_name: str = EMBEDDING_NAME  # written under out_dir, with reference.png beside it
     top_k: int = 12  # a raw photo folder: the photos kept by selection
     min_photos: int = 1  # fewer usable photos: NotEnoughPhotosError

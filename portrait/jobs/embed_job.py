@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ConfigError, NotEnoughPhotosError
+from ..errors import ConfigError
 from ..faces import FaceConfig, get_face_analysis
 from ..identity.face_embedding import FaceIdentity, embed_identity
 from ..identity.reference import write_reference
@@ -35,26 +35,27 @@ def embed(source: Path, out_dir: Path, config: EmbedConfig | None = None, *, pro
         ident = embed_identity(src, face_analysis=get_face_analysis(face), progress=progress, cancel=cancel)
         folder = src / "train" if (src / "train").is_dir() else src
         ref = folder / ident.sources[0] if ident.sources else None
+        left_out: tuple = ()
     else:
-        ident, ref = _embed_photos(src, face, config, progress, cancel, pool)
+        ident, ref, left_out = _embed_photos(src, face, config, progress, cancel, pool)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = ident.save(out_dir / config.file_name)
     # The photo nearest the identity serves as the fusion reference for `portrait generate`.
     reference = write_reference(ref, out_dir)
-    return EmbedResult(out, ident.engine, ident.dim, ident.metric, ident.count, reference)
+    return EmbedResult(out, ident.engine, ident.dim, ident.metric, ident.count, reference, left_out)
 
 
 def _embed_photos(src: Path, face: FaceConfig, config: EmbedConfig, progress, cancel, pool):
-    """The identity of the photos a raw folder's intake and selection keep, and the one nearest it."""
-    from preprocess import PreprocessConfig, run_preprocess
+    """The identity of the photos a raw folder's intake and selection keep (never a stranger, a duplicate or
+    a blurred photo: preprocess.identity_photos), the photo nearest it, and every photo left out and why."""
+    from preprocess import PreprocessConfig
+    from preprocess.identity_photos import identity_photos
 
-    pre = run_preprocess(src, None, PreprocessConfig(top_k=config.top_k, min_photos=config.min_photos, face=face),
-                         progress=progress, pool=pool, cancel=cancel)
-    chosen = [f for f in pre.selected if f in pre.embeddings]
-    if len(chosen) < config.min_photos:
-        raise NotEnoughPhotosError(f"{src}: only {len(chosen)} usable photo(s), at least {config.min_photos} "
-                                   "needed (run `portrait preprocess` to see each photo's reason)")
+    from ..faces.analysis import embedder_model
+
     fa = get_face_analysis(face)
-    ident = FaceIdentity.from_vectors([pre.embeddings[f] for f in chosen], chosen, face.embedder, fa.metric)
-    paths = {p.file: p.path for p in pre.photos}
-    return ident, Path(paths[ident.sources[0]])
+    photos = identity_photos(src, None, PreprocessConfig(top_k=config.top_k, min_photos=config.min_photos, face=face),
+                             min_photos=config.min_photos, progress=progress, pool=pool, cancel=cancel)
+    # The recogniser's manifest name (arcface -> arcface-buffalo): adapters check it (models.adapters).
+    ident = FaceIdentity.from_vectors(photos.vectors, photos.names, embedder_model(face.embedder), fa.metric)
+    return ident, photos.reference, tuple(photos.left_out)

@@ -88,12 +88,13 @@ def generate(identity: Path, templates: Sequence[str | Path], out_dir: Path, con
         for name in INSTANTID_NAMES:
             manifest.require(name)
     over = {"steps": config.steps, "seed": config.seed, "strength": config.strength}
-    first = [job_from_template(t, face_analysis=fa, **over) for t in tmpls]
+    arch, _ = loading.base_unet_config(base, manifest)  # ModelMissingError naming a missing base
+    # The base's architecture picks the recipe's ControlNets (SDXL: canny only).
+    first = [job_from_template(t, face_analysis=fa, arch=arch, **over) for t in tmpls]
     for j in first:  # bad settings are the user's to fix, before any model loads
         j.pass1.check(f"template {j.name} pass 1")
         j.pass2.check(f"template {j.name} pass 2")
     needed = list(dict.fromkeys(n for j in first for n, _ in (*j.pass1.active(), *j.pass2.active())))
-    arch, _ = loading.base_unet_config(base, manifest)  # ModelMissingError naming a missing base
     for name in missing_controlnets(manifest, arch, needed):
         manifest.require(name)  # ModelMissingError naming the ControlNet a template needs
     if config.dtype is not None or config.device is not None:

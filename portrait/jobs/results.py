@@ -48,10 +48,12 @@ class EmbedResult:
     metric: str
     photos: int
     reference: Optional[Path]
+    left_out: tuple = ()  # raw folders: {"file", "reasons", "message"} for each photo not averaged in
 
     def to_dict(self) -> dict:
         return {"file": str(self.file), "engine": self.engine, "dim": self.dim, "metric": self.metric,
-                "photos": self.photos, "reference": str(self.reference) if self.reference else None}
+                "photos": self.photos, "reference": str(self.reference) if self.reference else None,
+                "left_out": list(self.left_out)}
 
 
 @dataclass

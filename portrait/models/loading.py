@@ -117,6 +117,8 @@ def detect_architecture(path: str | Path) -> str:
             return "sdxl" if json.loads(cfg.read_text()).get("addition_embed_type") == "text_time" else "sd15"
         raise ConfigError(f"{path}: not a diffusers folder (no model_index.json or config.json)")
     keys = _single_file_keys(path)
+    if any(k.startswith("input_hint_block.") for k in keys):  # a ControlNet saved without its control_model. prefix
+        return "sdxl" if any(k.startswith("label_emb.") for k in keys) else "sd15"
     if any(k.startswith("conditioner.embedders.1.") or k.endswith("label_emb.0.0.weight") for k in keys):
         return "sdxl"
     if any(k.startswith("cond_stage_model.transformer.") or k.startswith("control_model.") for k in keys):
@@ -178,6 +180,15 @@ def _clip_tokenizers(config: Path, arch: str, manifest: Manifest) -> dict:
     return kwargs
 
 
+def _cached(key: tuple, make):
+    """The model under `key`, made once (offline: the Hub is never asked) and kept for the process."""
+    with _LOCK:
+        if key not in _CACHE:
+            with offline():
+                _CACHE[key] = make()
+        return _CACHE[key]
+
+
 # -- base pipelines ----------------------------------------------------------------------------------
 def load_base(name_or_path: str | Path, *, manifest: Manifest | None = None, device: str | None = None,
               dtype: str | None = None, arch: str | None = None):
@@ -188,15 +199,14 @@ def load_base(name_or_path: str | Path, *, manifest: Manifest | None = None, dev
     dev, dt = pick_device(device, dtype)
     config = spec.extra.get("config") if spec else None
     key = ("base", str(path.resolve()), str(dev), str(dt), str(arch), config)  # a single file read two ways is two models
-    with _LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-        with offline():
-            pipe = _load_base(path, spec, arch or (spec.architecture if spec else None), dt, manifest)
+
+    def make():
+        pipe = _load_base(path, spec, arch or (spec.architecture if spec else None), dt, manifest)
         pipe.to(dev)
         pipe.set_progress_bar_config(disable=True)
-        _CACHE[key] = pipe
         return pipe
+
+    return _cached(key, make)
 
 
 def _load_base(path: Path, spec: ModelSpec | None, arch: str | None, dt, manifest: Manifest):
@@ -226,19 +236,34 @@ def load_controlnet(name_or_path: str | Path, *, manifest: Manifest | None = Non
     path, spec = resolve_model(name_or_path, manifest)
     dev, dt = pick_device(device, dtype)
     key = ("controlnet", str(path.resolve()), str(dev), str(dt))
-    with _LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-        with offline():
-            if path.is_dir():
-                net = ControlNetModel.from_pretrained(str(path), **_dtype_kw(dt), local_files_only=True)
-            else:
-                config = _config_folder(path, spec, spec.architecture if spec else None, "controlnet-")
-                net = ControlNetModel.from_single_file(str(path), config=str(config), **_dtype_kw(dt),
-                                                       local_files_only=True)
-        net.to(dev)
-        _CACHE[key] = net
-        return net
+
+    def make():
+        if path.is_dir():
+            net = ControlNetModel.from_pretrained(str(path), **_dtype_kw(dt), local_files_only=True)
+        else:
+            config = _config_folder(path, spec, spec.architecture if spec else None, "controlnet-")
+            net = ControlNetModel.from_single_file(str(path), config=str(config), **_dtype_kw(dt),
+                                                   local_files_only=True)
+        return net.to(dev)
+
+    return _cached(key, make)
+
+
+# -- CLIP image encoder (FaceID-Plus) ----------------------------------------------------------------
+IMAGE_ENCODER = "clip-vision-vit-h"
+
+
+def load_image_encoder(name_or_path: str | Path = IMAGE_ENCODER, *, manifest: Manifest | None = None,
+                       device: str | None = None, dtype: str | None = None):
+    """A CLIPVisionModelWithProjection folder (h94/IP-Adapter models/image_encoder); cached likewise."""
+    from transformers import CLIPVisionModelWithProjection
+
+    manifest = manifest or get_manifest()
+    path, _ = resolve_model(name_or_path, manifest)
+    dev, dt = pick_device(device, dtype)
+    key = ("image_encoder", str(path.resolve()), str(dev), str(dt))
+    return _cached(key, lambda: CLIPVisionModelWithProjection.from_pretrained(
+        str(path), dtype=dt, local_files_only=True).to(dev).eval())
 
 
 # -- derived pipelines (share the base's modules) ----------------------------------------------------
@@ -295,7 +320,9 @@ def set_identity_lora(pipe, lora_path: str | Path | None, weight: float = 1.0, s
     """Load, replace or (None) unload the identity and style LoRAs on `pipe` without reloading the base.
 
     Adapters are named "identity" and "style" and combined with set_adapters. The state lives on the
-    UNet, so pipelines derived from the same base (inpaint_pipeline) see the same LoRAs.
+    UNet, so pipelines derived from the same base (inpaint_pipeline) see the same LoRAs. A LoRA that an
+    IP-Adapter file brought (FaceID's `faceid_0`, loaded by diffusers' load_ip_adapter) stays active beside
+    them: see activate_loras.
     """
     loaded: dict[str, str] = pipe.unet.__dict__.setdefault("_portrait_loras", {})
     wanted = {"identity": lora_path, "style": style_lora if style_weight else None}
@@ -310,7 +337,25 @@ def set_identity_lora(pipe, lora_path: str | Path | None, weight: float = 1.0, s
             if path is not None:
                 pipe.load_lora_weights(str(path), adapter_name=name)
                 loaded[name] = key
-    active = [n for n in ("identity", "style") if n in loaded]
-    if active:
-        weights = {"identity": weight, "style": style_weight}
-        pipe.set_adapters(active, adapter_weights=[weights[n] for n in active])
+    pipe.unet.__dict__["_portrait_lora_weights"] = {"identity": weight, "style": style_weight}
+    activate_loras(pipe)
+
+
+IP_ADAPTER_LORA_PREFIX = "faceid_"  # diffusers names an IP-Adapter file's own LoRA faceid_<index>
+
+
+def ip_adapter_loras(pipe) -> list[str]:
+    """The LoRAs on the UNet that came with an IP-Adapter file (FaceID's faceid_0)."""
+    return [n for n in getattr(pipe.unet, "peft_config", {}) or {} if n.startswith(IP_ADAPTER_LORA_PREFIX)]
+
+
+def activate_loras(pipe) -> None:
+    """Make every loaded LoRA active at its weight: identity and style at the weights set_identity_lora was
+    given, an IP-Adapter's own LoRA (faceid_0) at 1.0 as diffusers loads it. diffusers' set_adapters (and
+    load_ip_adapter, which calls it with faceid_0 alone) switches off every adapter not named, so this runs
+    after any of them changes."""
+    loaded = pipe.unet.__dict__.get("_portrait_loras", {})
+    weights = pipe.unet.__dict__.get("_portrait_lora_weights", {})
+    names = [n for n in ("identity", "style") if n in loaded] + ip_adapter_loras(pipe)
+    if names:
+        pipe.set_adapters(names, adapter_weights=[float(weights.get(n, 1.0)) for n in names])

@@ -331,23 +331,38 @@ def build_tiny_controlnet(base_dir: str | Path, out_dir: str | Path, seed: int =
     return out
 
 
-def _ip_attention_state(unet) -> dict:
-    """`ip_adapter.{k}.to_k_ip/to_v_ip` for every cross-attention layer of `unet` (global torch RNG)."""
-    import torch
+def _embedder_meta(id_dim: int) -> dict:
+    """The file's one metadata key (safetensors writes several in no fixed order, which would break the builds'
+    determinism): 128-d tiny adapters take dlib's ResNet descriptors and say so
+    (portrait.models.adapters.trained_on); 512-d ones take the recogniser their real counterpart was trained on."""
+    return {"face_embedder": "dlib-resnet" if id_dim == 128 else "default"}
 
-    cross = unet.config.cross_attention_dim
-    state = {}
-    key_id = 1  # diffusers numbers the cross-attention processors 1, 3, 5, ... in attn_processors order
+
+def attention_layers(unet) -> list[tuple[str, int, int | None]]:
+    """(processor name, hidden size, cross-attention dim or None for self-attention) for every attention
+    processor of `unet`, in `attn_processors` order: the shapes an IP-Adapter's per-layer weights take."""
     blocks = list(unet.config.block_out_channels)
+    layers = []
     for name in unet.attn_processors:
-        if name.endswith("attn1.processor"):
-            continue
         if name.startswith("mid_block"):
             hidden = blocks[-1]
         elif name.startswith("up_blocks"):
             hidden = blocks[::-1][int(name.split(".")[1])]
         else:
             hidden = blocks[int(name.split(".")[1])]
+        layers.append((name, hidden, None if name.endswith("attn1.processor") else unet.config.cross_attention_dim))
+    return layers
+
+
+def _ip_attention_state(unet) -> dict:
+    """`ip_adapter.{k}.to_k_ip/to_v_ip` for every cross-attention layer of `unet` (global torch RNG)."""
+    import torch
+
+    state = {}
+    key_id = 1  # diffusers numbers the cross-attention processors 1, 3, 5, ... in attn_processors order
+    for _, hidden, cross in attention_layers(unet):
+        if cross is None:
+            continue
         state[f"ip_adapter.{key_id}.to_k_ip.weight"] = torch.randn(hidden, cross) / cross**0.5
         state[f"ip_adapter.{key_id}.to_v_ip.weight"] = torch.randn(hidden, cross) / cross**0.5
         key_id += 2
@@ -382,7 +397,7 @@ def build_tiny_ip_adapter_faceid(base_dir: str | Path, out_file: str | Path, id_
     state.update(_ip_attention_state(unet))
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(out), metadata={"id_dim": str(id_dim)})
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out), metadata=_embedder_meta(id_dim))
     return out
 
 
@@ -432,7 +447,7 @@ def build_tiny_instantid_adapter(sdxl_dir: str | Path, out_file: str | Path, id_
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(out),
-              metadata={"id_dim": str(id_dim), "kind": "instantid"})
+              metadata=_embedder_meta(id_dim))
     return out
 
 

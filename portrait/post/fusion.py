@@ -165,7 +165,7 @@ def _swapper(manifest, device: str):
 
 
 def _fuse_onnx(template_rgb: np.ndarray, template_face: Face, source_embedding, manifest, device: str,
-               margin: float, feather: float) -> FusionResult:
+               margin: float, feather: float, blend: float = 1.0) -> FusionResult:
     if source_embedding is None:
         raise ConfigError("engine 'onnx' needs source_embedding (the user's ArcFace embedding)")
     if manifest is None:
@@ -176,7 +176,9 @@ def _fuse_onnx(template_rgb: np.ndarray, template_face: Face, source_embedding, 
     check_rgb(swapped, "swapper output")
     h, w = template_rgb.shape[:2]
     region = template_region((h, w), template_face, margin)
-    alpha = masks.feather(region, max(1, int(round(template_face.eye_distance * feather))))
+    # `blend` is the swapped face's opacity, as for the classic engine (EasyPhoto scales its fusion mask by the
+    # before / after face-fusion ratios the same way).
+    alpha = masks.feather(region, max(1, int(round(template_face.eye_distance * feather)))) * float(blend)
     out = masks.blend(template_rgb, swapped, alpha)
     return FusionResult(out, (alpha > 0).astype(np.uint8) * 255, "onnx", {"device": device})
 
@@ -199,7 +201,7 @@ def fuse(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.ndarray | No
     _check(template_rgb, template_face, ref_rgb if engine == "classic" else None,
            ref_face if engine == "classic" else None)
     if engine == "onnx":
-        return _fuse_onnx(template_rgb, template_face, source_embedding, manifest, device, margin, feather)
+        return _fuse_onnx(template_rgb, template_face, source_embedding, manifest, device, margin, feather, blend)
     if ref_rgb is None or ref_face is None:
         raise ValueError("engine 'classic' needs ref_rgb and ref_face")
     return _fuse_classic(template_rgb, template_face, ref_rgb, ref_face, blend=blend, color_strength=color_strength,

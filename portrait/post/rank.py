@@ -11,6 +11,11 @@ threshold 0.5, twice the threshold or more 0. Ordering by similarity is ordering
 A likeness bar (a distance; default the embedder's threshold) flags outputs that miss it;
 `best_of` is the retry hook: it asks a caller's function for variants (another seed, reference
 photo or fusion setting) until one passes the bar or the budget is spent.
+
+What is measured is what a viewer sees: `measure_slots` finds, in the written output, the face that
+sits in each painted slot (overlapping the slot's box, not merely the nearest face), and says
+whether it is one of the picture's main faces (`main_faces`: at least MAIN_FACE_RATIO of the largest
+face's size). "passes" is only ever said of a painted face found in its slot that is a main face.
 """
 
 from __future__ import annotations
@@ -26,14 +31,76 @@ from ..faces.base import distance as _distance
 from ..faces.types import Face
 
 
+MAIN_FACE_RATIO = 0.5  # a face at least this x the largest face's size is one of the picture's main faces
+SLOT_IOU = 0.3  # an output face overlapping a slot's box this much is the face painted there
+
+
 @dataclass
 class Candidate:
-    """One output to rank: its pixels and/or file, and the identity embedding of its face (None: no face)."""
+    """One output to rank: its pixels and/or file, and the identity embedding of its face (None: no face).
+    `eligible` False: the judged face is not one a viewer sees as the picture's subject (never passes)."""
 
     embedding: np.ndarray | None
     image: np.ndarray | None = None
     path: str | None = None
     meta: dict = field(default_factory=dict)
+    eligible: bool = True
+
+
+@dataclass(frozen=True)
+class SlotLikeness:
+    """The face a viewer sees in one painted slot of an output, against the person painted there."""
+
+    slot: int
+    found: bool  # a face overlaps the slot's box in the output
+    main_face: bool  # ... and it is one of the picture's main faces
+    distance: float  # to the painted person (inf when not found)
+    passes: bool  # found, a main face, and within the bar
+    embedding: np.ndarray | None = None
+
+    def to_dict(self) -> dict:
+        return {"found": self.found, "main_face": self.main_face,
+                "distance": None if not math.isfinite(self.distance) else round(self.distance, 4),
+                "passes": self.passes}
+
+
+def _iou(a, b) -> float:
+    ax0, ay0, ax1, ay1 = (float(v) for v in a)
+    bx0, by0, bx1, by1 = (float(v) for v in b)
+    inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
+    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def main_faces(faces: Sequence[Face]) -> list[Face]:
+    """The faces a viewer takes for the picture's subjects: at least MAIN_FACE_RATIO of the largest's size."""
+    if not faces:
+        return []
+    largest = max(f.size for f in faces)
+    return [f for f in faces if f.size >= MAIN_FACE_RATIO * largest]
+
+
+def face_in_slot(faces: Sequence[Face], slot: Face) -> Face | None:
+    """The output face sitting in `slot` (best box overlap, at least SLOT_IOU), else None."""
+    best = max(faces, key=lambda f: _iou(f.box, slot.box), default=None)
+    return best if best is not None and _iou(best.box, slot.box) >= SLOT_IOU else None
+
+
+def measure_slots(faces: Sequence[Face], slots: dict[int, Face], targets: dict[int, np.ndarray],
+                  distance: Callable[[np.ndarray, np.ndarray], float], bar: float) -> dict[int, SlotLikeness]:
+    """Per painted slot: the output face in it (`faces`, with embeddings, in the output's coordinates;
+    `slots` scaled to them), whether it is a main face, and its distance to `targets[slot]`."""
+    main = {id(f) for f in main_faces(faces)}
+    out = {}
+    for s, target in targets.items():
+        f = face_in_slot(faces, slots[s])
+        if f is None or f.embedding is None:
+            out[s] = SlotLikeness(s, False, False, math.inf, False)
+            continue
+        d = float(distance(f.embedding, target))
+        is_main = id(f) in main
+        out[s] = SlotLikeness(s, True, is_main, d, is_main and d <= bar, f.embedding)
+    return out
 
 
 @dataclass
@@ -97,7 +164,8 @@ def rank_outputs(candidates: Iterable[Candidate], user: np.ndarray | Sequence[np
     ranked = []
     for c in candidates:
         d = math.inf if c.embedding is None else likeness(c.embedding, user, metric)
-        ranked.append(RankedOutput(d, similarity_from_distance(d, threshold), d <= bar, image=c.image, path=c.path,
+        ranked.append(RankedOutput(d, similarity_from_distance(d, threshold), c.eligible and d <= bar, image=c.image,
+                                   path=c.path,
                                    meta=dict(c.meta, **({} if c.embedding is not None else {"reason": "no_face"}))))
     ranked.sort(key=lambda r: r.distance)
     for i, r in enumerate(ranked, 1):
@@ -118,7 +186,7 @@ def best_of(make_variant: Callable[[int], Candidate], user: np.ndarray | Sequenc
         cand = make_variant(i)
         cand.meta.setdefault("variant", i)
         cands.append(cand)
-        if i + 1 >= variants and any(c.embedding is not None and likeness(c.embedding, user, metric) <= limit
-                                     for c in cands):
+        if i + 1 >= variants and any(c.eligible and c.embedding is not None
+                                     and likeness(c.embedding, user, metric) <= limit for c in cands):
             break
     return rank_outputs(cands, user, metric=metric, threshold=threshold, bar=bar)

@@ -76,25 +76,17 @@ class Database:
 
     @contextmanager
     def session(self, immediate: bool = False) -> Iterator[Session]:
+        """A session committed when the block ends, rolled back when it raises. `immediate` (SQLite):
+        the write lock is taken at BEGIN, so two claimers never both read the same free job."""
         if immediate:
             with self.engine.connect() as conn:
                 conn.execution_options(immediate=True)
                 with Session(bind=conn, expire_on_commit=False, join_transaction_mode="rollback_only") as s:
-                    try:
-                        yield s
-                        s.commit()
-                    except BaseException:
-                        s.rollback()
-                        raise
+                    yield from _committed(s)
                 conn.commit()
             return
         with self._sessions() as s:
-            try:
-                yield s
-                s.commit()
-            except BaseException:
-                s.rollback()
-                raise
+            yield from _committed(s)
 
     def migrate(self) -> str:
         """Apply every migration (idempotent, safe when several processes start at once); the head revision."""
@@ -124,3 +116,13 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _committed(s: Session) -> Iterator[Session]:
+    """Yield `s`; commit after the caller's block, or roll back and re-raise when it fails."""
+    try:
+        yield s
+        s.commit()
+    except BaseException:
+        s.rollback()
+        raise
