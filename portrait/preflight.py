@@ -13,7 +13,7 @@ from typing import Iterable, Mapping, Sequence
 
 from .errors import ConfigError, TemplateError
 from .imageio import IMAGE_EXTENSIONS
-from .templates import NAME_RE, Template, detect_template_faces, list_templates, load_template
+from .templates import NAME_RE, Template, list_templates, load_template
 
 
 def available_templates() -> list[str]:
@@ -43,9 +43,9 @@ def template_from_image(path: str | Path, face_analysis=None) -> Template:
         raise TemplateError(f"template image {path} does not exist")
     stem = re.sub(r"[^a-z0-9_-]+", "-", path.stem.lower()).strip("-_") or "image"
     name = stem if NAME_RE.match(stem) else f"image-{stem[:50]}".strip("-")
-    t = Template(name=name, directory=path.parent, image_path=path, description=f"image {path.name}")
-    faces = detect_template_faces(t.image(), face_analysis, path)  # TemplateError when none is usable
-    t._faces = faces  # image() coordinates: the Template's own face cache, so nothing is written to disk
+    t = Template(name=name, directory=path.parent, image_path=path, description=f"image {path.name}",
+                 _no_disk_cache=True)  # its faces are kept on the Template only: nothing is written beside the image
+    t.detected_faces(face_analysis)  # detected now: TemplateError when none is usable
     return t
 
 

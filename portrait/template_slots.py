@@ -189,11 +189,12 @@ def parse_pins(value, fail) -> tuple[tuple[float, float, float, float], ...]:
     return tuple(tuple(float(v) for v in b) for b in value)
 
 
-def cached_rejections(directory: Path) -> list[dict]:
-    """The detections `.faces.json` recorded as not being slots, with why (empty when not cached)."""
+def cached_rejections(directory: Path, cache_name: str = ".faces.json") -> list[dict]:
+    """The detections the face cache (`cache_name`: templates.face_cache_name of the engines) recorded as
+    not being slots, with why (empty when not cached)."""
     import json
 
     try:
-        return list(json.loads((Path(directory) / ".faces.json").read_text()).get("rejected", []))
+        return list(json.loads((Path(directory) / cache_name).read_text()).get("rejected", []))
     except (OSError, ValueError, AttributeError):
         return []

@@ -59,7 +59,17 @@ from .models.manifest import sha256_file
 from .template_slots import CONFIRMER, PREVIEW_NAME, choose_slots, parse_pins, slot_faces_of
 
 TOML_NAME = "template.toml"
-FACE_CACHE = ".faces.json"
+FACE_CACHE = ".faces.json"  # for the default face engines; other engines: face_cache_name()
+DEFAULT_FACE_ENGINES = {"detector": "dlib-hog", "landmarks": "dlib68", "embedder": "dlib-resnet"}
+
+
+def face_cache_name(engines: dict) -> str:
+    """`.faces.json` for the default engines, else `.faces.DETECTOR.LANDMARKS.EMBEDDER.json`: one cache per
+    engine set, so runs under another set (the commercial policy's dlib5, say) never overwrite each other."""
+    core = {k: engines.get(k) for k in DEFAULT_FACE_ENGINES}
+    if core == DEFAULT_FACE_ENGINES:
+        return FACE_CACHE
+    return f".faces.{core['detector']}.{core['landmarks']}.{core['embedder']}.json"
 MIN_FACE_PX = 64  # a template face smaller than this (sqrt of box area) is too small to receive a face
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 CACHE_VERSION = 2  # 2: slots chosen by portrait.template_slots (score, size, MMOD confirmation, pins)
@@ -87,7 +97,8 @@ class Template:
     style_weight: float = 0.6
     max_side: int = 1024
     upscale: float = 2.0
-    _faces: list[Face] | None = field(default=None, repr=False, compare=False)
+    _faces: dict = field(default_factory=dict, repr=False, compare=False)  # face engines -> faces
+    _no_disk_cache: bool = field(default=False, repr=False, compare=False)  # a user's image: nothing written beside it
     _decoded_image: DecodedImage | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -112,11 +123,19 @@ class Template:
 
     def detected_faces(self, face_analysis=None) -> list[Face]:
         """Every face in image() coordinates, left to right (slot order), from the cache or detected now."""
-        if self._faces is None:
-            faces = template_faces(self.image_path, face_analysis, self.pins)  # the cache holds full-size coordinates
-            scale = self._decoded().scale
-            self._faces = faces if scale == 1.0 else [f.scaled(scale) for f in faces]
-        return self._faces
+        if face_analysis is None:
+            from .faces import get_face_analysis
+
+            face_analysis = get_face_analysis()
+        key = tuple(sorted(face_analysis.engines().items()))  # faces found by other engines are other faces
+        if key not in self._faces:
+            if self._no_disk_cache:
+                self._faces[key] = detect_template_faces(self.image(), face_analysis, self.image_path)
+            else:
+                faces = template_faces(self.image_path, face_analysis, self.pins)  # the cache: full-size coordinates
+                scale = self._decoded().scale
+                self._faces[key] = faces if scale == 1.0 else [f.scaled(scale) for f in faces]
+        return self._faces[key]
 
     def slot_faces(self, face_analysis=None) -> dict[int, Face]:
         """The faces to replace, by slot; TemplateError if `faces` names a slot the image lacks."""
@@ -311,7 +330,7 @@ def template_faces(image_path: Path, face_analysis=None, pins=()) -> list[Face]:
         from .faces import get_face_analysis
 
         face_analysis = get_face_analysis()
-    cache = image_path.parent / FACE_CACHE
+    cache = image_path.parent / face_cache_name(face_analysis.engines())
     sha = sha256_file(image_path)
     key = {"version": CACHE_VERSION, "image": image_path.name, "image_sha256": sha,
            "engines": dict(face_analysis.engines(), confirm=CONFIRMER), "pins": [list(map(float, b)) for b in pins]}

@@ -154,10 +154,14 @@ def build(out_dir: Path = HERE) -> list[Path]:
 
 
 if __name__ == "__main__":
+    from portrait.faces import FaceConfig, get_face_analysis
     from portrait.templates import parse_template
 
     for folder in build():
-        (folder / ".faces.json").unlink(missing_ok=True)  # regenerated: slots chosen by portrait.template_slots
+        for old in folder.glob(".faces*.json"):  # regenerated: slots chosen by portrait.template_slots
+            old.unlink()
         t = parse_template(folder)
         faces = t.slot_faces()
+        # The commercial policy's engines (dlib 5-point landmarks) get their cache too: no detection at run time.
+        t.slot_faces(get_face_analysis(FaceConfig(landmarks="dlib5")))
         print(f"{t.name}: {t.image_path.stat().st_size // 1024} KB, face slots {sorted(faces)}")

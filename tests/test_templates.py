@@ -139,6 +139,36 @@ def test_face_cache_follows_the_image(tmp_path, face_analysis, astronaut, grace_
     assert json.loads((d / T.FACE_CACHE).read_text())["image_sha256"] == sha256_file(d / "template.jpg")
 
 
+def test_each_face_engine_set_keeps_its_own_cache(tmp_path, face_analysis, astronaut):
+    """A run under the commercial policy (dlib 5-point landmarks) and a default run on the same template
+    neither overwrite each other's cache nor are handed the other's faces."""
+    from portrait.faces import FaceConfig, get_face_analysis
+
+    five = get_face_analysis(FaceConfig(landmarks="dlib5"))
+    d = _make(tmp_path, astronaut, 'name = "both"\n')
+    t = T.parse_template(d)
+    assert t.detected_faces(face_analysis)[0].landmarks68 is not None
+    assert t.detected_faces(five)[0].landmarks68 is None  # the same Template, another engine set: its own faces
+    default, other = d / T.FACE_CACHE, d / T.face_cache_name(five.engines())
+    assert other.name == ".faces.dlib-hog.dlib5.dlib-resnet.json"
+    assert json.loads(default.read_text())["engines"]["landmarks"] == "dlib68"
+    assert json.loads(other.read_text())["engines"]["landmarks"] == "dlib5"
+    before = default.read_bytes(), other.read_bytes()
+    T.parse_template(d).detected_faces(five)
+    T.parse_template(d).detected_faces(face_analysis)
+    assert (default.read_bytes(), other.read_bytes()) == before
+
+
+def test_bundled_templates_ship_both_face_caches():
+    from portrait.faces import FaceConfig, get_face_analysis
+
+    for fa in (get_face_analysis(FaceConfig(landmarks="dlib68")), get_face_analysis(FaceConfig(landmarks="dlib5"))):
+        for t in T.list_templates([T.bundled_dir()]):
+            cache = json.loads((t.directory / T.face_cache_name(fa.engines())).read_text())
+            assert cache["image_sha256"] == sha256_file(t.image_path)  # valid: no detection at run time
+            assert cache["engines"] == dict(fa.engines(), confirm=cache["engines"]["confirm"])
+
+
 def test_cli_templates(user_templates, grace_hopper_path, tmp_path):
     from portrait.cli import cli
 

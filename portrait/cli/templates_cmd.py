@@ -14,6 +14,15 @@ def _slots(t) -> list[dict]:
     return [dict(f.to_dict(), slot=i, replaced=i in t.faces) for i, f in enumerate(t.detected_faces())]
 
 
+def _not_slots(t) -> list[dict]:
+    """The detections the template's face cache (for the face engines in use) records as not slots."""
+    from ..faces import get_face_analysis
+    from ..template_slots import cached_rejections
+    from ..templates import face_cache_name
+
+    return cached_rejections(t.directory, face_cache_name(get_face_analysis().engines()))
+
+
 def _summary(t, with_faces: bool = False, bundled: set | None = None) -> dict:
     d = {"name": t.name, "description": t.description, "directory": str(t.directory), "image": str(t.image_path),
          "faces": list(t.faces)}
@@ -22,10 +31,8 @@ def _summary(t, with_faces: bool = False, bundled: set | None = None) -> dict:
 
         d["overrides_bundled"] = t.name in bundled and t.directory.parent.resolve() != bundled_dir().resolve()
     if with_faces:
-        from ..template_slots import cached_rejections
-
         d["detected_faces"] = d["slots"] = _slots(t)
-        d["not_slots"] = cached_rejections(t.directory)
+        d["not_slots"] = _not_slots(t)
     return d
 
 
@@ -48,13 +55,11 @@ def _preview(t, path: Path | None) -> Path | None:
 
 
 def _print_slots(t, notice: str | None, preview: Path | None) -> None:
-    from ..template_slots import cached_rejections
-
     for s in _slots(t):
         x0, y0, x1, y1 = (round(v) for v in s["box"])
         mark = "replaced" if s["replaced"] else "kept"
         click.echo(f"slot {s['slot']}: box {x0},{y0}-{x1},{y1} score {s['score']:.2f} yaw {s['yaw']:.0f} ({mark})")
-    for r in cached_rejections(t.directory):
+    for r in _not_slots(t):
         x0, y0, x1, y1 = (round(v) for v in r["box"])
         click.echo(f"not a slot: box {x0},{y0}-{x1},{y1}: {r['why']}")
     if notice:
