@@ -10,7 +10,8 @@ import sys
 import time
 
 FIELDS = ("job", "tenant", "identity", "batch", "stage", "worker", "kind", "state", "attempt", "photo",
-          "accepted", "reasons", "code", "jobs", "delivery", "status", "seconds", "requeued", "ended", "deleted")
+          "accepted", "reasons", "code", "jobs", "delivery", "status", "seconds", "requeued", "ended", "deleted",
+          "tenants")
 
 
 class JsonFormatter(logging.Formatter):

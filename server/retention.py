@@ -9,7 +9,7 @@ import logging
 
 from sqlalchemy import delete, func, select
 
-from .db.models import IdempotencyRecord, Identity, Job, Tenant, WebhookDelivery, now
+from .db.models import ApiKey, Batch, IdempotencyRecord, Identity, Job, Tenant, WebhookDelivery, now
 
 log = logging.getLogger("portrait.retention")
 IDEMPOTENCY_SECONDS = 24 * 3600
@@ -62,6 +62,26 @@ def apply_retention(service, at: float | None = None) -> int:
         s.execute(delete(IdempotencyRecord).where(IdempotencyRecord.created_at < at - IDEMPOTENCY_SECONDS))
     for tenant_id, j in orphan_jobs:
         service.storage.delete_job(tenant_id, j)
-    if doomed or orphan_jobs:
-        log.info("retention", extra={"deleted": len(doomed), "jobs": len(orphan_jobs)})
+    visitors = prune_visitors(service, at)
+    if doomed or orphan_jobs or visitors:
+        log.info("retention", extra={"deleted": len(doomed), "jobs": len(orphan_jobs), "tenants": visitors})
     return len(doomed)
+
+
+def prune_visitors(service, at: float) -> int:
+    """Delete web form visitors' tenants (server.service.is_visitor_name) older than the TTL that hold no
+    identity, job or batch any more; returns how many. API tenants are never pruned."""
+    from .service import VISITOR_PREFIX, is_visitor_name
+
+    cutoff = at - 86400.0 * service.settings.retention_days
+    with service.db.session(immediate=True) as s:
+        rows = s.execute(select(Tenant.id, Tenant.name).where(Tenant.name.like(f"{VISITOR_PREFIX}%"),
+                                                              Tenant.created_at < cutoff)).all()
+        empty = [tid for tid, name in rows if is_visitor_name(name) and not any(
+            s.scalar(select(func.count()).select_from(t).where(t.tenant_id == tid)) for t in (Identity, Job, Batch))]
+        for table in (ApiKey, IdempotencyRecord, WebhookDelivery):
+            s.execute(delete(table).where(table.tenant_id.in_(empty)))
+        s.execute(delete(Tenant).where(Tenant.id.in_(empty)))
+    for tid in empty:
+        service.storage.delete_tenant(tid)
+    return len(empty)

@@ -121,13 +121,18 @@ class Service:
 
     # -- tenants and keys ------------------------------------------------------------------------
     def create_tenant(self, name: str, *, retention_days: Optional[float] = None,
-                      concurrency: Optional[int] = None, webhook_url: Optional[str] = None) -> tuple[dict, str]:
-        """A new tenant and its first API key. The key is returned once and never stored."""
-        name = (name or "").strip()
+                      concurrency: Optional[int] = None, webhook_url: Optional[str] = None,
+                      visitor: bool = False) -> tuple[dict, str]:
+        """A new tenant and its first API key. The key is returned once and never stored. `visitor`: a web
+        form visitor's own tenant (named VISITOR_PREFIX + 16 hex digits, a name no other tenant may take),
+        deleted by retention once it holds nothing."""
+        name = f"{VISITOR_PREFIX}{secrets.token_hex(8)}" if visitor else (name or "").strip()
         if not name or len(name) > 200:
             raise BadRequest("a tenant name is 1 to 200 characters", code="bad_name")
+        if not visitor and is_visitor_name(name):
+            raise BadRequest(f"tenant names like {name!r} are kept for web form visitors", code="bad_name")
         if webhook_url:
-            _check_url(webhook_url)
+            _check_url(webhook_url, self.settings.webhook_allow_private)
         tenant = Tenant(id=new_id(), name=name, retention_days=retention_days, concurrency=concurrency,
                         webhook_url=webhook_url, webhook_secret=secrets.token_hex(32))
         try:
@@ -211,7 +216,7 @@ class Service:
         if bad:
             raise BadRequest(f"unknown tenant field(s): {', '.join(bad)}")
         if fields.get("webhook_url"):
-            _check_url(fields["webhook_url"])
+            _check_url(fields["webhook_url"], self.settings.webhook_allow_private)
         with self.db.session(immediate=True) as s:
             t = self._tenant_row(s, _tid(tenant))
             for k, v in fields.items():
@@ -392,7 +397,7 @@ class Service:
             raise BadRequest(f"priority must be in {PRIORITY_RANGE[0]}..{PRIORITY_RANGE[1]}", code="bad_priority",
                              details={"field": "priority"})
         if webhook_url:
-            _check_url(webhook_url)
+            _check_url(webhook_url, self.settings.webhook_allow_private)
         if kind in job_kinds.PUBLIC_KINDS or identity_id is not None:
             if not identity_id:
                 raise BadRequest("identity_id is required", code="bad_identity", details={"field": "identity_id"})
@@ -442,16 +447,22 @@ class Service:
 
     def check_template(self, name: str) -> None:
         """A template is named (never a path) and must exist on the server's search path."""
+        from portrait.preflight import available_templates
         from portrait.templates import load_template
 
         if not _TEMPLATE_NAME.match(name or ""):
-            raise BadRequest(f"template {name[:80]!r} is not a template name", code="bad_template",
-                             details={"template": name[:80]})
+            names = available_templates()
+            raise BadRequest(f"template {name[:80]!r} is not a template name; available: {', '.join(names) or 'none'}",
+                             code="bad_template", details={"template": name[:80], "available": names})
         try:
             load_template(name)
         except TemplateError as exc:
-            raise BadRequest(f"template {name!r} not found or unusable: {exc}", code="bad_template",
-                             details={"template": name}) from exc
+            # The client gets the names it may use, never the server's folders; the log keeps the whole reason.
+            log.warning("template refused", extra={"code": "bad_template", "reasons": [name, str(exc)]})
+            names = available_templates()
+            raise BadRequest(f"template {name!r} is not available on this server; available: "
+                             f"{', '.join(names) or 'none'}", code="bad_template",
+                             details={"template": name, "available": names}) from exc
 
     def _identity_artefact(self, s: Session, identity_id: str) -> Job:
         job = s.scalars(select(Job).where(Job.identity_id == identity_id, Job.kind.in_(("train", "embed")),
@@ -728,10 +739,24 @@ def _display_name(filename: Optional[str]) -> str:
     return name[:120] or "upload"
 
 
-def _check_url(url: str) -> None:
+VISITOR_PREFIX = "web-"
+_VISITOR_NAME = re.compile(r"web-[0-9a-f]{16}")
+
+
+def is_visitor_name(name: str) -> bool:
+    """A web form visitor's tenant name (`web-` + 16 hex digits)."""
+    return bool(_VISITOR_NAME.fullmatch(name or ""))
+
+
+def _check_url(url: str, allow_private: bool = False) -> None:
     from urllib.parse import urlparse
+
+    from .webhooks import check_literal_host
 
     u = urlparse(url)
     if u.scheme not in ("http", "https") or not u.netloc or len(url) > 2000:
         raise BadRequest(f"webhook URL must be an http(s) URL, got {url[:100]!r}", code="bad_webhook_url",
                          details={"field": "webhook_url"})
+    why = check_literal_host(url, allow_private)
+    if why:
+        raise BadRequest(why, code="bad_webhook_url", details={"field": "webhook_url"})

@@ -35,6 +35,7 @@ class Settings:
     redispatch_seconds: float = 900.0  # Celery: a job queued this long untouched is published again
     webhook_attempts: int = 5
     webhook_backoff: float = 2.0  # seconds before the first retry, doubled after each
+    webhook_allow_private: bool = False  # webhooks to private / loopback addresses (a receiver on your own network)
     queue_name: str = "portrait"
 
     @property

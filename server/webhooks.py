@@ -12,10 +12,13 @@ import hashlib
 import hmac
 import json
 import logging
+import http.client
+import ipaddress
+import socket
+import ssl
 import time
-import urllib.error
-import urllib.request
 from typing import Optional
+from urllib.parse import urlsplit
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -61,7 +64,8 @@ def enqueue_for_job(s: Session, job: Job, payload: dict) -> list[str]:
     return ids
 
 
-def deliver_due(db: Database, *, max_attempts: int, backoff: float, limit: int = 20) -> int:
+def deliver_due(db: Database, *, max_attempts: int, backoff: float, limit: int = 20,
+                allow_private: bool = False) -> int:
     """Send the deliveries that are due; returns how many were attempted."""
     t = now()
     with db.session() as s:
@@ -79,7 +83,7 @@ def deliver_due(db: Database, *, max_attempts: int, backoff: float, limit: int =
             tenant = s.get(Tenant, d.tenant_id)
             url, event, payload, attempts = d.url, d.event, d.payload, d.attempts
             secret = tenant.webhook_secret if tenant else ""
-        status, error = _post(url, event, did, payload, secret)
+        status, error = _post(url, event, did, payload, secret, allow_private)
         sent += 1
         with db.session(immediate=True) as s:
             d = s.get(WebhookDelivery, did)
@@ -98,16 +102,96 @@ def deliver_due(db: Database, *, max_attempts: int, backoff: float, limit: int =
     return sent
 
 
-def _post(url: str, event: str, delivery_id: str, payload: dict, secret: str) -> tuple[Optional[int], Optional[str]]:
-    body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
-    req = urllib.request.Request(url, data=body, method="POST", headers={
-        "Content-Type": "application/json", "User-Agent": "portrait-webhooks/1",
-        "X-Portrait-Event": event, "X-Portrait-Delivery": delivery_id,
-        "X-Portrait-Signature": sign(secret, body)})
+class AddressRefused(ValueError):
+    """A webhook URL whose host is (or resolves to) an address inside the server's own networks."""
+
+
+def _address_refusal(host: str, ip: str) -> Optional[str]:
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    if getattr(addr, "ipv4_mapped", None) is not None:
+        addr = addr.ipv4_mapped
+    if addr.is_global:
+        return None
+    return (f"webhook host {host} is {addr}, a private, loopback or reserved address: webhooks go to public "
+            "hosts only (PORTRAIT_WEBHOOK_ALLOW_PRIVATE=1 allows private ones, for a receiver on your own network)")
+
+
+def check_literal_host(url: str, allow_private: bool) -> Optional[str]:
+    """Why `url` is refused before anything is resolved (`localhost`, a private IP literal), or None. Names
+    are checked again, resolved, at every delivery (an address can change)."""
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    if allow_private:
+        return None
+    if host == "localhost" or host.endswith(".localhost"):
+        return f"webhook host {host} is this machine: webhooks go to public hosts only"
     try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
-            return resp.status, None
-    except urllib.error.HTTPError as exc:
-        return exc.code, f"HTTP {exc.code}"
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return _address_refusal(host, host)
+    except ValueError:
+        return None  # a name: resolved at delivery
+
+
+def vetted_address(host: str, port: int, allow_private: bool) -> str:
+    """The address to connect to for `host`: every address it resolves to must be public (unless
+    `allow_private`), and the connection goes to the address checked, never to a second lookup."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise AddressRefused(f"webhook host {host} does not resolve")
+    addresses = [info[4][0] for info in infos]
+    if not allow_private:
+        for ip in addresses:
+            why = _address_refusal(host, ip)
+            if why:
+                raise AddressRefused(why)
+    return addresses[0]
+
+
+class _HTTPTo(http.client.HTTPConnection):
+    """HTTP to a vetted address; the Host header keeps the URL's name."""
+
+    def __init__(self, host: str, address: str, port: int, timeout: float):
+        super().__init__(host, port, timeout=timeout)
+        self._address = address
+
+    def connect(self):
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+
+
+class _HTTPSTo(http.client.HTTPSConnection):
+    """HTTPS to a vetted address; the certificate is checked against the URL's name (SNI too)."""
+
+    def __init__(self, host: str, address: str, port: int, timeout: float):
+        self._ctx = ssl.create_default_context()
+        super().__init__(host, port, timeout=timeout, context=self._ctx)
+        self._address = address
+
+    def connect(self):
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._ctx.wrap_socket(sock, server_hostname=self.host)
+
+
+def _post(url: str, event: str, delivery_id: str, payload: dict, secret: str,
+          allow_private: bool = False) -> tuple[Optional[int], Optional[str]]:
+    """POST the signed payload; (HTTP status or None, error or None). Redirects are not followed (a 3xx is
+    a failed attempt): a public receiver must not be able to point the server at its own network."""
+    body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+    headers = {"Content-Type": "application/json", "User-Agent": "portrait-webhooks/1",
+               "X-Portrait-Event": event, "X-Portrait-Delivery": delivery_id,
+               "X-Portrait-Signature": sign(secret, body)}
+    u = urlsplit(url)
+    https = u.scheme == "https"
+    try:
+        host, port = u.hostname or "", u.port or (443 if https else 80)
+        address = vetted_address(host, port, allow_private)
+        conn = (_HTTPSTo if https else _HTTPTo)(host, address, port, TIMEOUT)
+        try:
+            conn.request("POST", (u.path or "/") + (f"?{u.query}" if u.query else ""), body=body, headers=headers)
+            status = conn.getresponse().status
+        finally:
+            conn.close()
+    except AddressRefused as exc:
+        return None, str(exc)[:300]
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         return None, f"{type(exc).__name__}: {str(exc)[:200]}"
+    if 200 <= status < 300:
+        return status, None
+    return status, f"HTTP {status}" + (" (redirects are not followed)" if 300 <= status < 400 else "")

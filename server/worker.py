@@ -183,7 +183,8 @@ class Worker:
                     log.warning("queued jobs published again", extra={"jobs": len(again), "worker": self.id})
                     self.service.dispatcher.publish(again)
             webhooks.deliver_due(self.db, max_attempts=self.settings.webhook_attempts,
-                                 backoff=self.settings.webhook_backoff)
+                                 backoff=self.settings.webhook_backoff,
+                                 allow_private=self.settings.webhook_allow_private)
             if force or t - self._last_retention > RETENTION_SECONDS:
                 self._last_retention = t
                 retention.apply_retention(self.service)

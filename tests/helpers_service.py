@@ -45,11 +45,13 @@ w.run_forever()
 
 
 @contextmanager
-def worker_process(data_dir: Path, log_path: Path | None = None) -> Iterator[subprocess.Popen]:
-    """i10a's embedded-queue worker in its own process on the same data dir (and SQLite database)."""
+def worker_process(data_dir: Path, log_path: Path | None = None, env: dict | None = None
+                   ) -> Iterator[subprocess.Popen]:
+    """i10a's embedded-queue worker in its own process on the same data dir (and SQLite database); `env`:
+    more environment for it (PORTRAIT_LICENCE, say)."""
     log = open(log_path or Path(data_dir) / "worker.log", "ab")
     proc = subprocess.Popen([sys.executable, "-c", WORKER_CODE, str(data_dir)], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PORTRAIT_NO_PROGRESS": "1"})
+                            env={**os.environ, "PORTRAIT_NO_PROGRESS": "1", **(env or {})})
     try:
         yield proc
     finally:

@@ -164,6 +164,9 @@ def test_bad_template_or_option_at_submit_is_400_and_queues_nothing(app):
     ]:
         err = assert_error(a.c.post("/api/v1/jobs", headers=a.h, json=body), 400, code)
         assert named in err["message"], err
+        if code == "bad_template":  # the names a client may use, never the server's folders
+            assert "studio-grey" in err["details"]["available"] and "studio-grey" in err["message"]
+            assert "/" not in err["message"].replace("../../etc", ""), err["message"]
     assert_error(a.c.post("/api/v1/jobs", headers={**a.h, "Content-Type": "application/json"}, data=b"{not json"), 400)
     assert a.jobs() == []
 

@@ -114,6 +114,33 @@ def test_whole_api_flow(tmp_path, samples):
     db.close()
 
 
+def test_a_commercial_server_runs_on_commercial_safe_models(tmp_path, samples, monkeypatch):
+    """PORTRAIT_LICENCE=commercial on the web process and its worker: photos are judged and portraits made
+    with dlib's 5-point landmarks, and a job asking for the 68-point model fails with licence_excluded."""
+    monkeypatch.setenv("PORTRAIT_LICENCE", "commercial")
+    data = tmp_path / "data"
+    app = make_app(data)
+    h = auth(new_key(app, "studio"))
+    c = app.test_client()
+    iid = c.post("/api/v1/identities", json={"name": "Eileen"}, headers=h).get_json()["id"]
+    r = c.post(f"/api/v1/identities/{iid}/photos", data={"photos": _files(samples)}, headers=h)
+    assert r.status_code == 201, r.get_json()
+    ok = c.post("/api/v1/jobs", headers=h, json={"kind": "run", "identity_id": iid, "templates": ["studio-grey"],
+                                                 "options": {"variants": 1, "max_tries": 1}}).get_json()
+    refused = c.post("/api/v1/jobs", headers=h, json={
+        "kind": "run", "identity_id": iid, "templates": ["studio-grey"],
+        "options": {"variants": 1, "max_tries": 1, "face": {"landmarks": "dlib68"}}})
+    assert refused.status_code == 202, refused.get_json()
+    with worker_process(data, env={"PORTRAIT_LICENCE": "commercial"}):
+        ok, _ = poll_job(c, h, ok["id"])
+        bad, _ = poll_job(c, h, refused.get_json()["id"])
+    assert ok["state"] == "succeeded", ok["error"] and len(ok["results"]) == 1
+    (result_file,) = [p for p in data.rglob("result.json") if ok["id"] in str(p)]  # the worker's run result
+    assert json.loads(result_file.read_text())["engines"]["faces"]["engine"] == "dlib-hog+dlib5+dlib-resnet"
+    assert bad["state"] == "failed" and bad["error"]["code"] == "licence_excluded", bad["error"]
+    assert "dlib-5pt" in bad["error"]["message"]
+
+
 class _Receiver(BaseHTTPRequestHandler):
     got: list = []
 
@@ -127,16 +154,20 @@ class _Receiver(BaseHTTPRequestHandler):
         pass
 
 
-def test_events_follow_a_running_job_and_the_tenant_webhook_fires(tmp_path, samples):
+def test_events_follow_a_running_job_and_the_tenant_webhook_fires(tmp_path, samples, monkeypatch):
     from server.webhooks import verify
 
     receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     data = tmp_path / "data"
+    hook = f"http://127.0.0.1:{receiver.server_port}/hook"
+    strict = make_app(tmp_path / "strict")  # by default a webhook never goes to the server's own network
+    assert_error(strict.test_client().patch("/api/v1/tenant", json={"webhook_url": hook},
+                                            headers=auth(new_key(strict, "app"))), 400, "bad_webhook_url")
+    monkeypatch.setenv("PORTRAIT_WEBHOOK_ALLOW_PRIVATE", "1")  # this receiver is on loopback (the worker too)
     app = make_app(data)
     h = auth(new_key(app, "app"))
     c = app.test_client()
-    hook = f"http://127.0.0.1:{receiver.server_port}/hook"
     r = c.patch("/api/v1/tenant", json={"webhook_url": hook}, headers=h)
     assert r.status_code == 200 and r.get_json()["webhook_url"] == hook
     secret = c.get("/api/v1/tenant", headers=h).get_json()["webhook_secret"]

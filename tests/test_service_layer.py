@@ -20,7 +20,7 @@ from PIL import Image
 
 from server import webhooks
 from server.db.models import Identity, Job, Photo, Result, WebhookDelivery, new_id
-from server.errors import NotFound, TooLarge, Unauthorized, error_response
+from server.errors import NotFound, ServiceError, TooLarge, Unauthorized, error_response
 from server.service import Service
 from server.settings import Settings
 from server.worker import Worker
@@ -187,6 +187,29 @@ def test_retention_deletes_idle_identities_per_tenant_ttl(tmp_path):
     assert apply_retention(svc, at=time.time() + 31 * 86400) == 1  # the default TTL, the busy one still queued
 
 
+def test_web_visitors_tenants_are_pruned_once_empty_and_api_tenants_never(tmp_path):
+    from server.db.models import ApiKey, Tenant
+    from server.retention import apply_retention
+
+    svc = make_service(tmp_path, retention_days=30)
+    idle, _ = svc.create_tenant("", visitor=True)  # opened the form, never uploaded
+    busy, _ = svc.create_tenant("", visitor=True)
+    kept, _ = _identity_with_files(svc, busy["id"], "mine")
+    api, _ = svc.create_tenant("studio")  # an API tenant with nothing in it
+    with pytest.raises(ServiceError) as exc:
+        svc.create_tenant(idle["name"].replace(idle["name"][-4:], "beef"))  # visitor names are reserved
+    assert exc.value.code == "bad_name"
+    assert apply_retention(svc, at=time.time() + 29 * 86400) == 0 and count(svc, Tenant, id=idle["id"]) == 1
+    later = time.time() + 31 * 86400
+    apply_retention(svc, at=later)  # the busy visitor's identity expires, so that tenant is empty too
+    assert count(svc, Tenant, id=idle["id"]) == 0 and count(svc, ApiKey, tenant_id=idle["id"]) == 0
+    assert count(svc, Identity, id=kept["id"]) == 0
+    apply_retention(svc, at=later)  # (pruned in that round, else in this one)
+    assert count(svc, Tenant, id=busy["id"]) == 0
+    assert count(svc, Tenant, id=api["id"]) == 1 and count(svc, ApiKey, tenant_id=api["id"]) == 1
+    assert not (tmp_path / "data" / "tenants" / busy["id"]).exists()
+
+
 class _Hooks(http.server.BaseHTTPRequestHandler):
     received: list = []
     fail_first = 1
@@ -207,7 +230,7 @@ def test_webhooks_are_signed_retried_and_recorded(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/hook"
     try:
-        svc = make_service(tmp_path, webhook_backoff=0.1)
+        svc = make_service(tmp_path, webhook_backoff=0.1, webhook_allow_private=True)  # the receiver is on loopback
         t, _ = svc.create_tenant("acme")
         job = svc.submit_job(t["id"], "_sleep", options={"seconds": 0.05, "steps": 1}, internal=True, webhook_url=url)
         w = Worker(svc.settings, service=svc)
@@ -236,6 +259,73 @@ def test_webhooks_are_signed_retried_and_recorded(tmp_path):
         assert not webhooks.verify(secret, b2 + b" ", h2["X-Portrait-Signature"])
     finally:
         server.shutdown()
+
+
+class _Redirect(http.server.BaseHTTPRequestHandler):
+    hits: list = []
+    target = ""
+
+    def do_POST(self):
+        type(self).hits.append(self.path)
+        self.send_response(307)
+        self.send_header("Location", type(self).target)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def _attempted(svc, job_id: str) -> WebhookDelivery:
+    """The job's webhook delivery once it has been tried (by the worker's maintenance, or here)."""
+    for _ in range(100):
+        webhooks.deliver_due(svc.db, max_attempts=5, backoff=0.1, allow_private=svc.settings.webhook_allow_private)
+        with svc.db.session() as s:
+            d = s.query(WebhookDelivery).filter_by(job_id=job_id).one()
+            if d.attempts:
+                return d
+        time.sleep(0.05)
+    raise AssertionError("the webhook was never tried")
+
+
+def test_webhooks_never_reach_the_servers_own_network(tmp_path):
+    """SSRF: a private or loopback host is refused when the URL is given, a name is resolved and checked at
+    every delivery (and the connection goes to the address checked), and redirects are not followed."""
+    inner = http.server.HTTPServer(("127.0.0.1", 0), _Hooks)  # stands for a service inside the network
+    outer = http.server.HTTPServer(("127.0.0.1", 0), _Redirect)
+    for srv in (inner, outer):
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    _Hooks.received, _Redirect.hits = [], []
+    _Redirect.target = f"http://127.0.0.1:{inner.server_address[1]}/admin"
+    try:
+        svc = make_service(tmp_path)
+        t, _ = svc.create_tenant("acme")
+        for url in ("http://127.0.0.1:9/x", "http://10.0.0.5/x", "http://[::1]/x", "http://169.254.169.254/latest",
+                    "http://localhost:8080/x", "http://[::ffff:127.0.0.1]/x"):
+            with pytest.raises(ServiceError) as exc:
+                svc.submit_job(t["id"], "_sleep", options={"seconds": 0.01, "steps": 1}, internal=True,
+                               webhook_url=url)
+            assert exc.value.code == "bad_webhook_url" and "public hosts only" in exc.value.message
+        # Registered while private receivers were allowed, delivered after the setting was turned off: the
+        # name `localhost` resolves to loopback at delivery and is refused there.
+        named = f"http://localhost:{inner.server_address[1]}/hook"
+        loose = make_service(tmp_path, webhook_allow_private=True)
+        job = loose.submit_job(t["id"], "_sleep", options={"seconds": 0.01, "steps": 1}, internal=True,
+                               webhook_url=named)
+        assert Worker(svc.settings, service=svc).run_forever(max_jobs=1) == 1
+        d = _attempted(svc, job["id"])
+        assert d.status_code is None and "public hosts only" in d.last_error and "localhost" in d.last_error
+        assert _Hooks.received == []
+        # A receiver allowed on the network answers with a redirect into it: recorded, not followed.
+        redirect = f"http://127.0.0.1:{outer.server_address[1]}/hook"
+        job = loose.submit_job(t["id"], "_sleep", options={"seconds": 0.01, "steps": 1}, internal=True,
+                               webhook_url=redirect)
+        assert Worker(loose.settings, service=loose).run_forever(max_jobs=1) == 1
+        d = _attempted(loose, job["id"])
+        assert d.status_code == 307 and "not followed" in d.last_error
+        assert _Redirect.hits == ["/hook"] and _Hooks.received == []
+    finally:
+        inner.shutdown()
+        outer.shutdown()
 
 
 def test_ops_endpoints(tmp_path):

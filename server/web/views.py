@@ -5,7 +5,6 @@ from __future__ import annotations
 import hmac
 import io
 import re
-import secrets
 import zipfile
 
 from flask import (Blueprint, current_app, jsonify, redirect, render_template, request, send_file,
@@ -58,7 +57,7 @@ def visitor_tenant() -> str:
     """This visitor's tenant: their own (made on first use) or, with web_auth = key, the key's."""
     tid = session.get("tenant_id")
     if tid is None:
-        tenant, _key = svc().create_tenant(f"web-{secrets.token_hex(8)}")  # the key is never used
+        tenant, _key = svc().create_tenant("", visitor=True)  # the key is never used
         tid = session["tenant_id"] = tenant["id"]
         session.permanent = True
     return tid
