@@ -22,10 +22,8 @@ from portrait.templates import load_template
 QUICK = ["--upscale", "none", "--variants", "1", "--max-tries", "1"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def env(hermetic):
-    """Every test here runs without user models or templates (conftest's module-wide `hermetic`)."""
-    return hermetic
+# Every test here runs without user models or templates (conftest's module-wide `hermetic`).
+pytestmark = pytest.mark.usefixtures("hermetic")
 
 
 @pytest.fixture(scope="module")

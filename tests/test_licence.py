@@ -22,9 +22,8 @@ QUICK = ["--upscale", "none", "--retouch", "none", "--variants", "1", "--max-tri
          "--template", "studio-grey", "--json"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def env(hermetic):
-    return hermetic
+# Every test here runs without user models or templates (conftest's module-wide `hermetic`).
+pytestmark = pytest.mark.usefixtures("hermetic")
 
 
 @pytest.fixture(scope="module")
