@@ -21,7 +21,11 @@ def test_embed_on_the_raw_samples_leaves_grace_hopper_and_the_copy_out(tmp_path,
     out = tmp_path / "id" / "identity_embedding.safetensors"
     res = CliRunner().invoke(cli, ["embed", str(photos), "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["photos"] == 8
+    printed = json.loads(res.stdout)
+    assert printed["photos"] == 8
+    assert {x["file"]: x["reasons"] for x in printed["left_out"]} == {"grace_hopper.jpg": ["different_person"],
+                                                                      "astronaut_09_copy.jpg": ["duplicate"]}
+    assert sorted(p.name for p in out.parent.iterdir()) == ["identity_embedding.safetensors", "reference.png"]
     ident = FaceIdentity.load(out)
     assert ident.count == 8 and "grace_hopper.jpg" not in ident.sources and "astronaut_09_copy.jpg" not in ident.sources
     # The averaged identity is the astronaut's and far from Grace Hopper's.
