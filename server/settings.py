@@ -21,6 +21,8 @@ class Settings:
     database_url: str = ""  # "" = sqlite:///<data_dir>/portrait.db (WAL)
     broker_url: str = ""  # "" = the embedded queue (the jobs table); redis://... = Celery
     secret_key: str = ""  # "" = a random key kept in <data_dir>/secret_key
+    storage_url: str = ""  # "" = files in the data dir; s3://BUCKET/PREFIX = an object store (cache in <data_dir>/cache)
+    storage_endpoint_url: str = ""  # "" = boto3's usual endpoint; http(s)://... for MinIO / S3-compatible stores
     # Limits
     max_upload_bytes: int = 25 * 1024 * 1024  # one uploaded photo
     max_photos_per_identity: int = 40
@@ -82,6 +84,16 @@ class Settings:
                 raise BadSettings(f"{name} must be positive, got {getattr(self, name)}")
         if self.broker_url and not self.broker_url.startswith(("redis://", "rediss://", "memory://")):
             raise BadSettings(f"PORTRAIT_BROKER_URL must be redis://..., got {self.broker_url!r}")
+        if self.storage_url:
+            from .storage import parse_storage_url
+
+            parse_storage_url(self.storage_url)  # raises BadSettings naming what is wrong
+        if self.storage_endpoint_url and not self.storage_endpoint_url.startswith(("http://", "https://")):
+            raise BadSettings("PORTRAIT_STORAGE_ENDPOINT_URL must be an http(s):// URL, "
+                              f"got {self.storage_endpoint_url!r}")
+        if self.storage_endpoint_url and not self.storage_url:
+            raise BadSettings("PORTRAIT_STORAGE_ENDPOINT_URL is set but PORTRAIT_STORAGE_URL is not: "
+                              "set PORTRAIT_STORAGE_URL=s3://BUCKET/PREFIX to use an object store")
 
     def resolved_secret_key(self) -> str:
         """The configured key, or one generated once and kept in the data dir (mode 600)."""

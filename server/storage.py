@@ -1,22 +1,36 @@
 """Where the service's files live. Every name is made by the server (ids), never taken from an upload.
 
-Layout under the data dir (local storage):
+Layout (under the data dir for local storage, under `PREFIX/` of the bucket for an object store):
     tenants/<tenant>/identities/<identity>/photos/<photo id>.<ext>   accepted uploads
     tenants/<tenant>/jobs/<job>/                                     a job's out_dir (crops, identity files, results)
 
-The job layer writes to local folders, so a worker always works on a local path: `LocalStorage`
-hands out folders in the data dir itself. An object store (S3) would implement the same interface
-by syncing a job's inputs down before it runs and its folder up after (see `Storage`).
+The job layer writes to local folders, so a worker always works on a local path.
+- `LocalStorage` (PORTRAIT_STORAGE_URL unset) hands out folders in the data dir itself: one machine, or
+  a fleet sharing the data dir over the network.
+- `S3Storage` (PORTRAIT_STORAGE_URL=s3://BUCKET/PREFIX) keeps the files in an object store, so a fleet
+  shares nothing but the database, the broker and the bucket. Each machine keeps a local cache in
+  `<data_dir>/cache/` with the same layout: `photos_dir` and `job_dir(create=False)` sync an
+  identity's photos / a finished job's folder down into it (only what changed), `open_result` fetches
+  one file, `job_dir(create=True)` is an empty scratch folder for a job about to run and
+  `publish_job` (called by the worker when the job ends, whatever its state) uploads that folder and
+  removes objects an earlier attempt left. Deleting removes the objects and this machine's cached copies.
 """
-
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Optional
+
+from .errors import BadSettings
+
+log = logging.getLogger("portrait.storage")
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
 _EXT = re.compile(r"^\.[a-z0-9]{1,5}$")
@@ -58,6 +72,10 @@ class Storage(ABC):
     @abstractmethod
     def open_result(self, tenant: str, job: str, relpath: str) -> Path:
         """A local path to a file a job wrote, checked to be inside that job's folder."""
+
+    def publish_job(self, tenant: str, job: str) -> None:
+        """Make a job's folder, as the worker left it when the job ended, visible to every machine
+        (a no-op where the folder already is the shared copy)."""
 
 
 class LocalStorage(Storage):
@@ -120,5 +138,264 @@ class LocalStorage(Storage):
         return path
 
 
-def make_storage(data_dir: str | Path) -> Storage:
-    return LocalStorage(data_dir)
+# -- object store ------------------------------------------------------------------------------------
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_LISTING = ".listing.json"  # a cached job folder's sidecar (beside the folder, never inside it)
+_TRANSFERS = 8  # files moved at once
+
+
+def parse_storage_url(url: str) -> tuple[str, str]:
+    """`s3://BUCKET/PREFIX` -> (bucket, prefix without slashes at either end; may be "")."""
+    where = "PORTRAIT_STORAGE_URL"
+    if not isinstance(url, str) or not url.startswith("s3://"):
+        raise BadSettings(f"{where} must be empty (files in the data dir) or s3://BUCKET/PREFIX, got {url!r}")
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise BadSettings(f"{where}: {bucket!r} is not a valid bucket name (3-63 characters: a-z, 0-9, '.', '-')")
+    prefix = prefix.strip("/")
+    if prefix and any(part in ("", ".", "..") or "\\" in part or not part.isprintable() for part in prefix.split("/")):
+        raise BadSettings(f"{where}: the prefix {prefix!r} must be plain names separated by '/' (no '.', '..' or '//')")
+    return bucket, prefix
+
+
+def _check_relpath(relpath: str) -> str:
+    """A path inside a job's folder: relative, '/'-separated, no '.', '..' or empty parts."""
+    if not isinstance(relpath, str) or not relpath or relpath.startswith("/") or "\\" in relpath or "\0" in relpath:
+        raise FileNotFoundError(relpath)
+    if any(part in ("", ".", "..") for part in relpath.split("/")):
+        raise FileNotFoundError(relpath)
+    return relpath
+
+
+def _replace_atomically(target: Path, write) -> None:
+    """`write(open binary file)` into a temporary file beside `target`, then rename it into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".download-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, target)  # a reader never sees half a file
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class S3Storage(Storage):
+    """The files in an S3 bucket (or an S3-compatible store) under `prefix`, cached under `cache_dir`.
+
+    `client`: a boto3 S3 client; None = built from boto3's usual sources (environment, shared
+    config and credentials files, instance roles) and `endpoint_url`."""
+
+    def __init__(self, bucket: str, prefix: str, cache_dir: str | Path, *, endpoint_url: str = "",
+                 client: Any = None, check: bool = True):
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.cache = Path(cache_dir).resolve()
+        self.cache.mkdir(parents=True, exist_ok=True)
+        if client is None:
+            import boto3
+
+            client = boto3.session.Session().client("s3", endpoint_url=endpoint_url or None)
+        self.client = client
+        if check:
+            self._check_bucket()
+
+    def _check_bucket(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            status = exc.response.get("Error", {}).get("Code", "")
+            why = {"404": "does not exist", "NoSuchBucket": "does not exist",
+                   "403": "is not accessible with these credentials"}.get(status, f"answered {status or exc}")
+            raise BadSettings(f"PORTRAIT_STORAGE_URL: bucket {self.bucket!r} {why}") from exc
+        except BotoCoreError as exc:  # no credentials, endpoint unreachable, bad region...
+            raise BadSettings(f"PORTRAIT_STORAGE_URL: cannot reach bucket {self.bucket!r}: {exc} "
+                              "(credentials come from boto3's usual sources; PORTRAIT_STORAGE_ENDPOINT_URL "
+                              "for an S3-compatible store)") from exc
+
+    # -- keys and cache paths ----------------------------------------------------------------------
+    def _key(self, *parts: str) -> str:
+        return "/".join(([self.prefix] if self.prefix else []) + list(parts))
+
+    @staticmethod
+    def _tenant_parts(tenant: str) -> list[str]:
+        return ["tenants", _check_id(tenant, "tenant")]
+
+    def _identity_parts(self, tenant: str, identity: str) -> list[str]:
+        return self._tenant_parts(tenant) + ["identities", _check_id(identity, "identity")]
+
+    def _job_parts(self, tenant: str, job: str) -> list[str]:
+        return self._tenant_parts(tenant) + ["jobs", _check_id(job, "job")]
+
+    def _local(self, parts: list[str]) -> Path:
+        return self.cache.joinpath(*parts)
+
+    # -- object store primitives -------------------------------------------------------------------
+    def _list(self, prefix: str) -> dict[str, tuple[str, int]]:
+        """Every object under `prefix` (all pages): key -> (etag, size)."""
+        out: dict[str, tuple[str, int]] = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for obj in page.get("Contents") or []:
+                out[obj["Key"]] = (str(obj.get("ETag", "")), int(obj.get("Size", 0)))
+        return out
+
+    def _delete_prefix(self, prefix: str) -> int:
+        keys = sorted(self._list(prefix))
+        for i in range(0, len(keys), 1000):  # the most one DeleteObjects request takes
+            self._delete_keys(keys[i:i + 1000])
+        return len(keys)
+
+    def _delete_keys(self, keys: list[str]) -> None:
+        if not keys:
+            return
+        answer = self.client.delete_objects(Bucket=self.bucket,
+                                            Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True})
+        errors = answer.get("Errors") or []
+        if errors:
+            raise OSError(f"object store refused to delete {len(errors)} object(s), e.g. {errors[0]}")
+
+    def _download(self, key: str, target: Path) -> bool:
+        """The object into `target` (atomically); False if there is no such object."""
+        from botocore.exceptions import ClientError
+
+        try:
+            _replace_atomically(target, lambda fh: self.client.download_fileobj(self.bucket, key, fh))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code", "") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def _each(self, fn, items) -> None:
+        items = list(items)
+        if len(items) <= 1:
+            for item in items:
+                fn(item)
+            return
+        with ThreadPoolExecutor(min(_TRANSFERS, len(items))) as pool:
+            for _ in pool.map(fn, items):  # re-raises the first failure
+                pass
+
+    def _sync_down(self, prefix: str, local: Path, *, changed) -> Path:
+        """Make `local` hold exactly the objects under `prefix/` (downloading only what `changed`
+        says is new or different; removing local files the store no longer has)."""
+        remote = self._list(prefix + "/")
+        wanted = {k[len(prefix) + 1:]: v for k, v in remote.items()}
+        local.mkdir(parents=True, exist_ok=True)
+        for p in [p for p in local.rglob("*") if p.is_file() or p.is_symlink()]:
+            if p.relative_to(local).as_posix() not in wanted:
+                p.unlink(missing_ok=True)
+        todo = [rel for rel, v in wanted.items() if changed(rel, v, local / rel)]
+        self._each(lambda rel: self._download(f"{prefix}/{rel}", local / rel), todo)
+        return local
+
+    # -- photos ------------------------------------------------------------------------------------
+    def put_photo(self, tenant: str, identity: str, photo: str, ext: str, data: bytes) -> str:
+        if not _EXT.match(ext):
+            raise ValueError(f"invalid extension {ext!r}")
+        name = _check_id(photo, "photo") + ext
+        self.client.put_object(Bucket=self.bucket, Key=self._key(*self._identity_parts(tenant, identity), "photos", name),
+                               Body=data)
+        return name
+
+    def photos_dir(self, tenant: str, identity: str) -> Path:
+        parts = self._identity_parts(tenant, identity) + ["photos"]
+        # a photo's bytes never change under its id: a cached file of the right size is current
+        return self._sync_down(self._key(*parts), self._local(parts),
+                               changed=lambda rel, v, path: not path.is_file() or path.stat().st_size != v[1])
+
+    def delete_photo(self, tenant: str, identity: str, stored_name: str) -> None:
+        name = Path(stored_name).name
+        parts = self._identity_parts(tenant, identity) + ["photos"]
+        if not name or name in (".", ".."):
+            return
+        self._delete_keys([self._key(*parts, name)])
+        (self._local(parts) / name).unlink(missing_ok=True)
+
+    def delete_identity(self, tenant: str, identity: str) -> None:
+        parts = self._identity_parts(tenant, identity)
+        self._delete_prefix(self._key(*parts) + "/")
+        shutil.rmtree(self._local(parts), ignore_errors=True)
+
+    # -- jobs --------------------------------------------------------------------------------------
+    def _listing_path(self, parts: list[str]) -> Path:
+        return self._local(parts[:-1]) / f"{parts[-1]}{_LISTING}"
+
+    def job_dir(self, tenant: str, job: str, create: bool = True) -> Path:
+        """create=True: an empty local folder for the job about to run (any cached copy is dropped);
+        create=False: the published folder, synced down into the cache (as it is locally if nothing
+        is published yet)."""
+        parts = self._job_parts(tenant, job)
+        local = self._local(parts)
+        listing_path = self._listing_path(parts)
+        if create:
+            shutil.rmtree(local, ignore_errors=True)
+            listing_path.unlink(missing_ok=True)
+            local.mkdir(parents=True, exist_ok=True)
+            return local
+        prefix = self._key(*parts)
+        if not self._list(prefix + "/"):
+            return local  # not published (yet): whatever this machine has
+        try:
+            known = json.loads(listing_path.read_text())
+        except (OSError, ValueError):
+            known = {}
+        local = self._sync_down(prefix, local, changed=lambda rel, v, path: not path.is_file()
+                                or known.get(rel) != v[0] or path.stat().st_size != v[1])
+        self._write_listing(parts)
+        return local
+
+    def _write_listing(self, parts: list[str]) -> None:
+        prefix = self._key(*parts) + "/"
+        etags = {k[len(prefix):]: v[0] for k, v in self._list(prefix).items()}
+        target = self._listing_path(parts)
+        _replace_atomically(target, lambda fh: fh.write(json.dumps(etags).encode()))
+
+    def publish_job(self, tenant: str, job: str) -> None:
+        """Upload the job's local folder; objects of the job the folder no longer has are removed."""
+        parts = self._job_parts(tenant, job)
+        local = self._local(parts)
+        prefix = self._key(*parts)
+        files = {p.relative_to(local).as_posix(): p for p in local.rglob("*") if p.is_file() and not p.is_symlink()} \
+            if local.is_dir() else {}
+        self._each(lambda rel: self.client.upload_file(str(files[rel]), self.bucket, f"{prefix}/{rel}"), sorted(files))
+        stale = [k for k in self._list(prefix + "/") if k[len(prefix) + 1:] not in files]
+        for i in range(0, len(stale), 1000):
+            self._delete_keys(stale[i:i + 1000])
+        self._write_listing(parts)
+        log.info("job published", extra={"job": job, "tenant": tenant, "files": len(files)})
+
+    def delete_job(self, tenant: str, job: str) -> None:
+        parts = self._job_parts(tenant, job)
+        self._delete_prefix(self._key(*parts) + "/")
+        shutil.rmtree(self._local(parts), ignore_errors=True)
+        self._listing_path(parts).unlink(missing_ok=True)
+
+    def delete_tenant(self, tenant: str) -> None:
+        parts = self._tenant_parts(tenant)
+        self._delete_prefix(self._key(*parts) + "/")
+        shutil.rmtree(self._local(parts), ignore_errors=True)
+
+    def open_result(self, tenant: str, job: str, relpath: str) -> Path:
+        parts = self._job_parts(tenant, job)
+        rel = _check_relpath(relpath)
+        base = self._local(parts).resolve()
+        path = (base / rel).resolve()
+        if base not in path.parents:
+            raise FileNotFoundError(relpath)
+        if path.is_file():  # a finished job's files never change: a cached copy is current
+            return path
+        if not self._download(f"{self._key(*parts)}/{rel}", path):
+            raise FileNotFoundError(relpath)
+        return path
+
+
+def make_storage(data_dir: str | Path, url: str = "", endpoint_url: str = "") -> Storage:
+    """`url` "": files in the data dir; `s3://BUCKET/PREFIX`: an object store cached in `<data_dir>/cache`."""
+    if not url:
+        return LocalStorage(data_dir)
+    bucket, prefix = parse_storage_url(url)
+    return S3Storage(bucket, prefix, Path(data_dir) / "cache", endpoint_url=endpoint_url)

@@ -274,6 +274,13 @@ class Worker:
             self._current = None
             return "lost"
         rows = runner.output_rows(out_dir, result) if state == "succeeded" else []
+        try:  # before the row says the job ended, its files (report.json of a failed job too) are where readers look
+            self.storage.publish_job(job.tenant_id, job.id)
+        except Exception as exc:  # the object store is unreachable or refused: the job's files are not stored
+            log.exception("publishing the job's files failed", extra=ctx)
+            state, rows = "failed", []
+            error = {"code": "storage_unavailable", "details": {},
+                     "message": f"the job's files could not be stored ({type(exc).__name__}); please try again"}
 
         def on_finish(s, row: Job) -> None:
             runner.apply_report(s, row, find_report(out_dir))
