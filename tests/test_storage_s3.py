@@ -196,11 +196,7 @@ def test_the_service_end_to_end_on_the_object_store(endpoint, bucket, tmp_path, 
                          options={"variants": 1, "max_tries": 1})
 
     wsettings = Settings.load({"data_dir": tmp_path / "worker", "database_url": db})
-    worker = Worker(wsettings, service=Service(wsettings))
-    try:
-        assert worker.run_forever(max_jobs=1) == 1
-    finally:
-        worker.close()
+    assert Worker(wsettings, service=Service(wsettings)).run_forever(max_jobs=1) == 1  # closes itself
     done = web.get_job(t["id"], job["id"])
     assert done["state"] == "succeeded", done["error"]
     assert len(done["results"]) == 1
@@ -219,3 +215,40 @@ def test_the_service_end_to_end_on_the_object_store(endpoint, bucket, tmp_path, 
     assert keys(endpoint, bucket, f"portrait/tenants/{t['id']}/") == []
     assert not (tmp_path / "web" / "cache" / "tenants" / t["id"] / "jobs" / job["id"]).exists()
     web.close()
+
+
+def test_a_failed_jobs_report_is_published_and_a_lost_store_fails_the_job(endpoint, bucket, tmp_path, monkeypatch):
+    """A preprocess job that ends `failed` (too few usable photos) still publishes report.json, which the
+    web side reads with an empty cache; a worker whose bucket is gone fails the job with a clear code."""
+    import boto3
+    from portrait.samples import write_sample_photos
+    from server.service import Service
+    from server.worker import Worker
+
+    monkeypatch.setenv("PORTRAIT_STORAGE_URL", f"s3://{bucket}")
+    monkeypatch.setenv("PORTRAIT_STORAGE_ENDPOINT_URL", endpoint)
+    db = f"sqlite:///{tmp_path / 'shared.db'}"
+    web = Service(Settings.load({"data_dir": tmp_path / "web", "database_url": db}))
+    t, _ = web.create_tenant("studio")
+    ident = web.create_identity(t["id"], "grace")
+    for path in write_sample_photos(tmp_path / "samples"):
+        web.add_photo(t["id"], ident["id"], path.name, path.read_bytes())
+    job = web.submit_job(t["id"], "preprocess", ident["id"], options={"min_photos": 40})
+    wsettings = Settings.load({"data_dir": tmp_path / "worker", "database_url": db})
+    try:
+        assert Worker(wsettings, service=Service(wsettings)).run_forever(max_jobs=1) == 1
+        done = web.get_job(t["id"], job["id"])
+        assert done["state"] == "failed" and done["error"]["code"] == "not_enough_photos", done["error"]
+        report = web.job_report(t["id"], job["id"])
+        assert len(report["photos"]) == len(web.get_identity(t["id"], ident["id"])["photos"])
+
+        web.delete_identity(t["id"], ident["id"])
+        assert keys(endpoint, bucket) == []
+        worker = Worker(wsettings, service=Service(wsettings))
+        boto3.client("s3", endpoint_url=endpoint).delete_bucket(Bucket=bucket)  # the store is lost
+        lost = web.submit_job(t["id"], "_empty", internal=True)
+        assert worker.run_forever(max_jobs=1) == 1  # the worker lives on
+        err = web.get_job(t["id"], lost["id"])["error"]
+        assert err["code"] == "storage_unavailable" and "could not be stored" in err["message"]
+    finally:
+        web.close()
