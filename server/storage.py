@@ -168,10 +168,12 @@ def _check_relpath(relpath: str) -> str:
     return relpath
 
 
-def _replace_atomically(target: Path, write) -> None:
-    """`write(open binary file)` into a temporary file beside `target`, then rename it into place."""
+def _replace_atomically(target: Path, write, tmp_dir: Path) -> None:
+    """`write(open binary file)` into a temporary file in `tmp_dir` (same file system, outside every
+    folder a job reads), then rename it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".download-")
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix="download-")
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
@@ -193,6 +195,7 @@ class S3Storage(Storage):
         self.prefix = prefix.strip("/")
         self.cache = Path(cache_dir).resolve()
         self.cache.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.cache / ".partial"  # downloads in progress
         if client is None:
             import boto3
 
@@ -262,7 +265,7 @@ class S3Storage(Storage):
         from botocore.exceptions import ClientError
 
         try:
-            _replace_atomically(target, lambda fh: self.client.download_fileobj(self.bucket, key, fh))
+            _replace_atomically(target, lambda fh: self.client.download_fileobj(self.bucket, key, fh), self._tmp)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code", "") in ("404", "NoSuchKey", "NotFound"):
                 return False
@@ -352,7 +355,7 @@ class S3Storage(Storage):
         prefix = self._key(*parts) + "/"
         etags = {k[len(prefix):]: v[0] for k, v in self._list(prefix).items()}
         target = self._listing_path(parts)
-        _replace_atomically(target, lambda fh: fh.write(json.dumps(etags).encode()))
+        _replace_atomically(target, lambda fh: fh.write(json.dumps(etags).encode()), self._tmp)
 
     def publish_job(self, tenant: str, job: str) -> None:
         """Upload the job's local folder; objects of the job the folder no longer has are removed."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,10 @@ def test_photos_on_the_object_store(endpoint, bucket, tmp_path):
     (b.cache / "tenants" / tenant / "identities" / ident / "photos").mkdir(parents=True)
     (b.cache / "tenants" / tenant / "identities" / ident / "photos" / gone).write_bytes(b"stale")  # left from before
     assert files(b.photos_dir(tenant, ident)) == {n: photos[n[:-4]] for n in names[1:]}  # exactly the current ones
+    c = s3(endpoint, bucket, tmp_path / "c" / "cache")  # many requests of one web process at once
+    with ThreadPoolExecutor(6) as pool:
+        seen = list(pool.map(lambda _: files(c.photos_dir(tenant, ident)), range(12)))
+    assert all(f == {n: photos[n[:-4]] for n in names[1:]} for f in seen)
 
     with pytest.raises(ValueError):
         a.put_photo(tenant, ident, new_id(), ".jpg/../../x", b"x")
