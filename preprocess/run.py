@@ -67,6 +67,7 @@ class _Analysis:
     crop_face: Optional[Face] = None  # the face in the crop's coordinates
     crop_png: Optional[bytes] = None  # the crop already PNG-encoded (by a worker; no background removal)
     sharp_raw: Optional[float] = None  # scoring.sharpness_raw of the face (fixed 128 px scale)
+    frame_sharp: Optional[float] = None  # scoring.frame_sharpness of the whole photo
     padding: float = 0.0  # fraction of the training crop outside the photo
     signature: Optional[object] = None  # duplicates.FaceSignature of the face
     turned: int = 0  # degrees clockwise the photo was turned to stand upright (no EXIF orientation said so)
@@ -160,6 +161,7 @@ def analyse_photo(fa: FaceAnalysis, intake: IntakeResult, config: PreprocessConf
         return a
     img = intake.pixels
     a.hash = perceptual_hash(img)
+    a.frame_sharp = scoring.frame_sharpness(img)
     faces = detect_faces(fa, img, config)
     back = None  # maps a face found on a tilted copy back to the photo
     if not faces:  # on its side or upside down without an EXIF tag, or a strongly tilted head?
@@ -284,6 +286,8 @@ def _verdicts(analyses: list[_Analysis], fa: FaceAnalysis, config: PreprocessCon
             p.facts["crop_padding"] = round(a.padding, 4)
         if a.reason is not None:
             p.reasons, p.message = [a.reason], a.message
+            if a.reason == "no_face":
+                p.message += _blur_hint(a, with_face, config)
         elif a.embedding is not None and a.face is not None:
             dist = fa.distance(a.embedding, centroid)
             p.scores["identity"] = scoring.identity_score(dist, threshold)
@@ -309,6 +313,19 @@ def _verdicts(analyses: list[_Analysis], fa: FaceAnalysis, config: PreprocessCon
         p.reasons = order_reasons(p.reasons)
         p.accepted = not p.reasons
     return photos, centroid, threshold
+
+
+def _blur_hint(a: _Analysis, with_face: list, config: PreprocessConfig) -> str:
+    """For a photo without a face: say so when the whole photo is far less sharp than the set's photos
+    with faces (a face blurred past finding reads as no face at all)."""
+    frames = [x.frame_sharp for x in with_face if x.frame_sharp is not None]
+    if a.frame_sharp is None or len(frames) < 3:
+        return ""
+    median = float(np.median(frames))
+    if a.frame_sharp >= config.blur_relative * median:
+        return ""
+    return (f"; the whole photo is far less sharp than the others (sharpness {a.frame_sharp:.2f}, their median "
+            f"{median:.2f}): it is probably too blurred for a face to be found")
 
 
 def _message(p: PhotoResult, a: _Analysis, dist: float, threshold: float, config: PreprocessConfig,
