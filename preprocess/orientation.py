@@ -21,6 +21,7 @@ from portrait.faces import Face
 from portrait.faces.align import invert, transform_points
 
 from .config import PreprocessConfig
+from .detection import detect_at
 
 _ROTATE = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
 TILTS = (45.0, -45.0)
@@ -37,9 +38,7 @@ def turn_text(degrees: int) -> str:
 
 
 def _coarse(fa, image: np.ndarray, config: PreprocessConfig) -> list[Face]:
-    from .run import _detect_at
-
-    return _detect_at(fa, image, min(config.coarse_side, max(image.shape[:2])), config.detection_score())
+    return detect_at(fa, image, min(config.coarse_side, max(image.shape[:2])), config.detection_score())
 
 
 def find_turned(fa, image: np.ndarray, config: PreprocessConfig) -> Optional[tuple[int, np.ndarray, list[Face]]]:

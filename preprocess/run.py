@@ -21,58 +21,31 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-import cv2
 import numpy as np
 
 from portrait.errors import NoPhotosError
-from portrait.faces import Face, get_face_analysis
+from portrait.faces import get_face_analysis
 from portrait.faces.analysis import FaceAnalysis
 from portrait.models.manifest import get_manifest
 from portrait.progress import ProgressCallback, check_cancel, report
 
 from . import scoring
+from .analysis import Analysis, analyse_photo
 from .background import choose_engine, remove_background
 from .captions import caption
 from .config import REASON_TEXT, PreprocessConfig
-from .crops import crop_padding, face_in_crop, make_crop_with_padding
+from .crops import face_in_crop, make_crop_with_padding
 from .dataset import build_report, crop_name, prepare_train_dir, write_metadata, write_png, write_report
-from .duplicates import face_signature, find_face_duplicates, perceptual_hash
+from .duplicates import find_face_duplicates
 from .intake import IntakeResult, decode_for_crop, intake_photo, list_photos
-from .orientation import find_tilted, find_turned, refine_roll, turn_text
+from .orientation import turn_text
 from .restore import needs_restoring, restore_engine, restored_crop, retouched
-from .selection import HARD_REASONS, blur_limit, choose_reference, face_reasons, order_reasons, select_top_k
-from .types import SCORE_KEYS, PhotoResult, PreprocessResult
+from .selection import blur_limit, choose_reference, face_reasons, order_reasons, select_top_k
+from .types import PhotoResult, PreprocessResult
 from .workers import WorkerPool, analyse_in_worker, use_pool
-
-DETECTABLE_PX = 80  # smallest face (px) the default detector finds without upsampling
-
-
-@dataclass
-class _Analysis:
-    """What analysing one photo found (internal)."""
-
-    intake: IntakeResult
-    reason: Optional[str] = None  # a hard reason (unreadable, too_small, no_face, multiple_faces, ...)
-    message: str = ""
-    face: Optional[Face] = None  # dominant face, original coordinates
-    faces: int = 0
-    embedding: Optional[np.ndarray] = None
-    hash: Optional[np.ndarray] = None
-    scores: dict = field(default_factory=lambda: {k: None for k in SCORE_KEYS})
-    crop: Optional[np.ndarray] = None  # training crop cut from the analysis image when it holds enough pixels
-    crop_face: Optional[Face] = None  # the face in the crop's coordinates
-    crop_png: Optional[bytes] = None  # the crop already PNG-encoded (by a worker; no background removal)
-    sharp_raw: Optional[float] = None  # scoring.sharpness_raw of the face (fixed 128 px scale)
-    padding: float = 0.0  # fraction of the training crop outside the photo
-    signature: Optional[object] = None  # duplicates.FaceSignature of the face
-    turned: int = 0  # degrees clockwise the photo was turned to stand upright (no EXIF orientation said so)
-    tilted: float = 0.0  # degrees the photo was rotated to find a strongly tilted face (judged extreme_pose)
-    restored: Optional[str] = None  # engine that restored a small face's crop
-    retouched: Optional[str] = None  # engine of the optional light skin retouch of the crop
 
 
 # -- intake ---------------------------------------------------------------------------------------
@@ -103,113 +76,10 @@ def _prefetch(files: Sequence[Path], root: Path | None, config: PreprocessConfig
             yield r
 
 
-# -- analysis ---------------------------------------------------------------------------------------
-def _keep(faces: list[Face], min_score: float) -> list[Face]:
-    """Faces above the detector's floor, largest first. A weak detection (below 0.5, and below half the
-    best one's score) is dropped when a confident face is present: HOG's false positives on clothing
-    and backgrounds score about 0.3, real faces about 1 (turned or blurred ones still about 0.45)."""
-    kept = [f for f in faces if f.score >= min_score]
-    best = max((f.score for f in kept), default=0.0)
-    kept = [f for f in kept if f.score >= 0.5 or f.score >= 0.5 * best]
-    return sorted(kept, key=lambda f: -f.size)
-
-
-def _detect_at(fa: FaceAnalysis, image: np.ndarray, side: int, min_score: float) -> list[Face]:
-    """Faces found on a copy of `image` whose longer side is `side`, in `image` coordinates."""
-    h, w = image.shape[:2]
-    s = min(1.0, side / max(h, w))
-    if s >= 1.0:
-        return _keep(fa.analyze(image, embed=False), min_score)
-    small = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-    return [f.scaled(1.0 / s) for f in _keep(fa.analyze(small, embed=False), min_score)]
-
-
-def detect_faces(fa: FaceAnalysis, image: np.ndarray, config: PreprocessConfig) -> list[Face]:
-    """Faces (largest first, no embeddings) in `image` coordinates, with as little work as possible.
-
-    The coarse pass (`coarse_side`) is enough when its largest face is so big that every face that
-    could compete with it (>= dominance_ratio x its size) is detectable at that scale too. Otherwise
-    one more pass at the smallest scale where such a competitor would be detectable (at most the
-    analysis image), and when no face was found at all, one upsampled pass, so that small faces are
-    reported as `face_too_small` rather than `no_face`."""
-    h, w = image.shape[:2]
-    long_side = max(h, w)
-    min_score = config.detection_score()
-    coarse = min(config.coarse_side, long_side)
-    faces = _detect_at(fa, image, coarse, min_score)
-    if faces:
-        s = coarse / long_side
-        competitor = faces[0].size * s * config.dominance_ratio  # px at the coarse scale
-        if competitor >= DETECTABLE_PX or coarse >= long_side:
-            return faces
-        side = min(long_side, int(np.ceil(coarse * DETECTABLE_PX / competitor)))
-        return _detect_at(fa, image, side, min_score) or faces
-    if coarse < long_side:
-        faces = _detect_at(fa, image, long_side, min_score)
-    if faces or not config.face.detector.startswith("dlib"):
-        return faces
-    fine = replace(config.face, upsample=config.face.upsample + 1,
-                   detect_max_side=max(config.face.detect_max_side, long_side))
-    return _keep(get_face_analysis(fine).analyze(image, embed=False), min_score)
-
-
-def analyse_photo(fa: FaceAnalysis, intake: IntakeResult, config: PreprocessConfig) -> _Analysis:
-    a = _Analysis(intake=intake)
-    if not intake.ok:
-        a.reason, a.message = intake.reason, intake.message
-        return a
-    img = intake.pixels
-    a.hash = perceptual_hash(img)
-    faces = detect_faces(fa, img, config)
-    back = None  # maps a face found on a tilted copy back to the photo
-    if not faces:  # on its side or upside down without an EXIF tag, or a strongly tilted head?
-        turned = find_turned(fa, img, config)
-        if turned is not None:
-            a.turned, img, faces = turned
-            intake.pixels = img
-            w, h = intake.facts["original_size"]
-            intake.facts.update(original_size=[h, w] if a.turned in (90, 270) else [w, h], turned=a.turned)
-        else:
-            tilted = find_tilted(fa, img, config)
-            if tilted is not None:
-                a.tilted, img, faces, back = tilted
-    a.faces = len(faces)
-    if not faces:
-        a.reason, a.message = "no_face", "no face was found (also looked on the photo turned by 90°, 180° and 270°)"
-        return a
-    face = faces[0]
-    if back is None:
-        face.roll = refine_roll(fa, img, face)
-    a.face = (face if back is None else back(face)).scaled(1.0 / intake.scale)
-    if len(faces) > 1 and faces[1].size >= config.dominance_ratio * face.size:
-        a.reason = "multiple_faces"
-        a.message = f"{len(faces)} faces, none clearly larger than the others"
-        return a
-    face.embedding = fa.embed(img, face)
-    a.face.embedding = a.embedding = face.embedding
-    a.signature = face_signature(img, face)
-    raw = a.sharp_raw = scoring.sharpness_raw(scoring.face_chip(img, face))
-    a.scores.update(
-        sharpness=scoring.sharpness_score(raw),
-        exposure=scoring.exposure_score(img, face),
-        face_size=scoring.face_size_score(a.face.size, config),
-        pose=scoring.pose_score(a.face, config),
-    )
-    a.scores["quality"] = scoring.quality_score(a.scores["sharpness"], a.scores["exposure"], a.scores["face_size"])
-    if back is not None:
-        return a  # a strongly tilted head: judged extreme_pose, never cropped
-    a.padding = crop_padding(img.shape, face, config)
-    if face.size >= scoring.needed_face_px(config):
-        # The analysis image already holds the face at training resolution: crop now, skip a re-decode.
-        a.crop, m, _ = make_crop_with_padding(img, face, config)
-        a.crop_face = face_in_crop(face, m)
-    return a
-
-
 def _analyse_here(fa: FaceAnalysis, files: Sequence[Path], root: Path | None, config: PreprocessConfig,
-                  timings: dict, progress: ProgressCallback | None, cancel=None) -> list[_Analysis]:
+                  timings: dict, progress: ProgressCallback | None, cancel=None) -> list[Analysis]:
     """Intake and analysis in this process: decoding `workers` photos ahead in threads."""
-    analyses: list[_Analysis] = []
+    analyses: list[Analysis] = []
     n, t_analyse = len(files), 0.0
     for i, intake in enumerate(_prefetch(files, root, config, timings)):
         check_cancel(cancel, "preprocess cancelled")
@@ -224,7 +94,7 @@ def _analyse_here(fa: FaceAnalysis, files: Sequence[Path], root: Path | None, co
 
 
 def _analyse_in_workers(pool: "WorkerPool", files: Sequence[Path], root: Path | None, config: PreprocessConfig,
-                        timings: dict, progress: ProgressCallback | None, cancel) -> list[_Analysis]:
+                        timings: dict, progress: ProgressCallback | None, cancel) -> list[Analysis]:
     """Intake + analysis of every photo in the pool's worker processes; progress reported here as photos
     complete, `cancel` checked between them (the photos not started yet are dropped). A photo whose worker
     failed is analysed again in this process, so a real error surfaces with its type."""
@@ -235,7 +105,7 @@ def _analyse_in_workers(pool: "WorkerPool", files: Sequence[Path], root: Path | 
     except Exception:  # no processes on this platform / sandbox: analyse here
         pool.close()
         return _analyse_here(get_face_analysis(config.face), files, root, config, timings, progress, cancel)
-    out: list[Optional[_Analysis]] = [None] * n
+    out: list[Optional[Analysis]] = [None] * n
     t_intake = t_analyse = 0.0
     done = 0
     try:
@@ -266,7 +136,7 @@ def _analyse_in_workers(pool: "WorkerPool", files: Sequence[Path], root: Path | 
 
 
 # -- verdicts ---------------------------------------------------------------------------------------
-def _verdicts(analyses: list[_Analysis], fa: FaceAnalysis, config: PreprocessConfig, names: list[str]
+def _verdicts(analyses: list[Analysis], fa: FaceAnalysis, config: PreprocessConfig, names: list[str]
               ) -> tuple[list[PhotoResult], Optional[np.ndarray], float]:
     threshold = config.identity_threshold or fa.same_person_threshold
     with_face = [a for a in analyses if a.embedding is not None]
@@ -284,6 +154,8 @@ def _verdicts(analyses: list[_Analysis], fa: FaceAnalysis, config: PreprocessCon
             p.facts["crop_padding"] = round(a.padding, 4)
         if a.reason is not None:
             p.reasons, p.message = [a.reason], a.message
+            if a.reason == "no_face":
+                p.message += _blur_hint(a, with_face, config)
         elif a.embedding is not None and a.face is not None:
             dist = fa.distance(a.embedding, centroid)
             p.scores["identity"] = scoring.identity_score(dist, threshold)
@@ -311,7 +183,20 @@ def _verdicts(analyses: list[_Analysis], fa: FaceAnalysis, config: PreprocessCon
     return photos, centroid, threshold
 
 
-def _message(p: PhotoResult, a: _Analysis, dist: float, threshold: float, config: PreprocessConfig,
+def _blur_hint(a: Analysis, with_face: list, config: PreprocessConfig) -> str:
+    """For a photo without a face: say so when the whole photo is far less sharp than the set's photos
+    with faces (a face blurred past finding reads as no face at all)."""
+    frames = [x.frame_sharp for x in with_face if x.frame_sharp is not None]
+    if a.frame_sharp is None or len(frames) < 3:
+        return ""
+    median = float(np.median(frames))
+    if a.frame_sharp >= config.blur_relative * median:
+        return ""
+    return (f"; the whole photo is far less sharp than the others (sharpness {a.frame_sharp:.2f}, their median "
+            f"{median:.2f}): it is probably too blurred for a face to be found")
+
+
+def _message(p: PhotoResult, a: Analysis, dist: float, threshold: float, config: PreprocessConfig,
              sharp_limit: float, with_face: list) -> str:
     turned = turn_text(a.turned)
     if not p.reasons:
@@ -320,7 +205,7 @@ def _message(p: PhotoResult, a: _Analysis, dist: float, threshold: float, config
     return f"{text}; {turned}" if turned else text
 
 
-def _reason_message(p: PhotoResult, a: _Analysis, dist: float, threshold: float, config: PreprocessConfig,
+def _reason_message(p: PhotoResult, a: Analysis, dist: float, threshold: float, config: PreprocessConfig,
                     sharp_limit: float, with_face: list) -> str:
     r = p.reasons[0]
     if r == "different_person":
@@ -348,7 +233,7 @@ def _reason_message(p: PhotoResult, a: _Analysis, dist: float, threshold: float,
 
 
 # -- crops ----------------------------------------------------------------------------------------------
-def _crop_one(p: PhotoResult, a: _Analysis, config: PreprocessConfig, background: Optional[str]) -> np.ndarray:
+def _crop_one(p: PhotoResult, a: Analysis, config: PreprocessConfig, background: Optional[str]) -> np.ndarray:
     """The training crop of a selected photo: cut during analysis, or from a fresh decode at the
     smallest scale that keeps the face at training resolution (full resolution at most)."""
     crop, crop_face = a.crop, a.crop_face

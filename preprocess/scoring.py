@@ -46,6 +46,16 @@ def sharpness_raw(chip: np.ndarray) -> float:
     return float(lap.var() / max(float(c.var()), 1.0))
 
 
+def frame_sharpness(image: np.ndarray, side: int = 256) -> float:
+    """sharpness_raw of the whole photo at a fixed scale (longer side `side`): for a photo whose face cannot
+    be found, whether it is far more blurred than the set's other photos."""
+    h, w = image.shape[:2]
+    s = side / max(h, w)
+    small = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return float(cv2.Laplacian(grey, cv2.CV_32F, ksize=3).var() / max(float(grey.var()), 1.0))
+
+
 def sharpness_score(raw: float) -> float:
     if raw <= 0:
         return 0.0

@@ -131,7 +131,7 @@ def _worker_init(env: dict, face: FaceConfig) -> None:
 def analyse_in_worker(path: Path, root: Path | None, config: PreprocessConfig):
     """(analysis, intake seconds, analysis seconds) of one photo, in a worker process."""
     from .intake import intake_photo
-    from .run import analyse_photo
+    from .analysis import analyse_photo
 
     t0 = time.perf_counter()
     intake = intake_photo(path, config, root)

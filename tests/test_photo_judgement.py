@@ -82,10 +82,12 @@ def test_different_photos_of_the_same_person_are_kept(duplicates):
 
 
 # -- blur and pose ladder -----------------------------------------------------------------------------
-BLUR = {"blur_1.5px": 1.5, "blur_2px": 2.0, "blur_2.5px": 2.5}  # Gaussian sigma on the 512 px photo (87 px face)
+BLUR = {"blur_1.5px": 1.5, "blur_2px": 2.0, "blur_2.5px": 2.5,  # Gaussian sigma on the 512 px photo (87 px face)
+        "blur_6px": 6.0}  # past what any detector here finds: no_face, and the message says why
 TILT = {"tilt_15": 15.0, "tilt_30": 30.0, "tilt_45": 45.0}
 LADDER_EXPECTED = {"sharp_a": [], "sharp_b": [], "sharp_c": [], "sharp_d": [],
-                   "blur_1.5px": ["blurry"], "blur_2px": ["blurry"], "blur_2.5px": ["blurry"],
+                   "blur_1.5px": ["blurry"], "blur_2px": ["blurry"], "blur_2.5px": ["blurry"], "blur_6px": ["no_face"],
+                   "coffee": ["no_face"],
                    "tilt_15": [], "tilt_30": ["extreme_pose"], "tilt_45": ["extreme_pose"], "turned_90": []}
 
 
@@ -104,6 +106,9 @@ def ladder(tmp_path_factory, astronaut):
     for name, deg in TILT.items():
         save(d / f"{name}.jpg", rotated(relit(a, **next(lights)), deg), quality=95)
     save(d / "turned_90.jpg", np.rot90(relit(a, **next(lights))), quality=95)  # lies on its side, no EXIF tag
+    from skimage import data
+
+    save(d / "coffee.jpg", data.coffee(), quality=95)  # a sharp photo with no face in it
     result = run_preprocess(d, d.parent / (d.name + "_out"), PreprocessConfig(min_photos=1))
     return result
 
@@ -114,8 +119,12 @@ def test_blur_tilt_and_turn_ladder(ladder, name):
     assert p.reasons == LADDER_EXPECTED[name], (name, p.message, p.facts.get("sharpness_raw"), p.face and p.face.roll)
     if name.startswith("tilt_") and p.reasons:
         assert abs(p.face.roll) > 25 and "roll" in p.message
-    if name.startswith("blur_"):
+    if name.startswith("blur_") and p.reasons == ["blurry"]:
         assert "set's median" in p.message
+    if name == "blur_6px":
+        assert "too blurred for a face to be found" in p.message
+    if name == "coffee":  # a sharp photo without a face is not called blurred
+        assert "too blurred" not in p.message
     if name == "turned_90":
         assert p.facts["turned"] == 90 and "turned 90° clockwise" in p.message.lower()
 
