@@ -21,7 +21,7 @@ class Settings:
     database_url: str = ""  # "" = sqlite:///<data_dir>/portrait.db (WAL)
     broker_url: str = ""  # "" = the embedded queue (the jobs table); redis://... = Celery
     secret_key: str = ""  # "" = a random key kept in <data_dir>/secret_key
-    storage_url: str = ""  # "" = files in the data dir; s3://BUCKET/PREFIX = an object store (cache in <data_dir>/cache)
+    storage_url: str = ""  # "" = files in the data dir; s3://BUCKET/PREFIX = an object store (+ <data_dir>/cache)
     storage_endpoint_url: str = ""  # "" = boto3's usual endpoint; http(s)://... for MinIO / S3-compatible stores
     # Limits
     max_upload_bytes: int = 25 * 1024 * 1024  # one uploaded photo

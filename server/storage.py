@@ -26,7 +26,7 @@ import tempfile
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .errors import BadSettings
 
@@ -300,8 +300,8 @@ class S3Storage(Storage):
         if not _EXT.match(ext):
             raise ValueError(f"invalid extension {ext!r}")
         name = _check_id(photo, "photo") + ext
-        self.client.put_object(Bucket=self.bucket, Key=self._key(*self._identity_parts(tenant, identity), "photos", name),
-                               Body=data)
+        key = self._key(*self._identity_parts(tenant, identity), "photos", name)
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
         return name
 
     def photos_dir(self, tenant: str, identity: str) -> Path:

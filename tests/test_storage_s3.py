@@ -72,7 +72,8 @@ def test_bad_storage_settings_are_named(endpoint, bucket, tmp_path):
     with pytest.raises(BadSettings, match="does not exist"):
         make_storage(tmp_path, "s3://no-such-bucket-here/p", endpoint)
     settings = Settings.load({"data_dir": tmp_path},
-                             env={"PORTRAIT_STORAGE_URL": f"s3://{bucket}/p", "PORTRAIT_STORAGE_ENDPOINT_URL": endpoint})
+                             env={"PORTRAIT_STORAGE_URL": f"s3://{bucket}/p",
+                                  "PORTRAIT_STORAGE_ENDPOINT_URL": endpoint})
     assert (settings.storage_url, settings.storage_endpoint_url) == (f"s3://{bucket}/p", endpoint)
     assert Settings.load({"data_dir": tmp_path}, env={}).storage_url == ""  # default: files in the data dir
 
@@ -82,7 +83,8 @@ def test_photos_on_the_object_store(endpoint, bucket, tmp_path):
     tenant, ident = new_id(), new_id()
     photos = {new_id(): bytes([i]) * (100 + i) for i in range(3)}
     names = [a.put_photo(tenant, ident, pid, ".jpg", data) for pid, data in photos.items()]
-    assert keys(endpoint, bucket) == sorted(f"some/prefix/tenants/{tenant}/identities/{ident}/photos/{n}" for n in names)
+    photo_prefix = f"some/prefix/tenants/{tenant}/identities/{ident}/photos/"
+    assert keys(endpoint, bucket) == sorted(photo_prefix + n for n in names)
 
     d = a.photos_dir(tenant, ident)
     assert d.is_relative_to(tmp_path / "a" / "cache")
