@@ -57,6 +57,12 @@ class QueueFull(ServiceError):
     code, status = "queue_full", 429
 
 
+class StorageUnavailable(ServiceError):
+    """The object store is unreachable or refused a request: try again later."""
+
+    code, status = "storage_unavailable", 503
+
+
 def error_response(exc: BaseException) -> tuple[int, dict]:
     """(HTTP status, body) for a service error or a library error; 500 `internal` otherwise."""
     if isinstance(exc, ServiceError):

@@ -17,6 +17,7 @@ The job layer writes to local folders, so a worker always works on a local path.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .errors import BadSettings
+from .errors import BadSettings, StorageUnavailable
 
 log = logging.getLogger("portrait.storage")
 
@@ -394,6 +395,29 @@ class S3Storage(Storage):
         if not self._download(f"{self._key(*parts)}/{rel}", path):
             raise FileNotFoundError(relpath)
         return path
+
+
+def _store_errors(method):
+    """An S3Storage method whose object-store failures (network, credentials, a lost bucket) are a typed
+    StorageUnavailable (503 `storage_unavailable` in the API), never a bare 500."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return method(self, *args, **kwargs)
+        except (BotoCoreError, ClientError, Boto3Error) as exc:
+            raise StorageUnavailable(f"the file store is unavailable ({type(exc).__name__}); please try again "
+                                     "later") from exc
+
+    return wrapper
+
+
+for _name in ("put_photo", "photos_dir", "delete_photo", "delete_identity", "job_dir", "publish_job", "delete_job",
+              "delete_tenant", "open_result"):
+    setattr(S3Storage, _name, _store_errors(getattr(S3Storage, _name)))
 
 
 def make_storage(data_dir: str | Path, url: str = "", endpoint_url: str = "") -> Storage:

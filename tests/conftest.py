@@ -84,8 +84,8 @@ def no_user_environment(tmp_path_factory):
     """For the whole session: empty models and templates folders, no device or dtype override."""
     root = tmp_path_factory.mktemp("no-user-env")
     with pytest.MonkeyPatch.context() as mp:
-        for name in USER_ENVIRONMENT:
-            mp.delenv(name, raising=False)
+        for name in USER_ENVIRONMENT + tuple(n for n in os.environ if n.startswith("PORTRAIT_")):
+            mp.delenv(name, raising=False)  # a developer's own settings (licence, database, storage...) too
         mp.setenv("PORTRAIT_MODELS_DIR", str(root / "models"))
         mp.setenv("PORTRAIT_TEMPLATES_DIR", str(root / "templates"))
         yield root

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from server.db.models import new_id
-from server.errors import BadSettings
+from server.errors import BadSettings, StorageUnavailable, error_response
 from server.settings import Settings
 from server.storage import S3Storage, make_storage
 
@@ -257,5 +257,11 @@ def test_a_failed_jobs_report_is_published_and_a_lost_store_fails_the_job(endpoi
         assert worker.run_forever(max_jobs=1) == 1  # the worker lives on
         err = web.get_job(t["id"], lost["id"])["error"]
         assert err["code"] == "storage_unavailable" and "could not be stored" in err["message"]
+        # The web side too: an upload while the store is gone is a typed 503, and nothing is half-stored.
+        other = web.create_identity(t["id"], "later")
+        with pytest.raises(StorageUnavailable) as exc:
+            web.add_photo(t["id"], other["id"], "a.jpg", (tmp_path / "samples" / "astronaut_01.jpg").read_bytes())
+        assert error_response(exc.value)[0] == 503 and exc.value.code == "storage_unavailable"
+        assert web.get_identity(t["id"], other["id"])["photos"] == []
     finally:
         web.close()
