@@ -105,7 +105,8 @@ class Service:
                  dispatcher: Optional[Dispatcher] = None, migrate: bool = True):
         self.settings = settings
         self.db = db or Database(settings.db_url)
-        self.storage = storage or make_storage(settings.data_dir, settings.storage_url, settings.storage_endpoint_url)
+        self.storage = storage or make_storage(settings.data_dir, settings.storage_url, settings.storage_endpoint_url,
+                                                  settings.storage_cache_hours)
         self.dispatcher = dispatcher or make_dispatcher(settings)
         # The API sets this to build (signed) result URLs: result id -> URL.
         self.result_url: Optional[Callable[[str], str]] = None

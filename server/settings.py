@@ -23,6 +23,7 @@ class Settings:
     secret_key: str = ""  # "" = a random key kept in <data_dir>/secret_key
     storage_url: str = ""  # "" = files in the data dir; s3://BUCKET/PREFIX = an object store (+ <data_dir>/cache)
     storage_endpoint_url: str = ""  # "" = boto3's usual endpoint; http(s)://... for MinIO / S3-compatible stores
+    storage_cache_hours: float = 24.0  # with storage_url: a cached folder unused this long is dropped from the cache
     # Limits
     max_upload_bytes: int = 25 * 1024 * 1024  # one uploaded photo
     max_photos_per_identity: int = 40
@@ -79,7 +80,7 @@ class Settings:
                      "tenant_concurrency", "max_attempts", "webhook_attempts"):
             if getattr(self, name) < 1:
                 raise BadSettings(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("lease_seconds", "retention_days", "poll_interval", "redispatch_seconds"):
+        for name in ("lease_seconds", "retention_days", "poll_interval", "redispatch_seconds", "storage_cache_hours"):
             if getattr(self, name) <= 0:
                 raise BadSettings(f"{name} must be positive, got {getattr(self, name)}")
         if self.broker_url and not self.broker_url.startswith(("redis://", "rediss://", "memory://")):

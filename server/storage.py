@@ -24,6 +24,8 @@ import os
 import re
 import shutil
 import tempfile
+import threading
+import time
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -144,6 +146,7 @@ class LocalStorage(Storage):
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _LISTING = ".listing.json"  # a cached job folder's sidecar (beside the folder, never inside it)
 _TRANSFERS = 8  # files moved at once
+PRUNE_EVERY_SECONDS = 600.0  # how often a process looks for cache entries to drop
 
 
 def parse_storage_url(url: str) -> tuple[str, str]:
@@ -191,7 +194,11 @@ class S3Storage(Storage):
     config and credentials files, instance roles) and `endpoint_url`."""
 
     def __init__(self, bucket: str, prefix: str, cache_dir: str | Path, *, endpoint_url: str = "",
-                 client: Any = None, check: bool = True):
+                 client: Any = None, check: bool = True, cache_hours: float = 24.0):
+        self.cache_hours = float(cache_hours)  # a cached photo folder or job folder unused this long is dropped
+        self._pinned: set[str] = set()  # jobs this process is writing (never pruned)
+        self._last_prune = time.monotonic()
+        self._prune_lock = threading.Lock()
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.cache = Path(cache_dir).resolve()
@@ -219,6 +226,16 @@ class S3Storage(Storage):
             raise BadSettings(f"PORTRAIT_STORAGE_URL: cannot reach bucket {self.bucket!r}: {exc} "
                               "(credentials come from boto3's usual sources; PORTRAIT_STORAGE_ENDPOINT_URL "
                               "for an S3-compatible store)") from exc
+
+    def _maybe_prune(self) -> None:
+        """prune_cache at most every PRUNE_EVERY_SECONDS, by whichever call comes first."""
+        if time.monotonic() - self._last_prune < PRUNE_EVERY_SECONDS or not self._prune_lock.acquire(blocking=False):
+            return
+        try:
+            self._last_prune = time.monotonic()
+            prune_cache(self)
+        finally:
+            self._prune_lock.release()
 
     # -- keys and cache paths ----------------------------------------------------------------------
     def _key(self, *parts: str) -> str:
@@ -306,10 +323,13 @@ class S3Storage(Storage):
         return name
 
     def photos_dir(self, tenant: str, identity: str) -> Path:
+        self._maybe_prune()
         parts = self._identity_parts(tenant, identity) + ["photos"]
         # a photo's bytes never change under its id: a cached file of the right size is current
-        return self._sync_down(self._key(*parts), self._local(parts),
-                               changed=lambda rel, v, path: not path.is_file() or path.stat().st_size != v[1])
+        local = self._sync_down(self._key(*parts), self._local(parts),
+                                changed=lambda rel, v, path: not path.is_file() or path.stat().st_size != v[1])
+        _touch_tree(local)  # in use now: not pruned for cache_hours
+        return local
 
     def delete_photo(self, tenant: str, identity: str, stored_name: str) -> None:
         name = Path(stored_name).name
@@ -332,10 +352,12 @@ class S3Storage(Storage):
         """create=True: an empty local folder for the job about to run (any cached copy is dropped);
         create=False: the published folder, synced down into the cache (as it is locally if nothing
         is published yet)."""
+        self._maybe_prune()
         parts = self._job_parts(tenant, job)
         local = self._local(parts)
         listing_path = self._listing_path(parts)
         if create:
+            self._pinned.add(job)
             shutil.rmtree(local, ignore_errors=True)
             listing_path.unlink(missing_ok=True)
             local.mkdir(parents=True, exist_ok=True)
@@ -350,6 +372,7 @@ class S3Storage(Storage):
         local = self._sync_down(prefix, local, changed=lambda rel, v, path: not path.is_file()
                                 or known.get(rel) != v[0] or path.stat().st_size != v[1])
         self._write_listing(parts)
+        _touch_tree(local)
         return local
 
     def _write_listing(self, parts: list[str]) -> None:
@@ -370,6 +393,7 @@ class S3Storage(Storage):
         for i in range(0, len(stale), 1000):
             self._delete_keys(stale[i:i + 1000])
         self._write_listing(parts)
+        self._pinned.discard(job)
         log.info("job published", extra={"job": job, "tenant": tenant, "files": len(files)})
 
     def delete_job(self, tenant: str, job: str) -> None:
@@ -384,6 +408,7 @@ class S3Storage(Storage):
         shutil.rmtree(self._local(parts), ignore_errors=True)
 
     def open_result(self, tenant: str, job: str, relpath: str) -> Path:
+        self._maybe_prune()
         parts = self._job_parts(tenant, job)
         rel = _check_relpath(relpath)
         base = self._local(parts).resolve()
@@ -391,10 +416,55 @@ class S3Storage(Storage):
         if base not in path.parents:
             raise FileNotFoundError(relpath)
         if path.is_file():  # a finished job's files never change: a cached copy is current
+            os.utime(path)  # being served: not pruned for cache_hours
             return path
         if not self._download(f"{self._key(*parts)}/{rel}", path):
             raise FileNotFoundError(relpath)
         return path
+
+
+def _touch_tree(folder: Path) -> None:
+    """Mark a cached folder as used now (its files' and its own mtime), so pruning keeps it."""
+    for p in [folder, *folder.rglob("*")]:
+        try:
+            os.utime(p)
+        except OSError:
+            pass
+
+
+def _newest_mtime(folder: Path) -> float:
+    newest = 0.0
+    for p in [folder, *folder.rglob("*")]:
+        try:
+            newest = max(newest, p.stat().st_mtime)
+        except OSError:
+            pass
+    return newest
+
+
+def prune_cache(storage: "S3Storage", at: float | None = None) -> int:
+    """Drop cached identity and job folders (and stale partial downloads) of `storage` unused for its
+    `cache_hours`, except the jobs this process is writing; returns how many folders went. The bucket keeps
+    everything: a dropped folder is downloaded again when next needed."""
+    cutoff = (time.time() if at is None else at) - storage.cache_hours * 3600.0
+    gone = 0
+    for kind in ("identities", "jobs"):
+        for folder in storage.cache.glob(f"tenants/*/{kind}/*"):
+            if not folder.is_dir() or (kind == "jobs" and folder.name in storage._pinned):
+                continue
+            if _newest_mtime(folder) < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+                (folder.parent / f"{folder.name}{_LISTING}").unlink(missing_ok=True)
+                gone += 1
+    for part in storage._tmp.glob("*") if storage._tmp.is_dir() else []:
+        try:
+            if part.stat().st_mtime < cutoff:
+                part.unlink()
+        except OSError:
+            pass
+    if gone:
+        log.info("cache pruned", extra={"deleted": gone})
+    return gone
 
 
 def _store_errors(method):
@@ -420,9 +490,10 @@ for _name in ("put_photo", "photos_dir", "delete_photo", "delete_identity", "job
     setattr(S3Storage, _name, _store_errors(getattr(S3Storage, _name)))
 
 
-def make_storage(data_dir: str | Path, url: str = "", endpoint_url: str = "") -> Storage:
-    """`url` "": files in the data dir; `s3://BUCKET/PREFIX`: an object store cached in `<data_dir>/cache`."""
+def make_storage(data_dir: str | Path, url: str = "", endpoint_url: str = "", cache_hours: float = 24.0) -> Storage:
+    """`url` "": files in the data dir; `s3://BUCKET/PREFIX`: an object store cached in `<data_dir>/cache`
+    (folders unused for `cache_hours` dropped)."""
     if not url:
         return LocalStorage(data_dir)
     bucket, prefix = parse_storage_url(url)
-    return S3Storage(bucket, prefix, Path(data_dir) / "cache", endpoint_url=endpoint_url)
+    return S3Storage(bucket, prefix, Path(data_dir) / "cache", endpoint_url=endpoint_url, cache_hours=cache_hours)

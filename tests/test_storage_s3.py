@@ -115,6 +115,35 @@ def test_photos_on_the_object_store(endpoint, bucket, tmp_path):
     assert keys(endpoint, bucket) == [] and not (a.cache / "tenants" / tenant / "identities" / ident).exists()
 
 
+def test_unused_cache_folders_are_dropped_and_fetched_again(endpoint, bucket, tmp_path):
+    """Another machine's cache does not grow for ever: a folder unused for cache_hours is dropped (the
+    bucket keeps it, so the next use downloads it again); a job being written is never dropped."""
+    import os
+    import time
+
+    from server.storage import prune_cache
+
+    web = s3(endpoint, bucket, tmp_path / "web" / "cache")
+    tenant, ident, job, running = new_id(), new_id(), new_id(), new_id()
+    web.put_photo(tenant, ident, new_id(), ".jpg", b"photo bytes")
+    out = web.job_dir(tenant, job)
+    (out / "portrait.png").write_bytes(b"result")
+    web.publish_job(tenant, job)
+    photos = web.photos_dir(tenant, ident)
+    result = web.open_result(tenant, job, "portrait.png")
+    writing = web.job_dir(tenant, running)  # pinned until published
+    (writing / "partial.png").write_bytes(b"half")
+    assert prune_cache(web) == 0  # all in use now
+    old = time.time() - 25 * 3600
+    for folder in (photos.parent, out, writing):
+        for p in [folder, *folder.rglob("*")]:
+            os.utime(p, (old, old))
+    assert prune_cache(web) == 2  # the photos and the finished job; the job being written stays
+    assert not photos.exists() and not result.exists() and (writing / "partial.png").read_bytes() == b"half"
+    assert web.open_result(tenant, job, "portrait.png").read_bytes() == b"result"  # fetched again
+    assert [p.read_bytes() for p in web.photos_dir(tenant, ident).iterdir()] == [b"photo bytes"]
+
+
 def test_a_published_job_is_read_back_by_another_machine(endpoint, bucket, tmp_path):
     worker = s3(endpoint, bucket, tmp_path / "worker" / "cache")
     tenant, job, other = new_id(), new_id(), new_id()
