@@ -103,8 +103,7 @@ def _base_info(manifest: Manifest, base: str) -> tuple[str, int | None]:
 def _adapter_fits(path, embedder: str, cross_dim: int | None) -> str | None:
     """None when the adapter file takes this embedder's embeddings and this base's token size; else why not."""
     from .faces.analysis import embedder_model
-    from .generate.pipelines import adapter_id_dim, adapter_token_dim
-    from .models.adapters import trained_on
+    from .models.adapters import adapter_id_dim, adapter_token_dim, trained_on
 
     try:
         id_dim, tok, model = adapter_id_dim(path), adapter_token_dim(path), trained_on(path)

@@ -13,8 +13,9 @@ from helpers_diffusion import load_models, small_template, tiny_models  # noqa: 
 
 from portrait.errors import ConfigError  # noqa: E402
 from portrait.generate.template_inpaint import PASS1, PASS2, Identity, InpaintJob, TemplateInpaint  # noqa: E402
-from portrait.generate.pipelines import (adapter_id_dim, faceid_embeds, identity_tokens,  # noqa: E402
-                                         identitynet_hook, load_faceid_adapter)
+from portrait.generate.pipelines import (faceid_embeds, identity_tokens, identitynet_hook,  # noqa: E402
+                                         load_faceid_adapter)
+from portrait.models.adapters import adapter_id_dim  # noqa: E402
 from portrait.identity.face_embedding import FaceIdentity, embed_identity, is_face_identity_file  # noqa: E402
 
 

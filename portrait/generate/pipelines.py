@@ -34,6 +34,7 @@ import numpy as np
 from ..errors import ConfigError, PortraitError
 from ..identity.face_embedding import FaceIdentity
 from ..models import loading
+from ..models.adapters import adapter_id_dim, adapter_token_dim, is_resampler_adapter
 
 
 # Which manifest model serves each control, per base architecture (overridable per InpaintModels).
@@ -226,18 +227,6 @@ class InpaintModels:
 
 # -- IP-Adapter FaceID -----------------------------------------------------------------------------
 
-def adapter_id_dim(path: str | Path) -> int:
-    """The face-embedding size an IP-Adapter FaceID (or InstantID) file expects."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        keys = set(f.keys())
-        for key in ("image_proj.proj.0.weight", "image_proj.proj_in.weight", "image_proj.proj.weight"):
-            if key in keys:
-                return int(f.get_slice(key).get_shape()[1])
-    raise ConfigError(f"{path} is not an IP-Adapter file: no image_proj.proj.0 / proj_in weight")
-
-
 def check_adapter_dim(path: str | Path, identity_dim: int, engine: str = "") -> int:
     dim = adapter_id_dim(path)
     if dim != identity_dim:
@@ -338,28 +327,6 @@ def faceid_embeds(identity: FaceIdentity | np.ndarray, *, batch: int = 1, guidan
         emb = torch.cat([torch.zeros_like(emb), emb])
     return [emb.to(device=device, dtype=dtype)]
 
-
-
-def adapter_token_dim(path: str | Path) -> int:
-    """The cross-attention size an IP-Adapter / InstantID file projects to (768 SD 1.5, 2048 SDXL)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        keys = set(f.keys())
-        for key in ("image_proj.norm_out.weight", "image_proj.norm.weight", "image_proj.proj_out.weight"):
-            if key in keys:
-                return int(f.get_slice(key).get_shape()[0])
-        for key in (k for k in keys if k.endswith(".to_k_ip.weight")):
-            return int(f.get_slice(key).get_shape()[1])
-    raise ConfigError(f"{path} is not an IP-Adapter file: no image projection or to_k_ip weights")
-
-
-def is_resampler_adapter(path: str | Path) -> bool:
-    """True for the perceiver-resampler layout (IP-Adapter Plus, InstantID's ip-adapter)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        return "image_proj.latents" in set(f.keys())
 
 
 def check_instantid_adapter(path: str | Path, cross_attention_dim: int, identity_dim: int | None = None,

@@ -48,6 +48,32 @@ def _shape(path: str | Path, key: str) -> list[int]:
         return list(f.get_slice(key).get_shape())
 
 
+def adapter_id_dim(path: str | Path) -> int:
+    """The face-embedding size an IP-Adapter FaceID (or InstantID) file expects."""
+    keys, _ = _keys_and_meta(path)
+    for key in ("image_proj.proj.0.weight", "image_proj.proj_in.weight", "image_proj.proj.weight"):
+        if key in keys:
+            return int(_shape(path, key)[1])
+    raise ConfigError(f"{path} is not an IP-Adapter file: no image_proj.proj.0 / proj_in weight")
+
+
+def adapter_token_dim(path: str | Path) -> int:
+    """The cross-attention size an IP-Adapter / InstantID file projects to (768 SD 1.5, 2048 SDXL)."""
+    keys, _ = _keys_and_meta(path)
+    for key in ("image_proj.norm_out.weight", "image_proj.norm.weight", "image_proj.proj_out.weight"):
+        if key in keys:
+            return int(_shape(path, key)[0])
+    for key in sorted(k for k in keys if k.endswith(".to_k_ip.weight")):
+        return int(_shape(path, key)[1])
+    raise ConfigError(f"{path} is not an IP-Adapter file: no image projection or to_k_ip weights")
+
+
+def is_resampler_adapter(path: str | Path) -> bool:
+    """True for the perceiver-resampler layout (InstantID's ip-adapter)."""
+    keys, _ = _keys_and_meta(path)
+    return "image_proj.latents" in keys
+
+
 def adapter_kind(path: str | Path) -> str:
     """FACEID, FACEID_PLUS or INSTANTID; a ConfigError naming the file for anything else."""
     keys, _ = _keys_and_meta(path)
