@@ -9,7 +9,8 @@ import logging
 
 from sqlalchemy import delete, func, select
 
-from .db.models import ApiKey, Batch, IdempotencyRecord, Identity, Job, Tenant, WebhookDelivery, now
+from .db.models import (VISITOR_PREFIX, ApiKey, Batch, IdempotencyRecord, Identity, Job, Tenant, WebhookDelivery,
+                        is_visitor_name, now)
 
 log = logging.getLogger("portrait.retention")
 IDEMPOTENCY_SECONDS = 24 * 3600
@@ -69,10 +70,8 @@ def apply_retention(service, at: float | None = None) -> int:
 
 
 def prune_visitors(service, at: float) -> int:
-    """Delete web form visitors' tenants (server.service.is_visitor_name) older than the TTL that hold no
+    """Delete web form visitors' tenants (db.models.is_visitor_name) older than the TTL that hold no
     identity, job or batch any more; returns how many. API tenants are never pruned."""
-    from .service import VISITOR_PREFIX, is_visitor_name
-
     cutoff = at - 86400.0 * service.settings.retention_days
     with service.db.session(immediate=True) as s:
         rows = s.execute(select(Tenant.id, Tenant.name).where(Tenant.name.like(f"{VISITOR_PREFIX}%"),

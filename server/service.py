@@ -26,9 +26,10 @@ from sqlalchemy.orm import Session
 from portrait.errors import ConfigError, ImageError, PortraitError, TemplateError
 
 from . import kinds as job_kinds
+from . import webhooks
 from .db import Database
-from .db.models import (TERMINAL_STATES, ApiKey, Batch, IdempotencyRecord, Identity, Job, Photo, Result,
-                        Tenant, WebhookDelivery, WorkerRow, new_id, now)
+from .db.models import (TERMINAL_STATES, VISITOR_PREFIX, ApiKey, Batch, IdempotencyRecord, Identity, Job, Photo,
+                        Result, Tenant, WebhookDelivery, WorkerRow, is_visitor_name, new_id, now)
 from .errors import BadRequest, Conflict, NotFound, ServiceError, TooLarge, TooManyPhotos, Unauthorized
 from .queue import Dispatcher, make_dispatcher
 from .queue import lease
@@ -740,24 +741,7 @@ def _display_name(filename: Optional[str]) -> str:
     return name[:120] or "upload"
 
 
-VISITOR_PREFIX = "web-"
-_VISITOR_NAME = re.compile(r"web-[0-9a-f]{16}")
-
-
-def is_visitor_name(name: str) -> bool:
-    """A web form visitor's tenant name (`web-` + 16 hex digits)."""
-    return bool(_VISITOR_NAME.fullmatch(name or ""))
-
-
 def _check_url(url: str, allow_private: bool = False) -> None:
-    from urllib.parse import urlparse
-
-    from .webhooks import check_literal_host
-
-    u = urlparse(url)
-    if u.scheme not in ("http", "https") or not u.netloc or len(url) > 2000:
-        raise BadRequest(f"webhook URL must be an http(s) URL, got {url[:100]!r}", code="bad_webhook_url",
-                         details={"field": "webhook_url"})
-    why = check_literal_host(url, allow_private)
+    why = webhooks.url_refusal(url, allow_private)
     if why:
         raise BadRequest(why, code="bad_webhook_url", details={"field": "webhook_url"})

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-import logging
 import http.client
 import ipaddress
+import json
+import logging
 import socket
 import ssl
 import time
@@ -116,10 +116,13 @@ def _address_refusal(host: str, ip: str) -> Optional[str]:
             "hosts only (PORTRAIT_WEBHOOK_ALLOW_PRIVATE=1 allows private ones, for a receiver on your own network)")
 
 
-def check_literal_host(url: str, allow_private: bool) -> Optional[str]:
-    """Why `url` is refused before anything is resolved (`localhost`, a private IP literal), or None. Names
-    are checked again, resolved, at every delivery (an address can change)."""
-    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+def url_refusal(url: str, allow_private: bool) -> Optional[str]:
+    """Why a webhook URL is refused when it is given (not http(s), too long, `localhost`, a private IP
+    literal), or None. Names are checked again, resolved, at every delivery (an address can change)."""
+    u = urlsplit(url)
+    if u.scheme not in ("http", "https") or not u.netloc or len(url) > 2000:
+        return f"webhook URL must be an http(s) URL, got {url[:100]!r}"
+    host = (u.hostname or "").rstrip(".").lower()
     if allow_private:
         return None
     if host == "localhost" or host.endswith(".localhost"):

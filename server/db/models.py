@@ -3,6 +3,7 @@ UTC epoch seconds (float), compared the same way on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Any, Optional
@@ -25,6 +26,15 @@ def now() -> float:
 
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+VISITOR_PREFIX = "web-"  # a web form visitor's own tenant: VISITOR_PREFIX + 16 hex digits
+_VISITOR_NAME = re.compile(r"web-[0-9a-f]{16}")
+
+
+def is_visitor_name(name: str) -> bool:
+    """A web form visitor's tenant name (a name API tenants may not take; retention prunes such tenants)."""
+    return bool(_VISITOR_NAME.fullmatch(name or ""))
 
 
 class Tenant(Base):
