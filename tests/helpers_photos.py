@@ -121,15 +121,22 @@ SMALL_SET = ("astronaut_01.jpg", "astronaut_02_mirror.jpg", "astronaut_03_close.
              "astronaut_05_warm.webp")
 
 
-def small_photo_set(tmp_path_factory) -> Path:
-    """Five astronaut sample photos (no large one): enough for the default --min-photos 4, quick to
-    preprocess."""
-    import shutil
-
+def sample_photo_set(tmp_path_factory, name: str = "samples") -> Path:
+    """A new folder holding the bundled demo photos (`portrait samples`: eight astronaut variants, Grace
+    Hopper and a copy)."""
     from portrait.samples import write_sample_photos
 
-    full = tmp_path_factory.mktemp("samples")
-    write_sample_photos(full)
+    d = tmp_path_factory.mktemp(name)
+    write_sample_photos(d)
+    return d
+
+
+def small_photo_set(tmp_path_factory, samples: Path | None = None) -> Path:
+    """Five astronaut sample photos (no large one): enough for the default --min-photos 4, quick to
+    preprocess. `samples`: a sample_photo_set folder to take them from (else one is written)."""
+    import shutil
+
+    full = samples or sample_photo_set(tmp_path_factory)
     d = tmp_path_factory.mktemp("small")
     for name in SMALL_SET:
         shutil.copy(full / name, d / name)

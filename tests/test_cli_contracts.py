@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from helpers_photos import small_photo_set
+from helpers_faults import break_fusion
 from portrait.cli import cli
 from portrait.templates import load_template
 
@@ -216,16 +217,7 @@ def test_readme_train_then_generate_works_as_written(hermetic, tiny_models_dir, 
 def test_batch_row_names_cannot_leave_out_and_statuses_tell_the_truth(hermetic, photos, tmp_path, monkeypatch):
     """A CSV name `../escaped` once wrote outside --out; a row whose only template did not exist said `done`
     with 0 outputs; the exit code was 0 with failing rows."""
-    from portrait.post import fusion
-
-    real = fusion.fuse
-
-    def fails_on_studio_grey(template_rgb, *args, **kwargs):
-        if template_rgb.shape[1] < 500:  # studio-grey is 480 px wide, navy-formal 512
-            raise ValueError("injected fault")
-        return real(template_rgb, *args, **kwargs)
-
-    monkeypatch.setattr(fusion, "fuse", fails_on_studio_grey)
+    break_fusion(monkeypatch, narrower_than=500)
     out = tmp_path / "studio" / "out"
     manifest = tmp_path / "studio" / "customers.csv"
     manifest.parent.mkdir()

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from helpers_photos import SMALL_SET, small_photo_set
+from helpers_faults import break_fusion
 from portrait.cli import cli
 from portrait.imageio import load_rgb
 from portrait.templates import load_template
@@ -96,12 +97,7 @@ def test_bad_templates_stop_the_run_before_any_photo_is_read(small_dir, bad_temp
 def test_when_every_template_fails_there_is_no_empty_table_and_no_portraits_line(small_dir, tmp_path, monkeypatch):
     """Templates that pass the checks can still fail while rendering (here: a fault injected into fusion):
     exit 2, each failure printed, result.json written, but no empty ranking table and no 'portraits in'."""
-    from portrait.post import fusion
-
-    def broken(*args, **kwargs):
-        raise ValueError("injected fault")
-
-    monkeypatch.setattr(fusion, "fuse", broken)
+    break_fusion(monkeypatch)
     out = tmp_path / "out"
     r = invoke("run", small_dir, "--template", "navy-formal", "--template", "studio-grey", "--out", out, *QUICK)
     assert r.exit_code == 2, r.output

@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from helpers_photos import hopper_photo_set
+from helpers_photos import hopper_photo_set, sample_photo_set
 from portrait import jobs
 from portrait.cli import cli
 from portrait.errors import Cancelled, ConfigError
 from portrait.imageio import load_rgb
-from portrait.samples import write_sample_photos
 
 pytestmark = pytest.mark.usefixtures("hermetic")  # no user models, templates or device (conftest)
 
@@ -30,9 +29,7 @@ DIFFUSION = {"diffusion": "on", "steps": 4, "variants": 1, "max_tries": 1, "inpa
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("astronaut")
-    write_sample_photos(d)
-    return d
+    return sample_photo_set(tmp_path_factory, "astronaut")
 
 
 @pytest.fixture(scope="module")

@@ -8,38 +8,29 @@ Every likeness figure is measured here again from the written PNG, not taken fro
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from helpers_photos import SMALL_SET, sample_photo_set, small_photo_set
+from helpers_faults import break_fusion
 from portrait.imageio import load_rgb
 from portrait.pipeline import PortraitPipeline, RunConfig
 from portrait.post import masks
 from portrait.post.upscale import upscale
-from portrait.samples import write_sample_photos
 from portrait.templates import load_template
-
-SMALL_SET = ("astronaut_01.jpg", "astronaut_02_mirror.jpg", "astronaut_03_close.png", "astronaut_04_bright.jpg",
-             "astronaut_05_warm.webp")
-
 
 @pytest.fixture(scope="module")
 def sample_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("samples")
-    write_sample_photos(d)
-    return d
+    return sample_photo_set(tmp_path_factory, "samples")
 
 
 @pytest.fixture(scope="module")
 def small_dir(tmp_path_factory, sample_dir) -> Path:
     """Five astronaut photos (no large one): a quick preprocess for runs that test mechanics."""
-    d = tmp_path_factory.mktemp("small")
-    for name in SMALL_SET:
-        shutil.copy(sample_dir / name, d / name)
-    return d
+    return small_photo_set(tmp_path_factory, sample_dir)
 
 
 @pytest.fixture(scope="module")
@@ -216,23 +207,12 @@ def test_strict_likeness_bar_tries_every_variant_and_flags(hermetic, small_dir, 
     assert relaxed.outputs[0].variants_tried == 1 and relaxed.outputs[0].passed_bar
 
 
-def test_an_unexpected_error_in_one_template_is_recorded_and_the_others_finish(hermetic, tmp_path, monkeypatch):
+def test_an_unexpected_error_in_one_template_is_recorded_and_the_others_finish(hermetic, sample_dir, tmp_path,
+                                                                              monkeypatch):
     """A bug inside one template (here: fusion raising for the studio-grey face) must not cost the others."""
-    from portrait.post import fusion
-    from portrait.samples import write_sample_photos
-
-    photos = tmp_path / "photos"
-    write_sample_photos(photos)
-    real = fusion.fuse
-
-    def fuse_failing_on_small_templates(template_rgb, *args, **kwargs):
-        if template_rgb.shape[1] < 500:  # studio-grey is 480 px wide, navy-formal 512
-            raise ValueError("do not overlap")
-        return real(template_rgb, *args, **kwargs)
-
-    monkeypatch.setattr(fusion, "fuse", fuse_failing_on_small_templates)
+    break_fusion(monkeypatch, "do not overlap", narrower_than=500)
     result = PortraitPipeline(RunConfig(variants=1, max_tries=1, upscale="none")).run(
-        photos, ["studio-grey", "navy-formal"], tmp_path / "out")
+        sample_dir, ["studio-grey", "navy-formal"], tmp_path / "out")
     assert [o.template for o in result.outputs] == ["navy-formal"]
     assert result.failures == [{"template": "studio-grey", "error": "internal",
                                 "message": "unexpected ValueError: do not overlap (please report this)"}]

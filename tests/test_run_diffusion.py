@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from helpers_photos import sample_photo_set
 from portrait.cli import cli
 from portrait.imageio import load_rgb
 from portrait.pipeline import PortraitPipeline, RunConfig
-from portrait.samples import write_sample_photos
 from portrait.templates import load_template
 
 pytestmark = pytest.mark.usefixtures("hermetic")  # no user models, templates or device (conftest)
@@ -22,9 +22,7 @@ FAST = dict(steps=4, variants=1, max_tries=1, inpaint_size=128, retouch="none", 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    d = tmp_path_factory.mktemp("photos")
-    write_sample_photos(d)
-    return d
+    return sample_photo_set(tmp_path_factory, "photos")
 
 
 def _outside_crop(template, shape_hw, factor=3.5):

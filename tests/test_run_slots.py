@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from helpers_photos import hopper_photo_set
+from helpers_photos import hopper_photo_set, sample_photo_set
 from portrait.cli import cli
 from portrait.imageio import load_rgb
-from portrait.samples import write_sample_photos
 from portrait.templates import load_template
 
 
@@ -22,9 +21,7 @@ def hopper_photos(tmp_path_factory, grace_hopper):
 
 @pytest.fixture(scope="module")
 def user_photos(tmp_path_factory):
-    d = tmp_path_factory.mktemp("user")
-    write_sample_photos(d)
-    return d
+    return sample_photo_set(tmp_path_factory, "user")
 
 
 def test_each_slot_gets_its_own_person(hermetic, user_photos, hopper_photos, face_analysis, astronaut, grace_hopper,
