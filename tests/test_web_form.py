@@ -154,9 +154,13 @@ def test_without_javascript_the_status_page_refreshes_to_the_gallery(served, bro
     page.set_input_files("#photos-input", [str(p) for p in samples[:8]])
     page.click("#start")
     assert "/jobs/" in page.url
-    assert page.query_selector('meta[http-equiv="refresh"]') or page.query_selector("#gallery")
-    page.wait_for_selector("#gallery img", timeout=600_000)  # reached by the page's own refreshes
-    assert len(page.query_selector_all("#gallery figure")) == 2  # the two templates checked by default
+    # The page refreshes itself every second, so a DOM read can land mid-navigation on an empty
+    # document: wait until some loaded document has the refresh tag (or the finished gallery).
+    page.wait_for_selector('meta[http-equiv="refresh"], #gallery', state="attached", timeout=60_000)
+    # reached by the page's own refreshes; a finished job's page has no refresh tag, so it then stays put
+    page.wait_for_selector('#job[data-state="succeeded"]', state="attached", timeout=600_000)
+    assert page.query_selector('meta[http-equiv="refresh"]') is None
+    assert len(page.query_selector_all("#gallery figure img")) == 2  # the two templates checked by default
     _save_screenshot(page, tmp_path, "web-gallery-nojs.png")
     context.close()
 
