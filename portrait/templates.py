@@ -60,19 +60,19 @@ from .template_slots import CONFIRMER, PREVIEW_NAME, choose_slots, parse_pins, s
 
 TOML_NAME = "template.toml"
 FACE_CACHE = ".faces.json"  # for the default face engines; other engines: face_cache_name()
-DEFAULT_FACE_ENGINES = {"detector": "dlib-hog", "landmarks": "dlib68", "embedder": "dlib-resnet"}
+DEFAULT_FACE_ENGINES = {"detector": "dlib-hog", "landmarks": "dlib5", "embedder": "dlib-resnet"}
 
 
 def face_cache_name(engines: dict) -> str:
     """`.faces.json` for the default engines, else `.faces.DETECTOR.LANDMARKS.EMBEDDER.json`: one cache per
-    engine set, so runs under another set (the commercial policy's dlib5, say) never overwrite each other."""
+    engine set, so runs under another set (dlib68 landmarks, say) never overwrite each other."""
     core = {k: engines.get(k) for k in DEFAULT_FACE_ENGINES}
     if core == DEFAULT_FACE_ENGINES:
         return FACE_CACHE
     return f".faces.{core['detector']}.{core['landmarks']}.{core['embedder']}.json"
 MIN_FACE_PX = 64  # a template face smaller than this (sqrt of box area) is too small to receive a face
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-CACHE_VERSION = 2  # 2: slots chosen by portrait.template_slots (score, size, MMOD confirmation, pins)
+CACHE_VERSION = 3  # 2: slots chosen by portrait.template_slots (score, size, MMOD confirmation, pins); 3: dlib5 pose from its own points
 
 
 # template.toml's [inpaint] / [edge] defaults; ControlNets None: the base architecture's recipe (SD 1.5: PASS1 /

@@ -56,10 +56,18 @@ def group_photo_path() -> Path:
 
 @pytest.fixture(scope="session")
 def face_analysis():
-    """The default offline analyser (dlib HOG + 68 points + ResNet), loaded once per test session."""
+    """The default offline analyser (dlib HOG + dlib's 5 points + ResNet), loaded once per test session."""
     from portrait.faces import FaceConfig, get_face_analysis
 
     return get_face_analysis(FaceConfig())
+
+
+@pytest.fixture(scope="session")
+def face_analysis68():
+    """The same with dlib's 68-point landmarks (dense outline, closer head pose; non-commercial licence)."""
+    from portrait.faces import FaceConfig, get_face_analysis
+
+    return get_face_analysis(FaceConfig(landmarks="dlib68"))
 
 
 @pytest.fixture

@@ -32,10 +32,17 @@ def _likeness(fa, out, user_photos, template_emb):
     return d_user, fa.distance(face.embedding, template_emb)
 
 
+# Classic fusion on the default 5-point landmarks (a similarity fit on eyes and nose, ellipse masks) and on the
+# 68-point ones (inner-face fit, outline masks). The dense fit holds the turned Tom Hanks closer (0.44 vs 0.52
+# onto the astronaut); both stay well inside the same-person bar of 0.6 and far from the template's person.
+@pytest.mark.parametrize("landmarks,bar,fitted_on", [("dlib5", 0.55, "5pt"), ("dlib68", 0.5, "inner68")])
 @pytest.mark.parametrize("user,template", [("astronaut", "grace_hopper"), ("grace_hopper", "astronaut"),
                                            ("tom_hanks", "astronaut"), ("tom_hanks", "grace_hopper")])
-def test_fused_face_is_the_user_not_the_template(face_analysis, request, user, template, tom_hanks_path):
+def test_fused_face_is_the_user_not_the_template(request, user, template, tom_hanks_path, landmarks, bar, fitted_on):
+    from portrait.faces import FaceConfig, get_face_analysis
     from portrait.imageio import load_rgb
+
+    face_analysis = get_face_analysis(FaceConfig(landmarks=landmarks))
 
     photos = {"astronaut": lambda: request.getfixturevalue("astronaut"),
               "grace_hopper": lambda: request.getfixturevalue("grace_hopper"),
@@ -50,17 +57,17 @@ def test_fused_face_is_the_user_not_the_template(face_analysis, request, user, t
     res = fusion.fuse(tpl_rgb, tpl_face, ref_rgb, ref_face)
     d_user, d_tpl = _likeness(face_analysis, res.image, user_photos, tpl_face.embedding)
     print(f"{user} into {template}: distance to user {d_user:.3f}, to template {d_tpl:.3f}")
-    assert d_user <= 0.5 and d_tpl >= 0.6, (d_user, d_tpl)
+    assert d_user <= bar and d_tpl >= 0.6, (d_user, d_tpl)
     # Nothing outside the dilated template face region changes, bit for bit.
     region = fusion.template_region(tpl_rgb.shape[:2], tpl_face)
     outside = region == 0
     assert np.array_equal(res.image[outside], tpl_rgb[outside])
     assert not np.any(res.mask[outside]) and np.count_nonzero(res.mask) > 1000
-    assert res.engine == "classic" and res.details["fitted_on"] == "inner68"
+    assert res.engine == "classic" and res.details["fitted_on"] == fitted_on
 
 
-def test_five_point_fallback_and_paste(face_analysis, astronaut, grace_hopper):
-    tpl_face, ref_face = _face(face_analysis, grace_hopper), _face(face_analysis, astronaut)
+def test_five_point_fallback_and_paste(face_analysis68, astronaut, grace_hopper):
+    tpl_face, ref_face = _face(face_analysis68, grace_hopper), _face(face_analysis68, astronaut)
     tpl5 = fusion.replace(tpl_face, landmarks68=None)
     ref5 = fusion.replace(ref_face, landmarks68=None)
     res = fusion.fuse(grace_hopper, tpl5, astronaut, ref5)

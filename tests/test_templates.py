@@ -32,7 +32,7 @@ def test_bundled_samples_load(user_templates, face_analysis):
         assert t.image_path.stat().st_size < 300_000
         slots = t.slot_faces(face_analysis)
         assert sorted(slots) == sorted(t.faces)
-        assert all(f.landmarks68 is not None for f in slots.values())
+        assert all(f.landmarks5.shape == (5, 2) for f in slots.values())
     duo = T.load_template("duo")
     left, right = duo.detected_faces(face_analysis)
     assert duo.faces == (0, 1) and left.center[0] < right.center[0]
@@ -119,7 +119,8 @@ def test_add_writes_template_and_face_cache(tmp_path, face_analysis, grace_hoppe
     cache = tmp_path / "hopper" / T.FACE_CACHE
     assert cache.is_file() and (tmp_path / "hopper" / "template.toml").is_file()
     data = json.loads(cache.read_text())
-    assert len(data["faces"]) == 1 and len(data["faces"][0]["landmarks68"]) == 68
+    assert len(data["faces"]) == 1 and len(data["faces"][0]["landmarks5"]) == 5
+    assert data["engines"]["landmarks"] == "dlib5"
     assert t.prompt == "a navy portrait" and t.inpaint.strength == 0.5 and t.inpaint.controlnets == {"canny": 0.4}
     loaded = T.load_template("hopper", dirs=[tmp_path])
     faces = loaded.detected_faces(face_analysis)
@@ -139,22 +140,19 @@ def test_face_cache_follows_the_image(tmp_path, face_analysis, astronaut, grace_
     assert json.loads((d / T.FACE_CACHE).read_text())["image_sha256"] == sha256_file(d / "template.jpg")
 
 
-def test_each_face_engine_set_keeps_its_own_cache(tmp_path, face_analysis, astronaut):
-    """A run under the commercial policy (dlib 5-point landmarks) and a default run on the same template
-    neither overwrite each other's cache nor are handed the other's faces."""
-    from portrait.faces import FaceConfig, get_face_analysis
-
-    five = get_face_analysis(FaceConfig(landmarks="dlib5"))
+def test_each_face_engine_set_keeps_its_own_cache(tmp_path, face_analysis, face_analysis68, astronaut):
+    """A default run (dlib 5-point landmarks) and a dlib68 run on the same template neither overwrite each
+    other's cache nor are handed the other's faces."""
     d = _make(tmp_path, astronaut, 'name = "both"\n')
     t = T.parse_template(d)
-    assert t.detected_faces(face_analysis)[0].landmarks68 is not None
-    assert t.detected_faces(five)[0].landmarks68 is None  # the same Template, another engine set: its own faces
-    default, other = d / T.FACE_CACHE, d / T.face_cache_name(five.engines())
-    assert other.name == ".faces.dlib-hog.dlib5.dlib-resnet.json"
-    assert json.loads(default.read_text())["engines"]["landmarks"] == "dlib68"
-    assert json.loads(other.read_text())["engines"]["landmarks"] == "dlib5"
+    assert t.detected_faces(face_analysis)[0].landmarks68 is None
+    assert t.detected_faces(face_analysis68)[0].landmarks68 is not None  # the same Template, another engine set
+    default, other = d / T.FACE_CACHE, d / T.face_cache_name(face_analysis68.engines())
+    assert other.name == ".faces.dlib-hog.dlib68.dlib-resnet.json"
+    assert json.loads(default.read_text())["engines"]["landmarks"] == "dlib5"
+    assert json.loads(other.read_text())["engines"]["landmarks"] == "dlib68"
     before = default.read_bytes(), other.read_bytes()
-    T.parse_template(d).detected_faces(five)
+    T.parse_template(d).detected_faces(face_analysis68)
     T.parse_template(d).detected_faces(face_analysis)
     assert (default.read_bytes(), other.read_bytes()) == before
 

@@ -51,6 +51,25 @@ def min_photos_option(help: str = "Fewer accepted photos than this is a failure 
                         help=help)
 
 
+def face_engine_options() -> list:
+    """--detector / --landmarks / --embedder, the same on every command that looks at faces."""
+    from ..faces.analysis import DETECTORS, EMBEDDERS, LANDMARKS
+
+    return [
+        click.option("--detector", type=click.Choice(DETECTORS), default="dlib-hog", show_default=True),
+        click.option("--landmarks", type=click.Choice(LANDMARKS), default="dlib5", show_default=True,
+                     help="dlib5 is licence-safe; dlib68 measures head pose more closely, but its training data "
+                          "excludes commercial use (refused under --licence commercial)."),
+        click.option("--embedder", type=click.Choice(EMBEDDERS), default="dlib-resnet", show_default=True),
+    ]
+
+
+def with_face_engines(f):
+    for opt in reversed(face_engine_options()):
+        f = opt(f)
+    return f
+
+
 def dtype_option():
     from ..models.device import DTYPE_NAMES
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from ..faces.analysis import DETECTORS, EMBEDDERS, LANDMARKS, FaceConfig
+from ..faces.analysis import FaceConfig
 from .common import (EXIT_OK, EXIT_USER, handle_errors, json_option, min_photos_option, print_json, print_table,
-                     progress_bar, top_k_option)
+                     progress_bar, top_k_option, with_face_engines)
 from .licence_opt import licence_option
 
 
@@ -62,10 +62,7 @@ def register(group: click.Group) -> None:
                   "the GFPGAN-type restorer when present).")
     @click.option("--trigger", default="ohwx", show_default=True, help="Caption trigger word.")
     @click.option("--class-word", default="person", show_default=True, help="Caption class word.")
-    @click.option("--detector", type=click.Choice(DETECTORS), default="dlib-hog", show_default=True)
-    @click.option("--landmarks", type=click.Choice(LANDMARKS), default="auto", show_default=True,
-                  help="auto: dlib5 under --licence commercial, else dlib68 (dlib68's licence excludes commercial use; dlib5 is licence-safe but reads every head as about frontal).")
-    @click.option("--embedder", type=click.Choice(EMBEDDERS), default="dlib-resnet", show_default=True)
+    @with_face_engines
     @json_option
     @licence_option
     @handle_errors

@@ -8,8 +8,8 @@ import click
 
 from ..engines import DIFFUSION_MODES, FUSION_ENGINES, RETOUCH_ENGINES, UPSCALE_ENGINES
 from ..errors import ConfigError
-from ..faces.analysis import DETECTORS, EMBEDDERS, LANDMARKS, FaceConfig
-from .common import (dtype_option, handle_errors, json_option, min_photos_option, print_json, print_table,
+from ..faces.analysis import FaceConfig
+from .common import (dtype_option, face_engine_options, handle_errors, json_option, min_photos_option, print_json, print_table,
                      progress_bar, top_k_option)
 from .licence_opt import licence_option
 
@@ -43,10 +43,7 @@ def run_options(f):
         click.option("--seed", type=int, default=None),
         click.option("--device", default=None, help="cpu | cuda | mps (default: best available)."),
         dtype_option(),
-        click.option("--detector", type=click.Choice(DETECTORS), default="dlib-hog", show_default=True),
-        click.option("--landmarks", type=click.Choice(LANDMARKS), default="auto", show_default=True,
-                  help="auto: dlib5 under --licence commercial, else dlib68 (dlib68's licence excludes commercial use; dlib5 is licence-safe but reads every head as about frontal)."),
-        click.option("--embedder", type=click.Choice(EMBEDDERS), default="dlib-resnet", show_default=True),
+        *face_engine_options(),
     ]
     for opt in reversed(opts):
         f = opt(f)

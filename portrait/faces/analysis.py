@@ -6,7 +6,7 @@
 
 Engines (config names):
   detector:  dlib-hog (default, offline), dlib-mmod (offline CNN), scrfd (ONNX, user-supplied)
-  landmarks: dlib68 (default; non-commercial licence), dlib5 (commercial-friendly), none
+  landmarks: dlib5 (default; licence-safe), dlib68 (closer head pose; non-commercial licence), none
   embedder:  dlib-resnet (default, offline), arcface-buffalo (alias arcface: buffalo_l's w600k_r50, for
              FaceID and inswapper), arcface-antelopev2 (antelopev2's glintr100, for InstantID); ONNX, user-supplied
 
@@ -27,11 +27,11 @@ from ..imageio import check_rgb
 from ..models.manifest import ALIASES, Manifest, get_manifest
 from .base import Detection, distance
 from .landmarks_dlib import DlibShapePredictor, five_from_68, five_from_dlib5
-from .pose import pose_from_5, pose_from_68
+from .pose import pose_from_5, pose_from_68, pose_from_dlib5
 from .types import Face
 
 DetectorName = Literal["dlib-hog", "dlib-mmod", "scrfd"]
-LandmarksName = Literal["auto", "dlib68", "dlib5", "none"]
+LandmarksName = Literal["dlib5", "dlib68", "none"]
 EmbedderName = Literal["dlib-resnet", "arcface", "arcface-buffalo", "arcface-antelopev2"]
 DETECTORS: tuple[str, ...] = DetectorName.__args__  # type: ignore[attr-defined]
 LANDMARKS: tuple[str, ...] = LandmarksName.__args__  # type: ignore[attr-defined]
@@ -50,19 +50,10 @@ def is_arcface(name: str) -> bool:
     return embedder_model(name).startswith("arcface-")
 
 
-def default_landmarks() -> str:
-    """What `landmarks="auto"` becomes: dlib's 5-point model under the commercial licence policy (the
-    68-point one was trained on data that excludes commercial use), else the 68-point model, whose head
-    pose is measured (with 5 points every head reads as about frontal, so `extreme_pose` is rarely given)."""
-    from ..models.licence import current_policy
-
-    return "dlib5" if current_policy() == "commercial" else "dlib68"
-
-
 @dataclass(frozen=True)
 class FaceConfig:
     detector: str = "dlib-hog"
-    landmarks: str = "auto"  # resolved when the config is made: default_landmarks()
+    landmarks: str = "dlib5"  # licence-safe; dlib68 measures pose more closely (non-commercial licence)
     embedder: str = "dlib-resnet"
     detect_max_side: int = 1024  # detection runs on a copy downscaled to this (speed); results mapped back
     upsample: int = 0  # extra detector upsampling for small faces
@@ -71,8 +62,6 @@ class FaceConfig:
     device: str = "cpu"  # for ONNX engines: cpu | cuda
 
     def __post_init__(self):
-        if self.landmarks == "auto":
-            object.__setattr__(self, "landmarks", default_landmarks())
         for value, allowed, what in ((self.detector, DETECTORS, "detector"), (self.landmarks, LANDMARKS, "landmarks"),
                                      (self.embedder, EMBEDDERS, "embedder")):
             if value not in allowed:
@@ -198,7 +187,7 @@ class FaceAnalysis:
 
     def _complete(self, image: np.ndarray, det: Detection, embed: bool) -> Face:
         h, w = image.shape[:2]
-        lm68 = None
+        lm68 = dlib5 = None
         with self._lock:
             if self.landmarker is not None:
                 pts = self.landmarker.landmarks(image, det.box)
@@ -207,20 +196,21 @@ class FaceAnalysis:
                     # insightface aligns on the detector's own keypoints: keep them where there are some.
                     lm5 = det.landmarks5 if det.landmarks5 is not None else five_from_68(pts)
                 else:
+                    dlib5 = pts
                     lm5 = det.landmarks5 if det.landmarks5 is not None else five_from_dlib5(pts)
             elif det.landmarks5 is not None:
                 lm5 = det.landmarks5
             else:
                 # No landmark model and a detector without keypoints: dlib's 5-point model is the
                 # licence-safe minimum that alignment needs.
-                lm5 = five_from_dlib5(DlibShapePredictor(self.manifest, 5).landmarks(image, det.box))
+                dlib5 = DlibShapePredictor(self.manifest, 5).landmarks(image, det.box)
+                lm5 = five_from_dlib5(dlib5)
+        yaw, pitch, roll = pose_from_dlib5(dlib5) if dlib5 is not None else pose_from_5(lm5)
         if lm68 is not None:
             try:
                 yaw, pitch, roll = pose_from_68(lm68, (w, h))
             except ValueError:
-                yaw, pitch, roll = pose_from_5(lm5)
-        else:
-            yaw, pitch, roll = pose_from_5(lm5)
+                pass
         face = Face(box=det.box, score=det.score, landmarks5=lm5, landmarks68=lm68, yaw=yaw, pitch=pitch, roll=roll)
         if embed:
             with self._lock:

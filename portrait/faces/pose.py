@@ -1,8 +1,10 @@
 """Head pose (yaw, pitch, roll in degrees) from landmarks.
 
 With 68 points: cv2.solvePnP against a generic 3-D face; yaw and roll are reliable, pitch carries an
-offset from the generic model (see PITCH_OFFSET below). With 5 points only: a geometric estimate from the nose's offset to
-the eye/mouth frame.
+offset from the generic model (see PITCH_OFFSET below). With dlib's own 5 points (two corners per eye and the
+nose base, `pose_from_dlib5`): yaw from the nose base's sideways offset and the far eye's foreshortening, roll
+from the eyes, a rough pitch. With ArcFace-order points from a detector (`pose_from_5`): a geometric estimate
+from the nose's offset to the eye/mouth frame.
 Sign conventions: yaw > 0 when the face turns towards the image's right; roll > 0 clockwise.
 """
 
@@ -74,3 +76,34 @@ def pose_from_68(lm68: np.ndarray, image_size: tuple[int, int]) -> tuple[float, 
         np.stack([lm68[36:42].mean(0), lm68[42:48].mean(0)]) if lm68[36, 0] < lm68[45, 0]
         else np.stack([lm68[42:48].mean(0), lm68[36:42].mean(0)])
     )
+
+
+# Yaw from dlib's 5 points, calibrated against the 68-point solvePnP yaw on 79 faces (insightface's and
+# face_recognition's example photos, 3DDFA's samples, the astronaut, Grace Hopper; each also mirrored):
+# score = nose offset / eye distance - 0.5 * ln(near eye width / far eye width), yaw = atan(score / 0.3).
+# Mean absolute difference to the 68-point yaw 10 degrees (the 68-point yaw itself is a generic-model fit).
+DLIB5_YAW_SCALE = 0.3
+DLIB5_EYE_WEIGHT = 0.5
+# The nose base sits about 0.8 eye distances below the eye line on a level frontal face.
+DLIB5_NOSE_DROP = 0.8
+
+
+def pose_from_dlib5(points: np.ndarray) -> tuple[float, float, float]:
+    """Yaw, pitch and roll from dlib's 5-point model as it marks them: points 0-1 and 2-3 the outer and
+    inner corners of the two eyes, point 4 the nose base (subnasale)."""
+    e1, e2 = points[0:2].mean(axis=0), points[2:4].mean(axis=0)
+    w1, w2 = float(np.linalg.norm(points[0] - points[1])), float(np.linalg.norm(points[2] - points[3]))
+    (left, w_left), (right, w_right) = sorted([(e1, w1), (e2, w2)], key=lambda t: float(t[0][0]))
+    d = right - left
+    roll = math.degrees(math.atan2(float(d[1]), float(d[0])))
+    iod = max(float(np.hypot(d[0], d[1])), 1e-6)
+    c, s = math.cos(math.radians(-roll)), math.sin(math.radians(-roll))
+    nose = np.array([[c, -s], [s, c]]) @ (points[4] - (left + right) / 2)
+    # A face turned towards the image's right shows its nose base right of the eye midpoint and its
+    # right-hand (far) eye narrower than the left.
+    eyes = math.log(max(w_right, 1e-6) / max(w_left, 1e-6))
+    score = float(nose[0]) / iod - DLIB5_EYE_WEIGHT * eyes
+    yaw = math.degrees(math.atan(score / DLIB5_YAW_SCALE))
+    # Rough: the nose base's drop below the eye line shrinks when the head tips back, grows when it bows.
+    pitch = (DLIB5_NOSE_DROP - float(nose[1]) / iod) / DLIB5_NOSE_DROP * 60.0
+    return yaw, pitch, roll
