@@ -176,7 +176,8 @@ def test_operator_password_gate(tmp_path, browser):
         assert page.inner_text("#login-error")
         page.fill('input[name="secret"]', "s3cret")
         page.click('button[type="submit"]')
-        assert page.query_selector("#start") is not None
+        page.wait_for_selector("#start")  # the form, once the page after the redirect has loaded
+        assert "/login" not in page.url
 
 
 def test_cancel_from_the_status_page(tmp_path, browser, samples):
