@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import logging
 import re
@@ -34,7 +33,7 @@ from .errors import BadRequest, Conflict, NotFound, ServiceError, TooLarge, TooM
 from .queue import Dispatcher, make_dispatcher
 from .queue import lease
 from .settings import Settings
-from .storage import LocalStorage, Storage, make_storage
+from .storage import Storage, make_storage
 
 log = logging.getLogger("portrait.server")
 

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from helpers_onnx import BOX_DIST, KPS_DIST, arcface_weights, make_arcface, make_inswapper, make_scrfd, tiny_models_dir
+from helpers_onnx import BOX_DIST, KPS_DIST, arcface_weights, make_arcface, make_inswapper, tiny_models_dir
 
 from portrait.errors import ConfigError, ModelMissingError
 from portrait.faces import FaceAnalysis, FaceConfig

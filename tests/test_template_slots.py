@@ -13,7 +13,6 @@ from click.testing import CliRunner
 
 from portrait import templates as T
 from portrait.errors import TemplateError
-from portrait.faces import FaceConfig, get_face_analysis
 from portrait.imageio import load_rgb, save_image
 from portrait.template_slots import iou
 

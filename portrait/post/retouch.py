@@ -58,7 +58,7 @@ def smooth_skin(rgb: np.ndarray, face: Face, strength: float = 0.5, texture: flo
 def restore_face(rgb: np.ndarray, face: Face, manifest=None, device: str = "cpu", strength: float = 1.0,
                  model: str = "gfpgan", size: int = 512) -> np.ndarray:
     """Face restoration on the aligned crop, pasted back with a feathered face mask."""
-    from .spandrel_models import load_image_model, to_rgb, to_tensor
+    from .spandrel_models import load_image_model
 
     if manifest is None:
         from ..models.manifest import get_manifest
