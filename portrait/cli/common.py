@@ -64,10 +64,15 @@ def face_engine_options() -> list:
     ]
 
 
-def with_face_engines(f):
-    for opt in reversed(face_engine_options()):
+def with_options(f, options: list):
+    """`f` decorated with click options in the order listed (as if stacked top to bottom)."""
+    for opt in reversed(options):
         f = opt(f)
     return f
+
+
+def with_face_engines(f):
+    return with_options(f, face_engine_options())
 
 
 def dtype_option():

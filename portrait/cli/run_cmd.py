@@ -10,7 +10,7 @@ from ..engines import DIFFUSION_MODES, FUSION_ENGINES, RETOUCH_ENGINES, UPSCALE_
 from ..errors import ConfigError
 from ..faces.analysis import FaceConfig
 from .common import (dtype_option, face_engine_options, handle_errors, json_option, min_photos_option, print_json, print_table,
-                     progress_bar, top_k_option)
+                     progress_bar, top_k_option, with_options)
 from .licence_opt import licence_option
 
 
@@ -45,9 +45,7 @@ def run_options(f):
         dtype_option(),
         *face_engine_options(),
     ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+    return with_options(f, opts)
 
 
 def config_from_options(o: dict):

@@ -205,12 +205,15 @@ class FaceAnalysis:
                 # licence-safe minimum that alignment needs.
                 dlib5 = DlibShapePredictor(self.manifest, 5).landmarks(image, det.box)
                 lm5 = five_from_dlib5(dlib5)
-        yaw, pitch, roll = pose_from_dlib5(dlib5) if dlib5 is not None else pose_from_5(lm5)
+        pose = None
         if lm68 is not None:
             try:
-                yaw, pitch, roll = pose_from_68(lm68, (w, h))
+                pose = pose_from_68(lm68, (w, h))
             except ValueError:
                 pass
+        if pose is None:
+            pose = pose_from_dlib5(dlib5) if dlib5 is not None else pose_from_5(lm5)
+        yaw, pitch, roll = pose
         face = Face(box=det.box, score=det.score, landmarks5=lm5, landmarks68=lm68, yaw=yaw, pitch=pitch, roll=roll)
         if embed:
             with self._lock:

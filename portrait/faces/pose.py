@@ -32,14 +32,16 @@ def roll_from_eyes(lm5: np.ndarray) -> float:
     return math.degrees(math.atan2(float(d[1]), float(d[0])))
 
 
+def _eye_level(points: np.ndarray, left: np.ndarray, right: np.ndarray) -> tuple[float, np.ndarray]:
+    """The roll of the eye line, and `points` about the eye midpoint turned so that line is level."""
+    roll = roll_from_eyes(np.stack([left, right]))
+    c, s = math.cos(math.radians(-roll)), math.sin(math.radians(-roll))
+    return roll, (points - (left + right) / 2) @ np.array([[c, -s], [s, c]]).T
+
+
 def pose_from_5(lm5: np.ndarray) -> tuple[float, float, float]:
     """Geometric yaw/pitch/roll from the 5 ArcFace-order points."""
-    roll = roll_from_eyes(lm5)
-    # Undo roll around the eye midpoint so the eye line is horizontal.
-    c, s = math.cos(math.radians(-roll)), math.sin(math.radians(-roll))
-    rot = np.array([[c, -s], [s, c]])
-    mid = (lm5[0] + lm5[1]) / 2
-    p = (lm5 - mid) @ rot.T
+    roll, p = _eye_level(lm5, lm5[0], lm5[1])
     iod = max(float(p[1, 0] - p[0, 0]), 1e-6)
     mouth_mid = (p[3] + p[4]) / 2
     # Nose tip's horizontal offset from the eye/mouth centre line, relative to half the eye distance.
@@ -94,11 +96,9 @@ def pose_from_dlib5(points: np.ndarray) -> tuple[float, float, float]:
     e1, e2 = points[0:2].mean(axis=0), points[2:4].mean(axis=0)
     w1, w2 = float(np.linalg.norm(points[0] - points[1])), float(np.linalg.norm(points[2] - points[3]))
     (left, w_left), (right, w_right) = sorted([(e1, w1), (e2, w2)], key=lambda t: float(t[0][0]))
-    d = right - left
-    roll = math.degrees(math.atan2(float(d[1]), float(d[0])))
-    iod = max(float(np.hypot(d[0], d[1])), 1e-6)
-    c, s = math.cos(math.radians(-roll)), math.sin(math.radians(-roll))
-    nose = np.array([[c, -s], [s, c]]) @ (points[4] - (left + right) / 2)
+    iod = max(float(np.linalg.norm(right - left)), 1e-6)
+    roll, levelled = _eye_level(points, left, right)
+    nose = levelled[4]
     # A face turned towards the image's right shows its nose base right of the eye midpoint and its
     # right-hand (far) eye narrower than the left.
     eyes = math.log(max(w_right, 1e-6) / max(w_left, 1e-6))
