@@ -25,11 +25,12 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the shared photo variants
 
+from helpers_photos import same_person_variants  # noqa: E402
 from portrait.faces import FaceConfig, get_face_analysis  # noqa: E402
 from portrait.imageio import image_files, load_rgb  # noqa: E402
 from portrait.post import fusion  # noqa: E402
@@ -77,14 +78,6 @@ def samples_table(root: Path) -> None:
     print("| **mean** | **%.3f** | **%.3f** |" % tuple(np.mean([rows[t, lm] for t in SINGLE]) for lm in LANDMARKS))
 
 
-def _variants(rgb: np.ndarray) -> list[np.ndarray]:
-    h, w = rgb.shape[:2]
-    rot = cv2.warpAffine(rgb, cv2.getRotationMatrix2D((w / 2, h / 2), 6, 1.0), (w, h), borderMode=cv2.BORDER_REFLECT)
-    soft = cv2.resize(cv2.resize(rgb, (w // 2, h // 2), interpolation=cv2.INTER_AREA), (w, h))
-    dark = np.clip(rgb.astype(np.float32) * 0.8, 0, 255).astype(np.uint8)
-    return [rgb, np.ascontiguousarray(rgb[:, ::-1]), dark, rot, soft]
-
-
 def people_table(people_dir: Path | None) -> None:
     people = {"astronaut": astronaut(), "grace-hopper": load_rgb(grace_hopper_path()),
               "tom-hanks": load_rgb(_insightface_image("Tom_Hanks_54745.png"))}
@@ -95,7 +88,7 @@ def people_table(people_dir: Path | None) -> None:
     for lm in LANDMARKS:
         fa = get_face_analysis(FaceConfig(landmarks=lm))
         for u, urgb in people.items():
-            refs = _variants(urgb)
+            refs = same_person_variants(urgb)
             ref_faces = [_largest(fa, r) for r in refs]
             if any(f is None for f in ref_faces):
                 print(f"(skipped {u}: no face on every variant)")

@@ -12,6 +12,15 @@ import numpy as np
 from PIL import Image
 
 
+def same_person_variants(rgb: np.ndarray) -> list[np.ndarray]:
+    """Other 'photos' of the same person: the original, mirrored, darker, rotated 6°, softer."""
+    h, w = rgb.shape[:2]
+    rot = cv2.warpAffine(rgb, cv2.getRotationMatrix2D((w / 2, h / 2), 6, 1.0), (w, h), borderMode=cv2.BORDER_REFLECT)
+    soft = cv2.resize(cv2.resize(rgb, (w // 2, h // 2), interpolation=cv2.INTER_AREA), (w, h))
+    dark = np.clip(rgb.astype(np.float32) * 0.8, 0, 255).astype(np.uint8)
+    return [rgb, np.ascontiguousarray(rgb[:, ::-1]), dark, rot, soft]
+
+
 def save(path: Path, img: np.ndarray, quality: int = 92, exif_orientation: int | None = None) -> Path:
     kwargs: dict = {}
     if path.suffix.lower() in (".jpg", ".jpeg", ".webp"):

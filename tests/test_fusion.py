@@ -5,19 +5,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from helpers_photos import same_person_variants
 
 from portrait.errors import ConfigError, PortraitError
 from portrait.post import color, fusion
 from portrait.templates import load_template
-
-
-def _variants(rgb: np.ndarray) -> list[np.ndarray]:
-    """Other 'photos' of the same person: mirrored, darker, rotated, softer."""
-    h, w = rgb.shape[:2]
-    rot = cv2.warpAffine(rgb, cv2.getRotationMatrix2D((w / 2, h / 2), 6, 1.0), (w, h), borderMode=cv2.BORDER_REFLECT)
-    soft = cv2.resize(cv2.resize(rgb, (w // 2, h // 2), interpolation=cv2.INTER_AREA), (w, h))
-    dark = np.clip(rgb.astype(np.float32) * 0.8, 0, 255).astype(np.uint8)
-    return [rgb, rgb[:, ::-1].copy(), dark, rot, soft]
 
 
 def _face(fa, rgb):
@@ -48,7 +40,7 @@ def test_fused_face_is_the_user_not_the_template(request, user, template, tom_ha
               "grace_hopper": lambda: request.getfixturevalue("grace_hopper"),
               "tom_hanks": lambda: load_rgb(tom_hanks_path)}
     user_rgb, tpl_rgb = photos[user](), photos[template]()
-    user_photos = _variants(user_rgb)
+    user_photos = same_person_variants(user_rgb)
     tpl_face = _face(face_analysis, tpl_rgb)
     # The reference is the user's photo posed most like the template; likeness is measured to all of them.
     ref_faces = [_face(face_analysis, p) for p in user_photos]
