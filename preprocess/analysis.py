@@ -92,9 +92,10 @@ def analyse_photo(fa: FaceAnalysis, intake: IntakeResult, config: PreprocessConf
     a.scores["quality"] = scoring.quality_score(a.scores["sharpness"], a.scores["exposure"], a.scores["face_size"])
     if back is not None:
         return a  # a strongly tilted head: judged extreme_pose, never cropped
-    a.padding = crop_padding(img.shape, face, config)
     if face.size >= scoring.needed_face_px(config):
         # The analysis image already holds the face at training resolution: crop now, skip a re-decode.
-        a.crop, m, _ = make_crop_with_padding(img, face, config)
+        a.crop, m, a.padding = make_crop_with_padding(img, face, config)
         a.crop_face = face_in_crop(face, m)
+    else:
+        a.padding = crop_padding(img.shape, face, config)
     return a

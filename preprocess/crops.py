@@ -85,12 +85,6 @@ def plan_crop(image_shape: tuple[int, ...], landmarks5: np.ndarray, size: int, f
     return best
 
 
-def crop_fraction(image_shape: tuple[int, ...], landmarks5: np.ndarray, size: int, fraction: float) -> float:
-    """The face fraction the crop plan settles on (kept for callers of the earlier API)."""
-    m = plan_crop(image_shape, landmarks5, size, fraction).matrix
-    return float(np.sqrt(abs(np.linalg.det(m[:, :2]))) / np.sqrt(abs(np.linalg.det(align_matrix(landmarks5, size, 1.0)[:, :2]))))
-
-
 def _pad_flat(crop: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Fill the crop's invalid (outside-the-photo) pixels with the flat colour of the photo's edge next
     to them, and blur that fill softly into the picture. Never mirrors anything."""

@@ -93,12 +93,6 @@ def group_duplicates(n: int, same: Callable[[int, int], bool], rank: Sequence[fl
     return out
 
 
-def find_duplicates(hashes: Sequence[np.ndarray | None], rank: Sequence[float], max_bits: int) -> dict[int, int]:
-    """Whole-frame hashes within `max_bits` are the same photo (for photos without a face)."""
-    return group_duplicates(len(hashes), lambda i, j: hashes[i] is not None and hashes[j] is not None
-                            and hamming(hashes[i], hashes[j]) <= max_bits, rank)
-
-
 def find_face_duplicates(signatures: Sequence[Optional[FaceSignature]], embeddings: Sequence[Optional[np.ndarray]],
                          hashes: Sequence[np.ndarray | None], rank: Sequence[float], distance, *, max_embedding: float,
                          face_bits: int, max_lab: float, frame_bits: int) -> dict[int, int]:
