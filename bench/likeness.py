@@ -26,7 +26,8 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the shared likeness meter
 
-from helpers_meter import DlibMeter, iou  # noqa: E402
+from helpers_meter import DlibMeter  # noqa: E402
+from portrait.faces.base import iou  # noqa: E402
 from portrait.imageio import load_rgb, save_image  # noqa: E402
 from portrait.pipeline import PortraitPipeline, RunConfig  # noqa: E402
 from portrait.samples import astronaut, write_sample_photos  # noqa: E402

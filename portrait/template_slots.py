@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .faces.base import Detection
+from .faces.base import Detection, iou
 from .faces.types import Face
 
 SCORE_RATIO = 0.35
@@ -42,15 +42,6 @@ class SlotDecision:
     slot: bool
     why: str = ""
     pinned: bool = False
-
-
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ax0, ay0, ax1, ay1 = (float(v) for v in a)
-    bx0, by0, bx1, by1 = (float(v) for v in b)
-    iw, ih = max(0.0, min(ax1, bx1) - max(ax0, bx0)), max(0.0, min(ay1, by1) - max(ay0, by0))
-    inter = iw * ih
-    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def mmod_detector(models_dir: str | None = None):

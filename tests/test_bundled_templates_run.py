@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_meter import SAME_PERSON, DlibMeter, iou
+from helpers_meter import SAME_PERSON, DlibMeter
 
+from portrait.faces.base import iou
 from portrait.imageio import load_rgb
 from portrait.pipeline import PortraitPipeline, RunConfig
 from portrait.samples import write_sample_photos

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from portrait import templates as T
 from portrait.errors import TemplateError
 from portrait.imageio import load_rgb, save_image
-from portrait.template_slots import iou
+from portrait.faces.base import iou
 
 
 @pytest.fixture

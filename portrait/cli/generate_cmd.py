@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..faces.analysis import EMBEDDERS
 from .common import dtype_option, handle_errors, json_option, print_json, progress_bar
 from .licence_opt import licence_option
 
@@ -57,7 +58,7 @@ def register(group: click.Group) -> None:
     @click.argument("trainset", type=click.Path(exists=True, file_okay=False))
     @click.option("--out", "out_file", default=None, type=click.Path(dir_okay=False),
                   help=f"Output file (default: TRAINSET/{EMBEDDING_NAME}).")
-    @click.option("--embedder", type=click.Choice(("dlib-resnet", "arcface", "arcface-buffalo", "arcface-antelopev2")),
+    @click.option("--embedder", type=click.Choice(EMBEDDERS),
                   default="dlib-resnet", show_default=True,
                   help="Face engine: IP-Adapter FaceID and inswapper need arcface-buffalo (alias arcface), "
                        "InstantID arcface-antelopev2.")

@@ -43,7 +43,7 @@ EMBEDDING_DIMS = {"dlib-resnet": 128, "arcface": 512, "arcface-buffalo": 512, "a
 def embedder_model(name: str) -> str:
     """The manifest model name behind an embedder config name ('arcface' is arcface-buffalo); what an
     identity file records as its engine."""
-    return "arcface-buffalo" if name == "arcface" else name
+    return ALIASES.get(name, name)
 
 
 def is_arcface(name: str) -> bool:
@@ -144,7 +144,7 @@ class FaceAnalysis:
         c = self.config
         names = {"dlib-mmod": ["dlib-mmod"], "scrfd": ["scrfd"]}.get(c.detector, [])
         names += {"dlib68": ["dlib-68pt"], "dlib5": ["dlib-5pt"]}.get(c.landmarks, [])
-        names.append(ALIASES.get(c.embedder, c.embedder))  # embedder names are manifest names
+        names.append(embedder_model(c.embedder))  # embedder names are manifest names
         return names
 
     def check_licences(self) -> None:

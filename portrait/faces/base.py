@@ -57,3 +57,12 @@ def distance(a: np.ndarray, b: np.ndarray, metric: str) -> float:
             return 1.0
         return float(1.0 - np.dot(a, b) / (na * nb))
     raise ValueError(f"unknown metric {metric!r}")
+
+
+def iou(a, b) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+    ax0, ay0, ax1, ay1 = (float(v) for v in a)
+    bx0, by0, bx1, by1 = (float(v) for v in b)
+    inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
+    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
+    return inter / union if union > 0 else 0.0

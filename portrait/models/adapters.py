@@ -18,11 +18,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
+from .manifest import ALIASES  # identity files written before the two recognisers had names
 
 FACEID, FACEID_PLUS, INSTANTID = "faceid", "faceid-plus", "instantid"
 TRAINED_ON = {FACEID: "arcface-buffalo", FACEID_PLUS: "arcface-buffalo", INSTANTID: "arcface-antelopev2"}
 LABELS = {FACEID: "IP-Adapter FaceID", FACEID_PLUS: "IP-Adapter FaceID-Plus", INSTANTID: "InstantID"}
-ALIASES = {"arcface": "arcface-buffalo"}  # identity files written before the two recognisers had names
 
 
 def _keys_and_meta(path: str | Path) -> tuple[set[str], dict]:
@@ -102,17 +102,6 @@ def check_embedder(path: str | Path, engine: str, kind: str | None = None) -> No
         raise ConfigError(
             f"the {LABELS[kind]} adapter {Path(path).name} was trained on '{want}' face embeddings, but this identity "
             f"was made by '{got}': embed the photos again with --embedder {want}")
-
-
-def has_lora(path: str | Path) -> bool:
-    """True when the file carries its own LoRA (FaceID's `ip_adapter.{i}.to_q_lora.*`)."""
-    keys, _ = _keys_and_meta(path)
-    return any(".to_q_lora." in k or ".to_k_lora." in k for k in keys)
-
-
-def plus_clip_dim(path: str | Path) -> int:
-    """The CLIP hidden size a FaceID-Plus file's resampler reads (1280 for ViT-H)."""
-    return int(_shape(path, "image_proj.perceiver_resampler.proj_in.weight")[1])
 
 
 def plus_shortcut(path: str | Path) -> bool:

@@ -197,8 +197,9 @@ def _fetch_file(name: str, dl: Download, f: SourceFile, dest: Path, staging: Pat
         raise ModelHashError(name, url, f.sha256, server_sha)
     if f.size is not None and meta.size is not None and f.size != meta.size:
         raise FetchError(name, f"{url} is {meta.size} bytes, the manifest records {f.size}: a different file")
-    if dest.is_file() and (sha256_file(dest) == expected if expected else _matches_git_etag(dest, meta.etag)):
-        return FetchedFile(f.repo_path, str(dest), sha256_file(dest), dest.stat().st_size, "present", pinned), None
+    have = sha256_file(dest) if dest.is_file() and expected else None
+    if dest.is_file() and (have == expected if expected else _matches_git_etag(dest, meta.etag)):
+        return FetchedFile(f.repo_path, str(dest), have or sha256_file(dest), dest.stat().st_size, "present", pinned), None
 
     part = staging / (f.repo_path + ".part")
     info = part.with_name(part.name + ".json")

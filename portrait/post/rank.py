@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from ..faces.base import distance as _distance
+from ..faces.base import distance as _distance, iou
 from ..faces.types import Face
 
 
@@ -64,14 +64,6 @@ class SlotLikeness:
                 "passes": self.passes}
 
 
-def _iou(a, b) -> float:
-    ax0, ay0, ax1, ay1 = (float(v) for v in a)
-    bx0, by0, bx1, by1 = (float(v) for v in b)
-    inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
-    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def main_faces(faces: Sequence[Face]) -> list[Face]:
     """The faces a viewer takes for the picture's subjects: at least MAIN_FACE_RATIO of the largest's size."""
     if not faces:
@@ -82,8 +74,8 @@ def main_faces(faces: Sequence[Face]) -> list[Face]:
 
 def face_in_slot(faces: Sequence[Face], slot: Face) -> Face | None:
     """The output face sitting in `slot` (best box overlap, at least SLOT_IOU), else None."""
-    best = max(faces, key=lambda f: _iou(f.box, slot.box), default=None)
-    return best if best is not None and _iou(best.box, slot.box) >= SLOT_IOU else None
+    best = max(faces, key=lambda f: iou(f.box, slot.box), default=None)
+    return best if best is not None and iou(best.box, slot.box) >= SLOT_IOU else None
 
 
 def measure_slots(faces: Sequence[Face], slots: dict[int, Face], targets: dict[int, np.ndarray],
