@@ -102,14 +102,7 @@ class LocalStorage(Storage):
             raise ValueError(f"invalid extension {ext!r}")
         name = _check_id(photo, "photo") + ext
         d = self.photos_dir(tenant, identity)
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".upload-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, d / name)  # atomic: a job never sees half a photo
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _replace_atomically(d / name, lambda fh: fh.write(data), d, prefix=".upload-")  # a job never sees half a photo
         return name
 
     def photo_path(self, tenant: str, identity: str, stored_name: str) -> Path:
@@ -172,12 +165,12 @@ def _check_relpath(relpath: str) -> str:
     return relpath
 
 
-def _replace_atomically(target: Path, write, tmp_dir: Path) -> None:
-    """`write(open binary file)` into a temporary file in `tmp_dir` (same file system, outside every
-    folder a job reads), then rename it into place."""
+def _replace_atomically(target: Path, write, tmp_dir: Path, prefix: str = "download-") -> None:
+    """`write(open binary file)` into a temporary file in `tmp_dir` (same file system; outside every
+    folder a job reads, or hidden there by `prefix`), then rename it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix="download-")
+    fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=prefix)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
@@ -265,18 +258,16 @@ class S3Storage(Storage):
 
     def _delete_prefix(self, prefix: str) -> int:
         keys = sorted(self._list(prefix))
-        for i in range(0, len(keys), 1000):  # the most one DeleteObjects request takes
-            self._delete_keys(keys[i:i + 1000])
+        self._delete_keys(keys)
         return len(keys)
 
     def _delete_keys(self, keys: list[str]) -> None:
-        if not keys:
-            return
-        answer = self.client.delete_objects(Bucket=self.bucket,
-                                            Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True})
-        errors = answer.get("Errors") or []
-        if errors:
-            raise OSError(f"object store refused to delete {len(errors)} object(s), e.g. {errors[0]}")
+        for i in range(0, len(keys), 1000):  # the most one DeleteObjects request takes
+            answer = self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
+            errors = answer.get("Errors") or []
+            if errors:
+                raise OSError(f"object store refused to delete {len(errors)} object(s), e.g. {errors[0]}")
 
     def _download(self, key: str, target: Path) -> bool:
         """The object into `target` (atomically); False if there is no such object."""
@@ -300,10 +291,11 @@ class S3Storage(Storage):
             for _ in pool.map(fn, items):  # re-raises the first failure
                 pass
 
-    def _sync_down(self, prefix: str, local: Path, *, changed) -> Path:
+    def _sync_down(self, prefix: str, local: Path, *, changed, remote: dict | None = None) -> Path:
         """Make `local` hold exactly the objects under `prefix/` (downloading only what `changed`
-        says is new or different; removing local files the store no longer has)."""
-        remote = self._list(prefix + "/")
+        says is new or different; removing local files the store no longer has). `remote`: the
+        caller's listing of `prefix/`, when it has one."""
+        remote = self._list(prefix + "/") if remote is None else remote
         wanted = {k[len(prefix) + 1:]: v for k, v in remote.items()}
         local.mkdir(parents=True, exist_ok=True)
         for p in [p for p in local.rglob("*") if p.is_file() or p.is_symlink()]:
@@ -363,21 +355,23 @@ class S3Storage(Storage):
             local.mkdir(parents=True, exist_ok=True)
             return local
         prefix = self._key(*parts)
-        if not self._list(prefix + "/"):
+        remote = self._list(prefix + "/")
+        if not remote:
             return local  # not published (yet): whatever this machine has
         try:
             known = json.loads(listing_path.read_text())
         except (OSError, ValueError):
             known = {}
         local = self._sync_down(prefix, local, changed=lambda rel, v, path: not path.is_file()
-                                or known.get(rel) != v[0] or path.stat().st_size != v[1])
-        self._write_listing(parts)
+                                or known.get(rel) != v[0] or path.stat().st_size != v[1], remote=remote)
+        self._write_listing(parts, remote)
         _touch_tree(local)
         return local
 
-    def _write_listing(self, parts: list[str]) -> None:
+    def _write_listing(self, parts: list[str], remote: dict[str, tuple[str, int]]) -> None:
+        """Record the etags of the job's objects (`remote`: its listing) beside the cached folder."""
         prefix = self._key(*parts) + "/"
-        etags = {k[len(prefix):]: v[0] for k, v in self._list(prefix).items()}
+        etags = {k[len(prefix):]: v[0] for k, v in remote.items()}
         target = self._listing_path(parts)
         _replace_atomically(target, lambda fh: fh.write(json.dumps(etags).encode()), self._tmp)
 
@@ -389,10 +383,10 @@ class S3Storage(Storage):
         files = {p.relative_to(local).as_posix(): p for p in local.rglob("*") if p.is_file() and not p.is_symlink()} \
             if local.is_dir() else {}
         self._each(lambda rel: self.client.upload_file(str(files[rel]), self.bucket, f"{prefix}/{rel}"), sorted(files))
-        stale = [k for k in self._list(prefix + "/") if k[len(prefix) + 1:] not in files]
-        for i in range(0, len(stale), 1000):
-            self._delete_keys(stale[i:i + 1000])
-        self._write_listing(parts)
+        remote = self._list(prefix + "/")
+        kept = {k: v for k, v in remote.items() if k[len(prefix) + 1:] in files}
+        self._delete_keys(sorted(remote.keys() - kept.keys()))  # objects the folder no longer has
+        self._write_listing(parts, kept)
         self._pinned.discard(job)
         log.info("job published", extra={"job": job, "tenant": tenant, "files": len(files)})
 
