@@ -63,13 +63,14 @@ REASON_ADVICE = {
 
 
 
-def describe(reason: str, count: int, total: int, config: "PreprocessConfig | None" = None) -> str:
-    """`3 of 8 photos show another person: remove the photos of other people`. With `config`, the
-    size advice states that config's limits (the same numbers and units as each photo's message)."""
+def describe(reason: str, count: int, total: int, limits: dict | None = None) -> str:
+    """`3 of 8 photos show another person: remove the photos of other people`. With `limits` (the run's
+    max_bytes and max_pixels), the size advice states them (the same numbers and units as each photo's
+    message)."""
     plural, singular = REASON_TEXT[reason]
     advice = REASON_ADVICE[reason]
-    if reason == "too_large" and config is not None:
-        advice = f"send photos under {limits_text(config.max_bytes, config.max_pixels)}"
+    if reason == "too_large" and limits:
+        advice = f"send photos under {limits_text(limits['max_bytes'], limits['max_pixels'])}"
     return f"{count} of {total} photos {singular if count == 1 else plural}: {advice}"
 
 

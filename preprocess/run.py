@@ -353,7 +353,6 @@ def run_preprocess(photos: Path | str | list, out_dir: Path | str | None = None,
         embeddings=embeddings, centroid=centroid, report=rep, accepted_count=len(accepted), train_dir=train_dir,
         engines=engines, timings=timings,
         decode_limits={"max_pixels": config.max_pixels, "max_bytes": config.max_bytes},
-        reference_turn=int(ref.facts.get("turned", 0)) if ref else 0,
     )
 
 

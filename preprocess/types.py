@@ -27,14 +27,14 @@ class PhotoResult:
     crop: Optional[str] = None  # the crop's file name in train/ when selected
     facts: dict = field(default_factory=dict)  # format, mode, original_size, exif_rotated, bytes, faces
 
-    def image(self) -> np.ndarray:
+    def image(self, max_pixels: int = 1 << 62, max_bytes: int = 1 << 62) -> np.ndarray:
         """The photo at full resolution, upright as judged (EXIF orientation applied, and turned when no
         face showed until it was): the pixels `face`'s coordinates refer to."""
         from portrait.imageio import decode_image
 
         from .orientation import turn_upright
 
-        return turn_upright(decode_image(self.path, max_pixels=1 << 62, max_bytes=1 << 62).pixels,
+        return turn_upright(decode_image(self.path, max_pixels=max_pixels, max_bytes=max_bytes).pixels,
                             int(self.facts.get("turned", 0)))
 
     def to_dict(self) -> dict:
@@ -67,20 +67,14 @@ class PreprocessResult:
     engines: dict
     timings: dict = field(default_factory=dict)  # seconds per stage
     decode_limits: dict = field(default_factory=dict, repr=False)  # max_pixels / max_bytes for the lazy decode
-    reference_turn: int = 0  # degrees the reference photo was turned to stand upright
     _reference_image: Optional[np.ndarray] = field(default=None, repr=False)
 
     @property
     def reference_image(self) -> Optional[np.ndarray]:
         """Full-resolution RGB of the reference photo (EXIF applied), decoded on first access only, so
         preprocessing alone never pays for a full-size decode it does not need."""
-        if self._reference_image is None and self.reference_path is not None:
-            from portrait.imageio import decode_image
-
-            from .orientation import turn_upright
-
-            self._reference_image = turn_upright(decode_image(self.reference_path, **self.decode_limits).pixels,
-                                                 self.reference_turn)
+        if self._reference_image is None and self.reference is not None:
+            self._reference_image = self.photo(self.reference).image(**self.decode_limits)
         return self._reference_image
 
     def photo(self, file: str) -> PhotoResult:
@@ -90,17 +84,14 @@ class PreprocessResult:
         raise KeyError(file)
 
 
-def verdict_message(result: PreprocessResult, min_photos: int, config=None) -> str:
+def verdict_message(result: PreprocessResult, min_photos: int) -> str:
     """One paragraph for the user: how many photos are usable and what to do about the others."""
     from .config import REASONS, describe
 
     total = len(result.photos)
     counts = {r: sum(r in p.reasons for p in result.photos) for r in REASONS}
-    if config is None and result.decode_limits:  # the limits this run applied, for the size advice
-        from types import SimpleNamespace
-
-        config = SimpleNamespace(**result.decode_limits)
-    advice = [describe(r, c, total, config) for r, c in sorted(counts.items(), key=lambda t: -t[1]) if c]
+    # The size advice states the limits this run applied.
+    advice = [describe(r, c, total, result.decode_limits) for r, c in sorted(counts.items(), key=lambda t: -t[1]) if c]
     head = (f"{result.accepted_count} of {total} photos accepted, {len(result.selected)} selected for training."
             if result.accepted_count >= min_photos else
             f"Only {result.accepted_count} of {total} photos are usable; at least {min_photos} are needed.")
