@@ -41,6 +41,11 @@ class Settings:
     webhook_allow_private: bool = False  # webhooks to private / loopback addresses (a receiver on your own network)
     queue_name: str = "portrait"
 
+    def __post_init__(self) -> None:
+        # Resolved once, at start: a relative data dir would otherwise be read against whatever folder a
+        # library resolves it from (Flask resolves file paths against the app's package: every thumbnail 500'd).
+        object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().absolute())
+
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{(Path(self.data_dir) / 'portrait.db').resolve()}"

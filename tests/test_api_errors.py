@@ -264,3 +264,17 @@ def test_behind_a_proxy_urls_use_the_public_scheme_and_host(tmp_path):
         h = auth(new_key(app, "a"))
         (first, *_) = app.test_client().get("/api/v1/templates", headers={**h, **fwd}).get_json()
         assert first["thumbnail_url"].startswith(expected), first
+
+
+def test_a_relative_data_dir_serves_every_thumbnail(tmp_path, monkeypatch):
+    """The README's `portrait serve --data-dir data` is relative: thumbnails must not 500 (issue 15 item 3)."""
+    monkeypatch.chdir(tmp_path)
+    app = make_app("data")
+    h = auth(new_key(app, "a"))
+    c = app.test_client()
+    (first, *_) = c.get("/api/v1/templates", headers=h).get_json()
+    api_thumb = c.get(first["thumbnail_url"].replace("http://localhost", ""), headers=h)
+    assert api_thumb.status_code == 200 and api_thumb.mimetype.startswith("image/"), api_thumb.data[:200]
+    web_thumb = c.get(f"/templates/{first['name']}/thumbnail")
+    assert web_thumb.status_code == 200 and web_thumb.mimetype.startswith("image/"), web_thumb.data[:200]
+    assert (tmp_path / "data").is_dir()

@@ -134,7 +134,8 @@ def test_a_commercial_server_runs_on_commercial_safe_models(tmp_path, samples, m
     with worker_process(data, env={"PORTRAIT_LICENCE": "commercial"}):
         ok, _ = poll_job(c, h, ok["id"])
         bad, _ = poll_job(c, h, refused.get_json()["id"])
-    assert ok["state"] == "succeeded", ok["error"] and len(ok["results"]) == 1
+    assert ok["state"] == "succeeded", ok["error"]
+    assert len(ok["results"]) == 1, ok["results"]
     (result_file,) = [p for p in data.rglob("result.json") if ok["id"] in str(p)]  # the worker's run result
     assert json.loads(result_file.read_text())["engines"]["faces"]["engine"] == "dlib-hog+dlib5+dlib-resnet"
     assert bad["state"] == "failed" and bad["error"]["code"] == "licence_excluded", bad["error"]
