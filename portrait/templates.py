@@ -155,7 +155,11 @@ class Template:
 
 # -- search path ----------------------------------------------------------------------------------
 def bundled_dir() -> Path:
-    return Path(portrait.__file__).resolve().parent.parent / "templates"
+    """The bundled packs: `portrait/bundled_templates/` in an installed wheel (setup.py ships the top-level
+    `templates/` there), else the checkout's `templates/` beside the package (an editable install)."""
+    package = Path(portrait.__file__).resolve().parent
+    shipped = package / "bundled_templates"
+    return shipped if shipped.is_dir() else package.parent / "templates"
 
 
 def user_dir() -> Path:
