@@ -55,7 +55,8 @@ def register(cli: click.Group) -> None:
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on (0.0.0.0: all)")
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="port to listen on; 0 picks a free one (the 'listening on' line names it)")
 @click.option("--data-dir", default=None, help=DATA_DIR_HELP)
 @click.option("--workers", default=None, type=int,
               help="server processes (default: the CPU count, at most 4): 1 runs waitress, more run gunicorn")
@@ -74,18 +75,25 @@ def serve(host: str, port: int, data_dir: Optional[str], workers: Optional[int],
     from .logs import setup_logging
 
     setup_logging()
-    click.echo(f"portrait: serving on http://{host}:{port} (data in {settings.data_dir}, "
+    click.echo(f"portrait: serving (data in {settings.data_dir}, "
                f"{'celery ' + settings.broker_url if settings.fleet else 'embedded queue'})", err=True)
     if workers <= 1:
-        import waitress
+        import waitress.server
 
         from .app import create_app
 
-        waitress.serve(create_app({"data_dir": str(settings.data_dir)}), host=host, port=port, threads=threads,
-                       ident="portrait", connection_limit=1000, channel_timeout=120,
-                       max_request_body_size=max(1 << 30, settings.max_upload_bytes * 20))
+        server = waitress.server.create_server(
+            create_app({"data_dir": str(settings.data_dir)}), host=host, port=port, threads=threads,
+            ident="portrait", connection_limit=1000, channel_timeout=120,
+            max_request_body_size=max(1 << 30, settings.max_upload_bytes * 20))
+        _listening(host, server.effective_port)  # the socket is bound: with --port 0, the port it got
+        server.run()
         return
     _gunicorn(host, port, workers, threads, str(settings.data_dir))
+
+
+def _listening(host: str, port: int) -> None:
+    click.echo(f"portrait: listening on http://{host}:{port}", err=True)
 
 
 def _gunicorn(host: str, port: int, workers: int, threads: int, data_dir: str) -> None:
@@ -94,11 +102,14 @@ def _gunicorn(host: str, port: int, workers: int, threads: int, data_dir: str) -
     except ImportError:
         raise UserError("--workers > 1 needs gunicorn: pip install gunicorn")
 
+    def _ready(arbiter):  # the arbiter has bound its sockets, before the workers fork
+        _listening(host, arbiter.LISTENERS[0].sock.getsockname()[1])
+
     class _App(BaseApplication):
         def load_config(self):
             for k, v in {"bind": f"{host}:{port}", "workers": workers, "threads": threads,
                          "worker_class": "gthread", "timeout": 120, "keepalive": 5,
-                         "accesslog": None}.items():
+                         "accesslog": None, "when_ready": _ready}.items():
                 self.cfg.set(k, v)
 
         def load(self):  # in each worker process, after the fork

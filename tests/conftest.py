@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,15 @@ import pytest
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("PORTRAIT_NO_PROGRESS", "1")
+
+# The Hugging Face hub client's own settings: offline mode, another endpoint or a token (a variable, or the
+# one `huggingface-cli login` stored under HF_HOME) would change what `models fetch` does and could send a
+# developer's token to a test server. Cleared before anything imports huggingface_hub, which reads them once.
+HUB_ENVIRONMENT = ("HF_HUB_OFFLINE", "HF_ENDPOINT", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH",
+                   "HF_HUB_ENABLE_HF_TRANSFER", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "XET_CACHE_DIR")
+for _name in HUB_ENVIRONMENT:
+    os.environ.pop(_name, None)
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="portrait-tests-hf-home-")  # no stored token, empty cache
 
 
 def _package_dir(module: str) -> Path:

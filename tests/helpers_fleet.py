@@ -18,9 +18,25 @@ from typing import Callable, Iterator, Optional
 
 
 def free_port() -> int:
+    """A port free now. Another process may take it before our server binds it: the servers that cannot
+    bind port 0 and name it (redis-server, PostgreSQL) start through `on_a_free_port`, which retries."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def on_a_free_port(start: Callable[[int], object], what: str, attempts: int = 5):
+    """`start(port)` on a fresh free port until it does not fail with PortTaken (bounded)."""
+    for _ in range(attempts):
+        try:
+            return start(free_port())
+        except PortTaken:
+            continue
+    raise AssertionError(f"{what}: {attempts} free ports were each taken before it could bind them")
+
+
+class PortTaken(Exception):
+    """The server could not bind the port it was given (someone took it after free_port closed it)."""
 
 
 def wait_for(pred: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
@@ -45,24 +61,40 @@ def binary(name: str, *globs: str) -> str:
 def redis_server(tmp: Path) -> Iterator[str]:
     """A private redis-server on a free port; yields its URL."""
     exe = binary("redis-server")
-    port = free_port()
     tmp.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp), "--save", "",
-                             "--appendonly", "no", "--protected-mode", "yes"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        import redis
+    import redis
 
-        client = redis.Redis(host="127.0.0.1", port=port)
+    def start(port: int):
+        log = tmp / f"redis-{port}.log"
+        proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp), "--save", "",
+                                 "--appendonly", "no", "--protected-mode", "yes", "--logfile", str(log)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, retry=Retry(NoBackoff(), 0))
 
         def up():
-            try:
-                return client.ping()
-            except redis.ConnectionError:
-                assert proc.poll() is None, "redis-server exited"
+            if proc.poll() is not None:
+                text = log.read_text() if log.exists() else ""
+                if "Address already in use" in text:
+                    raise PortTaken(port)
+                raise AssertionError(f"redis-server exited: {text[-2000:]}")
+            try:  # ours, not whatever took the port: the server names its pid
+                return client.info("server")["process_id"] == proc.pid
+            except (redis.ConnectionError, redis.TimeoutError):
                 return False
 
-        wait_for(up, 20, "redis-server")
+        try:
+            wait_for(up, 60, "redis-server")
+        except BaseException:
+            proc.kill()
+            proc.wait(10)
+            raise
+        return proc, port
+
+    proc, port = on_a_free_port(start, "redis-server")
+    try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         proc.terminate()
@@ -89,15 +121,24 @@ def postgres_server(tmp: Path) -> Iterator[str]:
         shutil.chown(sockdir, "postgres")
         os.chmod(tmp, 0o755)
         as_user = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
     done = subprocess.run(as_user + [initdb, "-D", str(datadir), "-U", "portrait", "-A", "trust", "--no-sync",
                                      "-E", "UTF8"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert done.returncode == 0, f"initdb failed: {done.stderr}"
-    opts = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={sockdir} -c fsync=off " \
-           f"-c max_connections=200"
-    done = subprocess.run(as_user + [pg_ctl, "-D", str(datadir), "-o", opts, "-l", str(tmp / "pg.log"), "-w",
-                                     "-t", "60", "start"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert done.returncode == 0, f"postgres did not start: {done.stderr} {(tmp / 'pg.log').read_text()[-2000:]}"
+
+    def start(port: int) -> int:
+        log = tmp / f"pg-{port}.log"
+        opts = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={sockdir} " \
+               f"-c fsync=off -c max_connections=200"
+        done = subprocess.run(as_user + [pg_ctl, "-D", str(datadir), "-o", opts, "-l", str(log), "-w",
+                                         "-t", "60", "start"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+        text = log.read_text() if log.exists() else ""
+        if done.returncode != 0 and "Address already in use" in text:
+            raise PortTaken(port)
+        assert done.returncode == 0, f"postgres did not start: {done.stderr} {text[-2000:]}"
+        return port
+
+    port = on_a_free_port(start, "postgres")
     try:
         import psycopg
 

@@ -110,15 +110,11 @@ def s3_server() -> Iterator[str]:
     """moto's standalone S3 server (a real HTTP server speaking the S3 protocol, standing in for a
     remote object store) on a free loopback port; yields its endpoint URL. Point boto3 at it with
     dummy credentials in the environment (see `s3_environment`)."""
-    import socket
-
     from moto.server import ThreadedMotoServer
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # binds a free port itself
     server.start()
+    port = server.get_host_and_port()[1]
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

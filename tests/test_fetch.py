@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers_fleet import wait_for
 from helpers_hub import HubServer
 from portrait.errors import ModelHashError
 from portrait.models.fetch import fetch_model
@@ -134,9 +135,11 @@ def test_an_interrupted_download_resumes_where_it_stopped(empty_models_dir):
         proc = subprocess.Popen(CLI + ["models", "fetch", "ip-adapter-faceid-lora", "--endpoint", hub.endpoint],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
         part = empty_models_dir / ".partial" / "ip-adapter-faceid-lora" / (name + ".part")
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and not (part.is_file() and part.stat().st_size >= 10 * 1024 * 1024):
-            time.sleep(0.1)
+        # event-driven, with a deadline a loaded machine meets: the server has sent its 11 MiB and stalls,
+        # then the client has written at least 10 MiB of them; only then the kill
+        assert hub.state.stalled.wait(300), "the fetch never reached the server's stall point"
+        wait_for(lambda: part.is_file() and part.stat().st_size >= 10 * 1024 * 1024, 300,
+                 "the partial file to hold 10 MiB")
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         hub.state.release.set()
@@ -149,6 +152,16 @@ def test_an_interrupted_download_resumes_where_it_stopped(empty_models_dir):
     assert dest.read_bytes() == data
     assert result.files[0].state == "resumed" and ranges[-1] == f"bytes={kept}-"
     assert _files_under(empty_models_dir) == [".fetched/ip-adapter-faceid-lora.json", f"ip-adapter/{name}"]
+
+
+def test_the_hub_client_sees_none_of_the_developers_hub_settings():
+    """conftest clears HF_TOKEN / HF_ENDPOINT / HF_HUB_OFFLINE and points HF_HOME at an empty folder before
+    huggingface_hub reads them: no stored token reaches a test server, no mirror or offline mode changes
+    what `models fetch` does."""
+    from huggingface_hub import constants, get_token
+
+    assert get_token() is None
+    assert constants.ENDPOINT == "https://huggingface.co" and not constants.HF_HUB_OFFLINE
 
 
 def test_models_that_cannot_be_fetched_print_the_url_and_steps(empty_models_dir):

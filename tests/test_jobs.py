@@ -349,12 +349,14 @@ if __name__ == "__main__":
 
 
 def test_memory_returns_to_a_baseline_over_five_runs(tiny_env, photos, hopper_photos, tmp_path):
-    """Five FaceID runs, two people alternating, in one fresh process: the peak RSS after the fifth is
-    within 10 % of the peak after the first (models loaded once, nothing kept per run)."""
+    """Five FaceID runs, two people alternating, in one fresh process: nothing is kept per run. Runs 1-2 warm
+    up (models load once, both people's buffers, one malloc arena per thread: more on a many-core machine);
+    runs 3-5 repeat the same work, so the peak after the fifth stays within 5 % of the peak after the third
+    on any machine, while a leak of one run's images or latents would pass it."""
     script = tmp_path / "rss.py"
     script.write_text(RSS_SCRIPT)
     proc = subprocess.run([sys.executable, str(script), str(photos), str(hopper_photos), str(tmp_path / "out"),
                            json.dumps(DIFFUSION)], capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     peaks = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(peaks) == 5 and peaks[-1] <= 1.10 * peaks[0], peaks
+    assert len(peaks) == 5 and peaks[4] <= 1.05 * peaks[2], peaks

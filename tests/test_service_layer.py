@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers_fleet import wait_for
 from server import webhooks
 from server.db.models import Identity, Job, Photo, Result, WebhookDelivery, new_id
 from server.errors import NotFound, ServiceError, TooLarge, Unauthorized, error_response
@@ -242,12 +243,7 @@ def test_webhooks_are_signed_retried_and_recorded(tmp_path):
                 d = s.query(WebhookDelivery).filter_by(job_id=job["id"]).one()
                 return d.state == "delivered" and (d.attempts, d.status_code)
 
-        attempts = None
-        for _ in range(100):
-            attempts = delivered()
-            if attempts:
-                break
-            time.sleep(0.05)
+        attempts = wait_for(delivered, 120, "the webhook's second attempt to be delivered")
         assert attempts == (2, 200)
         (h1, b1), (h2, b2) = _Hooks.received
         assert b1 == b2 and h1["X-Portrait-Delivery"] == h2["X-Portrait-Delivery"]
@@ -277,14 +273,13 @@ class _Redirect(http.server.BaseHTTPRequestHandler):
 
 def _attempted(svc, job_id: str) -> WebhookDelivery:
     """The job's webhook delivery once it has been tried (by the worker's maintenance, or here)."""
-    for _ in range(100):
+    def tried():
         webhooks.deliver_due(svc.db, max_attempts=5, backoff=0.1, allow_private=svc.settings.webhook_allow_private)
         with svc.db.session() as s:
             d = s.query(WebhookDelivery).filter_by(job_id=job_id).one()
-            if d.attempts:
-                return d
-        time.sleep(0.05)
-    raise AssertionError("the webhook was never tried")
+            return d if d.attempts else None
+
+    return wait_for(tried, 120, "the webhook to be tried")
 
 
 def test_webhooks_never_reach_the_servers_own_network(tmp_path):

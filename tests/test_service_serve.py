@@ -6,21 +6,31 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from helpers_fleet import free_port, runs, start_worker, stop, wait_for
+from helpers_fleet import runs, start_worker, stop, wait_for
 from server.service import Service
 from server.settings import Settings
 
 
-def serve(data_dir: Path, port: int, log: Path, *args: str) -> subprocess.Popen:
+def serve(data_dir: Path, log: Path, *args: str) -> tuple[subprocess.Popen, int]:
+    """`portrait serve --port 0`: the server binds a free port itself and names it; returns it (no race for
+    a port closed before the server binds it)."""
     env = dict(os.environ, PORTRAIT_RATE_LIMIT="100000 per minute")
     fh = open(log, "ab")
-    return subprocess.Popen([sys.executable, "-m", "portrait", "serve", "--port", str(port), "--data-dir",
+    proc = subprocess.Popen([sys.executable, "-m", "portrait", "serve", "--port", "0", "--data-dir",
                              str(data_dir), *args], env=env, stdout=fh, stderr=fh, start_new_session=True)
+
+    def bound():
+        assert proc.poll() is None, f"portrait serve exited: {log.read_text()[-2000:]}"
+        m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", log.read_text())
+        return m and int(m.group(1))
+
+    return proc, wait_for(bound, 120, "portrait serve to bind its port")
 
 
 def get(port: int, path: str, key: str | None = None) -> tuple[int, bytes]:
@@ -49,8 +59,7 @@ def test_server_restart_with_queued_jobs(tmp_path):
         assert status == 200, body
         return {j["id"]: j["state"] for j in json.loads(body)["items"]}
 
-    port = free_port()
-    server = serve(data, port, tmp_path / "serve1.log", "--workers", "1")  # waitress
+    server, port = serve(data, tmp_path / "serve1.log", "--workers", "1")  # waitress
     try:
         wait_for(lambda: get(port, "/healthz")[0] == 200, 120, "the server")
         assert listed(port) == {j: "queued" for j in jobs}
@@ -62,8 +71,7 @@ def test_server_restart_with_queued_jobs(tmp_path):
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
-    port = free_port()
-    server = serve(data, port, tmp_path / "serve2.log", "--workers", "2", "--threads", "4")  # gunicorn this time
+    server, port = serve(data, tmp_path / "serve2.log", "--workers", "2", "--threads", "4")  # gunicorn this time
     worker = None
     try:
         wait_for(lambda: get(port, "/healthz")[0] == 200, 120, "the restarted server")

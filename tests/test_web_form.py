@@ -4,7 +4,6 @@ browser download), against a real server socket and a real worker process."""
 from __future__ import annotations
 
 import base64
-import shutil
 import time
 import zipfile
 from pathlib import Path
@@ -17,7 +16,6 @@ from portrait.samples import write_sample_photos
 from helpers_service import live_server, make_app, worker_process
 
 CHROMIUM = "/usr/bin/chromium"
-OUTPUT = Path(__file__).parent / "output"  # git-ignored: screenshots a person can look at after a run
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +41,10 @@ def served(tmp_path):
 
 
 def _save_screenshot(page, tmp_path: Path, name: str) -> Path:
+    """In the test's own temp folder, never the source tree: pytest keeps the last three runs' folders
+    (/tmp/pytest-of-$USER/pytest-current/<test>/) for a person to look at."""
     shot = tmp_path / name
     page.screenshot(path=str(shot), full_page=True)
-    OUTPUT.mkdir(exist_ok=True)
-    shutil.copy(shot, OUTPUT / name)
     return shot
 
 

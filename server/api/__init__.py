@@ -54,8 +54,10 @@ def init_app(app: Flask, settings: Settings, front: FrontSettings) -> None:
 
     storage = front.rate_limit_storage_url or (settings.broker_url if settings.broker_url.startswith("redis")
                                                else "memory://")
+    # moving window: "N per minute" is N in any 60 s, never 2N across a minute boundary (a fixed window
+    # resets on the clock's minute, so a burst at :59 and :00 passed twice the limit)
     limiter = Limiter(key_func=rate_key, storage_uri=storage, headers_enabled=True,
-                      strategy="fixed-window")
+                      strategy="moving-window")
     limiter.init_app(app)
     limiter.limit(lambda: front.rate_limit, key_func=rate_key)(blp)
     app.extensions["portrait.limiter"] = limiter
