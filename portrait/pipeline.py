@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import ClassVar, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -29,7 +29,7 @@ from .imageio import save_image
 from .models.manifest import get_manifest
 from .post.rank import Candidate, best_of, measure_slots
 from .progress import ProgressCallback, check_cancel, report
-from .settings import check_choice, check_range, from_dict
+from .settings import check_choice, check_limits, check_range, from_dict
 
 log = logging.getLogger(__name__)
 
@@ -60,25 +60,23 @@ class RunConfig:
     dtype: Optional[str] = None  # diffusion weights: fp32 | fp16 | bf16 (default: fp16 on GPU, fp32 on CPU)
     models_dir: Optional[str] = None
 
+    # Each numeric option's range, read by __post_init__ and by the CLI's options (one place for both).
+    LIMITS: ClassVar[dict] = {
+        "top_k": (1, 100), "min_photos": (1, 100), "resolution": (64, 4096), "retouch_strength": (0.0, 1.0),
+        "upscale_factor": (1.0, 8.0), "variants": (1, 10), "max_tries": (1, 10), "likeness_bar": (0.0, None),
+        "steps": (1, 500), "inpaint_size": (64, 4096),
+    }
+
     def __post_init__(self):
-        check_range("top_k", self.top_k, 1, 100)
-        check_range("min_photos", self.min_photos, 1, 100)
-        check_range("resolution", self.resolution, 64, 4096)
+        check_limits(self)
         if self.resolution % 8:
             raise ConfigError(f"option 'resolution' must be a multiple of 8, got {self.resolution}")
         check_choice("fusion", self.fusion, FUSION_ENGINES)
         check_choice("retouch", self.retouch, RETOUCH_ENGINES)
-        check_range("retouch_strength", self.retouch_strength, 0.0, 1.0)
         check_choice("upscale", self.upscale, UPSCALE_ENGINES)
-        check_range("upscale_factor", self.upscale_factor, 1.0, 8.0, optional=True)
         check_choice("diffusion", self.diffusion, DIFFUSION_MODES)
-        check_range("variants", self.variants, 1, 10)
-        check_range("max_tries", self.max_tries, 1, 10)
         if self.variants > self.max_tries:
             raise ConfigError(f"variants ({self.variants}) cannot exceed max_tries ({self.max_tries})")
-        check_range("likeness_bar", self.likeness_bar, 0.0, None, optional=True)
-        check_range("steps", self.steps, 1, 500, optional=True)
-        check_range("inpaint_size", self.inpaint_size, 64, 4096, optional=True)
         if self.inpaint_size is not None and self.inpaint_size % 8:
             raise ConfigError(f"option 'inpaint_size' must be a multiple of 8, got {self.inpaint_size}")
 

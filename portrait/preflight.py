@@ -106,12 +106,6 @@ def check_slots(others: Mapping[int, object] | None, templates: Sequence[Templat
                               "slots are numbered left to right from 0")
 
 
-def check_run_options(*, variants: int, max_tries: int) -> None:
-    """Option combinations no single option's range can catch."""
-    if variants > max_tries:
-        raise ConfigError("--variants cannot exceed --max-tries")
-
-
 def check_diffusion_settings(templates: Sequence[Template], face_analysis=None, *, steps: int | None = None,
                              strength: float | None = None) -> None:
     """Each template's two diffusion passes, with the --steps / --strength overrides, leave at least one

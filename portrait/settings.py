@@ -100,6 +100,14 @@ def _name(kind) -> str:
     return " or ".join(getattr(a, "__name__", str(a)) for a in typing.get_args(kind) if a is not type(None))
 
 
+def check_limits(config) -> None:
+    """Every field named in the config class's LIMITS ({field: (lo, hi)}) within its range (None allowed
+    where the field's default is None). The CLI's options read the same table (`cli.common.ranged`)."""
+    for key, (lo, hi) in type(config).LIMITS.items():
+        default = type(config).__dataclass_fields__[key].default
+        check_range(key, getattr(config, key), lo, hi, optional=default is None)
+
+
 def check_range(key: str, value, lo=None, hi=None, *, optional: bool = False) -> None:
     """ConfigError unless lo <= value <= hi (None allowed when optional)."""
     if value is None and optional:

@@ -73,7 +73,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     from . import ops
     from .api import init_app as init_api
-    from .api.present import signed_result_url
+    from .present import signed_result_url
     from .service import Service
     from .web import init_app as init_web
 

@@ -49,6 +49,12 @@ class TooLarge(ServiceError):
     code, status = "too_large", 413
 
 
+class RejectedUpload(ServiceError):
+    """Every file of an upload request was refused at intake (not an image, unreadable)."""
+
+    code, status = "unreadable", 422
+
+
 class TooManyPhotos(ServiceError):
     code, status = "too_many_photos", 409
 

@@ -29,7 +29,8 @@ from . import webhooks
 from .db import Database
 from .db.models import (TERMINAL_STATES, VISITOR_PREFIX, ApiKey, Batch, IdempotencyRecord, Identity, Job, Photo,
                         Result, Tenant, WebhookDelivery, WorkerRow, is_visitor_name, new_id, now)
-from .errors import BadRequest, Conflict, NotFound, ServiceError, TooLarge, TooManyPhotos, Unauthorized
+from .errors import (BadRequest, Conflict, NotFound, RejectedUpload, ServiceError, TooLarge, TooManyPhotos,
+                     Unauthorized)
 from .queue import Dispatcher, make_dispatcher
 from .queue import lease
 from .settings import Settings
@@ -338,6 +339,37 @@ class Service:
         log.info("photo added", extra={"tenant": tenant_id, "identity": identity_id, "photo": photo.id,
                                        "accepted": photo.accepted, "reasons": photo.reasons})
         return self._photo_dict(photo)
+
+    def add_photos(self, tenant: "TenantInfo | str", identity_id: str,
+                   uploads: "Iterable[tuple[Optional[str], BinaryIO]]") -> list[dict]:
+        """Take one request's uploads, (file name, seekable stream) each, every one with its verdict.
+
+        The whole request is refused, nothing stored, when any file is over the byte limit (413
+        `too_large`, before anything is read), or when every file is refused at intake (not an image:
+        422 `unreadable`; too many pixels: 413 `too_large`; the error carries their records)."""
+        uploads = list(uploads)
+        limit = self.settings.max_upload_bytes
+        for filename, stream in uploads:
+            stream.seek(0, 2)
+            size = stream.tell()
+            stream.seek(0)
+            if size > limit:
+                name = _display_name(filename)
+                raise TooLarge(f"{name}: the upload is {size} bytes, over the {limit} byte limit", code="too_large",
+                               details={"file": name, "bytes": size, "limit_bytes": limit})
+        self.get_identity(tenant, identity_id)  # 404 before reading anything
+        records = [self.add_photo(tenant, identity_id, filename, stream) for filename, stream in uploads]
+        refused = [r for r in records if not r["accepted"] and set(r["reasons"]) & set(_INTAKE_REFUSALS)]
+        if records and len(refused) == len(records):
+            for r in refused:
+                self.delete_photo(tenant, identity_id, r["id"])
+            code = refused[0]["reasons"][0]
+            message = refused[0]["message"] if len(refused) == 1 else \
+                f"none of the {len(refused)} files is usable: " + "; ".join(r["message"] for r in refused)
+            kept = ("filename", "accepted", "reasons", "message", "width", "height", "bytes")
+            raise _INTAKE_REFUSALS[code](message, code=code,
+                                         details={"photos": [{k: r.get(k) for k in kept} for r in refused]})
+        return records
 
     def delete_photo(self, tenant: "TenantInfo | str", identity_id: str, photo_id: str) -> None:
         with self.db.session(immediate=True) as s:
@@ -731,6 +763,10 @@ def find_report(job_dir: Path) -> Optional[Path]:
         if p.is_file():
             return p
     return None
+
+
+# Intake refusals that refuse a whole request when every file has one (its error class by reason code).
+_INTAKE_REFUSALS = {"unreadable": RejectedUpload, "too_large": TooLarge}
 
 
 def _display_name(filename: Optional[str]) -> str:

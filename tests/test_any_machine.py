@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 TESTS = Path(__file__).parent
 ENVIRONMENT_SENSITIVE = (
     "test_pipeline.py::test_an_unexpected_error_in_one_template_is_recorded_and_the_others_finish",
@@ -19,6 +21,7 @@ ENVIRONMENT_SENSITIVE = (
 )
 
 
+@pytest.mark.slow
 def test_environment_sensitive_tests_pass_in_a_hostile_user_environment(tmp_path):
     models = tmp_path / "models"
     models.mkdir()

@@ -27,6 +27,7 @@ def _files(paths):
     return [(io.BytesIO(p.read_bytes()), p.name) for p in paths]
 
 
+@pytest.mark.slow
 def test_whole_api_flow(tmp_path, samples):
     data = tmp_path / "data"
     app = make_app(data)
@@ -114,6 +115,7 @@ def test_whole_api_flow(tmp_path, samples):
     db.close()
 
 
+@pytest.mark.slow
 def test_a_commercial_server_runs_on_commercial_safe_models(tmp_path, samples, monkeypatch):
     """PORTRAIT_LICENCE=commercial on the web process and its worker: photos are judged and portraits made
     with dlib's 5-point landmarks, and a job asking for the 68-point model fails with licence_excluded."""
@@ -155,6 +157,7 @@ class _Receiver(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_events_follow_a_running_job_and_the_tenant_webhook_fires(tmp_path, samples, monkeypatch):
     from server.webhooks import verify
 

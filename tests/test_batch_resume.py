@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from portrait.cli import cli
@@ -15,6 +16,7 @@ def _batch(*args: str):
     return result.exit_code, json.loads(result.output)
 
 
+@pytest.mark.slow
 def test_resume_skips_complete_rows_and_reruns_the_rest(tmp_path):
     write_sample_photos(tmp_path / "photos")
     manifest = tmp_path / "m.csv"

@@ -61,6 +61,7 @@ def measure(name: str, out: Path, user: np.ndarray, meter: DlibMeter) -> dict:
     return {"slots": slots, "largest_to_user": float(np.linalg.norm(largest - user))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BUNDLED)
 def test_every_painted_slot_and_the_largest_face_is_the_user(every_template_run, meter, name):
     result, out, user = every_template_run

@@ -110,6 +110,7 @@ def _models_dir(root: Path, tiny: Path, faceid: Path | None = None, controlnets:
 
 
 # -- 4. `auto` never picks an engine that cannot run with the inputs -------------------------------------
+@pytest.mark.slow
 def test_auto_falls_back_to_classic_when_the_faceid_adapter_wants_another_embedding(hermetic, tiny_models_dir,
                                                                                        photos, tmp_path, monkeypatch):
     """A 512-d (ArcFace) FaceID adapter with the default 128-d dlib embedder once made auto say
@@ -164,6 +165,7 @@ def test_top_k_has_one_range_everywhere(hermetic, photos, tmp_path):
     assert r.exit_code == 2 and "no-such-template" in r.stderr and "--top-k" not in r.stderr
 
 
+@pytest.mark.slow
 def test_run_takes_a_template_image_path(hermetic, photos, tmp_path, grace_hopper_path):
     out = tmp_path / "out"
     r = invoke("run", photos, "--template", grace_hopper_path, "--out", out, "--json", *QUICK)
@@ -189,6 +191,7 @@ def test_generate_checks_its_templates_before_reading_the_reference(hermetic, ti
 
 
 # -- 2. the README's train → generate flow, as written, on the tiny models --------------------------------
+@pytest.mark.slow
 def test_readme_train_then_generate_works_as_written(hermetic, tiny_models_dir, photos, tmp_path, monkeypatch):
     """`portrait train out/preprocess --base-model sd15 --out out/lora` then `portrait generate --identity
     out/lora/identity.safetensors --template navy-formal --out out/gen` once failed: no reference.png."""
@@ -214,6 +217,7 @@ def test_readme_train_then_generate_works_as_written(hermetic, tiny_models_dir, 
 
 
 # -- 6. batch: names confined to --out, truthful row status, exit codes --------------------------------------
+@pytest.mark.slow
 def test_batch_row_names_cannot_leave_out_and_statuses_tell_the_truth(hermetic, photos, tmp_path, monkeypatch):
     """A CSV name `../escaped` once wrote outside --out; a row whose only template did not exist said `done`
     with 0 outputs; the exit code was 0 with failing rows."""
@@ -260,6 +264,7 @@ def test_batch_status_and_exit_code_rules():
 
 
 # -- 8. --dtype on run and generate, as the README says -------------------------------------------------------
+@pytest.mark.slow
 def test_dtype_reaches_the_diffusion_weights(hermetic, tiny_models_dir, photos, tmp_path, monkeypatch):
     import torch
 
@@ -304,6 +309,7 @@ def test_verify_with_nothing_to_verify_says_so(hermetic, tmp_path, monkeypatch):
     assert r.exit_code == 2 and "1 problem(s): sd15" in r.stderr
 
 
+@pytest.mark.slow
 def test_library_warnings_stay_out_of_the_cli_unless_verbose(hermetic, tiny_models_dir, photos, tmp_path):
     """A real process (the libraries log to the stderr they found at import): a tiny diffusion run prints
     diffusers' and transformers' warnings only with --verbose."""

@@ -85,6 +85,7 @@ def sample_run(tmp_path_factory):
     return d, r
 
 
+@pytest.mark.slow
 def test_samples_are_deterministic(tmp_path, sample_run):
     d, _ = sample_run
     r = CliRunner().invoke(cli, ["samples", str(tmp_path), "--json"])
@@ -122,6 +123,7 @@ def test_table_output(tmp_path, sample_run):
         assert text in r.output
 
 
+@pytest.mark.slow
 def test_too_few_photos_exit_2_with_advice(tmp_path, astronaut, grace_hopper_path, group_photo_path):
     photos = tmp_path / "photos"
     photos.mkdir()

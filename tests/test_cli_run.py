@@ -57,6 +57,7 @@ def invoke(*args: str):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
+@pytest.mark.slow
 def test_run_json_is_result_json(small_dir, tmp_path):
     out = tmp_path / "out"
     r = invoke("run", small_dir, "--template", "navy-formal", "--template", "studio-grey", "--out", out,
@@ -94,6 +95,7 @@ def test_bad_templates_stop_the_run_before_any_photo_is_read(small_dir, bad_temp
     assert r.exit_code == 2 and json.loads(r.stdout)["error"] == "bad_template" and not out.exists()
 
 
+@pytest.mark.slow
 def test_when_every_template_fails_there_is_no_empty_table_and_no_portraits_line(small_dir, tmp_path, monkeypatch):
     """Templates that pass the checks can still fail while rendering (here: a fault injected into fusion):
     exit 2, each failure printed, result.json written, but no empty ranking table and no 'portraits in'."""
@@ -177,6 +179,7 @@ def test_batch_manifest_without_photos_column_is_a_clear_error(tmp_path):
     assert "'photos' column" in r.stderr and str(manifest) in r.stderr
 
 
+@pytest.mark.slow
 def test_strict_likeness_bar_flag_retries_and_flags(small_dir, tmp_path):
     out = tmp_path / "out"
     r = invoke("run", small_dir, "--template", "studio-grey", "--out", out, "--upscale", "none",
@@ -190,5 +193,5 @@ def test_strict_likeness_bar_flag_retries_and_flags(small_dir, tmp_path):
 def test_variants_above_max_tries_is_a_config_error(small_dir, tmp_path):
     r = invoke("run", small_dir, "--template", "studio-grey", "--out", tmp_path / "out", "--variants", "3",
                "--max-tries", "2")
-    assert r.exit_code == 2 and "--variants cannot exceed --max-tries" in r.stderr
+    assert r.exit_code == 2 and "variants (3) cannot exceed max_tries (2)" in r.stderr
     assert not (tmp_path / "out").exists()

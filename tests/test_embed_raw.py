@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from portrait.cli import cli
@@ -15,6 +16,7 @@ from portrait.samples import write_sample_photos
 from preprocess.identity_photos import identity_photos
 
 
+@pytest.mark.slow
 def test_embed_on_the_raw_samples_leaves_grace_hopper_and_the_copy_out(tmp_path, face_analysis, grace_hopper):
     photos = tmp_path / "photos"
     write_sample_photos(photos)
@@ -37,6 +39,7 @@ def test_embed_on_the_raw_samples_leaves_grace_hopper_and_the_copy_out(tmp_path,
     assert face_analysis.distance(ref, astro) < 0.6 <= face_analysis.distance(ref, hopper)
 
 
+@pytest.mark.slow
 def test_identity_photos_of_a_raw_folder_name_what_was_left_out_and_why(tmp_path):
     photos = tmp_path / "photos"
     write_sample_photos(photos)
@@ -48,6 +51,7 @@ def test_identity_photos_of_a_raw_folder_name_what_was_left_out_and_why(tmp_path
     assert (tmp_path / "work" / "report.json").is_file()
 
 
+@pytest.mark.slow
 def test_identity_photos_of_a_training_set_reads_its_crops(tmp_path):
     photos = tmp_path / "photos"
     write_sample_photos(photos)

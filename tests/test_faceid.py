@@ -72,6 +72,7 @@ def _faceid_run(models, astronaut, grace_hopper, face_analysis, identity):
     return TemplateInpaint(models, crop_size=64)(job, identity, grace_hopper, ref_face)[0]
 
 
+@pytest.mark.slow
 def test_face_embedding_reaches_the_unet(models, astronaut, grace_hopper, face_analysis, hopper_identity):
     on = _faceid_run(models, astronaut, grace_hopper, face_analysis, Identity(face=hopper_identity, faceid_scale=1.0))
     off = _faceid_run(models, astronaut, grace_hopper, face_analysis, Identity(face=hopper_identity, faceid_scale=0.0))

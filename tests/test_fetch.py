@@ -45,6 +45,7 @@ def _spec(sha256: str | None, *, dest: str = "", path: str = "test/weights.safet
                      download=Download("tester/tiny-model", COMMIT, files))
 
 
+@pytest.mark.slow
 def test_cli_fetches_a_builtin_model_at_its_pinned_revision_into_the_manifest_path(empty_models_dir):
     vocab, merges = b'{"a": 0, "b": 1}', b"#version: 0.2\na b\n"
     with HubServer() as hub:
@@ -93,6 +94,7 @@ def test_good_hash_is_verified_installed_and_not_downloaded_twice(tmp_path):
     assert m.status("test-model").state == "bad_hash"
 
 
+@pytest.mark.slow
 def test_recorded_hash_that_differs_from_the_server_is_refused_and_nothing_is_left(empty_models_dir):
     """The built-in controlnet-canny records the real release's sha256; a server offering other bytes is
     refused (the folder's config.json, fetched first, is not kept either)."""
@@ -179,6 +181,7 @@ def test_unreachable_endpoint_is_a_clear_error(empty_models_dir):
     assert err["error"] == "fetch_failed" and "clip-tokenizer" in err["message"]
 
 
+@pytest.mark.slow
 def test_small_git_files_are_checked_against_their_blob_id_and_not_fetched_twice(tmp_path):
     """config.json-like files (not LFS) carry the git blob id as ETag: a copy that does not match it is
     refused; a second fetch of a folder already in place downloads nothing."""

@@ -6,9 +6,12 @@ from __future__ import annotations
 import itertools
 import socket
 
+import pytest
+
 import helpers_fleet
 
 
+@pytest.mark.slow
 def test_redis_server_retries_when_its_port_is_taken(tmp_path, monkeypatch):
     squatter = socket.socket()
     squatter.bind(("127.0.0.1", 0))

@@ -265,6 +265,7 @@ def test_generate_cli_missing_controlnet_and_bad_hash(empty_models_dir, tiny, as
     manifest_mod._MANIFESTS.clear()
 
 
+@pytest.mark.slow
 def test_generate_cli_end_to_end_on_the_tiny_set(tmp_path, tiny, astronaut, grace_hopper, monkeypatch):
     from PIL import Image
 

@@ -115,6 +115,7 @@ def runs(models, scene, hopper_identity):
     }
 
 
+@pytest.mark.slow
 def test_instantid_identity_reaches_the_unet_and_the_identitynet(runs, models):
     hopper, mask = runs["hopper"], runs["hopper"].mask
     assert hopper.details["identity"] == "instantid"

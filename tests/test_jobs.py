@@ -59,6 +59,7 @@ def _strip(d: dict, root: Path) -> dict:
 
 
 # -- each job from Python gives what the CLI prints --------------------------------------------------
+@pytest.mark.slow
 def test_run_job_matches_the_cli(classic_run, tmp_path):
     result, printed = classic_run
     job_dir, cli_dir = Path(result.result_file).parent, Path(result.result_file).parent.parent / "cli"
@@ -67,6 +68,7 @@ def test_run_job_matches_the_cli(classic_run, tmp_path):
     assert np.array_equal(load_rgb(result.outputs[0].file), load_rgb(printed["outputs"][0]["file"]))
 
 
+@pytest.mark.slow
 def test_preprocess_job_matches_the_cli(photos, tmp_path):
     result = jobs.preprocess(photos, tmp_path / "job")
     res = CliRunner().invoke(cli, ["preprocess", str(photos), "--out", str(tmp_path / "cli"), "--json"])
@@ -78,6 +80,7 @@ def test_preprocess_job_matches_the_cli(photos, tmp_path):
         sorted(p.name for p in (tmp_path / "cli" / "train").iterdir())
 
 
+@pytest.mark.slow
 def test_embed_job_matches_the_cli(classic_run, tmp_path):
     from portrait.identity.face_embedding import FaceIdentity
 
@@ -94,6 +97,7 @@ def test_embed_job_matches_the_cli(classic_run, tmp_path):
     assert np.array_equal(load_rgb(mine["reference"]), load_rgb(printed["reference"]))
 
 
+@pytest.mark.slow
 def test_embed_job_on_a_raw_folder_selects_first_and_writes_only_under_out_dir(photos, tmp_path):
     before = sorted(p.name for p in photos.iterdir())
     result = jobs.embed(photos, tmp_path / "emb")
@@ -102,6 +106,7 @@ def test_embed_job_on_a_raw_folder_selects_first_and_writes_only_under_out_dir(p
     assert sorted(p.name for p in (tmp_path / "emb").iterdir()) == ["identity_embedding.safetensors", "reference.png"]
 
 
+@pytest.mark.slow
 def test_batch_job_matches_the_cli(photos, hopper_photos, tmp_path):
     rows = [{"photos": str(photos), "templates": "studio-grey", "name": "astro"},
             {"photos": str(hopper_photos), "templates": ["studio-grey"], "name": "../hopper"},
@@ -148,6 +153,7 @@ def said(text: str) -> str:
     return re.escape(text)
 
 
+@pytest.mark.slow
 def test_overall_progress_only_moves_forward_and_ends_at_one(photos, tmp_path):
     seen = []
     progress = jobs.OverallProgress("run", on_change=lambda stage, fraction: seen.append((stage, fraction)))
@@ -167,6 +173,7 @@ def test_overall_progress_only_moves_forward_and_ends_at_one(photos, tmp_path):
 
 
 # -- cancellation -------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_run_cancelled_during_the_templates_stops_before_the_next_template(photos, tmp_path):
     cancel, events = threading.Event(), []
 
@@ -211,6 +218,7 @@ def face_identity(classic_run, tmp_path_factory):
     return jobs.embed(Path(classic_run[0].result_file).parent / "preprocess", out).file
 
 
+@pytest.mark.slow
 def test_generate_job_matches_the_cli_and_stops_within_one_diffusion_step(tiny_env, face_identity, tmp_path):
     config = jobs.GenerateConfig(steps=4, seed=5)
     result = jobs.generate(face_identity, ["studio-grey"], tmp_path / "job", config)
@@ -292,6 +300,7 @@ def _identity_free(unet) -> bool:
     return not peft and unet.encoder_hid_proj is None and getattr(unet, "_portrait_ip_adapter", None) is None
 
 
+@pytest.mark.slow
 def test_two_people_in_one_process_each_painted_only_as_themselves(tiny_env, trained, photos, hopper_photos,
                                                                    face_identity, tmp_path):
     from portrait.identity.face_embedding import FaceIdentity
@@ -348,6 +357,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_memory_returns_to_a_baseline_over_five_runs(tiny_env, photos, hopper_photos, tmp_path):
     """Five FaceID runs, two people alternating, in one fresh process: nothing is kept per run. Runs 1-2 warm
     up (models load once, both people's buffers, one malloc arena per thread: more on a many-core machine);

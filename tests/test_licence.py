@@ -67,6 +67,7 @@ def test_commercial_run_on_dlib_5pt_makes_portraits(photos, tmp_path):
     assert result["outputs"][0]["passed_bar"]  # the same person, painted with commercial-safe models only
 
 
+@pytest.mark.slow
 def test_the_default_landmarks_are_commercial_safe(photos, tmp_path):
     # No --landmarks: dlib's 5 points, with or without the commercial policy; the photos are judged on them too.
     for policy in (["--licence", "commercial"], []):

@@ -66,6 +66,7 @@ def _render(pipe, seed=0):
                 generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
 
 
+@pytest.mark.slow
 def test_training_writes_identity_files_and_its_loss_falls(trained):
     result, _ = trained
     rep = json.loads(result.report_path.read_text())
@@ -92,6 +93,7 @@ def test_checkpoints_are_scored_and_chosen_as_training_json_says(trained):
     assert chosen.keys() == final.keys() and all(torch.equal(chosen[k], final[k]) for k in final)
 
 
+@pytest.mark.slow
 def test_saved_lora_reloads_in_plain_diffusers_and_changes_output(trained, tiny_base):
     from diffusers import StableDiffusionPipeline
 
@@ -138,6 +140,7 @@ def test_merge_top_k_writes_the_merged_delta(tiny_base, trainset, tmp_path):
         torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_default_validator_scores_no_face_as_worst_and_keeps_the_last(tiny_base, trainset, tmp_path):
     # Tiny random models render noise: no face is found, every score is the worst, the latest checkpoint wins.
     cfg = TrainConfig(trainset=trainset, base_model=str(tiny_base), out_dir=tmp_path, steps=4, rank=2, alpha=2,
@@ -173,6 +176,7 @@ def test_cli_trains_and_reports(trainset, tiny_base, tmp_path):
     assert json.loads((out / "training.json").read_text())["config"]["steps"] == 2
 
 
+@pytest.mark.slow
 def test_template_validation_paints_checkpoints_into_template_faces(tiny_base, trainset, tmp_path, monkeypatch):
     """--templates: every checkpoint goes through the real two-pass inpaint on the template's face, with
     the template's ControlNets found through the manifest; the renders are kept for the user."""
@@ -254,6 +258,7 @@ def test_sdxl_vae_encodes_in_fp32_where_fp16_overflows():
     assert not torch.isfinite(raw).all()  # what training read before: the overflow is real
 
 
+@pytest.mark.slow
 def test_fp16_mixed_precision_training_scales_the_loss(tiny_base, trainset, tmp_path):
     cfg = TrainConfig(trainset=trainset, base_model=str(tiny_base), out_dir=tmp_path, steps=4, rank=4, alpha=2,
                       lr=1e-3, resolution=64, validate_every=4, seed=0, dtype="float16", mixed_precision=True,

@@ -311,6 +311,7 @@ def test_models_verify_exit_codes(models_env, tiny_set):
     assert bad.exit_code == 2, bad.output
 
 
+@pytest.mark.slow
 def test_models_tiny_cli_builds_a_usable_set(tmp_path, monkeypatch):
     out = tmp_path / "t"
     res = CliRunner().invoke(cli, ["models", "tiny", str(out), "--json"])

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from openapi_spec_validator import validate
 from PIL import Image
 
@@ -44,6 +45,7 @@ def test_openapi_document_validates_and_lists_the_routes(tmp_path):
     assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_error(tmp_path):
     app = make_app(tmp_path / "data", sse_max_seconds=1.0, sse_poll_seconds=0.1, max_upload_bytes=2_000_000)
     key = new_key(app, "fuzz")

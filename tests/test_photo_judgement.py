@@ -64,6 +64,7 @@ def duplicates(tmp_path_factory, astronaut):
     return run_preprocess(photos, None, PreprocessConfig(min_photos=1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(COPIES))
 def test_copies_are_caught_whatever_the_framing(duplicates, name):
     p = duplicates.photo(f"copy_{name}")
@@ -113,6 +114,7 @@ def ladder(tmp_path_factory, astronaut):
     return result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(LADDER_EXPECTED))
 def test_blur_tilt_and_turn_ladder(ladder, name):
     p = ladder.photo(f"{name}.jpg")

@@ -61,6 +61,7 @@ def _face(face_analysis, path: Path):
     return faces[0]
 
 
+@pytest.mark.slow
 def test_another_persons_template_gets_the_users_face(full_run, face_analysis, astronaut, grace_hopper,
                                                       user_embeddings):
     result, out, _ = full_run
@@ -165,6 +166,7 @@ def _render(small_dir, out, **kw) -> tuple:
     return result.outputs[0], load_rgb(result.outputs[0].file)
 
 
+@pytest.mark.slow
 def test_upscale_none_changes_only_the_face_region_and_retouch_only_the_skin(hermetic, small_dir, tmp_path,
                                                                              face_analysis):
     tmpl = load_template("navy-formal")
@@ -189,6 +191,7 @@ def test_upscale_none_changes_only_the_face_region_and_retouch_only_the_skin(her
     assert not retouched[features].any()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_tries", [3, 10])
 def test_strict_likeness_bar_tries_every_variant_and_flags(hermetic, small_dir, tmp_path, max_tries):
     config = RunConfig(upscale="none", retouch="none", variants=1, max_tries=max_tries, likeness_bar=0.01)
@@ -207,6 +210,7 @@ def test_strict_likeness_bar_tries_every_variant_and_flags(hermetic, small_dir, 
     assert relaxed.outputs[0].variants_tried == 1 and relaxed.outputs[0].passed_bar
 
 
+@pytest.mark.slow
 def test_an_unexpected_error_in_one_template_is_recorded_and_the_others_finish(hermetic, sample_dir, tmp_path,
                                                                               monkeypatch):
     """A bug inside one template (here: fusion raising for the studio-grey face) must not cost the others."""

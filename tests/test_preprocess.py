@@ -58,6 +58,7 @@ def mixed(tmp_path_factory, astronaut, grace_hopper_path, group_photo_path):
     return d, out, result, calls
 
 
+@pytest.mark.slow
 def test_mixed_folder_verdicts(mixed):
     _, _, result, _ = mixed
     got = {p.file: p.reasons for p in result.photos}
@@ -163,6 +164,7 @@ def conditions(tmp_path_factory, astronaut, grace_hopper):
     ("blurry.jpg", ["blurry"]), ("dark.jpg", ["bad_exposure"]), ("rotated90.jpg", []),
     ("thumbnail.jpg", ["too_small"]), ("with_bystander.jpg", []), ("two_people.jpg", ["multiple_faces"]),
 ])
+@pytest.mark.slow
 def test_conditions(conditions, file, expected):
     assert conditions.photo(file).reasons == expected, conditions.photo(file).message
 

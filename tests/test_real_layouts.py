@@ -110,6 +110,7 @@ def _without_lora(src: Path, dst: Path) -> Path:
     return dst
 
 
+@pytest.mark.slow
 def test_faceid_lora_stays_active_with_identity_and_style_loras_and_goes_with_the_adapter(sd, scene, buffalo,
                                                                                           grace_hopper, tmp_path):
     face = embed_identity([grace_hopper], face_analysis=buffalo)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from portrait.samples import write_sample_photos
@@ -15,6 +16,7 @@ from portrait.samples import write_sample_photos
 from helpers_service import live_server, make_app, new_key, worker_process
 
 
+@pytest.mark.slow
 def test_remote_batch_uploads_follows_and_downloads(tmp_path):
     write_sample_photos(tmp_path / "alice")
     (tmp_path / "carol").mkdir()

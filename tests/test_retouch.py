@@ -49,6 +49,7 @@ def test_bad_arguments(astronaut, astro_face):
         retouch.retouch(astronaut, astro_face, strength=1.5)
 
 
+@pytest.mark.slow
 def test_restore_engine_runs_a_spandrel_model_on_the_aligned_crop(tmp_path, astronaut, astro_face):
     # A 1x RRDB stands in for GFPGAN: same loader, crop, inference and feathered paste-back.
     spandrel_models.clear_cache()

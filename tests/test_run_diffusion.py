@@ -34,6 +34,7 @@ def _outside_crop(template, shape_hw, factor=3.5):
     return (np.abs(xx - cx) > half) | (np.abs(yy - cy) > half)
 
 
+@pytest.mark.slow
 def test_run_paints_the_face_with_faceid_and_keeps_the_rest(tiny_models_dir, photos, tmp_path):
     template = load_template("navy-formal")
     diffused = PortraitPipeline(RunConfig(models_dir=str(tiny_models_dir), diffusion="on", **FAST)).run(
@@ -89,6 +90,7 @@ def _sdxl_config(models_dir, embedder="arcface-antelopev2", **kw):
                      models_dir=str(models_dir)), **{**FAST, **kw})
 
 
+@pytest.mark.slow
 def test_run_on_sdxl_paints_with_instantid_and_keeps_the_rest(tiny_sdxl_dir, photos, tmp_path, monkeypatch):
     import shutil
 
@@ -162,6 +164,7 @@ def test_sdxl_identity_engine_follows_the_recogniser(tiny_sdxl_dir, tmp_path):
     assert engine is None and "tokens" in why, why
 
 
+@pytest.mark.slow
 def test_run_cli_inpaint_size_reaches_the_diffusion_stage(tiny_models_dir, photos, tmp_path, monkeypatch):
     """--inpaint-size sets the working crop: both passes denoise 96 px crops (12 x 12 latents, seen where they
     enter the UNet the CLI run paints with), and the run finishes with diffusion on."""

@@ -24,6 +24,7 @@ def user_photos(tmp_path_factory):
     return sample_photo_set(tmp_path_factory, "user")
 
 
+@pytest.mark.slow
 def test_each_slot_gets_its_own_person(hermetic, user_photos, hopper_photos, face_analysis, astronaut, grace_hopper,
                                        tmp_path):
     # The duo template shows the astronaut (slot 0, left) and Grace Hopper (slot 1, right): swap them.
@@ -52,6 +53,7 @@ def test_bad_slot_values_are_clear_errors(hermetic, user_photos, tmp_path):
         assert res.exit_code == 2 and says in res.output
 
 
+@pytest.mark.slow
 def test_another_person_with_too_few_photos_stops_before_any_template(hermetic, user_photos, tmp_path):
     few = tmp_path / "few"
     few.mkdir()
@@ -63,6 +65,7 @@ def test_another_person_with_too_few_photos_stops_before_any_template(hermetic, 
     assert err["error"] == "not_enough_photos" and str(few) in err["message"]
 
 
+@pytest.mark.slow
 def test_with_diffusion_each_person_is_painted_with_their_own_face_embedding(tiny_models_dir, user_photos,
                                                                                hopper_photos, tmp_path):
     """Tiny random models cannot make a likeness, so this checks the wiring: the embedding each slot is painted

@@ -7,6 +7,8 @@ import json
 import signal
 from pathlib import Path
 
+import pytest
+
 from helpers_fleet import pid_of, postgres_server, redis_server, runs, start_worker, stop, wait_for
 from server.db import Database
 from server.service import Service
@@ -29,6 +31,7 @@ def _events(logs: list[Path], job_id: str, msg: str) -> list[dict]:
 LEASE = 12.0
 
 
+@pytest.mark.slow
 def test_celery_workers_on_redis_share_the_queue_and_survive_sigkill(tmp_path):
     with redis_server(tmp_path / "redis") as url:
         cfg = {"broker_url": url, "lease_seconds": LEASE, "visibility_timeout": 3600}
@@ -68,6 +71,7 @@ def test_celery_workers_on_redis_share_the_queue_and_survive_sigkill(tmp_path):
         assert len(_events(logs, more[0]["id"], dropped)) == 2  # the three deliveries ran the job once
 
 
+@pytest.mark.slow
 def test_celery_jobs_survive_a_broker_that_lost_its_messages(tmp_path):
     """The job row is the truth: Redis restarted empty (FLUSHALL) loses no queued job."""
     import redis
@@ -89,6 +93,7 @@ def test_celery_jobs_survive_a_broker_that_lost_its_messages(tmp_path):
             assert runs(svc.storage.job_dir(t["id"], j)) == (1, 1)
 
 
+@pytest.mark.slow
 def test_postgres_migrations_and_skip_locked_claims_over_200_jobs(tmp_path):
     with postgres_server(tmp_path / "pg") as url:
         db = Database(url)

@@ -347,6 +347,7 @@ def test_ops_endpoints(tmp_path):
     assert svc.get_job(t["id"], done["id"])["state"] == "succeeded"
 
 
+@pytest.mark.slow
 def test_tenant_commands(tmp_path):
     data = tmp_path / "data"
     run = lambda *a: subprocess.run([sys.executable, "-m", "portrait", "tenant", *a, "--data-dir", str(data)],  # noqa: E731
@@ -365,6 +366,7 @@ def test_tenant_commands(tmp_path):
         svc.authenticate(key)
 
 
+@pytest.mark.slow
 def test_worker_runs_a_real_preprocess_job_and_the_verdicts_reach_the_photos(tmp_path):
     """The sample photos (8 of one person, Grace Hopper, an exact copy) through a real preprocess job
     on the worker: the photo rows get report.json's verdicts and the reference; progress ends at 1."""

@@ -43,6 +43,7 @@ def log_events(logs: list[Path], job_id: str) -> list[dict]:
     return out
 
 
+@pytest.mark.slow
 def test_sigkill_mid_job_is_retried_and_succeeds_once(tmp_path):
     svc = make_service(tmp_path, lease_seconds=LEASE)
     tenant, _ = svc.create_tenant("studio")
@@ -73,6 +74,7 @@ def test_sigkill_mid_job_is_retried_and_succeeds_once(tmp_path):
     assert runs(svc.storage.job_dir(tid, other["id"])) == (1, 1)
 
 
+@pytest.mark.slow
 def test_restart_with_queued_and_orphaned_jobs_loses_nothing_runs_nothing_twice(tmp_path):
     svc = make_service(tmp_path, lease_seconds=LEASE)
     tenant, _ = svc.create_tenant("acme")
@@ -102,6 +104,7 @@ def test_restart_with_queued_and_orphaned_jobs_loses_nothing_runs_nothing_twice(
     assert job_row(svc2, tid, jobs[0]["id"])["attempts"] == 2
 
 
+@pytest.mark.slow
 def test_cancel_queued_and_running_touches_no_other_job(tmp_path):
     svc = make_service(tmp_path, lease_seconds=5, tenant_concurrency=1)
     tenant, _ = svc.create_tenant("acme")
@@ -215,6 +218,7 @@ def test_list_jobs_cursor_pagination(tmp_path):
     assert len(seen) == 7 and set(seen) == ids
 
 
+@pytest.mark.slow
 def test_two_workers_drain_jobs_submitted_while_they_run(tmp_path):
     """Submissions (read-then-write transactions) never hit 'database is locked' while two worker
     processes claim and finish jobs on the same SQLite file; no job is claimed twice."""
@@ -270,6 +274,7 @@ def test_batch_rows_run_behind_interactive_jobs_and_a_failing_row_stops_no_other
     assert done["jobs"][1]["error"]["message"] == "this customer's photos"
 
 
+@pytest.mark.slow
 def test_deleting_an_identity_while_its_job_runs_leaves_nothing_and_the_worker_goes_on(tmp_path):
     import io as _io
 

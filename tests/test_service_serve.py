@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from helpers_fleet import runs, start_worker, stop, wait_for
 from server.service import Service
 from server.settings import Settings
@@ -43,6 +45,7 @@ def get(port: int, path: str, key: str | None = None) -> tuple[int, bytes]:
         return 0, b""
 
 
+@pytest.mark.slow
 def test_server_restart_with_queued_jobs(tmp_path):
     data = tmp_path / "data"
     created = subprocess.run([sys.executable, "-m", "portrait", "tenant", "create", "acme", "--data-dir", str(data)],

@@ -144,6 +144,7 @@ def test_unused_cache_folders_are_dropped_and_fetched_again(endpoint, bucket, tm
     assert [p.read_bytes() for p in web.photos_dir(tenant, ident).iterdir()] == [b"photo bytes"]
 
 
+@pytest.mark.slow
 def test_a_published_job_is_read_back_by_another_machine(endpoint, bucket, tmp_path):
     worker = s3(endpoint, bucket, tmp_path / "worker" / "cache")
     tenant, job, other = new_id(), new_id(), new_id()
@@ -195,6 +196,7 @@ def test_a_published_job_is_read_back_by_another_machine(endpoint, bucket, tmp_p
     assert keys(endpoint, bucket) == [] and not (worker.cache / "tenants" / tenant).exists()
 
 
+@pytest.mark.slow
 def test_deleting_a_large_job_removes_every_page_of_objects(endpoint, bucket, tmp_path):
     """More objects than one listing page (1000) and one DeleteObjects request hold."""
     st = s3(endpoint, bucket, tmp_path / "m" / "cache")
@@ -210,6 +212,7 @@ def test_deleting_a_large_job_removes_every_page_of_objects(endpoint, bucket, tm
     assert [k.split("/")[4] for k in keys(endpoint, bucket)] == ["identities"]  # only the other identity's photo
 
 
+@pytest.mark.slow
 def test_the_service_end_to_end_on_the_object_store(endpoint, bucket, tmp_path, monkeypatch):
     """Web side and worker with their own data dirs: they share the SQLite database and the bucket only."""
     from portrait.samples import write_sample_photos
@@ -253,6 +256,7 @@ def test_the_service_end_to_end_on_the_object_store(endpoint, bucket, tmp_path, 
     web.close()
 
 
+@pytest.mark.slow
 def test_a_failed_jobs_report_is_published_and_a_lost_store_fails_the_job(endpoint, bucket, tmp_path, monkeypatch):
     """A preprocess job that ends `failed` (too few usable photos) still publishes report.json, which the
     web side reads with an empty cache; a worker whose bucket is gone fails the job with a clear code."""

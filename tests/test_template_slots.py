@@ -35,6 +35,7 @@ def _mmod_boxes(rgb: np.ndarray) -> list[list[float]]:
     return [[d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom()] for d in det(rgb, 0)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["astronaut-wide", "classic-bw", "duo", "navy-formal", "studio-grey", "warm-studio"])
 def test_every_bundled_slot_is_confirmed_by_mmod(user_templates, face_analysis, name):
     t = T.load_template(name)

@@ -68,6 +68,7 @@ def _drop_file(page, path: Path) -> None:
     }""", [path.name, base64.b64encode(path.read_bytes()).decode()])
 
 
+@pytest.mark.slow
 def test_upload_follow_progress_and_gallery(served, browser, samples, tmp_path):
     context = browser.new_context(viewport={"width": 1200, "height": 900}, accept_downloads=True)
     context.set_default_timeout(300_000)  # a loaded 2-core machine; a guard, not a speed target
@@ -144,6 +145,7 @@ def test_upload_follow_progress_and_gallery(served, browser, samples, tmp_path):
     context.close()
 
 
+@pytest.mark.slow
 def test_without_javascript_the_status_page_refreshes_to_the_gallery(served, browser, samples, tmp_path):
     context = browser.new_context(java_script_enabled=False)
     context.set_default_timeout(300_000)
@@ -178,6 +180,7 @@ def test_operator_password_gate(tmp_path, browser):
         assert "/login" not in page.url
 
 
+@pytest.mark.slow
 def test_cancel_from_the_status_page(tmp_path, browser, samples):
     """No worker runs here, so the job waits in the queue until the visitor cancels it."""
     app = make_app(tmp_path / "data", web_refresh_seconds=30)

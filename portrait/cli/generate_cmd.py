@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from ..faces.analysis import EMBEDDERS
-from .common import dtype_option, handle_errors, json_option, print_json, progress_bar
+from ..jobs.configs import GenerateConfig
+from .common import dtype_option, handle_errors, json_option, print_json, progress_bar, ranged
 from .licence_opt import licence_option
 
 EMBEDDING_NAME = "identity_embedding.safetensors"
@@ -23,9 +24,9 @@ def register(group: click.Group) -> None:
     @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
     @click.option("--reference", default=None, type=click.Path(exists=True),
                   help="The user's reference photo or training set (default: reference.png beside the identity).")
-    @click.option("--steps", type=click.IntRange(1, 200), default=None, help="Scheduler steps for both passes.")
+    @ranged(GenerateConfig, "steps", help="Scheduler steps for both passes.")
     @click.option("--seed", type=int, default=None)
-    @click.option("--strength", type=click.FloatRange(0.01, 1.0), default=None, help="Pass-1 denoise strength.")
+    @ranged(GenerateConfig, "strength", help="Pass-1 denoise strength.")
     @click.option("--device", default=None, help="cpu | cuda | mps (default: best available).")
     @dtype_option()
     @click.option("--engine", type=click.Choice(("auto", "faceid", "instantid")), default="auto", show_default=True,

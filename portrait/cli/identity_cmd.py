@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from .common import EXIT_OK, handle_errors, json_option, print_json, progress_bar
+from ..jobs.configs import TrainConfig
+from .common import EXIT_OK, handle_errors, json_option, print_json, progress_bar, ranged
 from .licence_opt import licence_option
 
 
@@ -17,23 +18,18 @@ def register(group: click.Group) -> None:
     @click.option("--base-model", required=True, help="Manifest name (sd15, sdxl, ...), diffusers folder or .safetensors.")
     @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
                   help="Output folder: identity.safetensors, identity_kohya.safetensors, training.json, checkpoints/.")
-    @click.option("--steps", type=click.IntRange(1, 100000), default=None,
-                  help="Training steps [default: 200 per photo, at most 800].")
-    @click.option("--rank", type=click.IntRange(1, 1024), default=128, show_default=True)
-    @click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=64.0, show_default=True)
-    @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True)
-    @click.option("--resolution", type=click.IntRange(64, 4096), default=None,
-                  help="Training side in px, a multiple of 8 [default: 512 SD 1.5, 1024 SDXL].")
+    @ranged(TrainConfig, "steps", help="Training steps [default: 200 per photo, at most 800].")
+    @ranged(TrainConfig, "rank")
+    @ranged(TrainConfig, "alpha")
+    @ranged(TrainConfig, "lr")
+    @ranged(TrainConfig, "resolution", help="Training side in px, a multiple of 8 [default: 512 SD 1.5, 1024 SDXL].")
     @click.option("--seed", type=int, default=0, show_default=True)
-    @click.option("--validate-every", type=click.IntRange(1, 100000), default=100, show_default=True,
-                  help="Save a checkpoint and score its validation renders every N steps.")
-    @click.option("--merge-top-k", type=click.IntRange(1, 100), default=1, show_default=True,
-                  help="Merge the best K checkpoints (mean of their deltas) instead of keeping the best one.")
+    @ranged(TrainConfig, "validate_every", help="Save a checkpoint and score its validation renders every N steps.")
+    @ranged(TrainConfig, "merge_top_k", help="Merge the best K checkpoints (mean of their deltas) instead of keeping the best one.")
     @click.option("--templates", multiple=True,
                   help="Validate on these templates' faces (two-pass inpaint) instead of text2img renders; "
                        "the renders go to OUT/validation/.")
-    @click.option("--validation-size", type=click.IntRange(64, 2048), default=None,
-                  help="Template validation's inpaint working size [default: 512 SD 1.5, 1024 SDXL].")
+    @ranged(TrainConfig, "validation_size", help="Template validation's inpaint working size [default: 512 SD 1.5, 1024 SDXL].")
     @click.option("--no-validate", is_flag=True, help="Skip validation renders: the last checkpoint is kept.")
     @click.option("--device", default=None, help="cuda, mps or cpu [default: best available; $PORTRAIT_DEVICE].")
     @click.option("--dtype", default=None, help="fp32, fp16 or bf16 [default: fp16 on GPU, fp32 on CPU].")

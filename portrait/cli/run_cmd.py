@@ -9,7 +9,8 @@ import click
 from ..engines import DIFFUSION_MODES, FUSION_ENGINES, RETOUCH_ENGINES, UPSCALE_ENGINES
 from ..errors import ConfigError
 from ..faces.analysis import FaceConfig
-from .common import (dtype_option, face_engine_options, handle_errors, json_option, min_photos_option, print_json, print_table,
+from ..pipeline import RunConfig
+from .common import (dtype_option, ranged, face_engine_options, handle_errors, json_option, min_photos_option, print_json, print_table,
                      progress_bar, top_k_option, with_options)
 from .licence_opt import licence_option
 
@@ -21,25 +22,20 @@ def run_options(f):
         min_photos_option(),
         click.option("--fusion", type=click.Choice(FUSION_ENGINES), default="auto", show_default=True),
         click.option("--retouch", type=click.Choice(RETOUCH_ENGINES), default="auto", show_default=True),
-        click.option("--retouch-strength", type=click.FloatRange(0, 1), default=0.35, show_default=True),
+        ranged(RunConfig, "retouch_strength"),
         click.option("--upscale", type=click.Choice(UPSCALE_ENGINES), default="auto", show_default=True),
-        click.option("--upscale-factor", type=click.FloatRange(1, 4), default=None,
-                     help="Super-resolution factor (default: each template's output.upscale, 2 for the bundled ones)."),
+        ranged(RunConfig, "upscale_factor", help="Super-resolution factor (default: each template's output.upscale, 2 for the bundled ones)."),
         click.option("--diffusion", type=click.Choice(DIFFUSION_MODES), default="auto", show_default=True,
                      help="Two-pass ControlNet inpainting: auto = when a base model and an identity are present."),
         click.option("--base-model", default=None, help="Diffusion base: manifest name or path (default: sd15)."),
         click.option("--identity", "identity", default=None, type=click.Path(exists=True, dir_okay=False),
                      help="Identity LoRA from `portrait train` (default: the photos' face embedding, painted by "
                      "InstantID on an SDXL base with its files and --embedder arcface, else IP-Adapter FaceID)."),
-        click.option("--variants", type=click.IntRange(1, 10), default=2, show_default=True,
-                     help="Reference photos rendered per template; the most alike output is kept."),
-        click.option("--max-tries", type=click.IntRange(1, 10), default=4, show_default=True,
-                     help="With no output under the likeness bar, render up to this many variants."),
-        click.option("--likeness-bar", type=float, default=None,
-                     help="Distance an output must reach (default: the embedder's same-person threshold)."),
-        click.option("--steps", type=click.IntRange(1, 200), default=None),
-        click.option("--inpaint-size", type=click.IntRange(64, 2048), default=None,
-                     help="Diffusion working crop side [default: 512 SD 1.5, 1024 SDXL]; smaller is faster."),
+        ranged(RunConfig, "variants", help="Reference photos rendered per template; the most alike output is kept."),
+        ranged(RunConfig, "max_tries", help="With no output under the likeness bar, render up to this many variants."),
+        ranged(RunConfig, "likeness_bar", help="Distance an output must reach (default: the embedder's same-person threshold)."),
+        ranged(RunConfig, "steps", help="Scheduler steps for both diffusion passes [default: each template's]."),
+        ranged(RunConfig, "inpaint_size", help="Diffusion working crop side [default: 512 SD 1.5, 1024 SDXL]; smaller is faster."),
         click.option("--seed", type=int, default=None),
         click.option("--device", default=None, help="cpu | cuda | mps (default: best available)."),
         dtype_option(),
@@ -49,10 +45,6 @@ def run_options(f):
 
 
 def config_from_options(o: dict):
-    from ..pipeline import RunConfig
-    from ..preflight import check_run_options
-
-    check_run_options(variants=o["variants"], max_tries=o["max_tries"])
     face = FaceConfig(detector=o["detector"], landmarks=o["landmarks"], embedder=o["embedder"],
                       device=o["device"] or "cpu")
     keys = ("top_k", "min_photos", "fusion", "retouch", "retouch_strength", "upscale", "upscale_factor",

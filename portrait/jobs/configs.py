@@ -4,7 +4,7 @@ API's "options" object goes through: ConfigError naming an unknown key or a bad 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import ClassVar, Mapping, Optional
 
 from preprocess import PreprocessConfig
 
@@ -13,7 +13,7 @@ from ..faces.analysis import EMBEDDERS
 from ..identity.reference import REFERENCE_NAME
 from ..models.device import check_dtype_name
 from ..pipeline import RunConfig
-from ..settings import check_choice, check_range, from_dict
+from ..settings import check_choice, check_limits, check_range, from_dict
 
 EMBEDDING_NAME = "identity_embedding.safetensors"
 IDENTITY_ENGINES = ("auto", "faceid", "instantid")
@@ -48,17 +48,16 @@ class TrainConfig(_FromDict):
     dtype: Optional[str] = None
     models_dir: Optional[str] = None
 
+    LIMITS: ClassVar[dict] = {  # the CLI's options read them too
+        "steps": (1, 100000), "rank": (1, 1024), "alpha": (1e-9, None), "lr": (1e-12, None),
+        "resolution": (64, 4096), "validate_every": (1, 100000), "merge_top_k": (1, 100),
+        "validation_size": (64, 2048),
+    }
+
     def __post_init__(self):
-        check_range("steps", self.steps, 1, 100000, optional=True)
-        check_range("rank", self.rank, 1, 1024)
-        check_range("alpha", self.alpha, 1e-9, None)
-        check_range("lr", self.lr, 1e-12, None)
-        check_range("resolution", self.resolution, 64, 4096, optional=True)
+        check_limits(self)
         if self.resolution is not None and self.resolution % 8:
             raise ConfigError(f"option 'resolution' must be a multiple of 8, got {self.resolution}")
-        check_range("validate_every", self.validate_every, 1, 100000)
-        check_range("merge_top_k", self.merge_top_k, 1, 100)
-        check_range("validation_size", self.validation_size, 64, 2048, optional=True)
         check_dtype_name(self.dtype)
 
 
@@ -72,10 +71,11 @@ class EmbedConfig(_FromDict):
     min_photos: int = 1  # fewer usable photos: NotEnoughPhotosError
     models_dir: Optional[str] = None
 
+    LIMITS: ClassVar[dict] = {"top_k": (1, 100), "min_photos": (1, 100)}
+
     def __post_init__(self):
         check_choice("embedder", self.embedder, EMBEDDERS)
-        check_range("top_k", self.top_k, 1, 100)
-        check_range("min_photos", self.min_photos, 1, 100)
+        check_limits(self)
         if not self.file_name or "/" in self.file_name or "\\" in self.file_name or self.file_name.startswith("."):
             raise ConfigError(f"option 'file_name' must be a plain file name, got {self.file_name!r}")
 
@@ -94,8 +94,9 @@ class GenerateConfig(_FromDict):
     engine: str = "auto"  # how a face embedding is painted: auto | faceid | instantid
     models_dir: Optional[str] = None
 
+    LIMITS: ClassVar[dict] = {"steps": (1, 500), "strength": (0.01, 1.0)}  # the CLI's options read them too
+
     def __post_init__(self):
-        check_range("steps", self.steps, 1, 500, optional=True)
-        check_range("strength", self.strength, 0.01, 1.0, optional=True)
+        check_limits(self)
         check_choice("engine", self.engine, IDENTITY_ENGINES)
         check_dtype_name(self.dtype)

@@ -16,12 +16,20 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator, Optional, Protocol
 
 from ..errors import ConfigError, LicenceError
 
-if TYPE_CHECKING:
-    from .manifest import ModelSpec
+
+class ModelSpec(Protocol):
+    """What the policy reads of a model (manifest.ModelSpec has it). A protocol, not an import: the manifest
+    calls the policy, so the policy must not import the manifest (no import circle)."""
+
+    name: str
+    licence: str
+    commercial_use: Optional[bool]
+    alternative: str
+
 
 POLICIES: tuple[str, ...] = ("any", "commercial")
 ENV_VAR = "PORTRAIT_LICENCE"

@@ -10,11 +10,11 @@ import time
 from flask import Response, current_app, g, jsonify, make_response, request, send_file, stream_with_context
 from flask_smorest import Blueprint
 
-from ..errors import BadRequest, NotFound, ServiceError, TooLarge, Unauthorized
+from ..errors import BadRequest, NotFound, Unauthorized
 from ..signing import verify_result
 from . import schemas as s
-from .present import with_label
-from .templates_info import template_list, thumbnail_path
+from ..present import with_label
+from ..templates_info import template_list, thumbnail_path
 
 SSE_KEEPALIVE = 15.0  # seconds without news before a comment line keeps an event stream alive
 
@@ -76,47 +76,9 @@ def idempotent(status: int):
     return wrap
 
 
-class RejectedUpload(ServiceError):
-    """Every file of an upload request was refused at intake (not an image, unreadable)."""
-
-    status = 422
-
-
-INTAKE_REFUSALS = {"unreadable": RejectedUpload, "too_large": TooLarge}
-
-
 def add_photos(tenant_ref, identity_id: str, files) -> list[dict]:
-    """Store a request's uploads (each gets its verdict). A file over the byte limit refuses the whole
-    request (413) before any is stored; when every file is refused at intake (not an image: 422
-    `unreadable`; too many pixels: 413 `too_large`), nothing is kept and the error carries the records."""
-    service = svc()
-    limit = service.settings.max_upload_bytes
-    for f in files:
-        f.stream.seek(0, 2)
-        size = f.stream.tell()
-        f.stream.seek(0)
-        if size > limit:
-            name = _display(f.filename)
-            raise TooLarge(f"{name}: the upload is {size} bytes, over the {limit} byte limit", code="too_large",
-                           details={"file": name, "bytes": size, "limit_bytes": limit})
-    service.get_identity(tenant_ref, identity_id)  # 404 before reading anything
-    records = [service.add_photo(tenant_ref, identity_id, f.filename, f.stream) for f in files]
-    refused = [r for r in records if not r["accepted"] and set(r["reasons"]) & set(INTAKE_REFUSALS)]
-    if records and len(refused) == len(records):
-        for r in refused:
-            service.delete_photo(tenant_ref, identity_id, r["id"])
-        code = refused[0]["reasons"][0]
-        message = refused[0]["message"] if len(refused) == 1 else f"none of the {len(refused)} files is usable: " + \
-            "; ".join(r["message"] for r in refused)
-        kept = ("filename", "accepted", "reasons", "message", "width", "height", "bytes")
-        raise INTAKE_REFUSALS[code](message, code=code, details={"photos": [{k: r.get(k) for k in kept}
-                                                                            for r in refused]})
-    return records
-
-
-def _display(filename) -> str:
-    name = str(filename or "upload").replace("\\", "/").split("/")[-1]
-    return "".join(ch for ch in name if ch.isprintable())[:120] or "upload"
+    """A request's uploaded files through the service (its rules refuse or keep the whole request)."""
+    return svc().add_photos(tenant_ref, identity_id, [(f.filename, f.stream) for f in files])
 
 
 # -- the key's tenant -----------------------------------------------------------------------------------

@@ -10,9 +10,8 @@ import zipfile
 from flask import (Blueprint, current_app, jsonify, redirect, render_template, request, send_file,
                    session, url_for)
 
-from ..api.present import with_label
-from ..api.routes import add_photos
-from ..api.templates_info import thumbnail_path
+from ..present import with_label
+from ..templates_info import thumbnail_path
 from ..errors import BadRequest, NotFound, Unauthorized
 
 bp = Blueprint("web", __name__, template_folder="templates", static_folder="static",
@@ -139,7 +138,11 @@ def upload(identity_id):
     files = request.files.getlist("photos")
     if not files:
         raise BadRequest("no file in the field 'photos'", code="no_file")
-    return jsonify({"photos": add_photos(visitor_tenant(), identity_id, files)}), 201
+    return jsonify({"photos": _add_photos(identity_id, files)}), 201
+
+
+def _add_photos(identity_id: str, files) -> list[dict]:
+    return svc().add_photos(visitor_tenant(), identity_id, [(f.filename, f.stream) for f in files])
 
 
 def _submit(identity_id: str, templates: list[str]) -> dict:
@@ -172,7 +175,7 @@ def start():
         identity_id = svc().create_identity(visitor_tenant(), "my photos")["id"]
         _remember("identities", identity_id)
     if files:
-        add_photos(visitor_tenant(), identity_id, files)
+        _add_photos(identity_id, files)
     job = _submit(identity_id, request.form.getlist("templates"))
     return redirect(url_for("web.job_page", job_id=job["id"]), code=303)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import has_request_context, url_for
 
-from ..signing import sign_result
+from .signing import sign_result
 
 # Labels a person reads under the progress bar, per job-layer stage (unknown stages show their name).
 STAGE_LABELS = {

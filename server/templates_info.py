@@ -11,7 +11,7 @@ from PIL import Image
 
 from portrait.templates import list_templates, load_template
 
-from ..errors import NotFound
+from .errors import NotFound
 
 THUMB_SIDE = 320
 
