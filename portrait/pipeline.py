@@ -29,7 +29,7 @@ from .imageio import save_image
 from .models.manifest import get_manifest
 from .post.rank import Candidate, best_of, measure_slots
 from .progress import ProgressCallback, check_cancel, report
-from .settings import check_choice, check_limits, check_range, from_dict
+from .settings import check_choice, check_limits, from_dict
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ def apply_retention(service, at: float | None = None) -> int:
     at = now() if at is None else at
     doomed = expired_identities(service, at)
     for tenant_id, ident, jobs in doomed:
-        service._purge_identity(tenant_id, ident, jobs)
+        service.purge_identity(tenant_id, ident, jobs)
     with service.db.session(immediate=True) as s:
         tenants = s.execute(select(Tenant.id, Tenant.retention_days)).all()
         orphan_jobs = []

@@ -42,11 +42,11 @@ def run(service, job: Claimed, out_dir: Path, *, device: str = "cpu", progress=N
         result = jobs.run(photos, list(job.templates), out_dir, config, **kw, **_pool(jobs.run, pool))
     elif job.kind == "train":
         with service.db.session() as s:
-            src = service._trainset_job(s, job.identity_id)
+            src = service.trainset_job(s, job.identity_id)
         result = jobs.train(trainset_dir(storage.job_dir(src.tenant_id, src.id, create=False)), out_dir, config, **kw)
     elif job.kind == "generate":
         with service.db.session() as s:
-            src = service._identity_artefact(s, job.identity_id)
+            src = service.identity_artefact(s, job.identity_id)
             src_result = dict(src.result or {})
         identity = identity_artefact(storage.job_dir(src.tenant_id, src.id, create=False), src_result)
         result = jobs.generate(identity, list(job.templates), out_dir, config, **kw)

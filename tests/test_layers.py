@@ -121,3 +121,10 @@ def test_no_two_files_import_each_other_round_a_circle():
     assert _circles(graph) == []
     graph.add_import(importer="portrait.models.licence", imported="portrait.models.manifest")  # the old one
     assert ["portrait.models.licence", "portrait.models.manifest"] in _circles(graph)
+
+
+def test_no_service_file_is_over_400_lines():
+    """A newcomer reads a server module in one sitting (docs/design.md would name any exception and why)."""
+    long = {str(p.relative_to(ROOT)): n for p in (ROOT / "server").rglob("*.py")
+            if "migrations" not in p.parts and (n := len(p.read_text().splitlines())) > 400}
+    assert long == {}

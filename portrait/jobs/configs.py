@@ -13,7 +13,7 @@ from ..faces.analysis import EMBEDDERS
 from ..identity.reference import REFERENCE_NAME
 from ..models.device import check_dtype_name
 from ..pipeline import RunConfig
-from ..settings import check_choice, check_limits, check_range, from_dict
+from ..settings import check_choice, check_limits, from_dict
 
 EMBEDDING_NAME = "identity_embedding.safetensors"
 IDENTITY_ENGINES = ("auto", "faceid", "instantid")

@@ -1,183 +1,23 @@
-"""Where the service's files live. Every name is made by the server (ids), never taken from an upload.
+"""`S3Storage`: the files in an object store, each machine keeping a local cache of what it used."""
 
-Layout (under the data dir for local storage, under `PREFIX/` of the bucket for an object store):
-    tenants/<tenant>/identities/<identity>/photos/<photo id>.<ext>   accepted uploads
-    tenants/<tenant>/jobs/<job>/                                     a job's out_dir (crops, identity files, results)
-
-The job layer writes to local folders, so a worker always works on a local path.
-- `LocalStorage` (PORTRAIT_STORAGE_URL unset) hands out folders in the data dir itself: one machine, or
-  a fleet sharing the data dir over the network.
-- `S3Storage` (PORTRAIT_STORAGE_URL=s3://BUCKET/PREFIX) keeps the files in an object store, so a fleet
-  shares nothing but the database, the broker and the bucket. Each machine keeps a local cache in
-  `<data_dir>/cache/` with the same layout: `photos_dir` and `job_dir(create=False)` sync an
-  identity's photos / a finished job's folder down into it (only what changed), `open_result` fetches
-  one file, `job_dir(create=True)` is an empty scratch folder for a job about to run and
-  `publish_job` (called by the worker when the job ends, whatever its state) uploads that folder and
-  removes objects an earlier attempt left. Deleting removes the objects and this machine's cached copies.
-"""
 from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
-import re
 import shutil
-import tempfile
 import threading
 import time
-from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .errors import BadSettings, StorageUnavailable
+from ..errors import BadSettings, StorageUnavailable
+from .base import EXT_PATTERN, Storage, check_id, check_relpath, log, replace_atomically
 
-log = logging.getLogger("portrait.storage")
-
-_ID = re.compile(r"^[0-9a-f]{32}$")
-_EXT = re.compile(r"^\.[a-z0-9]{1,5}$")
-
-
-def _check_id(value: str, what: str) -> str:
-    if not isinstance(value, str) or not _ID.match(value):
-        raise ValueError(f"invalid {what} id {value!r}")  # ids come from our database: a bug otherwise
-    return value
-
-
-class Storage(ABC):
-    """The files of tenants, identities and jobs."""
-
-    @abstractmethod
-    def put_photo(self, tenant: str, identity: str, photo: str, ext: str, data: bytes) -> str:
-        """Store an accepted upload; returns its stored name."""
-
-    @abstractmethod
-    def photos_dir(self, tenant: str, identity: str) -> Path:
-        """A local folder holding exactly the identity's accepted photos (the job layer's input)."""
-
-    @abstractmethod
-    def job_dir(self, tenant: str, job: str, create: bool = True) -> Path:
-        """The local out_dir of a job."""
-
-    @abstractmethod
-    def delete_photo(self, tenant: str, identity: str, stored_name: str) -> None: ...
-
-    @abstractmethod
-    def delete_identity(self, tenant: str, identity: str) -> None: ...
-
-    @abstractmethod
-    def delete_job(self, tenant: str, job: str) -> None: ...
-
-    @abstractmethod
-    def delete_tenant(self, tenant: str) -> None: ...
-
-    @abstractmethod
-    def open_result(self, tenant: str, job: str, relpath: str) -> Path:
-        """A local path to a file a job wrote, checked to be inside that job's folder."""
-
-    def publish_job(self, tenant: str, job: str) -> None:
-        """Make a job's folder, as the worker left it when the job ended, visible to every machine
-        (a no-op where the folder already is the shared copy)."""
-
-
-class LocalStorage(Storage):
-    def __init__(self, root: str | Path):
-        self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def tenant_dir(self, tenant: str) -> Path:
-        return self.root / "tenants" / _check_id(tenant, "tenant")
-
-    def identity_dir(self, tenant: str, identity: str) -> Path:
-        return self.tenant_dir(tenant) / "identities" / _check_id(identity, "identity")
-
-    def photos_dir(self, tenant: str, identity: str) -> Path:
-        d = self.identity_dir(tenant, identity) / "photos"
-        d.mkdir(parents=True, exist_ok=True)
-        return d
-
-    def put_photo(self, tenant: str, identity: str, photo: str, ext: str, data: bytes) -> str:
-        if not _EXT.match(ext):
-            raise ValueError(f"invalid extension {ext!r}")
-        name = _check_id(photo, "photo") + ext
-        d = self.photos_dir(tenant, identity)
-        _replace_atomically(d / name, lambda fh: fh.write(data), d, prefix=".upload-")  # a job never sees half a photo
-        return name
-
-    def photo_path(self, tenant: str, identity: str, stored_name: str) -> Path:
-        return self.photos_dir(tenant, identity) / Path(stored_name).name
-
-    def delete_photo(self, tenant: str, identity: str, stored_name: str) -> None:
-        (self.identity_dir(tenant, identity) / "photos" / Path(stored_name).name).unlink(missing_ok=True)
-
-    def job_dir(self, tenant: str, job: str, create: bool = True) -> Path:
-        d = self.tenant_dir(tenant) / "jobs" / _check_id(job, "job")
-        if create:
-            d.mkdir(parents=True, exist_ok=True)
-        return d
-
-    def delete_identity(self, tenant: str, identity: str) -> None:
-        shutil.rmtree(self.identity_dir(tenant, identity), ignore_errors=True)
-
-    def delete_job(self, tenant: str, job: str) -> None:
-        shutil.rmtree(self.job_dir(tenant, job, create=False), ignore_errors=True)
-
-    def delete_tenant(self, tenant: str) -> None:
-        shutil.rmtree(self.tenant_dir(tenant), ignore_errors=True)
-
-    def open_result(self, tenant: str, job: str, relpath: str) -> Path:
-        base = self.job_dir(tenant, job, create=False).resolve()
-        path = (base / relpath).resolve()
-        if base not in path.parents or not path.is_file():
-            raise FileNotFoundError(relpath)
-        return path
-
-
-# -- object store ------------------------------------------------------------------------------------
-
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _LISTING = ".listing.json"  # a cached job folder's sidecar (beside the folder, never inside it)
 _TRANSFERS = 8  # files moved at once
 PRUNE_EVERY_SECONDS = 600.0  # how often a process looks for cache entries to drop
-
-
-def parse_storage_url(url: str) -> tuple[str, str]:
-    """`s3://BUCKET/PREFIX` -> (bucket, prefix without slashes at either end; may be "")."""
-    where = "PORTRAIT_STORAGE_URL"
-    if not isinstance(url, str) or not url.startswith("s3://"):
-        raise BadSettings(f"{where} must be empty (files in the data dir) or s3://BUCKET/PREFIX, got {url!r}")
-    bucket, _, prefix = url[len("s3://"):].partition("/")
-    if not _BUCKET.match(bucket) or ".." in bucket:
-        raise BadSettings(f"{where}: {bucket!r} is not a valid bucket name (3-63 characters: a-z, 0-9, '.', '-')")
-    prefix = prefix.strip("/")
-    if prefix and any(part in ("", ".", "..") or "\\" in part or not part.isprintable() for part in prefix.split("/")):
-        raise BadSettings(f"{where}: the prefix {prefix!r} must be plain names separated by '/' (no '.', '..' or '//')")
-    return bucket, prefix
-
-
-def _check_relpath(relpath: str) -> str:
-    """A path inside a job's folder: relative, '/'-separated, no '.', '..' or empty parts."""
-    if not isinstance(relpath, str) or not relpath or relpath.startswith("/") or "\\" in relpath or "\0" in relpath:
-        raise FileNotFoundError(relpath)
-    if any(part in ("", ".", "..") for part in relpath.split("/")):
-        raise FileNotFoundError(relpath)
-    return relpath
-
-
-def _replace_atomically(target: Path, write, tmp_dir: Path, prefix: str = "download-") -> None:
-    """`write(open binary file)` into a temporary file in `tmp_dir` (same file system; outside every
-    folder a job reads, or hidden there by `prefix`), then rename it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=prefix)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, target)  # a reader never sees half a file
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class S3Storage(Storage):
@@ -236,13 +76,13 @@ class S3Storage(Storage):
 
     @staticmethod
     def _tenant_parts(tenant: str) -> list[str]:
-        return ["tenants", _check_id(tenant, "tenant")]
+        return ["tenants", check_id(tenant, "tenant")]
 
     def _identity_parts(self, tenant: str, identity: str) -> list[str]:
-        return self._tenant_parts(tenant) + ["identities", _check_id(identity, "identity")]
+        return self._tenant_parts(tenant) + ["identities", check_id(identity, "identity")]
 
     def _job_parts(self, tenant: str, job: str) -> list[str]:
-        return self._tenant_parts(tenant) + ["jobs", _check_id(job, "job")]
+        return self._tenant_parts(tenant) + ["jobs", check_id(job, "job")]
 
     def _local(self, parts: list[str]) -> Path:
         return self.cache.joinpath(*parts)
@@ -274,7 +114,7 @@ class S3Storage(Storage):
         from botocore.exceptions import ClientError
 
         try:
-            _replace_atomically(target, lambda fh: self.client.download_fileobj(self.bucket, key, fh), self._tmp)
+            replace_atomically(target, lambda fh: self.client.download_fileobj(self.bucket, key, fh), self._tmp)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code", "") in ("404", "NoSuchKey", "NotFound"):
                 return False
@@ -307,9 +147,9 @@ class S3Storage(Storage):
 
     # -- photos ------------------------------------------------------------------------------------
     def put_photo(self, tenant: str, identity: str, photo: str, ext: str, data: bytes) -> str:
-        if not _EXT.match(ext):
+        if not EXT_PATTERN.match(ext):
             raise ValueError(f"invalid extension {ext!r}")
-        name = _check_id(photo, "photo") + ext
+        name = check_id(photo, "photo") + ext
         key = self._key(*self._identity_parts(tenant, identity), "photos", name)
         self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
         return name
@@ -373,7 +213,7 @@ class S3Storage(Storage):
         prefix = self._key(*parts) + "/"
         etags = {k[len(prefix):]: v[0] for k, v in remote.items()}
         target = self._listing_path(parts)
-        _replace_atomically(target, lambda fh: fh.write(json.dumps(etags).encode()), self._tmp)
+        replace_atomically(target, lambda fh: fh.write(json.dumps(etags).encode()), self._tmp)
 
     def publish_job(self, tenant: str, job: str) -> None:
         """Upload the job's local folder; objects of the job the folder no longer has are removed."""
@@ -404,7 +244,7 @@ class S3Storage(Storage):
     def open_result(self, tenant: str, job: str, relpath: str) -> Path:
         self._maybe_prune()
         parts = self._job_parts(tenant, job)
-        rel = _check_relpath(relpath)
+        rel = check_relpath(relpath)
         base = self._local(parts).resolve()
         path = (base / rel).resolve()
         if base not in path.parents:
@@ -482,12 +322,3 @@ def _store_errors(method):
 for _name in ("put_photo", "photos_dir", "delete_photo", "delete_identity", "job_dir", "publish_job", "delete_job",
               "delete_tenant", "open_result"):
     setattr(S3Storage, _name, _store_errors(getattr(S3Storage, _name)))
-
-
-def make_storage(data_dir: str | Path, url: str = "", endpoint_url: str = "", cache_hours: float = 24.0) -> Storage:
-    """`url` "": files in the data dir; `s3://BUCKET/PREFIX`: an object store cached in `<data_dir>/cache`
-    (folders unused for `cache_hours` dropped)."""
-    if not url:
-        return LocalStorage(data_dir)
-    bucket, prefix = parse_storage_url(url)
-    return S3Storage(bucket, prefix, Path(data_dir) / "cache", endpoint_url=endpoint_url, cache_hours=cache_hours)

@@ -1,0 +1,258 @@
+"""Service methods for jobs and their results: validation, submission, listing, cancelling, reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from portrait.errors import ConfigError, PortraitError, TemplateError
+
+from .. import kinds as job_kinds
+from ..db.models import Job, Photo, Result, new_id
+from ..errors import BadRequest, NotFound
+from ..queue import lease
+from .common import (PRIORITY_RANGE, SERVER_OWNED_OPTIONS, TenantInfo, MODEL_NAME, TEMPLATE_NAME, check_webhook_url,
+                     page, tenant_id_of, find_report, iso, log)
+
+
+class JobsService:
+    """Jobs and their results: validation, submission, listing, cancelling, reports. One part of `Service`: it uses the service's settings, db, storage and
+    dispatcher, and the other parts' methods, through self."""
+
+    def validate_job(self, s: Session, tenant_id: str, kind: str, identity_id: Optional[str], templates: Any,
+                     options: Any, priority: Any, webhook_url: Optional[str], *, internal: bool = False) -> dict:
+        """Check a whole job request before anything is queued; the normalised fields."""
+        kinds = job_kinds.PUBLIC_KINDS + (job_kinds.INTERNAL_KINDS if internal else ())
+        if kind not in kinds:
+            raise BadRequest(f"unknown job kind {str(kind)[:40]!r}; one of {', '.join(job_kinds.PUBLIC_KINDS)}",
+                             code="bad_kind", details={"field": "kind"})
+        if options is None:
+            options = {}
+        if not isinstance(options, dict):
+            raise BadRequest("options must be an object", code="bad_options", details={"field": "options"})
+        if templates is None:
+            templates = []
+        if not isinstance(templates, list) or not all(isinstance(t, str) for t in templates):
+            raise BadRequest("templates must be a list of template names", code="bad_templates",
+                             details={"field": "templates"})
+        try:
+            priority = int(priority or 0)
+        except (TypeError, ValueError):
+            raise BadRequest("priority must be an integer", code="bad_priority", details={"field": "priority"})
+        if not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
+            raise BadRequest(f"priority must be in {PRIORITY_RANGE[0]}..{PRIORITY_RANGE[1]}", code="bad_priority",
+                             details={"field": "priority"})
+        if webhook_url:
+            check_webhook_url(webhook_url, self.settings.webhook_allow_private)
+        if kind in job_kinds.PUBLIC_KINDS or identity_id is not None:
+            if not identity_id:
+                raise BadRequest("identity_id is required", code="bad_identity", details={"field": "identity_id"})
+            self._identity_row(s, tenant_id, identity_id)
+        if kind in job_kinds.NEEDS_PHOTOS:
+            n = s.scalar(select(func.count()).select_from(Photo).where(
+                Photo.identity_id == identity_id, Photo.accepted.is_(True))) or 0
+            if n == 0:
+                raise BadRequest("this identity has no accepted photos: upload some first", code="no_photos",
+                                 details={"identity_id": identity_id})
+        if kind in job_kinds.NEEDS_TEMPLATES and not templates:
+            raise BadRequest(f"a {kind} job needs at least one template", code="bad_templates",
+                             details={"field": "templates"})
+        if kind not in job_kinds.NEEDS_TEMPLATES and templates:
+            raise BadRequest(f"a {kind} job takes no templates", code="bad_templates", details={"field": "templates"})
+        for name in templates:
+            self.check_template(name)
+        if kind == "generate":
+            self.identity_artefact(s, identity_id)
+        if kind == "train":
+            self.trainset_job(s, identity_id)
+        self.check_options(options)
+        try:
+            job_kinds.config_for(kind, options)
+        except ConfigError as exc:
+            raise BadRequest(str(exc), code="bad_options", details={"field": "options"}) from exc
+        except PortraitError as exc:
+            raise BadRequest(str(exc), code=exc.code, details={"field": "options"}) from exc
+        return {"kind": kind, "identity_id": identity_id, "templates": list(templates), "options": dict(options),
+                "priority": priority, "webhook_url": webhook_url or None}
+
+    def check_options(self, options: dict, where: str = "options") -> None:
+        """Options name no server path and no hardware: those are the server's (models, devices,
+        worker processes, limits). Model and template references are names, never paths."""
+        for key, value in options.items():
+            if key in SERVER_OWNED_OPTIONS:
+                raise BadRequest(f"option '{where}.{key}' is set by the server, not by a request",
+                                 code="bad_options", details={"field": f"{where}.{key}"})
+            if isinstance(value, dict):
+                self.check_options(value, f"{where}.{key}")
+            elif key == "base_model" and isinstance(value, str) and not MODEL_NAME.match(value):
+                raise BadRequest(f"option '{where}.base_model' must be a model name from the server's manifest, "
+                                 f"got {value[:80]!r}", code="bad_options", details={"field": f"{where}.{key}"})
+            elif key == "templates" and isinstance(value, list):
+                for name in value:
+                    self.check_template(str(name))
+
+    def check_template(self, name: str) -> None:
+        """A template is named (never a path) and must exist on the server's search path."""
+        from portrait.preflight import available_templates
+        from portrait.templates import load_template
+
+        if not TEMPLATE_NAME.match(name or ""):
+            names = available_templates()
+            raise BadRequest(f"template {name[:80]!r} is not a template name; available: {', '.join(names) or 'none'}",
+                             code="bad_template", details={"template": name[:80], "available": names})
+        try:
+            load_template(name)
+        except TemplateError as exc:
+            # The client gets the names it may use, never the server's folders; the log keeps the whole reason.
+            log.warning("template refused", extra={"code": "bad_template", "reasons": [name, str(exc)]})
+            names = available_templates()
+            raise BadRequest(f"template {name!r} is not available on this server; available: "
+                             f"{', '.join(names) or 'none'}", code="bad_template",
+                             details={"template": name, "available": names}) from exc
+
+    def identity_artefact(self, s: Session, identity_id: str) -> Job:
+        job = s.scalars(select(Job).where(Job.identity_id == identity_id, Job.kind.in_(("train", "embed")),
+                                          Job.state == "succeeded").order_by(Job.finished_at.desc())).first()
+        if job is None:
+            raise BadRequest("a generate job needs this identity trained or embedded first (a succeeded train or "
+                             "embed job)", code="no_identity_model", details={"identity_id": identity_id})
+        return job
+
+    def trainset_job(self, s: Session, identity_id: str) -> Job:
+        job = s.scalars(select(Job).where(Job.identity_id == identity_id, Job.kind.in_(("preprocess", "run")),
+                                          Job.state == "succeeded").order_by(Job.finished_at.desc())).first()
+        if job is None:
+            raise BadRequest("a train job needs a succeeded preprocess job of this identity first",
+                             code="no_trainset", details={"identity_id": identity_id})
+        return job
+
+    def submit_job(self, tenant: "TenantInfo | str", kind: str, identity_id: Optional[str] = None,
+                   templates: Optional[list] = None, options: Optional[dict] = None, *, priority: int = 0,
+                   idempotency_key: Optional[str] = None, webhook_url: Optional[str] = None,
+                   internal: bool = False) -> dict:
+        """Validate the whole request, queue the job, return it with its queue position. A repeated
+        `idempotency_key` returns the first job (nothing new is queued). QueueFull when full."""
+        tenant_id = tenant_id_of(tenant)
+        if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
+            raise BadRequest("Idempotency-Key must be 1 to 200 characters", code="bad_idempotency_key")
+        with self.db.session(immediate=True) as s:
+            if idempotency_key:
+                old = s.scalars(select(Job).where(Job.tenant_id == tenant_id,
+                                                  Job.idempotency_key == idempotency_key)).first()
+                if old is not None:
+                    return self._job_dict(s, old)
+            fields = self.validate_job(s, tenant_id, kind, identity_id, templates, options, priority, webhook_url,
+                                       internal=internal)
+            lease.check_capacity(s, self.settings.max_queue_size)
+            job = Job(id=new_id(), tenant_id=tenant_id, max_attempts=self.settings.max_attempts,
+                      idempotency_key=idempotency_key, **fields)
+            s.add(job)
+            try:
+                s.flush()
+            except IntegrityError:  # the same key raced in from a retry
+                s.rollback()
+                old = s.scalars(select(Job).where(Job.tenant_id == tenant_id,
+                                                  Job.idempotency_key == idempotency_key)).first()
+                if old is None:
+                    raise
+                return self._job_dict(s, old)
+        self.dispatcher.publish([(job.id, job.priority)])
+        log.info("job queued", extra={"tenant": tenant_id, "job": job.id, "kind": job.kind})
+        with self.db.session() as s:
+            return self._job_dict(s, s.get(Job, job.id))
+
+    def _job_row(self, s: Session, tenant_id: str, job_id: str) -> Job:
+        job = s.get(Job, job_id) if isinstance(job_id, str) else None
+        if job is None or job.tenant_id != tenant_id:
+            raise NotFound(f"no job {str(job_id)[:64]!r}", code="job_not_found")
+        return job
+
+    def get_job(self, tenant: "TenantInfo | str", job_id: str) -> dict:
+        # Core rows, not ORM objects: clients poll this (bench/service.py measures it).
+        with self.db.engine.connect() as conn:
+            job = conn.execute(select(Job.__table__).where(Job.id == job_id)).first() if isinstance(job_id, str) else None
+            if job is None or job.tenant_id != tenant_id_of(tenant):
+                raise NotFound(f"no job {str(job_id)[:64]!r}", code="job_not_found")
+            d = self._job_dict(conn, job)
+            conn.rollback()
+        return d
+
+    def list_jobs(self, tenant: "TenantInfo | str", *, cursor: Optional[str] = None, limit: int = 50,
+                  state: Optional[str] = None, identity_id: Optional[str] = None,
+                  batch_id: Optional[str] = None) -> dict:
+        q = select(Job).where(Job.tenant_id == tenant_id_of(tenant))
+        if state:
+            q = q.where(Job.state == state)
+        if identity_id:
+            q = q.where(Job.identity_id == identity_id)
+        if batch_id:
+            q = q.where(Job.batch_id == batch_id)
+        with self.db.session() as s:
+            rows, nxt = page(s, q, Job, cursor, limit)
+            return {"items": [self._job_dict(s, j, brief=True) for j in rows], "next_cursor": nxt}
+
+    def cancel_job(self, tenant: "TenantInfo | str", job_id: str) -> dict:
+        """Cancel this job only: queued → cancelled now; running → its worker stops at the next check
+        and the job ends cancelled; a finished job is left as it is."""
+        with self.db.session() as s:
+            self._job_row(s, tenant_id_of(tenant), job_id)
+        lease.cancel(self.db, tenant_id_of(tenant), job_id)
+        return self.get_job(tenant, job_id)
+
+    def job_report(self, tenant: "TenantInfo | str", job_id: str) -> dict:
+        """The job's per-photo verdicts (report.json of its preprocess stage)."""
+        with self.db.session() as s:
+            job = self._job_row(s, tenant_id_of(tenant), job_id)
+        path = find_report(self.storage.job_dir(job.tenant_id, job.id, create=False))
+        if path is None:
+            raise NotFound("this job has no photo report (yet)", code="report_not_found")
+        return json.loads(path.read_text())
+
+    def _job_dict(self, s, job, brief: bool = False) -> dict:
+        """`s`: a Session or a Connection; `job`: a Job or a Core row of the jobs table."""
+        results = (s.execute(select(Result.__table__).where(Result.job_id == job.id).order_by(Result.rank)).all()
+                   if job.state == "succeeded" else [])
+        d = {
+            "id": job.id, "kind": job.kind, "state": job.state, "stage": job.stage or None,
+            "progress": round(float(job.progress or 0.0), 4),
+            "queue_position": lease.queue_position(s, job),
+            "identity_id": job.identity_id, "batch_id": job.batch_id, "templates": list(job.templates or []),
+            "priority": job.priority, "attempts": job.attempts, "max_attempts": job.max_attempts,
+            "cancel_requested": bool(job.cancel_requested),
+            "results": [self._result_dict(r) for r in results],
+            "error": ({"code": job.error_code, "message": job.error_message, "details": job.error_details or {}}
+                      if job.error_code else None),
+            "created_at": iso(job.created_at), "started_at": iso(job.started_at), "finished_at": iso(job.finished_at),
+        }
+        if not brief:
+            d["options"] = dict(job.options or {})
+            d["timings"] = dict(job.timings or {})
+            d["worker"] = job.worker
+        return d
+
+    def _result_dict(self, r: Result) -> dict:
+        return {"id": r.id, "template": r.template, "score": r.score, "distance": r.distance, "rank": r.rank,
+                "url": self.result_url(r.id) if self.result_url else None}
+
+    def result_path(self, tenant: "TenantInfo | str | None", result_id: str) -> Path:
+        """The image file of a result (tenant None: the caller checked a signed URL instead)."""
+        with self.db.session() as s:
+            r = s.get(Result, result_id) if isinstance(result_id, str) else None
+            if r is None or (tenant is not None and r.tenant_id != tenant_id_of(tenant)):
+                raise NotFound(f"no result {str(result_id)[:64]!r}", code="result_not_found")
+        try:
+            return self.storage.open_result(r.tenant_id, r.job_id, r.path)
+        except FileNotFoundError as exc:
+            raise NotFound("the result's file is gone", code="result_not_found") from exc
+
+    def get_result(self, tenant: "TenantInfo | str", result_id: str) -> dict:
+        with self.db.session() as s:
+            r = s.get(Result, result_id) if isinstance(result_id, str) else None
+            if r is None or r.tenant_id != tenant_id_of(tenant):
+                raise NotFound(f"no result {str(result_id)[:64]!r}", code="result_not_found")
+            return self._result_dict(r) | {"job_id": r.job_id}
