@@ -7,31 +7,47 @@ or bad value; this runs at submit time, so a bad request is a 400 before anythin
 
 from __future__ import annotations
 
-import importlib
 import time
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
+from portrait import jobs
 from portrait.errors import Cancelled, ConfigError, PortraitError
 
-PUBLIC_KINDS = ("preprocess", "train", "embed", "generate", "run")
+
+@dataclass(frozen=True)
+class JobKind:
+    """What one public job kind is; the API's schemas, the service's checks, the runner and the worker all
+    read this record (docs/design.md, "The job-kind table")."""
+
+    name: str
+    config: type  # its config class in portrait.jobs (options go through its from_dict)
+    run: Callable  # the portrait.jobs function: run(source, [templates,] out_dir, config, progress=, cancel=)
+    source: str  # what it works on: "photos" (the identity's accepted photos), "trainset" (a succeeded
+    #             preprocess/run job's training set) or "identity" (a succeeded train/embed job's file)
+    templates: bool  # takes template names (at least one); the others refuse any
+    pool: bool  # analyses photos in the worker's analysis processes (face models kept between jobs)
+    produces: frozenset  # what a succeeded job of this kind leaves for later ones: "trainset", "identity"
+
+
+KINDS: dict[str, JobKind] = {k.name: k for k in (
+    JobKind("preprocess", jobs.PreprocessConfig, jobs.preprocess, "photos", False, True, frozenset({"trainset"})),
+    JobKind("train", jobs.TrainConfig, jobs.train, "trainset", False, False, frozenset({"identity"})),
+    JobKind("embed", jobs.EmbedConfig, jobs.embed, "photos", False, True, frozenset({"identity"})),
+    JobKind("generate", jobs.GenerateConfig, jobs.generate, "identity", True, False, frozenset()),
+    JobKind("run", jobs.RunConfig, jobs.run, "photos", True, True, frozenset({"trainset"})),
+)}
+PUBLIC_KINDS = tuple(KINDS)
 INTERNAL_KINDS = ("_empty", "_sleep")
-CONFIG_CLASSES = {"preprocess": "PreprocessConfig", "train": "TrainConfig", "embed": "EmbedConfig",
-                  "generate": "GenerateConfig", "run": "RunConfig"}
-NEEDS_TEMPLATES = frozenset({"generate", "run"})
-NEEDS_PHOTOS = frozenset({"preprocess", "embed", "run"})
-
-
-def jobs_module():
-    """`portrait.jobs`, imported on first use (workers keep it, and its model caches, loaded)."""
-    return importlib.import_module("portrait.jobs")
+# The kinds whose succeeded jobs provide a source (a train job needs one of theirs first).
+PROVIDERS = {s: tuple(k.name for k in KINDS.values() if s in k.produces) for s in ("trainset", "identity")}
 
 
 def config_for(kind: str, options: Mapping[str, Any] | None):
     """The job's config from the request's options (ConfigError naming a bad key or value)."""
     if kind in INTERNAL_KINDS:
         return _internal_options(kind, options or {})
-    cls = getattr(jobs_module(), CONFIG_CLASSES[kind])
-    return cls.from_dict(dict(options or {}))
+    return KINDS[kind].config.from_dict(dict(options or {}))
 
 
 def _internal_options(kind: str, options: Mapping[str, Any]) -> dict:

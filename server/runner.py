@@ -5,7 +5,6 @@ job's Result into Result rows and the photos' verdicts (report.json)."""
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -25,46 +24,36 @@ def run(service, job: Claimed, out_dir: Path, *, device: str = "cpu", progress=N
     if job.kind in job_kinds.INTERNAL_KINDS:
         opts = job_kinds.config_for(job.kind, job.options)
         return job_kinds.run_internal(job.kind, opts, out_dir, progress=progress, cancel=cancel)
-    jobs = job_kinds.jobs_module()
-    config = job_kinds.config_for(job.kind, _with_device(job.kind, job.options, device))
-    storage = service.storage
-    photos = storage.photos_dir(job.tenant_id, job.identity_id)
-    kw = {"progress": progress, "cancel": cancel}
-    if job.kind == "preprocess":
-        result = jobs.preprocess(photos, out_dir, config, **kw, **_pool(jobs.preprocess, pool))
-        if getattr(result, "ok", True) is False:  # too few usable photos: a user error, with every verdict
-            from portrait.errors import NotEnoughPhotosError
+    k = job_kinds.KINDS[job.kind]
+    config = job_kinds.config_for(job.kind, _with_device(k, job.options, device))
+    args = [_source(service, job, k)] + ([list(job.templates)] if k.templates else []) + [out_dir, config]
+    kw = {"progress": progress, "cancel": cancel, **({"pool": pool} if k.pool and pool is not None else {})}
+    result = k.run(*args, **kw)
+    if getattr(result, "ok", True) is False:  # too few usable photos: a user error, with every verdict
+        from portrait.errors import NotEnoughPhotosError
 
-            raise NotEnoughPhotosError(result.message)
-    elif job.kind == "embed":
-        result = jobs.embed(photos, out_dir, config, **kw, **_pool(jobs.embed, pool))
-    elif job.kind == "run":
-        result = jobs.run(photos, list(job.templates), out_dir, config, **kw, **_pool(jobs.run, pool))
-    elif job.kind == "train":
-        with service.db.session() as s:
-            src = service.trainset_job(s, job.identity_id)
-        result = jobs.train(trainset_dir(storage.job_dir(src.tenant_id, src.id, create=False)), out_dir, config, **kw)
-    elif job.kind == "generate":
-        with service.db.session() as s:
-            src = service.identity_artefact(s, job.identity_id)
-            src_result = dict(src.result or {})
-        identity = identity_artefact(storage.job_dir(src.tenant_id, src.id, create=False), src_result)
-        result = jobs.generate(identity, list(job.templates), out_dir, config, **kw)
-    else:  # validated at submit; a bug otherwise
-        raise ValueError(f"unknown job kind {job.kind}")
+        raise NotEnoughPhotosError(result.message)
     return result.to_dict() if hasattr(result, "to_dict") else dict(result)
 
 
-def _pool(fn, pool) -> dict:
-    return {"pool": pool} if pool is not None and "pool" in inspect.signature(fn).parameters else {}
+def _source(service, job: Claimed, k) -> Path:
+    """The folder or file the kind works on (its `source` in the kinds table)."""
+    storage = service.storage
+    if k.source == "photos":
+        return storage.photos_dir(job.tenant_id, job.identity_id)
+    with service.db.session() as s:
+        src = service.source_job(s, job.identity_id, k.source)
+        src_result = dict(src.result or {})
+    folder = storage.job_dir(src.tenant_id, src.id, create=False)
+    return trainset_dir(folder) if k.source == "trainset" else identity_artefact(folder, src_result)
 
 
-def _with_device(kind: str, options: dict, device: str) -> dict:
+def _with_device(k, options: dict, device: str) -> dict:
     """The worker's device goes into the config when the config has a `device` field and the
     request did not choose one."""
     if "device" in options or device in ("", None):
         return options
-    cls = getattr(job_kinds.jobs_module(), job_kinds.CONFIG_CLASSES[kind])
+    cls = k.config
     names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
     return {**options, "device": device} if "device" in names else options
 

@@ -27,6 +27,7 @@ from sqlalchemy import delete, select, update
 
 from portrait.errors import PortraitError
 
+from . import kinds as job_kinds
 from . import retention, runner, webhooks
 from .db.models import Job, WorkerRow, now
 from .queue import lease
@@ -115,7 +116,8 @@ class Worker:
     def _analysis_pool(self, kind: str):
         """The preprocess analysis processes (face models loaded once), created at the first job that
         analyses photos and kept for the worker's life."""
-        if kind not in ("preprocess", "embed", "run"):
+        k = job_kinds.KINDS.get(kind)
+        if k is None or not k.pool:
             return None
         if self._pool is None:
             from preprocess.workers import WorkerPool

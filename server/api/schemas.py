@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, fields, validate
 
-JOB_KINDS = ("preprocess", "train", "embed", "generate", "run")
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+from ..db.models import JOB_STATES
+from ..kinds import PUBLIC_KINDS as JOB_KINDS
 
 
 class Strict(Schema):

@@ -53,23 +53,22 @@ class JobsService:
             if not identity_id:
                 raise BadRequest("identity_id is required", code="bad_identity", details={"field": "identity_id"})
             self._identity_row(s, tenant_id, identity_id)
-        if kind in job_kinds.NEEDS_PHOTOS:
+        k = job_kinds.KINDS.get(kind)  # None: an internal kind
+        if k is not None and k.source == "photos":
             n = s.scalar(select(func.count()).select_from(Photo).where(
                 Photo.identity_id == identity_id, Photo.accepted.is_(True))) or 0
             if n == 0:
                 raise BadRequest("this identity has no accepted photos: upload some first", code="no_photos",
                                  details={"identity_id": identity_id})
-        if kind in job_kinds.NEEDS_TEMPLATES and not templates:
+        if k is not None and k.templates and not templates:
             raise BadRequest(f"a {kind} job needs at least one template", code="bad_templates",
                              details={"field": "templates"})
-        if kind not in job_kinds.NEEDS_TEMPLATES and templates:
+        if not (k is not None and k.templates) and templates:
             raise BadRequest(f"a {kind} job takes no templates", code="bad_templates", details={"field": "templates"})
         for name in templates:
             self.check_template(name)
-        if kind == "generate":
-            self.identity_artefact(s, identity_id)
-        if kind == "train":
-            self.trainset_job(s, identity_id)
+        if k is not None and k.source != "photos":
+            self.source_job(s, identity_id, k.source)
         self.check_options(options)
         try:
             job_kinds.config_for(kind, options)
@@ -115,20 +114,17 @@ class JobsService:
                              f"{', '.join(names) or 'none'}", code="bad_template",
                              details={"template": name, "available": names}) from exc
 
-    def identity_artefact(self, s: Session, identity_id: str) -> Job:
-        job = s.scalars(select(Job).where(Job.identity_id == identity_id, Job.kind.in_(("train", "embed")),
+    def source_job(self, s: Session, identity_id: str, source: str) -> Job:
+        """The identity's latest succeeded job that provides `source` ("trainset": preprocess or run;
+        "identity": train or embed, from the kinds table); BadRequest naming what to run first."""
+        providers = job_kinds.PROVIDERS[source]
+        job = s.scalars(select(Job).where(Job.identity_id == identity_id, Job.kind.in_(providers),
                                           Job.state == "succeeded").order_by(Job.finished_at.desc())).first()
         if job is None:
-            raise BadRequest("a generate job needs this identity trained or embedded first (a succeeded train or "
-                             "embed job)", code="no_identity_model", details={"identity_id": identity_id})
-        return job
-
-    def trainset_job(self, s: Session, identity_id: str) -> Job:
-        job = s.scalars(select(Job).where(Job.identity_id == identity_id, Job.kind.in_(("preprocess", "run")),
-                                          Job.state == "succeeded").order_by(Job.finished_at.desc())).first()
-        if job is None:
-            raise BadRequest("a train job needs a succeeded preprocess job of this identity first",
-                             code="no_trainset", details={"identity_id": identity_id})
+            needs = {"trainset": ("a train job", "no_trainset"), "identity": ("a generate job", "no_identity_model")}
+            who, code = needs[source]
+            raise BadRequest(f"{who} needs a succeeded {' or '.join(providers)} job of this identity first",
+                             code=code, details={"identity_id": identity_id})
         return job
 
     def submit_job(self, tenant: "TenantInfo | str", kind: str, identity_id: Optional[str] = None,
