@@ -7,7 +7,7 @@ metrics), extensions are wired through their `init_app`, and every error becomes
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from flask import Flask, g, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from portrait.errors import PortraitError
 
-from .errors import BadSettings, ServiceError, error_response
+from .errors import BadRequest, BadSettings, ServiceError, error_response
 from .front_settings import FrontSettings
 from .settings import Settings
 
@@ -81,10 +81,49 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     service.result_url = signed_result_url
     ops.init_app(app, service)  # /healthz, /readyz, /metrics; the service in app.extensions["portrait"]
     app.teardown_appcontext(_forget_request_state)
+    app.before_request(_refuse_unstorable_json)  # before the API's and the form's parsers
     init_api(app, settings, front)
     init_web(app, settings, front)
     _register_error_handlers(app)
     return app
+
+
+def _refuse_unstorable_json() -> None:
+    """A JSON body whose strings cannot be stored (a lone UTF-16 surrogate such as "\\ud800", which no
+    database encodes, or a NUL character, which PostgreSQL refuses) is a 400 naming the field, on every
+    route, before anything reads it; a body that is not JSON at all is left to the route's parser."""
+    if not request.is_json or not request.content_length:
+        return
+    import json
+
+    try:
+        body = json.loads(request.get_data(cache=True))
+    except ValueError:  # invalid JSON (or not UTF-8): the route's parser answers it
+        return
+    where = _unstorable(body, "")
+    if where is not None:
+        raise BadRequest(f"field '{where or 'body'}' holds a character that cannot be stored (a lone UTF-16 "
+                         "surrogate or NUL)", code="bad_string", details={"field": where or "body"})
+
+
+def _unstorable(value, path: str) -> Optional[str]:
+    """The first field path (a.b.0) holding an unstorable string, a key included; None when all are fine."""
+    if isinstance(value, str):
+        return path if "\x00" in value or any("\ud800" <= ch <= "\udfff" for ch in value) else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            sub = f"{path}.{k}" if path else str(k)
+            if _unstorable(k, sub) is not None:
+                return (path + "." if path else "") + "(a key)"
+            found = _unstorable(v, sub)
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _unstorable(v, f"{path}.{i}" if path else str(i))
+            if found is not None:
+                return found
+    return None
 
 
 def _forget_request_state(_exc=None) -> None:

@@ -278,3 +278,33 @@ def test_a_relative_data_dir_serves_every_thumbnail(tmp_path, monkeypatch):
     web_thumb = c.get(f"/templates/{first['name']}/thumbnail")
     assert web_thumb.status_code == 200 and web_thumb.mimetype.startswith("image/"), web_thumb.data[:200]
     assert (tmp_path / "data").is_dir()
+
+
+@pytest.mark.parametrize("bad", ["\\ud800", "a\\u0000b"], ids=["lone-surrogate", "nul"])
+def test_unstorable_strings_in_any_json_field_are_400_naming_the_field(tmp_path, bad):
+    """A lone UTF-16 surrogate (which no database encodes) or a NUL (which PostgreSQL refuses) in any string
+    of a JSON body, nested or a key, is 400 `bad_string` naming the field, on the API and the form; nothing
+    is stored, and a 1 MB string is a 4xx too, never a 500."""
+    app = make_app(tmp_path / "data", WTF_CSRF_ENABLED=False)
+    key = new_key(app, "a")
+    c = app.test_client()
+    h = {**auth(key), "Content-Type": "application/json"}
+    iid = c.post("/api/v1/identities", json={"name": "ok"}, headers=auth(key)).get_json()["id"]
+    cases = [
+        ("post", "/api/v1/identities", '{"name": "%s"}' % bad, "name"),
+        ("post", "/api/v1/jobs", '{"identity_id": "%s", "templates": ["studio-grey"]}' % bad, "identity_id"),
+        ("post", "/api/v1/jobs", '{"identity_id": "%s", "templates": ["studio-grey"], "options": {"seed": 1, '
+                                 '"base_model": "%s"}}' % (iid, bad), "options.base_model"),
+        ("post", "/api/v1/jobs", '{"identity_id": "%s", "templates": ["ok", "%s"]}' % (iid, bad), "templates.1"),
+        ("patch", "/api/v1/tenant", '{"webhook_url": "https://example.com/%s"}' % bad, "webhook_url"),
+        ("post", "/api/v1/batches", '{"name": "%s", "rows": []}' % bad, "name"),
+        ("post", "/api/v1/identities", '{"%s": "x"}' % bad, "(a key)"),
+        ("post", "/identities", '{"name": "%s"}' % bad, "name"),  # the web form's fetch()
+    ]
+    for method, path, body, field in cases:
+        r = getattr(c, method)(path, data=body.encode(), headers=h)
+        err = assert_error(r, 400, "bad_string")
+        assert err["details"]["field"] == field, (path, err)
+    assert [i["name"] for i in c.get("/api/v1/identities", headers=auth(key)).get_json()["items"]] == ["ok"]
+    r = c.post("/api/v1/identities", json={"name": "x" * (1 << 20)}, headers=auth(key))
+    assert 400 <= r.status_code < 500, r.status_code
