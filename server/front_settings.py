@@ -15,7 +15,8 @@ WEB_AUTH_MODES = ("none", "password", "key")
 
 @dataclass(frozen=True)
 class FrontSettings:
-    rate_limit: str = "3000 per minute"  # requests per API key (or per address without one): 50/s
+    rate_limit: str = "3000 per minute"  # API requests per tenant (or per address without a valid key): 50/s
+    web_rate_limit: str = "30 per minute"  # the web form's POSTs (new identity, uploads, submit) per address
     rate_limit_storage_url: str = ""  # "" = memory:// on one machine, the broker's Redis in fleet mode
     signed_url_seconds: int = 3600  # life of a signed result URL (a mini-program <image src>)
     max_request_bytes: int = 0  # one request body; 0 = 10 photos at max_upload_bytes

@@ -28,7 +28,10 @@ class Settings:
     max_upload_bytes: int = 25 * 1024 * 1024  # one uploaded photo
     max_photos_per_identity: int = 40
     max_pixels: int = 64_000_000
-    max_queue_size: int = 1000  # queued jobs, all tenants together
+    max_queue_size: int = 1000  # queued jobs, all tenants together (the last guard)
+    max_queued_per_tenant: int = 500  # queued jobs of one tenant (a studio's 500-row batch fits), so no
+    #                                   tenant can fill the queue for the others
+    max_queued_web: int = 20  # queued jobs of all web form visitors together (each visitor is a tenant)
     tenant_concurrency: int = 2  # running jobs per tenant
     max_attempts: int = 3  # a job whose worker died is tried this many times in all
     lease_seconds: float = 60.0  # a worker's hold on a running job, renewed by heartbeats
@@ -82,7 +85,7 @@ class Settings:
 
     def check(self) -> None:
         for name in ("max_upload_bytes", "max_photos_per_identity", "max_pixels", "max_queue_size",
-                     "tenant_concurrency", "max_attempts", "webhook_attempts"):
+                     "max_queued_per_tenant", "max_queued_web", "tenant_concurrency", "max_attempts", "webhook_attempts"):
             if getattr(self, name) < 1:
                 raise BadSettings(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("lease_seconds", "retention_days", "poll_interval", "redispatch_seconds", "storage_cache_hours"):

@@ -43,6 +43,9 @@ class Tenant:
             assert r.status_code == 201, r.get_json()
         return iid
 
+    def key_tenant(self) -> str:
+        return self.c.get("/api/v1/tenant", headers=self.h).get_json()["id"]
+
     def photos(self, iid: str) -> list[dict]:
         return self.c.get(f"/api/v1/identities/{iid}", headers=self.h).get_json()["photos"]
 
@@ -195,7 +198,31 @@ def test_rate_limit_per_key_is_429(tmp_path):
     r = a.c.get("/api/v1/identities", headers=a.h)
     assert_error(r, 429, "rate_limited")
     assert r.headers.get("Retry-After")
-    assert b.c.get("/api/v1/identities", headers=b.h).status_code == 200  # counted per key
+    assert b.c.get("/api/v1/identities", headers=b.h).status_code == 200  # counted per tenant
+    second_key = auth(app.extensions["portrait"].create_key(a.key_tenant()))
+    assert_error(a.c.get("/api/v1/identities", headers=second_key), 429, "rate_limited")  # a's keys share a's count
+
+
+def test_made_up_keys_are_limited_like_no_key(tmp_path):
+    """Rotating bogus keys is counted per address, not per key: the sixth gets 429, not another 401."""
+    app = make_app(tmp_path / "data", rate_limit="5 per minute")
+    c = app.test_client()
+    got = [c.get("/api/v1/identities", headers=auth(f"pk_made_up_{i}")).status_code for i in range(7)]
+    assert got[:5] == [401] * 5 and got[5:] == [429, 429]
+    good = Tenant(app, "real")  # a valid key is its tenant's own count, even from the same address
+    assert good.c.get("/api/v1/identities", headers=good.h).status_code == 200
+
+
+def test_the_web_forms_posts_are_rate_limited_per_address(tmp_path):
+    """A new cookie is a new visitor: the form's POSTs are counted per client address instead."""
+    app = make_app(tmp_path / "data", WTF_CSRF_ENABLED=False, web_rate_limit="4 per minute")
+    got = [app.test_client().post("/identities", json={"name": "x"}).status_code for _ in range(6)]
+    assert got == [201] * 4 + [429] * 2
+    r = app.test_client().post("/identities", json={"name": "x"}, headers={"Accept": "application/json"})
+    assert_error(r, 429, "rate_limited")
+    other = app.test_client().post("/identities", json={"name": "x"}, environ_base={"REMOTE_ADDR": "203.0.113.7"})
+    assert other.status_code == 201  # another address has its own count
+    assert app.test_client().get("/").status_code == 200  # pages are not counted
 
 
 def test_idempotency_key_replays_the_first_answer(app):
@@ -308,3 +335,37 @@ def test_unstorable_strings_in_any_json_field_are_400_naming_the_field(tmp_path,
     assert [i["name"] for i in c.get("/api/v1/identities", headers=auth(key)).get_json()["items"]] == ["ok"]
     r = c.post("/api/v1/identities", json={"name": "x" * (1 << 20)}, headers=auth(key))
     assert 400 <= r.status_code < 500, r.status_code
+
+
+def _visitor_job(app) -> tuple[int, dict]:
+    """A new web form visitor (its own cookie, so its own tenant): upload one photo, submit a run."""
+    c = app.test_client()
+    iid = c.post("/identities", json={"name": "me"}).get_json()["id"]
+    assert c.post(f"/identities/{iid}/photos", data={"photos": (io.BytesIO(_jpeg(420)), "me.jpg")}).status_code == 201
+    r = c.post("/jobs", json={"identity_id": iid, "templates": ["studio-grey"]})
+    return r.status_code, r.get_json()
+
+
+def test_no_tenant_and_not_the_open_form_can_fill_the_queue_for_the_others(tmp_path):
+    """Per-tenant and all-visitors caps under the global one: 429 `queue_full` says which cap was hit, and
+    the other tenants keep submitting (issue 15 item 2)."""
+    app = make_app(tmp_path / "data", WTF_CSRF_ENABLED=False, max_queued_per_tenant=2, max_queued_web=2,
+                   max_queue_size=6)
+    a, b = Tenant(app, "a"), Tenant(app, "b")
+    ia, ib = a.identity(), b.identity()
+    for _ in range(2):
+        assert a.c.post("/api/v1/jobs", headers=a.h, json=RUN(ia)).status_code == 202
+    full = assert_error(a.c.post("/api/v1/jobs", headers=a.h, json=RUN(ia)), 429, "queue_full")
+    assert full["details"] == {"cap": "tenant", "queued": 2, "limit": 2}
+    big = assert_error(b.c.post("/api/v1/batches", headers=b.h, json={"rows": [RUN(ib)] * 3}), 429, "queue_full")
+    assert big["details"]["cap"] == "tenant"  # a batch counts all its rows against its tenant
+    assert b.c.post("/api/v1/jobs", headers=b.h, json=RUN(ib)).status_code == 202  # a's cap is a's alone
+
+    assert [_visitor_job(app)[0] for _ in range(2)] == [202, 202]
+    status, body = _visitor_job(app)  # a third visitor: the form's share is used up
+    assert status == 429 and body["error"]["code"] == "queue_full" and body["error"]["details"]["cap"] == "web_visitors"
+    assert b.c.post("/api/v1/jobs", headers=b.h, json=RUN(ib)).status_code == 202  # paying tenants still get in
+
+    c = Tenant(app, "c")  # 2 (a) + 2 (b) + 2 (visitors) = 6 queued: the global guard
+    whole = assert_error(c.c.post("/api/v1/jobs", headers=c.h, json=RUN(c.identity())), 429, "queue_full")
+    assert whole["details"]["cap"] == "all"

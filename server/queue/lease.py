@@ -20,7 +20,7 @@ from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..db import Database
-from ..db.models import Job, Result, Tenant, now
+from ..db.models import VISITOR_PREFIX, Job, Result, Tenant, is_visitor_name, now
 from ..errors import QueueFull
 
 HEARTBEAT_OK, HEARTBEAT_CANCEL, HEARTBEAT_LOST = "ok", "cancel", "lost"
@@ -45,11 +45,30 @@ def _claimed(job: Job) -> Claimed:
                    dict(job.options or {}), job.attempts, job.max_attempts)
 
 
-def check_capacity(s: Session, max_queue_size: int, adding: int = 1) -> None:
+def check_capacity(s: Session, settings, tenant_id: str, adding: int = 1) -> None:
+    """QueueFull (429 `queue_full`) naming the cap `adding` more queued jobs would pass: the tenant's own
+    (`max_queued_per_tenant`), all web visitors' together (`max_queued_web`, for a visitor), or the
+    whole queue's (`max_queue_size`). One tenant, or the open form, can never fill the queue for others."""
+    mine = _queued(s, Job.tenant_id == tenant_id)
+    if mine + adding > settings.max_queued_per_tenant:
+        raise QueueFull(f"you have {mine} jobs waiting, the limit per tenant is {settings.max_queued_per_tenant}; "
+                        "retry when some have started", details={"cap": "tenant", "queued": mine,
+                                                                 "limit": settings.max_queued_per_tenant})
+    tenant = s.get(Tenant, tenant_id)
+    if tenant is not None and is_visitor_name(tenant.name):
+        visitors = _queued(s, Job.tenant_id.in_(select(Tenant.id).where(Tenant.name.like(VISITOR_PREFIX + "%"))))
+        if visitors + adding > settings.max_queued_web:
+            raise QueueFull(f"the web form's queue is full ({visitors} visitors' jobs waiting, limit "
+                            f"{settings.max_queued_web}); retry in a few minutes",
+                            details={"cap": "web_visitors", "queued": visitors, "limit": settings.max_queued_web})
     depth = queue_depth(s)
-    if depth + adding > max_queue_size:
-        raise QueueFull(f"the queue is full ({depth} jobs waiting, limit {max_queue_size}); retry later",
-                        details={"queued": depth, "limit": max_queue_size})
+    if depth + adding > settings.max_queue_size:
+        raise QueueFull(f"the queue is full ({depth} jobs waiting, limit {settings.max_queue_size}); retry later",
+                        details={"cap": "all", "queued": depth, "limit": settings.max_queue_size})
+
+
+def _queued(s: Session, where) -> int:
+    return s.scalar(select(func.count()).select_from(Job).where(Job.state == "queued", where)) or 0
 
 
 def queue_depth(s: Session) -> int:

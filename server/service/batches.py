@@ -51,7 +51,7 @@ class BatchesService:
                     exc.message = f"row {i}: {exc.message}"
                     exc.args = (exc.message,)
                     raise
-            lease.check_capacity(s, self.settings.max_queue_size, adding=len(checked))
+            lease.check_capacity(s, self.settings, tenant_id, adding=len(checked))
             batch = Batch(id=new_id(), tenant_id=tenant_id, name=(name or "")[:200], idempotency_key=idempotency_key)
             s.add(batch)
             s.flush()

@@ -144,7 +144,7 @@ class JobsService:
                     return self._job_dict(s, old)
             fields = self.validate_job(s, tenant_id, kind, identity_id, templates, options, priority, webhook_url,
                                        internal=internal)
-            lease.check_capacity(s, self.settings.max_queue_size)
+            lease.check_capacity(s, self.settings, tenant_id)
             job = Job(id=new_id(), tenant_id=tenant_id, max_attempts=self.settings.max_attempts,
                       idempotency_key=idempotency_key, **fields)
             s.add(job)

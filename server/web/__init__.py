@@ -18,6 +18,13 @@ from ..settings import Settings
 def init_app(app: Flask, settings: Settings, front: FrontSettings) -> None:
     from .views import bp
 
+    # The open form's POSTs are limited per client address (a new cookie is a new visitor, so a per-tenant
+    # count would not hold); the API's limiter, made by init_api, counts them.
+    from flask_limiter.util import get_remote_address
+
+    limiter = app.extensions["portrait.limiter"]
+    limiter.limit(lambda: front.web_rate_limit, key_func=lambda: "web:" + (get_remote_address() or "unknown"),
+                  methods=["POST"])(bp)
     app.register_blueprint(bp)
     csrf = CSRFProtect()
     csrf.init_app(app)
