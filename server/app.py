@@ -151,7 +151,11 @@ def _register_error_handlers(app: Flask) -> None:
     def _typed(exc):
         status, body = error_response(exc)
         e = body["error"]
-        return error_body(status, e["code"], e["message"], e.get("details"))
+        response = error_body(status, e["code"], e["message"], e.get("details"))
+        retry = (e.get("details") or {}).get("retry_after")
+        if retry:  # a busy server says when to come back (503 too_many_streams)
+            response[0].headers["Retry-After"] = str(int(retry))
+        return response
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):

@@ -69,6 +69,9 @@ def serve(host: str, port: int, data_dir: Optional[str], workers: Optional[int],
         workers = max(1, min(4, os.cpu_count() or 1))
     settings = _settings(data_dir)
     os.environ["PORTRAIT_DATA_DIR"] = str(settings.data_dir)  # gunicorn's processes build the same app
+    # Each open event stream holds a request thread: half of them at most, so /healthz, the form and the
+    # API's polls always have threads (docs/design.md, "Event streams").
+    os.environ.setdefault("PORTRAIT_SSE_MAX_STREAMS", str(max(1, threads // 2)))
     from .db import Database
 
     Database(settings.db_url).migrate()  # once, before any process serves

@@ -181,13 +181,16 @@ def test_events_follow_a_running_job_and_the_tenant_webhook_fires(tmp_path, samp
                                                   "options": {"variants": 1, "min_photos": 3}}).get_json()
     with worker_process(data):
         stream = c.get(f"/api/v1/jobs/{job['id']}/events", headers=h)  # streams until the job ends
-        events = [e for e in stream.get_data(as_text=True).split("\n\n") if e.strip() and not e.startswith(":")]
+        blocks = [e for e in stream.get_data(as_text=True).split("\n\n") if e.strip() and not e.startswith(":")]
+        assert blocks[0] == "retry: 3000"  # the reconnect hint comes first
+        events = [dict(line.split(": ", 1) for line in b.split("\n")) for b in blocks[1:]]
         deadline = time.monotonic() + 120
         while not _Receiver.got and time.monotonic() < deadline:  # the worker's next maintenance round
             time.sleep(0.2)
-    kinds = [e.split("\n")[0] for e in events]
-    states = [json.loads(e.split("data: ", 1)[1]) for e in events]
-    assert kinds[-1] == "event: end" and set(kinds[:-1]) == {"event: progress"} and len(kinds) >= 3
+    kinds = [e["event"] for e in events]
+    states = [json.loads(e["data"]) for e in events]
+    assert kinds[-1] == "end" and set(kinds[:-1]) == {"progress"} and len(kinds) >= 3
+    assert len({e["id"] for e in events}) == len(events)  # each state its own event id
     assert states[-1]["state"] == "succeeded" and states[-1]["results"]
     progress = [s["progress"] for s in states]
     # the bar only moves forward and ends full; how many steps a poll catches depends on the machine's speed

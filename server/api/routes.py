@@ -12,11 +12,13 @@ from flask_smorest import Blueprint
 
 from ..errors import BadRequest, NotFound, Unauthorized
 from ..signing import verify_result
+from ..streams import StreamHub, snapshot_id
 from . import schemas as s
 from ..present import with_label
 from ..templates_info import template_list, thumbnail_path
 
 SSE_KEEPALIVE = 15.0  # seconds without news before a comment line keeps an event stream alive
+SSE_RETRY_MS = 3000  # the `retry:` hint: a dropped stream's client reconnects after this
 
 blp = Blueprint("api", __name__, url_prefix="/api/v1", description="portrait REST API")
 
@@ -36,6 +38,17 @@ def svc():
 
 def front():
     return current_app.extensions["portrait.front"]
+
+
+def streams_hub() -> StreamHub:
+    """This process's stream hub (one poller for every open event stream), made on first use."""
+    app = current_app
+    hub = app.extensions.get("portrait.streams")
+    if hub is None:
+        f = front()
+        hub = app.extensions.setdefault("portrait.streams", StreamHub(svc().db, poll_seconds=f.sse_poll_seconds,
+                                                                        max_streams=f.sse_max_streams))
+    return hub
 
 
 def tenant():
@@ -213,31 +226,39 @@ def job_events(job_id):
     """Progress as server-sent events (`event: progress`, `data: <job JSON>`), closing when the job ends"""
     service, who = svc(), tenant()
     first = with_label(service.get_job(who, job_id))  # 401 / 404 before the stream starts
-    poll, limit = front().sse_poll_seconds, front().sse_max_seconds
+    hub, limit = streams_hub(), front().sse_max_seconds
+    slot = hub.watch(who.id, job_id)
+    slot.__enter__()  # 503 too_many_streams before the stream starts; released when the response closes
 
     def stream():
-        last, job, start = None, first, time.monotonic()
-        quiet_since = start
+        # The reconnect hint first, then the current state at once (a reconnecting client's Last-Event-ID
+        # only tells us it saw an older state): each event's id is its state's, so equal states share ids.
+        yield f"retry: {SSE_RETRY_MS}\n\n"
+        job, start, seen = first, time.monotonic(), hub.version(job_id)
+        last = None
         while True:
-            snapshot = json.dumps(job, sort_keys=True)
             ended = job["state"] in ("succeeded", "failed", "cancelled")
-            if snapshot != last:
-                yield f"event: {'end' if ended else 'progress'}\ndata: {snapshot}\n\n"
-                last, quiet_since = snapshot, time.monotonic()
-            elif time.monotonic() - quiet_since > SSE_KEEPALIVE:  # proxies keep it open; a gone client is noticed
-                yield ": keep-alive\n\n"
-                quiet_since = time.monotonic()
+            event_id = snapshot_id(job)
+            if event_id != last:
+                yield f"event: {'end' if ended else 'progress'}\nid: {event_id}\ndata: {json.dumps(job, sort_keys=True)}\n\n"
+                last = event_id
             if ended or time.monotonic() - start > limit:
                 return
-            time.sleep(poll)
+            now_version = hub.wait(job_id, seen, SSE_KEEPALIVE)
+            if now_version == seen:  # quiet: proxies keep the stream open, and a gone client is noticed
+                yield ": keep-alive\n\n"
+                continue
+            seen = now_version
             try:
                 job = with_label(service.get_job(who, job_id))
             except NotFound:  # deleted meanwhile
                 yield f"event: end\ndata: {json.dumps({'id': job_id, 'state': 'deleted'})}\n\n"
                 return
 
-    return Response(stream_with_context(stream()), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response = Response(stream_with_context(stream()), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response.call_on_close(lambda: slot.__exit__(None, None, None))
+    return response
 
 
 # -- templates and results ---------------------------------------------------------------------------------

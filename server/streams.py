@@ -1,0 +1,123 @@
+"""Job progress for event streams: one poller per server process watches every job that has a stream open
+and wakes those streams when their job changes, so 100 watchers of one job cost the database one cheap
+query per poll (not 100), and a stream's thread sleeps on a condition instead of polling.
+
+Each open stream still holds a request thread (waitress and gunicorn's gthread serve one request per
+thread), so a process accepts at most `max_streams` at once and answers 503 `too_many_streams` with
+`Retry-After` beyond that: the streams can never take the threads that /healthz, the form and the API's
+polls need. Clients that get it poll `GET /api/v1/jobs/{id}` instead (docs/api.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+from sqlalchemy import func, select
+
+from .db.models import Job
+from .errors import ServiceError
+
+
+class TooManyStreams(ServiceError):
+    code, status = "too_many_streams", 503
+
+
+def snapshot_id(job: dict) -> str:
+    """The SSE event id of a job state: equal states, equal ids (a reconnect's Last-Event-ID)."""
+    return hashlib.sha1(json.dumps(job, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class StreamHub:
+    """Per server process, over the service's database."""
+
+    def __init__(self, db, *, poll_seconds: float = 0.5, max_streams: int = 4):
+        self.db = db
+        self.poll_seconds, self.max_streams = poll_seconds, max_streams
+        self._lock = threading.Condition()
+        self._watchers: dict[tuple[str, str], int] = {}  # (tenant, job) -> open streams
+        self._marks: dict[str, tuple] = {}  # job -> what the poller saw last (state, stage, progress, ...)
+        self._versions: dict[str, int] = {}  # job -> bumped on every change the poller sees
+        self._open = 0
+        self._thread: Optional[threading.Thread] = None
+        self.polls = 0  # database rounds so far (the bench and the tests read it)
+
+    @contextmanager
+    def watch(self, tenant_id: str, job_id: str) -> Iterator["StreamHub"]:
+        """Hold one stream slot while the block runs (TooManyStreams when none is free)."""
+        with self._lock:
+            if self._open >= self.max_streams:
+                raise TooManyStreams(f"this server process has {self._open} event streams open, its limit; poll "
+                                     f"GET /api/v1/jobs/{job_id} instead, or retry the stream later",
+                                     details={"open": self._open, "limit": self.max_streams, "retry_after": 5})
+            self._open += 1
+            key = (tenant_id, job_id)
+            self._watchers[key] = self._watchers.get(key, 0) + 1
+            self._versions.setdefault(job_id, 0)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._poll_forever, name="portrait-streams", daemon=True)
+                self._thread.start()
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self._open -= 1
+                self._watchers[key] -= 1
+                if not self._watchers[key]:
+                    del self._watchers[key]
+                    if not any(j == job_id for _, j in self._watchers):
+                        self._marks.pop(job_id, None)
+                        self._versions.pop(job_id, None)
+
+    def version(self, job_id: str) -> int:
+        with self._lock:
+            return self._versions.get(job_id, 0)
+
+    def wait(self, job_id: str, seen: int, timeout: float) -> int:
+        """Block until the job's version passes `seen` or `timeout` passes; the version now."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._versions.get(job_id, 0) == seen:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._lock.wait(left)
+            return self._versions.get(job_id, 0)
+
+    def _poll_forever(self) -> None:
+        while True:
+            with self._lock:
+                jobs = sorted({j for _, j in self._watchers})
+                if not jobs:
+                    self._thread = None
+                    return
+            try:
+                self._poll(jobs)
+            except Exception:  # a database hiccup: the streams keep their last state, the next round retries
+                pass
+            time.sleep(self.poll_seconds)
+
+    def _poll(self, jobs: list[str]) -> None:
+        """One round: every watched job's changing columns, and the queue's shape (positions move when any
+        queued job starts), in two queries; a changed job's streams wake."""
+        self.polls += 1
+        with self.db.engine.connect() as c:
+            rows = {r.id: tuple(r)[1:] for r in c.execute(
+                select(Job.id, Job.state, Job.stage, Job.progress, Job.attempts, Job.cancel_requested,
+                       Job.finished_at).where(Job.id.in_(jobs)))}
+            queue = tuple(c.execute(select(func.count(), func.max(Job.started_at)).select_from(Job)
+                                    .where(Job.state.in_(("queued", "running")))).one())
+        with self._lock:
+            changed = False
+            for j in jobs:
+                mark = rows.get(j, ("deleted",)) + (queue if rows.get(j, ("",))[0] == "queued" else ())
+                if self._marks.get(j) != mark:
+                    self._marks[j] = mark
+                    self._versions[j] = self._versions.get(j, 0) + 1
+                    changed = True
+            if changed:
+                self._lock.notify_all()
