@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from ..db.models import TERMINAL_STATES, Batch, Job, new_id, now
 from ..errors import BadRequest, NotFound, ServiceError
 from ..queue import lease
-from .common import BATCH_PRIORITY, MAX_BATCH_ROWS, TenantInfo, tenant_id_of, iso, log
+from .common import BATCH_PRIORITY, MAX_BATCH_ROWS, TenantInfo, by_idempotency_key, iso, log, tenant_id_of
 
 
 class BatchesService:
@@ -28,11 +28,9 @@ class BatchesService:
         if len(rows) > MAX_BATCH_ROWS:
             raise BadRequest(f"at most {MAX_BATCH_ROWS} rows per batch", code="bad_rows", details={"rows": len(rows)})
         with self.db.session(immediate=True) as s:
-            if idempotency_key:
-                old = s.scalars(select(Batch).where(Batch.tenant_id == tenant_id,
-                                                    Batch.idempotency_key == idempotency_key)).first()
-                if old is not None:
-                    return self._batch_dict(s, old)
+            old = by_idempotency_key(s, Batch, tenant_id, idempotency_key)
+            if old is not None:
+                return self._batch_dict(s, old)
             checked = []
             for i, row in enumerate(rows):
                 if not isinstance(row, dict):

@@ -12,13 +12,13 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-from sqlalchemy import and_, or_
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from .. import webhooks
-from ..errors import BadRequest, RejectedUpload, TooLarge
+from ..errors import BadRequest, NotFound, RejectedUpload, TooLarge
 
 
 log = logging.getLogger("portrait.server")
@@ -107,3 +107,19 @@ def check_webhook_url(url: str, allow_private: bool = False) -> None:
     why = webhooks.url_refusal(url, allow_private)
     if why:
         raise BadRequest(why, code="bad_webhook_url", details={"field": "webhook_url"})
+
+
+def owned_row(s: Session, model, tenant_id: str, row_id: Any, what: str):
+    """The tenant's row of `model` with this id; NotFound (`<what>_not_found`) for a missing id and for
+    another tenant's alike, so no id ever tells one tenant of another's rows."""
+    row = s.get(model, row_id) if isinstance(row_id, str) else None
+    if row is None or row.tenant_id != tenant_id:
+        raise NotFound(f"no {what} {str(row_id)[:64]!r}", code=f"{what}_not_found")
+    return row
+
+
+def by_idempotency_key(s: Session, model, tenant_id: str, key: Optional[str]):
+    """The tenant's job or batch submitted earlier with this Idempotency-Key, or None."""
+    if not key:
+        return None
+    return s.scalars(select(model).where(model.tenant_id == tenant_id, model.idempotency_key == key)).first()

@@ -13,7 +13,7 @@ from portrait.errors import ImageError
 from ..db.models import Identity, Job, Photo, Result, WebhookDelivery, new_id, now
 from ..errors import BadRequest, NotFound, TooLarge, TooManyPhotos
 from ..queue import lease
-from .common import TenantInfo, FORMAT_EXT, INTAKE_REFUSALS, display_name, page, tenant_id_of, iso, log
+from .common import FORMAT_EXT, INTAKE_REFUSALS, TenantInfo, display_name, iso, log, owned_row, page, tenant_id_of
 
 
 class IdentitiesService:
@@ -31,10 +31,7 @@ class IdentitiesService:
         return self._identity_dict(ident, [])
 
     def _identity_row(self, s: Session, tenant_id: str, identity_id: str) -> Identity:
-        ident = s.get(Identity, identity_id) if isinstance(identity_id, str) else None
-        if ident is None or ident.tenant_id != tenant_id:
-            raise NotFound(f"no identity {str(identity_id)[:64]!r}", code="identity_not_found")
-        return ident
+        return owned_row(s, Identity, tenant_id, identity_id, "identity")
 
     def get_identity(self, tenant: "TenantInfo | str", identity_id: str) -> dict:
         with self.db.session() as s:

@@ -16,8 +16,8 @@ from .. import kinds as job_kinds
 from ..db.models import Job, Photo, Result, new_id
 from ..errors import BadRequest, NotFound
 from ..queue import lease
-from .common import (PRIORITY_RANGE, SERVER_OWNED_OPTIONS, TenantInfo, MODEL_NAME, TEMPLATE_NAME, check_webhook_url,
-                     page, tenant_id_of, find_report, iso, log)
+from .common import (MODEL_NAME, PRIORITY_RANGE, SERVER_OWNED_OPTIONS, TEMPLATE_NAME, TenantInfo, by_idempotency_key,
+                     check_webhook_url, find_report, iso, log, owned_row, page, tenant_id_of)
 
 
 class JobsService:
@@ -137,11 +137,9 @@ class JobsService:
         if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
             raise BadRequest("Idempotency-Key must be 1 to 200 characters", code="bad_idempotency_key")
         with self.db.session(immediate=True) as s:
-            if idempotency_key:
-                old = s.scalars(select(Job).where(Job.tenant_id == tenant_id,
-                                                  Job.idempotency_key == idempotency_key)).first()
-                if old is not None:
-                    return self._job_dict(s, old)
+            old = by_idempotency_key(s, Job, tenant_id, idempotency_key)
+            if old is not None:
+                return self._job_dict(s, old)
             fields = self.validate_job(s, tenant_id, kind, identity_id, templates, options, priority, webhook_url,
                                        internal=internal)
             lease.check_capacity(s, self.settings, tenant_id)
@@ -163,10 +161,7 @@ class JobsService:
             return self._job_dict(s, s.get(Job, job.id))
 
     def _job_row(self, s: Session, tenant_id: str, job_id: str) -> Job:
-        job = s.get(Job, job_id) if isinstance(job_id, str) else None
-        if job is None or job.tenant_id != tenant_id:
-            raise NotFound(f"no job {str(job_id)[:64]!r}", code="job_not_found")
-        return job
+        return owned_row(s, Job, tenant_id, job_id, "job")
 
     def get_job(self, tenant: "TenantInfo | str", job_id: str) -> dict:
         # Core rows, not ORM objects: clients poll this (bench/service.py measures it).
