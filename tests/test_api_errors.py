@@ -245,6 +245,27 @@ def test_idempotency_key_replays_the_first_answer(app):
     assert j1["id"] == j2["id"] and len(a.jobs()) == 1
 
 
+def test_deleting_an_identity_forgets_its_idempotency_records(app):
+    """Its name, file names and sizes do not stay in the idempotency table, and a retried create after the
+    delete makes a new identity instead of replaying the dead id (issue 15 item 5)."""
+    a = Tenant(app, "a")
+    h = {**a.h, "Idempotency-Key": "create-ana"}
+    iid = a.c.post("/api/v1/identities", json={"name": "ana-secret-name"}, headers=h).get_json()["id"]
+    up = {**a.h, "Idempotency-Key": "photo-1"}
+    assert a.c.post(f"/api/v1/identities/{iid}/photos", headers=up,
+                    data={"photos": (io.BytesIO(_jpeg()), "holiday-2026.jpg")}).status_code == 201
+    other = a.c.post("/api/v1/identities", json={"name": "bo"}, headers={**a.h, "Idempotency-Key": "create-bo"})
+    assert a.c.delete(f"/api/v1/identities/{iid}", headers=a.h).status_code == 204
+    from server.db.models import IdempotencyRecord
+
+    with app.extensions["portrait"].db.session() as s:
+        kept = [r.key for r in s.query(IdempotencyRecord).all()]
+    assert kept == ["create-bo"]  # the other identity's record stays
+    again = a.c.post("/api/v1/identities", json={"name": "ana-secret-name"}, headers=h)
+    assert again.status_code == 201 and again.get_json()["id"] != iid and not again.headers.get("Idempotent-Replayed")
+    assert other.status_code == 201
+
+
 def test_lists_page_with_a_cursor(app):
     a = Tenant(app, "a")
     made = [a.c.post("/api/v1/identities", json={"name": f"n{i}"}, headers=a.h).get_json()["id"] for i in range(5)]

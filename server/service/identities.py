@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import hashlib
 from typing import BinaryIO, Iterable, Optional
 
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from portrait.errors import ImageError
 
-from ..db.models import Identity, Job, Photo, Result, WebhookDelivery, new_id, now
+from ..db.models import IdempotencyRecord, Identity, Job, Photo, Result, WebhookDelivery, new_id, now
 from ..errors import BadRequest, NotFound, TooLarge, TooManyPhotos
 from ..queue import lease
 from .common import FORMAT_EXT, INTAKE_REFUSALS, TenantInfo, display_name, iso, log, owned_row, page, tenant_id_of
@@ -175,6 +176,13 @@ class IdentitiesService:
             s.execute(delete(Job).where(Job.identity_id == identity_id))
             s.execute(delete(Photo).where(Photo.identity_id == identity_id))
             s.execute(delete(Identity).where(Identity.id == identity_id, Identity.tenant_id == tenant_id))
+            # The idempotency records that remember it (its create's answer with its name, its uploads'
+            # answers with file names and sizes): gone too, and a retried create makes a new identity.
+            # Ids are 128 random bits, so a mention of the id is this identity's record.
+            stale = [r.id for r in s.scalars(select(IdempotencyRecord).where(IdempotencyRecord.tenant_id == tenant_id))
+                     if identity_id in r.scope or identity_id in json.dumps(r.body)]
+            if stale:
+                s.execute(delete(IdempotencyRecord).where(IdempotencyRecord.id.in_(stale)))
         for jid in job_ids:
             self.storage.delete_job(tenant_id, jid)
         self.storage.delete_identity(tenant_id, identity_id)
