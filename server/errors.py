@@ -55,6 +55,12 @@ class RejectedUpload(ServiceError):
     code, status = "unreadable", 422
 
 
+class KeyReused(ServiceError):
+    """An Idempotency-Key sent again with another request: the first answer belongs to the first request."""
+
+    code, status = "idempotency_key_reused", 422
+
+
 class TooManyPhotos(ServiceError):
     code, status = "too_many_photos", 409
 

@@ -245,6 +245,35 @@ def test_idempotency_key_replays_the_first_answer(app):
     assert j1["id"] == j2["id"] and len(a.jobs()) == 1
 
 
+def test_an_idempotency_key_reused_for_another_request_is_422(app):
+    """As Stripe's API does: a retry of the same request replays (key order and multipart boundaries do not
+    matter), another request under the same key is 422 `idempotency_key_reused` and does nothing."""
+    a = Tenant(app, "a")
+    h = {**a.h, "Idempotency-Key": "k-identity"}
+    first = a.c.post("/api/v1/identities", json={"name": "ana"}, headers=h)
+    same = a.c.post("/api/v1/identities", data=b'{ "name" : "ana" }', headers={**h, "Content-Type": "application/json"})
+    assert same.status_code == 201 and same.get_json() == first.get_json()
+    assert same.headers.get("Idempotent-Replayed") == "true"
+    assert_error(a.c.post("/api/v1/identities", json={"name": "bo"}, headers=h), 422, "idempotency_key_reused")
+    iid = first.get_json()["id"]
+    up = {**a.h, "Idempotency-Key": "k-photo"}
+    photo = _jpeg(420)
+    assert a.c.post(f"/api/v1/identities/{iid}/photos", headers=up,
+                    data={"photos": (io.BytesIO(photo), "a.jpg")}).status_code == 201
+    retry = a.c.post(f"/api/v1/identities/{iid}/photos", headers=up, data={"photos": (io.BytesIO(photo), "a.jpg")})
+    assert retry.status_code == 201 and retry.headers.get("Idempotent-Replayed") == "true"
+    assert_error(a.c.post(f"/api/v1/identities/{iid}/photos", headers=up,
+                          data={"photos": (io.BytesIO(_jpeg(440)), "a.jpg")}), 422, "idempotency_key_reused")
+    assert len(a.photos(iid)) == 1
+    jh = {**a.h, "Idempotency-Key": "k-job"}
+    j1 = a.c.post("/api/v1/jobs", headers=jh, json=RUN(iid)).get_json()
+    assert a.c.post("/api/v1/jobs", headers=jh, json=RUN(iid)).get_json()["id"] == j1["id"]
+    other = {**RUN(iid), "templates": ["navy-formal"]}
+    assert_error(a.c.post("/api/v1/jobs", headers=jh, json=other), 422, "idempotency_key_reused")
+    assert [j["id"] for j in a.jobs()] == [j1["id"]]
+    assert len(a.c.get("/api/v1/identities", headers=a.h).get_json()["items"]) == 1
+
+
 def test_deleting_an_identity_forgets_its_idempotency_records(app):
     """Its name, file names and sizes do not stay in the idempotency table, and a retried create after the
     delete makes a new identity instead of replaying the dead id (issue 15 item 5)."""

@@ -98,8 +98,8 @@ def test_postgres_migrations_and_skip_locked_claims_over_200_jobs(tmp_path):
     with postgres_server(tmp_path / "pg") as url:
         db = Database(url)
         assert db.dialect == "postgresql"
-        assert db.migrate() == "0001"
-        assert db.migrate() == "0001"  # idempotent
+        assert db.migrate() == "0002"
+        assert db.migrate() == "0002"  # idempotent
         cfg = {"database_url": url, "lease_seconds": 10, "tenant_concurrency": 4, "max_queue_size": 500}
         svc = Service(Settings.load({"data_dir": tmp_path / "data", **cfg}, env={}), db=db)
         t, _ = svc.create_tenant("bulk")

@@ -444,3 +444,31 @@ def test_the_library_never_imports_the_server():
     from importlib.metadata import entry_points
 
     assert "server.cli:register" in {e.value for e in entry_points(group="portrait.commands")}
+
+
+def test_an_existing_database_upgrades_and_keeps_its_idempotency_records(tmp_path):
+    """A data dir made before migration 0002 (idempotency fingerprints): start-up adds the column, the old
+    records still replay (they have no fingerprint to compare)."""
+    from alembic import command
+    from alembic.config import Config
+
+    from server.db import MIGRATIONS, Database
+
+    svc = make_service(tmp_path)  # the current schema, to get a tenant row in
+    t, _ = svc.create_tenant("acme")
+    db_url = svc.settings.db_url
+    svc.close()
+    old = Database(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with old.engine.connect() as conn, conn.begin():
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0001")
+    with old.engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO idempotency (id, tenant_id, key, scope, status, body, created_at) VALUES "
+                             f"('{new_id()}', '{t['id']}', 'k1', 'POST /api/v1/identities', 201, '{{\"id\": \"x\"}}', 0)")
+    assert old.revision() == "0001"
+    old.dispose()
+    svc = make_service(tmp_path)  # migrates on start
+    assert svc.db.revision() == "0002"
+    assert svc.idempotent_replay(t["id"], "POST /api/v1/identities", "k1", "any-fingerprint") == (201, {"id": "x"})

@@ -61,6 +61,24 @@ def tenant():
     return g.tenant
 
 
+def _fingerprint() -> str:
+    """What the request asks for, not how it was encoded: the JSON body's content (key order aside), or
+    each uploaded file's field, name and bytes (a multipart boundary differs on every retry)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    if request.is_json:
+        h.update(json.dumps(request.get_json(silent=True), sort_keys=True).encode("utf-8", "surrogatepass"))
+    for field, f in sorted(request.files.items(multi=True), key=lambda kv: (kv[0], kv[1].filename or "")):
+        h.update(f"{field}\0{f.filename}\0".encode("utf-8", "surrogatepass"))
+        for chunk in iter(lambda: f.stream.read(1 << 20), b""):
+            h.update(chunk)
+        f.stream.seek(0)
+    for field, value in sorted(request.form.items(multi=True)):
+        h.update(f"{field}={value}\0".encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
 def idempotent(status: int):
     """Honour `Idempotency-Key` on a POST: the first answer (2xx) is kept for the tenant, the path and
     the key, and a retry gets it again (header `Idempotent-Replayed: true`) instead of doing the work
@@ -75,13 +93,14 @@ def idempotent(status: int):
             if len(key) > 200:
                 raise BadRequest("Idempotency-Key is longer than 200 characters", code="bad_idempotency_key")
             scope = f"{request.method} {request.path}"
-            seen = svc().idempotent_replay(tenant(), scope, key)
+            fingerprint = _fingerprint()
+            seen = svc().idempotent_replay(tenant(), scope, key, fingerprint)  # 422 for another request
             if seen is not None:
                 replay = make_response(jsonify(seen[1]), seen[0])
                 replay.headers["Idempotent-Replayed"] = "true"
                 return replay
             body = view(*args, **kwargs)
-            svc().idempotent_store(tenant(), scope, key, status, body)
+            svc().idempotent_store(tenant(), scope, key, status, body, fingerprint)
             return body
 
         return inner

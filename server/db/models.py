@@ -188,6 +188,8 @@ class IdempotencyRecord(Base):
     scope: Mapped[str] = mapped_column(String(200))  # method and route, e.g. "POST /identities"
     status: Mapped[int] = mapped_column(Integer)
     body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    fingerprint: Mapped[Optional[str]] = mapped_column(String(64))  # sha256 of what was asked (a reuse with
+    #                                                                  another request is refused)
     created_at: Mapped[float] = mapped_column(Float, default=now)
     __table_args__ = (UniqueConstraint("tenant_id", "scope", "key", name="uq_idempotency"),)
 

@@ -14,7 +14,7 @@ from portrait.errors import ConfigError, PortraitError, TemplateError
 
 from .. import kinds as job_kinds
 from ..db.models import Job, Photo, Result, new_id
-from ..errors import BadRequest, NotFound
+from ..errors import BadRequest, KeyReused, NotFound
 from ..queue import lease
 from .common import (MODEL_NAME, PRIORITY_RANGE, SERVER_OWNED_OPTIONS, TEMPLATE_NAME, TenantInfo, by_idempotency_key,
                      check_webhook_url, find_report, iso, log, owned_row, page, tenant_id_of)
@@ -139,6 +139,11 @@ class JobsService:
         with self.db.session(immediate=True) as s:
             old = by_idempotency_key(s, Job, tenant_id, idempotency_key)
             if old is not None:
+                asked = (kind, identity_id, list(templates or []), dict(options or {}))
+                if (old.kind, old.identity_id, list(old.templates or []), dict(old.options or {})) != asked:
+                    raise KeyReused(f"Idempotency-Key {idempotency_key[:60]!r} was first sent with another job "
+                                    "request; use a new key for a new job", details={"key": idempotency_key,
+                                                                                     "job_id": old.id})
                 return self._job_dict(s, old)
             fields = self.validate_job(s, tenant_id, kind, identity_id, templates, options, priority, webhook_url,
                                        internal=internal)

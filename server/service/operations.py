@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from ..db.models import IdempotencyRecord, Job, WorkerRow, now
+from ..errors import KeyReused
 from .common import TenantInfo, tenant_id_of
 
 
@@ -16,23 +17,31 @@ class OperationsService:
     dispatcher, and the other parts' methods, through self."""
 
     # -- idempotent POSTs (identities, photos; jobs and batches keep the key on their row) ---------
-    def idempotent_replay(self, tenant: "TenantInfo | str", scope: str, key: Optional[str]) -> Optional[tuple[int, dict]]:
+    def idempotent_replay(self, tenant: "TenantInfo | str", scope: str, key: Optional[str],
+                          fingerprint: Optional[str] = None) -> Optional[tuple[int, dict]]:
+        """The first answer to this key (status, body), or None; KeyReused (422) when the key first came
+        with another request (`fingerprint`: a hash of the request's content)."""
         if not key:
             return None
         with self.db.session() as s:
             rec = s.scalars(select(IdempotencyRecord).where(IdempotencyRecord.tenant_id == tenant_id_of(tenant),
                                                             IdempotencyRecord.scope == scope,
                                                             IdempotencyRecord.key == key)).first()
-            return (rec.status, rec.body) if rec else None
+            if rec is None:
+                return None
+            if fingerprint and rec.fingerprint and rec.fingerprint != fingerprint:
+                raise KeyReused(f"Idempotency-Key {key[:60]!r} was first sent with another request to {scope}; "
+                                "use a new key for a new request", details={"key": key[:200]})
+            return rec.status, rec.body
 
     def idempotent_store(self, tenant: "TenantInfo | str", scope: str, key: Optional[str], status: int,
-                         body: dict) -> None:
+                         body: dict, fingerprint: Optional[str] = None) -> None:
         if not key:
             return
         try:
             with self.db.session(immediate=True) as s:
                 s.add(IdempotencyRecord(tenant_id=tenant_id_of(tenant), scope=scope[:200], key=key[:200], status=status,
-                                        body=body))
+                                        body=body, fingerprint=fingerprint))
         except IntegrityError:
             pass  # a concurrent retry stored it first
 
