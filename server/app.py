@@ -94,12 +94,7 @@ def _refuse_unstorable_json() -> None:
     route, before anything reads it; a body that is not JSON at all is left to the route's parser."""
     if not request.is_json or not request.content_length:
         return
-    import json
-
-    try:
-        body = json.loads(request.get_data(cache=True))
-    except ValueError:  # invalid JSON (or not UTF-8): the route's parser answers it
-        return
+    body = request.get_json(silent=True)  # parsed once, kept for the route; invalid JSON: the route answers it
     where = _unstorable(body, "")
     if where is not None:
         raise BadRequest(f"field '{where or 'body'}' holds a character that cannot be stored (a lone UTF-16 "

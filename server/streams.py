@@ -11,11 +11,9 @@ polls need. Clients that get it poll `GET /api/v1/jobs/{id}` instead (docs/api.m
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
-from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Callable, Optional
 
 from sqlalchemy import func, select
 
@@ -27,9 +25,9 @@ class TooManyStreams(ServiceError):
     code, status = "too_many_streams", 503
 
 
-def snapshot_id(job: dict) -> str:
-    """The SSE event id of a job state: equal states, equal ids (a reconnect's Last-Event-ID)."""
-    return hashlib.sha1(json.dumps(job, sort_keys=True).encode()).hexdigest()[:16]
+def snapshot_id(data: str) -> str:
+    """The SSE event id of a job state (its JSON text): equal states, equal ids (a reconnect's Last-Event-ID)."""
+    return hashlib.sha1(data.encode()).hexdigest()[:16]
 
 
 class StreamHub:
@@ -39,39 +37,35 @@ class StreamHub:
         self.db = db
         self.poll_seconds, self.max_streams = poll_seconds, max_streams
         self._lock = threading.Condition()
-        self._watchers: dict[tuple[str, str], int] = {}  # (tenant, job) -> open streams
+        self._watchers: dict[str, int] = {}  # job -> its open streams
         self._marks: dict[str, tuple] = {}  # job -> what the poller saw last (state, stage, progress, ...)
         self._versions: dict[str, int] = {}  # job -> bumped on every change the poller sees
-        self._open = 0
         self._thread: Optional[threading.Thread] = None
         self.polls = 0  # database rounds so far (the bench and the tests read it)
 
-    @contextmanager
-    def watch(self, tenant_id: str, job_id: str) -> Iterator["StreamHub"]:
-        """Hold one stream slot while the block runs (TooManyStreams when none is free)."""
+    def open(self, job_id: str) -> Callable[[], None]:
+        """Take one stream slot for a stream of `job_id` (TooManyStreams when none is free); returns the
+        function that gives it back (call it once, when the response closes)."""
         with self._lock:
-            if self._open >= self.max_streams:
-                raise TooManyStreams(f"this server process has {self._open} event streams open, its limit; poll "
+            busy = sum(self._watchers.values())
+            if busy >= self.max_streams:
+                raise TooManyStreams(f"this server process has {busy} event streams open, its limit; poll "
                                      f"GET /api/v1/jobs/{job_id} instead, or retry the stream later",
-                                     details={"open": self._open, "limit": self.max_streams, "retry_after": 5})
-            self._open += 1
-            key = (tenant_id, job_id)
-            self._watchers[key] = self._watchers.get(key, 0) + 1
+                                     details={"open": busy, "limit": self.max_streams, "retry_after": 5})
+            self._watchers[job_id] = self._watchers.get(job_id, 0) + 1
             self._versions.setdefault(job_id, 0)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._poll_forever, name="portrait-streams", daemon=True)
                 self._thread.start()
-        try:
-            yield self
-        finally:
-            with self._lock:
-                self._open -= 1
-                self._watchers[key] -= 1
-                if not self._watchers[key]:
-                    del self._watchers[key]
-                    if not any(j == job_id for _, j in self._watchers):
-                        self._marks.pop(job_id, None)
-                        self._versions.pop(job_id, None)
+        return lambda: self._close(job_id)
+
+    def _close(self, job_id: str) -> None:
+        with self._lock:
+            self._watchers[job_id] -= 1
+            if not self._watchers[job_id]:
+                del self._watchers[job_id]
+                self._marks.pop(job_id, None)
+                self._versions.pop(job_id, None)
 
     def version(self, job_id: str) -> int:
         with self._lock:
@@ -91,7 +85,7 @@ class StreamHub:
     def _poll_forever(self) -> None:
         while True:
             with self._lock:
-                jobs = sorted({j for _, j in self._watchers})
+                jobs = sorted(self._watchers)
                 if not jobs:
                     self._thread = None
                     return

@@ -5,8 +5,10 @@ Area-specific fixtures live in the test modules (or tests/helpers_*.py), not her
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -24,6 +26,7 @@ HUB_ENVIRONMENT = ("HF_HUB_OFFLINE", "HF_ENDPOINT", "HF_TOKEN", "HUGGING_FACE_HU
 for _name in HUB_ENVIRONMENT:
     os.environ.pop(_name, None)
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="portrait-tests-hf-home-")  # no stored token, empty cache
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
 
 
 def _package_dir(module: str) -> Path:

@@ -57,8 +57,9 @@ def test_streams_share_one_poller_are_capped_and_all_see_a_change_at_once(tmp_pa
         assert {f["event"] for f in firsts} == {"progress"} and len({f["id"] for f in firsts}) == 1
 
         conn, busy = _open(port, path, key)  # a fourth: this process's streams are all in use
+        assert busy.status == 503  # before reading: a stream that was let in would never end
         body = json.loads(busy.read())
-        assert busy.status == 503 and body["error"]["code"] == "too_many_streams"
+        assert body["error"]["code"] == "too_many_streams"
         assert int(busy.getheader("Retry-After")) >= 5  # ours (5 s), or the rate window's reset if later
         conn.close()
         hc = http.client.HTTPConnection("127.0.0.1", port, timeout=5)

@@ -21,7 +21,7 @@ TOP_K_MAX = 100
 MIN_PHOTOS_MAX = 100
 
 
-def ranged(config_cls, field: str, *decls: str, **kw):
+def ranged(config_cls, field: str, **kw):
     """A click option for a config's numeric field: its range from the config's LIMITS and its default
     from the dataclass, so the command line can never disagree with the job it builds."""
     lo, hi = config_cls.LIMITS[field]
@@ -29,7 +29,7 @@ def ranged(config_cls, field: str, *decls: str, **kw):
     floats = any(isinstance(v, float) for v in (lo, hi, default))
     kind = click.FloatRange(lo, hi) if floats else click.IntRange(lo, hi)
     kw.setdefault("show_default", default is not None)
-    return click.option(*(decls or ("--" + field.replace("_", "-"),)), field, type=kind, default=default, **kw)
+    return click.option("--" + field.replace("_", "-"), field, type=kind, default=default, **kw)
 
 
 def json_option(f):

@@ -10,8 +10,8 @@ from ..engines import DIFFUSION_MODES, FUSION_ENGINES, RETOUCH_ENGINES, UPSCALE_
 from ..errors import ConfigError
 from ..faces.analysis import FaceConfig
 from ..pipeline import RunConfig
-from .common import (dtype_option, ranged, face_engine_options, handle_errors, json_option, min_photos_option, print_json, print_table,
-                     progress_bar, top_k_option, with_options)
+from .common import (dtype_option, face_engine_options, handle_errors, json_option, min_photos_option, print_json, print_table,
+                     progress_bar, ranged, top_k_option, with_options)
 from .licence_opt import licence_option
 
 

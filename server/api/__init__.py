@@ -24,6 +24,8 @@ def rate_key() -> str:
 
     from ..errors import ServiceError
 
+    if "tenant" in g:  # already authenticated for this request (the limiter asks once per limit)
+        return "tenant:" + g.tenant.id
     scheme, _, key = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and key.strip():
         try:

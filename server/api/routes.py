@@ -246,8 +246,7 @@ def job_events(job_id):
     service, who = svc(), tenant()
     first = with_label(service.get_job(who, job_id))  # 401 / 404 before the stream starts
     hub, limit = streams_hub(), front().sse_max_seconds
-    slot = hub.watch(who.id, job_id)
-    slot.__enter__()  # 503 too_many_streams before the stream starts; released when the response closes
+    release = hub.open(job_id)  # 503 too_many_streams before the stream starts; given back when it closes
 
     def stream():
         # The reconnect hint first, then the current state at once (a reconnecting client's Last-Event-ID
@@ -257,9 +256,10 @@ def job_events(job_id):
         last = None
         while True:
             ended = job["state"] in ("succeeded", "failed", "cancelled")
-            event_id = snapshot_id(job)
+            data = json.dumps(job, sort_keys=True)
+            event_id = snapshot_id(data)
             if event_id != last:
-                yield f"event: {'end' if ended else 'progress'}\nid: {event_id}\ndata: {json.dumps(job, sort_keys=True)}\n\n"
+                yield f"event: {'end' if ended else 'progress'}\nid: {event_id}\ndata: {data}\n\n"
                 last = event_id
             if ended or time.monotonic() - start > limit:
                 return
@@ -276,7 +276,7 @@ def job_events(job_id):
 
     response = Response(stream_with_context(stream()), mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    response.call_on_close(lambda: slot.__exit__(None, None, None))
+    response.call_on_close(release)
     return response
 
 

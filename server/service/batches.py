@@ -14,8 +14,10 @@ from .common import BATCH_PRIORITY, MAX_BATCH_ROWS, TenantInfo, by_idempotency_k
 
 
 class BatchesService:
-    """A studio's batches: one job per row, under one priority. One part of `Service`: it uses the service's settings, db, storage and
-    dispatcher, and the other parts' methods, through self."""
+    """A studio's batches: one job per row, under one priority.
+
+    One part of `Service`: it uses the service's settings, db, storage and dispatcher, and the other
+    parts' methods, through self."""
 
     def submit_batch(self, tenant: "TenantInfo | str", rows: list, *, name: str = "",
                      priority: int = BATCH_PRIORITY, idempotency_key: Optional[str] = None,

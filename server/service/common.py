@@ -1,7 +1,6 @@
 """What the service's resource modules share: tenant ids, timestamps, cursors and pages, upload names,
 webhook URL checks, and the report a job leaves."""
 
-
 from __future__ import annotations
 
 import base64

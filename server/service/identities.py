@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import hashlib
+import json
 from typing import BinaryIO, Iterable, Optional
 
 from sqlalchemy import delete, func, select
@@ -18,8 +18,10 @@ from .common import FORMAT_EXT, INTAKE_REFUSALS, TenantInfo, display_name, iso, 
 
 
 class IdentitiesService:
-    """Identities and their photos, with the whole-upload rule. One part of `Service`: it uses the service's settings, db, storage and
-    dispatcher, and the other parts' methods, through self."""
+    """Identities and their photos, with the whole-upload rule.
+
+    One part of `Service`: it uses the service's settings, db, storage and dispatcher, and the other
+    parts' methods, through self."""
 
     def create_identity(self, tenant: "TenantInfo | str", name: str = "") -> dict:
         name = (name or "").strip()

@@ -21,8 +21,10 @@ from .common import (MODEL_NAME, PRIORITY_RANGE, SERVER_OWNED_OPTIONS, TEMPLATE_
 
 
 class JobsService:
-    """Jobs and their results: validation, submission, listing, cancelling, reports. One part of `Service`: it uses the service's settings, db, storage and
-    dispatcher, and the other parts' methods, through self."""
+    """Jobs and their results: validation, submission, listing, cancelling, reports.
+
+    One part of `Service`: it uses the service's settings, db, storage and dispatcher, and the other
+    parts' methods, through self."""
 
     def validate_job(self, s: Session, tenant_id: str, kind: str, identity_id: Optional[str], templates: Any,
                      options: Any, priority: Any, webhook_url: Optional[str], *, internal: bool = False) -> dict:

@@ -13,8 +13,10 @@ from .common import TenantInfo, tenant_id_of
 
 
 class OperationsService:
-    """Idempotent POSTs, the readiness ping and the /metrics numbers. One part of `Service`: it uses the service's settings, db, storage and
-    dispatcher, and the other parts' methods, through self."""
+    """Idempotent POSTs, the readiness ping and the /metrics numbers.
+
+    One part of `Service`: it uses the service's settings, db, storage and dispatcher, and the other
+    parts' methods, through self."""
 
     # -- idempotent POSTs (identities, photos; jobs and batches keep the key on their row) ---------
     def idempotent_replay(self, tenant: "TenantInfo | str", scope: str, key: Optional[str],

@@ -15,8 +15,10 @@ from .common import KEY_PREFIX, TenantInfo, check_webhook_url, hash_key, iso, te
 
 
 class TenantsService:
-    """Tenants and their API keys. One part of `Service`: it uses the service's settings, db, storage and
-    dispatcher, and the other parts' methods, through self."""
+    """Tenants and their API keys.
+
+    One part of `Service`: it uses the service's settings, db, storage and dispatcher, and the other
+    parts' methods, through self."""
 
     def create_tenant(self, name: str, *, retention_days: Optional[float] = None,
                       concurrency: Optional[int] = None, webhook_url: Optional[str] = None,
