@@ -10,6 +10,9 @@ template.toml (every key optional except `name`):
 
     name = "studio-grey"
     description = "Head and shoulders on a studio-grey backdrop"
+    source = "scikit-image data/astronaut.png (NASA photo S114-E-5000)"   # where the image came from
+    licence = "public-domain: a work of the US government (NASA)"        # its licence, with the reason
+    tags = ["head-and-shoulders", "studio", "colour", "frontal"]         # framing, setting, colour/bw, view
     image = "template.jpg"              # default: the folder's only image file
     prompt = "a studio portrait photo of a person, soft light"
     negative_prompt = "blurry, deformed"
@@ -31,6 +34,10 @@ template.toml (every key optional except `name`):
     [output]
     max_side = 1024                     # the template image is resized to this before processing
     upscale = 2.0                       # final super-resolution factor (1 = none)
+    [measured]                          # written by `templates add` from face slot faces[0]; never typed
+    skin_tone = 4                       # Monk scale 1..10 (0: unknown, e.g. black and white)
+    ita = 41.5                          # individual typology angle of the face skin, degrees
+    yaw = -3.2                          # head turn, degrees
 
 Search path: the repository's `templates/` folder, then the user's folder ($PORTRAIT_TEMPLATES_DIR,
 default ~/.local/share/portrait/templates), where `portrait templates add` writes. A user template
@@ -97,6 +104,10 @@ class Template:
     style_weight: float = 0.6
     max_side: int = 1024
     upscale: float = 2.0
+    source: str = ""
+    licence: str = ""
+    tags: tuple[str, ...] = ()
+    measured: dict = field(default_factory=dict)
     _faces: dict = field(default_factory=dict, repr=False, compare=False)  # face engines -> faces
     _no_disk_cache: bool = field(default=False, repr=False, compare=False)  # a user's image: nothing written beside it
     _decoded_image: DecodedImage | None = field(default=None, repr=False, compare=False)
@@ -149,7 +160,7 @@ class Template:
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
         d.update(directory=str(self.directory), image_path=str(self.image_path), faces=list(self.faces),
-                 pins=[list(b) for b in self.pins])
+                 pins=[list(b) for b in self.pins], tags=list(self.tags))
         return d
 
 
@@ -230,7 +241,25 @@ class _Reader:
 
 
 TOP_KEYS = ("name", "description", "image", "prompt", "negative_prompt", "faces", "pins", "seed", "inpaint", "edge",
-            "style", "output")
+            "style", "output", "source", "licence", "tags", "measured")
+TAG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+# The tag vocabulary of the bundled packs, by facet (a user's pack may add its own tags).
+TAG_FACETS = {"framing": ("head-and-shoulders", "half-length"), "setting": ("studio", "office", "outdoor", "formal"),
+              "colour": ("colour", "bw"), "view": ("frontal", "three-quarter")}
+MEASURED_KEYS = {"skin_tone": int, "ita": float, "yaw": float}
+
+
+def _tags(r: "_Reader") -> tuple[str, ...]:
+    tags = r.data.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) and TAG_RE.match(t) for t in tags):
+        raise r.fail("tags", f"must be a list of tags (lower-case letters, digits, '-'; max 32), got {tags!r}")
+    return tuple(dict.fromkeys(tags))
+
+
+def _measured(r: "_Reader") -> dict:
+    t = r.table("measured")
+    r.unknown(t, MEASURED_KEYS, "measured.")
+    return {k: r.get(t, k, f"measured.{k}", kind) for k, kind in MEASURED_KEYS.items() if k in t}
 
 
 def _find_image(directory: Path, r: _Reader) -> Path:
@@ -286,6 +315,10 @@ def parse_template(directory: str | Path) -> Template:
         style_weight=r.get(style, "weight", "style.weight", float, 0.6, lo=0.0, hi=2.0),
         max_side=r.get(output, "max_side", "output.max_side", int, 1024, lo=256, hi=8192),
         upscale=r.get(output, "upscale", "output.upscale", float, 2.0, lo=1.0, hi=8.0),
+        source=r.get(data, "source", "source", str, ""),
+        licence=r.get(data, "licence", "licence", str, ""),
+        tags=_tags(r),
+        measured=_measured(r),
     )
 
 
@@ -406,8 +439,29 @@ def bundled_names() -> set[str]:
     return {t.name for t in list_templates([bundled_dir()])}
 
 
+def measure_template(t: Template, face_analysis=None) -> dict:
+    """template.toml's [measured] table, from the first replaced slot's face: its Monk skin tone (0 for a
+    black-and-white image), ITA and yaw. (No face shape: dlib5's five points are fitted to a fixed
+    geometry, so their ratios are the same for every face.)"""
+    from .post.skin_tone import skin_tone
+
+    face = t.slot_faces(face_analysis)[t.faces[0]]
+    tone = skin_tone(t.image(), face)
+    return {"skin_tone": tone.monk, "ita": round(tone.ita, 1), "yaw": round(float(face.yaw), 1)}
+
+
+def write_measured(t: Template, face_analysis=None) -> Template:
+    """Measure `t` and write [measured] into its template.toml (other keys kept as they are)."""
+    import tomli_w
+
+    doc = tomllib.loads(t.toml_path.read_text(encoding="utf-8"))
+    doc["measured"] = measure_template(t, face_analysis)
+    t.toml_path.write_text(tomli_w.dumps(doc), encoding="utf-8")
+    return parse_template(t.directory)
+
+
 def add_template(image_path: str | Path, name: str, dest_dir: str | Path | None = None, *, face_analysis=None,
-                 overwrite: bool = False, force: bool = False, **fields) -> Template:
+                 overwrite: bool = False, force: bool = False, quality: int = 95, **fields) -> Template:
     """Create `dest_dir`/`name`/ from an image: validates that the image decodes and holds at least one
     face slot, writes the image, a template.toml (`fields` are its keys, e.g. prompt=..., faces=[0],
     pins=[[x0, y0, x1, y1]], inpaint={...}), the face cache and preview.jpg. Returns the loaded template.
@@ -441,7 +495,7 @@ def add_template(image_path: str | Path, name: str, dest_dir: str | Path | None 
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=dest))
     try:
         suffix = ".png" if Path(image_path).suffix.lower() == ".png" else ".jpg"
-        img = save_image(rgb, tmp / f"template{suffix}", quality=95)
+        img = save_image(rgb, tmp / f"template{suffix}", quality=quality)
         doc["image"] = img.name
         (tmp / TOML_NAME).write_text(tomli_w.dumps(doc), encoding="utf-8")
         t = parse_template(tmp)
@@ -450,6 +504,7 @@ def add_template(image_path: str | Path, name: str, dest_dir: str | Path | None 
         except TemplateError as exc:
             raise TemplateError(str(exc).replace(str(tmp / TOML_NAME), f"{image_path}").replace(str(tmp), str(folder))) \
                 from exc
+        t = write_measured(t, face_analysis)
         draw_preview(t.image(), t.detected_faces(face_analysis), t.faces, tmp / PREVIEW_NAME)
         if folder.exists():  # overwrite: swap the old folder out only once the new one is complete
             old = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=dest))

@@ -1,6 +1,6 @@
 """Every bundled template, run with the sample user, measured from the written PNG with the dlib
 descriptor called directly (5-point alignment, not the pipeline's own numbers): the face in every
-painted slot, and the largest face, is the sample user's (issue 7, "Must be tested")."""
+painted slot, and the largest face, is the sample user's (issue 7, "Must be tested"), on every bundled pack (issue 19 item 5): not the template's person (>= 0.6)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ from portrait.pipeline import PortraitPipeline, RunConfig
 from portrait.samples import write_sample_photos
 from portrait.templates import bundled_dir, list_templates, load_template
 
-BUNDLED = ("astronaut-wide", "classic-bw", "duo", "navy-formal", "studio-grey", "warm-studio")
+ORIGINAL = ("astronaut-wide", "classic-bw", "duo", "navy-formal", "studio-grey", "warm-studio")
+BUNDLED = tuple(t.name for t in list_templates([bundled_dir()]))  # every pack the wheel ships (issue 19 item 5)
+USER_BAR = 0.45  # issue 19: every output within this of the user on the dlib meter
+OTHER_PERSON = 0.6  # issue 19: the template's own person stays at least this far from the output
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +34,7 @@ def every_template_run(hermetic, tmp_path_factory, meter):
     paths = write_sample_photos(photos)
     out = tmp_path_factory.mktemp("run")
     names = [t.name for t in list_templates([bundled_dir()])]
-    assert set(BUNDLED) <= set(names)
+    assert set(ORIGINAL) <= set(names) and len(names) >= 30
     result = PortraitPipeline(RunConfig(models_dir=str(hermetic / "models"), variants=1, max_tries=2)).run(
         photos, list(BUNDLED), out)
     user = np.mean([meter.faces(load_rgb(p))[0][1] for p in paths if p.name.startswith("astronaut_")], axis=0)
@@ -68,10 +71,10 @@ def test_every_painted_slot_and_the_largest_face_is_the_user(every_template_run,
     assert not result.failures, result.failures
     m = measure(name, out, user, meter)
     for i, d in m["slots"].items():
-        assert d["to_user"] < SAME_PERSON, (name, i, d)
-        if d["template_is_user"] is False:  # navy-formal, duo's right slot: another person's template
-            assert d["to_template"] >= SAME_PERSON, (name, i, d)
-    assert m["largest_to_user"] < SAME_PERSON, (name, m)
+        assert d["to_user"] <= USER_BAR, (name, i, d)
+        if d["template_is_user"] is False:  # every template of another person than the sample user
+            assert d["to_template"] >= OTHER_PERSON, (name, i, d)
+    assert m["largest_to_user"] <= USER_BAR, (name, m)
     # result.json says "passes" only of the painted face, a main face, found where it was painted.
     data = json.loads((out / "result.json").read_text())
     [entry] = [o for o in data["outputs"] if o["template"] == name]

@@ -41,7 +41,7 @@ def test_relative_dest_gives_a_template_usable_from_anywhere(hermetic, tmp_path,
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    r = invoke("templates", "add", load_template("navy-formal").image_path, "--name", "mine", "--dest", "rel",
+    r = invoke("templates", "add", "--source", "a test photo", "--licence", "public-domain: test", load_template("navy-formal").image_path, "--name", "mine", "--dest", "rel",
                "--json")
     assert r.exit_code == 0, r.output
     added = json.loads(r.stdout)

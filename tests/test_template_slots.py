@@ -109,7 +109,7 @@ def test_add_prints_slots_writes_preview_and_names_an_ambiguous_choice(user_temp
     from portrait.cli import cli
 
     duo = T.bundled_dir() / "duo" / "template.jpg"
-    res = CliRunner().invoke(cli, ["templates", "add", str(duo), "--name", "pair"])
+    res = CliRunner().invoke(cli, ["templates", "add", "--source", "a test photo", "--licence", "public-domain: test", str(duo), "--name", "pair"])
     assert res.exit_code == 0, res.output
     assert "slot 0:" in res.output and "slot 1:" in res.output
     assert "ambiguous: 2 faces of similar size" in res.output and "replacing slot 0" in res.output
@@ -133,13 +133,13 @@ def test_failed_add_leaves_nothing_behind(user_templates, grace_hopper_path):
     from portrait.cli import cli
 
     runner = CliRunner()
-    res = runner.invoke(cli, ["templates", "add", str(grace_hopper_path), "--name", "mine", "--face", "5"])
+    res = runner.invoke(cli, ["templates", "add", "--source", "a test photo", "--licence", "public-domain: test", str(grace_hopper_path), "--name", "mine", "--face", "5"])
     assert res.exit_code == 2 and "faces" in res.output
     assert not (user_templates / "mine").exists()
     assert [p for p in user_templates.iterdir()] == []  # no temporary folder either
     assert "mine" not in runner.invoke(cli, ["templates", "list"]).output
     assert runner.invoke(cli, ["templates", "show", "mine"]).exit_code == 2
-    res = runner.invoke(cli, ["templates", "add", str(grace_hopper_path), "--name", "mine"])
+    res = runner.invoke(cli, ["templates", "add", "--source", "a test photo", "--licence", "public-domain: test", str(grace_hopper_path), "--name", "mine"])
     assert res.exit_code == 0, res.output
 
 
@@ -147,10 +147,10 @@ def test_a_bundled_name_is_not_shadowed_unless_forced(user_templates, grace_hopp
     from portrait.cli import cli
 
     runner = CliRunner()
-    res = runner.invoke(cli, ["templates", "add", str(grace_hopper_path), "--name", "navy-formal"])
+    res = runner.invoke(cli, ["templates", "add", "--source", "a test photo", "--licence", "public-domain: test", str(grace_hopper_path), "--name", "navy-formal"])
     assert res.exit_code == 2 and "bundled" in res.output and "--force" in res.output
     assert not (user_templates / "navy-formal").exists()
-    res = runner.invoke(cli, ["templates", "add", str(grace_hopper_path), "--name", "navy-formal", "--force"])
+    res = runner.invoke(cli, ["templates", "add", "--source", "a test photo", "--licence", "public-domain: test", str(grace_hopper_path), "--name", "navy-formal", "--force"])
     assert res.exit_code == 0, res.output
     listed = runner.invoke(cli, ["templates", "list"]).output
     assert "overrides the bundled one" in [line for line in listed.splitlines() if line.startswith("navy-formal")][0]

@@ -171,7 +171,7 @@ def test_cli_templates(user_templates, grace_hopper_path, tmp_path):
     from portrait.cli import cli
 
     runner = CliRunner()
-    res = runner.invoke(cli, ["templates", "add", str(grace_hopper_path), "--name", "hopper", "--prompt", "p",
+    res = runner.invoke(cli, ["templates", "add", str(grace_hopper_path), "--name", "hopper", "--prompt", "p", "--source", "matplotlib sample_data", "--licence", "public-domain: US Navy",
                               "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["name"] == "hopper"
@@ -183,7 +183,7 @@ def test_cli_templates(user_templates, grace_hopper_path, tmp_path):
     assert res.exit_code == 0 and len(json.loads(res.output)["detected_faces"]) == 2
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
-    res = runner.invoke(cli, ["templates", "add", str(bad), "--name", "bad"])
+    res = runner.invoke(cli, ["templates", "add", "--source", "a test file", "--licence", "public-domain: test", str(bad), "--name", "bad"])
     assert res.exit_code == 2 and "cannot be a template" in res.output
     broken = user_templates / "broken"
     shutil.copytree(T.bundled_dir() / "studio-grey", broken)

@@ -25,7 +25,8 @@ def _not_slots(t) -> list[dict]:
 
 def _summary(t, with_faces: bool = False, bundled: set | None = None) -> dict:
     d = {"name": t.name, "description": t.description, "directory": str(t.directory), "image": str(t.image_path),
-         "faces": list(t.faces)}
+         "faces": list(t.faces), "source": t.source, "licence": t.licence, "tags": list(t.tags),
+         "measured": dict(t.measured)}
     if bundled is not None:
         from ..templates import bundled_dir
 
@@ -86,21 +87,29 @@ def register(group: click.Group) -> None:
     @templates.command("list")
     @json_option
     @handle_errors
-    def list_cmd(as_json: bool) -> None:
-        """Templates on the search path (user folder, then the bundled ones)."""
+    @click.option("--tag", "tags", multiple=True, help="Only templates with this tag (repeatable: all of them).")
+    def list_cmd(as_json: bool, tags: tuple[str, ...]) -> None:
+        """Templates on the search path (user folder, then the bundled ones), with their tags, measured skin
+        tone (Monk scale; 0 unknown) and head turn, and where each image came from."""
         from ..templates import bundled_names, list_templates, template_dirs
 
         errors: list[dict] = []
         found = list_templates(on_error=lambda p, e: errors.append({"directory": str(p), "error": str(e)}))
+        found = [t for t in found if set(tags) <= set(t.tags)]
         bundled = bundled_names()
         if as_json:
             print_json({"templates": [_summary(t, bundled=bundled) for t in found], "errors": errors,
                         "search_path": [str(d) for d in template_dirs()]})
             return
+        if found:
+            click.echo(f"{'name':<20} {'faces':<6} {'tone':>4} {'yaw':>4}  {'licence':<14} tags")
         for t in found:
             s = _summary(t, bundled=bundled)
             note = " (yours, overrides the bundled one)" if s["overrides_bundled"] else ""
-            click.echo(f"{t.name:<20} faces {','.join(map(str, t.faces)):<6} {t.description}{note}")
+            m = t.measured
+            yaw = "" if "yaw" not in m else f"{m['yaw']:.0f}"
+            click.echo(f"{t.name:<20} {','.join(map(str, t.faces)):<6} {m.get('skin_tone', ''):>4} {yaw:>4}  "
+                       f"{t.licence.split(':')[0] or 'unrecorded':<14} {' '.join(t.tags)}{note}")
         for e in errors:
             click.secho(f"broken: {e['directory']}: {e['error']}", fg="yellow", err=True)
         if not found:
@@ -145,22 +154,34 @@ def register(group: click.Group) -> None:
     @click.option("--pin", "pins", multiple=True, metavar="X0,Y0,X1,Y1",
                   help="A face slot by approximate box in image pixels, for faces the detectors miss or doubt "
                        "(a small face in a group, a profile); repeatable.")
+    @click.option("--source", required=True,
+                  help="Where IMAGE came from: a URL, or a repository and path (recorded in template.toml).")
+    @click.option("--licence", required=True,
+                  help="Its licence and the reason it may be used, e.g. 'public-domain: a work of the US government'.")
+    @click.option("--tag", "tags", multiple=True,
+                  help="A tag (repeatable): framing (head-and-shoulders, half-length), setting (studio, office, "
+                       "outdoor, formal), colour or bw, view (frontal, three-quarter).")
     @click.option("--force", is_flag=True, help="Allow a name that hides a bundled template.")
     @json_option
     @handle_errors
-    def add_cmd(image: Path, name: str, dest: Path | None, prompt, negative_prompt, description, faces, pins, force,
-                as_json: bool) -> None:
-        """Make a template from IMAGE (checks that it decodes and holds a usable face); prints the slots and
-        writes preview.jpg with the numbered slot boxes."""
+    def add_cmd(image: Path, name: str, dest: Path | None, prompt, negative_prompt, description, faces, pins, source,
+                licence, tags, force, as_json: bool) -> None:
+        """Make a template from IMAGE (checks that it decodes and holds a usable face); records its source and
+        licence, measures the face's skin tone and head turn, prints the slots and writes preview.jpg with the
+        numbered slot boxes."""
         from ..template_slots import PREVIEW_NAME, ambiguity_notice
         from ..templates import add_template
 
         t = add_template(image, name, dest, prompt=prompt, negative_prompt=negative_prompt, description=description,
-                         faces=list(faces) or None, pins=[_pin(p) for p in pins] or None, force=force)
+                         faces=list(faces) or None, pins=[_pin(p) for p in pins] or None, force=force,
+                         source=source, licence=licence, tags=list(tags) or None)
         notice = ambiguity_notice(t.detected_faces(), t.faces)
         preview = t.directory / PREVIEW_NAME
         if as_json:
             print_json(dict(_summary(t, with_faces=True), notice=notice, preview=str(preview)))
         else:
             click.echo(f"added template '{t.name}' in {t.directory} ({len(t.detected_faces())} face slot(s))")
+            m = t.measured
+            click.echo(f"measured: skin tone {m.get('skin_tone')} (Monk scale; 0 unknown), ITA {m.get('ita')}, "
+                       f"yaw {m.get('yaw')}")
             _print_slots(t, notice, preview)
