@@ -30,6 +30,7 @@ from .models.manifest import get_manifest
 from .post.rank import Candidate, best_of, measure_slots
 from .progress import ProgressCallback, check_cancel, report
 from .settings import check_choice, check_limits, from_dict
+from .templates import Template
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ class RunResult:
     metric: str
     threshold: float
     result_file: Optional[Path] = None
+    auto: dict = field(default_factory=dict)  # --template auto: the user's look and each choice's reasons
 
     def to_dict(self) -> dict:
         return {
@@ -128,6 +130,7 @@ class RunResult:
                          "note": "distance: lower is more alike; similarity = 1 - distance / (2 x threshold)"},
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "preprocess": self.preprocess,
+            **({"auto": self.auto} if self.auto else {}),
         }
 
 
@@ -197,9 +200,22 @@ class PortraitPipeline:
         these templates (ControlNets present; else auto falls back, "on" raises). Returns the Templates;
         raises a PortraitError naming the problem."""
         from .preflight import check_diffusion_settings, check_photos_folder, check_slots, resolve_templates
+        from .template_choice import AutoPick, candidates, parse_auto
 
-        tmpls = resolve_templates(templates, self.fa)
-        check_slots(others, tmpls)
+        picks, explicit = [], []
+        for ref in templates:
+            req = None if isinstance(ref, (AutoPick, Template, Path)) else parse_auto(ref)
+            if isinstance(ref, AutoPick):
+                picks.append(ref)
+            elif req is not None:
+                from .templates import list_templates
+
+                picks.append(AutoPick(req, tuple(candidates(list_templates(), req))))
+            else:
+                explicit.append(ref)
+        tmpls = resolve_templates(explicit, self.fa) if explicit or not picks else []
+        pool = tmpls + [t for p in picks for t in resolve_templates(p.candidates, self.fa)]  # all checked now
+        check_slots(others, pool)
         for slot, folder in sorted((others or {}).items()):
             if not isinstance(folder, (list, tuple)):
                 check_photos_folder(folder, f"photos folder for face slot {slot}")
@@ -208,13 +224,13 @@ class PortraitPipeline:
             from .generate.template_jobs import template_controls
 
             arch = _base_info(self.manifest, self.config.base_model or "sd15")[0]  # SDXL's recipe: canny only
-            self._set_engines(list(dict.fromkeys(c for t in tmpls for c in template_controls(t, arch=arch))))
+            self._set_engines(list(dict.fromkeys(c for t in pool for c in template_controls(t, arch=arch))))
         if self.engine("inpaint").engine == "diffusion":
-            check_diffusion_settings(tmpls, self.fa, steps=self.config.steps)
+            check_diffusion_settings(pool, self.fa, steps=self.config.steps)
         if others and self.engine("inpaint").engine == "diffusion" and self.identity_engine == "lora":
             raise ConfigError("other people in face slots need a face-embedding identity (FaceID / InstantID), "
                               "but --identity is the user's LoRA: leave out --identity, or --diffusion off")
-        return tmpls
+        return tmpls + picks
 
     def run(self, photos: Path | Sequence[Path], templates: Sequence, out_dir: Path,
             others: Mapping[int, Path] | None = None, *, progress: Optional[ProgressCallback] = None,
@@ -242,6 +258,7 @@ class PortraitPipeline:
         timings["preprocess"] = time.perf_counter() - t0
         references = self._references(pre)
         centroid = pre.centroid
+        templates, auto = self._choose(pre, templates)
         outputs, failures = [], []
         for i, tmpl in enumerate(templates):
             run.check()
@@ -262,10 +279,31 @@ class PortraitPipeline:
         result = RunResult(outputs, failures, self.engines, timings,
                            {"accepted": pre.accepted_count, "selected": pre.selected, "reference": pre.reference,
                             "report": str(out_dir / "preprocess" / "report.json")},
-                           self.fa.metric, self.fa.same_person_threshold)
+                           self.fa.metric, self.fa.same_person_threshold, auto=auto)
         result.result_file = out_dir / "result.json"
         result.result_file.write_text(json.dumps(result.to_dict(), indent=2))
         return result
+
+    def _choose(self, pre, templates: Sequence) -> tuple[list, dict]:
+        """The checked templates with each AutoPick replaced by the templates it chooses for this user
+        (never one named explicitly, nor one an earlier pick chose), and the record of why."""
+        from .post.skin_tone import skin_tone
+        from .template_choice import AutoPick, choose, user_look
+
+        picks = [t for t in templates if isinstance(t, AutoPick)]
+        chosen = [t for t in templates if not isinstance(t, AutoPick)]
+        if not picks:
+            return chosen, {}
+        tone = skin_tone(pre.reference_image, pre.reference_face)
+        yaws = [p.face.yaw for p in pre.photos if p.file in pre.selected and p.face is not None]
+        look = user_look(yaws, tone.ita, tone.monk)
+        record = {"user": look.to_dict(), "picks": []}
+        for pick in picks:
+            choices = choose(look, pick.candidates, pick.request.n, exclude=[t.name for t in chosen])
+            by_name = {t.name: t for t in pick.candidates}
+            chosen += [by_name[c.template] for c in choices]
+            record["picks"].append({"spec": pick.request.spec, "chosen": [c.to_dict() for c in choices]})
+        return chosen, record
 
     def _preprocess(self, run: _Run, photos, out: Path):
         from preprocess import PreprocessConfig, run_preprocess

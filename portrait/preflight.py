@@ -24,7 +24,8 @@ def available_templates() -> list[str]:
 def _available_hint() -> str:
     names = available_templates()
     return (f"available templates: {', '.join(names)}" if names else "no templates are installed") + \
-        " (a template can also be a folder with a template.toml, or an image file)"
+        " (a template can also be a folder with a template.toml, an image file, or auto[:N] for the N that suit" \
+        " the photos best; `portrait templates list` shows their tags)"
 
 
 def is_image_ref(ref: str | Path) -> bool:

@@ -119,7 +119,7 @@ def test_unknown_template_name_fails_before_preprocessing(small_dir, tmp_path):
     assert r.exit_code == 2, r.output
     err = json.loads(r.stdout)
     assert err["error"] == "bad_template" and "'no-such-template' not found" in err["message"]
-    assert "available templates: astronaut-wide, classic-bw, duo, navy-formal, studio-grey" in err["message"]
+    assert "available templates: astronaut-wide, blue-studio, classic-bw" in err["message"] and "auto[:N]" in err["message"]
     assert not out.exists()
 
 

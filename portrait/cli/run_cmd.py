@@ -61,6 +61,9 @@ def _summary(result) -> None:
     console = Console(soft_wrap=True)  # lines are never cut at 80 columns when piped
     for e in result.engines:
         console.print(f"[bold]{e.stage}[/]: {e.engine} [dim]({escape(e.reason)})[/]")
+    for pick in result.auto.get("picks", []):
+        for c in pick["chosen"]:
+            console.print(f"[bold]{escape(pick['spec'])}[/] chose {escape(c['template'])} [dim]({escape(c['why'])})[/]")
     if not result.outputs:  # nothing to rank: no empty table, no "portraits in" line
         for f in result.failures:
             console.print(f"[red]template {escape(f['template'])} failed:[/] {escape(f['message'])}")
@@ -87,7 +90,10 @@ def _summary(result) -> None:
 @click.command("run")
 @click.argument("photos", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--template", "templates", multiple=True,
-              help="Template name, folder or image file (repeatable; default: every installed template).")
+              help="Template name, folder or image file, or auto[:N] for the N (default 3) templates that suit "
+                   "these photos best (repeatable; default: every installed template).")
+@click.option("--tags", default=None, metavar="TAG,TAG",
+              help="With --template auto: choose only among templates with all these tags (e.g. studio,colour).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--slot", "slots", multiple=True, metavar="N=PHOTOS_DIR",
               help="Put another person (their photos folder) into face slot N of multi-face templates; "
@@ -96,14 +102,14 @@ def _summary(result) -> None:
 @json_option
 @licence_option
 @handle_errors
-def run_command(photos: Path, templates: tuple[str, ...], out: Path, slots: tuple[str, ...], as_json: bool,
-                **options) -> None:
+def run_command(photos: Path, templates: tuple[str, ...], tags: str | None, out: Path, slots: tuple[str, ...],
+                as_json: bool, **options) -> None:
     """The whole chain: PHOTOS → preprocess → identity → each template → ranked portraits in OUT.
 
     Every template, slot, model and option is checked before any photo is read (exit 2 naming it)."""
     from .. import jobs
 
-    names = jobs.template_names(templates)
+    names = jobs.template_names(_with_tags(templates, tags))
     config = config_from_options(options)
     others = _parse_slots(slots)
     with progress_bar(not as_json) as progress:  # every template and slot is checked before any photo is read
@@ -114,6 +120,22 @@ def run_command(photos: Path, templates: tuple[str, ...], out: Path, slots: tupl
         _summary(result)
     if not result.outputs:
         raise SystemExit(2)
+
+
+def _with_tags(templates: tuple[str, ...], tags: str | None) -> tuple[str, ...]:
+    """--tags joined onto every auto template spec (auto, auto:N) that names none; ConfigError when
+    --tags is given without an auto template."""
+    from ..template_choice import parse_auto
+
+    if not tags:
+        return templates
+    if not any(parse_auto(t) for t in templates):
+        raise ConfigError("--tags chooses among templates for --template auto[:N]; add --template auto")
+    out = []
+    for t in templates:
+        req = parse_auto(t)
+        out.append(t if req is None or req.tags else f"auto:{req.n}:{tags.replace(' ', '')}")
+    return tuple(out)
 
 
 def _parse_slots(values: tuple[str, ...]) -> dict[int, Path]:
