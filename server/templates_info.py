@@ -16,9 +16,13 @@ from .errors import NotFound
 THUMB_SIDE = 320
 
 
-def template_list() -> list[dict]:
-    return [{"name": t.name, "description": t.description, "faces": list(t.faces),
-             "thumbnail_url": url_for("api.thumbnail", name=t.name, _external=True)} for t in list_templates()]
+def template_list(tags=()) -> list[dict]:
+    """Every template on the search path with all of `tags`: name, description, slots, tags, provenance,
+    measured skin tone and yaw, and its thumbnail's URL."""
+    return [{"name": t.name, "description": t.description, "faces": list(t.faces), "tags": list(t.tags),
+             "source": t.source, "licence": t.licence, "measured": dict(t.measured),
+             "thumbnail_url": url_for("api.thumbnail", name=t.name, _external=True)}
+            for t in list_templates() if set(tags) <= set(t.tags)]
 
 
 def thumbnail_path(name: str, data_dir: Path) -> Path:

@@ -165,6 +165,37 @@ def test_without_javascript_the_status_page_refreshes_to_the_gallery(served, bro
     context.close()
 
 
+@pytest.mark.slow
+def test_gallery_filters_by_tag_and_suggest_for_me_runs_without_javascript(served, browser, samples, tmp_path):
+    """Issue 19 item 4: tag links narrow the gallery (plain links: no JavaScript needed), and "Suggest
+    for me" sends auto:3, which renders the three templates chosen for these photos."""
+    from portrait.templates import list_templates
+
+    context = browser.new_context(java_script_enabled=False)
+    context.set_default_timeout(300_000)
+    page = context.new_page()
+    page.goto(served + "/")
+    assert len(page.query_selector_all("#templates .tpl")) == len(list_templates())
+    page.click("#tag-filter >> text=bw")
+    shown = [e.get_attribute("data-tags").split() for e in page.query_selector_all("#templates .tpl")]
+    assert shown and all("bw" in tags for tags in shown)
+    assert len(shown) == sum("bw" in t.tags for t in list_templates())
+    page.click("#tag-filter >> text=studio")  # a second tag: both
+    shown = [e.get_attribute("data-tags").split() for e in page.query_selector_all("#templates .tpl")]
+    assert shown and all({"bw", "studio"} <= set(tags) for tags in shown)
+    _save_screenshot(page, tmp_path, "web-tags.png")
+    page.goto(served + "/")
+    for box in page.query_selector_all('#templates input[name="templates"]:checked'):
+        box.uncheck()
+    page.check("#suggest")
+    page.set_input_files("#photos-input", [str(p) for p in samples[:8]])
+    page.click("#start")
+    page.wait_for_selector('meta[http-equiv="refresh"], #gallery', state="attached", timeout=60_000)
+    page.wait_for_selector('#job[data-state="succeeded"]', state="attached", timeout=600_000)
+    assert len(page.query_selector_all("#gallery figure img")) == 3
+    context.close()
+
+
 def test_operator_password_gate(tmp_path, browser):
     app = make_app(tmp_path / "data", web_auth="password", web_password="s3cret")
     with live_server(app) as url:

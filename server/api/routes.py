@@ -282,12 +282,14 @@ def job_events(job_id):
 
 # -- templates and results ---------------------------------------------------------------------------------
 @blp.route("/templates", methods=["GET"])
+@blp.arguments(s.TemplateArgs, location="query")
 @blp.response(200, s.TemplateInfo(many=True))
-@blp.doc(**_errors(401))
-def templates():
-    """The templates a job can use, with thumbnails"""
+@blp.doc(**_errors(400, 401))
+def templates(args):
+    """The templates a job can use, with tags, provenance and thumbnails; `?tag=studio&tag=bw` filters.
+    A run job may also name `auto`, `auto:N` or `auto:N:TAG,TAG`: the N that suit the identity's photos"""
     tenant()
-    return template_list()
+    return template_list(args["tag"])
 
 
 @blp.route("/templates/<name>/thumbnail", methods=["GET"])

@@ -147,6 +147,17 @@ class TemplateInfo(Strict):
     description = fields.String()
     thumbnail_url = fields.String(required=True)
     faces = fields.List(fields.Integer(), required=True)
+    tags = fields.List(fields.String(), required=True,
+                       metadata={"description": "framing, setting, colour or bw, view (and group for multi-face)"})
+    source = fields.String(metadata={"description": "where the image came from"})
+    licence = fields.String(metadata={"description": "its licence and the reason it may be used"})
+    measured = fields.Dict(keys=fields.String(), metadata={
+        "description": "skin_tone (Monk scale 1..10, 0 unknown), ita and yaw of the first replaced face"})
+
+
+class TemplateArgs(Strict):
+    tag = fields.List(fields.String(validate=validate.Regexp(r"^[a-z0-9][a-z0-9-]{0,31}$")), load_default=list,
+                      metadata={"description": "only templates with this tag (repeatable: all of them)"})
 
 
 # -- batches -----------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ class JobsService:
         if not (k is not None and k.templates) and templates:
             raise BadRequest(f"a {kind} job takes no templates", code="bad_templates", details={"field": "templates"})
         for name in templates:
-            self.check_template(name)
+            self.check_template(name, auto_ok=kind == "run")
         if k is not None and k.source != "photos":
             self.source_job(s, identity_id, k.source)
         self.check_options(options)
@@ -97,10 +97,22 @@ class JobsService:
                 for name in value:
                     self.check_template(str(name))
 
-    def check_template(self, name: str) -> None:
-        """A template is named (never a path) and must exist on the server's search path."""
+    def check_template(self, name: str, auto_ok: bool = False) -> None:
+        """A template is named (never a path) and must exist on the server's search path; `auto_ok`: a run
+        job may also say auto[:N[:TAGS]] (the N templates that suit the photos), checked here."""
         from portrait.preflight import available_templates
-        from portrait.templates import load_template
+        from portrait.template_choice import AutoRequest, candidates, parse_auto
+        from portrait.templates import list_templates, load_template
+
+        try:
+            auto: AutoRequest | None = parse_auto(name)
+            if auto is not None and not auto_ok:
+                raise ConfigError(f"template {name!r}: auto chooses templates for run jobs only; name the templates")
+            if auto is not None:
+                candidates(list_templates(), auto)
+                return
+        except ConfigError as exc:
+            raise BadRequest(str(exc), code="bad_template", details={"template": name[:80]}) from exc
 
         if not TEMPLATE_NAME.match(name or ""):
             names = available_templates()

@@ -114,9 +114,21 @@ def logout():
 # -- the form ------------------------------------------------------------------------------------------------
 @bp.route("/", methods=["GET"])
 def index():
-    from portrait.templates import list_templates
+    """The form. `?tag=` (repeatable) narrows the gallery to templates with every tag: plain links, so the
+    filter works without JavaScript too."""
+    from portrait.templates import TAG_FACETS, list_templates
 
-    return render_template("web/index.html", templates=list_templates())
+    every = list_templates()
+    chosen = [t for t in request.args.getlist("tag") if t in {tag for x in every for tag in x.tags}]
+    shown = [t for t in every if set(chosen) <= set(t.tags)]
+    facets = {facet: [v for v in values if any(v in t.tags for t in every)] for facet, values in TAG_FACETS.items()}
+
+    def link(tag: str) -> str:  # the gallery's URL with `tag` switched on or off
+        tags = [t for t in chosen if t != tag] + ([] if tag in chosen else [tag])
+        return url_for("web.index", tag=tags)
+
+    return render_template("web/index.html", templates=shown, facets=facets, chosen=chosen, tag_link=link,
+                           total=len(every))
 
 
 @bp.route("/templates/<name>/thumbnail", methods=["GET"])
