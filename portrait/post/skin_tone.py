@@ -23,14 +23,14 @@ MIN_SKIN_PX = 200  # fewer skin pixels than this: no measure
 GREY_CHROMA = 4.0  # median chroma (a*, b*) below this: a black-and-white image, tone unknown
 
 
-def _lab(rgb: np.ndarray) -> np.ndarray:
+def to_lab(rgb: np.ndarray) -> np.ndarray:
     """uint8 RGB (N x 3 or H x W x 3) -> float CIELAB (L 0..100, a/b signed)."""
     f = cv2.cvtColor(np.ascontiguousarray(rgb, np.uint8).reshape(-1, 1, 3), cv2.COLOR_RGB2LAB).reshape(-1, 3)
     f = f.astype(np.float32)
     return np.stack([f[:, 0] * 100.0 / 255.0, f[:, 1] - 128.0, f[:, 2] - 128.0], axis=1)
 
 
-MONK_LAB = _lab(np.array([[int(h[i:i + 2], 16) for i in (0, 2, 4)] for h in MONK_HEX], np.uint8))
+MONK_LAB = to_lab(np.array([[int(h[i:i + 2], 16) for i in (0, 2, 4)] for h in MONK_HEX], np.uint8))
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def skin_tone(rgb: np.ndarray, face: Face) -> SkinTone:
     px = rgb[mask]
     if len(px) < MIN_SKIN_PX:
         return SkinTone((0.0, 0.0, 0.0), 0.0, 0, int(len(px)))
-    lab = _lab(px)
+    lab = to_lab(px)
     lo, hi = np.percentile(lab[:, 0], [10, 90])
     core = lab[(lab[:, 0] >= lo) & (lab[:, 0] <= hi)]
     med = np.median(core if len(core) else lab, axis=0)
