@@ -327,14 +327,16 @@ def _face_to_json(f: Face) -> dict:
     return {"box": [float(v) for v in f.box], "score": float(f.score),
             "landmarks5": np.asarray(f.landmarks5, float).round(2).tolist(),
             "landmarks68": None if f.landmarks68 is None else np.asarray(f.landmarks68, float).round(2).tolist(),
-            "yaw": float(f.yaw), "pitch": float(f.pitch), "roll": float(f.roll)}
+            "yaw": float(f.yaw), "pitch": float(f.pitch), "roll": float(f.roll),
+            **({} if f.mesh is None else {"mesh": np.asarray(f.mesh, float).round(1).tolist()})}
 
 
 def _face_from_json(d: dict) -> Face:
     return Face(box=np.asarray(d["box"], np.float32), score=float(d["score"]),
                 landmarks5=np.asarray(d["landmarks5"], np.float32),
                 landmarks68=None if d.get("landmarks68") is None else np.asarray(d["landmarks68"], np.float32),
-                yaw=float(d["yaw"]), pitch=float(d["pitch"]), roll=float(d["roll"]))
+                yaw=float(d["yaw"]), pitch=float(d["pitch"]), roll=float(d["roll"]),
+                mesh=None if d.get("mesh") is None else np.asarray(d["mesh"], np.float32))
 
 
 def template_decisions(rgb: np.ndarray, face_analysis=None, pins=()) -> list:

@@ -1,6 +1,6 @@
 """The licence policy: `--licence commercial` / PORTRAIT_LICENCE refuses every model whose licence excludes
-commercial use, naming it and a commercial-safe alternative (exit 2, error `licence_excluded`), and a run
-on commercial-safe models (dlib 5-point landmarks) goes through."""
+commercial use, naming it and a commercial-safe alternative (exit 2, error `licence_excluded`), a run
+on commercial-safe models goes through, and under it the default landmarks are MediaPipe's mesh."""
 
 from __future__ import annotations
 
@@ -68,16 +68,35 @@ def test_commercial_run_on_dlib_5pt_makes_portraits(photos, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_default_landmarks_are_commercial_safe(photos, tmp_path):
-    # No --landmarks: dlib's 5 points, with or without the commercial policy; the photos are judged on them too.
-    for policy in (["--licence", "commercial"], []):
+def test_the_default_landmarks_follow_the_policy(photos, tmp_path):
+    # No --landmarks: under the commercial policy MediaPipe's mesh (Apache-2.0), else dlib's 5 points; the
+    # photos are judged on the same ones (issue 17, "Done when").
+    for policy, engine in ((["--licence", "commercial"], "mediapipe"), ([], "dlib5")):
         out = tmp_path / ("c" if policy else "a")
         r = invoke("run", photos, "--out", out, *policy, *QUICK)
         assert r.exit_code == 0, r.output
         result = json.loads(r.stdout)
-        assert result["engines"]["faces"]["engine"] == "dlib-hog+dlib5+dlib-resnet" and len(result["outputs"]) == 1
+        assert result["engines"]["faces"]["engine"] == f"dlib-hog+{engine}+dlib-resnet" and len(result["outputs"]) == 1
+        assert result["outputs"][0]["passed_bar"]
         report = json.loads((out / "preprocess" / "report.json").read_text())
-        assert report["engines"]["landmarks"] == "dlib5"
+        assert report["engines"]["landmarks"] == engine
+
+
+def test_a_commercial_face_stack_loads_no_dlib_landmark_model(tmp_path):
+    import numpy as np
+
+    from portrait.faces import FaceConfig, get_face_analysis
+    from portrait.faces.landmarks_mediapipe import MeshLandmarker
+    from portrait.templates import load_template
+
+    with licence_policy("commercial"):
+        config = FaceConfig()
+        fa = get_face_analysis(config)
+        [face] = fa.analyze(np.ascontiguousarray(load_template("hall-office").image()))
+    assert config.landmarks == "mediapipe" and face.mesh is not None and face.embedding is not None
+    assert not {"dlib-5pt", "dlib-68pt"} & set(fa.model_names())
+    assert isinstance(fa.landmarker, MeshLandmarker) and fa.embedder._sp5 is None
+    assert FaceConfig().landmarks == "dlib5"  # outside the policy: the default stays dlib's 5 points
 
 
 def test_the_option_does_not_leak_into_the_caller(photos, tmp_path, monkeypatch):

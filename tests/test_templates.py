@@ -160,7 +160,8 @@ def test_each_face_engine_set_keeps_its_own_cache(tmp_path, face_analysis, face_
 def test_bundled_templates_ship_both_face_caches():
     from portrait.faces import FaceConfig, get_face_analysis
 
-    for fa in (get_face_analysis(FaceConfig(landmarks="dlib68")), get_face_analysis(FaceConfig(landmarks="dlib5"))):
+    for fa in (get_face_analysis(FaceConfig(landmarks="dlib68")), get_face_analysis(FaceConfig(landmarks="dlib5")),
+               get_face_analysis(FaceConfig(landmarks="mediapipe"))):
         for t in T.list_templates([T.bundled_dir()]):
             cache = json.loads((t.directory / T.face_cache_name(fa.engines())).read_text())
             assert cache["image_sha256"] == sha256_file(t.image_path)  # valid: no detection at run time

@@ -68,9 +68,11 @@ def face_engine_options() -> list:
 
     return [
         click.option("--detector", type=click.Choice(DETECTORS), default="dlib-hog", show_default=True),
-        click.option("--landmarks", type=click.Choice(LANDMARKS), default="dlib5", show_default=True,
-                     help="dlib5 is licence-safe; dlib68 measures head pose more closely, but its training data "
-                          "excludes commercial use (refused under --licence commercial)."),
+        click.option("--landmarks", type=click.Choice(LANDMARKS), default="auto", show_default=True,
+                     help="auto: mediapipe under --licence commercial, else dlib5. mediapipe: Face Mesh, 468 "
+                          "points (Apache-2.0, shipped); dlib5: dlib's 5 points; dlib68 measures head pose "
+                          "closely, but its training data excludes commercial use (refused under --licence "
+                          "commercial)."),
         click.option("--embedder", type=click.Choice(EMBEDDERS), default="dlib-resnet", show_default=True),
     ]
 

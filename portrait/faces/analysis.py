@@ -27,11 +27,11 @@ from ..imageio import check_rgb
 from ..models.manifest import ALIASES, Manifest, get_manifest
 from .base import Detection, distance
 from .landmarks_dlib import DlibShapePredictor, five_from_68, five_from_dlib5
-from .pose import pose_from_5, pose_from_68, pose_from_dlib5
+from .pose import pose_from_5, pose_from_68, pose_from_dlib5, pose_from_mesh
 from .types import Face
 
 DetectorName = Literal["dlib-hog", "dlib-mmod", "scrfd"]
-LandmarksName = Literal["dlib5", "dlib68", "none"]
+LandmarksName = Literal["auto", "dlib5", "dlib68", "mediapipe", "none"]
 EmbedderName = Literal["dlib-resnet", "arcface", "arcface-buffalo", "arcface-antelopev2"]
 DETECTORS: tuple[str, ...] = DetectorName.__args__  # type: ignore[attr-defined]
 LANDMARKS: tuple[str, ...] = LandmarksName.__args__  # type: ignore[attr-defined]
@@ -53,7 +53,9 @@ def is_arcface(name: str) -> bool:
 @dataclass(frozen=True)
 class FaceConfig:
     detector: str = "dlib-hog"
-    landmarks: str = "dlib5"  # licence-safe; dlib68 measures pose more closely (non-commercial licence)
+    # auto: mediapipe under the commercial licence policy (no dlib landmark model at all), else dlib5;
+    # dlib68 measures pose more closely (non-commercial licence); resolved when the config is made.
+    landmarks: str = "auto"
     embedder: str = "dlib-resnet"
     detect_max_side: int = 1024  # detection runs on a copy downscaled to this (speed); results mapped back
     upsample: int = 0  # extra detector upsampling for small faces
@@ -62,6 +64,10 @@ class FaceConfig:
     device: str = "cpu"  # for ONNX engines: cpu | cuda
 
     def __post_init__(self):
+        if self.landmarks == "auto":
+            from ..models.licence import current_policy
+
+            object.__setattr__(self, "landmarks", "mediapipe" if current_policy() == "commercial" else "dlib5")
         for value, allowed, what in ((self.detector, DETECTORS, "detector"), (self.landmarks, LANDMARKS, "landmarks"),
                                      (self.embedder, EMBEDDERS, "embedder")):
             if value not in allowed:
@@ -102,7 +108,7 @@ class FaceAnalysis:
         self.config = config = config or FaceConfig()
         self.manifest = manifest or get_manifest(config.models_dir)
         self._detector = None
-        self._landmarker: DlibShapePredictor | None = None
+        self._landmarker = None  # DlibShapePredictor or landmarks_mediapipe.MeshLandmarker
         self._embedder = None
         self._lock = threading.Lock()  # dlib objects are not documented as thread-safe
 
@@ -114,8 +120,12 @@ class FaceAnalysis:
         return self._detector
 
     @property
-    def landmarker(self) -> DlibShapePredictor | None:
-        if self._landmarker is None and self.config.landmarks != "none":
+    def landmarker(self):
+        if self._landmarker is None and self.config.landmarks == "mediapipe":
+            from .landmarks_mediapipe import MeshLandmarker
+
+            self._landmarker = MeshLandmarker(self.manifest)
+        elif self._landmarker is None and self.config.landmarks != "none":
             self._landmarker = DlibShapePredictor(self.manifest, 68 if self.config.landmarks == "dlib68" else 5)
         return self._landmarker
 
@@ -143,7 +153,10 @@ class FaceAnalysis:
         """The manifest models this configuration loads (for the licence policy)."""
         c = self.config
         names = {"dlib-mmod": ["dlib-mmod"], "scrfd": ["scrfd"]}.get(c.detector, [])
-        names += {"dlib68": ["dlib-68pt"], "dlib5": ["dlib-5pt"]}.get(c.landmarks, [])
+        names += {"dlib68": ["dlib-68pt"], "dlib5": ["dlib-5pt"], "mediapipe": ["mediapipe-face-mesh"]}.get(
+            c.landmarks, [])
+        if c.landmarks not in ("dlib5", "mediapipe") and embedder_model(c.embedder) == "dlib-resnet":
+            names.append("dlib-5pt")  # the descriptor aligns on dlib's 5 points where no mesh gives them
         names.append(embedder_model(c.embedder))  # embedder names are manifest names
         return names
 
@@ -187,9 +200,16 @@ class FaceAnalysis:
 
     def _complete(self, image: np.ndarray, det: Detection, embed: bool) -> Face:
         h, w = image.shape[:2]
-        lm68 = dlib5 = None
+        lm68 = dlib5 = mesh = None
         with self._lock:
-            if self.landmarker is not None:
+            if self.config.landmarks == "mediapipe":
+                points, _ = self.landmarker.mesh(image, det.box)
+                mesh = points[:, :2]
+                from .landmarks_mediapipe import MESH_TO_68
+
+                lm68 = mesh[MESH_TO_68]
+                lm5 = det.landmarks5 if det.landmarks5 is not None else five_from_68(lm68)
+            elif self.landmarker is not None:
                 pts = self.landmarker.landmarks(image, det.box)
                 if self.landmarker.points == 68:
                     lm68 = pts
@@ -205,8 +225,8 @@ class FaceAnalysis:
                 # licence-safe minimum that alignment needs.
                 dlib5 = DlibShapePredictor(self.manifest, 5).landmarks(image, det.box)
                 lm5 = five_from_dlib5(dlib5)
-        pose = None
-        if lm68 is not None:
+        pose = pose_from_mesh(points, (w, h)) if mesh is not None else None
+        if pose is None and lm68 is not None:
             try:
                 pose = pose_from_68(lm68, (w, h))
             except ValueError:
@@ -214,7 +234,8 @@ class FaceAnalysis:
         if pose is None:
             pose = pose_from_dlib5(dlib5) if dlib5 is not None else pose_from_5(lm5)
         yaw, pitch, roll = pose
-        face = Face(box=det.box, score=det.score, landmarks5=lm5, landmarks68=lm68, yaw=yaw, pitch=pitch, roll=roll)
+        face = Face(box=det.box, score=det.score, landmarks5=lm5, landmarks68=lm68, yaw=yaw, pitch=pitch, roll=roll,
+                    mesh=mesh)
         if embed:
             with self._lock:
                 face.embedding = self.embedder.embed(image, face)

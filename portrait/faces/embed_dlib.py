@@ -19,9 +19,24 @@ class DlibResnetEmbedder:
         import dlib
 
         self._rec = dlib.face_recognition_model_v1(str(manifest.require("dlib-resnet")))
-        # The descriptor aligns its 150x150 chip from dlib's own 5-point shape.
-        self._sp5 = DlibShapePredictor(manifest, 5)
+        self._manifest = manifest
+        self._sp5: DlibShapePredictor | None = None  # loaded only for a face without a mesh
+
+    def _shape(self, image: np.ndarray, face: Face):
+        """The descriptor aligns its 150x150 chip on dlib's 5-point layout: the mesh's own eye corners and
+        nose base where the face has a mesh (no dlib landmark model), else dlib's 5-point model."""
+        import dlib
+
+        if face.mesh is not None:
+            from .landmarks_dlib import _rect
+            from .landmarks_mediapipe import dlib5_from_mesh
+
+            pts = [dlib.point(int(round(float(x))), int(round(float(y)))) for x, y in dlib5_from_mesh(face.mesh)]
+            return dlib.full_object_detection(_rect(face.box), pts)
+        if self._sp5 is None:
+            self._sp5 = DlibShapePredictor(self._manifest, 5)
+        return self._sp5.full_object(image, face.box)
 
     def embed(self, image: np.ndarray, face: Face) -> np.ndarray:
-        shape = self._sp5.full_object(image, face.box)
+        shape = self._shape(image, face)
         return np.asarray(self._rec.compute_face_descriptor(image, shape, 0), dtype=np.float32)

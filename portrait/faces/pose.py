@@ -64,20 +64,48 @@ def pose_from_68(lm68: np.ndarray, image_size: tuple[int, int]) -> tuple[float, 
     ok, rvec, _ = cv2.solvePnP(_MODEL_3D, pts, cam, np.zeros(4), flags=cv2.SOLVEPNP_ITERATIVE)
     if not ok:
         raise ValueError("solvePnP failed")
-    rmat, _ = cv2.Rodrigues(rvec)
-    # Euler angles (x: pitch, y: yaw, z: roll) from the rotation matrix.
-    sy = math.hypot(rmat[0, 0], rmat[1, 0])
-    pitch = math.degrees(math.atan2(rmat[2, 1], rmat[2, 2]))
-    yaw = math.degrees(math.atan2(-rmat[2, 0], sy))
-    # The generic model's up axis points to -y in the image: fold pitch into (-90, 90].
-    if pitch > 90:
-        pitch -= 180
-    elif pitch < -90:
-        pitch += 180
-    return -yaw, -(pitch - PITCH_OFFSET), roll_from_eyes(
+    yaw, pitch = _yaw_pitch(rvec)
+    return yaw, pitch, roll_from_eyes(
         np.stack([lm68[36:42].mean(0), lm68[42:48].mean(0)]) if lm68[36, 0] < lm68[45, 0]
         else np.stack([lm68[42:48].mean(0), lm68[36:42].mean(0)])
     )
+
+
+def pose_from_mesh(mesh: np.ndarray, image_size: tuple[int, int]) -> tuple[float, float, float] | None:
+    """Yaw/pitch/roll from Face Mesh points [1, 152, 33, 263, 61, 291] and the generic face, by SQPNP (the
+    iterative solver flipped a 56-degree face to -69 on the issue's ladder); roll from the eye corners.
+    None when the solver fails."""
+    import cv2
+
+    from .landmarks_mediapipe import MESH_POSE
+
+    w, h = image_size
+    pts = np.ascontiguousarray(np.asarray(mesh, np.float64)[MESH_POSE, :2])
+    # The optical centre on the face itself: the turn is measured against the line of sight to the face,
+    # so a face off to one side reads the same as its mirror image.
+    cx, cy = pts.mean(axis=0)
+    cam = np.array([[w, 0, cx], [0, w, cy], [0, 0, 1]], dtype=np.float64)
+    ok, rvec, _ = cv2.solvePnP(_MODEL_3D, pts, cam, np.zeros(4), flags=cv2.SOLVEPNP_SQPNP)
+    if not ok:
+        return None
+    yaw, pitch = _yaw_pitch(rvec)
+    m = np.asarray(mesh, np.float64)
+    return yaw, pitch, roll_from_eyes(np.stack([m[33, :2], m[263, :2]]))
+
+
+def _yaw_pitch(rvec: np.ndarray) -> tuple[float, float]:
+    """Yaw and pitch (image conventions, module docstring) from a solvePnP rotation of the generic face."""
+    import cv2
+
+    rmat, _ = cv2.Rodrigues(rvec)
+    sy = math.hypot(rmat[0, 0], rmat[1, 0])
+    pitch = math.degrees(math.atan2(rmat[2, 1], rmat[2, 2]))
+    yaw = math.degrees(math.atan2(-rmat[2, 0], sy))
+    if pitch > 90:  # the generic model's up axis points to -y in the image: fold pitch into (-90, 90]
+        pitch -= 180
+    elif pitch < -90:
+        pitch += 180
+    return -yaw, -(pitch - PITCH_OFFSET)
 
 
 # Yaw from dlib's 5 points, calibrated against the 68-point solvePnP yaw on 79 faces (insightface's and

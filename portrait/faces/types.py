@@ -28,6 +28,7 @@ class Face:
     yaw: float = 0.0  # degrees, + = face turned towards the image's right
     pitch: float = 0.0  # degrees, + = looking up
     roll: float = 0.0  # degrees, + = clockwise in the image
+    mesh: Optional[np.ndarray] = None  # (468, 2) float32 MediaPipe Face Mesh points, with --landmarks mediapipe
     extra: dict = field(default_factory=dict)
 
     @property
@@ -58,6 +59,7 @@ class Face:
             score=self.score,
             landmarks5=self.landmarks5 * s,
             landmarks68=None if self.landmarks68 is None else self.landmarks68 * s,
+            mesh=None if self.mesh is None else self.mesh * s,
             embedding=self.embedding,
             yaw=self.yaw,
             pitch=self.pitch,

@@ -141,6 +141,8 @@ class ModelSpec:
 
 
 _DLIB_SOURCE = "ships in the pip package face-recognition-models (installed with portrait)"
+_MEDIAPIPE_SOURCE = ("ships inside portrait (from the mediapipe 0.10.21 wheel, unchanged; LICENSE and NOTICE "
+                     "beside it); runs on the ai-edge-litert runtime")
 _INSIGHTFACE_LICENCE = "insightface model packs: non-commercial research use only"
 _CONVERT = "fetch converts it to .safetensors (torch.load(weights_only=True); nothing in it is run)"
 
@@ -223,6 +225,21 @@ BUILTIN: tuple[ModelSpec, ...] = (
         "dlib-mmod", "face_detector", "pkg:face_recognition_models/models/mmod_human_face_detector.dat",
         licence="CC0 (dlib-models)", commercial_use=True, source=_DLIB_SOURCE,
         description="dlib MMOD CNN face detector (slower, more robust to pose than HOG)",
+    ),
+    # --- MediaPipe (Apache-2.0), shipped in portrait itself (portrait/faces/mediapipe_models/) -----
+    ModelSpec(
+        "mediapipe-face-mesh", "face_landmarks", "pkg:portrait/faces/mediapipe_models/face_landmark.tflite",
+        sha256="1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814",
+        licence="Apache-2.0 (Google MediaPipe)", commercial_use=True, source=_MEDIAPIPE_SOURCE,
+        description="MediaPipe Face Mesh, 468 points (with the iBUG 68 subset, pose and face-oval masks); "
+        "--landmarks mediapipe",
+    ),
+    ModelSpec(
+        "mediapipe-selfie-segmentation", "segmentation",
+        "pkg:portrait/faces/mediapipe_models/selfie_segmentation.tflite",
+        sha256="9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5c",
+        licence="Apache-2.0 (Google MediaPipe)", commercial_use=True, source=_MEDIAPIPE_SOURCE,
+        description="MediaPipe selfie segmentation (person vs background, 256 x 256), for background removal",
     ),
     # --- insightface face models (Hub copies; non-commercial) ------------------------------------
     ModelSpec(
