@@ -4,6 +4,9 @@ Engines:
   grabcut  classic, offline: OpenCV GrabCut seeded from the face's landmarks (the face is sure
            foreground, a head-and-shoulders region below it probable foreground, the top corners and
            the upper side strips sure background), run on a downscaled copy and feathered.
+  selfie   MediaPipe's selfie segmentation (shipped, Apache-2.0; portrait.post.segmentation): keeps hair
+           and clothes where GrabCut cut off curly hair and heads. `auto`'s choice unless a matting
+           model is present; GrabCut remains the fallback where the LiteRT runtime is missing.
   onnx     a portrait matting model (manifest entry "matting", e.g. MODNet): input 1x3xHxW in [-1, 1],
            output 1x1xHxW alpha in [0, 1]. Used by `auto` whenever the file is present.
 """
@@ -25,15 +28,19 @@ _LOCK = threading.Lock()
 
 
 def choose_engine(engine: str, manifest: Manifest | None = None) -> str:
-    """Resolve `auto` to `onnx` when the matting model and onnxruntime are present, else `grabcut`."""
+    """Resolve `auto` to `onnx` when the matting model and onnxruntime are present, else `selfie` when the
+    LiteRT runtime is, else `grabcut`."""
     if engine != "auto":
         return engine
+    from portrait.post import segmentation
+
+    fallback = "selfie" if segmentation.available() else "grabcut"
     manifest = manifest or get_manifest()
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        return "grabcut"
-    return "onnx" if manifest.available("matting") and manifest.path("matting").is_file() else "grabcut"
+        return fallback
+    return "onnx" if manifest.available("matting") and manifest.path("matting").is_file() else fallback
 
 
 def grabcut_alpha(image: np.ndarray, face: Face, work_side: int = 256, iterations: int = 4) -> np.ndarray:
@@ -111,6 +118,10 @@ def remove_background(image: np.ndarray, face: Face, engine: str = "auto", manif
     used = choose_engine(engine, manifest)
     if used == "onnx":
         alpha = onnx_alpha(image, manifest, device=device)
+    elif used == "selfie":
+        from portrait.post.segmentation import person_alpha
+
+        alpha = person_alpha(image, manifest)
     elif used == "grabcut":
         alpha = grabcut_alpha(image, face)
     else:

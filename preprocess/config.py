@@ -82,7 +82,7 @@ class PreprocessConfig:
     resolution: int = 512  # training crop side (1024 for SDXL)
     face_fraction: float = 0.55  # the ArcFace 112 layout fills this fraction of the crop (context around)
     remove_background: bool = False
-    background_engine: str = "auto"  # auto (ONNX "matting" model when present, else grabcut) | grabcut | onnx
+    background_engine: str = "auto"  # auto (ONNX "matting" model when present, else selfie) | selfie | grabcut | onnx
     trigger_word: str = "ohwx"
     class_word: str = "person"
     caption_template: str = "a photo of {trigger} {class_word}"
@@ -131,8 +131,8 @@ class PreprocessConfig:
             raise ConfigError(f"resolution must be a multiple of 8 and >= 64, got {self.resolution}")
         if not 0.2 <= self.face_fraction <= 1.0:
             raise ConfigError(f"face_fraction must be in [0.2, 1], got {self.face_fraction}")
-        if self.background_engine not in ("auto", "grabcut", "onnx"):
-            raise ConfigError(f"background_engine must be auto, grabcut or onnx, got {self.background_engine!r}")
+        if self.background_engine not in ("auto", "selfie", "grabcut", "onnx"):
+            raise ConfigError(f"background_engine must be auto, selfie, grabcut or onnx, got {self.background_engine!r}")
         if not self.trigger_word.strip():
             raise ConfigError("trigger_word must not be empty")
         if not 0 < self.blur_relative < 1 or self.blur_floor < 0:

@@ -80,6 +80,35 @@ def test_grabcut_background_to_white(astronaut, face_analysis):
     assert alpha[inner].mean() > 0.95 and np.abs(out[inner].astype(int) - crop[inner].astype(int)).mean() < 3
 
 
+@pytest.mark.parametrize("name", ["dark-studio", "hall-office", "flag-elder-suit", "navy-formal"])
+def test_selfie_segmentation_keeps_hair_and_drops_the_backdrop(name, face_analysis68):
+    """Issue 17 item 4, on real portraits: curly dark hair on a dark backdrop (dark-studio), long hair on
+    a light hall, short hair before flags, a cap on a flag: the hair above the brows stays, the top
+    corners go white; GrabCut, the fallback, is measured beside it."""
+    from portrait.templates import load_template
+
+    rgb = np.ascontiguousarray(load_template(name).image())
+    face = face_analysis68.analyze(rgb, embed=False)[0]
+    out, alpha, engine = remove_background(rgb, face, "auto")
+    assert engine == "selfie"
+    lm = face.landmarks68
+    iod = float(np.linalg.norm(lm[36:42].mean(0) - lm[42:48].mean(0)))
+    brow_y = int(lm[17:27, 1].min())
+    x0, x1 = int(lm[17, 0]), int(lm[26, 0])
+    hair = alpha[max(0, brow_y - int(0.9 * iod)): brow_y - int(0.2 * iod), x0:x1]  # forehead and hairline
+    assert hair.mean() > 0.9, hair.mean()
+    if name != "flag-elder-suit":  # curly, long and capped heads: the top of the head stays too
+        cx = int(lm[27:31, 0].mean())
+        top = alpha[max(0, brow_y - int(1.5 * iod)): brow_y - int(0.9 * iod), cx - int(0.5 * iod): cx + int(0.5 * iod)]
+        assert top.mean() > 0.9, top.mean()
+    h, w = alpha.shape
+    corners = np.concatenate([alpha[: h // 10, : w // 10].ravel(), alpha[: h // 10, -w // 10:].ravel()])
+    assert corners.mean() < 0.05, corners.mean()
+    chest = alpha[min(h - 1, int(lm[8, 1] + iod)):, int(lm[8, 0]) - 10: int(lm[8, 0]) + 10]
+    assert chest.mean() > 0.9
+    assert out[: h // 10, : w // 10].mean() > 245
+
+
 def _tiny_matting_onnx(path):
     """A tiny 'matting' model with MODNet's interface: 1x3xHxW in [-1, 1] -> 1x1xHxW alpha in [0, 1]
     (alpha = sigmoid(4 * mean over channels))."""
@@ -106,7 +135,7 @@ def _tiny_matting_onnx(path):
 
 def test_onnx_matting_engine(empty_models_dir, astronaut, face_analysis):
     manifest = Manifest(empty_models_dir)
-    assert choose_engine("auto", manifest) == "grabcut"  # no model: the classic engine
+    assert choose_engine("auto", manifest) == "selfie"  # no matting model: the shipped segmentation
     _tiny_matting_onnx(manifest.path("matting"))
     assert choose_engine("auto", manifest) == "onnx"
     face = face_analysis.analyze(astronaut, embed=False)[0]
@@ -127,7 +156,7 @@ def test_remove_background_option_in_preprocess(empty_models_dir, tmp_path, astr
     save(photos / "a.jpg", astronaut)
     cfg = PreprocessConfig(min_photos=1, resolution=256, remove_background=True)
     result = run_preprocess(photos, tmp_path / "out", cfg)
-    assert result.engines["background"] == "grabcut" and result.report["engines"]["background"] == "grabcut"
+    assert result.engines["background"] == "selfie" and result.report["engines"]["background"] == "selfie"
     crop = load_rgb(tmp_path / "out" / "train" / result.photos[0].crop)
     assert crop[:16, :16].mean() > 245 and crop[:16, -16:].mean() > 245
     assert not math.isnan(float(crop.mean()))

@@ -56,8 +56,8 @@ def register(group: click.Group) -> None:
     @click.option("--resolution", type=click.IntRange(64, 4096), default=512, show_default=True,
                   help="Training crop side (512 for SD 1.5, 1024 for SDXL).")
     @min_photos_option()
-    @click.option("--remove-background", is_flag=True, help="Put the crops on white (GrabCut, or the ONNX "
-                  "'matting' model when present).")
+    @click.option("--remove-background", is_flag=True, help="Put the crops on white (MediaPipe selfie "
+                  "segmentation, shipped; the ONNX 'matting' model when present; GrabCut without LiteRT).")
     @click.option("--retouch-crops", is_flag=True, help="A light skin retouch on the training crops (classic, or "
                   "the GFPGAN-type restorer when present).")
     @click.option("--trigger", default="ohwx", show_default=True, help="Caption trigger word.")
