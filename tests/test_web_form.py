@@ -95,8 +95,9 @@ def test_upload_follow_progress_and_gallery(served, browser, samples, tmp_path):
     page.click('label.tpl:has(input[value="studio-grey"]) img')
     assert page.eval_on_selector_all('input[name="templates"]:checked', "els => els.map(e => e.value)") == \
         ["studio-grey"]
-    thumb = page.eval_on_selector('label.tpl:has(input[value="studio-grey"]) img', "i => i.naturalWidth")
-    assert thumb > 0
+    img = 'label.tpl:has(input[value="studio-grey"]) img'
+    page.query_selector(img).scroll_into_view_if_needed()  # thumbnails load lazily, as they come into view
+    _wait_until(page, lambda: page.eval_on_selector(img, "i => i.complete && i.naturalWidth > 0"), timeout=30)
 
     page.click("#start")
     page.wait_for_selector("#progress:not([hidden])")
