@@ -139,7 +139,8 @@ def test_a_commercial_server_runs_on_commercial_safe_models(tmp_path, samples, m
     assert ok["state"] == "succeeded", ok["error"]
     assert len(ok["results"]) == 1, ok["results"]
     (result_file,) = [p for p in data.rglob("result.json") if ok["id"] in str(p)]  # the worker's run result
-    assert json.loads(result_file.read_text())["engines"]["faces"]["engine"] == "dlib-hog+dlib5+dlib-resnet"
+    # the commercial policy's default landmarks: MediaPipe's mesh (Apache-2.0), no dlib landmark model
+    assert json.loads(result_file.read_text())["engines"]["faces"]["engine"] == "dlib-hog+mediapipe+dlib-resnet"
     assert bad["state"] == "failed" and bad["error"]["code"] == "licence_excluded", bad["error"]
     assert "dlib-5pt" in bad["error"]["message"]
 

@@ -298,13 +298,16 @@ def test_models_list_hints_survive_rich_and_do_not_point_at_themselves(hermetic,
     assert "│" not in r.stdout and "┃" not in r.stdout
 
 
-def test_verify_with_nothing_to_verify_says_so(hermetic, tmp_path, monkeypatch):
+def test_verify_with_no_user_models_checks_only_the_shipped_ones(hermetic, tmp_path, monkeypatch):
+    from portrait.models.manifest import BUILTIN
+
+    shipped = [m.name for m in BUILTIN if m.bundled and m.sha256]  # MediaPipe's files, inside portrait
+    assert set(shipped) == {"mediapipe-face-mesh", "mediapipe-selfie-segmentation"}
     monkeypatch.setenv("PORTRAIT_MODELS_DIR", str(tmp_path / "empty"))
     r = invoke("models", "verify")
-    assert r.exit_code == 0 and "nothing verified" in r.stderr and "verified" not in r.stderr.replace(
-        "nothing verified", "")
+    assert r.exit_code == 0 and f"{len(shipped)} model(s) match their sha256" in r.stderr, r.stderr
     r = invoke("models", "verify", "--json")
-    assert json.loads(r.stdout)["verified"] == 0 and json.loads(r.stdout)["message"].startswith("nothing verified")
+    assert json.loads(r.stdout)["verified"] == len(shipped)
     r = invoke("models", "verify", "sd15")
     assert r.exit_code == 2 and "1 problem(s): sd15" in r.stderr
 
