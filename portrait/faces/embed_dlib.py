@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..models.manifest import Manifest
-from .landmarks_dlib import DlibShapePredictor
+from .landmarks_dlib import DlibShapePredictor, dlib_rect
 from .types import Face
 
 
@@ -28,11 +28,10 @@ class DlibResnetEmbedder:
         import dlib
 
         if face.mesh is not None:
-            from .landmarks_dlib import _rect
             from .landmarks_mediapipe import dlib5_from_mesh
 
             pts = [dlib.point(int(round(float(x))), int(round(float(y)))) for x, y in dlib5_from_mesh(face.mesh)]
-            return dlib.full_object_detection(_rect(face.box), pts)
+            return dlib.full_object_detection(dlib_rect(face.box), pts)
         if self._sp5 is None:
             self._sp5 = DlibShapePredictor(self._manifest, 5)
         return self._sp5.full_object(image, face.box)

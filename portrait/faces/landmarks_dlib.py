@@ -8,7 +8,7 @@ from ..models.manifest import Manifest
 from .types import ARCFACE_5PT_112
 
 
-def _rect(box: np.ndarray):
+def dlib_rect(box: np.ndarray):
     import dlib
 
     x0, y0, x1, y1 = (int(round(float(v))) for v in box)
@@ -26,7 +26,7 @@ class DlibShapePredictor:
         self._sp = dlib.shape_predictor(str(manifest.require(self.name)))
 
     def full_object(self, image: np.ndarray, box: np.ndarray):
-        return self._sp(image, _rect(box))
+        return self._sp(image, dlib_rect(box))
 
     def landmarks(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
         shape = self.full_object(image, box)

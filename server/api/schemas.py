@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, fields, validate
 
+from portrait.templates import TAG_RE
+
 from ..db.models import JOB_STATES
 from ..kinds import PUBLIC_KINDS as JOB_KINDS
 
@@ -156,7 +158,7 @@ class TemplateInfo(Strict):
 
 
 class TemplateArgs(Strict):
-    tag = fields.List(fields.String(validate=validate.Regexp(r"^[a-z0-9][a-z0-9-]{0,31}$")), load_default=list,
+    tag = fields.List(fields.String(validate=validate.Regexp(TAG_RE)), load_default=list,
                       metadata={"description": "only templates with this tag (repeatable: all of them)"})
 
 

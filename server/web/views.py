@@ -119,7 +119,8 @@ def index():
     from portrait.templates import TAG_FACETS, list_templates
 
     every = list_templates()
-    chosen = [t for t in request.args.getlist("tag") if t in {tag for x in every for tag in x.tags}]
+    known = {tag for t in every for tag in t.tags}
+    chosen = [t for t in request.args.getlist("tag") if t in known]
     shown = [t for t in every if set(chosen) <= set(t.tags)]
     facets = {facet: [v for v in values if any(v in t.tags for t in every)] for facet, values in TAG_FACETS.items()}
 
