@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 from typing import Optional
 
@@ -59,68 +60,59 @@ def register(cli: click.Group) -> None:
               help="port to listen on; 0 picks a free one (the 'listening on' line names it)")
 @click.option("--data-dir", default=None, help=DATA_DIR_HELP)
 @click.option("--workers", default=None, type=int,
-              help="server processes (default: the CPU count, at most 4): 1 runs waitress, more run gunicorn")
-@click.option("--threads", default=8, show_default=True, type=int, help="request threads per process")
+              help="server processes (default: the CPU count, at most 4)")
+@click.option("--threads", default=8, show_default=True, type=int,
+              help="request threads per process (progress streams need none: they are coroutines)")
 def serve(host: str, port: int, data_dir: Optional[str], workers: Optional[int], threads: int) -> None:
-    """Run the web server (REST API, web form, /metrics) with a production WSGI server.
+    """Run the web server (REST API, web form, /metrics) under uvicorn.
 
     Jobs are run by `portrait worker` processes, never by the server."""
     if workers is None:  # Python serves requests on one core per process: one process per core
         workers = max(1, min(4, os.cpu_count() or 1))
     settings = _settings(data_dir)
-    os.environ["PORTRAIT_DATA_DIR"] = str(settings.data_dir)  # gunicorn's processes build the same app
-    # Each open event stream holds a request thread: half of them at most, so /healthz, the form and the
-    # API's polls always have threads (docs/design.md, "Event streams").
-    os.environ.setdefault("PORTRAIT_SSE_MAX_STREAMS", str(max(1, threads // 2)))
+    from .asgi import THREADS_ENV
+
+    os.environ["PORTRAIT_DATA_DIR"] = str(settings.data_dir)  # every server process builds the same app
+    os.environ[THREADS_ENV] = str(max(1, threads))
     from .db import Database
 
     Database(settings.db_url).migrate()  # once, before any process serves
     from .logs import setup_logging
 
     setup_logging()
+    _raise_open_files()
     click.echo(f"portrait: serving (data in {settings.data_dir}, "
                f"{'celery ' + settings.broker_url if settings.fleet else 'embedded queue'})", err=True)
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                backlog=2048)
+    sock.set_inheritable(True)
+    _listening(host, sock.getsockname()[1])  # bound: with --port 0, the port it got
+    config = uvicorn.Config("server.asgi:create_asgi", factory=True, workers=workers, access_log=False,
+                            log_config=None, timeout_keep_alive=5, timeout_graceful_shutdown=5, backlog=2048,
+                            server_header=False)
     if workers <= 1:
-        import waitress.server
+        uvicorn.Server(config).run(sockets=[sock])
+    else:
+        Multiprocess(config, sockets=[sock]).run()
 
-        from .app import create_app
 
-        server = waitress.server.create_server(
-            create_app({"data_dir": str(settings.data_dir)}), host=host, port=port, threads=threads,
-            ident="portrait", connection_limit=1000, channel_timeout=120,
-            max_request_body_size=max(1 << 30, settings.max_upload_bytes * 20))
-        _listening(host, server.effective_port)  # the socket is bound: with --port 0, the port it got
-        server.run()
-        return
-    _gunicorn(host, port, workers, threads, str(settings.data_dir))
+def _raise_open_files() -> None:
+    """Each open progress stream is a socket: lift the soft open-file limit to the hard one."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
+    except (ImportError, ValueError, OSError):
+        pass
 
 
 def _listening(host: str, port: int) -> None:
     click.echo(f"portrait: listening on http://{host}:{port}", err=True)
-
-
-def _gunicorn(host: str, port: int, workers: int, threads: int, data_dir: str) -> None:
-    try:
-        from gunicorn.app.base import BaseApplication
-    except ImportError:
-        raise UserError("--workers > 1 needs gunicorn: pip install gunicorn")
-
-    def _ready(arbiter):  # the arbiter has bound its sockets, before the workers fork
-        _listening(host, arbiter.LISTENERS[0].sock.getsockname()[1])
-
-    class _App(BaseApplication):
-        def load_config(self):
-            for k, v in {"bind": f"{host}:{port}", "workers": workers, "threads": threads,
-                         "worker_class": "gthread", "timeout": 120, "keepalive": 5,
-                         "accesslog": None, "when_ready": _ready}.items():
-                self.cfg.set(k, v)
-
-        def load(self):  # in each worker process, after the fork
-            from .app import create_app
-
-            return create_app({"data_dir": data_dir})
-
-    _App().run()
 
 
 @click.command()

@@ -23,8 +23,9 @@ class FrontSettings:
     page_size: int = 50  # default page of a list (cursor pagination); `limit` can ask up to 200
     sse_poll_seconds: float = 0.5  # how often an event stream looks at its job
     sse_max_seconds: float = 3600.0  # an event stream closes after this; the client reconnects
-    sse_max_streams: int = 4  # event streams open at once per server process (each holds a request thread;
-    #                           `portrait serve` sets half its --threads); beyond it 503 too_many_streams
+    sse_max_streams: int = 4  # under a plain WSGI server (each stream holds a request thread there): event
+    #                           streams open at once per process; beyond it 503 too_many_streams
+    sse_max_async_streams: int = 10000  # the same under `portrait serve`, where a stream is a coroutine
     web_auth: str = "none"  # none | password | key: what the web form asks before it is used
     web_password: str = ""
     web_refresh_seconds: int = 2  # the no-JavaScript status page refreshes itself this often

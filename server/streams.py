@@ -11,6 +11,7 @@ polls need. Clients that get it poll `GET /api/v1/jobs/{id}` instead (docs/api.m
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from typing import Callable, Optional
@@ -25,9 +26,27 @@ class TooManyStreams(ServiceError):
     code, status = "too_many_streams", 503
 
 
+SSE_KEEPALIVE = 15.0  # seconds without news before a comment line keeps an event stream alive
+SSE_RETRY_MS = 3000  # the `retry:` hint: a dropped stream's client reconnects after this
+ASYNC_STREAM = "portrait.async_stream"  # the ASGI scope key server/asgi.py sets on a stream it will serve
+STREAM_OPEN = "X-Portrait-Stream-Open"  # the route's answer to it: checks passed, stream it
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+ENDED = ("succeeded", "failed", "cancelled")
+
+
 def snapshot_id(data: str) -> str:
     """The SSE event id of a job state (its JSON text): equal states, equal ids (a reconnect's Last-Event-ID)."""
     return hashlib.sha1(data.encode()).hexdigest()[:16]
+
+
+def sse_event(job: Optional[dict], job_id: str) -> tuple[str, str, bool]:
+    """(the event's text, its id, whether the stream ends with it) for the job's state; None: deleted."""
+    if job is None:
+        return f"event: end\ndata: {json.dumps({'id': job_id, 'state': 'deleted'})}\n\n", "deleted", True
+    data = json.dumps(job, sort_keys=True)
+    ended = job["state"] in ENDED
+    event_id = snapshot_id(data)
+    return f"event: {'end' if ended else 'progress'}\nid: {event_id}\ndata: {data}\n\n", event_id, ended
 
 
 class StreamHub:
@@ -96,22 +115,27 @@ class StreamHub:
             time.sleep(self.poll_seconds)
 
     def _poll(self, jobs: list[str]) -> None:
-        """One round: every watched job's changing columns, and the queue's shape (positions move when any
-        queued job starts), in two queries; a changed job's streams wake."""
+        """One round over the database; a changed job's streams wake."""
         self.polls += 1
-        with self.db.engine.connect() as c:
-            rows = {r.id: tuple(r)[1:] for r in c.execute(
-                select(Job.id, Job.state, Job.stage, Job.progress, Job.attempts, Job.cancel_requested,
-                       Job.finished_at).where(Job.id.in_(jobs)))}
-            queue = tuple(c.execute(select(func.count(), func.max(Job.started_at)).select_from(Job)
-                                    .where(Job.state.in_(("queued", "running")))).one())
+        marks = poll_marks(self.db, jobs)
         with self._lock:
             changed = False
             for j in jobs:
-                mark = rows.get(j, ("deleted",)) + (queue if rows.get(j, ("",))[0] == "queued" else ())
-                if self._marks.get(j) != mark:
-                    self._marks[j] = mark
+                if self._marks.get(j) != marks[j]:
+                    self._marks[j] = marks[j]
                     self._versions[j] = self._versions.get(j, 0) + 1
                     changed = True
             if changed:
                 self._lock.notify_all()
+
+
+def poll_marks(db, jobs: list[str]) -> dict[str, tuple]:
+    """What a stream shows of each job, as a comparable mark: its changing columns, plus the queue's shape
+    for a queued job (its position moves when any queued job starts). Two queries for any number of jobs."""
+    with db.engine.connect() as c:
+        rows = {r.id: tuple(r)[1:] for r in c.execute(
+            select(Job.id, Job.state, Job.stage, Job.progress, Job.attempts, Job.cancel_requested,
+                   Job.finished_at).where(Job.id.in_(jobs)))}
+        queue = tuple(c.execute(select(func.count(), func.max(Job.started_at)).select_from(Job)
+                                .where(Job.state.in_(("queued", "running")))).one())
+    return {j: rows.get(j, ("deleted",)) + (queue if rows.get(j, ("",))[0] == "queued" else ()) for j in jobs}

@@ -78,6 +78,33 @@ def live_server(app) -> Iterator[str]:
         thread.join(10)
 
 
+@contextmanager
+def live_asgi(app, threads: int = 4) -> Iterator[tuple[str, object]]:
+    """The app as `portrait serve` runs it (server/asgi.py under uvicorn) on a loopback socket, in a thread;
+    yields (base URL, the PortraitASGI)."""
+    import socket
+
+    import uvicorn
+
+    from server.asgi import PortraitASGI
+
+    asgi = PortraitASGI(app, threads=threads)
+    sock = socket.create_server(("127.0.0.1", 0), backlog=2048)
+    server = uvicorn.Server(uvicorn.Config(asgi, log_config=None, access_log=False, timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", asgi
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
 def poll_job(client, headers: dict, job_id: str, interval: float = 0.2) -> tuple[dict, list[float]]:
     """Poll GET /api/v1/jobs/{id} until the job ends; (final job, every progress value seen)."""
     seen: list[float] = []

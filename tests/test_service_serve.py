@@ -1,4 +1,4 @@
-"""`portrait serve` (the real WSGI server on a loopback socket) restarted with queued jobs: nothing
+"""`portrait serve` (uvicorn, one process and then two, on a loopback socket) restarted with queued jobs: nothing
 lost, nothing run twice; the ops endpoints answer through it."""
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def test_server_restart_with_queued_jobs(tmp_path):
         assert status == 200, body
         return {j["id"]: j["state"] for j in json.loads(body)["items"]}
 
-    server, port = serve(data, tmp_path / "serve1.log", "--workers", "1")  # waitress
+    server, port = serve(data, tmp_path / "serve1.log", "--workers", "1")
     try:
         wait_for(lambda: get(port, "/healthz")[0] == 200, 120, "the server")
         assert listed(port) == {j: "queued" for j in jobs}
@@ -74,13 +74,27 @@ def test_server_restart_with_queued_jobs(tmp_path):
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
-    server, port = serve(data, tmp_path / "serve2.log", "--workers", "2", "--threads", "4")  # gunicorn this time
+    server, port = serve(data, tmp_path / "serve2.log", "--workers", "2", "--threads", "4")  # two processes this time
     worker = None
     try:
         wait_for(lambda: get(port, "/healthz")[0] == 200, 120, "the restarted server")
         assert listed(port) == {j: "queued" for j in jobs}  # nothing lost
+        stream = http.client.HTTPConnection("127.0.0.1", port, timeout=60)  # a progress stream, while queued
+        stream.request("GET", f"/api/v1/jobs/{jobs[-1]}/events", headers={"Authorization": f"Bearer {key}"})
+        events = stream.getresponse()
+        assert events.status == 200 and events.getheader("Content-Type").startswith("text/event-stream")
         worker = start_worker(data, tmp_path / "worker.log")
         wait_for(lambda: set(listed(port).values()) == {"succeeded"}, 120, "the jobs to run")
+        seen = []
+        while not seen or seen[-1][0] != "end":
+            block = {}
+            for line in iter(lambda: events.readline().decode().rstrip("\n"), ""):
+                name, _, value = line.partition(": ")
+                block[name] = value
+            if "data" in block:
+                seen.append((block["event"], json.loads(block["data"])["state"]))
+        assert seen[0] == ("progress", "queued") and seen[-1] == ("end", "succeeded"), seen
+        stream.close()
         status, body = get(port, f"/api/v1/jobs/{jobs[0]}", key)
         assert status == 200 and json.loads(body)["progress"] == 1.0
     finally:

@@ -11,14 +11,12 @@ from flask import Response, current_app, g, jsonify, make_response, request, sen
 from flask_smorest import Blueprint
 
 from ..errors import BadRequest, NotFound, Unauthorized
+from ..service.common import tenant_id_of
 from ..signing import verify_result
-from ..streams import StreamHub, snapshot_id
+from ..streams import ASYNC_STREAM, STREAM_OPEN, SSE_HEADERS, SSE_KEEPALIVE, SSE_RETRY_MS, StreamHub, sse_event
 from . import schemas as s
 from ..present import with_label
 from ..templates_info import template_list, thumbnail_path
-
-SSE_KEEPALIVE = 15.0  # seconds without news before a comment line keeps an event stream alive
-SSE_RETRY_MS = 3000  # the `retry:` hint: a dropped stream's client reconnects after this
 
 blp = Blueprint("api", __name__, url_prefix="/api/v1", description="portrait REST API")
 
@@ -49,6 +47,13 @@ def streams_hub() -> StreamHub:
         hub = app.extensions.setdefault("portrait.streams", StreamHub(svc().db, poll_seconds=f.sse_poll_seconds,
                                                                         max_streams=f.sse_max_streams))
     return hub
+
+
+def async_feed():
+    """The asyncio stream feed when server/asgi.py serves this request and will stream it itself, else None."""
+    if request.environ.get("asgi.scope", {}).get(ASYNC_STREAM):
+        return current_app.extensions.get("portrait.async_streams")
+    return None
 
 
 def tenant():
@@ -245,6 +250,10 @@ def job_events(job_id):
     """Progress as server-sent events (`event: progress`, `data: <job JSON>`), closing when the job ends"""
     service, who = svc(), tenant()
     first = with_label(service.get_job(who, job_id))  # 401 / 404 before the stream starts
+    feed = async_feed()
+    if feed is not None:  # under `portrait serve`: server/asgi.py streams it as a coroutine, not on this thread
+        feed.check_room(job_id)  # 503 too_many_streams
+        return jsonify(job=first, tenant=tenant_id_of(who), base=request.host_url), 200, {STREAM_OPEN: "1"}
     hub, limit = streams_hub(), front().sse_max_seconds
     release = hub.open(job_id)  # 503 too_many_streams before the stream starts; given back when it closes
 
@@ -252,14 +261,11 @@ def job_events(job_id):
         # The reconnect hint first, then the current state at once (a reconnecting client's Last-Event-ID
         # only tells us it saw an older state): each event's id is its state's, so equal states share ids.
         yield f"retry: {SSE_RETRY_MS}\n\n"
-        job, start, seen = first, time.monotonic(), hub.version(job_id)
-        last = None
+        job, start, seen, last = first, time.monotonic(), hub.version(job_id), None
         while True:
-            ended = job["state"] in ("succeeded", "failed", "cancelled")
-            data = json.dumps(job, sort_keys=True)
-            event_id = snapshot_id(data)
+            text, event_id, ended = sse_event(job, job_id)
             if event_id != last:
-                yield f"event: {'end' if ended else 'progress'}\nid: {event_id}\ndata: {data}\n\n"
+                yield text
                 last = event_id
             if ended or time.monotonic() - start > limit:
                 return
@@ -271,11 +277,9 @@ def job_events(job_id):
             try:
                 job = with_label(service.get_job(who, job_id))
             except NotFound:  # deleted meanwhile
-                yield f"event: end\ndata: {json.dumps({'id': job_id, 'state': 'deleted'})}\n\n"
-                return
+                job = None
 
-    response = Response(stream_with_context(stream()), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response = Response(stream_with_context(stream()), mimetype="text/event-stream", headers=SSE_HEADERS)
     response.call_on_close(release)
     return response
 
