@@ -4,7 +4,7 @@ and the API's polls keep their threads.
 
 One feed per server process fans one change feed out to every open stream:
 - it polls the database for every watched job at once (`poll_marks`: two queries a round, whatever the
-  number of streams), or at once when the fleet's Redis announces a change (`server.job_news`);
+  number of streams or of the jobs they watch);
 - for a job that changed, it reads the job's JSON once per (tenant, base URL) and wakes all of its streams.
 The routes' checks (authentication, 404, rate limit, the 503 cap) stay in Flask: see server/asgi.py.
 """
@@ -52,16 +52,14 @@ class AsyncStreamFeed:
     (None when it is gone); it and the polls run on the feed's own thread, never on the loop."""
 
     def __init__(self, db, fetch: Callable[[str, str, str], Optional[dict]], *, poll_seconds: float = 0.5,
-                 max_streams: int = 10000, news=None):
+                 max_streams: int = 10000):
         self.db, self.fetch = db, fetch
         self.poll_seconds, self.max_streams = poll_seconds, max_streams
-        self.news = news  # server.job_news.JobNews or None: a poll at once on every announced change
         self._watches: dict[Key, Watch] = {}
         self._open = 0  # read from request threads (check_room), written on the loop
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="portrait-feed")
         self._task: Optional[asyncio.Task] = None
-        self._kick: Optional[asyncio.Event] = None
         self.polls = 0
 
     @property
@@ -86,7 +84,6 @@ class AsyncStreamFeed:
         with self._lock:
             self._open += 1
         if self._task is None or self._task.done():
-            self._kick = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._run())
         return w
 
@@ -97,29 +94,14 @@ class AsyncStreamFeed:
         if not w.streams:
             self._watches.pop(w.key, None)
 
-    def kick(self) -> None:
-        """Poll now (a fleet notification, on the loop)."""
-        if self._kick is not None:
-            self._kick.set()
-
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        listener = self.news.listen(loop, self.kick) if self.news is not None else None
-        try:
-            while self._watches:
-                try:
-                    await self._round(loop)
-                except Exception:  # a database hiccup: the streams keep their last state, the next round retries
-                    pass
-                try:
-                    await asyncio.wait_for(self._kick.wait(), self.poll_seconds if listener is None
-                                           else max(self.poll_seconds, 5.0))
-                except asyncio.TimeoutError:
-                    pass
-                self._kick.clear()
-        finally:
-            if listener is not None:
-                listener.close()
+        while self._watches:
+            try:
+                await self._round(loop)
+            except Exception:  # a database hiccup: the streams keep their last state, the next round retries
+                pass
+            await asyncio.sleep(self.poll_seconds)
 
     async def _round(self, loop) -> None:
         watches = list(self._watches.values())
