@@ -1,15 +1,15 @@
-"""dlib's 5-point landmarks (the default, licence-safe) against its 68-point ones (non-commercial), as
-issue 11 asks: likeness of classic-fusion portraits, and head pose.
+"""The landmark engines side by side (issues 11 and 17): dlib's 5 points and 68 points, and MediaPipe's
+468-point mesh (shipped, Apache-2.0): likeness of classic-fusion portraits, and head pose.
 
     python bench/landmarks.py [--people DIR] [--faces DIR] [--out DIR]
 
 1. The samples (`portrait samples`) onto the five bundled single-face templates with `portrait run
-   --diffusion off --landmarks dlib5|dlib68`: the distance of the largest written face to the mean of
+   --diffusion off --landmarks dlib5|dlib68|mediapipe`: the distance of the largest written face to the mean of
    the sample photos (dlib descriptor; the same person is below 0.6).
 2. Person onto person: every person's photo (the astronaut, Grace Hopper, Tom Hanks, and each image
    in --people DIR as a person of its own) fused onto every other's, with five variants of the user
    photo as the reference set; the distance to those variants.
-3. Head pose: the 5-point yaw against the 68-point solvePnP yaw on every face of insightface's group
+3. Head pose: the 5-point and the mesh's yaw against the 68-point solvePnP yaw on every face of insightface's group
    photo, Tom Hanks, the astronaut, Grace Hopper and the images in --faces DIR, each also mirrored.
 """
 
@@ -37,7 +37,7 @@ from portrait.post import fusion  # noqa: E402
 from portrait.samples import astronaut, grace_hopper_path  # noqa: E402
 
 SINGLE = ("astronaut-wide", "classic-bw", "navy-formal", "studio-grey", "warm-studio")
-LANDMARKS = ("dlib5", "dlib68")
+LANDMARKS = ("dlib5", "dlib68", "mediapipe")
 YAW_LIMIT = 35.0
 
 
@@ -72,10 +72,10 @@ def samples_table(root: Path) -> None:
             face = _largest(meter, load_rgb(json.loads(r.stdout)["outputs"][0]["file"]))
             rows[t, lm] = meter.distance(face.embedding, mean)
     print("\n1. The samples onto each template (distance to the user; lower is more alike)\n")
-    print("| template | dlib5 | dlib68 |\n|---|---|---|")
+    print("| template | " + " | ".join(LANDMARKS) + " |\n|---" * (len(LANDMARKS) + 1) + "|")
     for t in SINGLE:
-        print(f"| {t} | {rows[t, 'dlib5']:.3f} | {rows[t, 'dlib68']:.3f} |")
-    print("| **mean** | **%.3f** | **%.3f** |" % tuple(np.mean([rows[t, lm] for t in SINGLE]) for lm in LANDMARKS))
+        print(f"| {t} | " + " | ".join(f"{rows[t, lm]:.3f}" for lm in LANDMARKS) + " |")
+    print("| **mean** | " + " | ".join(f"**{np.mean([rows[t, lm] for t in SINGLE]):.3f}**" for lm in LANDMARKS) + " |")
 
 
 def people_table(people_dir: Path | None) -> None:
@@ -101,15 +101,17 @@ def people_table(people_dir: Path | None) -> None:
                 i = fusion.pick_reference(ref_faces, tf)
                 out = _largest(meter, fusion.fuse(trgb, tf, refs[i], ref_faces[i]).image)
                 d[lm, u, t] = float(np.mean([meter.distance(out.embedding, e) for e in user_embs]))
-    pairs = sorted({(u, t) for _, u, t in d if ("dlib5", u, t) in d and ("dlib68", u, t) in d})
+    pairs = sorted({(u, t) for _, u, t in d if all((lm, u, t) in d for lm in LANDMARKS)})
     print(f"\n2. Person onto person, classic fusion ({len(pairs)} pairs; distance to the user)\n")
-    print("| user | template's person | dlib5 | dlib68 |\n|---|---|---|---|")
+    print("| user | template's person | " + " | ".join(LANDMARKS) + " |\n|---|---" + "|---" * len(LANDMARKS) + "|")
     for u, t in pairs:
-        print(f"| {u} | {t} | {d['dlib5', u, t]:.3f} | {d['dlib68', u, t]:.3f} |")
-    a, b = (np.array([d[lm, u, t] for u, t in pairs]) for lm in LANDMARKS)
-    print(f"| **mean** | | **{a.mean():.3f}** | **{b.mean():.3f}** |")
-    print(f"\ndlib5 minus dlib68: mean {a.mean() - b.mean():+.3f}, worst pair {np.max(a - b):+.3f}; "
-          f"dlib5 is {'within' if a.mean() - b.mean() <= 0.02 else 'NOT within'} 0.02 on average")
+        print(f"| {u} | {t} | " + " | ".join(f"{d[lm, u, t]:.3f}" for lm in LANDMARKS) + " |")
+    cols = {lm: np.array([d[lm, u, t] for u, t in pairs]) for lm in LANDMARKS}
+    print("| **mean** | | " + " | ".join(f"**{cols[lm].mean():.3f}**" for lm in LANDMARKS) + " |\n")
+    for lm in ("dlib5", "mediapipe"):
+        diff = cols[lm] - cols["dlib68"]
+        print(f"{lm} minus dlib68: mean {diff.mean():+.3f}, worst pair {diff.max():+.3f}; "
+              f"{lm} is {'within' if diff.mean() <= 0.02 else 'NOT within'} 0.02 on average")
 
 
 def pose_table(faces_dir: Path | None) -> None:
@@ -117,22 +119,25 @@ def pose_table(faces_dir: Path | None) -> None:
               "grace-hopper": grace_hopper_path()}
     for p in image_files(faces_dir) if faces_dir else []:
         images[p.name] = p
-    five, dense = get_face_analysis(FaceConfig()), get_face_analysis(FaceConfig(landmarks="dlib68"))
-    pairs = []
+    engines = {lm: get_face_analysis(FaceConfig(landmarks=lm)) for lm in LANDMARKS}
+    rows = []  # (dlib5 yaw, mesh yaw, dlib68 yaw) of the same face (the same dlib HOG box)
     for rgb in [astronaut()] + [load_rgb(p) for p in images.values()]:
         for img in (rgb, np.ascontiguousarray(rgb[:, ::-1])):
-            by_box = {tuple(np.round(f.box / 8).astype(int)): f for f in five.analyze(img, embed=False)}
-            for f68 in dense.analyze(img, embed=False):
-                f5 = by_box.get(tuple(np.round(f68.box / 8).astype(int)))
-                if f5 is not None:
-                    pairs.append((f5.yaw, f68.yaw))
-    y5, y68 = np.array(pairs).T
-    beyond, flagged = np.abs(y68) > YAW_LIMIT, np.abs(y5) > YAW_LIMIT
-    print(f"\n3. Head pose: 5-point yaw against the 68-point fit ({len(pairs)} faces)\n")
-    print("| mean abs difference | correlation | beyond 35° (68-point) caught by 5-point | others flagged |")
-    print("|---|---|---|---|")
-    print(f"| {np.mean(np.abs(y5 - y68)):.1f}° | {np.corrcoef(y5, y68)[0, 1]:.2f} | "
-          f"{int(np.sum(beyond & flagged))} of {int(beyond.sum())} | {int(np.sum(~beyond & flagged))} of {int((~beyond).sum())} |")
+            found = {lm: {tuple(np.round(f.box / 8).astype(int)): f for f in fa.analyze(img, embed=False)}
+                     for lm, fa in engines.items()}
+            for box, f68 in found["dlib68"].items():
+                if box in found["dlib5"] and box in found["mediapipe"]:
+                    rows.append((found["dlib5"][box].yaw, found["mediapipe"][box].yaw, f68.yaw))
+    y5, ymesh, y68 = np.array(rows).T
+    beyond = np.abs(y68) > YAW_LIMIT
+    print(f"\n3. Head pose against the 68-point fit ({len(rows)} faces)\n")
+    print("| yaw from | mean abs difference | > 15° off | correlation | beyond 35° caught | others flagged |")
+    print("|---|---|---|---|---|---|")
+    for name, y in (("dlib5", y5), ("mediapipe mesh", ymesh)):
+        flagged = np.abs(y) > YAW_LIMIT
+        print(f"| {name} | {np.mean(np.abs(y - y68)):.1f}° | {int(np.sum(np.abs(y - y68) > 15))} | "
+              f"{np.corrcoef(y, y68)[0, 1]:.2f} | {int(np.sum(beyond & flagged))} of {int(beyond.sum())} | "
+              f"{int(np.sum(~beyond & flagged))} of {int((~beyond).sum())} |")
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from .errors import Cancelled, ConfigError, NotEnoughPhotosError, PortraitError,
 from .faces import Face, FaceConfig, get_face_analysis
 from .imageio import save_image
 from .models.manifest import get_manifest
+from .post.fusion import SKINS
 from .post.rank import Candidate, best_of, measure_slots
 from .progress import ProgressCallback, check_cancel, report
 from .settings import check_choice, check_limits, from_dict
@@ -44,6 +45,7 @@ class RunConfig:
     resolution: int = 512
     face: FaceConfig = field(default_factory=FaceConfig)
     fusion: str = "auto"
+    skin: str = "user"  # classic fusion: whose skin tone the portrait has (post.fusion.SKINS)
     retouch: str = "auto"
     retouch_strength: float = 0.35
     upscale: str = "auto"
@@ -73,6 +75,7 @@ class RunConfig:
         if self.resolution % 8:
             raise ConfigError(f"option 'resolution' must be a multiple of 8, got {self.resolution}")
         check_choice("fusion", self.fusion, FUSION_ENGINES)
+        check_choice("skin", self.skin, SKINS)
         check_choice("retouch", self.retouch, RETOUCH_ENGINES)
         check_choice("upscale", self.upscale, UPSCALE_ENGINES)
         check_choice("diffusion", self.diffusion, DIFFUSION_MODES)
@@ -375,7 +378,7 @@ class PortraitPipeline:
             for slot in slots:
                 img, face = people[slot]
                 image = fuse(image, slot_faces[slot], img, face, engine=fusion, manifest=self.manifest,
-                             source_embedding=face.embedding, device=c.face.device).image
+                             source_embedding=face.embedding, device=c.face.device, skin=c.skin).image
             t["fusion"] = time.perf_counter() - tic
         retouch_engine = self.engine("retouch").engine
         if retouch_engine != "skipped":

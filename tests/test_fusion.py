@@ -1,4 +1,5 @@
-"""Face fusion: likeness by the real dlib identity model, and pixels outside the face region untouched."""
+"""Face fusion: likeness by the real dlib identity model; outside the face region only the template's skin
+changes (post/tone.py), and nothing with skin="template"."""
 
 from __future__ import annotations
 
@@ -50,19 +51,27 @@ def test_fused_face_is_the_user_not_the_template(request, user, template, tom_ha
     d_user, d_tpl = _likeness(face_analysis, res.image, user_photos, tpl_face.embedding)
     print(f"{user} into {template}: distance to user {d_user:.3f}, to template {d_tpl:.3f}")
     assert d_user <= bar and d_tpl >= 0.6, (d_user, d_tpl)
-    # Nothing outside the dilated template face region changes, bit for bit.
+    # Outside the dilated template face region only the template's skin moves (to the user's tone): every
+    # changed pixel is in the result's mask, and the backdrop is the template's bit for bit.
+    from portrait.post.segmentation import person_alpha
+
     region = fusion.template_region(tpl_rgb.shape[:2], tpl_face)
     outside = region == 0
-    assert np.array_equal(res.image[outside], tpl_rgb[outside])
-    assert not np.any(res.mask[outside]) and np.count_nonzero(res.mask) > 1000
+    moved = np.any(res.image != tpl_rgb, axis=-1)
+    assert not np.any(moved & (res.mask == 0)) and np.count_nonzero(res.mask) > 1000
+    backdrop = person_alpha(tpl_rgb) < 0.05
+    assert np.array_equal(res.image[outside & backdrop], tpl_rgb[outside & backdrop])
     assert res.engine == "classic" and res.details["fitted_on"] == fitted_on
+    # skin="template" (the face recoloured to the template's skin) changes nothing outside the region at all.
+    old = fusion.fuse(tpl_rgb, tpl_face, ref_rgb, ref_face, skin="template")
+    assert np.array_equal(old.image[outside], tpl_rgb[outside]) and not np.any(old.mask[outside])
 
 
 def test_five_point_fallback_and_paste(face_analysis68, astronaut, grace_hopper):
     tpl_face, ref_face = _face(face_analysis68, grace_hopper), _face(face_analysis68, astronaut)
     tpl5 = fusion.replace(tpl_face, landmarks68=None)
     ref5 = fusion.replace(ref_face, landmarks68=None)
-    res = fusion.fuse(grace_hopper, tpl5, astronaut, ref5)
+    res = fusion.fuse(grace_hopper, tpl5, astronaut, ref5, skin="template")
     assert res.details["fitted_on"] == "5pt"
     outside = fusion.template_region(grace_hopper.shape[:2], tpl5) == 0
     assert np.array_equal(res.image[outside], grace_hopper[outside]) and res.mask.any()

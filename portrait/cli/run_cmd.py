@@ -10,6 +10,7 @@ from ..engines import DIFFUSION_MODES, FUSION_ENGINES, RETOUCH_ENGINES, UPSCALE_
 from ..errors import ConfigError
 from ..faces.analysis import FaceConfig
 from ..pipeline import RunConfig
+from ..post.fusion import SKINS
 from .common import (dtype_option, face_engine_options, handle_errors, json_option, min_photos_option, print_json, print_table,
                      progress_bar, ranged, top_k_option, with_options)
 from .licence_opt import licence_option
@@ -21,6 +22,9 @@ def run_options(f):
         top_k_option(help="At most this many photos are kept for the identity."),
         min_photos_option(),
         click.option("--fusion", type=click.Choice(FUSION_ENGINES), default="auto", show_default=True),
+        click.option("--skin", type=click.Choice(SKINS), default="user", show_default=True,
+                     help="Classic fusion: user = the user's skin tone on the face and on the template's neck, ears "
+                     "and hands, in the template's light; template = the face recoloured to the template's skin."),
         click.option("--retouch", type=click.Choice(RETOUCH_ENGINES), default="auto", show_default=True),
         ranged(RunConfig, "retouch_strength"),
         click.option("--upscale", type=click.Choice(UPSCALE_ENGINES), default="auto", show_default=True),
@@ -47,7 +51,7 @@ def run_options(f):
 def config_from_options(o: dict):
     face = FaceConfig(detector=o["detector"], landmarks=o["landmarks"], embedder=o["embedder"],
                       device=o["device"] or "cpu")
-    keys = ("top_k", "min_photos", "fusion", "retouch", "retouch_strength", "upscale", "upscale_factor",
+    keys = ("top_k", "min_photos", "fusion", "skin", "retouch", "retouch_strength", "upscale", "upscale_factor",
             "diffusion", "base_model", "identity", "variants", "max_tries", "likeness_bar", "steps", "inpaint_size",
             "seed", "device", "dtype")
     return RunConfig(face=face, **{k: o[k] for k in keys})

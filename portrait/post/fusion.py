@@ -4,8 +4,10 @@ Engines (`engine=`):
   classic (default, offline): a similarity transform fitted on the inner-face landmarks (brows, eyes,
       nose, mouth) carries the user's face into the template *keeping the user's face geometry*;
       the region blended is the user's face (jaw line and brows, warped) intersected with the
-      template's face region; the user's skin is matched to the template's in LAB (Reinhard) and
-      the result is feather-blended. DESIGN.md section 6 has the measurements behind these choices:
+      template's face region (with the mesh: its face oval); by default the user's skin tone is
+      carried to the template's visible skin and the template's light to the user's face
+      (post/tone.py), joined by a multi-band blend; `skin="template"` instead matches the user's skin
+      to the template's in LAB (Reinhard) with a feathered edge. DESIGN.md section 6 has the measurements behind these choices:
       a per-triangle warp onto the template's landmarks keeps the *template's* identity, and
       seamlessClone pulls the template's gradients in, so neither is used.
   onnx: an inswapper-style ONNX swapper (portrait.post.swap_onnx.OnnxSwapper, manifest model
@@ -14,8 +16,9 @@ Engines (`engine=`):
 `paste_5pt` is the 5-point similarity-transform paste of the reference face: the "replaced image"
 that feeds the keypoint / openpose control of the diffusion stages.
 
-Every engine leaves the pixels outside the (dilated) template face region exactly unchanged; the
-result's `mask` marks the pixels that changed.
+Outside the (dilated) template face region, the pixels are the template's exactly, except the
+template's visible skin that the classic engine's default `skin="user"` moves to the user's tone
+(post/tone.py); the result's `mask` marks every pixel that may differ.
 """
 
 from __future__ import annotations
@@ -31,11 +34,15 @@ from ..faces.align import similarity_transform, transform_points
 from ..faces.types import Face
 from ..imageio import check_rgb
 from . import masks
+from . import tone
 from .color import reinhard_transfer
 
 FusionEngine = Literal["classic", "onnx"]
 ENGINES: tuple[str, ...] = FusionEngine.__args__  # type: ignore[attr-defined]
 
+SKINS = ("user", "template")  # whose skin tone the portrait has (fuse's `skin`)
+RELIGHT_SIGMA = 0.8  # the template's light reaches the face at scales above this x the eye distance
+BACKDROP = 0.05  # person alpha below this: backdrop, never recoloured
 INNER_68 = slice(17, 68)  # brows, nose, eyes, mouth: the points whose layout carries identity
 
 
@@ -55,7 +62,8 @@ def transform_face(face: Face, m: np.ndarray) -> Face:
     c = transform_points(corners, m)
     box = np.array([c[:, 0].min(), c[:, 1].min(), c[:, 0].max(), c[:, 1].max()], np.float32)
     lm68 = None if face.landmarks68 is None else transform_points(face.landmarks68, m)
-    return replace(face, box=box, landmarks5=transform_points(face.landmarks5, m), landmarks68=lm68,
+    mesh = None if face.mesh is None else transform_points(np.asarray(face.mesh, np.float32), m)
+    return replace(face, box=box, landmarks5=transform_points(face.landmarks5, m), landmarks68=lm68, mesh=mesh,
                    extra=dict(face.extra))
 
 
@@ -115,9 +123,44 @@ def paste_5pt(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.ndarray
 
 
 # -- classic fusion -------------------------------------------------------------------------------
+def _brows(face: Face, shape_hw: tuple[int, int]) -> np.ndarray:
+    """The template's brows with a margin: the user's face must cover them (a user with lower brows would
+    otherwise wear two pairs)."""
+    out = np.zeros(shape_hw, np.uint8)
+    if face.landmarks68 is None:
+        return out
+    for idx in (slice(17, 22), slice(22, 27)):
+        cv2.fillConvexPoly(out, cv2.convexHull(np.round(face.landmarks68[idx]).astype(np.int32)), 255)
+    return masks.dilate(out, max(2, int(round(face.eye_distance * 0.15))))
+
+
+def _carry_user_tone(template_rgb: np.ndarray, template_face: Face, warped_roi: np.ndarray, user_skin: np.ndarray,
+                     strength: float) -> tuple[np.ndarray, np.ndarray]:
+    """The whole template with its visible skin in the user's tone (post/tone.py); (uint8 RGB, weight map).
+    The skin is looked for on the person (selfie segmentation, shipped) or, without it, near the face."""
+    h, w = template_rgb.shape[:2]
+    ed = template_face.eye_distance
+    where = np.zeros((h, w), np.float32)
+    x0, y0, x1, y1 = template_face.box
+    where[max(0, int(y0 - ed)):, max(0, int(x0 - 3 * ed)):min(w, int(x1 + 3 * ed))] = 1.0
+    from . import segmentation  # the shipped MediaPipe model; a missing runtime leaves the window alone
+
+    if segmentation.available():
+        where *= segmentation.person_alpha(template_rgb)
+        where[where < BACKDROP] = 0.0  # the backdrop stays the template's, bit for bit
+    t_lab = tone.lab(template_rgb)
+    stats = tone.skin_stats(tone.lab(warped_roi), user_skin)
+    carried, weight = tone.carry_tone(t_lab, masks.skin_mask((h, w), template_face), stats[0], where, strength)
+    out = tone.rgb(carried)
+    keep = weight <= 1e-3
+    out[keep] = template_rgb[keep]
+    weight[keep] = 0.0
+    return out, weight
+
+
 def _fuse_classic(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.ndarray, ref_face: Face, *,
                   blend: float, color_strength: float, feather: float, forehead: float,
-                  margin: float) -> FusionResult:
+                  margin: float, skin: str = "user") -> FusionResult:
     h, w = template_rgb.shape[:2]
     region = template_region((h, w), template_face, margin)
     x0, y0, x1, y1 = masks.bounding_box(region, pad=4)
@@ -131,23 +174,41 @@ def _fuse_classic(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.nda
     shift = np.array([[1, 0, -x0], [0, 1, -y0]], np.float64)
     user = transform_face(ref_face, m_roi)
     tface = transform_face(template_face, shift)
-    user_mask = masks.face_mask((rh, rw), user, forehead=forehead)
+    user_mask = masks.face_mask((rh, rw), user, forehead=forehead) | _brows(tface, (rh, rw))
     mask = cv2.bitwise_and(user_mask, region[y0:y1, x0:x1])
     if mask.sum() < 255 * 64:
         raise ValueError("the reference face and the template face do not overlap after alignment")
     src_skin = cv2.bitwise_and(masks.skin_mask((rh, rw), user), mask)
     ref_skin = masks.skin_mask((rh, rw), tface)
-    if color_strength > 0 and np.count_nonzero(src_skin) >= 64 and np.count_nonzero(ref_skin) >= 64:
-        warped = reinhard_transfer(warped, tpl, src_skin, ref_skin, strength=color_strength)
-    alpha = masks.feather(mask, max(1, int(round(template_face.eye_distance * feather)))) * float(blend)
+    feather_px = max(1, int(round(template_face.eye_distance * feather)))
+    enough = np.count_nonzero(src_skin) >= 64 and np.count_nonzero(ref_skin) >= 64
     out = template_rgb.copy()
-    out[y0:y1, x0:x1] = masks.blend(tpl, warped, alpha)
     changed = np.zeros((h, w), np.uint8)
-    changed[y0:y1, x0:x1] = (alpha > 0).astype(np.uint8) * 255
+    carried_px = 0
+    t_stats = tone.skin_stats(tone.lab(tpl), ref_skin) if enough else None
+    grey = t_stats is not None and tone.is_grey(t_stats)  # black and white: no tone to carry, Reinhard below
+    if skin == "user" and color_strength > 0 and enough and not grey:
+        # The user's tone on all the template's skin, the template's light on the user's face (post/tone.py).
+        base, weight = _carry_user_tone(template_rgb, template_face, warped, src_skin, color_strength)
+        sigma = RELIGHT_SIGMA * template_face.eye_distance
+        face = tone.rgb(tone.relight(tone.lab(warped), src_skin, tone.lab(base[y0:y1, x0:x1]), ref_skin, sigma))
+        content = face if blend >= 1 else masks.blend(base[y0:y1, x0:x1], face, np.full(mask.shape, blend, np.float32))
+        out = base
+        out[y0:y1, x0:x1] = masks.band_blend(base[y0:y1, x0:x1], content, mask, feather_px)
+        changed[weight > 0] = 255
+        carried_px = int(np.count_nonzero(weight))
+    else:
+        if color_strength > 0 and enough:
+            warped = reinhard_transfer(warped, tpl, src_skin, ref_skin, strength=color_strength)
+        alpha = masks.feather(mask, feather_px) * float(blend)
+        out[y0:y1, x0:x1] = masks.blend(tpl, warped, alpha)
+    roi_changed = np.any(out[y0:y1, x0:x1] != template_rgb[y0:y1, x0:x1], axis=-1) & (mask > 0)
+    changed[y0:y1, x0:x1][roi_changed] = 255
     scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
     details = {"fitted_on": fitted_on, "scale": round(scale, 4),
                "rotation_deg": round(float(np.degrees(np.arctan2(m[1, 0], m[0, 0]))), 2),
-               "mask_pixels": int(np.count_nonzero(changed)), "blend": blend, "color_strength": color_strength}
+               "mask_pixels": int(np.count_nonzero(changed)), "blend": blend, "color_strength": color_strength,
+               "skin": skin, "tone_carried_pixels": carried_px}
     return FusionResult(out, changed, "classic", details)
 
 
@@ -186,16 +247,21 @@ def _fuse_onnx(template_rgb: np.ndarray, template_face: Face, source_embedding, 
 def fuse(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.ndarray | None, ref_face: Face | None,
          engine: str = "classic", manifest=None, source_embedding: np.ndarray | None = None, *,
          blend: float = 1.0, color_strength: float = 1.0, feather: float = 0.08, forehead: float = 0.3,
-         margin: float = 0.2, device: str = "cpu") -> FusionResult:
+         margin: float = 0.2, device: str = "cpu", skin: str = "user") -> FusionResult:
     """Put the reference face (`ref_rgb`, `ref_face`) into `template_face` of `template_rgb`.
 
-    blend: 0..1 opacity of the user's face; color_strength: 0..1 Reinhard skin matching;
+    blend: 0..1 opacity of the user's face; skin (classic): "user" carries the user's skin tone to the
+    template's visible skin (neck, ears, hands) and gives the face the template's light, joined by a
+    multi-band blend; "template" recolours the face to the template's skin (Reinhard) with a feathered
+    edge, the only change inside the face region (and what a black-and-white template always gets); color_strength: 0..1 how far either colour step goes;
     feather: soft edge width x eye distance; forehead: how far above the brows the user's face
     reaches (x brow-to-chin height); margin: the template face region's dilation x eye distance
     (nothing outside it changes). Faces without 68 landmarks use the 5-point fit and ellipse masks.
     """
     if engine not in ENGINES:
         raise ConfigError(f"unknown fusion engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if skin not in SKINS:
+        raise ConfigError(f"unknown skin {skin!r}; choose one of {', '.join(SKINS)}")
     if not 0.0 <= blend <= 1.0:
         raise ConfigError(f"blend must be in 0..1, got {blend}")
     _check(template_rgb, template_face, ref_rgb if engine == "classic" else None,
@@ -205,7 +271,7 @@ def fuse(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.ndarray | No
     if ref_rgb is None or ref_face is None:
         raise ValueError("engine 'classic' needs ref_rgb and ref_face")
     return _fuse_classic(template_rgb, template_face, ref_rgb, ref_face, blend=blend, color_strength=color_strength,
-                         feather=feather, forehead=forehead, margin=margin)
+                         feather=feather, forehead=forehead, margin=margin, skin=skin)
 
 
 def fuse_slots(template_rgb: np.ndarray, template_faces: list[Face], identities: Mapping[int, tuple],

@@ -1,7 +1,8 @@
 """Face-region masks from landmarks (uint8, 0 or 255, same H x W as the image).
 
-With 68 points the masks follow the real outline; with 5 points only (the licence-safe
-configuration) they are ellipses fitted to the eye/nose/mouth layout.
+With MediaPipe's mesh the face follows the mesh's own oval (forehead included, up to where the mesh
+ends) and the eyes, brows and lips are the mesh's polygons; with 68 points the masks follow the jaw
+line and lifted brows; with 5 points only they are ellipses fitted to the eye/nose/mouth layout.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ..faces.landmarks_mediapipe import BROW_LEFT, BROW_RIGHT, EYE_LEFT, EYE_RIGHT, FACE_OVAL, LIPS
 from ..faces.types import Face
 
 _JAW = list(range(0, 17))
@@ -33,8 +35,30 @@ def _ellipse_from_5(shape_hw: tuple[int, int], lm5: np.ndarray, scale: float = 1
     return mask
 
 
+def _oval(face: Face, forehead: float) -> np.ndarray:
+    """The mesh's face oval, its points above the brows brought down to at most `forehead` x the
+    brow-to-chin height above them (the mesh's own top is about 0.5)."""
+    mesh = np.asarray(face.mesh, np.float32)
+    oval = mesh[FACE_OVAL].copy()
+    brows = mesh[np.concatenate([BROW_LEFT, BROW_RIGHT])].mean(0)
+    chin = mesh[152]
+    up_vec = brows - chin
+    length = float(np.linalg.norm(up_vec)) + 1e-6
+    up = up_vec / length
+    height = (oval - brows) @ up  # above the brow line: > 0
+    cap = forehead * length
+    over = height > cap
+    oval[over] -= np.outer(height[over] - cap, up)
+    return oval
+
+
 def face_mask(shape_hw: tuple[int, int], face: Face, forehead: float = 0.5) -> np.ndarray:
-    """The whole face: jaw line plus the forehead up to `forehead` x brow-to-chin height above the brows."""
+    """The whole face: the mesh's oval, or the jaw line plus the forehead, up to `forehead` x brow-to-chin
+    height above the brows."""
+    if face.mesh is not None:
+        mask = np.zeros(shape_hw, np.uint8)
+        cv2.fillPoly(mask, [np.round(_oval(face, forehead)).astype(np.int32)], 255)
+        return mask
     if face.landmarks68 is None:
         return _ellipse_from_5(shape_hw, face.landmarks5)
     lm = face.landmarks68
@@ -64,6 +88,13 @@ def inner_face_mask(shape_hw: tuple[int, int], face: Face) -> np.ndarray:
 def features_mask(shape_hw: tuple[int, int], face: Face, grow: float = 0.08) -> np.ndarray:
     """Eyes, brows and lips (grown by `grow` x eye distance): what skin retouch must not touch."""
     mask = np.zeros(shape_hw, np.uint8)
+    if face.mesh is not None:
+        mesh = np.asarray(face.mesh, np.float32)
+        cv2.fillPoly(mask, [np.round(mesh[idx]).astype(np.int32) for idx in (EYE_LEFT, EYE_RIGHT, LIPS)], 255)
+        for idx in (BROW_LEFT, BROW_RIGHT):
+            _hull(mask, mesh[idx])
+        k = max(1, int(face.eye_distance * grow)) * 2 + 1
+        return cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
     if face.landmarks68 is None:
         r = max(2, int(face.eye_distance * 0.22))
         for p in face.landmarks5[[0, 1]]:
@@ -120,3 +151,24 @@ def blend(base: np.ndarray, content: np.ndarray, alpha: np.ndarray) -> np.ndarra
     keep = alpha <= 0
     out[keep] = base[keep]
     return out
+
+
+def band_blend(base: np.ndarray, content: np.ndarray, mask: np.ndarray, feather_px: int, bands: int = 3) -> np.ndarray:
+    """Multi-band blend of `content` into `base` inside `mask` (uint8): each band of detail (a difference
+    of Gaussians, finest first) crosses over a band as wide as its own scale, so the colour fades in over
+    a wide border and the skin's texture over a narrow one, and no band shows an edge. `feather_px` is the
+    middle band's width. Pixels outside `mask` are `base`'s, bit for bit."""
+    b, c = base.astype(np.float32), content.astype(np.float32)
+    out = b.copy()
+    prev_b, prev_c = b, c
+    for i in range(bands):
+        width = max(1, int(round(feather_px * 2.0 ** (i - (bands - 1)))))
+        alpha = feather(mask, width)[..., None]
+        if i < bands - 1:
+            sigma = max(0.8, width / 2.0)
+            low_b, low_c = cv2.GaussianBlur(prev_b, (0, 0), sigma), cv2.GaussianBlur(prev_c, (0, 0), sigma)
+            out += alpha * ((prev_c - low_c) - (prev_b - low_b))
+            prev_b, prev_c = low_b, low_c
+        else:
+            out += alpha * (prev_c - prev_b)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)  # every band's alpha is 0 outside the mask: base there

@@ -1,0 +1,134 @@
+"""One person's skin in one light (post/tone.py, issue 17 item 5), on real bundled portraits: a dark-skinned
+user's face keeps its tone on a light-skinned template, and the template's neck and ears take it too; the
+backdrop, the white shirt and a black-and-white template's pixels are left alone; the multi-band blend
+never touches a pixel outside its mask; the mesh's masks reach the forehead and hold the features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from portrait.faces import FaceConfig, get_face_analysis
+from portrait.imageio import load_rgb
+from portrait.post import fusion, masks
+from portrait.post.segmentation import person_alpha
+from portrait.post.skin_tone import skin_tone, to_lab
+from portrait.templates import load_template
+
+
+@pytest.fixture(scope="module")
+def mesh_fa():
+    return get_face_analysis(FaceConfig(landmarks="mediapipe"))
+
+
+def _largest(fa, rgb):
+    return max(fa.analyze(rgb, embed=False), key=lambda f: f.size)
+
+
+@pytest.fixture(scope="module")
+def dark_user(mesh_fa):
+    rgb = load_rgb(load_template("flag-elder-suit").image_path)  # Monk 6-7: the darkest in the library
+    return rgb, _largest(mesh_fa, rgb)
+
+
+def _neck(rgb, face) -> np.ndarray:
+    """The skin-coloured pixels of a band below the chin, the same ones in every image of this template."""
+    h, w = rgb.shape[:2]
+    ed = face.eye_distance
+    band = np.zeros((h, w), bool)
+    band[int(face.box[3] + 0.25 * ed):int(face.box[3] + 0.9 * ed), int(face.box[0] + 0.5 * ed):int(face.box[2] - 0.5 * ed)] = True
+    return band & ~(masks.face_mask((h, w), face) > 0)
+
+
+def test_the_users_tone_reaches_the_neck_and_the_face_keeps_it(mesh_fa, dark_user):
+    t = load_template("corridor-office")  # Monk 2-3, white shirt, beige backdrop
+    tpl = np.asarray(t.image())
+    tface = t.slot_faces(mesh_fa)[t.faces[0]]
+    urgb, uface = dark_user
+    user_ita = skin_tone(urgb, uface).ita
+    after = fusion.fuse(tpl, tface, urgb, uface)  # skin="user", the default
+    before = fusion.fuse(tpl, tface, urgb, uface, skin="template")
+    # The face keeps the user's tone (the old recolouring moved it ~40 degrees of ITA to the template's).
+    assert abs(skin_tone(after.image, tface).ita - user_ita) < 8
+    assert abs(skin_tone(before.image, tface).ita - user_ita) > 25
+    # The neck follows: darker by much of the face's own drop in lightness, its shading kept.
+    neck = _neck(tpl, tface)
+    tpl_neck = to_lab(tpl[neck])
+    skinlike = np.linalg.norm(tpl_neck - np.median(to_lab(tpl[masks.skin_mask(tpl.shape[:2], tface) > 0]), 0), axis=1) < 25
+    assert skinlike.sum() > 200
+    l_before = np.median(to_lab(before.image[neck])[skinlike, 0])
+    l_after = np.median(to_lab(after.image[neck])[skinlike, 0])
+    face_drop = skin_tone(before.image, tface).lab[0] - skin_tone(after.image, tface).lab[0]
+    assert l_before - l_after > 0.5 * face_drop > 5, (l_before, l_after, face_drop)
+    assert after.details["tone_carried_pixels"] > 1000
+    # The backdrop (beyond the face's own region) and the white shirt are the template's.
+    backdrop = (person_alpha(tpl) < fusion.BACKDROP) & (fusion.template_region(tpl.shape[:2], tface) == 0)
+    assert np.array_equal(after.image[backdrop], tpl[backdrop])
+    white = (tpl.min(axis=-1) > 215) & ~(masks.face_mask(tpl.shape[:2], tface) > 0)
+    assert white.sum() > 1000
+    assert np.abs(after.image[white].astype(int) - tpl[white]).mean() < 1.0
+    moved = np.any(after.image != tpl, axis=-1)
+    assert not np.any(moved & (after.mask == 0))
+
+
+def test_a_black_and_white_template_gets_no_tone_and_no_colour(mesh_fa, dark_user):
+    t = load_template("classic-bw-suit")
+    tpl = np.asarray(t.image())
+    tface = t.slot_faces(mesh_fa)[t.faces[0]]
+    urgb, uface = dark_user
+    res = fusion.fuse(tpl, tface, urgb, uface)
+    same = fusion.fuse(tpl, tface, urgb, uface, skin="template")
+    assert np.array_equal(res.image, same.image) and res.details["tone_carried_pixels"] == 0
+    outside = fusion.template_region(tpl.shape[:2], tface) == 0
+    assert np.array_equal(res.image[outside], tpl[outside])
+
+
+def test_unknown_skin_mode_is_a_config_error(mesh_fa, dark_user):
+    from portrait.errors import ConfigError
+
+    urgb, uface = dark_user
+    t = load_template("corridor-office")
+    with pytest.raises(ConfigError, match="unknown skin"):
+        fusion.fuse(np.asarray(t.image()), t.slot_faces(mesh_fa)[0], urgb, uface, skin="both")
+
+
+def test_band_blend_keeps_the_outside_and_reaches_the_content_inside():
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 256, (160, 160, 3), dtype=np.uint8)
+    content = rng.integers(0, 256, (160, 160, 3), dtype=np.uint8)
+    mask = np.zeros((160, 160), np.uint8)
+    mask[30:130, 30:130] = 255
+    out = masks.band_blend(base, content, mask, feather_px=12)
+    assert np.array_equal(out[mask == 0], base[mask == 0])
+    assert np.abs(out[70:90, 70:90].astype(int) - content[70:90, 70:90]).max() <= 1  # deep inside: the content
+    edge = out[30:33, 60:100].astype(int)  # at the mask's edge: still mostly the base
+    assert np.abs(edge - base[30:33, 60:100]).mean() < np.abs(edge - content[30:33, 60:100]).mean()
+
+
+def test_mesh_masks_reach_the_forehead_and_hold_the_features(mesh_fa):
+    rgb = np.asarray(load_template("flag-teal-blouse").image())
+    face = _largest(mesh_fa, rgb)
+    hw = rgb.shape[:2]
+    dense = masks.face_mask(hw, face)
+    top = lambda m: np.nonzero(m.any(axis=1))[0][0]  # noqa: E731
+    brow_y = float(face.mesh[[70, 63, 105, 66, 107, 336, 296, 334, 293, 300], 1].mean())
+    chin_y = float(face.mesh[152, 1])
+    assert top(dense) < brow_y - 0.2 * (chin_y - brow_y)  # the mesh's oval covers the forehead (~0.27 up)
+    assert top(masks.face_mask(hw, face, forehead=0.1)) > top(dense) + 5  # `forehead` still caps it
+    assert (person_alpha(rgb)[dense > 0] > 0.5).mean() > 0.99  # and stays on the person
+    feats = masks.features_mask(hw, face)
+    for i in (33, 133, 263, 362, 13, 14, 61, 291, 105, 334):  # eye corners, lips, brows
+        x, y = np.round(face.mesh[i]).astype(int)
+        assert feats[y, x] == 255, i
+    skin = masks.skin_mask(hw, face)
+    x, y = np.round(face.mesh[1]).astype(int)  # the nose tip is skin
+    assert skin[y, x] == 255
+
+
+def test_run_config_takes_skin_and_names_a_bad_one():
+    from portrait.errors import ConfigError
+    from portrait.pipeline import RunConfig
+
+    assert RunConfig().skin == "user" and RunConfig.from_dict({"skin": "template"}).skin == "template"
+    with pytest.raises(ConfigError, match="skin"):
+        RunConfig.from_dict({"skin": "both"})
