@@ -72,7 +72,7 @@ def samples_table(root: Path) -> None:
             face = _largest(meter, load_rgb(json.loads(r.stdout)["outputs"][0]["file"]))
             rows[t, lm] = meter.distance(face.embedding, mean)
     print("\n1. The samples onto each template (distance to the user; lower is more alike)\n")
-    print("| template | " + " | ".join(LANDMARKS) + " |\n|---" * (len(LANDMARKS) + 1) + "|")
+    print("| template | " + " | ".join(LANDMARKS) + " |\n" + "|---" * (len(LANDMARKS) + 1) + "|")
     for t in SINGLE:
         print(f"| {t} | " + " | ".join(f"{rows[t, lm]:.3f}" for lm in LANDMARKS) + " |")
     print("| **mean** | " + " | ".join(f"**{np.mean([rows[t, lm] for t in SINGLE]):.3f}**" for lm in LANDMARKS) + " |")
