@@ -106,13 +106,34 @@ class AddressRefused(ValueError):
     """A webhook URL whose host is (or resolves to) an address inside the server's own networks."""
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # the well-known NAT64 prefix: an IPv4 address in its last 32 bits
+
+
+def _embedded_ipv4(addr) -> Optional[ipaddress.IPv4Address]:
+    """The IPv4 address an IPv6 one carries (mapped, NAT64, 6to4, Teredo's client), or None."""
+    if addr.version != 6:
+        return None
+    if addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    if addr in NAT64:
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    if addr.sixtofour is not None:
+        return addr.sixtofour
+    if addr.teredo is not None:
+        return addr.teredo[1]
+    return None
+
+
 def _address_refusal(host: str, ip: str) -> Optional[str]:
     addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    if getattr(addr, "ipv4_mapped", None) is not None:
-        addr = addr.ipv4_mapped
-    if addr.is_global:
+    inner = _embedded_ipv4(addr)
+    # Python counts some multicast ranges as global (224.0.0.1, ff02::1): refused here all the same, and
+    # an address that wraps a private IPv4 one is that private address.
+    if addr.is_global and not addr.is_multicast and (inner is None or (inner.is_global and not inner.is_multicast)):
         return None
-    return (f"webhook host {host} is {addr}, a private, loopback or reserved address: webhooks go to public "
+    if inner is not None:
+        addr = inner
+    return (f"webhook host {host} is {addr}, a private, loopback, multicast or reserved address: webhooks go to public "
             "hosts only (PORTRAIT_WEBHOOK_ALLOW_PRIVATE=1 allows private ones, for a receiver on your own network)")
 
 

@@ -295,11 +295,21 @@ def test_webhooks_never_reach_the_servers_own_network(tmp_path):
         svc = make_service(tmp_path)
         t, _ = svc.create_tenant("acme")
         for url in ("http://127.0.0.1:9/x", "http://10.0.0.5/x", "http://[::1]/x", "http://169.254.169.254/latest",
-                    "http://localhost:8080/x", "http://[::ffff:127.0.0.1]/x"):
+                    "http://localhost:8080/x", "http://[::ffff:127.0.0.1]/x",
+                    # multicast (Python calls some of it global), and IPv6 forms that wrap a private IPv4 address:
+                    # NAT64 (64:ff9b::/96), 6to4 (2002::/16), Teredo (2001::/32, the client inverted)
+                    "http://224.0.0.1/x", "http://[ff02::1]/x", "http://[ff0e::1]/x", "http://[64:ff9b::a00:1]/x",
+                    "http://[64:ff9b::7f00:1]/x", "http://[2002:a00:1::1]/x", "http://[2002:7f00:1::1]/x",
+                    "http://[2001:0:4136:e378:8000:63bf:f5ff:fffe]/x"):
             with pytest.raises(ServiceError) as exc:
                 svc.submit_job(t["id"], "_sleep", options={"seconds": 0.01, "steps": 1}, internal=True,
                                webhook_url=url)
-            assert exc.value.code == "bad_webhook_url" and "public hosts only" in exc.value.message
+            assert exc.value.code == "bad_webhook_url" and "public hosts only" in exc.value.message, url
+        # Public addresses in the same wrappings are fine.
+        from server.webhooks import url_refusal
+
+        for url in ("http://[64:ff9b::808:808]/x", "http://[2002:808:808::1]/x", "http://8.8.8.8/x"):
+            assert url_refusal(url, allow_private=False) is None, url
         # Registered while private receivers were allowed, delivered after the setting was turned off: the
         # name `localhost` resolves to loopback at delivery and is refused there.
         named = f"http://localhost:{inner.server_address[1]}/hook"
