@@ -171,6 +171,8 @@ def _register_error_handlers(app: Flask) -> None:
         response = error_body(status, code, message, details)
         if status == 429 and hasattr(exc, "limit"):
             response[0].headers["Retry-After"] = "60"
+        if status == 405 and getattr(exc, "valid_methods", None):  # RFC 9110: a 405 says what is allowed
+            response[0].headers["Allow"] = ", ".join(sorted(exc.valid_methods))
         return response
 
     @app.errorhandler(Exception)

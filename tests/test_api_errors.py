@@ -70,6 +70,21 @@ def test_missing_or_invalid_key_is_401(app):
     assert_error(c.get(f"/api/v1/identities/{iid}", headers=a.h), 401, "invalid_key")
     # nothing was deleted by the refused DELETE
     assert app.extensions["portrait"].get_identity(app.extensions["portrait"].find_tenant("a")["id"], iid)
+    # Authentication comes before validation: a bad body without a key is 401, not 400 about the body.
+    assert_error(c.patch("/api/v1/tenant", json={"retention_days": "many"}), 401, "missing_key")
+    assert_error(c.post("/api/v1/jobs", json={"nonsense": 1}), 401, "missing_key")
+    assert_error(c.post(f"/api/v1/identities/{iid}/photos", data={"wrong": "x"}), 401, "missing_key")
+    assert_error(c.post("/api/v1/batches", json=[], headers={"Authorization": "Bearer nope"}), 401, "invalid_key")
+    # The public routes stay public: a thumbnail, and a result with a token (a bad token is refused as such).
+    assert c.get("/api/v1/templates/studio-grey/thumbnail").status_code == 200
+    assert c.get("/api/v1/results/x?token=forged").status_code in (401, 403, 404)
+
+
+def test_a_405_says_which_methods_are_allowed(app):
+    a = Tenant(app, "a")
+    r = a.c.put("/api/v1/jobs", headers=a.h)
+    assert_error(r, 405, "method_not_allowed")
+    assert set(r.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
 
 
 def test_another_tenants_ids_are_404_never_403(app):

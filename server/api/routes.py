@@ -66,6 +66,17 @@ def tenant():
     return g.tenant
 
 
+PUBLIC = {"api.thumbnail", "api.result"}  # no key needed (an <img src>, a signed URL)
+
+
+@blp.before_request
+def _authenticate_first():
+    """Every route but the public ones authenticates before it reads its arguments: a request without a
+    valid key gets 401, never a 400 about a body it had no right to send."""
+    if request.endpoint not in PUBLIC and request.method != "OPTIONS":
+        tenant()
+
+
 def _fingerprint() -> str:
     """What the request asks for, not how it was encoded: the JSON body's content (key order aside), or
     each uploaded file's field, name and bytes (a multipart boundary differs on every retry)."""
