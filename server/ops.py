@@ -1,5 +1,5 @@
 """The `ops` blueprint: `/healthz` (the process answers), `/readyz` (the database answers and is
-migrated; in fleet mode the broker answers too) and Prometheus `/metrics` (jobs by state and kind,
+migrated; in fleet mode the broker answers too; and how many workers have a fresh heartbeat) and Prometheus `/metrics` (jobs by state and kind,
 queue depth and age, stage durations, worker heartbeats), read from the database at scrape time so
 every server process reports the same numbers whichever workers there are.
 
@@ -56,7 +56,15 @@ def readyz():
         except Exception as exc:
             checks["broker"] = f"unavailable: {type(exc).__name__}"
     ok = all(v == "ok" for v in checks.values())
-    return jsonify({"status": "ok" if ok else "unavailable", "checks": checks}), (200 if ok else 503)
+    body = {"status": "ok" if ok else "unavailable", "checks": checks}
+    if checks.get("database") == "ok":
+        # Not a readiness check (this process serves whether or not a worker runs), but said: with none alive,
+        # jobs wait in the queue until one starts.
+        alive = svc.workers_alive()
+        body["workers_alive"] = alive
+        if not alive:
+            body["note"] = "no worker is running: jobs wait in the queue until `portrait worker` starts"
+    return jsonify(body), (200 if ok else 503)
 
 
 @bp.get("/metrics")

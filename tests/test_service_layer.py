@@ -349,6 +349,13 @@ def test_ops_endpoints(tmp_path):
     assert client.get("/healthz").json == {"status": "ok"}
     r = client.get("/readyz")
     assert r.status_code == 200 and r.json["checks"]["database"] == "ok"
+    # The worker has stopped: readiness of this process holds, and it says no worker runs.
+    assert r.json["workers_alive"] == 0 and "no worker is running" in r.json["note"]
+    w = Worker(svc.settings, service=svc)
+    w.register()
+    r = client.get("/readyz")
+    assert r.json["workers_alive"] == 1 and "note" not in r.json
+    w.unregister()
     text = client.get("/metrics").get_data(as_text=True)
     assert 'portrait_jobs{state="queued"} 1.0' in text
     assert 'portrait_jobs{state="succeeded"} 1.0' in text

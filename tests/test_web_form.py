@@ -222,7 +222,16 @@ def test_cancel_from_the_status_page(tmp_path, browser, samples):
         page.set_input_files("#photos-input", [str(p) for p in samples[:5]])
         page.click("#start")
         assert page.get_attribute("#job", "data-state") == "queued"
-        assert "Jobs ahead of yours: 0" in page.inner_text("#job")
+        # No worker has a fresh heartbeat: the page says so, not "Jobs ahead of yours: 0" forever.
+        assert "No worker is running" in page.inner_text("#queue-hint")
+        from server.worker import Worker
+
+        svc = app.extensions["portrait"]
+        w = Worker(svc.settings, service=svc)
+        w.register()  # a worker appears (registered, not claiming): the queue position shows
+        page.reload()
+        assert "Jobs ahead of yours: 0" in page.inner_text("#queue-hint")
+        w.unregister()
         page.click("#cancel")
         assert page.get_attribute("#job", "data-state") == "cancelled"
         assert page.query_selector('meta[http-equiv="refresh"]') is None

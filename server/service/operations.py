@@ -52,6 +52,14 @@ class OperationsService:
             s.execute(select(1))
         return True
 
+    def workers_alive(self) -> int:
+        """Workers whose heartbeat is fresh: within twice the lease (an idle worker beats every few seconds)."""
+        with self.db.engine.connect() as c:
+            n = c.execute(select(func.count()).select_from(WorkerRow)
+                          .where(WorkerRow.heartbeat_at > now() - 2 * self.settings.lease_seconds)).scalar_one()
+            c.rollback()
+        return int(n)
+
     def stats(self) -> dict:
         """Numbers for /metrics: jobs by state, queue depth, workers' heartbeats, stage durations."""
         with self.db.session() as s:

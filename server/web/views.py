@@ -200,6 +200,7 @@ def _job_view(job_id: str) -> tuple[dict, list]:
     tid = visitor_tenant()
     job = with_label(svc().get_job(tid, job_id))
     job["terminal"] = job["state"] in ("succeeded", "failed", "cancelled")
+    job["no_worker"] = job["state"] == "queued" and svc().workers_alive() == 0
     for r in job["results"]:
         r["url"] = url_for("web.result", job_id=job_id, result_id=r["id"])
     photos = []
