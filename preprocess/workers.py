@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -102,7 +103,7 @@ class WorkerPool:
                 if method == "forkserver":
                     ctx.set_forkserver_preload([__name__])  # not __main__: scripts are never re-run
                 self._executor = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init,
-                                                     initargs=(env, self._face))
+                                                     initargs=(env, self._face, os.getpid()))
                 self._key, self.method_used = key, method
             return self._executor
 
@@ -118,7 +119,33 @@ class WorkerPool:
             self._executor, self._key = None, None
 
 
-def _worker_init(env: dict, face: FaceConfig) -> None:
+def _exit_with(owner: int) -> None:
+    """End this analysis process when `owner` (the process that made the pool) is gone, even SIGKILLed:
+    with forkserver our parent is the fork server, not the owner, so a death signal alone cannot tell."""
+    if sys.platform.startswith("linux") and os.getppid() == owner:
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(owner, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:  # the pid was reused by another user's process: the owner is gone
+                os._exit(0)
+
+    threading.Thread(target=watch, name="owner-watch", daemon=True).start()
+
+
+def _worker_init(env: dict, face: FaceConfig, owner: int | None = None) -> None:
+    if owner is not None:
+        _exit_with(owner)
     for k, v in env.items():
         if v is None:
             os.environ.pop(k, None)
