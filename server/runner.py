@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from . import kinds as job_kinds
 from .db.models import Identity, Job, Photo
 from .queue.lease import Claimed
+from .service.common import upload_names
 
 
 def run(service, job: Claimed, out_dir: Path, *, device: str = "cpu", progress=None, cancel=None,
@@ -106,6 +107,7 @@ def apply_report(s: Session, job: Job, report_path: Optional[Path]) -> None:
         return
     photos = {p.stored_name: p for p in s.scalars(select(Photo).where(Photo.identity_id == job.identity_id))
               if p.stored_name}
+    names = {p.id: p.filename for p in photos.values() if p.filename}
     reference = report.get("reference")
     for entry in report.get("photos") or []:
         p = photos.get(Path(str(entry.get("file", ""))).name)
@@ -113,7 +115,7 @@ def apply_report(s: Session, job: Job, report_path: Optional[Path]) -> None:
             continue
         p.accepted = bool(entry.get("accepted"))
         p.reasons = [str(r) for r in entry.get("reasons") or []]
-        p.message = str(entry.get("message") or "")
+        p.message = upload_names(str(entry.get("message") or ""), names)  # "the same photo as me.jpg"
         p.is_reference = reference is not None and Path(str(reference)).name == p.stored_name
     ident = s.get(Identity, job.identity_id)
     if ident is not None and reference:

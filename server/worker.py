@@ -33,6 +33,7 @@ from .db.models import Job, WorkerRow, now
 from .queue import lease
 from .queue.lease import Claimed
 from .service import Service, find_report
+from .service.common import upload_names, user_text
 from .settings import Settings
 
 log = logging.getLogger("portrait.worker")
@@ -261,7 +262,10 @@ class Worker:
             code = d.pop("error", exc.code)
             message = d.pop("message", str(exc))
             state = "cancelled" if code == "cancelled" else "failed"
-            error = {"code": code, "message": message, "details": _relative(d, out_dir)}
+            names = self.service.photo_names(job.identity_id)
+            data_dir = self.settings.data_dir
+            error = {"code": code, "message": user_text(message, names, data_dir, out_dir),
+                     "details": _relative(upload_names(d, names), out_dir)}
         except Exception as exc:  # a bug: reported as `internal`, never retried
             log.exception("job crashed", extra=ctx)
             error = {"code": "internal", "message": f"unexpected {type(exc).__name__}: {exc} (please report this)",

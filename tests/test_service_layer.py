@@ -8,6 +8,7 @@ import hashlib
 import http.server
 import io
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -413,6 +414,27 @@ def test_worker_runs_a_real_preprocess_job_and_the_verdicts_reach_the_photos(tmp
     report = svc.job_report(t["id"], job["id"])
     assert len(report["photos"]) == len(photos)
     assert str(tmp_path) not in json.dumps(svc.get_job(t["id"], job["id"]))  # no server paths leak
+    # What a user reads names their own files: the duplicate points at the upload it copies, the report lists
+    # the uploads by name, and neither holds a stored name (`<photo id>.jpg`) or a path of the server's.
+    stored = re.compile(r"[0-9a-f]{32}\.[a-z]+")
+    dup = [p for p in photos.values() if "duplicate" in p["reasons"]][0]
+    assert re.search(r"the same photo as \S+\.(jpg|png)", dup["message"]) and not stored.search(dup["message"])
+    assert any(name in dup["message"] for name in by_id.values()), dup["message"]
+    text = json.dumps(report)
+    assert not stored.search(text) and str(tmp_path) not in text
+    assert {Path(str(p["file"])).name for p in report["photos"]} <= set(by_id.values())
+    # A job that fails names no server path either: "your photos", "the job's photo report".
+    few = svc.create_identity(t["id"], "few")
+    for path in sorted((tmp_path / "samples").iterdir())[:2]:
+        svc.add_photo(t["id"], few["id"], path.name, path.read_bytes())
+    failing = svc.submit_job(t["id"], "run", few["id"], ["studio-grey"])
+    assert Worker(svc.settings, service=svc).run_forever(max_jobs=1) == 1
+    ended = svc.get_job(t["id"], failing["id"])
+    err = ended["error"]
+    assert err, ended
+    assert err["code"] == "not_enough_photos", err
+    assert str(tmp_path) not in json.dumps(err) and "/tenants/" not in err["message"]
+    assert err["message"].startswith("your photos:") and "the job's photo report" in err["message"], err
 
 
 @pytest.mark.parametrize("kind,templates,options,field", [

@@ -65,13 +65,14 @@ class MeshLandmarker:
 
     def __init__(self, manifest: Manifest):
         try:
-            from ai_edge_litert.interpreter import Interpreter
+            import ai_edge_litert.interpreter  # noqa: F401
         except ImportError as exc:  # a core dependency: only a broken install lacks it
             from ..errors import ModelError
 
             raise ModelError("--landmarks mediapipe needs the LiteRT runtime: pip install ai-edge-litert") from exc
-        self._it = Interpreter(model_path=str(manifest.require("mediapipe-face-mesh")), num_threads=1)
-        self._it.allocate_tensors()
+        from ..models.litert import load_interpreter
+
+        self._it = load_interpreter(str(manifest.require("mediapipe-face-mesh")))
         self._in = self._it.get_input_details()[0]["index"]
         outs = self._it.get_output_details()
         self._pts = next(o["index"] for o in outs if int(np.prod(o["shape"])) == 1404)

@@ -300,7 +300,7 @@ class TemplateInpaint:
             crop = controls.face_crop(job.template_rgb.shape[:2], job.template_face, self.crop_size)
             w = _Work(job, crop, crop.face(job.template_face), crop.crop(job.template_rgb))
             h_w = w.template_crop.shape[:2]
-            fused = fuse(w.template_crop, w.face, ref_rgb, ref_face, engine=self.fusion_engine,
+            fused = fuse(w.template_crop, w.face, ref_rgb, ref_face, engine=self.fusion_engine, skin="template",
                          source_embedding=ref_face.embedding)
             replaced, _ = paste_5pt(w.template_crop, w.face, ref_rgb, ref_face)
             # The user's landmarks carried onto the template face (what the keypoint control draws).
@@ -327,7 +327,7 @@ class TemplateInpaint:
                 recoloured = reinhard_transfer(out1, w.template_crop, m1, m1, strength=w.job.color_strength)
                 out1 = np.where(m1[..., None] > 0, recoloured, out1)
             w.stages["color"] = out1
-            fused2 = fuse(out1, w.face, ref_rgb, ref_face, engine=self.fusion_engine, blend=w.job.fusion2_blend,
+            fused2 = fuse(out1, w.face, ref_rgb, ref_face, engine=self.fusion_engine, skin="template", blend=w.job.fusion2_blend,
                           source_embedding=ref_face.embedding)
             w.stages["fused2"] = fused2.image
             r = max(2, round(w.face.size * 0.06))

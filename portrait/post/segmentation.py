@@ -28,13 +28,11 @@ def available() -> bool:
 
 
 def _interpreter(manifest: Manifest):
-    from ai_edge_litert.interpreter import Interpreter
+    from ..models.litert import load_interpreter
 
     path = str(manifest.require("mediapipe-selfie-segmentation"))
     if path not in _INTERPRETERS:
-        it = Interpreter(model_path=path, num_threads=1)
-        it.allocate_tensors()
-        _INTERPRETERS[path] = it
+        _INTERPRETERS[path] = load_interpreter(path)
     return _INTERPRETERS[path]
 
 

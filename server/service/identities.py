@@ -60,6 +60,15 @@ class IdentitiesService:
                 "width": p.width, "height": p.height, "format": p.format, "bytes": p.bytes,
                 "created_at": iso(p.created_at)}
 
+    def photo_names(self, identity_id: Optional[str]) -> dict[str, str]:
+        """photo id -> the name it was uploaded under, for an identity's photos ({} for none)."""
+        if not identity_id:
+            return {}
+        with self.db.engine.connect() as c:
+            rows = c.execute(select(Photo.id, Photo.filename).where(Photo.identity_id == identity_id)).all()
+            c.rollback()
+        return {r.id: r.filename for r in rows if r.filename}
+
     def add_photo(self, tenant: "TenantInfo | str", identity_id: str, filename: Optional[str],
                   stream: "BinaryIO | bytes") -> dict:
         """Take one untrusted upload. Over the byte limit: TooLarge (413), nothing kept. Otherwise a

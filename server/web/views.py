@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 import io
-import re
 import zipfile
 
 from flask import (Blueprint, current_app, jsonify, redirect, render_template, request, send_file,
@@ -209,15 +208,7 @@ def _job_view(job_id: str) -> tuple[dict, list]:
             photos = svc().get_identity(tid, job["identity_id"]).get("photos", [])
         except NotFound:
             photos = []
-    return job, _readable(photos)
-
-
-def _readable(photos: list[dict]) -> list[dict]:
-    """Verdict messages name files by their stored name (`<photo id>.<ext>`): show the visitor's names."""
-    names = {p["id"]: p["filename"] for p in photos}
-    stored = re.compile(r"\b([0-9a-f]{32})\.[a-z0-9]{1,5}\b")
-    return [dict(p, message=stored.sub(lambda m: names.get(m.group(1), m.group(0)), p.get("message") or ""))
-            for p in photos]
+    return job, photos  # their messages name the visitor's files already (server.service.common.upload_names)
 
 
 @bp.route("/jobs/<job_id>.json", methods=["GET"])
