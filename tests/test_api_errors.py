@@ -434,3 +434,54 @@ def test_no_tenant_and_not_the_open_form_can_fill_the_queue_for_the_others(tmp_p
     c = Tenant(app, "c")  # 2 (a) + 2 (b) + 2 (visitors) = 6 queued: the global guard
     whole = assert_error(c.c.post("/api/v1/jobs", headers=c.h, json=RUN(c.identity())), 429, "queue_full")
     assert whole["details"]["cap"] == "all"
+
+
+def test_concurrent_retries_with_one_key_have_one_effect(tmp_path):
+    """Ten parallel uploads of one photo with one Idempotency-Key, over a real socket: one photo is stored,
+    and every request gets the same answer (issue 15 item 5)."""
+    import http.client
+    import threading
+
+    from helpers_service import live_server
+
+    app = make_app(tmp_path / "data")
+    a = Tenant(app, "a")
+    iid = a.identity()
+    before = len(a.photos(iid))
+    photo = _jpeg()
+    boundary = "----portraitconcurrent"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"photos\"; filename=\"me.jpg\"\r\n"
+            "Content-Type: image/jpeg\r\n\r\n").encode() + photo + f"\r\n--{boundary}--\r\n".encode()
+    answers = []
+    with live_server(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        go = threading.Barrier(10)
+
+        def send():
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            go.wait()
+            c.request("POST", f"/api/v1/identities/{iid}/photos", body=body,
+                      headers={**a.h, "Idempotency-Key": "same-photo",
+                               "Content-Type": f"multipart/form-data; boundary={boundary}"})
+            r = c.getresponse()
+            answers.append((r.status, r.read(), r.getheader("Idempotent-Replayed")))
+
+        threads = [threading.Thread(target=send) for _ in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert len(answers) == 10 and {s for s, _, _ in answers} == {201}, answers
+    assert len({b for _, b, _ in answers}) == 1  # the same photo id for all
+    assert sum(1 for *_, replayed in answers if replayed) == 9
+    assert len(a.photos(iid)) == before + 1
+
+
+def test_a_failed_request_does_not_keep_its_key(app):
+    a = Tenant(app, "a")
+    iid = a.identity()
+    up = {**a.h, "Idempotency-Key": "retry-me"}
+    bad = a.c.post(f"/api/v1/identities/{iid}/photos", headers=up, data={"photos": (io.BytesIO(b"not an image"), "x.jpg")})
+    assert bad.status_code == 422
+    good = a.c.post(f"/api/v1/identities/{iid}/photos", headers=up, data={"photos": (io.BytesIO(_jpeg()), "x.jpg")})
+    assert good.status_code == 201 and not good.headers.get("Idempotent-Replayed")

@@ -510,4 +510,4 @@ def test_an_existing_database_upgrades_and_keeps_its_idempotency_records(tmp_pat
     old.dispose()
     svc = make_service(tmp_path)  # migrates on start
     assert svc.db.revision() == "0002"
-    assert svc.idempotent_replay(t["id"], "POST /api/v1/identities", "k1", "any-fingerprint") == (201, {"id": "x"})
+    assert svc.idempotent_claim(t["id"], "POST /api/v1/identities", "k1", "any-fingerprint") == (201, {"id": "x"})

@@ -110,12 +110,17 @@ def idempotent(status: int):
                 raise BadRequest("Idempotency-Key is longer than 200 characters", code="bad_idempotency_key")
             scope = f"{request.method} {request.path}"
             fingerprint = _fingerprint()
-            seen = svc().idempotent_replay(tenant(), scope, key, fingerprint)  # 422 for another request
+            # One of any number of concurrent requests with this key runs; the others wait for its answer.
+            seen = svc().idempotent_claim(tenant(), scope, key, fingerprint)  # 422 another request, 409 still running
             if seen is not None:
                 replay = make_response(jsonify(seen[1]), seen[0])
                 replay.headers["Idempotent-Replayed"] = "true"
                 return replay
-            body = view(*args, **kwargs)
+            try:
+                body = view(*args, **kwargs)
+            except BaseException:
+                svc().idempotent_release(tenant(), scope, key)  # an error is not kept: a retry runs afresh
+                raise
             svc().idempotent_store(tenant(), scope, key, status, body, fingerprint)
             return body
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from typing import Optional
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..db.models import IdempotencyRecord, Job, WorkerRow, now
-from ..errors import KeyReused
+from ..errors import Conflict, KeyReused
 from .common import TenantInfo, tenant_id_of
+
+
+PENDING_STALE_SECONDS = 300.0  # a claimed Idempotency-Key with no answer this long: its request died
 
 
 class OperationsService:
@@ -19,33 +23,61 @@ class OperationsService:
     parts' methods, through self."""
 
     # -- idempotent POSTs (identities, photos; jobs and batches keep the key on their row) ---------
-    def idempotent_replay(self, tenant: "TenantInfo | str", scope: str, key: Optional[str],
-                          fingerprint: Optional[str] = None) -> Optional[tuple[int, dict]]:
-        """The first answer to this key (status, body), or None; KeyReused (422) when the key first came
-        with another request (`fingerprint`: a hash of the request's content)."""
-        if not key:
-            return None
-        with self.db.session() as s:
-            rec = s.scalars(select(IdempotencyRecord).where(IdempotencyRecord.tenant_id == tenant_id_of(tenant),
-                                                            IdempotencyRecord.scope == scope,
-                                                            IdempotencyRecord.key == key)).first()
-            if rec is None:
+    def idempotent_claim(self, tenant: "TenantInfo | str", scope: str, key: str, fingerprint: Optional[str] = None,
+                         wait: float = 10.0) -> Optional[tuple[int, dict]]:
+        """Take this key for a request about to run (None: it is ours now; answer with idempotent_store, or
+        give it back with idempotent_release), or the first answer to replay (status, body). A concurrent
+        retry waits up to `wait` seconds for the first request's answer, then gets 409
+        `idempotency_in_progress`; the key with another request is KeyReused (422). The unique index makes
+        exactly one of any number of concurrent requests the one that runs."""
+        tid = tenant_id_of(tenant)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                with self.db.session(immediate=True) as s:
+                    s.add(IdempotencyRecord(tenant_id=tid, scope=scope[:200], key=key[:200], status=0, body={},
+                                            fingerprint=fingerprint))
                 return None
-            if fingerprint and rec.fingerprint and rec.fingerprint != fingerprint:
-                raise KeyReused(f"Idempotency-Key {key[:60]!r} was first sent with another request to {scope}; "
-                                "use a new key for a new request", details={"key": key[:200]})
-            return rec.status, rec.body
+            except IntegrityError:
+                pass
+            with self.db.session() as s:
+                rec = s.scalars(select(IdempotencyRecord).where(IdempotencyRecord.tenant_id == tid,
+                                                                IdempotencyRecord.scope == scope[:200],
+                                                                IdempotencyRecord.key == key[:200])).first()
+                if rec is None:
+                    continue  # released meanwhile: claim it again
+                if fingerprint and rec.fingerprint and rec.fingerprint != fingerprint:
+                    raise KeyReused(f"Idempotency-Key {key[:60]!r} was first sent with another request to {scope}; "
+                                    "use a new key for a new request", details={"key": key[:200]})
+                if rec.status:
+                    return rec.status, rec.body
+                stale = now() - rec.created_at > PENDING_STALE_SECONDS
+            if stale:  # its request died without an answer (a killed server process): take the key over
+                self.idempotent_release(tid, scope, key)
+                continue
+            if time.monotonic() > deadline:
+                raise Conflict(f"a request with Idempotency-Key {key[:60]!r} is still running; retry in a moment",
+                               code="idempotency_in_progress", details={"key": key[:200], "retry_after": 1})
+            time.sleep(0.05)
 
     def idempotent_store(self, tenant: "TenantInfo | str", scope: str, key: Optional[str], status: int,
                          body: dict, fingerprint: Optional[str] = None) -> None:
+        """The claimed key's answer, for every retry to replay."""
         if not key:
             return
-        try:
-            with self.db.session(immediate=True) as s:
-                s.add(IdempotencyRecord(tenant_id=tenant_id_of(tenant), scope=scope[:200], key=key[:200], status=status,
-                                        body=body, fingerprint=fingerprint))
-        except IntegrityError:
-            pass  # a concurrent retry stored it first
+        with self.db.session(immediate=True) as s:
+            s.execute(update(IdempotencyRecord).where(
+                IdempotencyRecord.tenant_id == tenant_id_of(tenant), IdempotencyRecord.scope == scope[:200],
+                IdempotencyRecord.key == key[:200]).values(status=status, body=body)
+                .execution_options(synchronize_session=False))
+
+    def idempotent_release(self, tenant: "TenantInfo | str", scope: str, key: str) -> None:
+        """Give a claimed key back (its request failed: a retry runs it afresh)."""
+        with self.db.session(immediate=True) as s:
+            s.execute(delete(IdempotencyRecord).where(
+                IdempotencyRecord.tenant_id == tenant_id_of(tenant), IdempotencyRecord.scope == scope[:200],
+                IdempotencyRecord.key == key[:200], IdempotencyRecord.status == 0)
+                .execution_options(synchronize_session=False))
 
     def ping(self) -> bool:
         with self.db.session() as s:
