@@ -5,7 +5,10 @@
 
 1. Per bundled template: `portrait run` with the sample user (the astronaut sample photos), the
    distance of each painted slot's face and of the largest face to the user, and to the template's
-   own person in that slot (same person below 0.6).
+   own person in that slot (same person below 0.6); and a second meter that shares nothing with
+   dlib: the face's geometry from MediaPipe's mesh, the Procrustes shape distance (% of face size) to
+   the user's photos and to the template's person (tests/helpers_meter.py: the same person's photos
+   read 0.1-1.3, different people 4.6-9.9; a mirrored photo reads as another shape).
 2. The blur and tilt ladder: sharp originals, Gaussian blur at three strengths, tilts of 15/30/45°, a
    photo turned by 90° without EXIF; each photo's verdict, sharpness and roll.
 """
@@ -26,7 +29,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the shared likeness meter
 
-from helpers_meter import DlibMeter  # noqa: E402
+from helpers_meter import DlibMeter, MeshMeter, shape_distance  # noqa: E402
 from portrait.faces.base import iou  # noqa: E402
 from portrait.imageio import load_rgb, save_image  # noqa: E402
 from portrait.pipeline import PortraitPipeline, RunConfig  # noqa: E402
@@ -45,8 +48,11 @@ def template_table(root: Path, meter: DlibMeter) -> None:
     out = root / "run"
     result = PortraitPipeline(RunConfig()).run(photos, list(BUNDLED), out)
     user = np.mean([meter.faces(load_rgb(p))[0][1] for p in paths if p.name.startswith("astronaut_")], axis=0)
-    print("| template | slot | to user | to template's person | largest face to user | result.json slot |")
-    print("|---|---|---|---|---|---|")
+    mm = MeshMeter()
+    user_meshes = [f[0][1] for f in (mm.meshes(load_rgb(p)) for p in paths if p.name.startswith("astronaut_")) if f]
+    print("| template | slot | to user | to template's person | largest face to user | shape to user | "
+          "shape to template's person | result.json slot |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in BUNDLED:
         t = load_template(name)
         tpl = load_rgb(t.image_path)
@@ -59,9 +65,14 @@ def template_table(root: Path, meter: DlibMeter) -> None:
             face = max(found, key=lambda f: iou(f[0], [v * s for v in box]))
             person = max(own, key=lambda f: iou(f[0], box))[1]
             js = entry.slots.get(i, {})
+            # The second meter: the painted face's geometry (MediaPipe's mesh) against the user's photos and
+            # against the template's person, the median of the shape distances (% of the face's size).
+            out_mesh = max(mm.meshes(png), key=lambda f: iou(f[0], [v * s for v in box]))[1]
+            tpl_mesh = max(mm.meshes(tpl), key=lambda f: iou(f[0], box))[1]
+            to_user = np.median([shape_distance(out_mesh, u) for u in user_meshes])
             print(f"| {name} | {i} | {np.linalg.norm(face[1] - user):.3f} | {np.linalg.norm(face[1] - person):.3f} | "
-                  f"{np.linalg.norm(found[0][1] - user):.3f} | found {js.get('found')}, main {js.get('main_face')}, "
-                  f"passes {js.get('passes')} |")
+                  f"{np.linalg.norm(found[0][1] - user):.3f} | {to_user:.2f} | {shape_distance(out_mesh, tpl_mesh):.2f} | "
+                  f"found {js.get('found')}, main {js.get('main_face')}, passes {js.get('passes')} |")
     if result.failures:
         print("failures:", result.failures)
 

@@ -25,3 +25,35 @@ class DlibMeter:
         rects = sorted(self.detector(rgb, 1), key=lambda r: -r.area())
         return [([r.left(), r.top(), r.right(), r.bottom()],
                  np.asarray(self.rec.compute_face_descriptor(rgb, self.sp5(rgb, r)), np.float64)) for r in rects]
+
+
+def shape_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """How far two faces' geometry is apart: the RMS distance of their 468 mesh points after the best
+    similarity (Procrustes: shift, scale, rotation, no mirror), as a percentage of the face's size.
+    Blind to skin, texture, colour and light; a turned head or an open mouth moves it too."""
+    def norm(p):
+        p = np.asarray(p, np.float64)
+        p = p - p.mean(0)
+        return p / np.sqrt((p ** 2).sum(1).mean())
+
+    x, y = norm(a), norm(b)
+    u, _, vt = np.linalg.svd(x.T @ y)
+    d = np.sign(np.linalg.det(u @ vt))
+    r = u @ np.diag([1.0, d]) @ vt
+    scale = np.trace((x @ r).T @ y) / np.trace(x.T @ x)
+    return float(100 * np.sqrt(((scale * x @ r - y) ** 2).sum(1).mean()))
+
+
+class MeshMeter:
+    """A second likeness signal that shares nothing with dlib's descriptor: the face's geometry from
+    MediaPipe's mesh (shipped), compared by `shape_distance`."""
+
+    def __init__(self):
+        from portrait.faces import FaceConfig, get_face_analysis
+
+        self.fa = get_face_analysis(FaceConfig(landmarks="mediapipe"))
+
+    def meshes(self, rgb: np.ndarray) -> list[tuple[list[float], np.ndarray]]:
+        """(box, 468 x 2 mesh) of every face, largest first."""
+        faces = sorted(self.fa.analyze(np.ascontiguousarray(rgb), embed=False), key=lambda f: -f.size)
+        return [([float(v) for v in f.box], np.asarray(f.mesh)) for f in faces if f.mesh is not None]

@@ -87,3 +87,27 @@ def test_a_mesh_configuration_loads_no_dlib_landmark_model(mesh_fa):
     rgb = np.ascontiguousarray(load_template("hall-office").image())
     mesh_fa.analyze(rgb)
     assert mesh_fa.embedder._sp5 is None  # the descriptor aligned on the mesh, dlib's 5-point model never loaded
+
+
+def test_the_mesh_shape_meter_tells_people_apart():
+    """The second likeness meter (tests/helpers_meter.py, used by bench/likeness.py): photos of one person
+    in other light and framing keep their face's geometry; different people's geometry differs."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from helpers_meter import MeshMeter, shape_distance
+    from template_choice import _variants
+
+    from portrait.imageio import load_rgb
+    from portrait.templates import load_template
+
+    meter = MeshMeter()
+    people = {}
+    for name in ("hall-office", "flag-red-dress", "flag-dark-suit", "flag-black-jacket", "flag-elder-suit"):
+        rgb = load_rgb(load_template(name).image_path)
+        photos = [rgb] + [v for i, v in enumerate(_variants(rgb)) if i != 1]  # variant 1 is a mirror image
+        people[name] = [meter.meshes(p)[0][1] for p in photos]
+    same = [shape_distance(m[0], v) for m in people.values() for v in m[1:]]
+    other = [shape_distance(people[a][0], people[b][0]) for a in people for b in people if a < b]
+    assert max(same) < 2.0 < 4.0 < min(other), (max(same), min(other))
