@@ -34,7 +34,7 @@ class PortraitASGI:
         service, front = flask_app.extensions["portrait"], flask_app.extensions["portrait.front"]
         self.max_seconds = front.sse_max_seconds
         self.feed = AsyncStreamFeed(service.db, self._fetch, poll_seconds=front.sse_poll_seconds,
-                                    max_streams=front.sse_max_async_streams)
+                                    max_streams=front.sse_max_async_streams, news=service.db.news)
         flask_app.extensions["portrait.async_streams"] = self.feed
 
     async def __call__(self, scope, receive, send) -> None:

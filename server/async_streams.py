@@ -4,7 +4,8 @@ and the API's polls keep their threads.
 
 One feed per server process fans one change feed out to every open stream:
 - it polls the database for every watched job at once (`poll_marks`: two queries a round, whatever the
-  number of streams or of the jobs they watch);
+  number of streams or of the jobs they watch); in a fleet it polls at once when the broker's Redis
+  announces a change (`server.job_news`), and otherwise only every NEWS_SAFETY_SECONDS;
 - for a job that changed, it reads the job's JSON once per (tenant, base URL) and wakes all of its streams.
 The routes' checks (authentication, 404, rate limit, the 503 cap) stay in Flask: see server/asgi.py.
 """
@@ -19,6 +20,7 @@ from typing import Callable, Optional
 
 from .streams import TooManyStreams, poll_marks
 
+NEWS_SAFETY_SECONDS = 5.0  # with the fleet's change feed connected, a poll at least this often anyway
 Key = tuple[str, str, str]  # (job id, tenant id, base URL): streams that see the same JSON share one watch
 
 
@@ -52,8 +54,11 @@ class AsyncStreamFeed:
     (None when it is gone); it and the polls run on the feed's own thread, never on the loop."""
 
     def __init__(self, db, fetch: Callable[[str, str, str], Optional[dict]], *, poll_seconds: float = 0.5,
-                 max_streams: int = 10000):
+                 max_streams: int = 10000, news=None):
         self.db, self.fetch = db, fetch
+        self.news = news  # server.job_news.JobNews or None
+        self._listener = None
+        self._kick: Optional[asyncio.Event] = None
         self.poll_seconds, self.max_streams = poll_seconds, max_streams
         self._watches: dict[Key, Watch] = {}
         self._open = 0  # read from request threads (check_room), written on the loop
@@ -96,12 +101,31 @@ class AsyncStreamFeed:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._watches:
-            try:
-                await self._round(loop)
-            except Exception:  # a database hiccup: the streams keep their last state, the next round retries
-                pass
-            await asyncio.sleep(self.poll_seconds)
+        self._kick = asyncio.Event()
+        if self.news is not None and self._listener is None:
+            kick = self._kick
+
+            def heard(ids: list[str]) -> None:  # on the listener's thread
+                if any(w.key[0] in ids for w in list(self._watches.values())):
+                    loop.call_soon_threadsafe(kick.set)
+
+            self._listener = self.news.listen(heard)
+        try:
+            while self._watches:
+                try:
+                    await self._round(loop)
+                except Exception:  # a database hiccup: the streams keep their last state, the next round retries
+                    pass
+                live = self._listener is not None and self._listener.connected.is_set()
+                try:
+                    await asyncio.wait_for(self._kick.wait(), NEWS_SAFETY_SECONDS if live else self.poll_seconds)
+                except asyncio.TimeoutError:
+                    pass
+                self._kick.clear()
+        finally:
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
 
     async def _round(self, loop) -> None:
         watches = list(self._watches.values())

@@ -162,3 +162,38 @@ def test_stream_errors_are_json_before_the_stream_and_the_cap_holds(tmp_path):
             opened[1][1].close()
 
         asyncio.run(scenario())
+
+
+@pytest.mark.slow
+def test_in_a_fleet_the_brokers_news_wakes_the_streams_without_polling(tmp_path):
+    """With a Redis broker, a change reaches an open stream through pub/sub (server/job_news.py) at once,
+    although the stream feed would poll the database only every 30 s here."""
+    from helpers_fleet import redis_server
+
+    with redis_server(tmp_path) as url:
+        app = make_app(tmp_path / "data", broker_url=url, sse_poll_seconds=30)
+        key = new_key(app, "app")
+        job = _queued_job(app, key)
+        path = f"/api/v1/jobs/{job}/events"
+        with live_asgi(app, threads=2) as (base, asgi):
+            port = int(base.rsplit(":", 1)[1])
+
+            async def scenario():
+                reader, writer, status, first = await _stream(port, path, key)
+                assert status == "HTTP/1.1 200 OK" and json.loads(first["data"])["state"] == "queued"
+                deadline = time.monotonic() + 10  # the feed's listener subscribes
+                while not (asgi.feed._listener and asgi.feed._listener.connected.is_set()):
+                    assert time.monotonic() < deadline, "the feed never subscribed"
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.2)
+                polls = asgi.feed.polls
+                changed = time.monotonic()
+                assert app.test_client().post(f"/api/v1/jobs/{job}/cancel", headers=auth(key)).status_code == 202
+                end = await asyncio.wait_for(_event(reader), 10)
+                took = time.monotonic() - changed
+                assert end["event"] == "end" and json.loads(end["data"])["state"] == "cancelled"
+                assert took < 3.0, took  # not the 30 s poll
+                assert asgi.feed.polls - polls <= 2  # woken by the news, not by a polling loop
+                writer.close()
+
+            asyncio.run(scenario())

@@ -69,6 +69,7 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._migrated = False
         self._lock = threading.Lock()
+        self.news = None  # server.job_news.JobNews in a fleet: lease writes announce the jobs they change
 
     @property
     def is_sqlite(self) -> bool:

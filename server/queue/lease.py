@@ -107,9 +107,24 @@ def _take(s: Session, job_id: str, worker: str, lease_seconds: float, *, expired
     return res.rowcount == 1
 
 
+def announce(db: Database, job_ids: Iterable[str]) -> None:
+    """Tell the fleet's stream feeds these jobs changed (server.job_news), after the change committed."""
+    news = getattr(db, "news", None)
+    if news is not None:
+        news.announce(list(job_ids))
+
+
 def claim_next(db: Database, worker: str, *, lease_seconds: float, tenant_concurrency: int,
                kinds: Optional[Iterable[str]] = None) -> Optional[Claimed]:
     """Claim the next job for `worker`, or None when nothing can run now."""
+    claimed = _claim_next(db, worker, lease_seconds=lease_seconds, tenant_concurrency=tenant_concurrency, kinds=kinds)
+    if claimed is not None:
+        announce(db, [claimed.id])
+    return claimed
+
+
+def _claim_next(db: Database, worker: str, *, lease_seconds: float, tenant_concurrency: int,
+                kinds: Optional[Iterable[str]] = None) -> Optional[Claimed]:
     with db.session() as s:  # a cheap read first: an idle poll takes no write lock
         if s.scalar(select(Job.id).where(Job.state == "queued").limit(1)) is None:
             return None
@@ -143,6 +158,13 @@ def claim_next(db: Database, worker: str, *, lease_seconds: float, tenant_concur
 def claim_job(db: Database, job_id: str, worker: str, *, lease_seconds: float) -> Optional[Claimed]:
     """Claim one given job (a Celery delivery). None when it is terminal, or running under a live
     lease (a redelivered duplicate), or unknown."""
+    claimed = _claim_job(db, job_id, worker, lease_seconds=lease_seconds)
+    if claimed is not None:
+        announce(db, [claimed.id])
+    return claimed
+
+
+def _claim_job(db: Database, job_id: str, worker: str, *, lease_seconds: float) -> Optional[Claimed]:
     with db.session(immediate=db.is_sqlite) as s:
         q = select(Job).where(Job.id == job_id)
         if not db.is_sqlite:
@@ -171,6 +193,8 @@ def heartbeat(db: Database, job_id: str, worker: str, *, lease_seconds: float,
         if res.rowcount != 1:
             return HEARTBEAT_LOST
         cancel = s.scalar(select(Job.cancel_requested).where(Job.id == job_id))
+    if stage is not None or progress is not None:
+        announce(db, [job_id])
     return HEARTBEAT_CANCEL if cancel else HEARTBEAT_OK
 
 
@@ -203,6 +227,7 @@ def finish(db: Database, job_id: str, worker: str, state: str, *, result: Option
             s.add(Result(job_id=job_id, tenant_id=job.tenant_id, identity_id=job.identity_id, rank=i, **r))
         if on_finish is not None:
             on_finish(s, job)
+    announce(db, [job_id])
     return True
 
 
@@ -237,12 +262,20 @@ def reap(db: Database) -> tuple[list[str], list[str]]:
                 target = ended
             if s.execute(base.values(**values).execution_options(synchronize_session=False)).rowcount == 1:
                 target.append(job.id)
+    announce(db, requeued + ended)
     return requeued, ended
 
 
 def cancel(db: Database, tenant_id: str, job_id: str) -> Optional[str]:
     """Cancel one job of a tenant: a queued job ends `cancelled` at once, a running one is asked to stop
     (its worker's heartbeat sees the request). Returns the job's state after the call, None if unknown."""
+    state = _cancel(db, tenant_id, job_id)
+    if state is not None:
+        announce(db, [job_id])
+    return state
+
+
+def _cancel(db: Database, tenant_id: str, job_id: str) -> Optional[str]:
     t = now()
     with db.session(immediate=True) as s:
         mine = and_(Job.id == job_id, Job.tenant_id == tenant_id)

@@ -32,6 +32,10 @@ class Service(TenantsService, IdentitiesService, JobsService, BatchesService, Op
                  dispatcher: Optional[Dispatcher] = None, migrate: bool = True):
         self.settings = settings
         self.db = db or Database(settings.db_url)
+        if settings.broker_url.startswith(("redis://", "rediss://")) and self.db.news is None:
+            from ..job_news import JobNews
+
+            self.db.news = JobNews(settings.broker_url)  # progress streams in every server process hear at once
         self.storage = storage or make_storage(settings.data_dir, settings.storage_url, settings.storage_endpoint_url,
                                                   settings.storage_cache_hours)
         self.dispatcher = dispatcher or make_dispatcher(settings)
