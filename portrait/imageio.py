@@ -110,6 +110,44 @@ def _open_checked(source: str | Path | bytes, name: str | None, max_pixels: int,
     return img, label
 
 
+@dataclass(frozen=True)
+class ProbedImage:
+    size: tuple[int, int]  # (width, height) as displayed (EXIF rotation applied)
+    format: str
+
+
+def probe_image(source: str | Path | bytes, *, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                max_bytes: int = DEFAULT_MAX_BYTES) -> ProbedImage:
+    """Check an image from its header and its container's own checksums (`Image.verify`: chunk CRCs for a
+    PNG), without decoding its pixels: a few KB of memory for any size. ImageError as decode_image's.
+    (A pixel stream broken inside valid chunks shows only when the image is decoded.)"""
+    img, label = _open_checked(source, name, max_pixels, max_bytes)
+    try:
+        fmt = img.format or "unknown"
+        w, h = img.size
+        try:
+            img.verify()  # must come straight after open
+        except Exception as exc:
+            raise ImageError(label, "unreadable", f"corrupt image data ({exc})") from exc
+    finally:
+        img.close()
+    img, _ = _open_checked(source, name, max_pixels, max_bytes)  # verify spent the first one
+    try:
+        if fmt == "PNG":  # PNG's getexif() decodes the whole image to look past the pixels: the header only
+            exif = Image.Exif()
+            if img.info.get("exif"):
+                exif.load(img.info["exif"])
+        else:
+            exif = img.getexif()
+        if int(exif.get(0x0112, 1) or 1) in (5, 6, 7, 8):
+            w, h = h, w
+    except Exception:  # a broken EXIF block is not a broken image
+        pass
+    finally:
+        img.close()
+    return ProbedImage((w, h), fmt)
+
+
 def _bomb_message(exc: BaseException, max_pixels: int) -> str:
     """Pillow's bomb guard fired before our header check: state the size and the limit in MP."""
     m = re.search(r"\((\d+) pixels\)", str(exc))

@@ -485,3 +485,26 @@ def test_a_failed_request_does_not_keep_its_key(app):
     assert bad.status_code == 422
     good = a.c.post(f"/api/v1/identities/{iid}/photos", headers=up, data={"photos": (io.BytesIO(_jpeg()), "x.jpg")})
     assert good.status_code == 201 and not good.headers.get("Idempotent-Replayed")
+
+
+def test_a_large_png_is_checked_from_its_header_and_checksums_not_decoded(tmp_path):
+    """A 4200 x 4000 PNG (17 MP, 50 MB decoded) is accepted with its size, read from its header and its
+    chunk checksums; the same file with one byte of its pixel data changed is refused as unreadable
+    (issue 15 item 6: server memory stays flat under parallel uploads; bench/service.py measures it)."""
+    from server.service import identities
+
+    app = make_app(tmp_path / "data")
+    a = Tenant(app, "a")
+    iid = a.identity()
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((4000, 4200, 3), np.uint8)).save(buf, "PNG")
+    png = buf.getvalue()
+    assert 4000 * 4200 > identities.FULL_DECODE_PIXELS and len(png) < 1_000_000
+    ok = a.c.post(f"/api/v1/identities/{iid}/photos", headers=a.h, data={"photos": (io.BytesIO(png), "big.png")})
+    assert ok.status_code == 201, ok.get_json()
+    photo = ok.get_json()["photos"][0] if "photos" in ok.get_json() else ok.get_json()
+    assert (photo["width"], photo["height"], photo["format"]) == (4200, 4000, "PNG")
+    idat = png.index(b"IDAT")
+    broken = png[:idat + 10] + bytes([png[idat + 10] ^ 0xFF]) + png[idat + 11:]
+    bad = a.c.post(f"/api/v1/identities/{iid}/photos", headers=a.h, data={"photos": (io.BytesIO(broken), "broken.png")})
+    assert_error(bad, 422, "unreadable")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from typing import BinaryIO, Iterable, Optional
 
 from sqlalchemy import delete, func, select
@@ -77,8 +78,6 @@ class IdentitiesService:
         not kept. The stored file is named by the server (`<photo id>.<ext of the decoded format>`)."""
         from preprocess.config import PreprocessConfig
 
-        from portrait.imageio import decode_image
-
         tenant_id = tenant_id_of(tenant)
         limit = self.settings.max_upload_bytes
         data = stream if isinstance(stream, bytes) else stream.read(limit + 1)
@@ -98,10 +97,8 @@ class IdentitiesService:
                       message="", is_reference=False)
         cfg = PreprocessConfig()
         try:
-            dec = decode_image(data, name=display, max_side=64, max_pixels=self.settings.max_pixels,
-                               max_bytes=limit)
-            w, h = dec.original_size
-            photo.width, photo.height, photo.format = w, h, dec.format
+            w, h, fmt = _check_upload(data, display, self.settings.max_pixels, limit)
+            photo.width, photo.height, photo.format = w, h, fmt
             if min(w, h) < cfg.min_image_side:
                 photo.accepted, photo.reasons = False, ["too_small"]
                 photo.message = f"{display}: image is {w}x{h}, the shorter side must be at least {cfg.min_image_side} px"
@@ -198,3 +195,24 @@ class IdentitiesService:
             self.storage.delete_job(tenant_id, jid)
         self.storage.delete_identity(tenant_id, identity_id)
         log.info("identity deleted", extra={"tenant": tenant_id, "identity": identity_id, "jobs": len(job_ids)})
+
+
+# An upload is checked in this process, on a request thread: at most DECODE_SLOTS at once decode pixels,
+# and only JPEGs (decoded at 1/8 scale from the DCT) or images up to FULL_DECODE_PIXELS do; a larger PNG,
+# WebP or TIFF is checked from its header and its own checksums only (a 63 MP PNG would take ~200 MB
+# decoded). The worker decodes every photo anyway, and its intake gives any photo it cannot read a verdict.
+DECODE_SLOTS = threading.BoundedSemaphore(2)
+FULL_DECODE_PIXELS = 12_000_000
+
+
+def _check_upload(data: bytes, name: str, max_pixels: int, max_bytes: int) -> tuple[int, int, str]:
+    """(width, height, format) of an untrusted upload; ImageError when it is no photo."""
+    from portrait.imageio import decode_image, probe_image
+
+    probed = probe_image(data, name=name, max_pixels=max_pixels, max_bytes=max_bytes)
+    w, h = probed.size
+    if probed.format not in ("JPEG", "MPO") and w * h > FULL_DECODE_PIXELS:
+        return w, h, probed.format
+    with DECODE_SLOTS:
+        dec = decode_image(data, name=name, max_side=64, max_pixels=max_pixels, max_bytes=max_bytes)
+    return dec.original_size[0], dec.original_size[1], dec.format
