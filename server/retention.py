@@ -84,3 +84,24 @@ def prune_visitors(service, at: float) -> int:
     for tid in empty:
         service.storage.delete_tenant(tid)
     return len(empty)
+
+
+def forget_deleted_in_cache(service) -> int:
+    """Drop this machine's cached copies of identities and jobs that no longer exist (deleted on another
+    machine, whose delete cleared the store and its own cache only): no cache keeps a deleted identity's
+    photos, crops or portraits. Returns how many folders went."""
+    cached = service.storage.cached()
+    if not cached:
+        return 0
+    ids = {kind: {c[2] for c in cached if c[0] == kind} for kind in ("identities", "jobs")}
+    with service.db.session() as s:
+        live = {"identities": set(s.scalars(select(Identity.id).where(Identity.id.in_(ids["identities"])))),
+                "jobs": set(s.scalars(select(Job.id).where(Job.id.in_(ids["jobs"]))))}
+    gone = 0
+    for kind, _tenant, row_id, folder in cached:
+        if row_id not in live[kind]:
+            service.storage.drop_cached(folder)
+            gone += 1
+    if gone:
+        log.info("deleted rows' cached files dropped", extra={"deleted": gone})
+    return gone

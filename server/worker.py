@@ -39,6 +39,7 @@ from .settings import Settings
 log = logging.getLogger("portrait.worker")
 MAINTENANCE_SECONDS = 2.0
 RETENTION_SECONDS = 600.0
+CACHE_SWEEP_SECONDS = 10.0  # how soon a deletion made elsewhere leaves this machine's cache
 STALE_WORKER_SECONDS = 3600.0
 PROGRESS_SECONDS = 1.0  # a running job's progress reaches the row at least this often
 
@@ -110,6 +111,7 @@ class Worker:
         self._last_redispatch = 0.0
         self._maintenance_lock = threading.Lock()
         self._last_retention = 0.0
+        self._last_cache_sweep = 0.0
         self._current: Optional[str] = None
         self._pool = None
         self.jobs_done = 0
@@ -191,6 +193,9 @@ class Worker:
             if force or t - self._last_retention > RETENTION_SECONDS:
                 self._last_retention = t
                 retention.apply_retention(self.service)
+            if force or t - self._last_cache_sweep > CACHE_SWEEP_SECONDS:
+                self._last_cache_sweep = t
+                retention.forget_deleted_in_cache(self.service)
             self._beat_row()
             with self.db.session(immediate=True) as s:  # workers gone for an hour leave /metrics
                 s.execute(delete(WorkerRow).where(WorkerRow.heartbeat_at < now() - STALE_WORKER_SECONDS))

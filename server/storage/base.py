@@ -56,6 +56,14 @@ class Storage(ABC):
     def open_result(self, tenant: str, job: str, relpath: str) -> Path:
         """A local path to a file a job wrote, checked to be inside that job's folder."""
 
+    def cached(self) -> list[tuple[str, str, str, Path]]:
+        """(kind "identities" | "jobs", tenant, id, folder) of every local cached copy of a store kept
+        elsewhere; [] where the files live only here (the local data dir is the store itself)."""
+        return []
+
+    def drop_cached(self, folder: Path) -> None:
+        """Forget one cached copy (its store keeps it, or has deleted it already)."""
+
     def publish_job(self, tenant: str, job: str) -> None:
         """Make a job's folder, as the worker left it when the job ended, visible to every machine
         (a no-op where the folder already is the shared copy)."""

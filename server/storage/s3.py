@@ -241,6 +241,12 @@ class S3Storage(Storage):
         self._delete_prefix(self._key(*parts) + "/")
         shutil.rmtree(self._local(parts), ignore_errors=True)
 
+    def cached(self) -> list[tuple[str, str, str, Path]]:
+        return _cached(self)
+
+    def drop_cached(self, folder: Path) -> None:
+        _drop_cached(self, folder)
+
     def open_result(self, tenant: str, job: str, relpath: str) -> Path:
         self._maybe_prune()
         parts = self._job_parts(tenant, job)
@@ -255,6 +261,17 @@ class S3Storage(Storage):
         if not self._download(f"{self._key(*parts)}/{rel}", path):
             raise FileNotFoundError(relpath)
         return path
+
+
+def _cached(storage: "S3Storage") -> list[tuple[str, str, str, Path]]:
+    return [(kind, folder.parent.parent.name, folder.name, folder)
+            for kind in ("identities", "jobs") for folder in storage.cache.glob(f"tenants/*/{kind}/*")
+            if folder.is_dir() and not (kind == "jobs" and folder.name in storage._pinned)]
+
+
+def _drop_cached(storage: "S3Storage", folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder.parent / f"{folder.name}{_LISTING}").unlink(missing_ok=True)
 
 
 def _touch_tree(folder: Path) -> None:
