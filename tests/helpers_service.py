@@ -78,6 +78,22 @@ def live_server(app) -> Iterator[str]:
         thread.join(10)
 
 
+def queued_job(app, key: str) -> str:
+    """A run job of one identity with one photo, which stays queued (no worker runs beside it)."""
+    import io
+
+    from PIL import Image
+
+    c = app.test_client()
+    iid = c.post("/api/v1/identities", json={"name": "x"}, headers=auth(key)).get_json()["id"]
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 300), (120, 110, 100)).save(buf, "JPEG")
+    c.post(f"/api/v1/identities/{iid}/photos", data={"photos": (io.BytesIO(buf.getvalue()), "a.jpg")},
+           headers=auth(key))
+    return c.post("/api/v1/jobs", json={"identity_id": iid, "templates": ["studio-grey"]},
+                  headers=auth(key)).get_json()["id"]
+
+
 @contextmanager
 def live_asgi(app, threads: int = 4) -> Iterator[tuple[str, object]]:
     """The app as `portrait serve` runs it (server/asgi.py under uvicorn) on a loopback socket, in a thread;

@@ -7,28 +7,25 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-import io
 import json
 import time
+from contextlib import contextmanager
 
 import pytest
-from PIL import Image
 
-from helpers_service import auth, live_asgi, make_app, new_key
+from helpers_service import auth, live_asgi, make_app, new_key, queued_job
 
 STREAMS = 300
 
 
-def _queued_job(app, key: str) -> str:
-    """A job that stays queued (no worker runs in these tests)."""
-    c = app.test_client()
-    iid = c.post("/api/v1/identities", json={"name": "x"}, headers=auth(key)).get_json()["id"]
-    buf = io.BytesIO()
-    Image.new("RGB", (300, 300), (120, 110, 100)).save(buf, "JPEG")
-    c.post(f"/api/v1/identities/{iid}/photos", data={"photos": (io.BytesIO(buf.getvalue()), "a.jpg")},
-           headers=auth(key))
-    return c.post("/api/v1/jobs", json={"identity_id": iid, "templates": ["studio-grey"]},
-                  headers=auth(key)).get_json()["id"]
+@contextmanager
+def _served(tmp_path, **config):
+    """(app, key, a queued job's events path, port, the PortraitASGI): the app under uvicorn, 2 threads."""
+    app = make_app(tmp_path / "data", **config)
+    key = new_key(app, "app")
+    job = queued_job(app, key)
+    with live_asgi(app, threads=2) as (url, asgi):
+        yield app, key, job, f"/api/v1/jobs/{job}/events", int(url.rsplit(":", 1)[1]), asgi
 
 
 async def _stream(port: int, path: str, key: str, **headers) -> tuple:
@@ -74,12 +71,7 @@ def _get(port: int, path: str, key: str | None = None, timeout: float = 5) -> tu
 
 @pytest.mark.slow
 def test_hundreds_of_streams_hold_no_thread_and_all_see_the_change(tmp_path):
-    app = make_app(tmp_path / "data", sse_poll_seconds=0.1)
-    key = new_key(app, "app")
-    job = _queued_job(app, key)
-    path = f"/api/v1/jobs/{job}/events"
-    with live_asgi(app, threads=2) as (url, asgi):
-        port = int(url.rsplit(":", 1)[1])
+    with _served(tmp_path, sse_poll_seconds=0.1) as (app, key, job, path, port, asgi):
 
         async def scenario():
             opened = await asyncio.wait_for(asyncio.gather(*(_stream(port, path, key) for _ in range(STREAMS))), 30)
@@ -124,12 +116,8 @@ def test_hundreds_of_streams_hold_no_thread_and_all_see_the_change(tmp_path):
 
 
 def test_stream_errors_are_json_before_the_stream_and_the_cap_holds(tmp_path):
-    app = make_app(tmp_path / "data", sse_max_async_streams=2, sse_poll_seconds=0.05)
-    key, other = new_key(app, "app"), new_key(app, "other")
-    job = _queued_job(app, key)
-    path = f"/api/v1/jobs/{job}/events"
-    with live_asgi(app, threads=2) as (url, asgi):
-        port = int(url.rsplit(":", 1)[1])
+    with _served(tmp_path, sse_max_async_streams=2, sse_poll_seconds=0.05) as (app, key, job, path, port, asgi):
+        other = new_key(app, "other")
         status, body, _ = _get(port, path)
         assert status == 401 and body["error"]["code"] == "missing_key"
         status, body, _ = _get(port, path, other)  # another tenant's job does not exist for it
@@ -171,12 +159,7 @@ def test_in_a_fleet_the_brokers_news_wakes_the_streams_without_polling(tmp_path)
     from helpers_fleet import redis_server
 
     with redis_server(tmp_path) as url:
-        app = make_app(tmp_path / "data", broker_url=url, sse_poll_seconds=30)
-        key = new_key(app, "app")
-        job = _queued_job(app, key)
-        path = f"/api/v1/jobs/{job}/events"
-        with live_asgi(app, threads=2) as (base, asgi):
-            port = int(base.rsplit(":", 1)[1])
+        with _served(tmp_path, broker_url=url, sse_poll_seconds=30) as (app, key, job, path, port, asgi):
 
             async def scenario():
                 reader, writer, status, first = await _stream(port, path, key)

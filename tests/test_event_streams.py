@@ -6,15 +6,13 @@ client gets the reconnect hint and the current state at once."""
 from __future__ import annotations
 
 import http.client
-import io
 import json
 import threading
 import time
 
 import pytest
-from PIL import Image
 
-from helpers_service import auth, live_server, make_app, new_key
+from helpers_service import auth, live_server, make_app, new_key, queued_job
 
 
 def _open(port: int, path: str, key: str, **headers) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
@@ -43,12 +41,7 @@ def test_streams_share_one_poller_are_capped_and_all_see_a_change_at_once(tmp_pa
     app = make_app(tmp_path / "data", sse_max_streams=3, sse_poll_seconds=0.05)
     key = new_key(app, "app")
     c = app.test_client()
-    iid = c.post("/api/v1/identities", json={"name": "x"}, headers=auth(key)).get_json()["id"]
-    buf = io.BytesIO()
-    Image.new("RGB", (300, 300), (120, 110, 100)).save(buf, "JPEG")
-    c.post(f"/api/v1/identities/{iid}/photos", data={"photos": (io.BytesIO(buf.getvalue()), "a.jpg")},
-           headers=auth(key))
-    job = c.post("/api/v1/jobs", json={"identity_id": iid, "templates": ["studio-grey"]}, headers=auth(key)).get_json()
+    job = {"id": queued_job(app, key)}
     path = f"/api/v1/jobs/{job['id']}/events"
     with live_server(app) as url:
         port = int(url.rsplit(":", 1)[1])
