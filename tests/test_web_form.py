@@ -235,3 +235,38 @@ def test_cancel_from_the_status_page(tmp_path, browser, samples):
         page.click("#cancel")
         assert page.get_attribute("#job", "data-state") == "cancelled"
         assert page.query_selector('meta[http-equiv="refresh"]') is None
+
+
+@pytest.mark.slow
+def test_a_job_with_too_few_photos_says_how_many_to_add_and_retries_with_them(tmp_path, browser, samples):
+    """The failure page names no code or server path, says how many photos to add, keeps the good ones and
+    runs the same template again with the added ones (issue 15 item 4), without JavaScript."""
+    from server.worker import Worker
+
+    app = make_app(tmp_path / "data", web_refresh_seconds=30)
+    person = [p for p in samples if p.name.startswith("astronaut_")]
+    with live_server(app) as url:
+        page = browser.new_context(java_script_enabled=False).new_page()
+        page.goto(url + "/")
+        page.set_input_files("#photos-input", [str(p) for p in person[:2]])
+        page.click("#start")
+        first = page.get_attribute("#job", "data-id")
+        svc = app.extensions["portrait"]
+        assert Worker(svc.settings, service=svc).run_forever(max_jobs=1) == 1
+        page.reload()
+        assert page.get_attribute("#job", "data-state") == "failed"
+        advice = page.inner_text("#retry-advice")
+        assert "Add 2 more photos of the same person" in advice and "Your 2 good photos stay" in advice
+        assert str(tmp_path) not in page.inner_text("#job")
+        page.set_input_files("#retry-photos", [str(p) for p in person[2:5]])
+        page.click("#retry")
+        assert page.get_attribute("#job", "data-state") == "queued"
+        second = page.get_attribute("#job", "data-id")
+        assert second != first
+        with svc.db.session() as s:
+            from server.db.models import Job, Photo
+
+            row = s.get(Job, second)
+            assert row.templates == s.get(Job, first).templates  # the same template again
+            assert s.query(Photo).filter(Photo.identity_id == row.identity_id).count() == 5  # 2 kept + 3 added
+            assert row.identity_id == s.get(Job, first).identity_id

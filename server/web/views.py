@@ -18,6 +18,7 @@ bp = Blueprint("web", __name__, template_folder="templates", static_folder="stat
 
 PUBLIC_ENDPOINTS = {"web.login", "web.static", "web.thumbnail"}
 SESSION_LIST_MAX = 200
+MIN_PHOTOS = 4  # a run job's default min_photos (portrait.pipeline.RunConfig), for the failure page's advice
 
 
 def svc():
@@ -208,6 +209,12 @@ def _job_view(job_id: str) -> tuple[dict, list]:
             photos = svc().get_identity(tid, job["identity_id"]).get("photos", [])
         except NotFound:
             photos = []
+    if job["state"] == "failed" and (job.get("error") or {}).get("code") == "not_enough_photos" and job.get("identity_id"):
+        # What to do about it, with the photos kept: how many more to add, and a form that adds them and
+        # runs the same templates again.
+        usable = sum(1 for p in photos if p.get("accepted"))
+        needed = int((job.get("options") or {}).get("min_photos") or MIN_PHOTOS)
+        job["retry"] = {"usable": usable, "more": max(1, needed - usable)}
     return job, photos  # their messages name the visitor's files already (server.service.common.upload_names)
 
 
