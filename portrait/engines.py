@@ -27,6 +27,7 @@ class EngineChoice:
     stage: str
     engine: str  # the engine that runs, or "skipped"
     reason: str
+    device: str = ""  # where it runs (cpu, cuda, ...), once the run resolved its device; "" while undecided
 
     def line(self) -> str:
         return f"{self.stage}: {self.engine} ({self.reason})"

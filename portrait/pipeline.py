@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar, Mapping, Optional, Sequence
 
@@ -162,6 +162,11 @@ class PortraitPipeline:
         self.progress = progress  # the default for runs that pass none
         self.pool = pool  # a preprocess.workers.WorkerPool the caller owns (None: one per preprocess call)
         self.manifest = get_manifest(config.models_dir)
+        from .models.device import onnx_device, resolve_device
+
+        # One device for every stage of every run (issue 16: no stage is left on the CPU of a GPU machine).
+        self.device = resolve_device(config.device)
+        self.onnx_device = onnx_device(self.device)
         self.fa = get_face_analysis(config.face)
         if config.dtype is not None:
             from .models.device import check_dtype_name
@@ -185,13 +190,27 @@ class PortraitPipeline:
         inpaint = choose_diffusion(c.diffusion, m, c.base_model, c.identity, c.face.embedder, controls)
         if inpaint.engine == "diffusion" and c.inpaint_size:
             inpaint = EngineChoice(inpaint.stage, inpaint.engine, f"{inpaint.reason}, {c.inpaint_size} px working crops")
-        return [
+        chosen = [
             EngineChoice("faces", "+".join(self.fa.engines().values()), "face detector+landmarks+embedder"),
             choose_fusion(c.fusion, m, c.face.embedder),
             inpaint,
             choose_retouch(c.retouch, m),
             choose_upscale(c.upscale, m, c.upscale_factor),
         ]
+        return [replace(e, device=self._stage_device(e)) for e in chosen]
+
+    def _stage_device(self, e: EngineChoice) -> str:
+        """Where a chosen engine runs: the run's device for the model-backed ones (torch, or onnxruntime's
+        provider for the ONNX ones), the CPU for the classic numpy / OpenCV ones, "" for a skipped stage."""
+        if e.engine == "skipped":
+            return ""
+        if e.stage == "faces":
+            return self.config.face.device
+        if e.stage == "inpaint":
+            return self.device if e.engine == "diffusion" else "cpu"
+        if e.engine == "classic" or e.engine == "none":
+            return "cpu"
+        return self.onnx_device if e.engine == "onnx" else self.device
 
     def engine(self, stage: str) -> EngineChoice:
         return next(e for e in self.engines if e.stage == stage)
@@ -378,21 +397,21 @@ class PortraitPipeline:
             for slot in slots:
                 img, face = people[slot]
                 image = fuse(image, slot_faces[slot], img, face, engine=fusion, manifest=self.manifest,
-                             source_embedding=face.embedding, device=c.face.device, skin=c.skin).image
+                             source_embedding=face.embedding, device=self.onnx_device, skin=c.skin).image
             t["fusion"] = time.perf_counter() - tic
         retouch_engine = self.engine("retouch").engine
         if retouch_engine != "skipped":
             tic = time.perf_counter()
             for slot in slots:
                 image = retouch(image, slot_faces[slot], engine=retouch_engine, strength=c.retouch_strength,
-                                manifest=self.manifest, device=c.device or "cpu")
+                                manifest=self.manifest, device=self.device)
             t["retouch"] = time.perf_counter() - tic
         scale, tmpl_width = 1.0, image.shape[1]
         up = self.engine("upscale").engine
         factor = c.upscale_factor if c.upscale_factor is not None else tmpl.upscale
         if up != "skipped" and factor > 1:
             tic = time.perf_counter()
-            image = upscale(image, factor, engine=up, manifest=self.manifest, device=c.device or "cpu",
+            image = upscale(image, factor, engine=up, manifest=self.manifest, device=self.device,
                             progress=run.progress)
             scale = image.shape[1] / tmpl_width
             t["upscale"] = time.perf_counter() - tic
@@ -456,7 +475,7 @@ class PortraitPipeline:
         engine = self.identity_engine
         if self._models is None:
             faceid = self.manifest.require("ip-adapter-faceid") if engine == "faceid" else None
-            self._models = InpaintModels.load(c.base_model or "sd15", (), manifest=self.manifest, device=c.device,
+            self._models = InpaintModels.load(c.base_model or "sd15", (), manifest=self.manifest, device=self.device,
                                               dtype=c.dtype, faceid_adapter=faceid, instantid=engine == "instantid")
         if run.identity is None:
             run.identity = Identity.from_path(c.identity) if c.identity else self._face_identity(run.pre)

@@ -138,10 +138,12 @@ def test_result_json_ranks_by_likeness_with_scores_and_engines(full_run):
         assert o["reference"] in data["preprocess"]["selected"]
         assert set(o["timings"]) == {"fusion", "retouch", "upscale", "rank"}
     eng = data["engines"]
-    assert eng["fusion"] == {"stage": "fusion", "engine": "classic", "reason": "no inswapper model"}
+    # Each stage records where it ran (the classic engines are numpy / OpenCV: the CPU).
+    assert eng["fusion"] == {"stage": "fusion", "engine": "classic", "reason": "no inswapper model", "device": "cpu"}
     assert eng["inpaint"]["engine"] == "skipped" and "no base model" in eng["inpaint"]["reason"]
-    assert eng["retouch"] == {"stage": "retouch", "engine": "classic", "reason": "no gfpgan model"}
-    assert eng["upscale"] == {"stage": "upscale", "engine": "classic", "reason": "no Real-ESRGAN model"}
+    assert eng["inpaint"]["device"] == ""
+    assert eng["retouch"] == {"stage": "retouch", "engine": "classic", "reason": "no gfpgan model", "device": "cpu"}
+    assert eng["upscale"] == {"stage": "upscale", "engine": "classic", "reason": "no Real-ESRGAN model", "device": "cpu"}
     assert "dlib-resnet" in eng["faces"]["engine"]
     t = data["timings"]
     assert t["preprocess"] > 0 and t["total"] >= t["preprocess"]

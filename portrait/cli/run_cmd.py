@@ -49,8 +49,11 @@ def run_options(f):
 
 
 def config_from_options(o: dict):
+    from ..models.device import onnx_device, resolve_device
+
+    # The face engines (ONNX) run where every other stage runs: the device resolved once (issue 16).
     face = FaceConfig(detector=o["detector"], landmarks=o["landmarks"], embedder=o["embedder"],
-                      device=o["device"] or "cpu")
+                      device=onnx_device(resolve_device(o["device"])))
     keys = ("top_k", "min_photos", "fusion", "skin", "retouch", "retouch_strength", "upscale", "upscale_factor",
             "diffusion", "base_model", "identity", "variants", "max_tries", "likeness_bar", "steps", "inpaint_size",
             "seed", "device", "dtype")

@@ -227,6 +227,9 @@ class TemplateInpaint:
         self.crop_size = crop_size or WORKING_SIZE.get(models.arch, 512)
         self.max_batch = max_batch
         self.interrupt = False
+        from ..models.device import onnx_device
+
+        self._onnx_device = onnx_device(str(models.device))  # the swapper (fusion #1 / #2) on the same GPU
         _quiet_prompt_notice()
 
     # -- validation --------------------------------------------------------------------------------
@@ -301,7 +304,7 @@ class TemplateInpaint:
             w = _Work(job, crop, crop.face(job.template_face), crop.crop(job.template_rgb))
             h_w = w.template_crop.shape[:2]
             fused = fuse(w.template_crop, w.face, ref_rgb, ref_face, engine=self.fusion_engine, skin="template",
-                         source_embedding=ref_face.embedding)
+                         source_embedding=ref_face.embedding, device=self._onnx_device)
             replaced, _ = paste_5pt(w.template_crop, w.face, ref_rgb, ref_face)
             # The user's landmarks carried onto the template face (what the keypoint control draws).
             user_face = transform_face(ref_face, similarity_transform(ref_face.landmarks5, w.face.landmarks5))
@@ -328,7 +331,7 @@ class TemplateInpaint:
                 out1 = np.where(m1[..., None] > 0, recoloured, out1)
             w.stages["color"] = out1
             fused2 = fuse(out1, w.face, ref_rgb, ref_face, engine=self.fusion_engine, skin="template", blend=w.job.fusion2_blend,
-                          source_embedding=ref_face.embedding)
+                          source_embedding=ref_face.embedding, device=self._onnx_device)
             w.stages["fused2"] = fused2.image
             r = max(2, round(w.face.size * 0.06))
             w.masks["pass2"] = controls.edge_ring(m1, r, r)

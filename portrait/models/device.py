@@ -26,6 +26,35 @@ def check_dtype_name(dtype: str | None) -> str | None:
     return dtype
 
 
+def resolve_device(device: str | None = None) -> str:
+    """The device a job runs every stage on, decided once: `device` as given (cpu, cuda, cuda:N, mps), else
+    $PORTRAIT_DEVICE, else CUDA when torch sees it, else Apple's mps, else the CPU. Without torch installed,
+    the CPU. A CUDA device torch cannot see is a ConfigError naming it."""
+    device = device or os.environ.get("PORTRAIT_DEVICE") or None
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if device in (None, "auto"):
+        if torch is not None and torch.cuda.is_available():
+            return "cuda"
+        if torch is not None and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    device = str(device)
+    if device.startswith("cuda") and (torch is None or not torch.cuda.is_available()):
+        raise ConfigError(f"device {device!r} requested but {'torch is not installed' if torch is None else 'torch sees no CUDA device'}")
+    if device not in ("cpu", "mps") and not device.startswith("cuda"):
+        raise ConfigError(f"unknown device {device!r}; choose cpu, cuda, cuda:N or mps")
+    return device
+
+
+def onnx_device(device: str) -> str:
+    """What the ONNX engines get for a torch device: cuda (onnxruntime's CUDA provider, the `gpu` extra)
+    for a CUDA device, else cpu (onnxruntime has no mps)."""
+    return "cuda" if str(device).startswith("cuda") else "cpu"
+
+
 def pick_device(device: str | None = None, dtype: str | None = None):
     """(torch.device, torch.dtype) for diffusion work; explicit arguments beat the environment."""
     import torch
