@@ -183,7 +183,8 @@ def test_face_analysis_aligns_arcface_on_the_detectors_points(tiny, astronaut, m
 
 def test_face_analysis_with_arcface_end_to_end(tiny, astronaut, monkeypatch):
     monkeypatch.delenv("PORTRAIT_MODELS_CONFIG", raising=False)
-    fa = FaceAnalysis(FaceConfig(embedder="arcface", models_dir=str(tiny.models_dir)))  # detector dlib-hog
+    # dlib's detector named outright: the tiny SCRFD that auto would pick has random weights
+    fa = FaceAnalysis(FaceConfig(detector="dlib-hog", embedder="arcface", models_dir=str(tiny.models_dir)))
     faces = fa.analyze(astronaut)
     assert len(faces) == 1
     want = _graph_output(_insightface_crop(astronaut, faces[0].landmarks5), arcface_weights())
@@ -191,6 +192,20 @@ def test_face_analysis_with_arcface_end_to_end(tiny, astronaut, monkeypatch):
     assert fa.metric == "cosine" and fa.same_person_threshold == 0.6
     flipped = fa.analyze(np.ascontiguousarray(astronaut[:, ::-1]))[0]
     assert fa.distance(faces[0].embedding, flipped.embedding) > 1e-3
+
+
+def test_an_arcface_embedder_detects_with_scrfd_unless_told_otherwise():
+    """ArcFace aligns on SCRFD's own five keypoints (insightface, InstantX's infer.py, FaceID), never on points
+    fitted from dlib's eyes and nose base (issue 16 item 2): `auto`, the default, picks SCRFD for it."""
+    from portrait.jobs import EmbedConfig
+
+    assert FaceConfig(embedder="arcface").detector == "scrfd"
+    assert FaceConfig(embedder="arcface-antelopev2").detector == "scrfd"
+    assert FaceConfig().detector == "dlib-hog"  # dlib's descriptor aligns on dlib's own points
+    assert FaceConfig(detector="dlib-hog", embedder="arcface").detector == "dlib-hog"  # asked for outright
+    assert EmbedConfig(embedder="arcface").detector == "auto"
+    with pytest.raises(ConfigError, match="detector"):
+        EmbedConfig(detector="yolo")
 
 
 # -- errors ---------------------------------------------------------------------------------------

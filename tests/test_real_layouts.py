@@ -62,13 +62,13 @@ def sd(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def buffalo(sd):
-    return FaceAnalysis(FaceConfig(embedder="arcface", models_dir=str(sd["models"])),
+    return FaceAnalysis(FaceConfig(detector="dlib-hog", embedder="arcface", models_dir=str(sd["models"])),
                         manifest=Manifest(sd["models"], sd["models"] / "models.toml"))
 
 
 @pytest.fixture(scope="module")
 def antelope(sd):
-    return FaceAnalysis(FaceConfig(embedder="arcface-antelopev2", models_dir=str(sd["models"])),
+    return FaceAnalysis(FaceConfig(detector="dlib-hog", embedder="arcface-antelopev2", models_dir=str(sd["models"])),
                         manifest=Manifest(sd["models"], sd["models"] / "models.toml"))
 
 

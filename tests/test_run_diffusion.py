@@ -86,7 +86,8 @@ def tiny_sdxl_dir(tmp_path_factory):
 def _sdxl_config(models_dir, embedder="arcface-antelopev2", **kw):
     from portrait.faces import FaceConfig
 
-    return RunConfig(models_dir=str(models_dir), base_model="sdxl", face=FaceConfig(embedder=embedder,
+    # dlib's detector named outright: a tiny SCRFD (what auto picks for ArcFace) has random weights
+    return RunConfig(models_dir=str(models_dir), base_model="sdxl", face=FaceConfig(detector="dlib-hog", embedder=embedder,
                      models_dir=str(models_dir)), **{**FAST, **kw})
 
 

@@ -67,7 +67,9 @@ def face_engine_options() -> list:
     from ..faces.analysis import DETECTORS, EMBEDDERS, LANDMARKS
 
     return [
-        click.option("--detector", type=click.Choice(DETECTORS), default="dlib-hog", show_default=True),
+        click.option("--detector", type=click.Choice(("auto",) + DETECTORS), default="auto", show_default=True,
+                     help="auto: scrfd with an ArcFace embedder (it aligns on SCRFD's own five keypoints), else "
+                          "dlib-hog."),
         click.option("--landmarks", type=click.Choice(LANDMARKS), default="auto", show_default=True,
                      help="auto: mediapipe under --licence commercial, else dlib5. mediapipe: Face Mesh, 468 "
                           "points (Apache-2.0, shipped); dlib5: dlib's 5 points; dlib68 measures head pose "

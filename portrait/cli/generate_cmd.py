@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..faces.analysis import EMBEDDERS
+from ..faces.analysis import DETECTORS, EMBEDDERS
 from ..jobs.configs import GenerateConfig
 from .common import dtype_option, handle_errors, json_option, print_json, progress_bar, ranged
 from .licence_opt import licence_option
@@ -63,15 +63,18 @@ def register(group: click.Group) -> None:
                   default="dlib-resnet", show_default=True,
                   help="Face engine: IP-Adapter FaceID and inswapper need arcface-buffalo (alias arcface), "
                        "InstantID arcface-antelopev2.")
+    @click.option("--detector", type=click.Choice(("auto",) + DETECTORS), default="auto", show_default=True,
+                  help="auto: scrfd with an ArcFace embedder (ArcFace aligns on SCRFD's own five keypoints, as "
+                       "insightface, InstantID and FaceID do), else dlib-hog.")
     @json_option
     @licence_option
     @handle_errors
-    def embed(trainset, out_file, embedder, as_json):
+    def embed(trainset, out_file, embedder, detector, as_json):
         """Train-free identity: the mean face embedding of a training set, for IP-Adapter FaceID."""
         from .. import jobs
 
         out = Path(out_file) if out_file else Path(trainset) / EMBEDDING_NAME
-        config = jobs.EmbedConfig(embedder=embedder, file_name=out.name)
+        config = jobs.EmbedConfig(embedder=embedder, detector=detector, file_name=out.name)
         with progress_bar(not as_json) as bar:
             result = jobs.embed(Path(trainset), out.parent, config, progress=bar)
         if as_json:

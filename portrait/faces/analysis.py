@@ -52,7 +52,9 @@ def is_arcface(name: str) -> bool:
 
 @dataclass(frozen=True)
 class FaceConfig:
-    detector: str = "dlib-hog"
+    # auto: SCRFD with an ArcFace embedder (insightface, InstantID and FaceID align on SCRFD's own five
+    # keypoints, not on points fitted from dlib's eyes and nose base), else dlib's HOG detector.
+    detector: str = "auto"
     # auto: mediapipe under the commercial licence policy (no dlib landmark model at all), else dlib5;
     # dlib68 measures pose more closely (non-commercial licence); resolved when the config is made.
     landmarks: str = "auto"
@@ -64,6 +66,9 @@ class FaceConfig:
     device: str = "cpu"  # for ONNX engines: cpu | cuda
 
     def __post_init__(self):
+        if self.detector == "auto":
+            object.__setattr__(self, "detector", "scrfd" if self.embedder in EMBEDDERS and is_arcface(self.embedder)
+                               else "dlib-hog")
         if self.landmarks == "auto":
             from ..models.licence import current_policy
 

@@ -9,7 +9,7 @@ from typing import ClassVar, Mapping, Optional
 from preprocess import PreprocessConfig
 
 from ..errors import ConfigError
-from ..faces.analysis import EMBEDDERS
+from ..faces.analysis import DETECTORS, EMBEDDERS
 from ..identity.reference import REFERENCE_NAME
 from ..models.device import check_dtype_name
 from ..pipeline import RunConfig
@@ -66,6 +66,7 @@ class EmbedConfig(_FromDict):
     """`portrait embed`: a train-free identity (the mean face embedding) for IP-Adapter FaceID / InstantID."""
 
     embedder: str = "dlib-resnet"  # FaceID needs arcface-buffalo, InstantID arcface-antelopev2 (512-d)
+    detector: str = "auto"  # auto: scrfd with an ArcFace embedder (its own five keypoints), else dlib-hog
     file_name: str = EMBEDDING_NAME  # written under out_dir, with reference.png beside it
     top_k: int = 12  # a raw photo folder: the photos kept by selection
     min_photos: int = 1  # fewer usable photos: NotEnoughPhotosError
@@ -75,6 +76,7 @@ class EmbedConfig(_FromDict):
 
     def __post_init__(self):
         check_choice("embedder", self.embedder, EMBEDDERS)
+        check_choice("detector", self.detector, ("auto",) + DETECTORS)
         check_limits(self)
         if not self.file_name or "/" in self.file_name or "\\" in self.file_name or self.file_name.startswith("."):
             raise ConfigError(f"option 'file_name' must be a plain file name, got {self.file_name!r}")

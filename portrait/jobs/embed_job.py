@@ -30,7 +30,7 @@ def embed(source: Path, out_dir: Path, config: EmbedConfig | None = None, *, pro
     src, out_dir = Path(source), Path(out_dir)
     if not src.is_dir():
         raise ConfigError(f"{src} is not a folder (a training set from `portrait preprocess`, or photos)")
-    face = FaceConfig(embedder=config.embedder, models_dir=config.models_dir)
+    face = FaceConfig(detector=config.detector, embedder=config.embedder, models_dir=config.models_dir)
     if is_trainset(src):
         ident = embed_identity(src, face_analysis=get_face_analysis(face), progress=progress, cancel=cancel)
         folder = src / "train" if (src / "train").is_dir() else src
