@@ -6,8 +6,9 @@ Engines (`engine=`):
       of the finest detail (pores, grain) is added back so the skin does not look plastic. The blend
       follows the skin mask with a soft edge that falls off inside it, so eyes, brows, lips, hair and
       everything outside the face keep their exact pixels.
-  restore: a face-restoration network (GFPGAN / RestoreFormer / CodeFormer, manifest model
-      "gfpgan", loaded through spandrel) run on the 512 px aligned face crop and pasted back with a
+  restore: a face-restoration network (GFPGAN or RestoreFormer, manifest model "gfpgan", loaded
+      through spandrel; CodeFormer is not offered: spandrel keeps it in spandrel_extra_arches, and its
+      weights' S-Lab licence is non-commercial) run on the 512 px aligned face crop and pasted back with a
       feathered face mask; `strength` is the opacity of the restored face.
 """
 
@@ -27,7 +28,7 @@ from . import masks
 RetouchEngine = Literal["classic", "restore"]
 ENGINES: tuple[str, ...] = RetouchEngine.__args__  # type: ignore[attr-defined]
 
-# FFHQ's 5-point layout in a 512 crop: what GFPGAN / RestoreFormer / CodeFormer were trained on.
+# FFHQ's 5-point layout in a 512 crop: what GFPGAN / RestoreFormer were trained on.
 FFHQ_5PT_512 = np.array([[192.98138, 239.94708], [318.90277, 240.19366], [256.63416, 314.01935],
                          [201.26117, 371.41043], [313.08905, 371.15118]], dtype=np.float32)
 

@@ -1,4 +1,4 @@
-"""Image models (Real-ESRGAN / RRDB, GFPGAN, RestoreFormer, CodeFormer...) loaded through spandrel.
+"""Image models (Real-ESRGAN / RRDB, GFPGAN, RestoreFormer: spandrel's main architectures) loaded through spandrel.
 
 spandrel detects the architecture from the state dict's keys; `.pth` files go through its restricted
 unpickler (no arbitrary code), `.safetensors` through safetensors. Loaded models are cached per
@@ -39,7 +39,8 @@ def load_image_model(path: str | Path, device: str = "cpu", dtype: str = "float3
         try:
             desc = ModelLoader(device=torch.device(device)).load_from_file(str(path))
         except UnsupportedModelError as exc:
-            raise ConfigError(f"{path}: spandrel does not recognise this model's architecture") from exc
+            raise ConfigError(f"{path}: spandrel does not recognise this model's architecture (GFPGAN, RestoreFormer "
+                              "and Real-ESRGAN / RRDB are; CodeFormer is not offered)") from exc
         except (OSError, RuntimeError, ValueError) as exc:
             raise ConfigError(f"{path}: cannot load model ({exc})") from exc
         if not isinstance(desc, ImageModelDescriptor):
