@@ -36,6 +36,7 @@ from ..imageio import check_rgb
 from . import masks
 from . import tone
 from .color import reinhard_transfer
+from .skin_tone import ita_of_lab
 
 FusionEngine = Literal["classic", "onnx"]
 ENGINES: tuple[str, ...] = FusionEngine.__args__  # type: ignore[attr-defined]
@@ -43,6 +44,7 @@ ENGINES: tuple[str, ...] = FusionEngine.__args__  # type: ignore[attr-defined]
 SKINS = ("user", "template")  # whose skin tone the portrait has (fuse's `skin`)
 RELIGHT_SIGMA = 0.8  # the template's light reaches the face at scales above this x the eye distance
 BACKDROP = 0.05  # person alpha below this: backdrop, never recoloured
+TONE_GAP_ITA = 30.0  # skin="user" carries the user's tone when the two skins' ITA differ by this much (about two Monk tones)
 INNER_68 = slice(17, 68)  # brows, nose, eyes, mouth: the points whose layout carries identity
 
 
@@ -187,7 +189,12 @@ def _fuse_classic(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.nda
     carried_px = 0
     t_stats = tone.skin_stats(tone.lab(tpl), ref_skin) if enough else None
     grey = t_stats is not None and tone.is_grey(t_stats)  # black and white: no tone to carry, Reinhard below
-    if skin == "user" and color_strength > 0 and enough and not grey:
+    u_stats = tone.skin_stats(tone.lab(warped), src_skin) if enough else None
+    # Skins of one tone group (ITA within TONE_GAP_ITA): the Reinhard match keeps the tone and looks more
+    # natural (the template's own light and colour); a real difference of tone is carried instead.
+    apart = (t_stats is not None and u_stats is not None
+             and abs(ita_of_lab(u_stats[0]) - ita_of_lab(t_stats[0])) >= TONE_GAP_ITA)
+    if skin == "user" and color_strength > 0 and enough and not grey and apart:
         # The user's tone on all the template's skin, the template's light on the user's face (post/tone.py).
         base, weight = _carry_user_tone(template_rgb, template_face, warped, src_skin, color_strength)
         sigma = RELIGHT_SIGMA * template_face.eye_distance
