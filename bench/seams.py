@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from helpers_meter import DlibMeter  # noqa: E402
 from template_choice import people  # noqa: E402
 from portrait.faces import FaceConfig, get_face_analysis  # noqa: E402
+from portrait.faces.base import iou  # noqa: E402
 from portrait.imageio import image_files, load_rgb, save_image  # noqa: E402
 from portrait.post import fusion  # noqa: E402
 from portrait.post.masks import face_mask, skin_mask  # noqa: E402
@@ -105,8 +106,9 @@ def main() -> None:
                 continue
             for mode, skin in MODES:
                 out = fusion.fuse(np.asarray(trgb), tface, user_rgb, user_face, skin=skin).image
-                found = meter.faces(out)
-                lk = float(np.linalg.norm(found[0][1] - user_emb)) if found else float("nan")
+                found = meter.faces(out)  # the painted slot's face, not the largest one (a patch can read as one)
+                face = max(found, key=lambda f: iou(f[0], tface.box), default=None)
+                lk = float(np.linalg.norm(face[1] - user_emb)) if face is not None else float("nan")
                 seam = seam_delta_e(out, np.asarray(trgb), tface)
                 face_ita = skin_tone(out, tface).ita
                 shift = float("nan") if bw else abs(face_ita - user_ita)

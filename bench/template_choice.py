@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the shared likeness meter
 
 from helpers_meter import DlibMeter  # noqa: E402
+from portrait.faces.base import iou  # noqa: E402
 from portrait.imageio import load_rgb, save_image  # noqa: E402
 from portrait.pipeline import PortraitPipeline, RunConfig  # noqa: E402
 from portrait.post.seam import seam_delta_e  # noqa: E402
@@ -89,11 +90,13 @@ def measure(out: Path, result, user: np.ndarray, meter: DlibMeter, user_ita: flo
     likeness, seams, shifts = [], [], []
     for o in result.outputs:
         png = load_rgb(Path(o.file))
-        found = meter.faces(png)
-        likeness.append(float(np.linalg.norm(found[0][1] - user)) if found else float("nan"))
         t = load_template(o.template)
         tpl = t.image()
         face = t.slot_faces()[t.faces[0]]
+        s = png.shape[1] / tpl.shape[1]
+        # The painted slot's face, not the largest one found (a mission patch can read as a face).
+        found = max(meter.faces(png), key=lambda f: iou(f[0], [v * s for v in face.box]), default=None)
+        likeness.append(float(np.linalg.norm(found[1] - user)) if found is not None else float("nan"))
         if png.shape != tpl.shape:  # the output is upscaled: measure at the template's size
             png = cv2.resize(png, (tpl.shape[1], tpl.shape[0]), interpolation=cv2.INTER_AREA)
         seams.append(seam_delta_e(png, np.asarray(tpl), face))
