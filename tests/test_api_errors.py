@@ -287,7 +287,7 @@ def test_an_idempotency_key_reused_for_another_request_is_422(app):
     assert_error(a.c.post("/api/v1/jobs", headers=jh, json=other), 422, "idempotency_key_reused")
     assert [j["id"] for j in a.jobs()] == [j1["id"]]
     assert len(a.c.get("/api/v1/identities", headers=a.h).get_json()["items"]) == 1
-    # Batches too: a retry replays, other rows or another name under the key are refused.
+    # Batches too: a retry replays (its name may be left out), other rows under the key are refused.
     a.c.post(f"/api/v1/jobs/{j1['id']}/cancel", headers=a.h)  # room in the test's small queue
     bh = {**a.h, "Idempotency-Key": "k-batch"}
     b1 = a.c.post("/api/v1/batches", headers=bh, json={"name": "spring", "rows": [RUN(iid)]})
@@ -296,8 +296,7 @@ def test_an_idempotency_key_reused_for_another_request_is_422(app):
         b1.get_json()["id"]
     assert_error(a.c.post("/api/v1/batches", headers=bh, json={"name": "spring", "rows": [other]}), 422,
                  "idempotency_key_reused")
-    assert_error(a.c.post("/api/v1/batches", headers=bh, json={"name": "autumn", "rows": [RUN(iid)]}), 422,
-                 "idempotency_key_reused")
+    assert a.c.post("/api/v1/batches", headers=bh, json={"rows": [RUN(iid)]}).get_json()["id"] == b1.get_json()["id"]
 
 
 def test_deleting_an_identity_forgets_its_idempotency_records(app):

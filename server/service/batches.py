@@ -32,12 +32,13 @@ class BatchesService:
         with self.db.session(immediate=True) as s:
             old = by_idempotency_key(s, Batch, tenant_id, idempotency_key)
             if old is not None:
-                # A retry gets the first batch; the key with other rows or another name is refused (as jobs do).
+                # A retry gets the first batch; the key with other rows is refused (as for jobs). The rows are the
+                # work: a retry that leaves the batch's name out is still the same batch.
                 before = [(j.kind, j.identity_id, list(j.templates or []), dict(j.options or {})) for j in s.scalars(
                     select(Job).where(Job.batch_id == old.id).order_by(Job.created_at))]
                 asked = [(r.get("kind", "run"), r.get("identity_id"), list(r.get("templates") or []),
                           dict(r.get("options") or {})) if isinstance(r, dict) else r for r in rows]
-                if before != asked or (old.name or "") != (name or "")[:200]:
+                if before != asked:
                     raise KeyReused(f"Idempotency-Key {idempotency_key[:60]!r} was first sent with another batch; "
                                     "use a new key for a new batch", details={"key": idempotency_key,
                                                                               "batch_id": old.id})
