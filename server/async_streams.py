@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from .streams import TooManyStreams, poll_marks
+from .streams import check_room, poll_marks
 
 NEWS_SAFETY_SECONDS = 5.0  # with the fleet's change feed connected, a poll at least this often anyway
 Key = tuple[str, str, str]  # (job id, tenant id, base URL): streams that see the same JSON share one watch
@@ -75,10 +75,7 @@ class AsyncStreamFeed:
         """TooManyStreams when this process already has `max_streams` open (called on a request thread)."""
         with self._lock:
             busy = self._open
-        if busy >= self.max_streams:
-            raise TooManyStreams(f"this server process has {busy} event streams open, its limit; poll "
-                                 f"GET /api/v1/jobs/{job_id} instead, or retry the stream later",
-                                 details={"open": busy, "limit": self.max_streams, "retry_after": 5})
+        check_room(busy, self.max_streams, job_id)
 
     def watch(self, key: Key, first: dict) -> Watch:
         """A stream of `key` opens (on the loop); its first state is the route's `first`."""

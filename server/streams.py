@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 from sqlalchemy import func, select
 
-from .db.models import Job
+from .db.models import TERMINAL_STATES, Job
 from .errors import ServiceError
 
 
@@ -26,12 +26,19 @@ class TooManyStreams(ServiceError):
     code, status = "too_many_streams", 503
 
 
+def check_room(busy: int, limit: int, job_id: str) -> None:
+    """TooManyStreams when a process already has `busy` streams open of its `limit` (both stream servers)."""
+    if busy >= limit:
+        raise TooManyStreams(f"this server process has {busy} event streams open, its limit; poll "
+                             f"GET /api/v1/jobs/{job_id} instead, or retry the stream later",
+                             details={"open": busy, "limit": limit, "retry_after": 5})
+
+
 SSE_KEEPALIVE = 15.0  # seconds without news before a comment line keeps an event stream alive
 SSE_RETRY_MS = 3000  # the `retry:` hint: a dropped stream's client reconnects after this
 ASYNC_STREAM = "portrait.async_stream"  # the ASGI scope key server/asgi.py sets on a stream it will serve
 STREAM_OPEN = "X-Portrait-Stream-Open"  # the route's answer to it: checks passed, stream it
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-ENDED = ("succeeded", "failed", "cancelled")
 
 
 def snapshot_id(data: str) -> str:
@@ -44,7 +51,7 @@ def sse_event(job: Optional[dict], job_id: str) -> tuple[str, str, bool]:
     if job is None:
         return f"event: end\ndata: {json.dumps({'id': job_id, 'state': 'deleted'})}\n\n", "deleted", True
     data = json.dumps(job, sort_keys=True)
-    ended = job["state"] in ENDED
+    ended = job["state"] in TERMINAL_STATES
     event_id = snapshot_id(data)
     return f"event: {'end' if ended else 'progress'}\nid: {event_id}\ndata: {data}\n\n", event_id, ended
 
@@ -66,11 +73,7 @@ class StreamHub:
         """Take one stream slot for a stream of `job_id` (TooManyStreams when none is free); returns the
         function that gives it back (call it once, when the response closes)."""
         with self._lock:
-            busy = sum(self._watchers.values())
-            if busy >= self.max_streams:
-                raise TooManyStreams(f"this server process has {busy} event streams open, its limit; poll "
-                                     f"GET /api/v1/jobs/{job_id} instead, or retry the stream later",
-                                     details={"open": busy, "limit": self.max_streams, "retry_after": 5})
+            check_room(sum(self._watchers.values()), self.max_streams, job_id)
             self._watchers[job_id] = self._watchers.get(job_id, 0) + 1
             self._versions.setdefault(job_id, 0)
             if self._thread is None or not self._thread.is_alive():

@@ -45,6 +45,7 @@ class TenantInfo:
 # A stored photo's name is `<photo id>.<ext>` (a uuid4 hex), alone or at the end of a server path; its
 # training crop is `<rank>_<photo id>.png`.
 _STORED = re.compile(r"(?:/[^\s'\"():;,]*/)?(?<![0-9A-Za-z])(?:(\d{1,4})_)?([0-9a-f]{32})(\.[a-z0-9]{1,5})\b")
+_ABS_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s'\"():;,/]+/)*[^\s'\"():;,/]+")
 
 
 def _upload_name(m: re.Match, names: dict[str, str]) -> str:
@@ -53,41 +54,44 @@ def _upload_name(m: re.Match, names: dict[str, str]) -> str:
     if name is None:
         return Path(m.group(0)).name
     return f"{rank}_{Path(name).stem}{ext}" if rank else name
-_ABS_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s'\"():;,/]+/)*[^\s'\"():;,/]+")
+
+
+def _each_string(value: Any, fn) -> Any:
+    """`value` (a string, or a JSON value holding strings) with `fn` applied to every string in it."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, list):
+        return [_each_string(v, fn) for v in value]
+    if isinstance(value, dict):
+        return {k: _each_string(v, fn) for k, v in value.items()}
+    return value
 
 
 def upload_names(value: Any, names: dict[str, str]) -> Any:
     """`value` (a string, or a JSON value holding strings) with every stored photo name, or a server path
     ending in one, written as the name the photo was uploaded under (`names`: photo id -> filename)."""
-    if isinstance(value, str):
-        return _STORED.sub(lambda m: _upload_name(m, names), value)
-    if isinstance(value, list):
-        return [upload_names(v, names) for v in value]
-    if isinstance(value, dict):
-        return {k: upload_names(v, names) for k, v in value.items()}
-    return value
+    return _each_string(value, lambda text: _STORED.sub(lambda m: _upload_name(m, names), text))
 
 
-def user_text(text: str, names: dict[str, str], data_dir: Path, job_dir: Optional[Path] = None) -> str:
-    """A message as a user may see it: upload names for stored photos, and no path of the server's: a job's
-    own files relative to its folder, its report.json as "the job's photo report", an identity's photo
-    folder as "your photos", any other path by its last part."""
-    text = upload_names(text, names)
+def user_text(value: Any, names: dict[str, str], data_dir: Path, job_dir: Optional[Path] = None) -> Any:
+    """A message (or a JSON value of them) as a user may see it: upload names for stored photos, and no
+    path of the server's: a job's own files relative to its folder, its report.json as "the job's photo
+    report", an identity's photo folder as "your photos", any other path by its last part."""
     roots = [str(Path(data_dir).resolve()), str(Path(data_dir))]
+    bases = [] if job_dir is None else [str(Path(job_dir).resolve()), str(job_dir)]
 
     def one(m: re.Match) -> str:
         path = m.group(0)
         if path.endswith("/report.json"):
             return "the job's photo report"
-        if job_dir is not None:
-            for base in (str(Path(job_dir).resolve()), str(job_dir)):
-                if path.startswith(base + "/"):
-                    return path[len(base) + 1:]
+        for base in bases:
+            if path.startswith(base + "/"):
+                return path[len(base) + 1:]
         if any(path == r or path.startswith(r + "/") for r in roots):
             return "your photos" if path.rstrip("/").endswith("/photos") else Path(path).name
         return Path(path).name if path.count("/") > 1 else path
 
-    return _ABS_PATH.sub(one, text)
+    return _each_string(upload_names(value, names), lambda text: _ABS_PATH.sub(one, text))
 
 
 def tenant_id_of(tenant: "TenantInfo | str") -> str:

@@ -16,7 +16,7 @@ from .. import kinds as job_kinds
 from ..db.models import Job, Photo, Result, new_id
 from ..errors import BadRequest, KeyReused, NotFound
 from ..queue import lease
-from .common import upload_names, user_text
+from .common import user_text
 from .common import (MODEL_NAME, PRIORITY_RANGE, SERVER_OWNED_OPTIONS, TEMPLATE_NAME, TenantInfo, by_idempotency_key,
                      check_webhook_url, find_report, iso, log, owned_row, page, tenant_id_of)
 
@@ -224,19 +224,8 @@ class JobsService:
         if path is None:
             raise NotFound("this job has no photo report (yet)", code="report_not_found")
         # Files by the names they were uploaded under, and no server path (the report is written for the CLI).
-        names = self.photo_names(job.identity_id)
-        report = upload_names(json.loads(path.read_text()), names)
-
-        def clean(v):
-            if isinstance(v, str):
-                return user_text(v, names, self.settings.data_dir, job_dir)
-            if isinstance(v, list):
-                return [clean(x) for x in v]
-            if isinstance(v, dict):
-                return {k: clean(x) for k, x in v.items()}
-            return v
-
-        return clean(report)
+        return user_text(json.loads(path.read_text()), self.photo_names(job.identity_id), self.settings.data_dir,
+                         job_dir)
 
     def _job_dict(self, s, job, brief: bool = False) -> dict:
         """`s`: a Session or a Connection; `job`: a Job or a Core row of the jobs table."""

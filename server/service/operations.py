@@ -16,6 +16,12 @@ from .common import TenantInfo, tenant_id_of
 PENDING_STALE_SECONDS = 300.0  # a claimed Idempotency-Key with no answer this long: its request died
 
 
+def _record(tenant_id: str, scope: str, key: str) -> tuple:
+    """The where-clause of one tenant's record for (scope, key), both cut to the columns' 200 characters."""
+    return (IdempotencyRecord.tenant_id == tenant_id, IdempotencyRecord.scope == scope[:200],
+            IdempotencyRecord.key == key[:200])
+
+
 class OperationsService:
     """Idempotent POSTs, the readiness ping and the /metrics numbers.
 
@@ -41,9 +47,7 @@ class OperationsService:
             except IntegrityError:
                 pass
             with self.db.session() as s:
-                rec = s.scalars(select(IdempotencyRecord).where(IdempotencyRecord.tenant_id == tid,
-                                                                IdempotencyRecord.scope == scope[:200],
-                                                                IdempotencyRecord.key == key[:200])).first()
+                rec = s.scalars(select(IdempotencyRecord).where(*_record(tid, scope, key))).first()
                 if rec is None:
                     continue  # released meanwhile: claim it again
                 if fingerprint and rec.fingerprint and rec.fingerprint != fingerprint:
@@ -66,18 +70,15 @@ class OperationsService:
         if not key:
             return
         with self.db.session(immediate=True) as s:
-            s.execute(update(IdempotencyRecord).where(
-                IdempotencyRecord.tenant_id == tenant_id_of(tenant), IdempotencyRecord.scope == scope[:200],
-                IdempotencyRecord.key == key[:200]).values(status=status, body=body)
-                .execution_options(synchronize_session=False))
+            s.execute(update(IdempotencyRecord).where(*_record(tenant_id_of(tenant), scope, key))
+                      .values(status=status, body=body).execution_options(synchronize_session=False))
 
     def idempotent_release(self, tenant: "TenantInfo | str", scope: str, key: str) -> None:
         """Give a claimed key back (its request failed: a retry runs it afresh)."""
         with self.db.session(immediate=True) as s:
-            s.execute(delete(IdempotencyRecord).where(
-                IdempotencyRecord.tenant_id == tenant_id_of(tenant), IdempotencyRecord.scope == scope[:200],
-                IdempotencyRecord.key == key[:200], IdempotencyRecord.status == 0)
-                .execution_options(synchronize_session=False))
+            s.execute(delete(IdempotencyRecord).where(*_record(tenant_id_of(tenant), scope, key),
+                                                      IdempotencyRecord.status == 0)
+                      .execution_options(synchronize_session=False))
 
     def ping(self) -> bool:
         with self.db.session() as s:

@@ -242,10 +242,13 @@ class S3Storage(Storage):
         shutil.rmtree(self._local(parts), ignore_errors=True)
 
     def cached(self) -> list[tuple[str, str, str, Path]]:
-        return _cached(self)
+        return [(kind, folder.parent.parent.name, folder.name, folder)
+                for kind in ("identities", "jobs") for folder in self.cache.glob(f"tenants/*/{kind}/*")
+                if folder.is_dir() and not (kind == "jobs" and folder.name in self._pinned)]
 
     def drop_cached(self, folder: Path) -> None:
-        _drop_cached(self, folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        (folder.parent / f"{folder.name}{_LISTING}").unlink(missing_ok=True)
 
     def open_result(self, tenant: str, job: str, relpath: str) -> Path:
         self._maybe_prune()
@@ -261,17 +264,6 @@ class S3Storage(Storage):
         if not self._download(f"{self._key(*parts)}/{rel}", path):
             raise FileNotFoundError(relpath)
         return path
-
-
-def _cached(storage: "S3Storage") -> list[tuple[str, str, str, Path]]:
-    return [(kind, folder.parent.parent.name, folder.name, folder)
-            for kind in ("identities", "jobs") for folder in storage.cache.glob(f"tenants/*/{kind}/*")
-            if folder.is_dir() and not (kind == "jobs" and folder.name in storage._pinned)]
-
-
-def _drop_cached(storage: "S3Storage", folder: Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)
-    (folder.parent / f"{folder.name}{_LISTING}").unlink(missing_ok=True)
 
 
 def _touch_tree(folder: Path) -> None:
@@ -299,14 +291,10 @@ def prune_cache(storage: "S3Storage", at: float | None = None) -> int:
     everything: a dropped folder is downloaded again when next needed."""
     cutoff = (time.time() if at is None else at) - storage.cache_hours * 3600.0
     gone = 0
-    for kind in ("identities", "jobs"):
-        for folder in storage.cache.glob(f"tenants/*/{kind}/*"):
-            if not folder.is_dir() or (kind == "jobs" and folder.name in storage._pinned):
-                continue
-            if _newest_mtime(folder) < cutoff:
-                shutil.rmtree(folder, ignore_errors=True)
-                (folder.parent / f"{folder.name}{_LISTING}").unlink(missing_ok=True)
-                gone += 1
+    for _kind, _tenant, _id, folder in storage.cached():
+        if _newest_mtime(folder) < cutoff:
+            storage.drop_cached(folder)
+            gone += 1
     for part in storage._tmp.glob("*") if storage._tmp.is_dir() else []:
         try:
             if part.stat().st_mtime < cutoff:

@@ -18,7 +18,6 @@ bp = Blueprint("web", __name__, template_folder="templates", static_folder="stat
 
 PUBLIC_ENDPOINTS = {"web.login", "web.static", "web.thumbnail"}
 SESSION_LIST_MAX = 200
-MIN_PHOTOS = 4  # a run job's default min_photos (portrait.pipeline.RunConfig), for the failure page's advice
 
 
 def svc():
@@ -212,8 +211,10 @@ def _job_view(job_id: str) -> tuple[dict, list]:
     if job["state"] == "failed" and (job.get("error") or {}).get("code") == "not_enough_photos" and job.get("identity_id"):
         # What to do about it, with the photos kept: how many more to add, and a form that adds them and
         # runs the same templates again.
+        from portrait.pipeline import RunConfig
+
         usable = sum(1 for p in photos if p.get("accepted"))
-        needed = int((job.get("options") or {}).get("min_photos") or MIN_PHOTOS)
+        needed = int((job.get("options") or {}).get("min_photos") or RunConfig.min_photos)
         job["retry"] = {"usable": usable, "more": max(1, needed - usable)}
     return job, photos  # their messages name the visitor's files already (server.service.common.upload_names)
 
