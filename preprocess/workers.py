@@ -135,9 +135,7 @@ def _exit_with(owner: int) -> None:
             time.sleep(1.0)
             try:
                 os.kill(owner, 0)
-            except ProcessLookupError:
-                os._exit(0)
-            except PermissionError:  # the pid was reused by another user's process: the owner is gone
+            except (ProcessLookupError, PermissionError):  # gone (or its pid reused by another user's process)
                 os._exit(0)
 
     threading.Thread(target=watch, name="owner-watch", daemon=True).start()

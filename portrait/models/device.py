@@ -26,6 +26,15 @@ def check_dtype_name(dtype: str | None) -> str | None:
     return dtype
 
 
+def _best_device(torch) -> str:
+    """CUDA when torch sees it, else Apple's mps, else the CPU."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
 def resolve_device(device: str | None = None) -> str:
     """The device a job runs every stage on, decided once: `device` as given (cpu, cuda, cuda:N, mps), else
     $PORTRAIT_DEVICE, else CUDA when torch sees it, else Apple's mps, else the CPU. Without torch installed,
@@ -36,11 +45,7 @@ def resolve_device(device: str | None = None) -> str:
     except ImportError:
         torch = None
     if device in (None, "auto"):
-        if torch is not None and torch.cuda.is_available():
-            return "cuda"
-        if torch is not None and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
+        return "cpu" if torch is None else _best_device(torch)
     device = str(device)
     if device.startswith("cuda") and (torch is None or not torch.cuda.is_available()):
         raise ConfigError(f"device {device!r} requested but {'torch is not installed' if torch is None else 'torch sees no CUDA device'}")
@@ -62,12 +67,7 @@ def pick_device(device: str | None = None, dtype: str | None = None):
     device = device or os.environ.get("PORTRAIT_DEVICE") or None
     dtype = dtype or os.environ.get("PORTRAIT_DTYPE") or None
     if device in (None, "auto"):
-        if torch.cuda.is_available():
-            device = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            device = "mps"
-        else:
-            device = "cpu"
+        device = _best_device(torch)
     try:
         dev = torch.device(device)
     except RuntimeError as exc:

@@ -12,8 +12,17 @@ import numpy as np
 from ..imageio import check_rgb
 
 
-def _lab(rgb: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+def lab(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB -> float32 CIELAB (L 0..100, a*/b* signed), unquantised."""
+    return cv2.cvtColor(np.ascontiguousarray(rgb, np.uint8).astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+
+
+def rgb(lab_img: np.ndarray) -> np.ndarray:
+    """float CIELAB -> uint8 RGB, out-of-gamut values clipped."""
+    out = lab_img.astype(np.float32).copy()
+    out[..., 0] = np.clip(out[..., 0], 0, 100)
+    out[..., 1:] = np.clip(out[..., 1:], -127, 127)
+    return np.clip(cv2.cvtColor(out, cv2.COLOR_LAB2RGB) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
 def _stats(lab: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -39,15 +48,11 @@ def reinhard_transfer(src_rgb: np.ndarray, ref_rgb: np.ndarray, src_mask: np.nda
     check_rgb(ref_rgb, "ref_rgb")
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be in 0..1, got {strength}")
-    src_lab, ref_lab = _lab(src_rgb), _lab(ref_rgb)
+    src_lab, ref_lab = lab(src_rgb), lab(ref_rgb)
     mu_s, sd_s = _stats(src_lab, src_mask)
     mu_r, sd_r = _stats(ref_lab, ref_mask)
     if max_gain < 1.0:
         raise ValueError(f"max_gain must be >= 1, got {max_gain}")
     gain = np.clip(sd_r / sd_s, 1.0 / max_gain, max_gain)
     out = (src_lab - mu_s) * gain + mu_r
-    out = src_lab + (out - src_lab) * strength
-    out[..., 0] = np.clip(out[..., 0], 0, 100)
-    out[..., 1:] = np.clip(out[..., 1:], -127, 127)
-    rgb = cv2.cvtColor(out.astype(np.float32), cv2.COLOR_LAB2RGB)
-    return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return rgb(src_lab + (out - src_lab) * strength)

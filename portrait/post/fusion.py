@@ -35,7 +35,7 @@ from ..faces.types import Face
 from ..imageio import check_rgb
 from . import masks
 from . import tone
-from .color import reinhard_transfer
+from .color import lab, reinhard_transfer, rgb
 from .skin_tone import ita_of_lab
 
 FusionEngine = Literal["classic", "onnx"]
@@ -136,7 +136,7 @@ def _brows(face: Face, shape_hw: tuple[int, int]) -> np.ndarray:
     return masks.dilate(out, max(2, int(round(face.eye_distance * 0.15))))
 
 
-def _carry_user_tone(template_rgb: np.ndarray, template_face: Face, warped_roi: np.ndarray, user_skin: np.ndarray,
+def _carry_user_tone(template_rgb: np.ndarray, template_face: Face, user_median: np.ndarray,
                      strength: float) -> tuple[np.ndarray, np.ndarray]:
     """The whole template with its visible skin in the user's tone (post/tone.py); (uint8 RGB, weight map).
     The skin is looked for on the person (selfie segmentation, shipped) or, without it, near the face."""
@@ -150,10 +150,9 @@ def _carry_user_tone(template_rgb: np.ndarray, template_face: Face, warped_roi: 
     if segmentation.available():
         where *= segmentation.person_alpha(template_rgb)
         where[where < BACKDROP] = 0.0  # the backdrop stays the template's, bit for bit
-    t_lab = tone.lab(template_rgb)
-    stats = tone.skin_stats(tone.lab(warped_roi), user_skin)
-    carried, weight = tone.carry_tone(t_lab, masks.skin_mask((h, w), template_face), stats[0], where, strength)
-    out = tone.rgb(carried)
+    carried, weight = tone.carry_tone(lab(template_rgb), masks.skin_mask((h, w), template_face), user_median,
+                                      where, strength)
+    out = rgb(carried)
     keep = weight <= 1e-3
     out[keep] = template_rgb[keep]
     weight[keep] = 0.0
@@ -187,18 +186,21 @@ def _fuse_classic(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.nda
     out = template_rgb.copy()
     changed = np.zeros((h, w), np.uint8)
     carried_px = 0
-    t_stats = tone.skin_stats(tone.lab(tpl), ref_skin) if enough else None
-    grey = t_stats is not None and tone.is_grey(t_stats)  # black and white: no tone to carry, Reinhard below
-    u_stats = tone.skin_stats(tone.lab(warped), src_skin) if enough else None
-    # Skins of one tone group (ITA within TONE_GAP_ITA): the Reinhard match keeps the tone and looks more
-    # natural (the template's own light and colour); a real difference of tone is carried instead.
-    apart = (t_stats is not None and u_stats is not None
-             and abs(ita_of_lab(u_stats[0]) - ita_of_lab(t_stats[0])) >= TONE_GAP_ITA)
-    if skin == "user" and color_strength > 0 and enough and not grey and apart:
+    # skin="user": the user's tone is carried only across a real difference of tone (ITA TONE_GAP_ITA apart);
+    # skins of one tone group, and a black-and-white template (no tone to carry), keep the Reinhard match
+    # below, which looks most natural there (the template's own light and colour).
+    carry = None
+    if skin == "user" and color_strength > 0 and enough:
+        warped_lab = lab(warped)
+        t_stats, u_stats = tone.skin_stats(lab(tpl), ref_skin), tone.skin_stats(warped_lab, src_skin)
+        if (t_stats is not None and u_stats is not None and not tone.is_grey(t_stats)
+                and abs(ita_of_lab(u_stats[0]) - ita_of_lab(t_stats[0])) >= TONE_GAP_ITA):
+            carry = u_stats[0]
+    if carry is not None:
         # The user's tone on all the template's skin, the template's light on the user's face (post/tone.py).
-        base, weight = _carry_user_tone(template_rgb, template_face, warped, src_skin, color_strength)
+        base, weight = _carry_user_tone(template_rgb, template_face, carry, color_strength)
         sigma = RELIGHT_SIGMA * template_face.eye_distance
-        face = tone.rgb(tone.relight(tone.lab(warped), src_skin, tone.lab(base[y0:y1, x0:x1]), ref_skin, sigma))
+        face = rgb(tone.relight(warped_lab, src_skin, lab(base[y0:y1, x0:x1]), ref_skin, sigma))
         content = face if blend >= 1 else masks.blend(base[y0:y1, x0:x1], face, np.full(mask.shape, blend, np.float32))
         out = base
         out[y0:y1, x0:x1] = masks.band_blend(base[y0:y1, x0:x1], content, mask, feather_px)

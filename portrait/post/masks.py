@@ -93,9 +93,7 @@ def features_mask(shape_hw: tuple[int, int], face: Face, grow: float = 0.08) -> 
         cv2.fillPoly(mask, [np.round(mesh[idx]).astype(np.int32) for idx in (EYE_LEFT, EYE_RIGHT, LIPS)], 255)
         for idx in (BROW_LEFT, BROW_RIGHT):
             _hull(mask, mesh[idx])
-        k = max(1, int(face.eye_distance * grow)) * 2 + 1
-        return cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-    if face.landmarks68 is None:
+    elif face.landmarks68 is None:
         r = max(2, int(face.eye_distance * 0.22))
         for p in face.landmarks5[[0, 1]]:
             cv2.circle(mask, (int(p[0]), int(p[1])), r, 255, -1)
@@ -103,11 +101,10 @@ def features_mask(shape_hw: tuple[int, int], face: Face, grow: float = 0.08) -> 
         cv2.ellipse(mask, (int(m[:, 0].mean()), int(m[:, 1].mean())),
                     (int(np.linalg.norm(m[1] - m[0]) * 0.65) + 1, r), 0, 0, 360, 255, -1)
         return mask
-    lm = face.landmarks68
-    for idx in (_EYE_L, _EYE_R, _LIPS, _BROW_L, _BROW_R):
-        _hull(mask, lm[idx])
-    k = max(1, int(face.eye_distance * grow)) * 2 + 1
-    return cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    else:
+        for idx in (_EYE_L, _EYE_R, _LIPS, _BROW_L, _BROW_R):
+            _hull(mask, face.landmarks68[idx])
+    return dilate(mask, max(1, int(face.eye_distance * grow)))
 
 
 def skin_mask(shape_hw: tuple[int, int], face: Face) -> np.ndarray:

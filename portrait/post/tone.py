@@ -6,9 +6,9 @@ box). The classic fusion therefore
 1. carries the *user's* skin tone to the template's visible skin (`carry_tone`): every template pixel
    whose colour is near the template face's own skin (neck, ears, hands, the forehead left uncovered)
    takes the user's median skin: lightness by the ratio of the two medians (shade multiplies, so a
-   shadowed neck stays as much darker than the face as it was), chroma by the ratio of the two skins'
-   chroma and hue by the turn between them (an added a* b* offset pushed a shadowed neck through grey
-   into green; nothing on a black-and-white template, which has no tone to carry);
+   shadowed neck stays as much darker than the face as it was) and chroma by the ratio of the two skins'
+   chroma, the hue staying the template's (nothing on a black-and-white template, which has no tone to
+   carry);
 2. gives the user's face the template's light (`relight`): the face's low frequencies (a gain map on
    lightness, offsets on a* b*, from normalised Gaussian blurs over each face's skin, features left
    out) are swapped for those of the carried template, while everything finer than about the eye
@@ -17,7 +17,7 @@ A black-and-white template has no tone to carry (and no colour to tell skin from
 fusion keeps its Reinhard match there.
 At the face's border both sides then have the same low frequencies, and `masks.band_blend` joins them.
 
-Arrays are float32 CIELAB (L 0..100, a*/b* signed) from `lab` and back to uint8 RGB with `rgb`.
+Arrays are float32 CIELAB (L 0..100, a*/b* signed), from `color.lab` and back to uint8 RGB with `color.rgb`.
 """
 
 from __future__ import annotations
@@ -25,19 +25,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-GREY_CHROMA = 4.0  # the template skin's median chroma below this: black and white, carry lightness only
+from .skin_tone import GREY_CHROMA  # the skin's median chroma below this: black and white
+
 MIN_SKIN = 64  # skin pixels needed on each side, else the stage leaves the image as it is
-
-
-def lab(rgb: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(np.ascontiguousarray(rgb, np.uint8).astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
-
-
-def rgb(lab_img: np.ndarray) -> np.ndarray:
-    out = lab_img.astype(np.float32).copy()
-    out[..., 0] = np.clip(out[..., 0], 0, 100)
-    out[..., 1:] = np.clip(out[..., 1:], -127, 127)
-    return np.clip(cv2.cvtColor(out, cv2.COLOR_LAB2RGB) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
 def skin_stats(lab_img: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -79,21 +69,16 @@ def carry_tone(template_lab: np.ndarray, template_skin: np.ndarray, user_skin_me
         return template_lab, np.zeros(template_lab.shape[:2], np.float32)
     target = np.asarray(user_skin_median, np.float32)
     gain = float(np.clip(target[0] / max(stats[0][0], 1.0), 0.25, 4.0))  # shade multiplies: keep its ratios
-    # Chroma the same way, by the ratio of the two skins' chroma, keeping each pixel's hue angle shift:
-    # an added offset would push a shadowed neck (less chroma) through grey into green.
+    # Chroma the same way, by the ratio of the two skins' chroma; the hue stays the template's, its light's
+    # colour. (An added a* b* offset pushed a shadowed neck, with less chroma, through grey into green, and
+    # a turn towards the user's hue carried their photo's colour cast onto the template.)
     chroma_t, chroma_u = float(np.hypot(*stats[0][1:])), float(np.hypot(*target[1:]))
     c_gain = float(np.clip(chroma_u / max(chroma_t, 1.0), 0.4, 2.5))
-    turn = 0.0  # the hue stays the template's: its light's colour (a turn towards the user's photo's hue
-    #            carried that photo's colour cast onto the template: a yellow-green neck under a warm light)
     weight = cv2.GaussianBlur(skin_likeness(template_lab, stats), (0, 0), 1.5) * where  # no speckle at the edge
     k = weight * float(strength)
     out = template_lab.copy()
     out[..., 0] *= 1.0 + k * (gain - 1.0)
-    a, b = template_lab[..., 1], template_lab[..., 2]
-    cos, sin = np.cos(turn), np.sin(turn)
-    a2, b2 = (a * cos - b * sin) * c_gain, (a * sin + b * cos) * c_gain
-    out[..., 1] = a + k * (a2 - a)
-    out[..., 2] = b + k * (b2 - b)
+    out[..., 1:] *= (1.0 + k * (c_gain - 1.0))[..., None]
     return out, weight
 
 
