@@ -31,6 +31,17 @@ if [ -n "$missing" ]; then
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
+# The ML extras (torch with its CUDA libraries) take about 7.5 GB in .venv: say so plainly before pip runs out
+# of disk half-way (pip's own message is "[Errno 28] No space left on device" after minutes of work).
+if ! [ -x .venv/bin/python ] || ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    need_kb=$((9 * 1024 * 1024))
+    free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+    if [ -n "$free_kb" ] && [ "$free_kb" -lt "$need_kb" ]; then
+        echo "scripts/test.sh: $(pwd) has $((free_kb / 1024 / 1024)) GB free; installing .venv needs about 9 GB. Free some disk and run again." >&2
+        exit 1
+    fi
+fi
+export PIP_NO_CACHE_DIR=1
 python3 -m venv .venv
 .venv/bin/pip install -q -e '.[dev]'
 exec .venv/bin/python -m pytest -q "$@"
