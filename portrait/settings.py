@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+import tomllib
 import types
 import typing
 from pathlib import Path
@@ -120,3 +122,81 @@ def check_range(key: str, value, lo=None, hi=None, *, optional: bool = False) ->
 def check_choice(key: str, value, choices) -> None:
     if value not in choices:
         raise ConfigError(f"option '{key}' must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+# -- pack files (template.toml, style.toml) -------------------------------------------------------------
+PACK_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+PACK_TAG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+
+
+def read_toml(path: Path, error: type[Exception], what: str) -> dict:
+    """`path` parsed as TOML; `error` naming the file when it is missing or unreadable (`what`: the folder's
+    kind, for the missing-file message)."""
+    if not path.is_file():
+        raise error(f"{path}: not found (a {what} folder needs a {path.name})")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise error(f"{path}: cannot parse ({exc})") from exc
+
+
+class TomlReader:
+    """Typed access to a parsed pack file; every error (of class `error`) names the file and the key."""
+
+    def __init__(self, path: Path, data: dict, error: type[Exception] = ConfigError):
+        self.path, self.data, self.error = path, data, error
+
+    def fail(self, key: str, msg: str) -> Exception:
+        return self.error(f"{self.path}: key '{key}' {msg}")
+
+    def get(self, table: dict, key: str, full: str, kind, default=None, *, lo=None, hi=None, lo_open=False):
+        if key not in table:
+            return default
+        v = table[key]
+        if kind is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if kind is str and not isinstance(v, str) or kind is int and (not isinstance(v, int) or isinstance(v, bool)) \
+                or kind is float and not isinstance(v, float):
+            raise self.fail(full, f"must be {kind.__name__}, got {type(v).__name__} {v!r}")
+        if kind is float and not math.isfinite(v):
+            raise self.fail(full, f"must be finite, got {v!r}")
+        if lo is not None and (v <= lo if lo_open else v < lo) or hi is not None and v > hi:
+            rng = f"{'(' if lo_open else '['}{lo}, {hi}]"
+            raise self.fail(full, f"must be in {rng}, got {v!r}")
+        return v
+
+    def table(self, key: str, within: dict | None = None) -> dict:
+        t = (self.data if within is None else within).get(key.rsplit(".", 1)[-1], {})
+        if not isinstance(t, dict):
+            raise self.fail(key, f"must be a table, got {type(t).__name__}")
+        return t
+
+    def unknown(self, table: dict, allowed, prefix: str = "") -> None:
+        extra = sorted(set(table) - set(allowed))
+        if extra:
+            raise self.fail(prefix + extra[0], f"is unknown (allowed: {', '.join(sorted(allowed))})")
+
+    def name(self, default: str) -> str:
+        """The pack's `name` (default: its folder's), lower-case letters, digits, '-' or '_'."""
+        name = self.get(self.data, "name", "name", str, default)
+        if not PACK_NAME_RE.match(name):
+            raise self.fail("name", f"must be lower-case letters, digits, '-' or '_' (max 64), got {name!r}")
+        return name
+
+    def tags(self) -> tuple[str, ...]:
+        tags = self.data.get("tags", [])
+        if not isinstance(tags, list) or not all(isinstance(t, str) and PACK_TAG_RE.match(t) for t in tags):
+            raise self.fail("tags", f"must be a list of tags (lower-case letters, digits, '-'; max 32), got {tags!r}")
+        return tuple(dict.fromkeys(tags))
+
+    def file(self, table: dict, key: str, full: str, directory: Path) -> Path | None:
+        """A file named by `key`, inside `directory` (no absolute path, no '..'), that exists; None when unset."""
+        name = self.get(table, key, full, str)
+        if name is None:
+            return None
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise self.fail(full, f"must be a file name inside the pack folder, got {name!r}")
+        p = directory / name
+        if not p.is_file():
+            raise self.fail(full, f"names {name!r}, which does not exist in {directory}")
+        return p

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tomllib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -63,6 +62,7 @@ from .faces.types import Face
 from .generate.template_inpaint import PASS1, PASS2, PassSettings
 from .imageio import DecodedImage, decode_image, image_files, save_image
 from .models.manifest import sha256_file
+from .settings import PACK_NAME_RE, PACK_TAG_RE, TomlReader, read_toml
 from .template_slots import CONFIRMER, PREVIEW_NAME, choose_slots, parse_pins, slot_faces_of
 
 TOML_NAME = "template.toml"
@@ -78,7 +78,7 @@ def face_cache_name(engines: dict) -> str:
         return FACE_CACHE
     return f".faces.{core['detector']}.{core['landmarks']}.{core['embedder']}.json"
 MIN_FACE_PX = 64  # a template face smaller than this (sqrt of box area) is too small to receive a face
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+NAME_RE = PACK_NAME_RE
 CACHE_VERSION = 3  # 2: slots chosen by portrait.template_slots (score, size, MMOD confirmation, pins); 3: dlib5 pose from its own points
 
 
@@ -186,41 +186,12 @@ def template_dirs() -> list[Path]:
 
 
 # -- validation -----------------------------------------------------------------------------------
-class _Reader:
-    """Typed access to a parsed template.toml; every error names the file and the key."""
+class _Reader(TomlReader):
+    """template.toml's reader: TomlReader's typed access (TemplateError naming the file and the key) and
+    the pass tables."""
 
     def __init__(self, path: Path, data: dict):
-        self.path, self.data = path, data
-
-    def fail(self, key: str, msg: str) -> TemplateError:
-        return TemplateError(f"{self.path}: key '{key}' {msg}")
-
-    def get(self, table: dict, key: str, full: str, kind, default=None, *, lo=None, hi=None, lo_open=False):
-        if key not in table:
-            return default
-        v = table[key]
-        if kind is float and isinstance(v, int) and not isinstance(v, bool):
-            v = float(v)
-        if kind is str and not isinstance(v, str) or kind is int and (not isinstance(v, int) or isinstance(v, bool)) \
-                or kind is float and not isinstance(v, float):
-            raise self.fail(full, f"must be {kind.__name__}, got {type(v).__name__} {v!r}")
-        if kind is float and not np.isfinite(v):
-            raise self.fail(full, f"must be finite, got {v!r}")
-        if lo is not None and (v <= lo if lo_open else v < lo) or hi is not None and v > hi:
-            rng = f"{'(' if lo_open else '['}{lo}, {hi}]"
-            raise self.fail(full, f"must be in {rng}, got {v!r}")
-        return v
-
-    def table(self, key: str) -> dict:
-        t = self.data.get(key, {})
-        if not isinstance(t, dict):
-            raise self.fail(key, f"must be a table, got {type(t).__name__}")
-        return t
-
-    def unknown(self, table: dict, allowed: Iterable[str], prefix: str = "") -> None:
-        extra = sorted(set(table) - set(allowed))
-        if extra:
-            raise self.fail(prefix + extra[0], f"is unknown (allowed: {', '.join(sorted(allowed))})")
+        super().__init__(path, data, TemplateError)
 
     def pass_settings(self, key: str, default: PassSettings) -> PassSettings:
         """A pass table read into PassSettings: types checked here, limits by PassSettings.problem()."""
@@ -242,18 +213,11 @@ class _Reader:
 
 TOP_KEYS = ("name", "description", "image", "prompt", "negative_prompt", "faces", "pins", "seed", "inpaint", "edge",
             "style", "output", "source", "licence", "tags", "measured")
-TAG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+TAG_RE = PACK_TAG_RE
 # The tag vocabulary of the bundled packs, by facet (a user's pack may add its own tags).
 TAG_FACETS = {"framing": ("head-and-shoulders", "half-length"), "setting": ("studio", "office", "outdoor", "formal"),
               "colour": ("colour", "bw"), "view": ("frontal", "three-quarter")}
 MEASURED_KEYS = {"skin_tone": int, "ita": float, "yaw": float}
-
-
-def _tags(r: "_Reader") -> tuple[str, ...]:
-    tags = r.data.get("tags", [])
-    if not isinstance(tags, list) or not all(isinstance(t, str) and TAG_RE.match(t) for t in tags):
-        raise r.fail("tags", f"must be a list of tags (lower-case letters, digits, '-'; max 32), got {tags!r}")
-    return tuple(dict.fromkeys(tags))
 
 
 def _measured(r: "_Reader") -> dict:
@@ -263,14 +227,9 @@ def _measured(r: "_Reader") -> dict:
 
 
 def _find_image(directory: Path, r: _Reader) -> Path:
-    name = r.get(r.data, "image", "image", str)
-    if name is not None:
-        p = directory / name
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise r.fail("image", f"must be a file name inside the template folder, got {name!r}")
-        if not p.is_file():
-            raise r.fail("image", f"names {name!r}, which does not exist in {directory}")
-        return p
+    named = r.file(r.data, "image", "image", directory)
+    if named is not None:
+        return named
     found = [p for p in image_files(directory) if p.name != PREVIEW_NAME]
     if len(found) != 1:
         raise r.fail("image", f"is needed: the folder holds {len(found)} image files, set image = \"...\"")
@@ -281,17 +240,10 @@ def parse_template(directory: str | Path) -> Template:
     """Read and validate `directory`/template.toml (no image decoding, no face detection)."""
     directory = Path(directory)
     path = directory / TOML_NAME
-    if not path.is_file():
-        raise TemplateError(f"{path}: not found (a template folder needs a {TOML_NAME})")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise TemplateError(f"{path}: cannot parse ({exc})") from exc
+    data = read_toml(path, TemplateError, "template")
     r = _Reader(path, data)
     r.unknown(data, TOP_KEYS)
-    name = r.get(data, "name", "name", str, directory.name)
-    if not NAME_RE.match(name):
-        raise r.fail("name", f"must be lower-case letters, digits, '-' or '_' (max 64), got {name!r}")
+    name = r.name(directory.name)
     faces = data.get("faces", [0])
     if not isinstance(faces, list) or not faces or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 64
                                                            for i in faces) or len(set(faces)) != len(faces):
@@ -317,7 +269,7 @@ def parse_template(directory: str | Path) -> Template:
         upscale=r.get(output, "upscale", "output.upscale", float, 2.0, lo=1.0, hi=8.0),
         source=r.get(data, "source", "source", str, ""),
         licence=r.get(data, "licence", "licence", str, ""),
-        tags=_tags(r),
+        tags=r.tags(),
         measured=_measured(r),
     )
 
