@@ -69,6 +69,12 @@ class TemplateError(PortraitError):
     code = "bad_template"
 
 
+class StyleError(PortraitError):
+    """A style pack cannot be used (bad style.toml, a file it names is missing, no such style)."""
+
+    code = "bad_style"
+
+
 class NoPhotosError(PortraitError):
     """The photos folder holds no files to judge (empty, only hidden files or sub-folders, or missing)."""
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import MutableMapping
 
 # The environment variables that name folders or files.
-PATH_VARIABLES = ("PORTRAIT_MODELS_DIR", "PORTRAIT_MODELS_CONFIG", "PORTRAIT_TEMPLATES_DIR")
+PATH_VARIABLES = ("PORTRAIT_MODELS_DIR", "PORTRAIT_MODELS_CONFIG", "PORTRAIT_TEMPLATES_DIR", "PORTRAIT_STYLES_DIR")
 
 
 def absolute(path: str | Path) -> Path:
@@ -33,3 +33,21 @@ def resolve_env_paths(environ: MutableMapping[str, str] | None = None) -> dict[s
             if new != value:
                 env[name] = changed[name] = new
     return changed
+
+
+def bundled_folder(shipped: str, checkout: str) -> Path:
+    """A folder of packs that ships with portrait: `portrait/<shipped>/` in an installed wheel (setup.py
+    ships the top-level `<checkout>/` there), else the checkout's `<checkout>/` beside the package (an
+    editable install)."""
+    package = Path(__file__).resolve().parent
+    inside = package / shipped
+    return inside if inside.is_dir() else package.parent / checkout
+
+
+def user_folder(variable: str, kind: str) -> Path:
+    """The user's own folder of `kind` packs: $`variable`, else $XDG_DATA_HOME/portrait/<kind>
+    (default ~/.local/share/portrait/<kind>)."""
+    env = os.environ.get(variable)
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "portrait" / kind

@@ -55,13 +55,13 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-import portrait
 
 from .errors import ImageError, TemplateError
 from .faces.types import Face
 from .generate.template_inpaint import PASS1, PASS2, PassSettings
 from .imageio import DecodedImage, decode_image, image_files, save_image
 from .models.manifest import sha256_file
+from .paths import bundled_folder, user_folder
 from .settings import PACK_NAME_RE, PACK_TAG_RE, TomlReader, read_toml
 from .template_slots import CONFIRMER, PREVIEW_NAME, choose_slots, parse_pins, slot_faces_of
 
@@ -166,18 +166,12 @@ class Template:
 
 # -- search path ----------------------------------------------------------------------------------
 def bundled_dir() -> Path:
-    """The bundled packs: `portrait/bundled_templates/` in an installed wheel (setup.py ships the top-level
-    `templates/` there), else the checkout's `templates/` beside the package (an editable install)."""
-    package = Path(portrait.__file__).resolve().parent
-    shipped = package / "bundled_templates"
-    return shipped if shipped.is_dir() else package.parent / "templates"
+    """The bundled packs: `portrait/bundled_templates/` in an installed wheel, else the checkout's `templates/`."""
+    return bundled_folder("bundled_templates", "templates")
 
 
 def user_dir() -> Path:
-    env = os.environ.get("PORTRAIT_TEMPLATES_DIR")
-    if env:
-        return Path(env).expanduser()
-    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "portrait" / "templates"
+    return user_folder("PORTRAIT_TEMPLATES_DIR", "templates")
 
 
 def template_dirs() -> list[Path]:

@@ -96,8 +96,8 @@ def empty_models_dir(tmp_path, monkeypatch) -> Path:
 # The user's environment that changes what the code finds: models, templates, device. No test sees the
 # machine's own (a developer's models folder or GPU must not change a result); `hermetic` and the tests
 # that build tiny models set their own.
-USER_ENVIRONMENT = ("PORTRAIT_MODELS_DIR", "PORTRAIT_MODELS_CONFIG", "PORTRAIT_TEMPLATES_DIR", "PORTRAIT_DEVICE",
-                    "PORTRAIT_DTYPE")
+USER_ENVIRONMENT = ("PORTRAIT_MODELS_DIR", "PORTRAIT_MODELS_CONFIG", "PORTRAIT_TEMPLATES_DIR", "PORTRAIT_STYLES_DIR",
+                    "PORTRAIT_DEVICE", "PORTRAIT_DTYPE")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -109,6 +109,7 @@ def no_user_environment(tmp_path_factory):
             mp.delenv(name, raising=False)  # a developer's own settings (licence, database, storage...) too
         mp.setenv("PORTRAIT_MODELS_DIR", str(root / "models"))
         mp.setenv("PORTRAIT_TEMPLATES_DIR", str(root / "templates"))
+        mp.setenv("PORTRAIT_STYLES_DIR", str(root / "styles"))
         yield root
 
 

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "models_cmd",  # models list|verify|tiny
     "identity_cmd",  # train, embed
     "generate_cmd",  # generate
+    "create_cmd",  # styles list|show|add, create
 )
 # Other packages add commands through this entry-point group (`server` adds serve, worker, tenant,
 # migrate): each entry point names a `register(group)` function. `portrait` never imports them itself.

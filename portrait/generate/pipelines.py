@@ -213,16 +213,24 @@ class InpaintModels:
     def dtype(self):
         return self.components["unet"].dtype
 
+    def _nets(self, names: Sequence[str]) -> list:
+        loaded = {**self.controlnets, **({IDENTITYNET: self.identitynet} if self.has_instantid else {})}
+        missing = [n for n in names if n not in loaded]
+        if missing:
+            raise ConfigError(f"no ControlNet loaded for control(s) {missing}; loaded: {sorted(loaded)}")
+        return [loaded[n] for n in names]
+
     def pipeline(self, names: Sequence[str]):
         """The inpaint pipeline running exactly the ControlNets `names` (in that order)."""
         key = tuple(names)
         if key not in self._pipes:
-            loaded = {**self.controlnets, **({IDENTITYNET: self.identitynet} if self.has_instantid else {})}
-            missing = [n for n in key if n not in loaded]
-            if missing:
-                raise ConfigError(f"no ControlNet loaded for control(s) {missing}; loaded: {sorted(loaded)}")
-            self._pipes[key] = loading.inpaint_pipeline(self.base, [loaded[n] for n in key])
+            self._pipes[key] = loading.inpaint_pipeline(self.base, self._nets(key))
         return self._pipes[key]
+
+    def text2img(self, names: Sequence[str]):
+        """The text-to-image pipeline running exactly the ControlNets `names`: an object of its own on the
+        base's modules (text_to_image sets its sampler per call without touching the inpaint pipelines')."""
+        return loading.text2img_pipeline(self.base, self._nets(tuple(names)), own=True)
 
 
 # -- IP-Adapter FaceID -----------------------------------------------------------------------------
@@ -361,6 +369,33 @@ def instantid_embeds(identity: FaceIdentity | np.ndarray, *, batch: int = 1, gui
     if guidance:
         emb = torch.cat([torch.zeros_like(emb), emb])
     return [emb.to(device=device, dtype=dtype)]
+
+def identity_inputs(models: "InpaintModels", pipe, identity, *, batch: int, guidance: bool, plus=None,
+                    style_lora: str | Path | None = None, style_weight: float = 0.0) -> dict:
+    """Put `identity` (template_inpaint.Identity: a LoRA, a face embedding painted by FaceID or InstantID's
+    adapter, or both) on `pipe` for one call of `batch` images, with the style LoRA beside it; returns the
+    call's extra keyword arguments (the adapter's `ip_adapter_image_embeds`). A face embedding's adapter is
+    unloaded when the identity has none. `plus`: FaceID-Plus's (cond, uncond) CLIP pair of the face crop."""
+    loading.set_identity_lora(pipe, identity.lora, weight=identity.lora_weight, style_lora=style_lora,
+                              style_weight=style_weight)
+    kwargs: dict = {}
+    # One row (two with guidance): diffusers' pipelines repeat given ip_adapter_image_embeds for every image
+    # of the call (prepare_ip_adapter_image_embeds' batch_size x num_images_per_prompt), so B rows would
+    # become B x B, and the adapter would read the unconditional zeros for half of the conditional images.
+    on = {"batch": 1, "guidance": guidance, "device": models.device, "dtype": models.dtype}
+    if identity.instantid:
+        load_faceid_adapter(pipe, models.instantid_adapter, identity.face.dim, identity.faceid_scale,
+                            identity.face.engine)
+        kwargs["ip_adapter_image_embeds"] = instantid_embeds(identity.face, **on)
+    elif identity.face is not None:
+        load_faceid_adapter(pipe, models.faceid_adapter, identity.face.dim, identity.faceid_scale, identity.face.engine)
+        kwargs["ip_adapter_image_embeds"] = faceid_embeds(identity.face, **on)
+        if plus is not None:
+            set_faceid_plus_inputs(pipe, faceid_plus_batch(plus, batch, guidance), models.faceid_shortcut)
+    else:
+        unload_faceid_adapter(pipe)
+    return kwargs
+
 
 # -- InstantID's IdentityNet from diffusers parts ---------------------------------------------------
 

@@ -28,12 +28,10 @@ import numpy as np
 
 from ..errors import Cancelled, ConfigError
 from ..faces.types import Face
-from ..models import loading
 from ..progress import ProgressCallback, report
 from . import controls
 from .pipelines import (IDENTITYNET, INSTANTID_MODELS, WORKING_SIZE, InpaintModels, _quiet_prompt_notice,
-                        check_adapter_dim, faceid_embeds, faceid_plus_batch, faceid_plus_clip_embeds, identity_tokens, identitynet_hook,
-                        instantid_embeds, load_faceid_adapter, set_faceid_plus_inputs, unload_faceid_adapter)
+                        check_adapter_dim, faceid_plus_clip_embeds, identity_inputs, identity_tokens, identitynet_hook)
 
 IDENTITY_ENGINES = ("faceid", "instantid")  # how a face-embedding identity is painted
 
@@ -189,7 +187,7 @@ def _to_uint8(x) -> np.ndarray:
     return np.clip(np.asarray(x) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-class _Stop:
+class Stop:
     """One call's stop condition: the runner's `interrupt` flag or the caller's cancel token."""
 
     def __init__(self, runner: "TemplateInpaint", cancel):
@@ -295,7 +293,7 @@ class TemplateInpaint:
         arch = self.models.arch  # passes without ControlNets of their own run the base's recipe
         jobs = [replace(j, pass1=j.pass1.for_arch(arch, 1), pass2=j.pass2.for_arch(arch, 2)) for j in jobs]
         self.check_inputs(jobs, identity, ref_rgb, ref_face)
-        stop = _Stop(self, cancel)
+        stop = Stop(self, cancel)
         works: list[_Work] = []
         for i, job in enumerate(jobs):
             stop.check()
@@ -357,7 +355,7 @@ class TemplateInpaint:
         return results
 
     # -- one pass over all jobs, batched where settings match ---------------------------------------
-    def _run_pass(self, works: list[_Work], which: str, identity: Identity, progress, stop: "_Stop", plus=None) -> None:
+    def _run_pass(self, works: list[_Work], which: str, identity: Identity, progress, stop: "Stop", plus=None) -> None:
         groups: dict[tuple, list[_Work]] = {}
         for w in works:
             s: PassSettings = getattr(w.job, which)
@@ -387,24 +385,8 @@ class TemplateInpaint:
         names = tuple(n for n, _ in active)
         pipe = self.models.pipeline(names)
         job0 = batch[0].job
-        loading.set_identity_lora(pipe, identity.lora, weight=identity.lora_weight, style_lora=job0.style_lora,
-                                  style_weight=job0.style_weight)
-        kwargs: dict = {}
-        if identity.instantid:
-            load_faceid_adapter(pipe, self.models.instantid_adapter, identity.face.dim, identity.faceid_scale,
-                                identity.face.engine)
-            kwargs["ip_adapter_image_embeds"] = instantid_embeds(identity.face, batch=len(batch), guidance=guidance > 1,
-                                                                 device=self.models.device, dtype=self.models.dtype)
-        elif identity.face is not None:
-            load_faceid_adapter(pipe, self.models.faceid_adapter, identity.face.dim, identity.faceid_scale,
-                                identity.face.engine)
-            kwargs["ip_adapter_image_embeds"] = faceid_embeds(identity.face, batch=len(batch), guidance=guidance > 1,
-                                                              device=self.models.device, dtype=self.models.dtype)
-            if plus is not None:
-                set_faceid_plus_inputs(pipe, faceid_plus_batch(plus, len(batch), guidance > 1),
-                                       self.models.faceid_shortcut)
-        else:
-            unload_faceid_adapter(pipe)
+        kwargs = identity_inputs(self.models, pipe, identity, batch=len(batch), guidance=guidance > 1, plus=plus,
+                                 style_lora=job0.style_lora, style_weight=job0.style_weight)
         key_img = "fused" if which == "pass1" else "fused2"
         key_ctl = "controls1" if which == "pass1" else "controls2"
         if names:

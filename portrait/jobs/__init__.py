@@ -14,16 +14,17 @@ cancelled job writes no result file. Errors are portrait.errors.PortraitError su
 """
 
 from .batch_job import batch
-from .configs import EmbedConfig, GenerateConfig, PreprocessConfig, RunConfig, TrainConfig
+from .configs import CreateConfig, EmbedConfig, GenerateConfig, PreprocessConfig, RunConfig, TrainConfig
+from .create_job import create
 from .embed_job import embed
 from .generate_job import generate
 from .preprocess_job import preprocess
-from .results import BatchResult, EmbedResult, GenerateResult, PreprocessResult, RunResult, TrainResult
+from .results import BatchResult, CreateResult, EmbedResult, GenerateResult, PreprocessResult, RunResult, TrainResult
 from .run_job import run, template_names
 from .stages import JOB_STAGES, STAGES, OverallProgress
 from .train_job import train
 
-__all__ = ["JOB_STAGES", "STAGES", "BatchResult", "EmbedConfig", "EmbedResult", "GenerateConfig", "GenerateResult",
+__all__ = ["JOB_STAGES", "STAGES", "BatchResult", "CreateConfig", "CreateResult", "EmbedConfig", "EmbedResult", "GenerateConfig", "GenerateResult",
            "OverallProgress", "PreprocessConfig", "PreprocessResult", "RunConfig", "RunResult", "TrainConfig",
-           "TrainResult", "batch", "embed", "generate", "preprocess", "run", "template_names", "train"]
+           "TrainResult", "batch", "create", "embed", "generate", "preprocess", "run", "template_names", "train"]
 

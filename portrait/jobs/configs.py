@@ -12,13 +12,15 @@ from ..errors import ConfigError
 from ..faces.analysis import DETECTORS, EMBEDDERS
 from ..identity.reference import REFERENCE_NAME
 from ..models.device import check_dtype_name
+from ..engines import RETOUCH_ENGINES, UPSCALE_ENGINES
+from ..generate.text_to_image import SAMPLERS
 from ..pipeline import RunConfig
 from ..settings import check_choice, check_limits, from_dict
 
 EMBEDDING_NAME = "identity_embedding.safetensors"
 IDENTITY_ENGINES = ("auto", "faceid", "instantid")
 
-__all__ = ["REFERENCE_NAME", "EmbedConfig", "GenerateConfig", "PreprocessConfig", "RunConfig", "TrainConfig"]
+__all__ = ["REFERENCE_NAME", "CreateConfig", "EmbedConfig", "GenerateConfig", "PreprocessConfig", "RunConfig", "TrainConfig"]
 
 
 class _FromDict:
@@ -101,4 +103,50 @@ class GenerateConfig(_FromDict):
     def __post_init__(self):
         check_limits(self)
         check_choice("engine", self.engine, IDENTITY_ENGINES)
+        check_dtype_name(self.dtype)
+
+
+@dataclass(frozen=True)
+class CreateConfig(_FromDict):
+    """`portrait create`: new pictures of the identity from style packs (no template photo): N candidates
+    per style in one denoising call, the face-detail pass, retouch and upscale, ranked by likeness."""
+
+    count: int = 4  # candidates per style
+    seed: Optional[int] = None  # the first candidate's seed (None: 0); candidate k gets seed + k
+    prompt: Optional[str] = None  # words added to each style's prompt ("red scarf, snow")
+    base_model: Optional[str] = None  # None: sd15
+    engine: str = "auto"  # how a face embedding is painted: auto | faceid | instantid
+    reference: Optional[str] = None  # the user's photo or training set (None: reference.png beside the identity)
+    steps: Optional[int] = None  # None: the style's for this base
+    guidance_scale: Optional[float] = None
+    sampler: Optional[str] = None
+    size: Optional[int] = None  # the picture's area is size x size (None: the style's, 512 SD 1.5, 1024 SDXL)
+    detail: bool = True  # the face-detail pass
+    detail_size: Optional[int] = None  # its working size (None: 512 SD 1.5, 1024 SDXL)
+    fusion: bool = False  # fuse the user's reference face into each candidate's face (classic fusion)
+    retouch: str = "auto"
+    retouch_strength: float = 0.35
+    upscale: str = "auto"
+    upscale_factor: float = 1.0  # 1: no super-resolution
+    likeness_bar: Optional[float] = None  # a distance: while no candidate is this close, new seeds are tried
+    retries: int = 2  # extra rounds of `count` new seeds for the bar
+    device: Optional[str] = None
+    dtype: Optional[str] = None
+    models_dir: Optional[str] = None
+
+    LIMITS: ClassVar[dict] = {"count": (1, 16), "seed": (0, 2**32 - 1), "steps": (1, 500), "guidance_scale": (0.0, 50.0),
+                              "size": (64, 2048), "detail_size": (64, 2048), "retouch_strength": (0.0, 1.0),
+                              "upscale_factor": (1.0, 8.0), "likeness_bar": (0.0, None), "retries": (0, 10)}
+
+    def __post_init__(self):
+        check_limits(self)
+        check_choice("engine", self.engine, IDENTITY_ENGINES)
+        check_choice("retouch", self.retouch, RETOUCH_ENGINES)
+        check_choice("upscale", self.upscale, UPSCALE_ENGINES)
+        if self.sampler is not None:
+            check_choice("sampler", self.sampler, tuple(SAMPLERS))
+        for key in ("size", "detail_size"):
+            v = getattr(self, key)
+            if v is not None and v % 8:
+                raise ConfigError(f"option '{key}' must be a multiple of 8, got {v}")
         check_dtype_name(self.dtype)

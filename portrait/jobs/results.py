@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from ..pipeline import RunResult
 
-__all__ = ["BatchResult", "EmbedResult", "GenerateResult", "PreprocessResult", "RunResult", "TrainResult"]
+__all__ = ["BatchResult", "CreateResult", "EmbedResult", "GenerateResult", "PreprocessResult", "RunResult", "TrainResult"]
 
 
 @dataclass
@@ -82,3 +82,21 @@ class BatchResult:
 
     def to_dict(self) -> dict:
         return {"rows": self.rows, "summary": str(self.summary_file) if self.summary_file else None}
+
+
+@dataclass
+class CreateResult:
+    """create.json: per style, its candidates ranked by likeness (rank 1 first), each with its file and seed."""
+
+    identity: str
+    identity_kind: str
+    engine: Optional[str]
+    base_model: str
+    reference: str
+    styles: list  # [{"style", "outputs": [{"rank", "file", "seed", "distance", "similarity", "passed_bar", ...}]}]
+    result_file: Path
+
+    def to_dict(self) -> dict:
+        return {"identity": self.identity, "identity_kind": self.identity_kind, "engine": self.engine,
+                "base_model": self.base_model, "reference": self.reference, "styles": self.styles,
+                "result": str(self.result_file)}

@@ -32,6 +32,8 @@ STAGES: dict[str, float] = {
     "templates": 20.0,  # one per template (run: fusion/inpaint, retouch, upscale, rank of each variant)
     "outputs": 4.0,  # generate: each template painted
     "batch": 1.0,  # one per manifest row
+    # create
+    "styles": 20.0,  # one per style: its candidates rendered, detailed, finished and ranked
     # inside a stage above (weight 0: they refine it)
     "fusion": 0.0,
     "inpaint 1": 0.0,  # diffusion steps of pass 1 (the face)
@@ -40,6 +42,9 @@ STAGES: dict[str, float] = {
     "pass2": 0.0,
     "upscale": 0.0,
     "validate": 0.0,  # a training checkpoint's validation renders
+    "candidates": 0.0,  # create: candidates rendered of a style
+    "render": 0.0,  # create: text-to-image steps
+    "detail": 0.0,  # create: face-detail pass steps
 }
 
 # The stages that move each job's bar, in order.
@@ -50,6 +55,7 @@ JOB_STAGES: dict[str, tuple[str, ...]] = {
     "generate": ("load models", "outputs"),
     "run": ("intake", "analyse", "select", "crops", "templates"),
     "batch": ("batch",),
+    "create": ("load models", "styles"),
 }
 
 

@@ -271,9 +271,32 @@ def is_sdxl(pipe) -> bool:
     return "text_encoder_2" in pipe.components
 
 
-def text2img_pipeline(base):
-    """The text-to-image pipeline: the base itself (load_base returns text2img pipelines)."""
-    return base
+def text2img_pipeline(base, controlnets: list | tuple = (), *, own: bool = False):
+    """The text-to-image pipeline: the base itself (load_base returns text2img pipelines), or with
+    ControlNets (one as is, several as a MultiControlNetModel) a (SDXL) ControlNet pipeline on the base's
+    modules. `own=True` gives a pipeline object of its own even without ControlNets (same modules), whose
+    scheduler a caller may swap without touching the base's. Cached on the base like inpaint_pipeline."""
+    from diffusers import (MultiControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline,
+                           StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline)
+
+    controlnets = list(controlnets)
+    if not controlnets and not own:
+        return base
+    derived = base.__dict__.setdefault("_portrait_derived", {})
+    key = ("text2img", tuple(id(c) for c in controlnets))
+    if key in derived:
+        return derived[key][0]
+    xl = is_sdxl(base)
+    keep = _dtype_kw(base.unet.dtype)
+    if not controlnets:
+        pipe = (StableDiffusionXLPipeline if xl else StableDiffusionPipeline).from_pipe(base, **keep)
+    else:
+        net = controlnets[0] if len(controlnets) == 1 else MultiControlNetModel(controlnets)
+        cls = StableDiffusionXLControlNetPipeline if xl else StableDiffusionControlNetPipeline
+        pipe = cls.from_pipe(base, controlnet=net, **keep)
+    pipe.set_progress_bar_config(disable=True)
+    derived[key] = (pipe, controlnets)
+    return pipe
 
 
 def inpaint_pipeline(base, controlnets: list | tuple = ()):
