@@ -126,3 +126,27 @@ def test_embed_cli_writes_identity_and_reference(tmp_path, grace_hopper):
     assert is_face_identity_file(info["file"]) and (tmp_path / "reference.png").is_file()
     res = CliRunner().invoke(cli, ["embed", str(tmp_path / "train" / "000_hopper.png")])
     assert res.exit_code == 2
+
+
+def test_batched_templates_give_every_image_the_identity_once(models, astronaut, grace_hopper, face_analysis,
+                                                              hopper_identity):
+    """Two templates in one call: the UNet sees one unconditional and one identity row per image (diffusers
+    repeats the adapter's embeddings per image, so passing one row per image used to give B x B rows)."""
+    tpl, tface = small_template(astronaut, face_analysis)
+    ref_face = face_analysis.analyze(grace_hopper)[0]
+    jobs = [InpaintJob(tpl, tface, prompt="portrait", pass1=replace(PASS1, steps=4), pass2=replace(PASS2, steps=4),
+                       seed=s) for s in (1, 2)]
+    seen = []
+    unet = models.components["unet"]
+    handle = unet.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["added_cond_kwargs"]["image_embeds"][0].detach().clone()),
+        with_kwargs=True)
+    try:
+        TemplateInpaint(models, crop_size=64)(jobs, Identity(face=hopper_identity), grace_hopper, ref_face)
+    finally:
+        handle.remove()
+    assert seen
+    for rows in seen:
+        rows = rows.numpy().reshape(rows.shape[0], -1)
+        assert rows.shape[0] == 4 and np.allclose(rows[:2], 0)
+        assert np.allclose(rows[2:], hopper_identity.vector(True), atol=1e-5)
