@@ -22,12 +22,13 @@ class JobKind:
 
     name: str
     config: type  # its config class in portrait.jobs (options go through its from_dict)
-    run: Callable  # the portrait.jobs function: run(source, [templates,] out_dir, config, progress=, cancel=)
+    run: Callable  # the portrait.jobs function: run(source, [templates,] [styles,] out_dir, config, progress=, cancel=)
     source: str  # what it works on: "photos" (the identity's accepted photos), "trainset" (a succeeded
     #             preprocess/run job's training set) or "identity" (a succeeded train/embed job's file)
     templates: bool  # takes template names (at least one); the others refuse any
     pool: bool  # analyses photos in the worker's analysis processes (face models kept between jobs)
     produces: frozenset  # what a succeeded job of this kind leaves for later ones: "trainset", "identity"
+    styles: bool = False  # takes style pack names (at least one), after the templates; the others refuse any
 
 
 KINDS: dict[str, JobKind] = {k.name: k for k in (
@@ -36,6 +37,7 @@ KINDS: dict[str, JobKind] = {k.name: k for k in (
     JobKind("embed", jobs.EmbedConfig, jobs.embed, "photos", False, True, frozenset({"identity"})),
     JobKind("generate", jobs.GenerateConfig, jobs.generate, "identity", True, False, frozenset()),
     JobKind("run", jobs.RunConfig, jobs.run, "photos", True, True, frozenset({"trainset"})),
+    JobKind("create", jobs.CreateConfig, jobs.create, "identity", False, False, frozenset(), styles=True),
 )}
 PUBLIC_KINDS = tuple(KINDS)
 INTERNAL_KINDS = ("_empty", "_sleep")

@@ -27,7 +27,8 @@ def run(service, job: Claimed, out_dir: Path, *, device: str = "cpu", progress=N
         return job_kinds.run_internal(job.kind, opts, out_dir, progress=progress, cancel=cancel)
     k = job_kinds.KINDS[job.kind]
     config = job_kinds.config_for(job.kind, _with_device(k, job.options, device))
-    args = [_source(service, job, k)] + ([list(job.templates)] if k.templates else []) + [out_dir, config]
+    args = [_source(service, job, k)] + ([list(job.templates)] if k.templates else []) + \
+        ([list(job.styles or [])] if k.styles else []) + [out_dir, config]
     kw = {"progress": progress, "cancel": cancel, **({"pool": pool} if k.pool and pool is not None else {})}
     result = k.run(*args, **kw)
     if getattr(result, "ok", True) is False:  # too few usable photos: a user error, with every verdict

@@ -1,4 +1,4 @@
-"""The template list of `GET /api/v1/templates` and the web form, with cached JPEG thumbnails."""
+"""The template and style lists of `GET /api/v1/templates`, `/styles` and the web form, with cached JPEG thumbnails."""
 
 from __future__ import annotations
 
@@ -23,6 +23,15 @@ def template_list(tags=()) -> list[dict]:
              "source": t.source, "licence": t.licence, "measured": dict(t.measured),
              "thumbnail_url": url_for("api.thumbnail", name=t.name, _external=True)}
             for t in list_templates() if set(tags) <= set(t.tags)]
+
+
+def style_list(tags=()) -> list[dict]:
+    """Every style pack on the search path with all of `tags`: name, description, aspect, pose, provenance."""
+    from portrait.styles import list_styles
+
+    return [{"name": st.name, "description": st.description, "aspect": f"{st.aspect[0]}:{st.aspect[1]}",
+             "pose": st.pose.control if st.pose else None, "tags": list(st.tags), "source": st.source,
+             "licence": st.licence} for st in list_styles() if set(tags) <= set(st.tags)]
 
 
 def thumbnail_path(name: str, data_dir: Path) -> Path:

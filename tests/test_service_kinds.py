@@ -53,6 +53,23 @@ def test_preprocess_train_generate_and_embed_through_the_worker(tmp_path, tmp_pa
     train = _run_one(svc, tid, svc.submit_job(tid, "train", ident, options=TRAIN)["id"])
     assert Path(train["result"]["lora"]).name == "identity.safetensors" and train["result"]["steps"] == 2
     gen = _run_one(svc, tid, svc.submit_job(tid, "generate", ident, ["studio-grey"], {"steps": 4, "seed": 1})["id"])
+    # create: the same identity in a style pack, no template; styles are names on the server's search path.
+    for kind, styles, code in (("create", None, "bad_styles"), ("generate", ["vintage-film"], "bad_styles"),
+                               ("create", ["no-such-style"], "bad_style"), ("create", ["../styles/x"], "bad_style")):
+        with pytest.raises(BadRequest) as refused:
+            svc.submit_job(tid, kind, ident, ["studio-grey"] if kind == "generate" else None, styles=styles,
+                           options={"count": 2} if kind == "create" else {})
+        assert refused.value.code == code, (kind, styles)
+    assert "vintage-film" in refused.value.details["available"]
+    for options in ({"count": 99}, {"reference": "/etc/passwd"}, {"sampler": "magic"}):
+        with pytest.raises(BadRequest) as refused:
+            svc.submit_job(tid, "create", ident, styles=["vintage-film"], options=options)
+        assert refused.value.code == "bad_options", options
+    created = _run_one(svc, tid, svc.submit_job(tid, "create", ident, styles=["vintage-film"],
+                                                options={"count": 2, "size": 64, "steps": 2, "seed": 3})["id"])
+    assert created["styles"] == ["vintage-film"] and created["result"]["identity_kind"] == "lora"
+    assert [r["template"] for r in created["results"]] == ["vintage-film"] * 2
+    assert all(svc.result_path(tid, r["id"]).stat().st_size > 0 for r in created["results"])
     assert [r["template"] for r in gen["results"]] == ["studio-grey"]
     # painted with the train job's LoRA (the identity's newest train/embed job), not a face embedding
     assert gen["result"]["identity_kind"] == "lora" and gen["result"]["identity_engine"] is None

@@ -509,5 +509,5 @@ def test_an_existing_database_upgrades_and_keeps_its_idempotency_records(tmp_pat
     assert old.revision() == "0001"
     old.dispose()
     svc = make_service(tmp_path)  # migrates on start
-    assert svc.db.revision() == "0002"
+    assert svc.db.revision() == "0003"  # the newest migration
     assert svc.idempotent_claim(t["id"], "POST /api/v1/identities", "k1", "any-fingerprint") == (201, {"id": "x"})

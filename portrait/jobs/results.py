@@ -97,6 +97,10 @@ class CreateResult:
     result_file: Path
 
     def to_dict(self) -> dict:
+        # `outputs`: every candidate in one list (each style's ranked in turn), the shape run and generate give
+        # (the service's result rows read it; `template` names the style there).
+        outputs = [{"template": s["style"], "style": s["style"], "file": o["path"], **o}
+                   for s in self.styles for o in s["outputs"]]
         return {"identity": self.identity, "identity_kind": self.identity_kind, "engine": self.engine,
                 "base_model": self.base_model, "reference": self.reference, "styles": self.styles,
-                "result": str(self.result_file)}
+                "outputs": outputs, "result": str(self.result_file)}

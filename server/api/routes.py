@@ -16,7 +16,7 @@ from ..signing import verify_result
 from ..streams import ASYNC_STREAM, STREAM_OPEN, SSE_HEADERS, SSE_KEEPALIVE, SSE_RETRY_MS, StreamHub, sse_event
 from . import schemas as s
 from ..present import with_label
-from ..templates_info import template_list, thumbnail_path
+from ..templates_info import style_list, template_list, thumbnail_path
 
 blp = Blueprint("api", __name__, url_prefix="/api/v1", description="portrait REST API")
 
@@ -220,7 +220,7 @@ def submit_job(body):
     """Submit a job; the whole request (identity, templates, options) is checked first → 202 with its
     id and queue position. A repeated `Idempotency-Key` returns the first job."""
     return svc().submit_job(tenant(), body["kind"], body["identity_id"], body["templates"], body["options"],
-                            priority=body["priority"] or 0, webhook_url=body["webhook_url"],
+                            styles=body["styles"], priority=body["priority"] or 0, webhook_url=body["webhook_url"],
                             idempotency_key=request.headers.get("Idempotency-Key", "").strip() or None)
 
 
@@ -310,6 +310,16 @@ def templates(args):
     A run job may also name `auto`, `auto:N` or `auto:N:TAG,TAG`: the N that suit the identity's photos"""
     tenant()
     return template_list(args["tag"])
+
+
+@blp.route("/styles", methods=["GET"])
+@blp.arguments(s.TemplateArgs, location="query")
+@blp.response(200, s.StyleInfo(many=True))
+@blp.doc(**_errors(400, 401))
+def styles(args):
+    """The style packs a create job can name (`styles`), with tags and provenance; `?tag=bw` filters"""
+    tenant()
+    return style_list(args["tag"])
 
 
 @blp.route("/templates/<name>/thumbnail", methods=["GET"])

@@ -83,6 +83,9 @@ class JobIn(Strict):
     identity_id = fields.String(required=True, validate=validate.Length(min=1, max=64))
     templates = fields.List(fields.String(validate=validate.Length(min=1, max=200)), load_default=list,
                             validate=validate.Length(max=50))
+    styles = fields.List(fields.String(validate=validate.Length(min=1, max=200)), load_default=list,
+                         validate=validate.Length(max=50),
+                         metadata={"description": "style pack names, for kind create (GET /styles lists them)"})
     options = fields.Dict(keys=fields.String(), load_default=dict,
                           metadata={"description": "the job layer's config keys (e.g. variants, top_k); "
                                                    "an unknown key or bad value is a 400 naming it"})
@@ -115,6 +118,7 @@ class Job(Strict):
     identity_id = fields.String(allow_none=True)
     batch_id = fields.String(allow_none=True)
     templates = fields.List(fields.String())
+    styles = fields.List(fields.String())
     options = fields.Dict()
     priority = fields.Integer()
     attempts = fields.Integer()
@@ -162,12 +166,24 @@ class TemplateArgs(Strict):
                       metadata={"description": "only templates with this tag (repeatable: all of them)"})
 
 
+class StyleInfo(Strict):
+    name = fields.String(required=True)
+    description = fields.String()
+    aspect = fields.String(metadata={"description": "width:height of the picture"})
+    pose = fields.String(allow_none=True, metadata={"description": "the ControlNet its pose feeds (openpose, canny)"})
+    tags = fields.List(fields.String(), required=True)
+    source = fields.String(metadata={"description": "where its text and images came from"})
+    licence = fields.String(metadata={"description": "their licence and the reason it may be used"})
+
+
 # -- batches -----------------------------------------------------------------------------------------
 class BatchRow(Strict):
     identity_id = fields.String(required=True, validate=validate.Length(min=1, max=64))
     kind = fields.String(load_default=None, validate=validate.OneOf(JOB_KINDS))
     templates = fields.List(fields.String(validate=validate.Length(min=1, max=200)), load_default=list,
                             validate=validate.Length(max=50))
+    styles = fields.List(fields.String(validate=validate.Length(min=1, max=200)), load_default=list,
+                         validate=validate.Length(max=50))
     options = fields.Dict(keys=fields.String(), load_default=dict)
     priority = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=-10, max=10))
 

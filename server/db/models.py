@@ -121,6 +121,7 @@ class Job(Base):
     worker: Mapped[Optional[str]] = mapped_column(String(200))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     templates: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    styles: Mapped[Optional[list[Any]]] = mapped_column(JSON, default=list)  # create jobs' style packs
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     result: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)  # the job layer's Result.to_dict()
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # stage -> seconds

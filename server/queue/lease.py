@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
 from sqlalchemy import and_, case, func, or_, select, update
@@ -38,11 +38,12 @@ class Claimed:
     options: dict
     attempts: int
     max_attempts: int
+    styles: list = field(default_factory=list)
 
 
 def _claimed(job: Job) -> Claimed:
     return Claimed(job.id, job.tenant_id, job.identity_id, job.kind, list(job.templates or []),
-                   dict(job.options or {}), job.attempts, job.max_attempts)
+                   dict(job.options or {}), job.attempts, job.max_attempts, list(job.styles or []))
 
 
 def check_capacity(s: Session, settings, tenant_id: str, adding: int = 1) -> None:

@@ -22,7 +22,7 @@ class BatchesService:
     def submit_batch(self, tenant: "TenantInfo | str", rows: list, *, name: str = "",
                      priority: int = BATCH_PRIORITY, idempotency_key: Optional[str] = None,
                      webhook_url: Optional[str] = None, internal: bool = False) -> dict:
-        """One job per row (`{"kind"="run", "identity_id", "templates", "options"}`) under one batch id.
+        """One job per row (`{"kind"="run", "identity_id", "templates", "styles", "options"}`) under one batch id.
         Every row is validated first: one bad row is a 400 naming it, and nothing is queued."""
         tenant_id = tenant_id_of(tenant)
         if not isinstance(rows, list) or not rows:
@@ -34,10 +34,12 @@ class BatchesService:
             if old is not None:
                 # A retry gets the first batch; the key with other rows is refused (as for jobs). The rows are the
                 # work: a retry that leaves the batch's name out is still the same batch.
-                before = [(j.kind, j.identity_id, list(j.templates or []), dict(j.options or {})) for j in s.scalars(
+                before = [(j.kind, j.identity_id, list(j.templates or []), list(j.styles or []), dict(j.options or {}))
+                          for j in s.scalars(
                     select(Job).where(Job.batch_id == old.id).order_by(Job.created_at))]
                 asked = [(r.get("kind", "run"), r.get("identity_id"), list(r.get("templates") or []),
-                          dict(r.get("options") or {})) if isinstance(r, dict) else r for r in rows]
+                          list(r.get("styles") or []), dict(r.get("options") or {})) if isinstance(r, dict) else r
+                         for r in rows]
                 if before != asked:
                     raise KeyReused(f"Idempotency-Key {idempotency_key[:60]!r} was first sent with another batch; "
                                     "use a new key for a new batch", details={"key": idempotency_key,
@@ -47,7 +49,7 @@ class BatchesService:
             for i, row in enumerate(rows):
                 if not isinstance(row, dict):
                     raise BadRequest(f"row {i} is not an object", code="bad_rows", details={"row": i})
-                unknown = sorted(set(row) - {"kind", "identity_id", "templates", "options", "priority"})
+                unknown = sorted(set(row) - {"kind", "identity_id", "templates", "styles", "options", "priority"})
                 if unknown:
                     raise BadRequest(f"row {i}: unknown field(s) {', '.join(unknown)}", code="bad_rows",
                                      details={"row": i})
@@ -55,7 +57,7 @@ class BatchesService:
                     checked.append(self.validate_job(s, tenant_id, row.get("kind", "run"), row.get("identity_id"),
                                                      row.get("templates"), row.get("options"),
                                                      row.get("priority", priority), webhook_url,
-                                                     internal=internal))
+                                                     internal=internal, styles=row.get("styles")))
                 except ServiceError as exc:
                     exc.details = {"row": i, **exc.details}
                     exc.message = f"row {i}: {exc.message}"

@@ -28,7 +28,8 @@ class JobsService:
     parts' methods, through self."""
 
     def validate_job(self, s: Session, tenant_id: str, kind: str, identity_id: Optional[str], templates: Any,
-                     options: Any, priority: Any, webhook_url: Optional[str], *, internal: bool = False) -> dict:
+                     options: Any, priority: Any, webhook_url: Optional[str], *, internal: bool = False,
+                     styles: Any = None) -> dict:
         """Check a whole job request before anything is queued; the normalised fields."""
         kinds = job_kinds.PUBLIC_KINDS + (job_kinds.INTERNAL_KINDS if internal else ())
         if kind not in kinds:
@@ -43,6 +44,10 @@ class JobsService:
         if not isinstance(templates, list) or not all(isinstance(t, str) for t in templates):
             raise BadRequest("templates must be a list of template names", code="bad_templates",
                              details={"field": "templates"})
+        styles = [] if styles is None else styles
+        if not isinstance(styles, list) or not all(isinstance(t, str) for t in styles) or len(styles) > 50:
+            raise BadRequest("styles must be a list of at most 50 style names", code="bad_styles",
+                             details={"field": "styles"})
         try:
             priority = int(priority or 0)
         except (TypeError, ValueError):
@@ -70,8 +75,16 @@ class JobsService:
             raise BadRequest(f"a {kind} job takes no templates", code="bad_templates", details={"field": "templates"})
         for name in templates:
             self.check_template(name, auto_ok=kind == "run")
+        wants_styles = k is not None and k.styles
+        if wants_styles and not styles:
+            raise BadRequest(f"a {kind} job needs at least one style (GET /api/v1/styles lists them)",
+                             code="bad_styles", details={"field": "styles"})
+        if not wants_styles and styles:
+            raise BadRequest(f"a {kind} job takes no styles", code="bad_styles", details={"field": "styles"})
+        for name in styles:
+            self.check_style(name)
         if k is not None and k.source != "photos":
-            self.source_job(s, identity_id, k.source)
+            self.source_job(s, identity_id, k.source, kind)
         self.check_options(options)
         try:
             job_kinds.config_for(kind, options)
@@ -79,7 +92,8 @@ class JobsService:
             raise BadRequest(str(exc), code="bad_options", details={"field": "options"}) from exc
         except PortraitError as exc:
             raise BadRequest(str(exc), code=exc.code, details={"field": "options"}) from exc
-        return {"kind": kind, "identity_id": identity_id, "templates": list(templates), "options": dict(options),
+        return {"kind": kind, "identity_id": identity_id, "templates": list(templates), "styles": list(styles),
+                "options": dict(options),
                 "priority": priority, "webhook_url": webhook_url or None}
 
     def check_options(self, options: dict, where: str = "options") -> None:
@@ -129,23 +143,42 @@ class JobsService:
                              f"{', '.join(names) or 'none'}", code="bad_template",
                              details={"template": name, "available": names}) from exc
 
-    def source_job(self, s: Session, identity_id: str, source: str) -> Job:
+    def check_style(self, name: str) -> None:
+        """A style is named (never a path) and must be on the server's style search path."""
+        from portrait.errors import StyleError
+        from portrait.styles import list_styles, load_style
+
+        def available() -> list[str]:
+            return [st.name for st in list_styles()]
+
+        if not TEMPLATE_NAME.match(name or ""):
+            raise BadRequest(f"style {name[:80]!r} is not a style name; available: {', '.join(available()) or 'none'}",
+                             code="bad_style", details={"style": name[:80], "available": available()})
+        try:
+            load_style(name)
+        except StyleError as exc:
+            log.warning("style refused", extra={"code": "bad_style", "reasons": [name, str(exc)]})
+            raise BadRequest(f"style {name!r} is not available on this server; available: "
+                             f"{', '.join(available()) or 'none'}", code="bad_style",
+                             details={"style": name, "available": available()}) from exc
+
+    def source_job(self, s: Session, identity_id: str, source: str, kind: str | None = None) -> Job:
         """The identity's latest succeeded job that provides `source` ("trainset": preprocess or run;
         "identity": train or embed, from the kinds table); BadRequest naming what to run first."""
         providers = job_kinds.PROVIDERS[source]
         job = s.scalars(select(Job).where(Job.identity_id == identity_id, Job.kind.in_(providers),
                                           Job.state == "succeeded").order_by(Job.finished_at.desc())).first()
         if job is None:
-            needs = {"trainset": ("a train job", "no_trainset"), "identity": ("a generate job", "no_identity_model")}
+            needs = {"trainset": ("train", "no_trainset"), "identity": ("generate", "no_identity_model")}
             who, code = needs[source]
-            raise BadRequest(f"{who} needs a succeeded {' or '.join(providers)} job of this identity first",
+            raise BadRequest(f"a {kind or who} job needs a succeeded {' or '.join(providers)} job of this identity first",
                              code=code, details={"identity_id": identity_id})
         return job
 
     def submit_job(self, tenant: "TenantInfo | str", kind: str, identity_id: Optional[str] = None,
                    templates: Optional[list] = None, options: Optional[dict] = None, *, priority: int = 0,
                    idempotency_key: Optional[str] = None, webhook_url: Optional[str] = None,
-                   internal: bool = False) -> dict:
+                   internal: bool = False, styles: Optional[list] = None) -> dict:
         """Validate the whole request, queue the job, return it with its queue position. A repeated
         `idempotency_key` returns the first job (nothing new is queued). QueueFull when full."""
         tenant_id = tenant_id_of(tenant)
@@ -154,14 +187,15 @@ class JobsService:
         with self.db.session(immediate=True) as s:
             old = by_idempotency_key(s, Job, tenant_id, idempotency_key)
             if old is not None:
-                asked = (kind, identity_id, list(templates or []), dict(options or {}))
-                if (old.kind, old.identity_id, list(old.templates or []), dict(old.options or {})) != asked:
+                asked = (kind, identity_id, list(templates or []), list(styles or []), dict(options or {}))
+                if (old.kind, old.identity_id, list(old.templates or []), list(old.styles or []),
+                        dict(old.options or {})) != asked:
                     raise KeyReused(f"Idempotency-Key {idempotency_key[:60]!r} was first sent with another job "
                                     "request; use a new key for a new job", details={"key": idempotency_key,
                                                                                      "job_id": old.id})
                 return self._job_dict(s, old)
             fields = self.validate_job(s, tenant_id, kind, identity_id, templates, options, priority, webhook_url,
-                                       internal=internal)
+                                       internal=internal, styles=styles)
             lease.check_capacity(s, self.settings, tenant_id)
             job = Job(id=new_id(), tenant_id=tenant_id, max_attempts=self.settings.max_attempts,
                       idempotency_key=idempotency_key, **fields)
@@ -236,6 +270,7 @@ class JobsService:
             "progress": round(float(job.progress or 0.0), 4),
             "queue_position": lease.queue_position(s, job),
             "identity_id": job.identity_id, "batch_id": job.batch_id, "templates": list(job.templates or []),
+            "styles": list(job.styles or []),
             "priority": job.priority, "attempts": job.attempts, "max_attempts": job.max_attempts,
             "cancel_requested": bool(job.cancel_requested),
             "results": [self._result_dict(r) for r in results],
