@@ -24,7 +24,8 @@ class JobKind:
     config: type  # its config class in portrait.jobs (options go through its from_dict)
     run: Callable  # the portrait.jobs function: run(source, [templates,] [styles,] out_dir, config, progress=, cancel=)
     source: str  # what it works on: "photos" (the identity's accepted photos), "trainset" (a succeeded
-    #             preprocess/run job's training set) or "identity" (a succeeded train/embed job's file)
+    #             preprocess/run job's training set), "identity" (a succeeded train/embed job's file) or
+    #             "identity-or-photos" (that file when there is one, else the photos, embedded by the job)
     templates: bool  # takes template names (at least one); the others refuse any
     pool: bool  # analyses photos in the worker's analysis processes (face models kept between jobs)
     produces: frozenset  # what a succeeded job of this kind leaves for later ones: "trainset", "identity"
@@ -37,7 +38,7 @@ KINDS: dict[str, JobKind] = {k.name: k for k in (
     JobKind("embed", jobs.EmbedConfig, jobs.embed, "photos", False, True, frozenset({"identity"})),
     JobKind("generate", jobs.GenerateConfig, jobs.generate, "identity", True, False, frozenset()),
     JobKind("run", jobs.RunConfig, jobs.run, "photos", True, True, frozenset({"trainset"})),
-    JobKind("create", jobs.CreateConfig, jobs.create, "identity", False, False, frozenset(), styles=True),
+    JobKind("create", jobs.CreateConfig, jobs.create, "identity-or-photos", False, False, frozenset(), styles=True),
 )}
 PUBLIC_KINDS = tuple(KINDS)
 INTERNAL_KINDS = ("_empty", "_sleep")

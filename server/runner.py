@@ -44,7 +44,12 @@ def _source(service, job: Claimed, k) -> Path:
     if k.source == "photos":
         return storage.photos_dir(job.tenant_id, job.identity_id)
     with service.db.session() as s:
-        src = service.source_job(s, job.identity_id, k.source)
+        if k.source == "identity-or-photos":
+            src = service.latest_source(s, job.identity_id, "identity")
+            if src is None:  # no train/embed job: the job embeds the photos itself
+                return storage.photos_dir(job.tenant_id, job.identity_id)
+        else:
+            src = service.source_job(s, job.identity_id, k.source)
         src_result = dict(src.result or {})
     folder = storage.job_dir(src.tenant_id, src.id, create=False)
     return trainset_dir(folder) if k.source == "trainset" else identity_artefact(folder, src_result)

@@ -34,10 +34,15 @@ def test_a_create_jobs_styles_are_checked_before_anything_is_queued(client):  # 
     post({"kind": "create", "styles": ["../../etc"]}, "bad_style")
     assert "takes no styles" in post({"kind": "run", "templates": ["studio-grey"], "styles": ["vintage-film"]},
                                      "bad_styles")["message"]
-    # A valid request still needs the identity first (a train or embed job), named in the answer.
-    said = post({"kind": "create", "styles": ["vintage-film"]}, "no_identity_model")["message"]
-    assert said.startswith("a create job needs") and "train or embed" in said
     err = assert_error(c.post("/api/v1/batches", headers=h, json={"kind": "create", "rows": [
         {"identity_id": iid, "styles": ["vintage-film"]}, {"identity_id": iid, "styles": ["nope"]}]}), 400)
-    assert err["details"]["row"] in (0, 1)
+    assert err["details"]["row"] == 1 and "nope" in err["message"]
     assert c.get("/api/v1/jobs", headers=h).get_json()["items"] == []  # nothing was queued
+    # With photos and no train/embed job yet, a create job embeds the photos itself (train-free).
+    ok = c.post("/api/v1/jobs", headers=h, json={"kind": "create", "identity_id": iid, "styles": ["vintage-film"],
+                                                  "options": {"count": 2}})
+    assert ok.status_code == 202, ok.get_json()
+    assert ok.get_json()["styles"] == ["vintage-film"] and ok.get_json()["kind"] == "create"
+    empty = c.post("/api/v1/identities", json={"name": "none"}, headers=h).get_json()["id"]
+    post_empty = c.post("/api/v1/jobs", headers=h, json={"kind": "create", "identity_id": empty, "styles": ["vintage-film"]})
+    assert assert_error(post_empty, 400, "no_photos")

@@ -50,6 +50,11 @@ def test_preprocess_train_generate_and_embed_through_the_worker(tmp_path, tmp_pa
 
     pre = _run_one(svc, tid, svc.submit_job(tid, "preprocess", ident, options={"min_photos": 3})["id"])
     assert pre["result"]["ok"] is True
+    # create before any train/embed job: train-free, the job embeds the photos for the FaceID adapter itself.
+    scene = _run_one(svc, tid, svc.submit_job(tid, "create", ident, styles=["watercolour"],
+                                              options={"count": 1, "size": 64, "steps": 2})["id"])
+    assert scene["result"]["identity_kind"] == "faceid" and scene["result"]["engine"] == "faceid"
+    assert Path(scene["result"]["identity"]).name == "identity_embedding.safetensors" and len(scene["results"]) == 1
     train = _run_one(svc, tid, svc.submit_job(tid, "train", ident, options=TRAIN)["id"])
     assert Path(train["result"]["lora"]).name == "identity.safetensors" and train["result"]["steps"] == 2
     gen = _run_one(svc, tid, svc.submit_job(tid, "generate", ident, ["studio-grey"], {"steps": 4, "seed": 1})["id"])

@@ -87,7 +87,8 @@ def register(group: click.Group) -> None:
 
     @group.command("create")
     @click.option("--identity", required=True, type=click.Path(exists=True),
-                  help="Identity LoRA (`portrait train`) or face embedding (`portrait embed`).")
+                  help="Identity LoRA (`portrait train`), face embedding (`portrait embed`), or a folder of photos "
+                       "(embedded first, for the adapter that paints it: train-free).")
     @click.option("--style", "styles_", multiple=True, required=True,
                   help="Style name (`portrait styles list`) or style folder; repeatable.")
     @click.option("--prompt", default=None, help="Words added to each style's prompt (\"red scarf, snow\").")

@@ -38,18 +38,34 @@ def _base_arch(manifest, base: str) -> str:
         return "sdxl" if "xl" in str(base).lower() else "sd15"
 
 
-def needed_models(manifest, base: str, ident, engine: str, styles: Sequence) -> list[str]:
-    """The manifest models this job loads: the base, the identity's adapter files and each style's pose
-    ControlNet (style LoRAs are checked by Style.lora_path)."""
+def is_photo_folder(path: Path) -> bool:
+    """A folder of photos rather than an identity (no identity.safetensors / identity_embedding.safetensors)."""
+    from .configs import EMBEDDING_NAME
+
+    return path.is_dir() and not any((path / n).is_file() for n in ("identity.safetensors", EMBEDDING_NAME))
+
+
+def _face_engine(manifest, arch: str, engine: str) -> str:
+    """faceid | instantid: what paints a face embedding with `engine` (auto: InstantID on SDXL when both its
+    files are present, else FaceID)."""
+    from ..engines import INSTANTID_NAMES
+
+    if engine != "auto":
+        return engine
+    iid = arch == "sdxl" and all(n in manifest.specs and manifest.available(n) for n in INSTANTID_NAMES)
+    return "instantid" if iid else "faceid"
+
+
+def needed_models(manifest, base: str, face: bool, engine: str, styles: Sequence) -> list[str]:
+    """The manifest models this job loads: the base, the identity's adapter files (`face`: a face
+    embedding, or photos to embed) and each style's pose ControlNet (style LoRAs: Style.lora_path)."""
     from ..engines import INSTANTID_NAMES
     from ..generate.pipelines import controlnet_model
 
     arch = _base_arch(manifest, base)
     names = [base]
-    if ident.face is not None:
-        if engine == "auto":
-            iid = arch == "sdxl" and all(n in manifest.specs and manifest.available(n) for n in INSTANTID_NAMES)
-            engine = "instantid" if iid else "faceid"
+    if face:
+        engine = _face_engine(manifest, arch, engine)
         names += list(INSTANTID_NAMES) if engine == "instantid" else ["ip-adapter-faceid"]
     names += [controlnet_model(arch, s.pose.control) for s in styles if s.pose is not None]
     return list(dict.fromkeys(names))
@@ -95,8 +111,9 @@ def _request(style, arch: str, config: CreateConfig, seeds, subject: str):
 
 def create(identity: Path, styles: Sequence[str | Path], out_dir: Path, config: CreateConfig | None = None, *,
            progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> CreateResult:
-    """Paint `identity` (a LoRA from train, or a face embedding from embed) into each style (names or
-    pack folders): `config.count` candidates each, ranked by likeness."""
+    """Paint `identity` (a LoRA from train, a face embedding from embed, or a folder of photos, embedded
+    first as `portrait embed` does) into each style (names or pack folders): `config.count` candidates each,
+    ranked by likeness."""
     from ..engines import choose_retouch, choose_upscale
     from ..faces import FaceConfig, get_face_analysis
     from ..generate.pipelines import InpaintModels
@@ -111,11 +128,15 @@ def create(identity: Path, styles: Sequence[str | Path], out_dir: Path, config: 
         raise ConfigError("no style given: name at least one style (`portrait styles list`) or style folder")
     packs = [load_style(s) for s in styles]  # StyleError naming the pack or the search path
     manifest = get_manifest(config.models_dir)
-    ident = Identity.from_path(identity)
+    photos = is_photo_folder(Path(identity))
+    ident = None if photos else Identity.from_path(identity)
     base = config.base_model or "sd15"
-    require_all(manifest, needed_models(manifest, base, ident, config.engine, packs))
+    require_all(manifest, needed_models(manifest, base, photos or ident.face is not None, config.engine, packs))
     style_loras = {p.name: p.lora_path(manifest) for p in packs}
     arch, _ = loading.base_unet_config(base, manifest)
+    if photos:  # train-free: the photos' face embedding, made for the adapter that will paint it
+        identity = _embed_photos(Path(identity), Path(out_dir), manifest, arch, config, progress, cancel)
+        ident = Identity.from_path(identity)
     id_engine = identity_engine(config.engine, ident, base, manifest)
     if id_engine is not None:
         ident.engine = id_engine
@@ -158,6 +179,20 @@ def create(identity: Path, styles: Sequence[str | Path], out_dir: Path, config: 
     out.mkdir(parents=True, exist_ok=True)
     result.result_file.write_text(json.dumps(result.to_dict(), indent=2, default=str))
     return result
+
+
+def _embed_photos(photos: Path, out_dir: Path, manifest, arch: str, config: CreateConfig, progress, cancel) -> Path:
+    """`portrait embed` of a photo folder (intake and selection first) into out_dir/identity/, with the face
+    recogniser the chosen adapter was trained on."""
+    from ..models.adapters import trained_on
+    from .configs import EmbedConfig
+    from .embed_job import embed
+
+    adapter = "instantid-adapter" if _face_engine(manifest, arch, config.engine) == "instantid" else "ip-adapter-faceid"
+    result = embed(photos, out_dir / "identity", EmbedConfig(embedder=trained_on(manifest.require(adapter)),
+                                                             models_dir=config.models_dir),
+                   progress=progress, cancel=cancel)
+    return result.file
 
 
 class _Finish:

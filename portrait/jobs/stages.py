@@ -55,7 +55,7 @@ JOB_STAGES: dict[str, tuple[str, ...]] = {
     "generate": ("load models", "outputs"),
     "run": ("intake", "analyse", "select", "crops", "templates"),
     "batch": ("batch",),
-    "create": ("load models", "styles"),
+    "create": ("intake", "analyse", "select", "embed", "load models", "styles"),  # the first four: from photos
 }
 
 

@@ -62,7 +62,9 @@ class JobsService:
                 raise BadRequest("identity_id is required", code="bad_identity", details={"field": "identity_id"})
             self._identity_row(s, tenant_id, identity_id)
         k = job_kinds.KINDS.get(kind)  # None: an internal kind
-        if k is not None and k.source == "photos":
+        # identity-or-photos: the identity's newest train/embed file when there is one, else its photos.
+        if k is not None and (k.source == "photos" or k.source == "identity-or-photos"
+                              and self.latest_source(s, identity_id, "identity") is None):
             n = s.scalar(select(func.count()).select_from(Photo).where(
                 Photo.identity_id == identity_id, Photo.accepted.is_(True))) or 0
             if n == 0:
@@ -83,7 +85,7 @@ class JobsService:
             raise BadRequest(f"a {kind} job takes no styles", code="bad_styles", details={"field": "styles"})
         for name in styles:
             self.check_style(name)
-        if k is not None and k.source != "photos":
+        if k is not None and k.source in ("trainset", "identity"):
             self.source_job(s, identity_id, k.source, kind)
         self.check_options(options)
         try:
@@ -162,12 +164,16 @@ class JobsService:
                              f"{', '.join(available()) or 'none'}", code="bad_style",
                              details={"style": name, "available": available()}) from exc
 
+    def latest_source(self, s: Session, identity_id: str, source: str) -> Optional[Job]:
+        """The identity's newest succeeded job providing `source` ("trainset" | "identity"), or None."""
+        return s.scalars(select(Job).where(Job.identity_id == identity_id, Job.kind.in_(job_kinds.PROVIDERS[source]),
+                                           Job.state == "succeeded").order_by(Job.finished_at.desc())).first()
+
     def source_job(self, s: Session, identity_id: str, source: str, kind: str | None = None) -> Job:
         """The identity's latest succeeded job that provides `source` ("trainset": preprocess or run;
         "identity": train or embed, from the kinds table); BadRequest naming what to run first."""
         providers = job_kinds.PROVIDERS[source]
-        job = s.scalars(select(Job).where(Job.identity_id == identity_id, Job.kind.in_(providers),
-                                          Job.state == "succeeded").order_by(Job.finished_at.desc())).first()
+        job = self.latest_source(s, identity_id, source)
         if job is None:
             needs = {"trainset": ("train", "no_trainset"), "identity": ("generate", "no_identity_model")}
             who, code = needs[source]
