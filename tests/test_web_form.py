@@ -270,3 +270,50 @@ def test_a_job_with_too_few_photos_says_how_many_to_add_and_retries_with_them(tm
             assert row.templates == s.get(Job, first).templates  # the same template again
             assert s.query(Photo).filter(Photo.identity_id == row.identity_id).count() == 5  # 2 kept + 3 added
             assert row.identity_id == s.get(Job, first).identity_id
+
+
+@pytest.fixture
+def served_with_tiny_models(tmp_path, tiny_models_dir):
+    """The server and a worker whose models folder holds the tiny random diffusion set (SD 1.5, ControlNets,
+    a dlib-sized FaceID adapter): what a GPU server with the real weights runs, small."""
+    data = tmp_path / "data"
+    app = make_app(data, web_refresh_seconds=1)
+    with live_server(app) as url, worker_process(data, env={"PORTRAIT_MODELS_DIR": str(tiny_models_dir)}):
+        yield url
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("javascript", [True, False])
+def test_the_new_scene_tab_makes_pictures_from_a_style(served_with_tiny_models, browser, samples, tmp_path,
+                                                       javascript):
+    """The "New scene" tab: a style instead of templates, the photos embedded by the job (train-free), N
+    pictures back ranked. CSS alone switches the panels, so the form works without JavaScript too."""
+    context = browser.new_context(java_script_enabled=javascript, viewport={"width": 1200, "height": 900})
+    context.set_default_timeout(300_000)
+    page = context.new_page()
+    page.goto(served_with_tiny_models + "/")
+    assert page.is_visible("#templates-panel") and not page.is_visible("#scene-panel")
+    page.check("#mode-scene")
+    assert page.is_visible("#scene-panel") and not page.is_visible("#templates-panel")
+    styles = page.eval_on_selector_all('#styles input[name="styles"]', "els => els.map(e => e.value)")
+    assert {"vintage-film", "watercolour", "astronaut"} <= set(styles)
+    for box in page.query_selector_all('#styles input[name="styles"]:checked'):
+        box.uncheck()
+    page.check('#styles input[value="watercolour"]')
+    page.select_option("#count", "2")
+    page.set_input_files("#photos-input", [str(p) for p in samples[:6]])
+    if javascript:
+        _wait_until(page, lambda: len(page.query_selector_all("#photo-list li.ok, #photo-list li.bad")) == 6)
+    _save_screenshot(page, tmp_path, f"web-scene-form-{javascript}.png")
+    page.click("#start")
+    page.wait_for_selector("#job", state="attached", timeout=60_000)
+    page.wait_for_selector('#job[data-state="succeeded"], #job[data-state="failed"]', state="attached",
+                           timeout=600_000)
+    assert page.get_attribute("#job", "data-state") == "succeeded", page.inner_text("#job")
+    figures = page.query_selector_all("#gallery figure")
+    assert len(figures) == 2 and all("watercolour" in f.inner_text() for f in figures)
+    # random tiny models draw no face: the caption says so rather than "likeness 0.00"
+    assert all("no face found" in f.inner_text() for f in figures)
+    assert page.eval_on_selector("#gallery img", "i => i.complete && i.naturalWidth") > 0
+    _save_screenshot(page, tmp_path, f"web-scene-gallery-{javascript}.png")
+    context.close()

@@ -254,5 +254,8 @@ def _save(ranked, folder: Path) -> list[dict]:
     outputs = []
     for r in ranked:
         r.path = str(save_image(r.image, folder / f"{r.rank:02d}.png"))
-        outputs.append(r.to_dict())
+        d = r.to_dict()
+        if d["distance"] is None:  # no face found: no likeness to show (not a likeness of 0)
+            d["similarity"] = None
+        outputs.append(d)
     return outputs

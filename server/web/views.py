@@ -127,8 +127,10 @@ def index():
         tags = [t for t in chosen if t != tag] + ([] if tag in chosen else [tag])
         return url_for("web.index", tag=tags)
 
+    from portrait.styles import list_styles
+
     return render_template("web/index.html", templates=shown, facets=facets, chosen=chosen, tag_link=link,
-                           total=len(every))
+                           total=len(every), styles=list_styles())
 
 
 @bp.route("/templates/<name>/thumbnail", methods=["GET"])
@@ -157,10 +159,22 @@ def _add_photos(identity_id: str, files) -> list[dict]:
     return svc().add_photos(visitor_tenant(), identity_id, [(f.filename, f.stream) for f in files])
 
 
-def _submit(identity_id: str, templates: list[str]) -> dict:
-    if not templates:
-        raise BadRequest("pick at least one template", code="bad_templates")
-    job = svc().submit_job(visitor_tenant(), "run", identity_id, templates, {})
+SCENE_COUNTS = (1, 2, 4, 8)  # the form's "pictures per style"
+
+
+def _submit(identity_id: str, templates: list[str], mode: str = "templates", styles: list[str] | None = None,
+            count: str | None = None) -> dict:
+    """A run job on the chosen templates, or (mode "scene") a create job on the chosen styles: the
+    identity's photos embedded by the job itself (train-free), `count` pictures per style."""
+    if mode == "scene":
+        if not styles:
+            raise BadRequest("pick at least one style", code="bad_styles")
+        n = int(count) if str(count or "").isdigit() and int(count) in SCENE_COUNTS else 4
+        job = svc().submit_job(visitor_tenant(), "create", identity_id, [], {"count": n}, styles=list(styles))
+    else:
+        if not templates:
+            raise BadRequest("pick at least one template", code="bad_templates")
+        job = svc().submit_job(visitor_tenant(), "run", identity_id, templates, {})
     _remember("jobs", job["id"])
     return job
 
@@ -169,7 +183,8 @@ def _submit(identity_id: str, templates: list[str]) -> dict:
 def submit():
     body = request.get_json(silent=True) or {}
     identity_id = _mine("identities", str(body.get("identity_id") or ""))
-    job = _submit(identity_id, [str(t) for t in body.get("templates") or []])
+    job = _submit(identity_id, [str(t) for t in body.get("templates") or []], str(body.get("mode") or "templates"),
+                  [str(t) for t in body.get("styles") or []], str(body.get("count") or ""))
     return jsonify({"id": job["id"], "status_url": url_for("web.job_status", job_id=job["id"]),
                     "page_url": url_for("web.job_page", job_id=job["id"])}), 202
 
@@ -188,7 +203,8 @@ def start():
         _remember("identities", identity_id)
     if files:
         _add_photos(identity_id, files)
-    job = _submit(identity_id, request.form.getlist("templates"))
+    job = _submit(identity_id, request.form.getlist("templates"), request.form.get("mode") or "templates",
+                  request.form.getlist("styles"), request.form.get("count"))
     return redirect(url_for("web.job_page", job_id=job["id"]), code=303)
 
 

@@ -125,11 +125,17 @@
   form.addEventListener("submit", function (e) {
     e.preventDefault();
     showError("");
-    var templates = Array.prototype.map.call(form.querySelectorAll('input[name="templates"]:checked'), function (c) { return c.value; });
+    var checked = function (name) {
+      return Array.prototype.map.call(form.querySelectorAll('input[name="' + name + '"]:checked'), function (c) { return c.value; });
+    };
+    var templates = checked("templates"), styles = checked("styles");
+    var mode = (form.querySelector('input[name="mode"]:checked') || { value: "templates" }).value;
+    var count = form.querySelector("#count") ? form.querySelector("#count").value : "";
     startButton.disabled = true;
     pending.then(function () {
       if (!identityField.value) throw new Error("add some photos first");
-      return call("POST", "/jobs", { identity_id: identityField.value, templates: templates });
+      return call("POST", "/jobs", { identity_id: identityField.value, templates: templates, mode: mode,
+                                     styles: styles, count: count });
     }).then(follow, function (err) { showError(err.message); startButton.disabled = false; });
   });
 })();
