@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared benchmark for a GPU machine (about 5-7 minutes on one H100/H200-class GPU; nothing is
+# One prepared benchmark for a GPU machine (about 7-9 minutes on one H100/H200-class GPU; nothing is
 # installed or downloaded: full-size SD 1.5 with random weights built from the shipped configs).
 #
 #   bench/gpu.sh              # on the GPU machine, from the repository root, with .venv present
@@ -7,7 +7,9 @@
 #
 # Prints: the two-pass portrait (pass 1: 3 ControlNets x 30 steps, pass 2: tile + canny x 20 steps) in
 # s/image at 512x512, ours vs bare diffusers; LoRA training steps/s at 512x512 (rank 128, gradient
-# checkpointing); the same two-pass portrait at SDXL size (1024x1024) last; peak GPU memory of each.
+# checkpointing); `portrait create` (4 candidates in one call) at 512x512 SD 1.5 + FaceID + openpose and at
+# 1024x1024 SDXL + InstantID, s/image ours vs bare diffusers; the same two-pass portrait at SDXL size
+# (1024x1024) last; peak GPU memory of each.
 # Each stage has a time cap and all share one budget (BUDGET s), so the script ends in time even if a
 # stage is slow; the summary says which stages finished. Exit 1 if any stage failed.
 set -u
@@ -18,7 +20,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} OMP_WAIT_POLICY=PASSIVE PORTRA
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 DEVICE=cuda SIZE=512 XL_SIZE=1024 STEPS1=30 STEPS2=20 CNETS=3 REPEAT=2 TRAIN_STEPS=20 TRAIN_RES=512 TOY= CAPX=1
-BUDGET=450   # seconds for all stages together (< 8 min with start-up); each stage also has its own cap
+BUDGET=540   # seconds for all stages together (< 10 min with start-up); each stage also has its own cap
 if [ "${1:-}" = "--dry-run" ]; then
   DEVICE=cpu SIZE=128 XL_SIZE=128 STEPS1=4 STEPS2=4 CNETS=1 REPEAT=1 TRAIN_STEPS=1 TRAIN_RES=64 TOY=--toy BUDGET=2400 CAPX=5
 fi
@@ -52,6 +54,10 @@ run "two-pass portrait, SD 1.5 ${SIZE}x${SIZE}" 180 \
   --controlnets "$CNETS" --repeat "$REPEAT" --no-train --out "$OUT/generate"
 run "LoRA training, SD 1.5 ${TRAIN_RES}x${TRAIN_RES}" 150 \
   "$PY" bench/train.py --device "$DEVICE" --steps "$TRAIN_STEPS" --resolution "$TRAIN_RES"
+run "create, SD 1.5 ${SIZE}x${SIZE} + FaceID" 90 \
+  "$PY" bench/create.py --device "$DEVICE" --arch sd15 --size "$SIZE" --steps "$STEPS1" --repeat 1
+run "create, SDXL ${XL_SIZE}x${XL_SIZE} + InstantID" 150 \
+  "$PY" bench/create.py --device "$DEVICE" --arch sdxl $TOY --size "$XL_SIZE" --steps "$STEPS1" --repeat 1
 run "two-pass portrait, SDXL ${XL_SIZE}x${XL_SIZE}" 240 \
   "$PY" bench/generate.py --device "$DEVICE" --arch sdxl $TOY --size "$XL_SIZE" --steps "$STEPS1" \
   --steps2 "$STEPS2" --controlnets "$CNETS" --repeat 1 --no-train --out "$OUT/generate-sdxl"
