@@ -54,6 +54,7 @@ def wheel_venv(tmp_path_factory) -> Path:
 def in_venv(venv: Path, cwd: Path, command: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
     env.update(PATH=f"{venv / 'bin'}:{env.get('PATH', '')}", PORTRAIT_TEMPLATES_DIR=str(cwd / "user-templates"),
+               PORTRAIT_STYLES_DIR=str(cwd / "user-styles"),
                PORTRAIT_MODELS_DIR=str(cwd / "models"))
     return subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
@@ -66,6 +67,11 @@ def test_the_wheel_ships_the_bundled_templates(wheel_venv, tmp_path):
     assert listed.returncode == 0, listed.stderr
     names = {t["name"] for t in json.loads(listed.stdout)["templates"]}
     assert BUNDLED <= names
+    styles = in_venv(wheel_venv, tmp_path, "portrait styles list --json")  # the style packs ship too
+    assert styles.returncode == 0, styles.stderr
+    found = json.loads(styles.stdout)["styles"]
+    assert {"vintage-film", "watercolour", "formal-headshot"} <= {s["name"] for s in found} and len(found) >= 8
+    assert all(str(wheel_venv) in s["directory"] for s in found)
 
 
 @pytest.mark.slow
