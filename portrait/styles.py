@@ -4,6 +4,7 @@ style mode, EasyPhoto's text-to-photo, InstantID's and PhotoMaker's prompt-and-f
     styles/vintage-film/
         style.toml          the prompt and its settings (below), validated on load
         pose.png            optional: a control image (an OpenPose drawing or a canny map) for ControlNet
+        preview.jpg         optional: shown by `styles show` (the bundled packs': tiny random models, stamped)
 
 style.toml (every key optional except `prompt`):
 
@@ -55,6 +56,7 @@ from .paths import bundled_folder, user_folder
 from .settings import TomlReader, read_toml
 
 TOML_NAME = "style.toml"
+PREVIEW_NAME = "preview.jpg"  # optional; the bundled packs' are made on tiny random models and stamped so
 SUBJECT = "{subject}"
 TOP_KEYS = ("name", "description", "prompt", "negative_prompt", "aspect", "source", "licence", "tags", "style",
             "pose", "detail", "sd15", "sdxl")
@@ -92,6 +94,11 @@ class Style:
     def toml_path(self) -> Path:
         return self.directory / TOML_NAME
 
+    @property
+    def preview(self) -> Path | None:
+        p = self.directory / PREVIEW_NAME
+        return p if p.is_file() else None
+
     def settings(self, arch: str) -> SceneSettings:
         """Sampler, steps, guidance and working size for a base architecture (SD 1.5's for an unknown one)."""
         return self.bases.get(arch, self.bases["sd15"])
@@ -128,7 +135,8 @@ class Style:
                 "detail": {"strength": self.detail_strength},
                 "bases": {arch: {"sampler": s.sampler, "steps": s.steps, "guidance_scale": s.guidance_scale,
                                  "size": list(self.size(arch))} for arch, s in self.bases.items()},
-                "source": self.source, "licence": self.licence, "tags": list(self.tags)}
+                "source": self.source, "licence": self.licence, "tags": list(self.tags),
+                "preview": str(self.preview) if self.preview else None}
 
 
 # -- reading ------------------------------------------------------------------------------------------

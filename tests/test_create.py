@@ -40,6 +40,7 @@ def test_the_eight_bundled_styles_are_valid_free_packs_for_both_bases():
     for s in found.values():
         assert "{subject}" in s.prompt and s.prompt_for("ohwx person").count("ohwx person") == 1
         assert s.licence.startswith("CC0") and s.source and s.tags
+        assert s.preview is not None and "tiny random models" in s.source  # previews say what made them
         for arch in ("sd15", "sdxl"):
             w, h = s.size(arch)
             assert w % 64 == 0 and h % 64 == 0
