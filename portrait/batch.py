@@ -33,6 +33,7 @@ class BatchRow:
     given_name: str  # the CSV's name as written ("" when the column is empty or missing)
     photos: Path
     templates: tuple[str, ...] = field(default_factory=tuple)  # empty: every installed template
+    styles: tuple[str, ...] = field(default_factory=tuple)  # set: a `create` row (new scenes, no templates)
 
 
 def safe_name(raw: str, index: int) -> str:
@@ -69,8 +70,8 @@ def row_dir(out_dir: str | Path, name: str) -> Path:
 
 
 def read_manifest(path: str | Path) -> list[BatchRow]:
-    """The rows of a batch CSV (header: photos[,templates][,name]); photos paths relative to the CSV's
-    folder; templates separated by ';'. ConfigError naming the file for an unreadable or headerless CSV."""
+    """The rows of a batch CSV (header: photos[,templates][,styles][,name]); photos paths relative to the
+    CSV's folder; templates and styles separated by ';' (a row with styles makes new scenes: `create`). ConfigError naming the file for an unreadable or headerless CSV."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -79,7 +80,7 @@ def read_manifest(path: str | Path) -> list[BatchRow]:
         raise ConfigError(f"{path}: cannot read batch manifest ({exc})") from exc
     if not rows or "photos" not in rows[0]:
         raise ConfigError(f"{path}: needs a header with at least a 'photos' column "
-                          "(optional: 'templates' separated by ';', 'name') and one row per customer")
+                          "(optional: 'templates' or 'styles' separated by ';', 'name') and one row per customer")
     names = unique_names(safe_name((r.get("name") or "").strip(), i) for i, r in enumerate(rows, 1))
     out = []
     for i, (r, name) in enumerate(zip(rows, names), 1):
@@ -87,7 +88,8 @@ def read_manifest(path: str | Path) -> list[BatchRow]:
         if not photos.is_absolute():
             photos = path.parent / photos
         templates = tuple(t.strip() for t in (r.get("templates") or "").split(";") if t.strip())
-        out.append(BatchRow(i, name, (r.get("name") or "").strip(), photos.absolute(), templates))
+        styles = tuple(t.strip() for t in (r.get("styles") or "").split(";") if t.strip())
+        out.append(BatchRow(i, name, (r.get("name") or "").strip(), photos.absolute(), templates, styles))
     return out
 
 

@@ -294,3 +294,34 @@ def test_create_end_to_end_on_the_tiny_set_ranks_n_candidates_per_style(tmp_path
     outs = json.loads(bar.stdout)["styles"][0]["outputs"]
     assert sorted(o["seed"] for o in outs) == [0, 1, 2, 3] and sorted(o["round"] for o in outs) == [0, 0, 1, 1]
     assert not any(o["passed_bar"] for o in outs)
+
+
+@pytest.mark.slow
+def test_a_batch_csv_row_with_styles_makes_new_scenes_and_resumes(tmp_path, tmp_path_factory, tiny_models_dir,
+                                                                    monkeypatch):
+    from helpers_photos import small_photo_set
+
+    from portrait.models import loading, manifest as manifest_mod
+
+    monkeypatch.setenv("PORTRAIT_MODELS_DIR", str(tiny_models_dir))
+    manifest_mod._MANIFESTS.clear()
+    photos = small_photo_set(tmp_path_factory)
+    csv = tmp_path / "customers.csv"
+    csv.write_text(f"photos,templates,styles,name\n{photos},,watercolour,ada\n{photos},,no-such-style,bob\n"
+                   f"{photos},studio-grey,watercolour,cy\n")
+    args = ["batch", str(csv), "--out", str(tmp_path / "out"), "--count", "2", "--json"]
+    try:
+        res = _cli(args)
+        again = _cli([*args, "--resume"])
+    finally:
+        manifest_mod._MANIFESTS.clear()
+        loading.clear_cache()
+    assert res.exit_code == 1, res.output  # one row done, two refused before anything ran
+    rows = {r["name"]: r for r in json.loads(res.stdout)}
+    assert rows["ada"]["status"] == "done" and rows["ada"]["outputs"] == 2
+    assert rows["bob"]["status"] == "failed" and rows["bob"]["error"] == "bad_style"
+    assert rows["cy"]["status"] == "failed" and "templates or styles, not both" in rows["cy"]["message"]
+    made = json.loads((tmp_path / "out" / "ada" / "create.json").read_text())
+    assert made["identity_kind"] == "faceid" and [s["style"] for s in made["styles"]] == ["watercolour"]
+    assert (tmp_path / "out" / "ada" / "identity" / "identity_embedding.safetensors").is_file()
+    assert json.loads(again.stdout)[0].get("resumed") is True  # the finished row is not run again

@@ -47,6 +47,27 @@ def test_remote_batch_uploads_follows_and_downloads(tmp_path):
     assert len(jobs) == 1 and jobs[0]["batch_id"] and jobs[0]["state"] == "succeeded"
 
 
+@pytest.mark.slow
+def test_a_remote_batch_row_with_styles_is_a_create_job(tmp_path, tiny_models_dir):
+    """A `styles` column makes the row a create job on the server: the photos uploaded, embedded by the job,
+    COUNT pictures per style downloaded."""
+    write_sample_photos(tmp_path / "alice")
+    (tmp_path / "m.csv").write_text("photos,styles,name\nalice,watercolour;vintage-film,alice\n")
+    data = tmp_path / "data"
+    app = make_app(data)
+    key = new_key(app, "studio")
+    with live_server(app) as url, worker_process(data, env={"PORTRAIT_MODELS_DIR": str(tiny_models_dir)}):
+        proc = subprocess.run(
+            [sys.executable, "-c", "from portrait.cli import main; main()", "batch", str(tmp_path / "m.csv"),
+             "--server", url, "--out", str(tmp_path / "results"), "--count", "1", "--json"],
+            capture_output=True, text=True, timeout=900, env={**os.environ, "PORTRAIT_API_KEY": key})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    (row,) = json.loads(proc.stdout)
+    assert row["status"] == "done" and sorted(r["template"] for r in row["results"]) == ["vintage-film", "watercolour"]
+    pngs = sorted(p.name for p in (tmp_path / "results" / "alice").glob("*.png"))
+    assert len(pngs) == 2 and any("watercolour" in n for n in pngs)
+
+
 def test_remote_batch_with_a_bad_key_exits_2(tmp_path):
     write_sample_photos(tmp_path / "alice")
     (tmp_path / "m.csv").write_text("photos,templates,name\nalice,studio-grey,alice\n")

@@ -114,6 +114,7 @@ class Row:
     name: str
     photos: Path
     templates: list[str]
+    styles: list[str] = field(default_factory=list)  # set: a create row (new scenes)
     identity_id: Optional[str] = None
     uploaded: list[dict] = field(default_factory=list)
     error: Optional[dict] = None
@@ -186,22 +187,26 @@ def download_results(client: ApiClient, rows: list[Row], out: Path) -> None:
 
 def remote_batch(manifest_rows: "list[BatchRow]", server: str, key: str, *, out: Path | None,
                  progress: Callable, kind: str = "run", options: dict | None = None, name: str = "",
-                 poll: float = 1.0) -> list[dict]:
+                 poll: float = 1.0, create_options: dict | None = None) -> list[dict]:
     """The whole client flow over `portrait.batch.read_manifest`'s rows (safe, unique names); one
-    summary entry per row: status done / partial / failed, as a local batch reports them."""
+    summary entry per row: status done / partial / failed, as a local batch reports them. A row with
+    styles is a create job with `create_options`."""
     client = ApiClient(server, key)
-    rows = [Row(name=r.name, photos=Path(r.photos), templates=list(r.templates)) for r in manifest_rows]
+    rows = [Row(name=r.name, photos=Path(r.photos), templates=list(r.templates), styles=list(r.styles))
+            for r in manifest_rows]
     # Retries of this run's requests are idempotent; running the manifest again is a new batch.
     run_key = _key(server, json.dumps([[r.name, str(r.photos)] for r in rows]), uuid.uuid4().hex)
     upload_rows(client, rows, run_key, progress)
     ready = [r for r in rows if r.error is None]
     if ready:
-        if any(not r.templates for r in ready):
+        if any(not r.templates and not r.styles for r in ready):
             names = [t["name"] for t in client.request("GET", "/templates")]
             for r in ready:
-                r.templates = r.templates or names
+                r.templates = r.templates or ([] if r.styles else names)
         payload = {"kind": kind, "name": name[:200], "rows": [
-            {"identity_id": r.identity_id, "templates": r.templates, "options": dict(options or {})} for r in ready]}
+            {"identity_id": r.identity_id, "kind": "create", "styles": r.styles, "options": dict(create_options or {})}
+            if r.styles else {"identity_id": r.identity_id, "templates": r.templates, "options": dict(options or {})}
+            for r in ready]}
         batch = client.post_json("/batches", payload, _key(run_key, "batch"))
         batch = follow_batch(client, batch["id"], progress, poll)
         for brief in batch["jobs"]:
@@ -220,7 +225,7 @@ def _summary(row: Row) -> dict:
         results = row.job.get("results", [])
         made = {r.get("template") for r in results}
         status = "failed" if row.job["state"] != "succeeded" or not results else (
-            "done" if all(t in made for t in row.job.get("templates", [])) else "partial")
+            "done" if all(t in made for t in row.job.get("templates") or row.job.get("styles") or []) else "partial")
         entry.update(status=status, job_id=row.job["id"], state=row.job["state"], results=results,
                      error=row.job.get("error"))
         if row.job.get("results"):

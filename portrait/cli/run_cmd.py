@@ -9,6 +9,7 @@ import click
 from ..engines import DIFFUSION_MODES, FUSION_ENGINES, RETOUCH_ENGINES, UPSCALE_ENGINES
 from ..errors import ConfigError
 from ..faces.analysis import FaceConfig
+from ..jobs.configs import CreateConfig
 from ..pipeline import RunConfig
 from ..post.fusion import SKINS
 from .common import (dtype_option, face_engine_options, handle_errors, json_option, min_photos_option, print_json, print_table,
@@ -171,13 +172,15 @@ def _parse_slots(values: tuple[str, ...]) -> dict[int, Path]:
 @click.option("--resume", is_flag=True,
               help="Skip rows whose OUT/NAME/result.json is complete (a portrait for each template): rerun an "
               "interrupted batch.")
+@ranged(CreateConfig, "count", help="Rows with a 'styles' column (new scenes, `portrait create`): pictures per style.")
 @run_options
 @json_option
 @licence_option
 @handle_errors
 def batch_command(manifest: Path, out: Path | None, server: str | None, key: str | None, resume: bool,
-                  as_json: bool, **options) -> None:
-    """Run every row of MANIFEST.csv (columns: photos, templates, name); one failing row never stops the rest.
+                  count: int, as_json: bool, **options) -> None:
+    """Run every row of MANIFEST.csv (columns: photos, templates or styles, name); one failing row never
+    stops the rest. A row with styles (';'-separated) makes COUNT new scenes per style from its photos.
 
     Each row's name becomes a folder inside OUT (made safe: no separators, no '..'). Every row is checked
     (photos folder, templates) before any photo is processed; a row that cannot start is `failed`.
@@ -190,13 +193,15 @@ def batch_command(manifest: Path, out: Path | None, server: str | None, key: str
     if server:
         if resume:
             raise ConfigError("--resume is for a local batch (a server batch runs each row once)")
-        return _remote_batch(manifest, out, server, key, as_json, options)
+        return _remote_batch(manifest, out, server, key, as_json, options, count)
     if out is None:
         raise ConfigError("--out is required (or --server URL --key KEY to run the batch on a server)")
 
     config = config_from_options(options)
     with progress_bar(not as_json) as progress:
-        result = jobs.batch(manifest, out, config, progress=progress, resume=resume)
+        create = jobs.CreateConfig(count=count, seed=config.seed, device=config.device,
+                                   models_dir=config.models_dir, base_model=config.base_model)
+        result = jobs.batch(manifest, out, config, progress=progress, resume=resume, create=create)
     summary = result.rows
     if as_json:
         print_json(summary)
@@ -211,7 +216,7 @@ def batch_command(manifest: Path, out: Path | None, server: str | None, key: str
 
 
 def _remote_batch(manifest: Path, out: Path | None, server: str, key: str | None, as_json: bool,
-                  options: dict) -> None:
+                  options: dict, count: int = CreateConfig.count) -> None:
     """`batch --server`: upload each row's folder, one batch on the server, one progress bar across rows."""
     import json
 
@@ -227,7 +232,7 @@ def _remote_batch(manifest: Path, out: Path | None, server: str, key: str | None
 
     with progress_bar(not as_json) as progress:
         summary = remote_batch(read_manifest(manifest), server, key, out=out, progress=progress, options=sent,
-                               name=manifest.stem)
+                               name=manifest.stem, create_options={"count": count})
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "batch.json").write_text(json.dumps(summary, indent=2))
