@@ -325,3 +325,62 @@ def test_a_batch_csv_row_with_styles_makes_new_scenes_and_resumes(tmp_path, tmp_
     assert made["identity_kind"] == "faceid" and [s["style"] for s in made["styles"]] == ["watercolour"]
     assert (tmp_path / "out" / "ada" / "identity" / "identity_embedding.safetensors").is_file()
     assert json.loads(again.stdout)[0].get("resumed") is True  # the finished row is not run again
+
+
+# -- InstantID on a tiny SDXL -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_xl_set(tmp_path_factory):
+    """The whole tiny set with SDXL and InstantID (128-d, dlib-sized adapter) and a models.toml."""
+    from portrait.models.tiny import build_tiny_set
+
+    d = tmp_path_factory.mktemp("tiny-xl-set")
+    build_tiny_set(d, sdxl=True)
+    return d
+
+
+@pytest.mark.slow
+def test_instantid_creates_with_identitynet_reading_the_heads_keypoints_and_the_face_tokens(
+        tiny_xl_set, hopper_identity, grace_hopper, tmp_path, monkeypatch):
+    import torch
+    from PIL import Image
+
+    from portrait.generate import controls
+    from portrait.generate.pipelines import InpaintModels
+    from portrait.models import loading, manifest as manifest_mod
+
+    monkeypatch.setenv("PORTRAIT_MODELS_DIR", str(tiny_xl_set))
+    monkeypatch.delenv("PORTRAIT_MODELS_CONFIG", raising=False)
+    manifest_mod._MANIFESTS.clear()
+    try:
+        models = InpaintModels.load("sdxl", [], manifest=manifest_mod.get_manifest(), instantid=True, device="cpu")
+        seen = []
+        handle = models.identitynet.register_forward_pre_hook(
+            lambda m, args, kwargs: seen.append((kwargs["controlnet_cond"].detach().clone(),
+                                                 kwargs["encoder_hidden_states"].detach().clone())), with_kwargs=True)
+        req = SceneRequest("a portrait of a person", 128, 128, (1, 2), settings=SceneSettings(steps=2, size=128),
+                           head=(0.5, 0.4, 0.3))
+        try:
+            images = SceneRender(models)(req, Identity(face=hopper_identity, engine="instantid"))
+        finally:
+            handle.remove()
+        assert len(images) == 2 and images[0].shape == (128, 128, 3)
+        cond, text = seen[0]
+        kps = controls.face_keypoints((128, 128), head_face(128, 128, (0.5, 0.4, 0.3)), style="kps")
+        want = torch.from_numpy(kps).permute(2, 0, 1).float() / 255
+        assert cond.shape[0] == 4 and all(torch.allclose(c, want, atol=1e-6) for c in cond)
+        # IdentityNet attends to the projected face tokens (unconditional half from zeros), not to the prompt
+        assert text.shape[0] == 4 and torch.allclose(text[2], text[3]) and not torch.allclose(text[0], text[2])
+
+        # The command: auto picks InstantID on the SDXL base; the result says so.
+        ident = hopper_identity.save(tmp_path / "identity_embedding.safetensors")
+        Image.fromarray(grace_hopper).save(tmp_path / "reference.png")
+        res = _cli(["create", "--identity", str(ident), "--style", "formal-headshot", "--base-model", "sdxl",
+                    "--count", "1", "--size", "128", "--steps", "2", "--out", str(tmp_path / "out"), "--json"])
+        assert res.exit_code == 0, res.output
+        info = json.loads(res.stdout)
+        assert info["engine"] == "instantid" and info["identity_kind"] == "instantid"
+        assert Path(info["styles"][0]["outputs"][0]["path"]).is_file()
+    finally:
+        manifest_mod._MANIFESTS.clear()
+        loading.clear_cache()
