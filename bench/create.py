@@ -27,7 +27,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generate import CONFIGS, build_base  # noqa: E402  (bench/generate.py: full-size random bases)
+from generate import build_base, timed_call  # noqa: E402  (bench/generate.py: full-size random bases)
 
 
 def main() -> None:
@@ -114,13 +114,7 @@ def main() -> None:
                 hook.remove()
 
     def timed(fn) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t
+        return timed_call(fn, device)
 
     ours(req, ident)  # warm-up
     bare()
@@ -136,7 +130,7 @@ def main() -> None:
           f"build {build_s:.0f} s")
     print(f"{'TOY (tiny test models)' if toy else 'full-size'} {'SDXL' if xl else 'SD 1.5'} (random weights), {w}x{h}, "
           f"{engine}, {steps} steps, {count} candidates per call, median of {args.repeat}\n")
-    print(f"| run | s/image | runs (s per call) |\n|---|---|---|")
+    print("| run | s/image | runs (s per call) |\n|---|---|---|")
     print(f"| bare diffusers | {mb:.3f} | {' '.join(f'{x:.2f}' for x in t_bare)} |")
     print(f"| SceneRender (create) | {mo:.3f} | {' '.join(f'{x:.2f}' for x in t_ours)} |")
     if device.type == "cuda":

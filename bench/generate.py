@@ -92,6 +92,19 @@ def build_base(arch: str, device, dtype, controlnets, seed: int = 0, toy: bool =
     return base, nets
 
 
+def timed_call(fn, device) -> float:
+    """Seconds `fn()` takes, the accelerator's queue drained before and after."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
 def random_lora(unet, out_dir: Path, arch: str = "sd15") -> Path:
     import torch
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
@@ -194,13 +207,7 @@ def main() -> None:
         stage_times.append(ours(job, identity, ref, rface)[0].details["timings"])
 
     def timed(fn) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t
+        return timed_call(fn, device)
 
     run_ours()  # warm-up: loads the LoRA, builds the pipelines, first-call allocations
     bare()

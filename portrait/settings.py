@@ -200,3 +200,22 @@ class TomlReader:
         if not p.is_file():
             raise self.fail(full, f"names {name!r}, which does not exist in {directory}")
         return p
+
+
+def find_packs(dirs, toml_name: str, parse, error: type[Exception], on_error=None) -> list:
+    """Every pack (a sub-folder holding `toml_name`, read by `parse`) in `dirs`, sorted by name; a name in
+    an earlier folder hides later ones. A pack that `parse` refuses with `error` is skipped and passed to
+    `on_error(folder, exc)`."""
+    seen: dict = {}
+    for d in (Path(x) for x in dirs):
+        if not d.is_dir():
+            continue
+        for sub in sorted(p for p in d.iterdir() if not p.name.startswith(".") and (p / toml_name).is_file()):
+            try:
+                pack = parse(sub)
+            except error as exc:
+                if on_error:
+                    on_error(sub, exc)
+                continue
+            seen.setdefault(pack.name, pack)
+    return sorted(seen.values(), key=lambda p: p.name)

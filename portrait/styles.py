@@ -53,7 +53,7 @@ from typing import Callable, Iterable
 from .errors import StyleError
 from .generate.text_to_image import CONTROLS, SAMPLERS, SceneSettings, scene_size
 from .paths import bundled_folder, user_folder
-from .settings import TomlReader, read_toml
+from .settings import TomlReader, find_packs, read_toml
 
 TOML_NAME = "style.toml"
 PREVIEW_NAME = "preview.jpg"  # optional; the bundled packs' are made on tiny random models and stamped so
@@ -236,19 +236,7 @@ def list_styles(dirs: Iterable[str | Path] | None = None,
                 on_error: Callable[[Path, StyleError], None] | None = None) -> list[Style]:
     """Every style in `dirs` (default: the search path), by name; a name in an earlier folder hides later
     ones. Broken packs are skipped and passed to `on_error`."""
-    seen: dict[str, Style] = {}
-    for d in (style_dirs() if dirs is None else [Path(x) for x in dirs]):
-        if not d.is_dir():
-            continue
-        for sub in sorted(p for p in d.iterdir() if not p.name.startswith(".") and (p / TOML_NAME).is_file()):
-            try:
-                s = parse_style(sub)
-            except StyleError as exc:
-                if on_error:
-                    on_error(sub, exc)
-                continue
-            seen.setdefault(s.name, s)
-    return sorted(seen.values(), key=lambda s: s.name)
+    return find_packs(style_dirs() if dirs is None else dirs, TOML_NAME, parse_style, StyleError, on_error)
 
 
 def load_style(name_or_dir: str | Path, dirs: Iterable[str | Path] | None = None) -> Style:

@@ -62,7 +62,7 @@ from .generate.template_inpaint import PASS1, PASS2, PassSettings
 from .imageio import DecodedImage, decode_image, image_files, save_image
 from .models.manifest import sha256_file
 from .paths import bundled_folder, user_folder
-from .settings import PACK_NAME_RE, PACK_TAG_RE, TomlReader, read_toml
+from .settings import PACK_NAME_RE, PACK_TAG_RE, TomlReader, find_packs, read_toml
 from .template_slots import CONFIRMER, PREVIEW_NAME, choose_slots, parse_pins, slot_faces_of
 
 TOML_NAME = "template.toml"
@@ -347,19 +347,7 @@ def list_templates(dirs: Iterable[str | Path] | None = None,
                    on_error: Callable[[Path, TemplateError], None] | None = None) -> list[Template]:
     """Every template in `dirs` (default: the search path), sorted by name; a name found in an earlier
     folder hides later ones. Broken templates are skipped and passed to `on_error`."""
-    seen: dict[str, Template] = {}
-    for d in (template_dirs() if dirs is None else [Path(x) for x in dirs]):
-        if not d.is_dir():
-            continue
-        for sub in sorted(p for p in d.iterdir() if not p.name.startswith(".") and (p / TOML_NAME).is_file()):
-            try:
-                t = parse_template(sub)
-            except TemplateError as exc:
-                if on_error:
-                    on_error(sub, exc)
-                continue
-            seen.setdefault(t.name, t)
-    return sorted(seen.values(), key=lambda t: t.name)
+    return find_packs(template_dirs() if dirs is None else dirs, TOML_NAME, parse_template, TemplateError, on_error)
 
 
 def load_template(name_or_dir: str | Path, dirs: Iterable[str | Path] | None = None) -> Template:

@@ -10,13 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers_diffusion import load_models, tiny_models
-
 from portrait.errors import StyleError
 from portrait.generate.template_inpaint import Identity
 from portrait.generate.text_to_image import (SceneRender, SceneRequest, SceneSettings, control_drawing, head_face,
                                              scene_size)
-from portrait.identity.face_embedding import embed_identity
 from portrait.styles import add_style, bundled_dir, list_styles, load_style, parse_style
 
 STYLES = {"formal-headshot", "business", "vintage-film", "winter-outdoor", "fantasy-armour", "astronaut",
@@ -121,19 +118,7 @@ def test_scene_size_keeps_the_area_and_the_aspect():
 
 # -- the renderer on tiny SD 1.5 --------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tiny_models(tmp_path_factory.mktemp("tiny-create"))
-
-
-@pytest.fixture(scope="module")
-def models(tiny):
-    return load_models(tiny, faceid=True)
-
-
-@pytest.fixture(scope="module")
-def hopper_identity(grace_hopper, face_analysis):
-    return embed_identity([grace_hopper], face_analysis=face_analysis)
+from test_faceid import hopper_identity, models, tiny  # noqa: E402,F401  (the tiny SD 1.5 set's fixtures)
 
 
 def _request(**kw) -> SceneRequest:

@@ -161,3 +161,11 @@ def progress_bar(enabled: bool = True, show_loss: bool = False) -> Iterator[Bar]
     progress = Progress(*columns, console=Console(stderr=True), transient=False)
     with progress:
         yield Bar(progress)
+
+
+def report_scan(errors: list[dict], found: list, what: str, dirs) -> None:
+    """After a pack list: each broken pack on stderr, and a line when nothing was found."""
+    for e in errors:
+        click.secho(f"broken: {e['directory']}: {e['error']}", fg="yellow", err=True)
+    if not found:
+        click.echo(f"no {what} found in {', '.join(str(d) for d in dirs)}")

@@ -9,7 +9,7 @@ import click
 from ..engines import RETOUCH_ENGINES
 from ..generate.text_to_image import SAMPLERS
 from ..jobs.configs import IDENTITY_ENGINES, CreateConfig
-from .common import dtype_option, handle_errors, json_option, print_json, progress_bar, ranged
+from .common import dtype_option, handle_errors, json_option, print_json, progress_bar, ranged, report_scan
 from .licence_opt import licence_option
 
 
@@ -49,10 +49,7 @@ def register(group: click.Group) -> None:
             pose = s.pose.control if s.pose else "-"
             click.echo(f"{s.name:<18} {s.aspect[0]}:{s.aspect[1]:<4} {pose:<9} {s.licence.split(':')[0] or 'unrecorded':<9} "
                        f"{' '.join(s.tags)}{note}")
-        for e in errors:
-            click.secho(f"broken: {e['directory']}: {e['error']}", fg="yellow", err=True)
-        if not found:
-            click.echo(f"no styles found in {', '.join(str(d) for d in style_dirs())}")
+        report_scan(errors, found, "styles", style_dirs())
 
     @styles.command("show")
     @click.argument("name")

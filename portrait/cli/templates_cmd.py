@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import handle_errors, json_option, print_json
+from .common import handle_errors, json_option, print_json, report_scan
 
 
 def _slots(t) -> list[dict]:
@@ -110,10 +110,7 @@ def register(group: click.Group) -> None:
             yaw = "" if "yaw" not in m else f"{m['yaw']:.0f}"
             click.echo(f"{t.name:<20} {','.join(map(str, t.faces)):<6} {m.get('skin_tone', ''):>4} {yaw:>4}  "
                        f"{t.licence.split(':')[0] or 'unrecorded':<14} {' '.join(t.tags)}{note}")
-        for e in errors:
-            click.secho(f"broken: {e['directory']}: {e['error']}", fg="yellow", err=True)
-        if not found:
-            click.echo(f"no templates found in {', '.join(str(d) for d in template_dirs())}")
+        report_scan(errors, found, "templates", template_dirs())
 
     @templates.command("show")
     @click.argument("name")

@@ -271,32 +271,42 @@ def is_sdxl(pipe) -> bool:
     return "text_encoder_2" in pipe.components
 
 
-def text2img_pipeline(base, controlnets: list | tuple = (), *, own: bool = False):
-    """The text-to-image pipeline: the base itself (load_base returns text2img pipelines), or with
-    ControlNets (one as is, several as a MultiControlNetModel) a (SDXL) ControlNet pipeline on the base's
-    modules. `own=True` gives a pipeline object of its own even without ControlNets (same modules), whose
-    scheduler a caller may swap without touching the base's. Cached on the base like inpaint_pipeline."""
-    from diffusers import (MultiControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline,
-                           StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline)
+def _derived(base, kind: str, controlnets: list, plain: tuple, with_net: tuple):
+    """A pipeline of `kind` built on the base's modules (no weights reloaded), cached on the base by the
+    ControlNets' identities: `plain` (SD, SDXL) classes without ControlNets, `with_net` with them (one
+    net as is, several as a MultiControlNetModel)."""
+    from diffusers import MultiControlNetModel
 
-    controlnets = list(controlnets)
-    if not controlnets and not own:
-        return base
     derived = base.__dict__.setdefault("_portrait_derived", {})
-    key = ("text2img", tuple(id(c) for c in controlnets))
+    key = (kind, tuple(id(c) for c in controlnets))
     if key in derived:
         return derived[key][0]
-    xl = is_sdxl(base)
+    xl = int(is_sdxl(base))
+    # from_pipe casts every shared module to its dtype argument, float32 by default: pass the base's own, or
+    # an fp16 / bf16 base (--dtype, or any GPU) silently becomes float32 on its first call.
     keep = _dtype_kw(base.unet.dtype)
     if not controlnets:
-        pipe = (StableDiffusionXLPipeline if xl else StableDiffusionPipeline).from_pipe(base, **keep)
+        pipe = plain[xl].from_pipe(base, **keep)
     else:
         net = controlnets[0] if len(controlnets) == 1 else MultiControlNetModel(controlnets)
-        cls = StableDiffusionXLControlNetPipeline if xl else StableDiffusionControlNetPipeline
-        pipe = cls.from_pipe(base, controlnet=net, **keep)
+        pipe = with_net[xl].from_pipe(base, controlnet=net, **keep)
     pipe.set_progress_bar_config(disable=True)
-    derived[key] = (pipe, controlnets)
+    derived[key] = (pipe, controlnets)  # keep the nets alive so their ids stay unique
     return pipe
+
+
+def text2img_pipeline(base, controlnets: list | tuple = (), *, own: bool = False):
+    """The text-to-image pipeline: the base itself (load_base returns text2img pipelines), or with
+    ControlNets a (SDXL) ControlNet pipeline on the base's modules. `own=True` gives a pipeline object of
+    its own even without ControlNets (same modules), whose scheduler a caller may swap without touching
+    the base's."""
+    from diffusers import (StableDiffusionControlNetPipeline, StableDiffusionPipeline,
+                           StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline)
+
+    if not controlnets and not own:
+        return base
+    return _derived(base, "text2img", list(controlnets), (StableDiffusionPipeline, StableDiffusionXLPipeline),
+                    (StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline))
 
 
 def inpaint_pipeline(base, controlnets: list | tuple = ()):
@@ -305,27 +315,11 @@ def inpaint_pipeline(base, controlnets: list | tuple = ()):
     One ControlNet is passed as is; several as a MultiControlNetModel; none gives the plain inpaint
     pipeline. Derived pipelines are cached on the base, keyed by the ControlNets' identities.
     """
-    from diffusers import (MultiControlNetModel, StableDiffusionControlNetInpaintPipeline, StableDiffusionInpaintPipeline,
+    from diffusers import (StableDiffusionControlNetInpaintPipeline, StableDiffusionInpaintPipeline,
                            StableDiffusionXLControlNetInpaintPipeline, StableDiffusionXLInpaintPipeline)
 
-    controlnets = list(controlnets)
-    derived = base.__dict__.setdefault("_portrait_derived", {})
-    key = ("inpaint", tuple(id(c) for c in controlnets))
-    if key in derived:
-        return derived[key][0]
-    xl = is_sdxl(base)
-    # from_pipe casts every shared module to its dtype argument, float32 by default: pass the base's own, or
-    # an fp16 / bf16 base (--dtype, or any GPU) silently becomes float32 on its first inpaint.
-    keep = _dtype_kw(base.unet.dtype)
-    if not controlnets:
-        pipe = (StableDiffusionXLInpaintPipeline if xl else StableDiffusionInpaintPipeline).from_pipe(base, **keep)
-    else:
-        net = controlnets[0] if len(controlnets) == 1 else MultiControlNetModel(controlnets)
-        cls = StableDiffusionXLControlNetInpaintPipeline if xl else StableDiffusionControlNetInpaintPipeline
-        pipe = cls.from_pipe(base, controlnet=net, **keep)
-    pipe.set_progress_bar_config(disable=True)
-    derived[key] = (pipe, controlnets)  # keep the nets alive so their ids stay unique
-    return pipe
+    return _derived(base, "inpaint", list(controlnets), (StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline),
+                    (StableDiffusionControlNetInpaintPipeline, StableDiffusionXLControlNetInpaintPipeline))
 
 
 # -- LoRAs -------------------------------------------------------------------------------------------
