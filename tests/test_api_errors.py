@@ -301,7 +301,7 @@ def test_an_idempotency_key_reused_for_another_request_is_422(app):
 
 def test_deleting_an_identity_forgets_its_idempotency_records(app):
     """Its name, file names and sizes do not stay in the idempotency table, and a retried create after the
-    delete makes a new identity instead of replaying the dead id (issue 15 item 5)."""
+    delete makes a new identity instead of replaying the dead id."""
     a = Tenant(app, "a")
     h = {**a.h, "Idempotency-Key": "create-ana"}
     iid = a.c.post("/api/v1/identities", json={"name": "ana-secret-name"}, headers=h).get_json()["id"]
@@ -369,7 +369,7 @@ def test_behind_a_proxy_urls_use_the_public_scheme_and_host(tmp_path):
 
 
 def test_a_relative_data_dir_serves_every_thumbnail(tmp_path, monkeypatch):
-    """The README's `portrait serve --data-dir data` is relative: thumbnails must not 500 (issue 15 item 3)."""
+    """The README's `portrait serve --data-dir data` is relative: thumbnails must not 500."""
     monkeypatch.chdir(tmp_path)
     app = make_app("data")
     h = auth(new_key(app, "a"))
@@ -423,7 +423,7 @@ def _visitor_job(app) -> tuple[int, dict]:
 
 def test_no_tenant_and_not_the_open_form_can_fill_the_queue_for_the_others(tmp_path):
     """Per-tenant and all-visitors caps under the global one: 429 `queue_full` says which cap was hit, and
-    the other tenants keep submitting (issue 15 item 2)."""
+    the other tenants keep submitting."""
     app = make_app(tmp_path / "data", WTF_CSRF_ENABLED=False, max_queued_per_tenant=2, max_queued_web=2,
                    max_queue_size=6)
     a, b = Tenant(app, "a"), Tenant(app, "b")
@@ -448,7 +448,7 @@ def test_no_tenant_and_not_the_open_form_can_fill_the_queue_for_the_others(tmp_p
 
 def test_concurrent_retries_with_one_key_have_one_effect(tmp_path):
     """Ten parallel uploads of one photo with one Idempotency-Key, over a real socket: one photo is stored,
-    and every request gets the same answer (issue 15 item 5)."""
+    and every request gets the same answer."""
     import http.client
     import threading
 
@@ -500,7 +500,7 @@ def test_a_failed_request_does_not_keep_its_key(app):
 def test_a_large_png_is_checked_from_its_header_and_checksums_not_decoded(tmp_path):
     """A 4200 x 4000 PNG (17 MP, 50 MB decoded) is accepted with its size, read from its header and its
     chunk checksums; the same file with one byte of its pixel data changed is refused as unreadable
-    (issue 15 item 6: server memory stays flat under parallel uploads; bench/service.py measures it)."""
+   ."""
     from server.service import identities
 
     app = make_app(tmp_path / "data")

@@ -1,5 +1,5 @@
 """`GET /api/v1/templates` with tags, provenance and `?tag=` filters, and `templates: ["auto:N"]` checked
-at submit (issue 19 items 3 and 4), through the real app."""
+at submit, through the real app."""
 
 from __future__ import annotations
 

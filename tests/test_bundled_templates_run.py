@@ -1,6 +1,6 @@
 """Every bundled template, run with the sample user, measured from the written PNG with the dlib
 descriptor called directly (5-point alignment, not the pipeline's own numbers): the face in every
-painted slot, and the largest face, is the sample user's (issue 7, "Must be tested"), on every bundled pack (issue 19 item 5): not the template's person (>= 0.6)."""
+painted slot, and the largest face, is the sample user's, on every bundled pack: not the template's person (>= 0.6)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from portrait.samples import write_sample_photos
 from portrait.templates import bundled_dir, list_templates, load_template
 
 ORIGINAL = ("astronaut-wide", "classic-bw", "duo", "navy-formal", "studio-grey", "warm-studio")
-BUNDLED = tuple(t.name for t in list_templates([bundled_dir()]))  # every pack the wheel ships (issue 19 item 5)
-USER_BAR = 0.45  # issue 19: every output within this of the user on the dlib meter
-OTHER_PERSON = 0.6  # issue 19: the template's own person stays at least this far from the output
+BUNDLED = tuple(t.name for t in list_templates([bundled_dir()]))  # every pack the wheel ships
+USER_BAR = 0.45  # every output within this of the user on the dlib meter
+OTHER_PERSON = 0.6  # the template's own person stays at least this far from the output
 
 
 @pytest.fixture(scope="module")

@@ -79,7 +79,7 @@ def test_run_json_is_result_json(small_dir, tmp_path):
 
 
 def test_bad_templates_stop_the_run_before_any_photo_is_read(small_dir, bad_templates, tmp_path):
-    """Every template is checked first (issue 8): each bad one is named with its reason, the available
+    """Every template is checked first: each bad one is named with its reason, the available
     ones are listed, exit 2, and no photo was preprocessed."""
     out = tmp_path / "out"
     r = invoke("run", small_dir, "--template", bad_templates["noface"], "--template", "navy-formal",

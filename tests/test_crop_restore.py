@@ -1,5 +1,4 @@
-"""Training crops of small faces are restored through the upscale stage's engine, not just resized
-(issue 7 item 8)."""
+"""Training crops of small faces are restored through the upscale stage's engine, not just resized."""
 
 from __future__ import annotations
 

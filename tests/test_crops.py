@@ -82,7 +82,7 @@ def test_grabcut_background_to_white(astronaut, face_analysis):
 
 @pytest.mark.parametrize("name", ["dark-studio", "hall-office", "flag-elder-suit", "navy-formal"])
 def test_selfie_segmentation_keeps_hair_and_drops_the_backdrop(name, face_analysis68):
-    """Issue 17 item 4, on real portraits: curly dark hair on a dark backdrop (dark-studio), long hair on
+    """On real portraits: curly dark hair on a dark backdrop (dark-studio), long hair on
     a light hall, short hair before flags, a cap on a flag: the hair above the brows stays, the top
     corners go white; GrabCut, the fallback, is measured beside it."""
     from portrait.templates import load_template

@@ -1,4 +1,4 @@
-"""One device per job (issue 16 item 1): resolved once, handed to every model-backed stage, recorded per
+"""One device per job: resolved once, handed to every model-backed stage, recorded per
 stage in result.json; a GPU that is asked for and not there is a clear error, not a silent CPU run."""
 
 from __future__ import annotations

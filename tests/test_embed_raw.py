@@ -1,5 +1,5 @@
 """`portrait embed` on a raw photo folder runs the same intake and selection as preprocess first and
-never averages a stranger in (issue 7 item 7)."""
+never averages a stranger in."""
 
 from __future__ import annotations
 

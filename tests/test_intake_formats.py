@@ -1,6 +1,5 @@
-"""Every file a user could take for a photo gets a verdict (issue 7 item 4); limits are stated in one
-unit with the actual and allowed numbers (issue 8 item 10); an empty folder has its own code
-(issue 8 item 13)."""
+"""Every file a user could take for a photo gets a verdict; limits are stated in one
+unit with the actual and allowed numbers; an empty folder has its own code."""
 
 from __future__ import annotations
 

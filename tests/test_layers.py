@@ -72,7 +72,7 @@ def test_the_web_form_importing_the_api_breaks_the_server_layers(tmp_path):
 def test_a_back_edge_breaks_the_contract(tmp_path):
     _copy_tree(tmp_path)
     identity = tmp_path / "portrait" / "identity" / "lora_select.py"
-    # The back-edge issue 9 removed: identity importing the generation stage (lazily, inside a function).
+    # A back-edge once removed: identity importing the generation stage (lazily, inside a function).
     identity.write_text(identity.read_text() + "\n\ndef _back_edge():\n"
                         "    from ..generate.template_jobs import template_validator\n\n"
                         "    return template_validator\n")

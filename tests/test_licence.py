@@ -70,7 +70,7 @@ def test_commercial_run_on_dlib_5pt_makes_portraits(photos, tmp_path):
 @pytest.mark.slow
 def test_the_default_landmarks_follow_the_policy(photos, tmp_path):
     # No --landmarks: under the commercial policy MediaPipe's mesh (Apache-2.0), else dlib's 5 points; the
-    # photos are judged on the same ones (issue 17, "Done when").
+    # photos are judged on the same ones.
     for policy, engine in ((["--licence", "commercial"], "mediapipe"), ([], "dlib5")):
         out = tmp_path / ("c" if policy else "a")
         r = invoke("run", photos, "--out", out, *policy, *QUICK)

@@ -1,4 +1,4 @@
-"""`--landmarks mediapipe` (issue 17 items 1, 2, 6): the shipped Face Mesh on real photos, against
+"""`--landmarks mediapipe`: the shipped Face Mesh on real photos, against
 dlib's 68 points; the pose ladder (mirror, known rotations); the descriptor aligned on the mesh still
 tells people apart; a commercial configuration loads no dlib landmark model."""
 

@@ -196,7 +196,7 @@ def test_face_analysis_with_arcface_end_to_end(tiny, astronaut, monkeypatch):
 
 def test_an_arcface_embedder_detects_with_scrfd_unless_told_otherwise():
     """ArcFace aligns on SCRFD's own five keypoints (insightface, InstantX's infer.py, FaceID), never on points
-    fitted from dlib's eyes and nose base (issue 16 item 2): `auto`, the default, picks SCRFD for it."""
+    fitted from dlib's eyes and nose base: `auto`, the default, picks SCRFD for it."""
     from portrait.jobs import EmbedConfig
 
     assert FaceConfig(embedder="arcface").detector == "scrfd"

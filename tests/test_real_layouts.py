@@ -2,7 +2,7 @@
 real file takes: `portrait models convert`, the manifest, diffusers' loaders and the two-pass recipe.
 
 FaceID's own LoRA, FaceID-PlusV2, InstantID's raw embedding and its recogniser, an A1111 ControlNet .pth and a
-kohya style LoRA (issue 11)."""
+kohya style LoRA."""
 
 from __future__ import annotations
 

@@ -160,7 +160,7 @@ def test_sdxl_identity_engine_follows_the_recogniser(tiny_sdxl_dir, tmp_path):
     m = Manifest(tiny_sdxl_dir, cfg)
     engine, why = choose_identity(m, "sdxl", None, "dlib-resnet")
     assert engine == "faceid" and "InstantID not used" in why and "--embedder arcface-antelopev2" in why
-    # On SD 1.5 that SDXL-wide adapter cannot run, so auto does not pick it (issue 8).
+    # On SD 1.5 that SDXL-wide adapter cannot run, so auto does not pick it.
     engine, why = choose_identity(m, "sd15", None, "dlib-resnet")
     assert engine is None and "tokens" in why, why
 

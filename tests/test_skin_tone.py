@@ -1,4 +1,4 @@
-"""The skin-tone measure that describes templates and picks them for a user (issue 19 item 2), on real
+"""The skin-tone measure that describes templates and picks them for a user, on real
 portraits from the bundled packs."""
 
 from __future__ import annotations

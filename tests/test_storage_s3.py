@@ -254,7 +254,7 @@ def test_the_service_end_to_end_on_the_object_store(endpoint, bucket, tmp_path, 
     assert keys(endpoint, bucket, f"portrait/tenants/{t['id']}/") == []
     assert not (tmp_path / "web" / "cache" / "tenants" / t["id"] / "jobs" / job["id"]).exists()
     # The worker's machine still had the photos and the portraits cached: its next maintenance drops them,
-    # not the 24 h prune (issue 15 item 6).
+    # not the 24 h prune.
     worker_cache = tmp_path / "worker" / "cache" / "tenants" / t["id"]
     assert worker_copy.exists()
     wsvc = Service(wsettings)

@@ -1,4 +1,4 @@
-"""`--template auto[:N]` (issue 19 item 3): the templates that suit this user, chosen from the bundled
+"""`--template auto[:N]`: the templates that suit this user, chosen from the bundled
 packs' measured yaw and skin tone, with the reasons in result.json; bad specs refused before any photo
 is read."""
 

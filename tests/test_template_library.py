@@ -1,4 +1,4 @@
-"""The bundled template library (issue 19 items 1-2): enough packs of enough different people, each with
+"""The bundled template library: enough packs of enough different people, each with
 its provenance, tags and measured skin tone and yaw, read the way a user reads them
 (`portrait templates list --json`), and the faces told apart by the dlib meter called directly."""
 

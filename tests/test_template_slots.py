@@ -1,5 +1,5 @@
-"""Template face slots are the faces a person would point at (issue 7 item 1), and `templates add` is
-atomic and never silently hides a bundled template (issue 8 item 6)."""
+"""Template face slots are the faces a person would point at, and `templates add` is
+atomic and never silently hides a bundled template."""
 
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def test_add_prints_slots_writes_preview_and_names_an_ambiguous_choice(user_temp
 
 
 def test_failed_add_leaves_nothing_behind(user_templates, grace_hopper_path):
-    """Issue 8 item 6: `--face 5` on a one-face photo exits 2 and leaves no folder for list/show/add to find."""
+    """`--face 5` on a one-face photo exits 2 and leaves no folder for list/show/add to find."""
     from portrait.cli import cli
 
     runner = CliRunner()

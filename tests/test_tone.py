@@ -1,4 +1,4 @@
-"""One person's skin in one light (post/tone.py, issue 17 item 5), on real bundled portraits: a dark-skinned
+"""One person's skin in one light (post/tone.py), on real bundled portraits: a dark-skinned
 user's face keeps its tone on a light-skinned template, and the template's neck and ears take it too; the
 backdrop, the white shirt and a black-and-white template's pixels are left alone; the multi-band blend
 never touches a pixel outside its mask; the mesh's masks reach the forehead and hold the features."""

@@ -168,7 +168,7 @@ def test_without_javascript_the_status_page_refreshes_to_the_gallery(served, bro
 
 @pytest.mark.slow
 def test_gallery_filters_by_tag_and_suggest_for_me_runs_without_javascript(served, browser, samples, tmp_path):
-    """Issue 19 item 4: tag links narrow the gallery (plain links: no JavaScript needed), and "Suggest
+    """Tag links narrow the gallery (plain links: no JavaScript needed), and "Suggest
     for me" sends auto:3, which renders the three templates chosen for these photos."""
     from portrait.templates import list_templates
 
@@ -240,7 +240,7 @@ def test_cancel_from_the_status_page(tmp_path, browser, samples):
 @pytest.mark.slow
 def test_a_job_with_too_few_photos_says_how_many_to_add_and_retries_with_them(tmp_path, browser, samples):
     """The failure page names no code or server path, says how many photos to add, keeps the good ones and
-    runs the same template again with the added ones (issue 15 item 4), without JavaScript."""
+    runs the same template again with the added ones, without JavaScript."""
     from server.worker import Worker
 
     app = make_app(tmp_path / "data", web_refresh_seconds=30)

@@ -1,4 +1,4 @@
-"""The CLI's contracts as a new user meets them (issue 8): each test reproduces one defect a user hit
+"""The CLI's contracts as a new user meets them: each test reproduces one defect a user hit
 following the README, through the real `portrait` command."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The test suite passes on any machine (issue 8, item 1): a user's own models folder, templates and
+"""The test suite passes on any machine: a user's own models folder, templates and
 device setting must not change a test's result. Here a few tests that touch all three run in a fresh
 pytest process whose environment is hostile: a broken models.toml, a broken user template shadowing a
 bundled one, and a device that does not exist."""

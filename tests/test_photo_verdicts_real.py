@@ -1,4 +1,4 @@
-"""Issue 7 items 3, 5 and 6 on real photos: duplicates judged by the face whatever the framing, blur
+"""On real photos: duplicates judged by the face whatever the framing, blur
 and pose judged with thresholds measured on real photos, sideways photos turned upright, training
 crops without mirrored ghosts."""
 
