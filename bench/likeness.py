@@ -7,7 +7,7 @@
    distance of each painted slot's face and of the largest face to the user, and to the template's
    own person in that slot (same person below 0.6); and a second meter that shares nothing with
    dlib: the face's geometry from MediaPipe's mesh, the Procrustes shape distance (% of face size) to
-   the user's photos and to the template's person (tests/helpers_meter.py: the same person's photos
+   the user's photos and to the template's person (portrait/faces/meters.py: the same person's photos
    read 0.1-1.3, different people 4.6-9.9; a mirrored photo reads as another shape).
 2. The blur and tilt ladder: sharp originals, Gaussian blur at three strengths, tilts of 15/30/45°, a
    photo turned by 90° without EXIF; each photo's verdict, sharpness and roll.
@@ -27,9 +27,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the shared likeness meter
 
-from helpers_meter import DlibMeter, MeshMeter, shape_distance  # noqa: E402
+from portrait.faces.meters import DlibMeter, MeshMeter, shape_distance  # noqa: E402
 from portrait.faces.base import iou  # noqa: E402
 from portrait.imageio import load_rgb, save_image  # noqa: E402
 from portrait.pipeline import PortraitPipeline, RunConfig  # noqa: E402

@@ -11,7 +11,7 @@ out) by `portrait.post.fusion.fuse` with MediaPipe's mesh, twice:
 Each output is measured:
 - seam ΔE: the colour step from the painted face's border ring to the skin just outside it, less the
   template's own step there (portrait.post.seam; lower is better, under ~3 no one sees an edge);
-- likeness: dlib distance of the output's face to the user's photo (tests/helpers_meter.py; lower is
+- likeness: dlib distance of the output's face to the user's photo (portrait/faces/meters.py; lower is
   better, same person below 0.6);
 - tone shift: |ITA of the painted face's skin - ITA of the user's own| in degrees (colour templates only;
   lower keeps the user's skin tone);
@@ -35,10 +35,9 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from helpers_meter import DlibMeter  # noqa: E402
+from portrait.faces.meters import DlibMeter  # noqa: E402
 from template_choice import people  # noqa: E402
 from portrait.faces import FaceConfig, get_face_analysis  # noqa: E402
 from portrait.faces.base import iou  # noqa: E402

@@ -6,7 +6,7 @@ For each test person, `portrait run` once with `--template auto:N` and `--draws`
 templates drawn at random (seeded) from the same pool (the single-face bundled packs, less any pack of
 that person). Each output is measured from the written PNG:
 - likeness: dlib distance of the largest face to the user's photos (the independent meter of
-  tests/helpers_meter.py; same person below 0.6, lower is better);
+  portrait/faces/meters.py; same person below 0.6, lower is better);
 - seam: delta E between the painted face's border ring and the template's skin just outside it
   (portrait.post.seam; lower is better);
 - tone shift: how far the painted face's skin ITA is from the user's own (degrees; lower keeps the
@@ -35,9 +35,8 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # the shared likeness meter
 
-from helpers_meter import DlibMeter  # noqa: E402
+from portrait.faces.meters import DlibMeter  # noqa: E402
 from portrait.faces.base import iou  # noqa: E402
 from portrait.imageio import load_rgb, save_image  # noqa: E402
 from portrait.pipeline import PortraitPipeline, RunConfig  # noqa: E402

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_meter import SAME_PERSON, DlibMeter
+from portrait.faces.meters import SAME_PERSON, DlibMeter
 
 from portrait.faces.base import iou
 from portrait.imageio import load_rgb

@@ -90,13 +90,13 @@ def test_a_mesh_configuration_loads_no_dlib_landmark_model(mesh_fa):
 
 
 def test_the_mesh_shape_meter_tells_people_apart():
-    """The second likeness meter (tests/helpers_meter.py, used by bench/likeness.py): photos of one person
+    """The second likeness meter (portrait/faces/meters.py, used by bench/likeness.py): photos of one person
     in other light and framing keep their face's geometry; different people's geometry differs."""
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    from helpers_meter import MeshMeter, shape_distance
+    from portrait.faces.meters import MeshMeter, shape_distance
     from template_choice import _variants
 
     from portrait.imageio import load_rgb

@@ -8,7 +8,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from helpers_meter import SAME_PERSON, DlibMeter
+from portrait.faces.meters import SAME_PERSON, DlibMeter
 
 from portrait.cli import cli
 from portrait.imageio import load_rgb

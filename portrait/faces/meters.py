@@ -1,5 +1,6 @@
-"""An independent likeness meter for the bundled-template test and bench/likeness.py: dlib's HOG detector,
-its 5-point predictor and ResNet descriptor, called directly (not through portrait's face stack)."""
+"""Independent likeness meters for the tests and the benches (bench/likeness.py, seams.py,
+template_choice.py): dlib's HOG detector, its 5-point predictor and ResNet descriptor called directly (not
+through portrait's face stack), and the face's mesh geometry (MediaPipe, shipped)."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ class MeshMeter:
     MediaPipe's mesh (shipped), compared by `shape_distance`."""
 
     def __init__(self):
-        from portrait.faces import FaceConfig, get_face_analysis
+        from .analysis import FaceConfig, get_face_analysis
 
         self.fa = get_face_analysis(FaceConfig(landmarks="mediapipe"))
 
