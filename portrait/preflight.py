@@ -88,7 +88,7 @@ def resolve_templates(refs: Iterable[str | Path | Template], face_analysis=None)
     return found
 
 
-def template_slots(templates: Sequence[Template]) -> dict[str, tuple[int, ...]]:
+def replaced_slots(templates: Sequence[Template]) -> dict[str, tuple[int, ...]]:
     """name → the face slots each template replaces."""
     return {t.name: tuple(t.faces) for t in templates}
 
@@ -98,7 +98,7 @@ def check_slots(others: Mapping[int, object] | None, templates: Sequence[Templat
     their photos are not preprocessed for nothing."""
     if not others:
         return
-    slots = template_slots(templates)
+    slots = replaced_slots(templates)
     every = {s for v in slots.values() for s in v}
     for n in sorted(others):
         if n not in every:

@@ -1,5 +1,4 @@
-"""`portrait generate` (identity painted into templates by two-pass ControlNet inpainting) and
-`portrait embed` (train-free identity: a face embedding for IP-Adapter FaceID)."""
+"""`portrait generate`: an identity painted into templates by two-pass ControlNet inpainting."""
 
 from __future__ import annotations
 
@@ -7,12 +6,9 @@ from pathlib import Path
 
 import click
 
-from ..faces.analysis import DETECTORS, EMBEDDERS
 from ..jobs.configs import GenerateConfig
 from .common import dtype_option, handle_errors, json_option, print_json, progress_bar, ranged
 from .licence_opt import licence_option
-
-EMBEDDING_NAME = "identity_embedding.safetensors"
 
 
 def register(group: click.Group) -> None:
@@ -51,33 +47,3 @@ def register(group: click.Group) -> None:
         else:
             for w in result.outputs:
                 click.echo(f"{w['template']}: {w['file']}")
-
-    if "embed" in group.commands:  # the identity module may own it
-        return
-
-    @group.command("embed")
-    @click.argument("trainset", type=click.Path(exists=True, file_okay=False))
-    @click.option("--out", "out_file", default=None, type=click.Path(dir_okay=False),
-                  help=f"Output file (default: TRAINSET/{EMBEDDING_NAME}).")
-    @click.option("--embedder", type=click.Choice(EMBEDDERS),
-                  default="dlib-resnet", show_default=True,
-                  help="Face engine: IP-Adapter FaceID and inswapper need arcface-buffalo (alias arcface), "
-                       "InstantID arcface-antelopev2.")
-    @click.option("--detector", type=click.Choice(("auto",) + DETECTORS), default="auto", show_default=True,
-                  help="auto: scrfd with an ArcFace embedder (ArcFace aligns on SCRFD's own five keypoints, as "
-                       "insightface, InstantID and FaceID do), else dlib-hog.")
-    @json_option
-    @licence_option
-    @handle_errors
-    def embed(trainset, out_file, embedder, detector, as_json):
-        """Train-free identity: the mean face embedding of a training set, for IP-Adapter FaceID."""
-        from .. import jobs
-
-        out = Path(out_file) if out_file else Path(trainset) / EMBEDDING_NAME
-        config = jobs.EmbedConfig(embedder=embedder, detector=detector, file_name=out.name)
-        with progress_bar(not as_json) as bar:
-            result = jobs.embed(Path(trainset), out.parent, config, progress=bar)
-        if as_json:
-            print_json(result.to_dict())
-        else:
-            click.echo(f"{result.file}: {result.dim}-d {result.engine} embedding of {result.photos} photo(s)")

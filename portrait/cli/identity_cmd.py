@@ -1,4 +1,5 @@
-"""`portrait train`: an identity LoRA from a preprocess output (the `embed` command lives in generate_cmd)."""
+"""`portrait train` (an identity LoRA from a preprocess output) and `portrait embed` (the train-free identity:
+the mean face embedding for IP-Adapter FaceID / InstantID)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from ..jobs.configs import TrainConfig
+from ..faces.analysis import DETECTORS, EMBEDDERS
+from ..jobs.configs import EMBEDDING_NAME, TrainConfig
 from .common import EXIT_OK, handle_errors, json_option, print_json, progress_bar, ranged
 from .licence_opt import licence_option
 
@@ -71,3 +73,30 @@ def register(group: click.Group) -> None:
             if summary["reference"]:
                 click.echo(f"reference:     {summary['reference']} (used by `portrait generate --identity`)")
         sys.exit(EXIT_OK)
+
+    @group.command("embed")
+    @click.argument("trainset", type=click.Path(exists=True, file_okay=False))
+    @click.option("--out", "out_file", default=None, type=click.Path(dir_okay=False),
+                  help=f"Output file (default: TRAINSET/{EMBEDDING_NAME}).")
+    @click.option("--embedder", type=click.Choice(EMBEDDERS),
+                  default="dlib-resnet", show_default=True,
+                  help="Face engine: IP-Adapter FaceID and inswapper need arcface-buffalo (alias arcface), "
+                       "InstantID arcface-antelopev2.")
+    @click.option("--detector", type=click.Choice(("auto",) + DETECTORS), default="auto", show_default=True,
+                  help="auto: scrfd with an ArcFace embedder (ArcFace aligns on SCRFD's own five keypoints, as "
+                       "insightface, InstantID and FaceID do), else dlib-hog.")
+    @json_option
+    @licence_option
+    @handle_errors
+    def embed(trainset, out_file, embedder, detector, as_json):
+        """Train-free identity: the mean face embedding of a training set, for IP-Adapter FaceID."""
+        from .. import jobs
+
+        out = Path(out_file) if out_file else Path(trainset) / EMBEDDING_NAME
+        config = jobs.EmbedConfig(embedder=embedder, detector=detector, file_name=out.name)
+        with progress_bar(not as_json) as bar:
+            result = jobs.embed(Path(trainset), out.parent, config, progress=bar)
+        if as_json:
+            print_json(result.to_dict())
+        else:
+            click.echo(f"{result.file}: {result.dim}-d {result.engine} embedding of {result.photos} photo(s)")

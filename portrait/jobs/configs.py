@@ -13,12 +13,13 @@ from ..faces.analysis import DETECTORS, EMBEDDERS
 from ..identity.reference import REFERENCE_NAME
 from ..models.device import check_dtype_name
 from ..engines import RETOUCH_ENGINES, UPSCALE_ENGINES
+from ..generate.template_inpaint import IDENTITY_ENGINES as PAINTING_ENGINES
 from ..generate.text_to_image import SAMPLERS
 from ..pipeline import RunConfig
 from ..settings import check_choice, check_limits, from_dict
 
 EMBEDDING_NAME = "identity_embedding.safetensors"
-IDENTITY_ENGINES = ("auto", "faceid", "instantid")
+IDENTITY_ENGINES = ("auto",) + PAINTING_ENGINES  # how a face embedding is painted; auto: by the base
 
 __all__ = ["REFERENCE_NAME", "CreateConfig", "EmbedConfig", "GenerateConfig", "PreprocessConfig", "RunConfig", "TrainConfig"]
 

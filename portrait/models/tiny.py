@@ -148,7 +148,7 @@ def build_tiny_sdxl(out_dir: str | Path, seed: int = 0) -> Path:
 
 
 # -- original (LDM / A1111) single-file layout -------------------------------------------------------
-def _unet_to_ldm(sd: dict, config: dict) -> dict:
+def unet_to_ldm(sd: dict, config: dict) -> dict:
     """diffusers UNet2DConditionModel keys → original `model.diffusion_model.*` keys (inverse of
     diffusers' convert_ldm_unet_checkpoint)."""
     lpb = config["layers_per_block"]
@@ -294,7 +294,7 @@ def save_single_file(pipe_dir: str | Path, out_file: str | Path) -> Path:
     unet_sd, unet_cfg = component("unet")
     vae_sd, vae_cfg = component("vae")
     te_sd, _ = component("text_encoder")
-    state = _unet_to_ldm(unet_sd, unet_cfg)
+    state = unet_to_ldm(unet_sd, unet_cfg)
     state.update(_vae_to_ldm(vae_sd, vae_cfg))
     if arch == "sdxl":
         state.update(_clip_to_ldm(te_sd, "conditioner.embedders.0.transformer."))

@@ -155,7 +155,7 @@ def _controlnet_to_ldm(sd: dict, config: dict) -> dict:
     """diffusers ControlNetModel keys -> the original ControlNet keys (inverse of diffusers'
     convert_controlnet_checkpoint): the UNet encoder as in SD, input_hint_block.{0, 2, ..., 14} for the
     conditioning embedding, zero_convs.{i}.0 and middle_block_out.0 for the zero convolutions."""
-    from .tiny import _unet_to_ldm
+    from .tiny import unet_to_ldm
 
     out, rest = {}, {}
     n_blocks = len(config.get("conditioning_embedding_out_channels", (16, 32, 96, 256)))
@@ -177,7 +177,7 @@ def _controlnet_to_ldm(sd: dict, config: dict) -> dict:
         else:
             rest[key] = value
     unet_like = {**config, "up_block_types": config.get("up_block_types") or ["UpBlock2D"] * len(config["block_out_channels"])}
-    for key, value in _unet_to_ldm(rest, unet_like).items():
+    for key, value in unet_to_ldm(rest, unet_like).items():
         out[key[len("model.diffusion_model."):]] = value
     return out
 
