@@ -51,3 +51,12 @@ def user_folder(variable: str, kind: str) -> Path:
     if env:
         return Path(env).expanduser()
     return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "portrait" / kind
+
+
+TRAIN_DIR = "train"  # a preprocess output's training crops (preprocess.dataset writes it)
+
+
+def train_folder(root: str | Path) -> Path:
+    """The folder holding a training set's crops: ROOT/train for a preprocess output, else ROOT itself."""
+    root = Path(root)
+    return root / TRAIN_DIR if (root / TRAIN_DIR).is_dir() else root

@@ -17,11 +17,12 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from portrait.paths import TRAIN_DIR
+
 from .config import REASONS, PreprocessConfig
 from .types import PhotoResult
 
 REPORT_NAME = "report.json"
-TRAIN_DIR = "train"
 METADATA_NAME = "metadata.jsonl"
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import ConfigError, NotEnoughPhotosError
 from ..progress import ProgressCallback, check_cancel, report
+from ..paths import train_folder
 
 FORMAT = "portrait.face_identity"
 FORMAT_VERSION = "1"
@@ -102,7 +103,7 @@ def trainset_images(folder: Path) -> list[Path]:
     """The images of a training set: DIR/train's crops for a preprocess output, else the folder's."""
     from ..imageio import image_files
 
-    return image_files(folder / "train" if (folder / "train").is_dir() else folder)
+    return image_files(train_folder(folder))
 
 
 def embed_identity(source: str | Path | Sequence[np.ndarray | str | Path], face_config=None, *,

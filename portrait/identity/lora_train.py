@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import ConfigError, PortraitError
 from ..models.device import dtype_name
 from ..progress import ProgressCallback, check_cancel, report
+from ..paths import train_folder
 from . import lora_select
 from .reference import trainset_reference, write_reference
 
@@ -83,7 +84,7 @@ class TrainResult:
 def read_trainset(trainset: str | Path) -> tuple[list[Path], list[str], dict]:
     """(image paths, captions, report.json or {}) of a preprocess output folder."""
     root = Path(trainset)
-    train = root / "train" if (root / "train").is_dir() else root
+    train = train_folder(root)
     meta = train / "metadata.jsonl"
     if not meta.is_file():
         raise ConfigError(f"{root}: no train/metadata.jsonl; run `portrait preprocess PHOTOS --out {root}` first")

@@ -8,6 +8,8 @@ import json
 import shutil
 from pathlib import Path
 
+from ..paths import train_folder
+
 REFERENCE_NAME = "reference.png"
 
 
@@ -15,7 +17,7 @@ def trainset_reference(trainset: str | Path) -> Path | None:
     """The training image of a preprocess output that shows its reference face (report.json's `reference`,
     through that photo's `crop`); else the first image metadata.jsonl lists; None when there is none."""
     root = Path(trainset)
-    train = root / "train" if (root / "train").is_dir() else root
+    train = train_folder(root)
     try:
         report = json.loads((root / "report.json").read_text(encoding="utf-8"))
         ref = report.get("reference")

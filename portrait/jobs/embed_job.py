@@ -10,6 +10,7 @@ from ..faces import FaceConfig, get_face_analysis
 from ..identity.face_embedding import FaceIdentity, embed_identity
 from ..identity.reference import write_reference
 from ..progress import CancelToken, ProgressCallback
+from ..paths import train_folder
 from .configs import EmbedConfig
 from .results import EmbedResult
 
@@ -33,7 +34,7 @@ def embed(source: Path, out_dir: Path, config: EmbedConfig | None = None, *, pro
     face = FaceConfig(detector=config.detector, embedder=config.embedder, models_dir=config.models_dir)
     if is_trainset(src):
         ident = embed_identity(src, face_analysis=get_face_analysis(face), progress=progress, cancel=cancel)
-        folder = src / "train" if (src / "train").is_dir() else src
+        folder = train_folder(src)
         ref = folder / ident.sources[0] if ident.sources else None
         left_out: tuple = ()
     else:
