@@ -474,9 +474,8 @@ class PortraitPipeline:
         c = self.config
         engine = self.identity_engine
         if self._models is None:
-            faceid = self.manifest.require("ip-adapter-faceid") if engine == "faceid" else None
-            self._models = InpaintModels.load(c.base_model or "sd15", (), manifest=self.manifest, device=self.device,
-                                              dtype=c.dtype, faceid_adapter=faceid, instantid=engine == "instantid")
+            self._models = InpaintModels.for_engine(c.base_model or "sd15", engine, manifest=self.manifest,
+                                                    device=self.device, dtype=c.dtype)
         if run.identity is None:
             run.identity = Identity.from_path(c.identity) if c.identity else self._face_identity(run.pre)
         return self._models, run.identity

@@ -201,6 +201,16 @@ class InpaintModels:
         models._loader = {"manifest": manifest, "device": device, "dtype": dtype, "names": overrides}
         return models
 
+    @classmethod
+    def for_engine(cls, base: str | Path, engine: str | None, controlnets: Sequence[str] = (), *, manifest,
+                   device=None, dtype=None) -> "InpaintModels":
+        """The models an identity engine paints with: the base, the named controls' ControlNets, and FaceID's
+        adapter (`engine` "faceid", from the manifest) or InstantID's two files ("instantid"); a LoRA
+        (engine "lora" or None) needs nothing more. What `run`, `generate` and `create` all load."""
+        faceid = manifest.require("ip-adapter-faceid") if engine == "faceid" else None
+        return cls.load(base, tuple(controlnets), manifest=manifest, device=device, dtype=dtype,
+                        faceid_adapter=faceid, instantid=engine == "instantid")
+
     @property
     def components(self) -> dict:
         return self.base.components if hasattr(self.base, "components") else dict(self.base)

@@ -155,9 +155,8 @@ def create(identity: Path, styles: Sequence[str | Path], out_dir: Path, config: 
     controls = sorted({r.control for r in requests if r.control})
     check_cancel(cancel, "creation cancelled")
     report(progress, "load models", 0, 1)
-    faceid = manifest.require("ip-adapter-faceid") if id_engine == "faceid" else None
-    models = InpaintModels.load(base, controls, manifest=manifest, device=config.device, dtype=config.dtype,
-                                faceid_adapter=faceid, instantid=id_engine == "instantid")
+    models = InpaintModels.for_engine(base, id_engine, controls, manifest=manifest, device=config.device,
+                                      dtype=config.dtype)
     report(progress, "load models", 1, 1)
     render = SceneRender(models, detail_size=config.detail_size)
     finish = _Finish(config, fa, ref_rgb, ref_face, retouch_choice.engine, upscale_choice.engine, manifest,

@@ -83,8 +83,9 @@ def generate(identity: Path, templates: Sequence[str | Path], out_dir: Path, con
     face = FaceConfig(embedder=ident.face.engine) if ident.face is not None else FaceConfig()
     fa = get_face_analysis(face)
     tmpls = resolve_templates(templates, fa)  # names, folders or image files; all checked first
-    faceid = manifest.require("ip-adapter-faceid") if id_engine == "faceid" else None
-    if id_engine == "instantid":  # the engine asked for first, then what the templates need
+    if id_engine == "faceid":  # the engine asked for first (a missing file named now), then what the templates need
+        manifest.require("ip-adapter-faceid")
+    if id_engine == "instantid":
         for name in INSTANTID_NAMES:
             manifest.require(name)
     over = {"steps": config.steps, "seed": config.seed, "strength": config.strength}
@@ -105,8 +106,8 @@ def generate(identity: Path, templates: Sequence[str | Path], out_dir: Path, con
     multi = [i for i, t in enumerate(tmpls) if len(template_slots(t, fa)) > 1]
     check_cancel(cancel, "generation cancelled")
     report(progress, "load models", 0, 1)
-    models = InpaintModels.load(base, needed, manifest=manifest, device=config.device, dtype=config.dtype,
-                                faceid_adapter=faceid, instantid=id_engine == "instantid")
+    models = InpaintModels.for_engine(base, id_engine, needed, manifest=manifest, device=config.device,
+                                      dtype=config.dtype)
     report(progress, "load models", 1, 1)
     runner = TemplateInpaint(models)
     try:
