@@ -172,3 +172,15 @@ def s3_environment(monkeypatch, tmp_path: Path) -> None:
         monkeypatch.setenv(name, value)
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name, raising=False)
+
+
+def newest_migration() -> str:
+    """The head revision of the service's migrations (what a migrated database reports)."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from server.db import MIGRATIONS
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(cfg).get_current_head()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from helpers_fleet import pid_of, postgres_server, redis_server, runs, start_worker, stop, wait_for
+from helpers_service import newest_migration
 from server.db import Database
 from server.service import Service
 from server.settings import Settings
@@ -98,8 +99,8 @@ def test_postgres_migrations_and_skip_locked_claims_over_200_jobs(tmp_path):
     with postgres_server(tmp_path / "pg") as url:
         db = Database(url)
         assert db.dialect == "postgresql"
-        assert db.migrate() == "0002"
-        assert db.migrate() == "0002"  # idempotent
+        assert db.migrate() == newest_migration() == "0003"
+        assert db.migrate() == newest_migration()  # idempotent
         cfg = {"database_url": url, "lease_seconds": 10, "tenant_concurrency": 4, "max_queue_size": 500}
         svc = Service(Settings.load({"data_dir": tmp_path / "data", **cfg}, env={}), db=db)
         t, _ = svc.create_tenant("bulk")
