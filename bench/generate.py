@@ -199,7 +199,7 @@ def main() -> None:
                  control_image=[_pil(c) for c in ctl] if len(ctl) > 1 else _pil(ctl[0]),
                  controlnet_conditioning_scale=scales if len(scales) > 1 else scales[0],
                  height=args.size, width=args.size, strength=s.strength, num_inference_steps=s.steps,
-                 guidance_scale=s.guidance_scale, generator=torch.Generator("cpu").manual_seed(0), output_type="np")
+                 guidance_scale=s.guidance_scale or 7.0, generator=torch.Generator("cpu").manual_seed(0), output_type="np")
 
     stage_times: list[dict] = []
 

@@ -25,6 +25,7 @@ from .engines import (DIFFUSION_MODES, FUSION_ENGINES, RETOUCH_ENGINES, UPSCALE_
                       choose_fusion, choose_identity, choose_retouch, choose_upscale)
 from .errors import Cancelled, ConfigError, NotEnoughPhotosError, PortraitError, internal_error
 from .faces import Face, FaceConfig, get_face_analysis
+from .generate.pipelines import SAMPLERS
 from .imageio import save_image
 from .models.manifest import get_manifest
 from .post.fusion import SKINS
@@ -57,6 +58,7 @@ class RunConfig:
     max_tries: int = 4  # while no output reaches the likeness bar, try more reference photos, up to this
     likeness_bar: Optional[float] = None  # distance an output must reach; None = the same-person threshold
     steps: Optional[int] = None
+    scheduler: Optional[str] = None  # the two passes' sampler (None: EasyPhoto's per base, pipelines.DEFAULT_SAMPLER)
     inpaint_size: Optional[int] = None  # working crop side for diffusion (default: 512 SD 1.5, 1024 SDXL)
     seed: Optional[int] = None
     device: Optional[str] = None
@@ -72,6 +74,8 @@ class RunConfig:
 
     def __post_init__(self):
         check_limits(self)
+        if self.scheduler is not None:
+            check_choice("scheduler", self.scheduler, tuple(SAMPLERS))
         if self.resolution % 8:
             raise ConfigError(f"option 'resolution' must be a multiple of 8, got {self.resolution}")
         check_choice("fusion", self.fusion, FUSION_ENGINES)
@@ -437,7 +441,7 @@ class PortraitPipeline:
         models.ensure_controlnets(template_controls(tmpl, arch=models.arch))  # this template's ControlNets, for the base's architecture
         if self._inpaint is None:
             self._inpaint = TemplateInpaint(models, fusion_engine=self.engine("fusion").engine,
-                                            crop_size=self.config.inpaint_size)
+                                            crop_size=self.config.inpaint_size, sampler=self.config.scheduler)
         image = None
         for slot, (ref_img, ref_face) in sorted(people.items()):
             who = self._slot_identity(run, slot) if slot in run.people else identity

@@ -27,7 +27,7 @@ style.toml (every key optional except `prompt`):
     [detail]                            # the face-detail pass: the face crop inpainted again at full size
     strength = 0.35
     [sd15]                              # per base model: sampler, steps, guidance, working size
-    sampler = "dpm++2m"                 # (samplers: generate.text_to_image.SAMPLERS)
+    sampler = "dpm++2m"                 # (samplers: generate.pipelines.SAMPLERS)
     steps = 30
     guidance_scale = 6.0
     size = 512                          # the picture's area is size x size (rounded to 64 px sides)
@@ -51,7 +51,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .errors import StyleError
-from .generate.text_to_image import CONTROLS, SAMPLERS, SceneSettings, scene_size
+from .generate.pipelines import SAMPLERS
+from .generate.text_to_image import CONTROLS, SceneSettings, scene_size
 from .paths import bundled_folder, user_folder
 from .settings import TomlReader, find_packs, read_toml
 

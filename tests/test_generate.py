@@ -306,3 +306,37 @@ def test_colour_control_is_easyphotos_mosaic(scene):
     small = cv2.resize(tpl, (42, 42), interpolation=cv2.INTER_CUBIC)
     centres = ((np.arange(42) + 0.5) * 1024 / 42).astype(int)
     np.testing.assert_array_equal(mosaic[np.ix_(centres, centres)], small)
+
+
+def test_the_passes_run_easyphotos_sampler_unless_another_is_asked_for(models, scene, tiny, reference_result):
+    """SD 1.5's two passes sample with DPM++ 2M SDE Karras (EasyPhoto's) by default; --scheduler changes it,
+    and so the picture; an unknown name is refused before anything runs."""
+    pipe = models.pipeline(tuple(n for n, _ in PASS2.active()))  # the pipeline pass 2 ran last
+    cfg = pipe.scheduler.config
+    assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    assert cfg.algorithm_type == "sde-dpmsolver++" and cfg.use_karras_sigmas
+    _, _, ref, rface = scene
+    ddim = TemplateInpaint(models, crop_size=CROP, sampler="ddim")(_job(scene), Identity(lora=tiny["lora"]), ref, rface)[0]
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+    sel = reference_result.mask > 0
+    assert np.abs(ddim.image.astype(int) - reference_result.image.astype(int))[sel].mean() > 0.5
+    with pytest.raises(ConfigError, match="unknown sampler 'magic'"):
+        TemplateInpaint(models, sampler="magic")
+    from portrait.jobs import GenerateConfig, RunConfig
+
+    for cls in (RunConfig, GenerateConfig):
+        with pytest.raises(ConfigError, match="scheduler"):
+            cls(scheduler="magic")
+
+
+def test_guidance_is_the_identity_engines_unless_the_template_sets_it():
+    """InstantID's reference runs at guidance 5 (InstantX infer.py), the LoRA and FaceID at EasyPhoto's 7; a
+    template's own guidance_scale wins over both."""
+    from portrait.identity.face_embedding import FaceIdentity
+
+    face = FaceIdentity(np.ones(128, np.float32) / np.sqrt(128), "dlib-resnet", "l2")
+    unset = replace(PASS1, guidance_scale=None)
+    assert unset.for_engine(Identity(face=face, engine="instantid")).guidance_scale == 5.0
+    assert unset.for_engine(Identity(face=face, engine="faceid")).guidance_scale == 7.0
+    assert unset.for_engine(Identity(lora="x.safetensors")).guidance_scale == 7.0
+    assert replace(PASS1, guidance_scale=3.5).for_engine(Identity(face=face, engine="instantid")).guidance_scale == 3.5

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..engines import RETOUCH_ENGINES
-from ..generate.text_to_image import SAMPLERS
+from ..generate.pipelines import SAMPLERS
 from ..jobs.configs import IDENTITY_ENGINES, CreateConfig
 from .common import dtype_option, handle_errors, json_option, print_json, progress_bar, ranged, report_scan
 from .licence_opt import licence_option

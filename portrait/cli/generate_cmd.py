@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..generate.pipelines import SAMPLERS
 from ..jobs.configs import GenerateConfig
 from .common import dtype_option, handle_errors, json_option, print_json, progress_bar, ranged
 from .licence_opt import licence_option
@@ -23,6 +24,8 @@ def register(group: click.Group) -> None:
     @ranged(GenerateConfig, "steps", help="Scheduler steps for both passes.")
     @click.option("--seed", type=int, default=None)
     @ranged(GenerateConfig, "strength", help="Pass-1 denoise strength.")
+    @click.option("--scheduler", type=click.Choice(sorted(SAMPLERS)), default=None,
+                  help="Sampler of both passes [default: dpm++2m-sde-karras on SD 1.5, euler on SDXL].")
     @click.option("--device", default=None, help="cpu | cuda | mps (default: best available).")
     @dtype_option()
     @click.option("--engine", type=click.Choice(("auto", "faceid", "instantid")), default="auto", show_default=True,
@@ -31,15 +34,15 @@ def register(group: click.Group) -> None:
     @json_option
     @licence_option
     @handle_errors
-    def generate(base_model, identity, templates, out_dir, reference, steps, seed, strength, device, dtype, engine,
-                 as_json):
+    def generate(base_model, identity, templates, out_dir, reference, steps, seed, strength, scheduler, device, dtype,
+                 engine, as_json):
         """Paint the identity into each template's face (two-pass ControlNet inpainting).
 
         Every template, model and option is checked before the reference photo is read (exit 2 naming it)."""
         from .. import jobs
 
         config = jobs.GenerateConfig(base_model=base_model, reference=reference, steps=steps, seed=seed,
-                                     strength=strength, device=device, dtype=dtype, engine=engine)
+                                     strength=strength, scheduler=scheduler, device=device, dtype=dtype, engine=engine)
         with progress_bar(not as_json) as bar:
             result = jobs.generate(Path(identity), templates, Path(out_dir), config, progress=bar)
         if as_json:

@@ -9,6 +9,7 @@ import click
 from ..engines import DIFFUSION_MODES, FUSION_ENGINES, RETOUCH_ENGINES, UPSCALE_ENGINES
 from ..errors import ConfigError
 from ..faces.analysis import FaceConfig
+from ..generate.pipelines import SAMPLERS
 from ..jobs.configs import CreateConfig
 from ..pipeline import RunConfig
 from ..post.fusion import SKINS
@@ -40,6 +41,8 @@ def run_options(f):
         ranged(RunConfig, "max_tries", help="With no output under the likeness bar, render up to this many variants."),
         ranged(RunConfig, "likeness_bar", help="Distance an output must reach (default: the embedder's same-person threshold)."),
         ranged(RunConfig, "steps", help="Scheduler steps for both diffusion passes [default: each template's]."),
+        click.option("--scheduler", type=click.Choice(sorted(SAMPLERS)), default=None,
+                     help="Sampler of both passes [default: EasyPhoto's: dpm++2m-sde-karras on SD 1.5, euler on SDXL]."),
         ranged(RunConfig, "inpaint_size", help="Diffusion working crop side [default: 512 SD 1.5, 1024 SDXL]; smaller is faster."),
         click.option("--seed", type=int, default=None),
         click.option("--device", default=None, help="cpu | cuda | mps (default: best available)."),
@@ -56,7 +59,7 @@ def config_from_options(o: dict):
     face = FaceConfig(detector=o["detector"], landmarks=o["landmarks"], embedder=o["embedder"],
                       device=onnx_device(resolve_device(o["device"])))
     keys = ("top_k", "min_photos", "fusion", "skin", "retouch", "retouch_strength", "upscale", "upscale_factor",
-            "diffusion", "base_model", "identity", "variants", "max_tries", "likeness_bar", "steps", "inpaint_size",
+            "diffusion", "base_model", "identity", "variants", "max_tries", "likeness_bar", "steps", "scheduler", "inpaint_size",
             "seed", "device", "dtype")
     return RunConfig(face=face, **{k: o[k] for k in keys})
 

@@ -60,6 +60,29 @@ def controlnet_model(arch: str, control: str, overrides: Mapping[str, str] | Non
 
 
 WORKING_SIZE = {"sd15": 512, "sdxl": 1024}
+# Sampler name -> (diffusers scheduler class, its extra config), for templates (--scheduler) and styles.
+SAMPLERS = {
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+    "dpm++2m": ("DPMSolverMultistepScheduler", {}),
+    "dpm++2m-karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "dpm++2m-sde-karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}),
+    "ddim": ("DDIMScheduler", {}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+}
+# The two-pass recipe's sampler per base when none is asked for: EasyPhoto's (easyphoto_infer.py: DPM++ 2M
+# SDE Karras on SD 1.5; Euler on SDXL, as InstantX's pipeline runs too).
+DEFAULT_SAMPLER = {"sd15": "dpm++2m-sde-karras", "sdxl": "euler"}
+
+
+def make_scheduler(sampler: str, config):
+    """The diffusers scheduler for `sampler`, from the base's scheduler config."""
+    import diffusers
+
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+    name, extra = SAMPLERS[sampler]
+    return getattr(diffusers, name).from_config(config, **extra)
 # InstantID (SDXL): the IdentityNet ControlNet and the image-prompt adapter, by manifest name.
 INSTANTID_MODELS = {"controlnet": "instantid-controlnet", "adapter": "instantid-adapter"}
 IDENTITYNET = "identitynet"  # the pass-1 control name InstantID's IdentityNet runs under

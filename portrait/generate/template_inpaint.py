@@ -30,8 +30,9 @@ from ..errors import Cancelled, ConfigError
 from ..faces.types import Face
 from ..progress import ProgressCallback, report
 from . import controls
-from .pipelines import (IDENTITYNET, INSTANTID_MODELS, WORKING_SIZE, InpaintModels, _quiet_prompt_notice,
-                        check_adapter_dim, faceid_plus_clip_embeds, identity_inputs, identity_tokens, identitynet_hook)
+from .pipelines import (DEFAULT_SAMPLER, IDENTITYNET, INSTANTID_MODELS, SAMPLERS, WORKING_SIZE, InpaintModels,
+                        _quiet_prompt_notice, check_adapter_dim, faceid_plus_clip_embeds, identity_inputs, identity_tokens,
+                        identitynet_hook, make_scheduler)
 
 IDENTITY_ENGINES = ("faceid", "instantid")  # how a face-embedding identity is painted
 
@@ -45,7 +46,7 @@ class PassSettings:
     strength: float
     steps: int
     controlnets: Mapping[str, float] | None = field(default_factory=dict)  # None: the base's recipe (RECIPES)
-    guidance_scale: float = 7.0
+    guidance_scale: float | None = None  # None: the identity engine's (ENGINE_GUIDANCE)
 
     def active(self) -> tuple[tuple[str, float], ...]:
         """The ControlNets that run: scale 0 drops a net (a zero-scaled net still costs its full compute)."""
@@ -67,7 +68,7 @@ class PassSettings:
             return "strength", f"must be in (0, 1], got {self.strength!r}"
         if not 1 <= self.steps <= MAX_STEPS:
             return "steps", f"must be in [1, {MAX_STEPS}], got {self.steps!r}"
-        if not 0.0 <= self.guidance_scale <= MAX_GUIDANCE:
+        if self.guidance_scale is not None and not 0.0 <= self.guidance_scale <= MAX_GUIDANCE:
             return "guidance_scale", f"must be in [0, {MAX_GUIDANCE:g}], got {self.guidance_scale!r}"
         for n, scale in (self.controlnets or {}).items():
             if n not in controls.CONTROL_NAMES:
@@ -78,6 +79,13 @@ class PassSettings:
             return "steps", f"x strength = {self.steps * self.strength:.2f} leaves no denoising step"
         return None
 
+    def for_engine(self, identity: "Identity") -> "PassSettings":
+        """These settings with the identity engine's guidance where none was set."""
+        if self.guidance_scale is not None:
+            return self
+        engine = "instantid" if identity.instantid else ("faceid" if identity.face is not None else "lora")
+        return replace(self, guidance_scale=ENGINE_GUIDANCE.get(engine, DEFAULT_GUIDANCE))
+
     def check(self, what: str) -> None:
         """ConfigError naming `what` and the key when a value is out of its limits."""
         bad = self.problem()
@@ -86,6 +94,10 @@ class PassSettings:
 
 
 MAX_STEPS, MAX_GUIDANCE, MAX_CONTROL_SCALE = 500, 50.0, 2.0
+# Classifier-free guidance where a template sets none: InstantID's reference runs at 5 (InstantX infer.py,
+# as EasyPhoto's SDXL path); the SD 1.5 identity LoRA and FaceID at EasyPhoto's 7.
+DEFAULT_GUIDANCE = 7.0
+ENGINE_GUIDANCE = {"instantid": 5.0}
 PASS1 = PassSettings(0.45, 30, {"canny": 0.5, "openpose": 0.3, "color": 0.5})
 PASS2 = PassSettings(0.3, 20, {"tile": 0.8, "canny": 0.8})
 # SDXL, as EasyPhoto's SDXL recipe (easyphoto_infer.py: sdxl_canny_mid alone in both diffusions): canny only.
@@ -219,8 +231,11 @@ class TemplateInpaint:
     instance: it holds only the models, the settings and that flag."""
 
     def __init__(self, models: InpaintModels, *, fusion_engine: str = "classic", crop_size: int | None = None,
-                 max_batch: int = 4):
+                 max_batch: int = 4, sampler: str | None = None):
         self.models = models
+        self.sampler = sampler or DEFAULT_SAMPLER.get(models.arch, DEFAULT_SAMPLER["sd15"])
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
         self.fusion_engine = fusion_engine
         self.crop_size = crop_size or WORKING_SIZE.get(models.arch, 512)
         self.max_batch = max_batch
@@ -291,7 +306,8 @@ class TemplateInpaint:
 
         jobs = [jobs] if isinstance(jobs, InpaintJob) else list(jobs)
         arch = self.models.arch  # passes without ControlNets of their own run the base's recipe
-        jobs = [replace(j, pass1=j.pass1.for_arch(arch, 1), pass2=j.pass2.for_arch(arch, 2)) for j in jobs]
+        jobs = [replace(j, pass1=j.pass1.for_arch(arch, 1).for_engine(identity),
+                        pass2=j.pass2.for_arch(arch, 2).for_engine(identity)) for j in jobs]
         self.check_inputs(jobs, identity, ref_rgb, ref_face)
         stop = Stop(self, cancel)
         works: list[_Work] = []
@@ -384,6 +400,7 @@ class TemplateInpaint:
             active = (*active, (IDENTITYNET, float(identity.identitynet_scale)))
         names = tuple(n for n, _ in active)
         pipe = self.models.pipeline(names)
+        pipe.scheduler = make_scheduler(self.sampler, self.models.components["scheduler"].config)
         job0 = batch[0].job
         kwargs = identity_inputs(self.models, pipe, identity, batch=len(batch), guidance=guidance > 1, plus=plus,
                                  style_lora=job0.style_lora, style_weight=job0.style_weight)

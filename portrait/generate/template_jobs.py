@@ -31,6 +31,10 @@ def _field(obj, name: str, default=None):
     return getattr(obj, name, default)
 
 
+def _optional_float(v) -> float | None:
+    return None if v is None else float(v)
+
+
 def _pass_from(section, base: PassSettings) -> PassSettings:
     """A template's pass: its PassSettings (portrait.templates), or one from a mapping's fields over `base`."""
     if section is None:
@@ -42,7 +46,7 @@ def _pass_from(section, base: PassSettings) -> PassSettings:
         strength=float(_field(section, "strength", base.strength) or base.strength),
         steps=int(_field(section, "steps", base.steps) or base.steps),
         controlnets=dict(nets) if nets is not None else dict(base.controlnets),
-        guidance_scale=float(_field(section, "guidance_scale", base.guidance_scale) or base.guidance_scale),
+        guidance_scale=_optional_float(_field(section, "guidance_scale", base.guidance_scale)),
     )
 
 

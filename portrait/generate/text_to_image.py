@@ -27,19 +27,10 @@ from ..errors import ConfigError
 from ..faces.types import ARCFACE_5PT_112, Face
 from ..progress import ProgressCallback, report
 from . import controls
-from .pipelines import (IDENTITYNET, WORKING_SIZE, InpaintModels, faceid_plus_clip_embeds, identity_inputs,
-                        identity_tokens, identitynet_hook)
+from .pipelines import (IDENTITYNET, SAMPLERS, WORKING_SIZE, InpaintModels, faceid_plus_clip_embeds, identity_inputs,
+                        identity_tokens, identitynet_hook, make_scheduler)
 from .template_inpaint import IDENTITY_ENGINES, Identity, Stop
 
-# Sampler name -> (diffusers scheduler class, its extra config).
-SAMPLERS = {
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
-    "dpm++2m": ("DPMSolverMultistepScheduler", {}),
-    "dpm++2m-karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
-    "ddim": ("DDIMScheduler", {}),
-    "unipc": ("UniPCMultistepScheduler", {}),
-}
 CONTROLS = ("openpose", "canny")  # the controls a style's pose or composition drawing may feed
 DEFAULT_HEAD = (0.5, 0.38, 0.26)  # InstantID's keypoints without a pose: face centre x, y and width (fractions)
 
@@ -49,7 +40,7 @@ class SceneSettings:
     """One base model's settings for a style: sampler, steps, guidance, and the side of the square whose
     area the picture has."""
 
-    sampler: str = "dpm++2m"
+    sampler: str = "dpm++2m"  # pipelines.SAMPLERS
     steps: int = 30
     guidance_scale: float = 6.0
     size: int = 512
@@ -61,16 +52,6 @@ def scene_size(size: int, aspect: tuple[int, int]) -> tuple[int, int]:
     w = max(64, int(round(size * a ** 0.5 / 64)) * 64)
     h = max(64, int(round(size / a ** 0.5 / 64)) * 64)
     return w, h
-
-
-def make_scheduler(sampler: str, config):
-    """The diffusers scheduler for `sampler`, from the base's scheduler config."""
-    import diffusers
-
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
-    name, extra = SAMPLERS[sampler]
-    return getattr(diffusers, name).from_config(config, **extra)
 
 
 def head_face(width: int, height: int, head: tuple[float, float, float]) -> Face:

@@ -14,7 +14,7 @@ from ..identity.reference import REFERENCE_NAME
 from ..models.device import check_dtype_name
 from ..engines import RETOUCH_ENGINES, UPSCALE_ENGINES
 from ..generate.template_inpaint import IDENTITY_ENGINES as PAINTING_ENGINES
-from ..generate.text_to_image import SAMPLERS
+from ..generate.pipelines import SAMPLERS
 from ..pipeline import RunConfig
 from ..settings import check_choice, check_limits, from_dict
 
@@ -97,12 +97,15 @@ class GenerateConfig(_FromDict):
     device: Optional[str] = None
     dtype: Optional[str] = None  # fp32 | fp16 | bf16 (default: fp16 on GPU, fp32 on CPU)
     engine: str = "auto"  # how a face embedding is painted: auto | faceid | instantid
+    scheduler: Optional[str] = None  # the two passes' sampler (None: EasyPhoto's per base)
     models_dir: Optional[str] = None
 
     LIMITS: ClassVar[dict] = {"steps": (1, 500), "strength": (0.01, 1.0)}  # the CLI's options read them too
 
     def __post_init__(self):
         check_limits(self)
+        if self.scheduler is not None:
+            check_choice("scheduler", self.scheduler, tuple(SAMPLERS))
         check_choice("engine", self.engine, IDENTITY_ENGINES)
         check_dtype_name(self.dtype)
 

@@ -109,7 +109,7 @@ def generate(identity: Path, templates: Sequence[str | Path], out_dir: Path, con
     models = InpaintModels.for_engine(base, id_engine, needed, manifest=manifest, device=config.device,
                                       dtype=config.dtype)
     report(progress, "load models", 1, 1)
-    runner = TemplateInpaint(models)
+    runner = TemplateInpaint(models, sampler=config.scheduler)
     try:
         # One-face templates run together (batched where their settings match); others slot by slot.
         single = [j for i, j in enumerate(first) if i not in multi]
