@@ -184,10 +184,9 @@ def choose_identity(manifest: Manifest, base: str, identity: str | None,
 
 def missing_controlnets(manifest: Manifest, arch: str, controls: Sequence[str]) -> list[str]:
     """Manifest names of the ControlNets `controls` need on an `arch` base that are not present."""
-    from .generate.pipelines import CONTROLNET_MODELS_BY_ARCH
+    from .generate.pipelines import controlnet_model
 
-    names = CONTROLNET_MODELS_BY_ARCH.get(arch, {})
-    wanted = [names.get(c, f"controlnet-{c}-{arch}") for c in controls]
+    wanted = [controlnet_model(arch, c) for c in controls]  # a control with no model for arch: ConfigError
     return [n for n in wanted if n not in manifest.specs or not manifest.available(n)]
 
 

@@ -79,7 +79,7 @@ def test_every_downloadable_model_lists_its_source_size_and_licence(empty_models
         if row["pin"] == "bundled":
             continue
         src = row["source"]
-        assert row["size"] or name == "controlnet-color-sdxl", name  # the one model with no release at all
+        assert row["size"], name  # every model has a release with a known size
         if src["automatic"]:  # a Hub repo, a revision and exact file names
             assert src["repo"] and src["revision"] and src["files"] and all(f["path"] for f in src["files"])
             assert row["pin"] == "pinned" or row["pin"].startswith("missing")

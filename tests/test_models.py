@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from portrait.cli import cli
-from portrait.errors import ModelHashError, ModelMissingError
+from portrait.errors import ConfigError, ModelHashError, ModelMissingError
 from portrait.models import loading, tiny
 from portrait.models.manifest import Manifest
 
@@ -50,7 +50,7 @@ def _render(pipe, seed=0, size=64):
 def test_tiny_set_is_present_in_the_manifest(models_env):
     for name in ("sd15", "sd15-single", "sdxl", "sdxl-single", "controlnet-canny", "controlnet-openpose", "controlnet-tile",
                  "controlnet-color", "ip-adapter-faceid", "instantid-adapter", "instantid-controlnet",
-                 "controlnet-canny-sdxl", "controlnet-openpose-sdxl", "controlnet-tile-sdxl", "controlnet-color-sdxl"):
+                 "controlnet-canny-sdxl", "controlnet-openpose-sdxl", "controlnet-tile-sdxl"):
         assert models_env.status(name).state == "present", name
     assert models_env.spec("sd15-single").extra["config"].endswith("sd15")
     assert models_env.spec("sdxl-single").extra["config"].endswith("sdxl")
@@ -146,7 +146,7 @@ def test_sdxl_loads_and_renders(models_env):
 def test_inpaint_models_pick_the_controlnets_of_the_base_architecture(models_env):
     from portrait.generate.pipelines import InpaintModels
 
-    xl = InpaintModels.load("sdxl", ["canny", "openpose", "color", "tile"], manifest=models_env, device="cpu")
+    xl = InpaintModels.load("sdxl", ["canny", "openpose", "tile"], manifest=models_env, device="cpu")
     for c, net in xl.controlnets.items():
         assert net is loading.load_controlnet(f"controlnet-{c}-sdxl", manifest=models_env), c
         assert net.config.addition_embed_type == "text_time"
@@ -172,9 +172,9 @@ def test_sdxl_base_without_sdxl_controlnets_names_the_missing_sdxl_entry(empty_m
     assert err.value.model == "controlnet-canny-sdxl"
     assert str(empty_models_dir / "controlnet" / "sdxl-canny") in str(err.value)
     assert "diffusers/controlnet-canny-sdxl-1.0" in str(err.value)
-    with pytest.raises(ModelMissingError, match="controlnet-color-sdxl") as err:
+    with pytest.raises(ConfigError, match="no sdxl ControlNet is known for control 'color'") as err:
         InpaintModels.load("sdxl", [], manifest=m, device="cpu").ensure_controlnets(["color"])
-    assert "color = 0" in str(err.value)  # how to run the template without it
+    assert "scale to 0" in str(err.value)  # how to run the template without it
 
 
 def test_loads_are_cached_and_inpaint_pipelines_share_components(models_env):

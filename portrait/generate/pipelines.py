@@ -41,7 +41,8 @@ from ..models.adapters import adapter_id_dim, adapter_token_dim, is_resampler_ad
 CONTROLNET_MODELS_BY_ARCH = {
     "sd15": {"canny": "controlnet-canny", "openpose": "controlnet-openpose", "color": "controlnet-color",
              "tile": "controlnet-tile"},
-    "sdxl": {"canny": "controlnet-canny-sdxl", "openpose": "controlnet-openpose-sdxl", "color": "controlnet-color-sdxl",
+    # No SDXL colour ControlNet has a public release: an SDXL template sets color = 0 (the SDXL recipe runs none).
+    "sdxl": {"canny": "controlnet-canny-sdxl", "openpose": "controlnet-openpose-sdxl",
              "tile": "controlnet-tile-sdxl"},
 }
 CONTROLNET_MODELS = CONTROLNET_MODELS_BY_ARCH["sd15"]  # the SD 1.5 names (kept for callers of the old table)

@@ -383,15 +383,6 @@ BUILTIN: tuple[ModelSpec, ...] = (
         download=_controlnet("xinsir/controlnet-tile-sdxl-1.0", size="2.5 GB"),
     ),
     ModelSpec(
-        "controlnet-color-sdxl", "controlnet", "controlnet/sdxl-color", licence="check the model's licence",
-        commercial_use=None, source="any SDXL colour-palette ControlNet as a diffusers folder (there is no standard "
-        "release; or set the template's [inpaint] controlnets color = 0 to run without it)", architecture="sdxl",
-        description="colour ControlNet (SDXL)", required=("config.json",),
-        download=_manual("", "there is no standard SDXL colour ControlNet release: set the template's [inpaint] "
-                         "controlnets color = 0 to run without it, or put an SDXL colour ControlNet's diffusers "
-                         "folder at the path shown"),
-    ),
-    ModelSpec(
         "ip-adapter-faceid", "ip_adapter", "ip-adapter/ip-adapter-faceid_sd15.safetensors",
         licence="non-commercial research use (h94/IP-Adapter-FaceID; uses insightface embeddings)", commercial_use=False,
         source="h94/IP-Adapter-FaceID ip-adapter-faceid_sd15.bin (`portrait models convert` it to .safetensors)",

@@ -468,7 +468,7 @@ CONTROLNET_NAMES = ("canny", "openpose", "tile", "color")
 def build_tiny_set(out_dir: str | Path, seed: int = 0, progress: ProgressCallback | None = None,
                    id_dim: int = 128, sdxl: bool = True) -> dict[str, Path]:
     """Every diffusion model the manifest names, tiny, plus a models.toml pointing the names at them
-    (with `sdxl`: the SDXL base, its four ControlNets controlnet-*-sdxl and InstantID too).
+    (with `sdxl`: the SDXL base, its three ControlNets controlnet-{canny,openpose,tile}-sdxl and InstantID too).
 
     With `PORTRAIT_MODELS_DIR=out_dir`, `portrait models list` shows them present. Returns name → path.
     """
@@ -489,7 +489,8 @@ def build_tiny_set(out_dir: str | Path, seed: int = 0, progress: ProgressCallbac
         steps.append(("sdxl", lambda: build_tiny_sdxl(out / "sdxl", seed)))
         steps.append(("sdxl-single", lambda: save_single_file(out / "sdxl", out / SDXL_SINGLE_FILE)))
         steps += [(f"controlnet-{c}-sdxl", lambda c=c, i=i: build_tiny_controlnet(
-            out / "sdxl", out / "controlnet" / f"sdxl-{c}", seed + 40 + i)) for i, c in enumerate(CONTROLNET_NAMES)]
+            out / "sdxl", out / "controlnet" / f"sdxl-{c}", seed + 40 + i))
+            for i, c in enumerate(CONTROLNET_NAMES) if c != "color"]  # no SDXL colour ControlNet is released
         steps += [("instantid-controlnet", lambda: build_tiny_controlnet(out / "sdxl", out / "instantid" / "ControlNetModel",
                                                                          seed + 30)),
                   ("instantid-adapter", lambda: build_tiny_instantid_adapter(
