@@ -268,3 +268,15 @@ def test_fp16_mixed_precision_training_scales_the_loss(tiny_base, trainset, tmp_
     assert report["mixed_precision"] and report["grad_scaler"] and report["dtype"] == "float16"
     assert len(report["loss"]) == 4 and all(np.isfinite(report["loss"]))
     assert Path(result.lora_path).is_file()
+
+
+def test_gradient_checkpointing_is_on_only_where_memory_needs_it():
+    """EasyPhoto checkpoints SDXL only; on a big card SD 1.5 trains faster without it; a CPU never needs it."""
+    from portrait.identity.lora_train import CHECKPOINT_BELOW_GIB, checkpointing_default
+
+    gib = 2**30
+    assert checkpointing_default("sdxl", True, 80 * gib) is True
+    assert checkpointing_default("sd15", True, 80 * gib) is False
+    assert checkpointing_default("sd15", True, (CHECKPOINT_BELOW_GIB - 1) * gib) is True
+    assert checkpointing_default("sd15", True, None) is True  # a GPU that reports no free memory
+    assert checkpointing_default("sd15", False, None) is False and checkpointing_default("sdxl", False, None) is False
