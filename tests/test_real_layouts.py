@@ -313,3 +313,19 @@ def test_an_old_unit_length_identity_is_refused_by_instantid(xl, scene, antelope
     tpl, tface, ref, rface = scene
     with pytest.raises(ConfigError, match="portrait embed --embedder arcface-antelopev2"):
         TemplateInpaint(xl["models"], crop_size=CROP)(_job(scene), Identity(face=face, engine="instantid"), ref, rface)
+
+
+def test_faceid_plusv2_is_chosen_where_its_file_and_the_image_encoder_are_present(sd, tmp_path):
+    """run, generate and create load FaceID-PlusV2 (id tokens plus the face's CLIP crop) when both files are
+    there; without either, plain FaceID; SDXL never takes the SD 1.5 Plus file."""
+    import shutil
+
+    from portrait.generate.pipelines import FACEID_PLUS_NAME, faceid_adapter_name
+
+    full = Manifest(sd["models"], sd["models"] / "models.toml")
+    assert faceid_adapter_name(full, "sd15") == FACEID_PLUS_NAME
+    assert faceid_adapter_name(full, "sdxl") == "ip-adapter-faceid"
+    partial = tmp_path / "models"
+    shutil.copytree(sd["models"], partial)
+    shutil.rmtree(partial / "ip-adapter" / "image_encoder")
+    assert faceid_adapter_name(Manifest(partial, partial / "models.toml"), "sd15") == "ip-adapter-faceid"

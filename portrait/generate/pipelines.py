@@ -230,8 +230,12 @@ class InpaintModels:
                    device=None, dtype=None) -> "InpaintModels":
         """The models an identity engine paints with: the base, the named controls' ControlNets, and FaceID's
         adapter (`engine` "faceid", from the manifest) or InstantID's two files ("instantid"); a LoRA
-        (engine "lora" or None) needs nothing more. What `run`, `generate` and `create` all load."""
-        faceid = manifest.require("ip-adapter-faceid") if engine == "faceid" else None
+        (engine "lora" or None) needs nothing more. What `run`, `generate` and `create` all load; FaceID is
+        FaceID-PlusV2 where its file and the CLIP image encoder are present (faceid_adapter_name)."""
+        faceid = None
+        if engine == "faceid":
+            arch, _ = loading.base_unet_config(base, manifest)  # a missing base: ModelMissingError naming it
+            faceid = manifest.require(faceid_adapter_name(manifest, arch))
         return cls.load(base, tuple(controlnets), manifest=manifest, device=device, dtype=dtype,
                         faceid_adapter=faceid, instantid=engine == "instantid")
 
@@ -268,6 +272,18 @@ class InpaintModels:
 
 
 # -- IP-Adapter FaceID -----------------------------------------------------------------------------
+
+FACEID_PLUS_NAME = "ip-adapter-faceid-plusv2"  # SD 1.5; it also reads the face crop through loading.IMAGE_ENCODER
+
+
+def faceid_adapter_name(manifest, arch: str) -> str:
+    """Which FaceID file paints a face embedding: FaceID-PlusV2 (the face's id tokens and its CLIP crop,
+    tencent-ailab's stronger likeness) on SD 1.5 when it and the CLIP image encoder are present and
+    allowed, else plain FaceID."""
+    specs = getattr(manifest, "specs", {})
+    if arch == "sd15" and all(n in specs and manifest.available(n) for n in (FACEID_PLUS_NAME, loading.IMAGE_ENCODER)):
+        return FACEID_PLUS_NAME
+    return "ip-adapter-faceid"
 
 def check_adapter_dim(path: str | Path, identity_dim: int, engine: str = "") -> int:
     dim = adapter_id_dim(path)
