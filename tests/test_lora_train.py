@@ -102,6 +102,12 @@ def test_saved_lora_reloads_in_plain_diffusers_and_changes_output(trained, tiny_
     pipe.set_progress_bar_config(disable=True)
     plain = _render(pipe)
     pipe.load_lora_weights(str(result.lora_path.parent), weight_name=result.lora_path.name, adapter_name="d")
+    # EasyPhoto's target set loads whole: the attention projections and the transformer blocks' proj_in /
+    # proj_out and feed-forward layers (an older key layout loaded the attention alone)
+    loaded = {n.rsplit(".", 1)[0] if n.endswith(".0") and "to_out" in n else n
+              for n, m in pipe.unet.named_modules() if hasattr(m, "lora_A") and "d" in m.lora_A}
+    for part in ("attn1.to_q", "attn2.to_k", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"):
+        assert any(n.endswith(part) for n in loaded), part
     with_diffusers = _render(pipe)
     pipe.delete_adapters("d")
     np.testing.assert_array_equal(_render(pipe), plain)
@@ -280,3 +286,22 @@ def test_gradient_checkpointing_is_on_only_where_memory_needs_it():
     assert checkpointing_default("sd15", True, (CHECKPOINT_BELOW_GIB - 1) * gib) is True
     assert checkpointing_default("sd15", True, None) is True  # a GPU that reports no free memory
     assert checkpointing_default("sd15", False, None) is False and checkpointing_default("sdxl", False, None) is False
+
+
+def test_each_step_accumulates_the_gradients_of_four_samples(tiny_base, trainset, tmp_path):
+    """EasyPhoto's recipe: 4 samples' gradients per optimiser step (--gradient-accumulation)."""
+    from portrait.models import loading
+
+    calls = []
+    base = loading.load_base(str(tiny_base))
+    handle = base.unet.register_forward_pre_hook(lambda m, a: calls.append(base.unet.training))
+    try:
+        for acc in (4, 1):
+            calls.clear()
+            cfg = TrainConfig(trainset=trainset, base_model=str(tiny_base), out_dir=tmp_path / str(acc), steps=2, rank=4,
+                              alpha=4, resolution=64, validate_every=100, gradient_accumulation=acc)
+            rep = train_lora(cfg, validate=None).report
+            assert sum(calls) == 2 * acc  # UNet forwards in training mode: steps x samples per step
+            assert rep["config"]["gradient_accumulation"] == acc and len(rep["loss"]) == 2
+    finally:
+        handle.remove()

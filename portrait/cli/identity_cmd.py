@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..faces.analysis import DETECTORS, EMBEDDERS
-from ..jobs.configs import EMBEDDING_NAME, TrainConfig
+from ..jobs.configs import EMBEDDING_NAME, LORA_TARGETS, TrainConfig
 from .common import EXIT_OK, handle_errors, json_option, print_json, progress_bar, ranged
 from .licence_opt import licence_option
 
@@ -25,6 +25,9 @@ def register(group: click.Group) -> None:
     @ranged(TrainConfig, "alpha")
     @ranged(TrainConfig, "lr")
     @ranged(TrainConfig, "resolution", help="Training side in px, a multiple of 8 [default: 512 SD 1.5, 1024 SDXL].")
+    @ranged(TrainConfig, "gradient_accumulation", help="Samples whose gradients make one step (EasyPhoto's 4).")
+    @click.option("--lora-targets", type=click.Choice(sorted(LORA_TARGETS)), default="easyphoto", show_default=True,
+                  help="easyphoto: every Linear / 1x1 conv of the UNet's transformer blocks; attention: q/k/v/out only.")
     @click.option("--seed", type=int, default=0, show_default=True)
     @ranged(TrainConfig, "validate_every", help="Save a checkpoint and score its validation renders every N steps.")
     @ranged(TrainConfig, "merge_top_k", help="Merge the best K checkpoints (mean of their deltas) instead of keeping the best one.")
@@ -38,7 +41,8 @@ def register(group: click.Group) -> None:
     @json_option
     @licence_option
     @handle_errors
-    def train_cmd(trainset_dir: Path, base_model: str, out: Path, steps, rank, alpha, lr, resolution, seed,
+    def train_cmd(trainset_dir: Path, base_model: str, out: Path, steps, rank, alpha, lr, resolution,
+                  gradient_accumulation, lora_targets, seed,
                   validate_every, merge_top_k, templates, validation_size, no_validate, device, dtype,
                   as_json: bool) -> None:
         """Train an identity LoRA on TRAINSET_DIR (the output of `portrait preprocess`).
@@ -51,7 +55,8 @@ def register(group: click.Group) -> None:
         from ..identity.lora_train import loss_trend
 
         config = jobs.TrainConfig(base_model=base_model, steps=steps, rank=rank, alpha=alpha, lr=lr,
-                                  resolution=resolution, seed=seed, validate_every=validate_every,
+                                  resolution=resolution, gradient_accumulation=gradient_accumulation,
+                                  lora_targets=lora_targets, seed=seed, validate_every=validate_every,
                                   merge_top_k=merge_top_k, templates=tuple(templates), validation_size=validation_size,
                                   validate=not no_validate, device=device, dtype=dtype)
         with progress_bar(not as_json, show_loss=True) as bar:

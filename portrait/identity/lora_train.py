@@ -5,8 +5,9 @@
     result.kohya_path         # identity_kohya.safetensors: A1111 / ComfyUI read it
     result.report             # what training.json holds
 
-The UNet's attention projections get a LoRA (EasyPhoto's defaults: rank 128, alpha 64, lr 1e-4,
-200 steps per photo up to 800, 512 px for SD 1.5 / 1024 for SDXL). VAE latents (of each crop and its
+The UNet's transformer blocks get a LoRA (EasyPhoto's defaults: every Linear / 1x1 conv of them, rank
+128, alpha 64, lr 1e-4, 4 gradients accumulated per step, 200 steps per photo up to 800, 512 px for SD 1.5
+/ 1024 for SDXL). VAE latents (of each crop and its
 mirror image) and caption embeddings are computed once; the text encoder and VAE stay frozen. Every
 `validate_every` steps the LoRA is saved as a checkpoint and rendered by a validator that scores the
 face's likeness to the user's photos; the best checkpoint (or the merge of the best k) becomes the
@@ -32,7 +33,10 @@ from . import lora_select
 from .reference import trainset_reference, write_reference
 
 ADAPTER = "portrait_train"
-TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
+# EasyPhoto's target set (lora_utils: every Linear and 1x1 conv of the UNet's Transformer2DModel blocks):
+# the attention projections, the blocks' proj_in / proj_out and their feed-forward layers.
+TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
+ATTENTION_ONLY = ("to_q", "to_k", "to_v", "to_out.0")  # the earlier, smaller set (target_modules= to choose it)
 DEFAULT_RESOLUTION = {"sd15": 512, "sdxl": 1024}
 LORA_FILE = "identity.safetensors"
 KOHYA_FILE = "identity_kohya.safetensors"
@@ -52,6 +56,8 @@ class TrainConfig:
     lr: float = 1e-4
     resolution: int | None = None  # None: 512 (SD 1.5) / 1024 (SDXL)
     batch_size: int = 1
+    gradient_accumulation: int = 4  # EasyPhoto's: each optimiser step sees 4 x batch_size samples
+    target_modules: tuple[str, ...] = TARGET_MODULES
     seed: int = 0
     validate_every: int = 100
     merge_top_k: int = 1  # >1: average the best k checkpoints' deltas
@@ -180,13 +186,14 @@ def _encode_text(pipe, captions: list[str], device, xl: bool, resolution: int):
 
 # -- LoRA state ---------------------------------------------------------------------------------------
 def _lora_state(unet, scale: float) -> dict:
-    """The trained adapter in diffusers' LoRA layout, scale baked into the up factors (alpha == rank)."""
-    from diffusers.utils import convert_state_dict_to_diffusers
+    """The trained adapter in PEFT's layout (`.lora_A` / `.lora_B`, which load_lora_weights reads for every
+    layer; diffusers' older `.lora.down` layout maps only the attention processors back, so the transformer
+    blocks' proj_in / proj_out / feed-forward factors would be dropped on load), scale baked into the up
+    factors (alpha == rank)."""
     from peft.utils import get_peft_model_state_dict
 
     sd = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
-    sd = {k: (v * scale if ".lora_B." in k else v).detach().float().cpu().contiguous() for k, v in sd.items()}
-    return convert_state_dict_to_diffusers(sd)
+    return {k: (v * scale if ".lora_B." in k else v).detach().float().cpu().contiguous() for k, v in sd.items()}
 
 
 def save_lora(pipe, unet_state: dict, path: Path) -> Path:
@@ -293,6 +300,28 @@ def _free_gpu_bytes(device) -> int | None:
     return None  # mps and others say nothing: checkpoint to be safe
 
 
+def _micro_step(unet, lat_mean, lat_std, text: dict, variants: int, noise_scheduler, gen, cfg, xl: bool, device,
+                target_kind: str, autocast, weight_dtype, scaler, accumulate: int, n_files: int) -> float:
+    """One micro-batch: draw samples, denoise, backpropagate loss / accumulate; its loss share."""
+    import torch
+
+    idx = torch.randint(0, n_files * variants, (cfg.batch_size,), generator=gen)
+    caption_idx = idx // variants
+    mean, std = lat_mean[idx], lat_std[idx]
+    latents = mean + std * torch.randn(mean.shape, generator=gen).to(device, mean.dtype)
+    noise = torch.randn(latents.shape, generator=gen).to(device, latents.dtype)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=gen).to(device)
+    noisy = noise_scheduler.add_noise(latents, noise, t)
+    target = noise_scheduler.get_velocity(latents, noise, t) if target_kind == "v_prediction" else noise
+    cond = {k: v[caption_idx.to(v.device)] for k, v in text.items()}
+    added = {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]} if xl else None
+    with torch.autocast(device.type, dtype=weight_dtype, enabled=bool(autocast)):
+        pred = unet(noisy, t, encoder_hidden_states=cond["encoder_hidden_states"], added_cond_kwargs=added).sample
+    loss = torch.nn.functional.mse_loss(pred.float(), target.float()) / accumulate
+    scaler.scale(loss).backward()
+    return float(loss.detach())
+
+
 def train_lora(cfg: TrainConfig, *, validate: lora_select.Validator | None | str = "default",
                progress: ProgressCallback | None = None, on_step: Callable[[int, float], None] | None = None,
                manifest=None, template_validator: ValidatorFactory | None = None, cancel=None) -> TrainResult:
@@ -348,7 +377,7 @@ def train_lora(cfg: TrainConfig, *, validate: lora_select.Validator | None | str
     set_identity_lora(base, None)  # train on the bare base: no identity/style LoRA from an earlier job
     torch.manual_seed(cfg.seed)
     unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
-                                target_modules=list(TARGET_MODULES)), adapter_name=ADAPTER)
+                                target_modules=list(cfg.target_modules)), adapter_name=ADAPTER)
     try:
         unet.set_adapters([ADAPTER])
         params = [p for n, p in unet.named_parameters() if ADAPTER in n and "lora_" in n]
@@ -371,29 +400,18 @@ def train_lora(cfg: TrainConfig, *, validate: lora_select.Validator | None | str
         ckpts: dict[int, Path] = {}
         t_validate = 0.0
         unet.train()
+        accumulate = max(1, int(cfg.gradient_accumulation))
         for step in range(1, steps + 1):
             check_cancel(cancel, "training cancelled")
-            idx = torch.randint(0, len(files) * variants, (cfg.batch_size,), generator=gen)
-            caption_idx = idx // variants
-            mean, std = lat_mean[idx], lat_std[idx]
-            latents = mean + std * torch.randn(mean.shape, generator=gen).to(device, mean.dtype)
-            noise = torch.randn(latents.shape, generator=gen).to(device, latents.dtype)
-            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=gen).to(device)
-            noisy = noise_scheduler.add_noise(latents, noise, t)
-            target = noise_scheduler.get_velocity(latents, noise, t) if target_kind == "v_prediction" else noise
-            cond = {k: v[caption_idx.to(v.device)] for k, v in text.items()}
-            added = {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]} if xl else None
-            with torch.autocast(device.type, dtype=weight_dtype, enabled=bool(autocast)):
-                pred = unet(noisy, t, encoder_hidden_states=cond["encoder_hidden_states"],
-                            added_cond_kwargs=added).sample
-            loss = torch.nn.functional.mse_loss(pred.float(), target.float())
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            value = 0.0
+            for _ in range(accumulate):  # the samples of one optimiser step, their gradients summed
+                value += _micro_step(unet, lat_mean, lat_std, text, variants, noise_scheduler, gen, cfg, xl, device,
+                                     target_kind, autocast, weight_dtype, scaler, accumulate, len(files))
             scaler.unscale_(optimizer)  # clip the true gradients
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             scaler.step(optimizer)  # skipped (and the scale lowered) when a gradient overflowed
             scaler.update()
-            value = float(loss.detach())
             if not math.isfinite(value):
                 raise PortraitError(f"training diverged at step {step} (loss {value}); lower --lr")
             losses.append(value)

@@ -10,6 +10,7 @@ from preprocess import PreprocessConfig
 
 from ..errors import ConfigError
 from ..faces.analysis import DETECTORS, EMBEDDERS
+from ..identity import lora_train
 from ..identity.reference import REFERENCE_NAME
 from ..models.device import check_dtype_name
 from ..engines import RETOUCH_ENGINES, UPSCALE_ENGINES
@@ -19,6 +20,7 @@ from ..pipeline import RunConfig
 from ..settings import check_choice, check_limits, from_dict
 
 EMBEDDING_NAME = "identity_embedding.safetensors"
+LORA_TARGETS = {"easyphoto": lora_train.TARGET_MODULES, "attention": lora_train.ATTENTION_ONLY}
 IDENTITY_ENGINES = ("auto",) + PAINTING_ENGINES  # how a face embedding is painted; auto: by the base
 
 __all__ = ["REFERENCE_NAME", "CreateConfig", "EmbedConfig", "GenerateConfig", "PreprocessConfig", "RunConfig", "TrainConfig"]
@@ -41,6 +43,8 @@ class TrainConfig(_FromDict):
     alpha: float = 64.0
     lr: float = 1e-4
     resolution: Optional[int] = None  # None: 512 SD 1.5, 1024 SDXL
+    gradient_accumulation: int = 4  # EasyPhoto's: 4 samples' gradients per optimiser step
+    lora_targets: str = "easyphoto"  # easyphoto: every Linear / 1x1 conv of the transformer blocks; attention: q/k/v/out
     seed: int = 0
     validate_every: int = 100
     merge_top_k: int = 1
@@ -54,13 +58,14 @@ class TrainConfig(_FromDict):
     LIMITS: ClassVar[dict] = {  # the CLI's options read them too
         "steps": (1, 100000), "rank": (1, 1024), "alpha": (1e-9, None), "lr": (1e-12, None),
         "resolution": (64, 4096), "validate_every": (1, 100000), "merge_top_k": (1, 100),
-        "validation_size": (64, 2048),
+        "validation_size": (64, 2048), "gradient_accumulation": (1, 64),
     }
 
     def __post_init__(self):
         check_limits(self)
         if self.resolution is not None and self.resolution % 8:
             raise ConfigError(f"option 'resolution' must be a multiple of 8, got {self.resolution}")
+        check_choice("lora_targets", self.lora_targets, tuple(LORA_TARGETS))
         check_dtype_name(self.dtype)
 
 

@@ -7,7 +7,7 @@ from typing import Callable
 
 from ..identity import lora_train
 from ..progress import CancelToken, ProgressCallback
-from .configs import TrainConfig
+from .configs import LORA_TARGETS, TrainConfig
 from .results import TrainResult
 
 
@@ -38,6 +38,7 @@ def train(trainset: Path, out_dir: Path, config: TrainConfig | None = None, *, p
     cfg = lora_train.TrainConfig(
         trainset=Path(trainset), base_model=config.base_model, out_dir=Path(out_dir), steps=config.steps,
         rank=config.rank, alpha=config.alpha, lr=config.lr, resolution=config.resolution, seed=config.seed,
+        gradient_accumulation=config.gradient_accumulation, target_modules=LORA_TARGETS[config.lora_targets],
         validate_every=config.validate_every, merge_top_k=config.merge_top_k, templates=tuple(config.templates),
         validation_size=config.validation_size, device=config.device, dtype=config.dtype)
     result = lora_train.train_lora(cfg, validate="default" if config.validate else None, progress=progress,
