@@ -23,11 +23,11 @@ template.toml (every key optional except `name`):
     strength = 0.45
     steps = 30
     guidance_scale = 7.0
-    controlnets = { canny = 0.5, openpose = 0.3, color = 0.5 }   # unset: the base's recipe (SD 1.5: these;
+    controlnets = { canny = 0.5, openpose = 0.5, color = 0.85 }   # unset: the base's recipe (SD 1.5: these;
     [edge]                              # pass 2: the ring around the face      SDXL: canny 0.5 only)
     strength = 0.3
     steps = 20
-    controlnets = { tile = 0.8, canny = 0.8 }                       # unset: SD 1.5 these, SDXL canny 1.0
+    controlnets = { tile = 1.0, canny = 1.0 }                       # unset: SD 1.5 these, SDXL canny 1.0
     [style]
     lora = "styles/film.safetensors"    # a file (relative to the template folder) or a manifest model name
     weight = 0.6

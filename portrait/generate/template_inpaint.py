@@ -98,8 +98,11 @@ MAX_STEPS, MAX_GUIDANCE, MAX_CONTROL_SCALE = 500, 50.0, 2.0
 # as EasyPhoto's SDXL path); the SD 1.5 identity LoRA and FaceID at EasyPhoto's 7.
 DEFAULT_GUIDANCE = 7.0
 ENGINE_GUIDANCE = {"instantid": 5.0}
-PASS1 = PassSettings(0.45, 30, {"canny": 0.5, "openpose": 0.3, "color": 0.5})
-PASS2 = PassSettings(0.3, 20, {"tile": 0.8, "canny": 0.8})
+# EasyPhoto's current scales (easyphoto_infer.py): pass 1 canny 0.5, openpose 0.5, colour 0.85; pass 2 tile and
+# canny at 1.0. Its units also run sd-webui-controlnet's control_mode 1 ("my prompt is more important"),
+# which diffusers has no equivalent of: the scales apply uniformly here.
+PASS1 = PassSettings(0.45, 30, {"canny": 0.5, "openpose": 0.5, "color": 0.85})
+PASS2 = PassSettings(0.3, 20, {"tile": 1.0, "canny": 1.0})
 # SDXL, as EasyPhoto's SDXL recipe (easyphoto_infer.py: sdxl_canny_mid alone in both diffusions): canny only.
 # No colour ControlNet has a standard SDXL release, and the SD 1.5 openpose / tile ones cannot steer SDXL.
 PASS1_SDXL = PassSettings(0.45, 30, {"canny": 0.5})
