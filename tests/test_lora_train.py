@@ -305,3 +305,15 @@ def test_each_step_accumulates_the_gradients_of_four_samples(tiny_base, trainset
             assert rep["config"]["gradient_accumulation"] == acc and len(rep["loss"]) == 2
     finally:
         handle.remove()
+
+
+def test_validation_scores_with_the_face_engines_the_training_set_was_judged_with(tmp_path):
+    from portrait.identity.lora_train import trainset_face_config
+
+    (tmp_path / "report.json").write_text(json.dumps({"engines": {"detector": "scrfd", "landmarks": "dlib5",
+                                                                  "embedder": "arcface-buffalo", "decoder": "pillow"}}))
+    cfg = trainset_face_config(tmp_path)
+    assert (cfg.detector, cfg.embedder) == ("scrfd", "arcface-buffalo")
+    (tmp_path / "report.json").write_text(json.dumps({"engines": {"embedder": "no-such-engine"}}))
+    assert trainset_face_config(tmp_path).embedder == "dlib-resnet"  # unknown: the defaults
+    assert trainset_face_config(tmp_path / "missing").embedder == "dlib-resnet"

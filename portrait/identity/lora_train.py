@@ -226,6 +226,22 @@ def _strip_unet_prefix(state: dict) -> dict:
 ValidatorFactory = Callable[[object, list, object, object], lora_select.Validator]
 
 
+def trainset_face_config(trainset: str | Path):
+    """The face engines the training set was judged with (its report.json's `engines`), so validation scores
+    likeness with the recogniser the run uses; the defaults when the report names none."""
+    from ..faces import FaceConfig
+
+    try:
+        engines = json.loads((Path(trainset) / "report.json").read_text(encoding="utf-8")).get("engines") or {}
+    except (OSError, ValueError, AttributeError):
+        engines = {}
+    chosen = {k: engines[k] for k in ("detector", "landmarks", "embedder") if isinstance(engines.get(k), str)}
+    try:
+        return FaceConfig(**chosen)
+    except PortraitError:  # engines this version does not know: the defaults
+        return FaceConfig()
+
+
 def default_validator(cfg: TrainConfig, files: list[Path], captions: list[str], base,
                       template_validator: ValidatorFactory | None = None,
                       resolution: int | None = None) -> Callable | None:
@@ -235,7 +251,7 @@ def default_validator(cfg: TrainConfig, files: list[Path], captions: list[str], 
     scored by likeness to the centroid of the user's crops."""
     from ..faces import get_face_analysis
 
-    fa = get_face_analysis()
+    fa = get_face_analysis(trainset_face_config(cfg.trainset))
     crops = [_load_square(f, max(256, min(512, cfg.resolution or 512))) for f in files]
     centroid = lora_select.user_centroid(crops, fa)
     if cfg.templates:
