@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 from portrait.errors import PortraitError
 
 from .errors import BadRequest, BadSettings, ServiceError, error_response
+from . import retention
 from .front_settings import FrontSettings
 from .settings import Settings
 
@@ -79,6 +80,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     service = Service(settings)  # migrates the database on first use
     service.result_url = signed_result_url
+    retention.sweep_cache_until_closed(service)  # no deleted identity stays in this machine's cache
     ops.init_app(app, service)  # /healthz, /readyz, /metrics; the service in app.extensions["portrait"]
     app.teardown_appcontext(_forget_request_state)
     app.before_request(_refuse_unstorable_json)  # before the API's and the form's parsers

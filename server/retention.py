@@ -6,11 +6,13 @@ deliveries expire the same way. Run by the workers (`Worker.maintenance`)."""
 from __future__ import annotations
 
 import logging
+import threading
 
 from sqlalchemy import delete, func, select
 
 from .db.models import (VISITOR_PREFIX, ApiKey, Batch, IdempotencyRecord, Identity, Job, Tenant, WebhookDelivery,
                         is_visitor_name, now)
+from .storage import Storage
 
 log = logging.getLogger("portrait.retention")
 IDEMPOTENCY_SECONDS = 24 * 3600
@@ -84,6 +86,29 @@ def prune_visitors(service, at: float) -> int:
     for tid in empty:
         service.storage.delete_tenant(tid)
     return len(empty)
+
+
+CACHE_SWEEP_SECONDS = 10.0  # how soon a deletion made elsewhere leaves this machine's cache
+
+
+def sweep_cache_until_closed(service, every: float = CACHE_SWEEP_SECONDS) -> threading.Thread | None:
+    """For a process with no worker (a web-only machine): forget_deleted_in_cache now and every `every`
+    seconds in a daemon thread until the service closes. None where the storage keeps no cache."""
+    if type(service.storage).cached is Storage.cached:  # the data dir is the store: nothing cached
+        return None
+
+    def loop() -> None:
+        while True:
+            try:
+                forget_deleted_in_cache(service)
+            except Exception:  # the database may be briefly away: try again next round
+                log.exception("cache sweep failed")
+            if service.closing.wait(every):
+                return
+
+    th = threading.Thread(target=loop, name="cache-sweep", daemon=True)
+    th.start()
+    return th
 
 
 def forget_deleted_in_cache(service) -> int:

@@ -39,7 +39,6 @@ from .settings import Settings
 log = logging.getLogger("portrait.worker")
 MAINTENANCE_SECONDS = 2.0
 RETENTION_SECONDS = 600.0
-CACHE_SWEEP_SECONDS = 10.0  # how soon a deletion made elsewhere leaves this machine's cache
 STALE_WORKER_SECONDS = 3600.0
 PROGRESS_SECONDS = 1.0  # a running job's progress reaches the row at least this often
 
@@ -193,7 +192,7 @@ class Worker:
             if force or t - self._last_retention > RETENTION_SECONDS:
                 self._last_retention = t
                 retention.apply_retention(self.service)
-            if force or t - self._last_cache_sweep > CACHE_SWEEP_SECONDS:
+            if force or t - self._last_cache_sweep > retention.CACHE_SWEEP_SECONDS:
                 self._last_cache_sweep = t
                 retention.forget_deleted_in_cache(self.service)
             self._beat_row()

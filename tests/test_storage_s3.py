@@ -7,6 +7,7 @@ with the web side but the database and the bucket."""
 from __future__ import annotations
 
 import io
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -257,6 +258,27 @@ def test_the_service_end_to_end_on_the_object_store(endpoint, bucket, tmp_path, 
     # not the 24 h prune.
     worker_cache = tmp_path / "worker" / "cache" / "tenants" / t["id"]
     assert worker_copy.exists()
+    # A web-only machine (no worker there) with the same files cached sweeps its cache too, at start and
+    # every 10 s, until its service closes.
+    import shutil
+
+    from server.retention import sweep_cache_until_closed
+
+    shutil.copytree(tmp_path / "worker" / "cache", tmp_path / "web2" / "cache")
+    web2_copy = tmp_path / "web2" / worker_copy.relative_to(tmp_path / "worker")
+    assert web2_copy.exists()
+    web2 = Service(Settings.load({"data_dir": tmp_path / "web2", "database_url": db}))
+    sweeper = sweep_cache_until_closed(web2)
+    deadline = time.monotonic() + 15
+    while web2_copy.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not web2_copy.exists()
+    web2.close()
+    sweeper.join(5)
+    assert not sweeper.is_alive()  # it ends with its service
+    local = Service(Settings.load({"data_dir": tmp_path / "local"}, env={}))
+    assert sweep_cache_until_closed(local) is None  # a local data dir is the store itself: no cache to sweep
+    local.close()
     wsvc = Service(wsettings)
     Worker(wsettings, service=wsvc).maintenance(force=True)
     assert not worker_copy.exists()

@@ -8,6 +8,7 @@ rows: another tenant's id is `NotFound`, exactly like an id that does not exist.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, Mapping, Optional
 
 from ..db import Database
@@ -31,6 +32,7 @@ class Service(TenantsService, IdentitiesService, JobsService, BatchesService, Op
     def __init__(self, settings: Settings, *, db: Optional[Database] = None, storage: Optional[Storage] = None,
                  dispatcher: Optional[Dispatcher] = None, migrate: bool = True):
         self.settings = settings
+        self.closing = threading.Event()
         self.db = db or Database(settings.db_url)
         if settings.broker_url.startswith(("redis://", "rediss://")) and self.db.news is None:
             from ..job_news import JobNews
@@ -49,4 +51,5 @@ class Service(TenantsService, IdentitiesService, JobsService, BatchesService, Op
         return cls(Settings.load(config), **kwargs)
 
     def close(self) -> None:
+        self.closing.set()  # background loops of this service (the web side's cache sweep) end
         self.db.dispose()
