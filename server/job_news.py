@@ -1,4 +1,5 @@
-"""A fleet's change feed for progress streams: Redis pub/sub on the broker's Redis.
+"""A fleet's change feed for progress streams: Redis pub/sub on the broker's Redis, or, on PostgreSQL with
+no Redis broker, the database's own LISTEN / NOTIFY (PgJobNews).
 
 Whatever changes a job row (a claim, a heartbeat's progress, the end, a cancel, the reaper) announces the
 job's id on CHANNEL after its commit (`server.queue.lease`); each server process's stream feed
@@ -65,6 +66,73 @@ class Listener:
             except Exception as exc:  # the broker went away: poll meanwhile, subscribe again soon
                 self.connected.clear()
                 log.debug("job news: %s", exc)
+                self._stop.wait(2.0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.connected.clear()
+
+
+PG_CHANNEL = "portrait_job_news"
+
+
+def _libpq_url(db_url: str) -> str:
+    """A SQLAlchemy PostgreSQL URL as psycopg takes it (no `+driver`, the password kept)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(db_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class PgJobNews:
+    """The same feed over PostgreSQL's NOTIFY: a fleet on PostgreSQL with the embedded queue (no Redis)
+    still wakes its progress streams at once. `announce` runs pg_notify on the pool's connection (delivered
+    when that short transaction commits); each listener holds one connection of its own."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.url = _libpq_url(engine.url.render_as_string(hide_password=False))
+
+    def announce(self, job_ids: Iterable[str]) -> None:
+        ids = [j for j in job_ids if j]
+        if not ids:
+            return
+        from sqlalchemy import text
+
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": PG_CHANNEL,
+                                                                           "payload": " ".join(ids)[:7900]})
+        except Exception as exc:  # the database is away: streams still poll
+            log.debug("job news not sent: %s", exc)
+
+    def listen(self, on_news: Callable[[list[str]], None]) -> "PgListener":
+        return PgListener(self.url, on_news)
+
+
+class PgListener:
+    """A daemon thread LISTENing on PG_CHANNEL, calling `on_news(ids)` per notification; `close()` ends it."""
+
+    def __init__(self, url: str, on_news: Callable[[list[str]], None]):
+        self._url, self._on_news = url, on_news
+        self._stop = threading.Event()
+        self.connected = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="portrait-job-news-pg", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psycopg
+
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._url, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {PG_CHANNEL}")
+                    self.connected.set()
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=1.0):
+                            self._on_news(note.payload.split())
+            except Exception as exc:  # the database went away: poll meanwhile, listen again soon
+                self.connected.clear()
+                log.debug("job news (postgres): %s", exc)
                 self._stop.wait(2.0)
 
     def close(self) -> None:

@@ -103,6 +103,11 @@ def test_postgres_migrations_and_skip_locked_claims_over_200_jobs(tmp_path):
         assert db.migrate() == newest_migration()  # idempotent
         cfg = {"database_url": url, "lease_seconds": 10, "tenant_concurrency": 4, "max_queue_size": 500}
         svc = Service(Settings.load({"data_dir": tmp_path / "data", **cfg}, env={}), db=db)
+        # No Redis here: the progress streams' change feed is the database's LISTEN / NOTIFY.
+        assert type(svc.db.news).__name__ == "PgJobNews"
+        heard: list[str] = []
+        listener = svc.db.news.listen(heard.extend)
+        wait_for(listener.connected.is_set, 30, "the LISTEN connection")
         t, _ = svc.create_tenant("bulk")
         logs = [tmp_path / "p1.log", tmp_path / "p2.log"]
         workers = [start_worker(svc.settings.data_dir, p, "--idle-exit", "10", **cfg) for p in logs]
@@ -116,6 +121,8 @@ def test_postgres_migrations_and_skip_locked_claims_over_200_jobs(tmp_path):
             stop(workers)
         rows = [svc.get_job(t["id"], j) for j in jobs]
         assert all(r["state"] == "succeeded" and r["attempts"] == 1 for r in rows)  # none claimed twice
+        wait_for(lambda: set(jobs) <= set(heard), 30, "every job's change announced")  # by the worker processes
+        listener.close()
         by_worker = {}
         for r in rows:
             by_worker[pid_of(r["worker"])] = by_worker.get(pid_of(r["worker"]), 0) + 1

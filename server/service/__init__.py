@@ -38,6 +38,10 @@ class Service(TenantsService, IdentitiesService, JobsService, BatchesService, Op
             from ..job_news import JobNews
 
             self.db.news = JobNews(settings.broker_url)  # progress streams in every server process hear at once
+        elif self.db.dialect == "postgresql" and self.db.news is None:
+            from ..job_news import PgJobNews
+
+            self.db.news = PgJobNews(self.db.engine)  # the same, over the database's LISTEN / NOTIFY
         self.storage = storage or make_storage(settings.data_dir, settings.storage_url, settings.storage_endpoint_url,
                                                   settings.storage_cache_hours)
         self.dispatcher = dispatcher or make_dispatcher(settings)
