@@ -29,11 +29,12 @@ def restore_engine(config: PreprocessConfig, manifest: Manifest) -> str:
     """`esrgan` when asked for, or (auto) when its model file and spandrel are present; else `classic`."""
     if config.restore_engine != "auto":
         return config.restore_engine
-    try:
-        import spandrel  # noqa: F401
-    except ImportError:
-        return "classic"
-    return "esrgan" if manifest.available("realesrgan-x4") and manifest.path("realesrgan-x4").is_file() else "classic"
+    import importlib.util
+
+    # The file first and spandrel only looked up, not imported: importing it brings torch into every
+    # analysis run that has no use for it.
+    present = manifest.available("realesrgan-x4") and manifest.path("realesrgan-x4").is_file()
+    return "esrgan" if present and importlib.util.find_spec("spandrel") is not None else "classic"
 
 
 def needs_restoring(face_px: float, config: PreprocessConfig) -> bool:

@@ -37,3 +37,21 @@ def test_every_stage_says_where_it_runs(hermetic):
     assert devices["fusion"] == devices["retouch"] == devices["upscale"] == "cpu"  # numpy / OpenCV engines
     assert devices["inpaint"] == "" or devices["inpaint"] == "cpu"
     assert all("device" in e.to_dict() for e in pipe.engines)
+
+
+def test_a_machine_without_a_gpu_device_node_resolves_the_cpu_without_importing_torch():
+    """torch costs a worker 300+ MB; where no GPU can exist (Linux without /dev/nvidia*, /dev/kfd, /dev/dxg)
+    the device is known without it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dev = Path("/dev")
+    if not sys.platform.startswith("linux") or any(dev.glob("nvidia[0-9]*")) or (dev / "kfd").exists() \
+            or (dev / "dxg").exists():
+        pytest.skip("this machine may have a GPU: torch has to be asked")
+    code = ("import sys; from portrait.models.device import resolve_device; "
+            "print(resolve_device(None), resolve_device('cpu'), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in __import__("os").environ.items() if k != "PORTRAIT_DEVICE"})
+    assert out.stdout.split() == ["cpu", "cpu", "False"], out.stderr
