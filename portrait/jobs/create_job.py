@@ -19,7 +19,7 @@ from typing import Sequence
 from ..errors import ConfigError, ModelMissingError
 from ..progress import CancelToken, ProgressCallback, check_cancel, report
 from .configs import CreateConfig
-from .generate_job import find_reference, identity_engine
+from .generate_job import find_reference, identity_engine, load_models
 from .results import CreateResult
 
 RESULT_NAME = "create.json"
@@ -116,7 +116,6 @@ def create(identity: Path, styles: Sequence[str | Path], out_dir: Path, config: 
     ranked by likeness."""
     from ..engines import choose_retouch, choose_upscale
     from ..faces import FaceConfig, get_face_analysis
-    from ..generate.pipelines import InpaintModels
     from ..generate.template_inpaint import Identity
     from ..generate.text_to_image import SceneRender
     from ..models import loading
@@ -154,10 +153,7 @@ def create(identity: Path, styles: Sequence[str | Path], out_dir: Path, config: 
     requests = [_request(p, arch, config, range(first, first + config.count), subject) for p in packs]
     controls = sorted({r.control for r in requests if r.control})
     check_cancel(cancel, "creation cancelled")
-    report(progress, "load models", 0, 1)
-    models = InpaintModels.for_engine(base, id_engine, controls, manifest=manifest, device=config.device,
-                                      dtype=config.dtype)
-    report(progress, "load models", 1, 1)
+    models = load_models(base, id_engine, controls, manifest, config, progress)
     render = SceneRender(models, detail_size=config.detail_size)
     finish = _Finish(config, fa, ref_rgb, ref_face, retouch_choice.engine, upscale_choice.engine, manifest,
                      str(models.device))

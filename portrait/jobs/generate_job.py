@@ -57,6 +57,18 @@ def identity_engine(engine: str, ident, base: str, manifest) -> str | None:
     return engine
 
 
+def load_models(base: str, engine: str | None, controls, manifest, config, progress):
+    """The base, `controls`' ControlNets and the identity engine's adapter files (InpaintModels.for_engine),
+    on the config's device and dtype, under the "load models" progress stage."""
+    from ..generate.pipelines import InpaintModels
+
+    report(progress, "load models", 0, 1)
+    models = InpaintModels.for_engine(base, engine, controls, manifest=manifest, device=config.device,
+                                      dtype=config.dtype)
+    report(progress, "load models", 1, 1)
+    return models
+
+
 def generate(identity: Path, templates: Sequence[str | Path], out_dir: Path, config: GenerateConfig | None = None, *,
              progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> GenerateResult:
     """Paint `identity` (a LoRA from train, or a face embedding from embed) into each template's face (names,
@@ -64,7 +76,6 @@ def generate(identity: Path, templates: Sequence[str | Path], out_dir: Path, con
     photo is read."""
     from ..engines import INSTANTID_NAMES, missing_controlnets
     from ..faces import FaceConfig, get_face_analysis
-    from ..generate.pipelines import InpaintModels
     from ..generate.template_inpaint import Identity, TemplateInpaint
     from ..generate.template_jobs import generate_on_template, job_from_template, template_slots
     from ..models import loading
@@ -105,10 +116,7 @@ def generate(identity: Path, templates: Sequence[str | Path], out_dir: Path, con
     ref_rgb, ref_face, ref_file = find_reference(Path(identity), config.reference, fa)
     multi = [i for i, t in enumerate(tmpls) if len(template_slots(t, fa)) > 1]
     check_cancel(cancel, "generation cancelled")
-    report(progress, "load models", 0, 1)
-    models = InpaintModels.for_engine(base, id_engine, needed, manifest=manifest, device=config.device,
-                                      dtype=config.dtype)
-    report(progress, "load models", 1, 1)
+    models = load_models(base, id_engine, needed, manifest, config, progress)
     runner = TemplateInpaint(models, sampler=config.scheduler)
     try:
         # One-face templates run together (batched where their settings match); others slot by slot.
