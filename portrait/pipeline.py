@@ -364,8 +364,16 @@ class PortraitPipeline:
     def _one_template(self, run: _Run, tmpl, references, centroid, out_dir: Path, timings: dict) -> TemplateOutput:
         c = self.config
         n = len(references)
+        # The first variants differ only in their reference photo: one batched denoising call paints them
+        # all (a one-face template under diffusion); retries for the likeness bar run one at a time.
+        painted = self._diffuse_variants(run, tmpl, [self._reference(references, i) for i in range(min(c.variants, n))])
+
+        def variant(i: int):
+            ref = self._reference(references, i)
+            return self._render(run, tmpl, *ref, painted=painted.get(i))
+
         ranked = best_of(
-            lambda i: self._render(run, tmpl, *self._reference(references, i)),
+            variant,
             centroid, variants=min(c.variants, n), max_tries=min(c.max_tries, n), metric=self.fa.metric,
             threshold=self.fa.same_person_threshold, bar=c.likeness_bar,
         )
@@ -377,8 +385,10 @@ class PortraitPipeline:
                               best.passed_bar, len(ranked), best.meta["timings"], best.meta["others"],
                               best.meta.get("slots", {}))
 
-    def _render(self, run: _Run, tmpl, ref_name: str, ref_img: np.ndarray, ref_face: Face) -> Candidate:
-        """One portrait of the user on `tmpl` from one reference photo, and its face embedding."""
+    def _render(self, run: _Run, tmpl, ref_name: str, ref_img: np.ndarray, ref_face: Face,
+                painted: tuple[np.ndarray, float] | None = None) -> Candidate:
+        """One portrait of the user on `tmpl` from one reference photo, and its face embedding. `painted`:
+        (image, seconds) of this variant's diffusion, already made in a batch (_diffuse_variants)."""
         run.check()  # between variants
         from .post.fusion import fuse
         from .post.retouch import retouch
@@ -392,7 +402,9 @@ class PortraitPipeline:
         people = {s: ((p.reference_image, p.reference_face) if (p := run.people.get(s)) else (ref_img, ref_face))
                   for s in slots}
         tic = time.perf_counter()
-        if self.engine("inpaint").engine == "diffusion":
+        if painted is not None:
+            image, t["inpaint"] = painted
+        elif self.engine("inpaint").engine == "diffusion":
             # The two-pass recipe runs its own fusion #1 / #2 around the ControlNet inpaints.
             image = self._diffuse(run, tmpl, people)
             t["inpaint"] = time.perf_counter() - tic
@@ -432,16 +444,44 @@ class PortraitPipeline:
                          meta={"reference": ref_name, "timings": {k: round(v, 3) for k, v in t.items()},
                                "others": others, "slots": {s: v.to_dict() for s, v in seen.items()}})
 
-    def _diffuse(self, run: _Run, tmpl, people: dict[int, tuple[np.ndarray, Face]]) -> np.ndarray:
-        """Paint each slot in turn (each on the previous result) with that slot's person's identity."""
+    def _recipe(self, run: _Run, tmpl):
+        """(models, the user's identity, the two-pass recipe) with `tmpl`'s ControlNets loaded."""
         from .generate.template_inpaint import TemplateInpaint
-        from .generate.template_jobs import generate_on_template, template_controls
+        from .generate.template_jobs import template_controls
 
         models, identity = self._diffusion_models(run)
         models.ensure_controlnets(template_controls(tmpl, arch=models.arch))  # this template's ControlNets, for the base's architecture
         if self._inpaint is None:
             self._inpaint = TemplateInpaint(models, fusion_engine=self.engine("fusion").engine,
                                             crop_size=self.config.inpaint_size, sampler=self.config.scheduler)
+        return models, identity, self._inpaint
+
+    def _diffuse_variants(self, run: _Run, tmpl, refs: list) -> dict[int, tuple[np.ndarray, float]]:
+        """Variant index -> (painted image, seconds each) for the first variants of a one-face template under
+        diffusion, in one batched call (TemplateInpaint batches jobs whose settings match, each job with its
+        own reference photo); {} where they paint one at a time (several slots, other people, one variant)."""
+        from dataclasses import replace as with_fields
+
+        from .generate.template_jobs import job_from_template
+
+        if self.engine("inpaint").engine != "diffusion" or len(refs) < 2 or run.people \
+                or len(tmpl.slot_faces(self.fa)) != 1:
+            return {}
+        run.check()
+        models, identity, inpaint = self._recipe(run, tmpl)
+        base = job_from_template(tmpl, face_analysis=self.fa, arch=models.arch, steps=self.config.steps,
+                                 seed=self.config.seed)
+        jobs = [with_fields(base, reference=(img, face)) for _, img, face in refs]
+        tic = time.perf_counter()
+        results = inpaint(jobs, identity, refs[0][1], refs[0][2], progress=run.progress, cancel=run.cancel)
+        each = (time.perf_counter() - tic) / len(jobs)
+        return {i: (r.image, each) for i, r in enumerate(results)}
+
+    def _diffuse(self, run: _Run, tmpl, people: dict[int, tuple[np.ndarray, Face]]) -> np.ndarray:
+        """Paint each slot in turn (each on the previous result) with that slot's person's identity."""
+        from .generate.template_jobs import generate_on_template
+
+        models, identity, _ = self._recipe(run, tmpl)
         image = None
         for slot, (ref_img, ref_face) in sorted(people.items()):
             who = self._slot_identity(run, slot) if slot in run.people else identity

@@ -340,3 +340,18 @@ def test_guidance_is_the_identity_engines_unless_the_template_sets_it():
     assert unset.for_engine(Identity(face=face, engine="faceid")).guidance_scale == 7.0
     assert unset.for_engine(Identity(lora="x.safetensors")).guidance_scale == 7.0
     assert replace(PASS1, guidance_scale=3.5).for_engine(Identity(face=face, engine="instantid")).guidance_scale == 3.5
+
+
+def test_each_job_may_bring_its_own_reference_photo(models, scene, tiny, astronaut, face_analysis):
+    """Variants of one template differ only in their reference photo: a job's `reference` is fused into
+    its face in place of the call's, so the variants batch into one call."""
+    _, _, ref, rface = scene
+    other = (astronaut, face_analysis.analyze(astronaut)[0])
+    ident = Identity(lora=tiny["lora"])
+    runner = TemplateInpaint(models, crop_size=CROP)
+    mixed = runner([_job(scene), _job(scene, reference=other)], ident, ref, rface, keep_stages=True)
+    alone = runner(_job(scene), ident, *other, keep_stages=True)[0]
+    assert np.abs(mixed[1].stages["fused"].astype(int) - alone.stages["fused"].astype(int)).mean() < 1.0
+    assert np.abs(mixed[0].stages["fused"].astype(int) - mixed[1].stages["fused"].astype(int)).mean() > 2.0
+    with pytest.raises(ConfigError, match="job 0 reference"):
+        runner(_job(scene, reference=(astronaut, None)), ident, ref, rface)

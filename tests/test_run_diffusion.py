@@ -189,3 +189,29 @@ def test_run_cli_inpaint_size_reaches_the_diffusion_stage(tiny_models_dir, photo
     assert result["engines"]["inpaint"]["engine"] == "diffusion" and not result["failures"]
     assert result["engines"]["inpaint"]["reason"].endswith("96 px working crops")
     assert result["outputs"][0]["timings"]["inpaint"] > 0
+
+
+@pytest.mark.slow
+def test_the_first_variants_are_painted_in_one_batched_call(tiny_models_dir, photos, tmp_path, monkeypatch):
+    """`--variants 2` on a one-face template: both reference photos go through one TemplateInpaint call
+    (one denoising call per pass for both), and come out as the one-at-a-time renders do."""
+    from portrait.generate.template_inpaint import TemplateInpaint
+
+    calls = []
+    real = TemplateInpaint.__call__
+
+    def counting(self, jobs, *args, **kwargs):
+        calls.append(len(jobs) if isinstance(jobs, list) else 1)
+        return real(self, jobs, *args, **kwargs)
+
+    monkeypatch.setattr(TemplateInpaint, "__call__", counting)
+    cfg = RunConfig(models_dir=str(tiny_models_dir), diffusion="on", **{**FAST, "variants": 2, "max_tries": 2})
+    batched = PortraitPipeline(cfg).run(photos, ["navy-formal"], tmp_path / "batched")
+    assert calls == [2] and batched.outputs[0].variants_tried == 2
+    calls.clear()
+    monkeypatch.setattr(PortraitPipeline, "_diffuse_variants", lambda self, run, tmpl, refs: {})
+    single = PortraitPipeline(cfg).run(photos, ["navy-formal"], tmp_path / "single")
+    assert calls == [1, 1] and single.outputs[0].variants_tried == 2
+    assert single.outputs[0].reference == batched.outputs[0].reference
+    a, b = load_rgb(batched.outputs[0].file), load_rgb(single.outputs[0].file)
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 1.0  # batched = one at a time, to float noise

@@ -361,8 +361,12 @@ def faceid_plus_batch(pair, batch: int, guidance: bool):
     import torch
 
     cond, uncond = pair
-    embeds = cond.repeat(batch, 1, 1, 1)
-    return torch.cat([uncond.repeat(batch, 1, 1, 1), embeds]) if guidance else embeds
+
+    def rows(x):  # one pair for every image, or one row per image already
+        return x if x.shape[0] == batch else x.repeat(batch, 1, 1, 1)
+
+    embeds = rows(cond)
+    return torch.cat([rows(uncond), embeds]) if guidance else embeds
 
 
 def set_faceid_plus_inputs(pipe, clip_embeds, shortcut: bool) -> None:

@@ -175,6 +175,7 @@ class InpaintJob:
     name: str = ""
     color_strength: float = 1.0  # colour transfer of pass 1's face to the template's skin
     fusion2_blend: float = 0.5  # opacity of the second fusion
+    reference: tuple | None = None  # (rgb, face) of this job's own reference photo; None: the call's
 
 
 @dataclass
@@ -222,6 +223,8 @@ class _Work:
     crop: controls.FaceCrop
     face: Face  # template face in crop coordinates
     template_crop: np.ndarray
+    ref: tuple = ()  # (rgb, face): the reference photo this job fuses and whose face FaceID-Plus reads
+    plus: tuple | None = None  # FaceID-Plus: (cond, uncond) CLIP hidden states of that face
     stages: dict = field(default_factory=dict)
     masks: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
@@ -280,7 +283,13 @@ class TemplateInpaint:
                                   "`portrait embed --embedder arcface-antelopev2` again")
         if identity.lora is not None and not Path(identity.lora).is_file():
             raise ConfigError(f"identity LoRA {identity.lora} does not exist")
-        for what, img in (("ref_rgb", ref_rgb), *((f"job {i} template_rgb", j.template_rgb) for i, j in enumerate(jobs))):
+        own = [(f"job {i} reference", j.reference) for i, j in enumerate(jobs) if j.reference is not None]
+        for what, ref in own:
+            if not isinstance(ref, tuple) or len(ref) != 2 or ref[1] is None \
+                    or np.asarray(ref[1].landmarks5).shape != (5, 2):
+                raise ConfigError(f"{what} must be (rgb, face) with the face's landmarks5 of shape (5, 2)")
+        for what, img in (("ref_rgb", ref_rgb), *((f"{w} rgb", r[0]) for w, r in own),
+                          *((f"job {i} template_rgb", j.template_rgb) for i, j in enumerate(jobs))):
             if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
                 raise ConfigError(f"{what} must be uint8 RGB (H, W, 3)")
         if ref_face is None or np.asarray(ref_face.landmarks5).shape != (5, 2):
@@ -318,13 +327,14 @@ class TemplateInpaint:
             stop.check()
             t0 = time.perf_counter()
             crop = controls.face_crop(job.template_rgb.shape[:2], job.template_face, self.crop_size)
-            w = _Work(job, crop, crop.face(job.template_face), crop.crop(job.template_rgb))
+            r_rgb, r_face = job.reference or (ref_rgb, ref_face)
+            w = _Work(job, crop, crop.face(job.template_face), crop.crop(job.template_rgb), (r_rgb, r_face))
             h_w = w.template_crop.shape[:2]
-            fused = fuse(w.template_crop, w.face, ref_rgb, ref_face, engine=self.fusion_engine, skin="template",
-                         source_embedding=ref_face.embedding, device=self._onnx_device)
-            replaced, _ = paste_5pt(w.template_crop, w.face, ref_rgb, ref_face)
+            fused = fuse(w.template_crop, w.face, r_rgb, r_face, engine=self.fusion_engine, skin="template",
+                         source_embedding=r_face.embedding, device=self._onnx_device)
+            replaced, _ = paste_5pt(w.template_crop, w.face, r_rgb, r_face)
             # The user's landmarks carried onto the template face (what the keypoint control draws).
-            user_face = transform_face(ref_face, similarity_transform(ref_face.landmarks5, w.face.landmarks5))
+            user_face = transform_face(r_face, similarity_transform(r_face.landmarks5, w.face.landmarks5))
             w.masks["pass1"] = np.maximum(controls.inpaint_mask(h_w, w.face), fused.mask)
             w.stages.update(fused=fused.image, replaced=replaced)
             w.stages["controls1"] = controls.make_controls([n for n, _ in job.pass1.active()], fused=fused.image,
@@ -334,11 +344,16 @@ class TemplateInpaint:
             w.timings["prepare"] = time.perf_counter() - t0
             works.append(w)
             report(progress, "fusion", i + 1, len(jobs))
-        # FaceID-Plus: CLIP hidden states of the user's aligned face, once per call (batched in _diffuse).
-        plus = (faceid_plus_clip_embeds(self.models.image_encoder, ref_rgb, ref_face)
-                if identity.face is not None and not identity.instantid and self.models.image_encoder is not None
-                and self.models.faceid_kind == "faceid-plus" else None)
-        self._run_pass(works, "pass1", identity, progress, stop, plus)
+        # FaceID-Plus: CLIP hidden states of each reference's aligned face, once per photo (batched in _diffuse).
+        if identity.face is not None and not identity.instantid and self.models.image_encoder is not None \
+                and self.models.faceid_kind == "faceid-plus":
+            seen: dict[int, tuple] = {}
+            for w in works:
+                key = id(w.ref[0])
+                if key not in seen:
+                    seen[key] = faceid_plus_clip_embeds(self.models.image_encoder, *w.ref)
+                w.plus = seen[key]
+        self._run_pass(works, "pass1", identity, progress, stop)
         for w in works:
             t0 = time.perf_counter()
             out1 = w.stages["pass1"]
@@ -347,15 +362,15 @@ class TemplateInpaint:
                 recoloured = reinhard_transfer(out1, w.template_crop, m1, m1, strength=w.job.color_strength)
                 out1 = np.where(m1[..., None] > 0, recoloured, out1)
             w.stages["color"] = out1
-            fused2 = fuse(out1, w.face, ref_rgb, ref_face, engine=self.fusion_engine, skin="template", blend=w.job.fusion2_blend,
-                          source_embedding=ref_face.embedding, device=self._onnx_device)
+            fused2 = fuse(out1, w.face, *w.ref, engine=self.fusion_engine, skin="template", blend=w.job.fusion2_blend,
+                          source_embedding=w.ref[1].embedding, device=self._onnx_device)
             w.stages["fused2"] = fused2.image
             r = max(2, round(w.face.size * 0.06))
             w.masks["pass2"] = controls.edge_ring(m1, r, r)
             w.stages["controls2"] = controls.make_controls([n for n, _ in w.job.pass2.active()], fused=fused2.image,
                                                            replaced=fused2.image, faces=w.face)
             w.timings["between"] = time.perf_counter() - t0
-        self._run_pass(works, "pass2", identity, progress, stop, plus)
+        self._run_pass(works, "pass2", identity, progress, stop)
         results = []
         for w in works:
             final_mask = np.maximum(w.masks["pass1"], w.masks["pass2"])
@@ -374,7 +389,7 @@ class TemplateInpaint:
         return results
 
     # -- one pass over all jobs, batched where settings match ---------------------------------------
-    def _run_pass(self, works: list[_Work], which: str, identity: Identity, progress, stop: "Stop", plus=None) -> None:
+    def _run_pass(self, works: list[_Work], which: str, identity: Identity, progress, stop: "Stop") -> None:
         groups: dict[tuple, list[_Work]] = {}
         for w in works:
             s: PassSettings = getattr(w.job, which)
@@ -386,7 +401,7 @@ class TemplateInpaint:
                 stop.check()
                 batch = members[start:start + self.max_batch]
                 t0 = time.perf_counter()
-                images = self._diffuse(batch, which, active, strength, steps, guidance, identity, progress, stop, plus)
+                images = self._diffuse(batch, which, active, strength, steps, guidance, identity, progress, stop)
                 dt = (time.perf_counter() - t0) / len(batch)
                 for w, img in zip(batch, images):
                     w.stages[which] = img
@@ -394,9 +409,11 @@ class TemplateInpaint:
                 done += len(batch)
                 report(progress, which, done, len(works))
 
-    def _diffuse(self, batch: list[_Work], which: str, active, strength, steps, guidance, identity, progress, stop,
-                 plus=None):
+    def _diffuse(self, batch: list[_Work], which: str, active, strength, steps, guidance, identity, progress, stop):
         import torch
+
+        # FaceID-Plus: one (cond, uncond) row per image, each from that image's own reference face.
+        plus = None if batch[0].plus is None else tuple(torch.cat([w.plus[k] for w in batch]) for k in (0, 1))
 
         identitynet = identity.instantid and which == "pass1"
         if identitynet:  # InstantID: IdentityNet joins pass 1's ControlNets (its control image is last)
