@@ -363,6 +363,15 @@ def _ping(r) -> bool:
         return False
 
 
+def worker_memory_row() -> tuple[str, str, str]:
+    """bench/worker_memory.py's figure: a worker's RSS, with its analysis processes, after a run job."""
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name("worker_memory.py")), "--jobs", "1"],
+                         capture_output=True, text=True, timeout=600).stdout
+    line = next((x for x in out.splitlines() if x.startswith("goal:")), "")
+    figure = line.rsplit("(", 1)[-1].rstrip(")") if "(" in line else "not measured"
+    return ("worker RSS after a run job, analysis processes counted", figure, "goal < 400 MB (bench/worker_memory.py)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=3.0, help="per poll level")
@@ -432,6 +441,7 @@ def main() -> None:
                 finally:
                     redis_proc.terminate()
                     redis_proc.wait(10)
+        rows.append(worker_memory_row())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
