@@ -14,7 +14,7 @@ from PIL import Image
 
 from portrait.cli import cli
 from portrait.identity import lora_select
-from portrait.identity.lora_train import TrainConfig, read_trainset, train_lora
+from portrait.identity.lora_train import LoraTraining, read_trainset, train_lora
 from portrait.models import tiny
 
 pytestmark = pytest.mark.usefixtures("hermetic")  # no user models, templates or device (conftest)
@@ -55,7 +55,7 @@ def trained(tiny_base, trainset, tmp_path_factory):
         seen.append((step, Path(path).name))
         return -abs(step - 20) / 10
 
-    cfg = TrainConfig(trainset=trainset, base_model=str(tiny_base), out_dir=out, steps=30, rank=4, alpha=2,
+    cfg = LoraTraining(trainset=trainset, base_model=str(tiny_base), out_dir=out, steps=30, rank=4, alpha=2,
                       lr=3e-3, resolution=128, validate_every=10, seed=0)
     result = train_lora(cfg, validate=validate)
     return result, seen
@@ -134,7 +134,7 @@ def test_merge_averages_full_deltas_not_factors():
 def test_merge_top_k_writes_the_merged_delta(tiny_base, trainset, tmp_path):
     from safetensors.torch import load_file
 
-    cfg = TrainConfig(trainset=trainset, base_model=str(tiny_base), out_dir=tmp_path, steps=4, rank=4, alpha=4,
+    cfg = LoraTraining(trainset=trainset, base_model=str(tiny_base), out_dir=tmp_path, steps=4, rank=4, alpha=4,
                       lr=1e-3, resolution=64, validate_every=2, merge_top_k=2, flip=False)
     result = train_lora(cfg, validate=lambda pipe, step, path: float(step))
     assert result.report["chosen"] == [4, 2] and result.report["merged"] is True
@@ -149,7 +149,7 @@ def test_merge_top_k_writes_the_merged_delta(tiny_base, trainset, tmp_path):
 @pytest.mark.slow
 def test_default_validator_scores_no_face_as_worst_and_keeps_the_last(tiny_base, trainset, tmp_path):
     # Tiny random models render noise: no face is found, every score is the worst, the latest checkpoint wins.
-    cfg = TrainConfig(trainset=trainset, base_model=str(tiny_base), out_dir=tmp_path, steps=4, rank=2, alpha=2,
+    cfg = LoraTraining(trainset=trainset, base_model=str(tiny_base), out_dir=tmp_path, steps=4, rank=2, alpha=2,
                       resolution=64, validate_every=2, validation_resolution=64, validation_steps=2)
     rep = train_lora(cfg).report
     assert [c["face_found"] for c in rep["checkpoints"]] == [False, False]
@@ -266,7 +266,7 @@ def test_sdxl_vae_encodes_in_fp32_where_fp16_overflows():
 
 @pytest.mark.slow
 def test_fp16_mixed_precision_training_scales_the_loss(tiny_base, trainset, tmp_path):
-    cfg = TrainConfig(trainset=trainset, base_model=str(tiny_base), out_dir=tmp_path, steps=4, rank=4, alpha=2,
+    cfg = LoraTraining(trainset=trainset, base_model=str(tiny_base), out_dir=tmp_path, steps=4, rank=4, alpha=2,
                       lr=1e-3, resolution=64, validate_every=4, seed=0, dtype="float16", mixed_precision=True,
                       device="cpu")
     result = train_lora(cfg, validate=None)
@@ -298,7 +298,7 @@ def test_each_step_accumulates_the_gradients_of_four_samples(tiny_base, trainset
     try:
         for acc in (4, 1):
             calls.clear()
-            cfg = TrainConfig(trainset=trainset, base_model=str(tiny_base), out_dir=tmp_path / str(acc), steps=2, rank=4,
+            cfg = LoraTraining(trainset=trainset, base_model=str(tiny_base), out_dir=tmp_path / str(acc), steps=2, rank=4,
                               alpha=4, resolution=64, validate_every=100, gradient_accumulation=acc)
             rep = train_lora(cfg, validate=None).report
             assert sum(calls) == 2 * acc  # UNet forwards in training mode: steps x samples per step

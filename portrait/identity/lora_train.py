@@ -1,6 +1,6 @@
 """Per-user identity LoRA training on a preprocess output (diffusers + peft), EasyPhoto's recipe.
 
-    result = train_lora(TrainConfig(trainset="out/user1", base_model="sd15", out_dir="ids/user1"))
+    result = train_lora(LoraTraining(trainset="out/user1", base_model="sd15", out_dir="ids/user1"))
     result.lora_path          # identity.safetensors: pipe.load_lora_weights(...) reads it
     result.kohya_path         # identity_kohya.safetensors: A1111 / ComfyUI read it
     result.report             # what training.json holds
@@ -44,7 +44,10 @@ REPORT_FILE = "training.json"
 
 
 @dataclass
-class TrainConfig:
+class LoraTraining:
+    """One training run's settings, paths included (the job layer's TrainConfig, which a request may hold,
+    is turned into this by portrait.jobs.train)."""
+
     trainset: str | Path  # preprocess output: train/*.png + train/metadata.jsonl (+ report.json)
     base_model: str | Path = "sd15"  # manifest name, diffusers folder or single file
     out_dir: str | Path = "identity"
@@ -79,7 +82,9 @@ class TrainConfig:
 
 
 @dataclass
-class TrainResult:
+class LoraTrainingResult:
+    """What train_lora wrote (portrait.jobs.TrainResult is the job layer's view of it)."""
+
     lora_path: Path
     kohya_path: Path
     report_path: Path
@@ -113,7 +118,7 @@ def read_trainset(trainset: str | Path) -> tuple[list[Path], list[str], dict]:
     return files, captions, (json.loads(rep.read_text()) if rep.is_file() else {})
 
 
-def default_steps(n_photos: int, cfg: TrainConfig) -> int:
+def default_steps(n_photos: int, cfg: LoraTraining) -> int:
     return cfg.steps if cfg.steps else max(1, min(cfg.steps_per_photo * n_photos, cfg.max_steps))
 
 
@@ -242,7 +247,7 @@ def trainset_face_config(trainset: str | Path):
         return FaceConfig()
 
 
-def default_validator(cfg: TrainConfig, files: list[Path], captions: list[str], base,
+def default_validator(cfg: LoraTraining, files: list[Path], captions: list[str], base,
                       template_validator: ValidatorFactory | None = None,
                       resolution: int | None = None) -> Callable | None:
     """Template renders when templates are named (built by `template_validator`, which the job layer
@@ -338,9 +343,9 @@ def _micro_step(unet, lat_mean, lat_std, text: dict, variants: int, noise_schedu
     return float(loss.detach())
 
 
-def train_lora(cfg: TrainConfig, *, validate: lora_select.Validator | None | str = "default",
+def train_lora(cfg: LoraTraining, *, validate: lora_select.Validator | None | str = "default",
                progress: ProgressCallback | None = None, on_step: Callable[[int, float], None] | None = None,
-               manifest=None, template_validator: ValidatorFactory | None = None, cancel=None) -> TrainResult:
+               manifest=None, template_validator: ValidatorFactory | None = None, cancel=None) -> LoraTrainingResult:
     """Train, validate, choose (and merge) checkpoints, and write the identity files to cfg.out_dir.
 
     `validate`: "default" (text2img or template renders scored by face likeness), a callable
@@ -497,7 +502,7 @@ def train_lora(cfg: TrainConfig, *, validate: lora_select.Validator | None | str
     }
     report_path = out / REPORT_FILE
     report_path.write_text(json.dumps(rep, indent=2) + "\n")
-    return TrainResult(lora_path, kohya_path, report_path, rep)
+    return LoraTrainingResult(lora_path, kohya_path, report_path, rep)
 
 
 def loss_trend(losses: Sequence[float], window: int | None = None) -> tuple[float, float]:

@@ -11,7 +11,7 @@ from .configs import LORA_TARGETS, TrainConfig
 from .results import TrainResult
 
 
-def template_validator_factory(cfg: lora_train.TrainConfig):
+def template_validator_factory(cfg: lora_train.LoraTraining):
     """Validation on cfg.templates' faces: the generation stage's validator over the loaded templates,
     handed to training (which sits below generation and templates and cannot import them)."""
     if not cfg.templates:
@@ -35,7 +35,7 @@ def train(trainset: Path, out_dir: Path, config: TrainConfig | None = None, *, p
     from ..models.manifest import get_manifest
 
     config = config or TrainConfig()
-    cfg = lora_train.TrainConfig(
+    cfg = lora_train.LoraTraining(
         trainset=Path(trainset), base_model=config.base_model, out_dir=Path(out_dir), steps=config.steps,
         rank=config.rank, alpha=config.alpha, lr=config.lr, resolution=config.resolution, seed=config.seed,
         gradient_accumulation=config.gradient_accumulation, target_modules=LORA_TARGETS[config.lora_targets],
