@@ -147,8 +147,8 @@ class _Run:
 
     progress: Optional[ProgressCallback]
     cancel: object = None
-    pre: object = None  # the user's PreprocessResult
-    people: dict = field(default_factory=dict)  # slot -> PreprocessResult of another person
+    pre: object = None  # the user's preprocess.PreprocessedPhotos
+    people: dict = field(default_factory=dict)  # slot -> preprocess.PreprocessedPhotos of another person
     identity: object = None  # the user's generate.template_inpaint.Identity (diffusion), made on first use
     slot_identities: dict = field(default_factory=dict)
 

@@ -12,7 +12,7 @@ removal) → dataset (train/*.png + metadata.jsonl, report.json).
 
 from .config import REASON_ADVICE, REASON_TEXT, REASONS, PreprocessConfig, describe
 from .run import run_preprocess
-from .types import PhotoResult, PreprocessResult, verdict_message
+from .types import PhotoResult, PreprocessedPhotos, verdict_message
 
-__all__ = ["REASONS", "REASON_ADVICE", "REASON_TEXT", "PhotoResult", "PreprocessConfig", "PreprocessResult",
+__all__ = ["REASONS", "REASON_ADVICE", "REASON_TEXT", "PhotoResult", "PreprocessConfig", "PreprocessedPhotos",
            "describe", "run_preprocess", "verdict_message"]

@@ -44,7 +44,7 @@ from .intake import IntakeResult, decode_for_crop, intake_photo, list_photos
 from .orientation import turn_text
 from .restore import needs_restoring, restore_engine, restored_crop, retouched
 from .selection import blur_limit, choose_reference, face_reasons, order_reasons, select_top_k
-from .types import PhotoResult, PreprocessResult
+from .types import PhotoResult, PreprocessedPhotos
 from .workers import WorkerPool, analyse_in_worker, use_pool
 
 
@@ -261,7 +261,7 @@ def _crop_one(p: PhotoResult, a: Analysis, config: PreprocessConfig, background:
 def run_preprocess(photos: Path | str | list, out_dir: Path | str | None = None,
                    config: PreprocessConfig | None = None,
                    progress: ProgressCallback | None = None, *, pool: WorkerPool | None = None,
-                   cancel=None) -> PreprocessResult:
+                   cancel=None) -> PreprocessedPhotos:
     """Judge every photo, select the training set and (with `out_dir`) write train/ and report.json.
 
     `out_dir=None` analyses only and writes nothing. Raises PortraitError when no photo files are found;
@@ -347,7 +347,7 @@ def run_preprocess(photos: Path | str | list, out_dir: Path | str | None = None,
     if out_dir is not None:
         write_report(Path(out_dir), rep)
     timings["total"] = time.perf_counter() - t_start
-    return PreprocessResult(
+    return PreprocessedPhotos(
         photos=results, selected=[p.file for p in selected], reference=ref.file if ref else None,
         reference_face=ref.face if ref else None, reference_path=ref.path if ref else None,
         embeddings=embeddings, centroid=centroid, report=rep, accepted_count=len(accepted), train_dir=train_dir,

@@ -53,7 +53,7 @@ class PhotoResult:
 
 
 @dataclass
-class PreprocessResult:
+class PreprocessedPhotos:
     photos: list[PhotoResult]
     selected: list[str]
     reference: Optional[str]
@@ -84,7 +84,7 @@ class PreprocessResult:
         raise KeyError(file)
 
 
-def verdict_message(result: PreprocessResult, min_photos: int) -> str:
+def verdict_message(result: PreprocessedPhotos, min_photos: int) -> str:
     """One paragraph for the user: how many photos are usable and what to do about the others."""
     from .config import REASONS, describe
 

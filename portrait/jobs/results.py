@@ -19,7 +19,7 @@ class PreprocessResult:
     ok: bool
     message: str
     out_dir: Path
-    result: Any = field(default=None, repr=False, compare=False)  # preprocess.PreprocessResult (the photos)
+    result: Any = field(default=None, repr=False, compare=False)  # preprocess.PreprocessedPhotos (the photos)
 
     def to_dict(self) -> dict:
         return dict(self.report, ok=self.ok, message=self.message, out=str(self.out_dir))
