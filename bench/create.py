@@ -47,7 +47,7 @@ def main() -> None:
 
     from portrait.generate import controls
     from portrait.generate.pipelines import IDENTITYNET, InpaintModels, identity_inputs, identity_tokens, identitynet_hook
-    from portrait.generate.template_inpaint import Identity
+    from portrait.generate.template_inpaint import Sitter
     from portrait.generate.text_to_image import (SceneRender, SceneRequest, SceneSettings, control_drawing, head_face,
                                                  make_scheduler)
     from portrait.identity.face_embedding import FaceIdentity
@@ -75,12 +75,12 @@ def main() -> None:
                                                     num_tokens=16, hidden=64 if toy else 1280)
         face = FaceIdentity(vec / np.linalg.norm(vec), "arcface-antelopev2", "cosine", norm=20.0)
         models = InpaintModels(base, {}, identitynet=nets[IDENTITYNET], instantid_adapter=adapter)
-        ident, control = Identity(face=face, engine="instantid"), None
+        ident, control = Sitter(face=face, engine="instantid"), None
     else:
         adapter = tiny.build_tiny_ip_adapter_faceid(cfg_dir, work / "faceid.safetensors", id_dim=512)
         face = FaceIdentity(vec / np.linalg.norm(vec), "arcface-buffalo", "cosine")
         models = InpaintModels(base, nets, faceid_adapter=adapter)
-        ident, control = Identity(face=face, engine="faceid"), "openpose"
+        ident, control = Sitter(face=face, engine="faceid"), "openpose"
     for m in (base.unet, *nets.values()):
         m.to(device=device, dtype=dtype)
     build_s = time.perf_counter() - t0

@@ -146,7 +146,7 @@ def main() -> None:
     from portrait.faces import FaceConfig, get_face_analysis
     from portrait.generate import controls
     from portrait.generate.pipelines import InpaintModels
-    from portrait.generate.template_inpaint import PASS1, PASS2, Identity, InpaintJob, TemplateInpaint, _pil
+    from portrait.generate.template_inpaint import PASS1, PASS2, Sitter, InpaintJob, TemplateInpaint, _pil
     from portrait.imageio import load_rgb
     from portrait.models.device import pick_device
     from portrait.post.fusion import fuse
@@ -177,7 +177,7 @@ def main() -> None:
                      pass2=pass2, seed=0)
     models = InpaintModels(base, nets)
     ours = TemplateInpaint(models, crop_size=args.size)
-    identity = Identity(lora=lora)
+    identity = Sitter(lora=lora)
 
     # The bare calls' inputs, computed once outside the timing (same shapes as ours).
     crop = controls.face_crop(tpl.shape[:2], tface, args.size)

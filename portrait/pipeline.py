@@ -149,7 +149,7 @@ class _Run:
     cancel: object = None
     pre: object = None  # the user's preprocess.PreprocessedPhotos
     people: dict = field(default_factory=dict)  # slot -> preprocess.PreprocessedPhotos of another person
-    identity: object = None  # the user's generate.template_inpaint.Identity (diffusion), made on first use
+    identity: object = None  # the user's generate.template_inpaint.Sitter (diffusion), made on first use
     slot_identities: dict = field(default_factory=dict)
 
     def check(self) -> None:
@@ -491,11 +491,11 @@ class PortraitPipeline:
         return image
 
     def _face_identity(self, pre):
-        from .generate.template_inpaint import Identity
+        from .generate.template_inpaint import Sitter
         from .identity.face_embedding import FaceIdentity
 
         engine = "instantid" if self.identity_engine == "instantid" else "faceid"
-        return Identity(face=FaceIdentity.from_vectors([pre.embeddings[f] for f in pre.selected],
+        return Sitter(face=FaceIdentity.from_vectors([pre.embeddings[f] for f in pre.selected],
                                                        list(pre.selected), self.config.face.embedder,
                                                        self.fa.metric), engine=engine)
 
@@ -513,7 +513,7 @@ class PortraitPipeline:
         """Base (+ FaceID adapter or InstantID) loaded once per pipeline, ControlNets as templates need them;
         the identity once per run, painted by self.identity_engine."""
         from .generate.pipelines import InpaintModels
-        from .generate.template_inpaint import Identity
+        from .generate.template_inpaint import Sitter
 
         c = self.config
         engine = self.identity_engine
@@ -521,5 +521,5 @@ class PortraitPipeline:
             self._models = InpaintModels.for_engine(c.base_model or "sd15", engine, manifest=self.manifest,
                                                     device=self.device, dtype=c.dtype)
         if run.identity is None:
-            run.identity = Identity.from_path(c.identity) if c.identity else self._face_identity(run.pre)
+            run.identity = Sitter.from_path(c.identity) if c.identity else self._face_identity(run.pre)
         return self._models, run.identity

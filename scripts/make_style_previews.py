@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from portrait.generate.pipelines import InpaintModels  # noqa: E402
-from portrait.generate.template_inpaint import Identity  # noqa: E402
+from portrait.generate.template_inpaint import Sitter  # noqa: E402
 from portrait.generate.text_to_image import SceneRender, SceneRequest, control_drawing, scene_size  # noqa: E402
 from portrait.identity.face_embedding import FaceIdentity  # noqa: E402
 from portrait.imageio import save_image  # noqa: E402
@@ -49,7 +49,7 @@ def main() -> None:
     base = StableDiffusionPipeline.from_pretrained(base_dir, safety_checker=None, requires_safety_checker=False)
     models = InpaintModels(base, {"openpose": ControlNetModel.from_pretrained(net)}, faceid_adapter=adapter)
     vec = np.random.default_rng(0).normal(size=128).astype(np.float32)
-    ident = Identity(face=FaceIdentity(vec / np.linalg.norm(vec), "dlib-resnet", "l2"))
+    ident = Sitter(face=FaceIdentity(vec / np.linalg.norm(vec), "dlib-resnet", "l2"))
     render = SceneRender(models)
     for style in list_styles([bundled_dir()]):
         settings = replace(style.settings("sd15"), size=SIDE, steps=4)

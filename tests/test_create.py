@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from portrait.errors import StyleError
-from portrait.generate.template_inpaint import Identity
+from portrait.generate.template_inpaint import Sitter
 from portrait.generate.text_to_image import (SceneRender, SceneRequest, SceneSettings, control_drawing, head_face,
                                              scene_size)
 from portrait.styles import add_style, bundled_dir, list_styles, load_style, parse_style
@@ -131,19 +131,19 @@ def test_one_call_renders_the_n_candidates_and_the_same_seed_gives_the_same_pict
     batches = []
     handle = unet.register_forward_pre_hook(lambda m, args: batches.append(args[0].shape[0]))
     try:
-        images = SceneRender(models)(_request(seeds=(1, 2, 3)), Identity(lora=tiny["lora"]))
+        images = SceneRender(models)(_request(seeds=(1, 2, 3)), Sitter(lora=tiny["lora"]))
     finally:
         handle.remove()
     assert len(images) == 3 and all(i.shape == (96, 64, 3) and i.dtype == np.uint8 for i in images)
     assert batches == [6] * STEPS  # one UNet call per step for all three (x2: classifier-free guidance)
     assert not np.array_equal(images[0], images[1])
-    again = SceneRender(models)(_request(seeds=(2,)), Identity(lora=tiny["lora"]))
+    again = SceneRender(models)(_request(seeds=(2,)), Sitter(lora=tiny["lora"]))
     assert np.array_equal(again[0], images[1])
 
 
 def test_the_identity_lora_reaches_the_unet(models, tiny):
-    on = SceneRender(models)(_request(seeds=(4,)), Identity(lora=tiny["lora"], lora_weight=1.0))[0]
-    off = SceneRender(models)(_request(seeds=(4,)), Identity(lora=tiny["lora"], lora_weight=0.0))[0]
+    on = SceneRender(models)(_request(seeds=(4,)), Sitter(lora=tiny["lora"], lora_weight=1.0))[0]
+    off = SceneRender(models)(_request(seeds=(4,)), Sitter(lora=tiny["lora"], lora_weight=0.0))[0]
     assert np.abs(on.astype(int) - off.astype(int)).mean() > 0.5
 
 
@@ -156,14 +156,14 @@ def test_the_face_embedding_reaches_the_unet_as_the_adapters_image_embeds(models
 
     handle = unet.register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        SceneRender(models)(_request(seeds=(1, 2)), Identity(face=hopper_identity, faceid_scale=1.0))
+        SceneRender(models)(_request(seeds=(1, 2)), Sitter(face=hopper_identity, faceid_scale=1.0))
     finally:
         handle.remove()
     assert len(seen) == STEPS
     embeds = seen[0].numpy().reshape(4, -1)  # unconditional half first, then one row per candidate
     assert np.allclose(embeds[:2], 0) and np.allclose(embeds[2:], hopper_identity.vector(True), atol=1e-5)
-    on = SceneRender(models)(_request(seeds=(3,)), Identity(face=hopper_identity, faceid_scale=1.0))[0]
-    off = SceneRender(models)(_request(seeds=(3,)), Identity(face=hopper_identity, faceid_scale=0.0))[0]
+    on = SceneRender(models)(_request(seeds=(3,)), Sitter(face=hopper_identity, faceid_scale=1.0))[0]
+    off = SceneRender(models)(_request(seeds=(3,)), Sitter(face=hopper_identity, faceid_scale=0.0))[0]
     assert np.abs(on.astype(int) - off.astype(int)).mean() > 0.5
 
 
@@ -178,13 +178,13 @@ def test_the_styles_controlnet_reads_the_pose_drawing(models, tiny):
         lambda m, args, kwargs: conds.append(kwargs["controlnet_cond"].detach().clone()), with_kwargs=True)
     try:
         req = _request(seeds=(1, 2), control="openpose", control_image=drawing, control_scale=1.0)
-        posed = SceneRender(models)(req, Identity(lora=tiny["lora"]))
+        posed = SceneRender(models)(req, Sitter(lora=tiny["lora"]))
     finally:
         handle.remove()
     assert len(conds) == STEPS
     want = torch.from_numpy(drawing).permute(2, 0, 1).float() / 255
     assert conds[0].shape[0] == 4 and all(torch.allclose(c, want, atol=1e-6) for c in conds[0])
-    plain = SceneRender(models)(_request(seeds=(1,)), Identity(lora=tiny["lora"]))[0]
+    plain = SceneRender(models)(_request(seeds=(1,)), Sitter(lora=tiny["lora"]))[0]
     assert not np.array_equal(plain, posed[0])  # the pose changes the picture
 
 
@@ -194,7 +194,7 @@ def test_the_face_detail_pass_changes_only_pixels_inside_the_face_mask(models, t
     image = cv2.resize(grace_hopper, (128, 160), interpolation=cv2.INTER_AREA)
     face = face_analysis.analyze(grace_hopper)[0].scaled(128 / grace_hopper.shape[1])
     render = SceneRender(models, detail_size=64)
-    out, mask = render.detail(image, face, Identity(lora=tiny["lora"]), _request(detail_strength=0.6), seed=3)
+    out, mask = render.detail(image, face, Sitter(lora=tiny["lora"]), _request(detail_strength=0.6), seed=3)
     inside = mask > 0
     assert out.shape == image.shape and 0.02 < inside.mean() < 0.6
     assert np.array_equal(out[~inside], image[~inside])  # outside the mask: bit for bit the candidate
@@ -202,7 +202,7 @@ def test_the_face_detail_pass_changes_only_pixels_inside_the_face_mask(models, t
     x0, y0, x1, y1 = face.box  # the mask sits on the face
     ys, xs = np.nonzero(inside)
     assert x0 - 10 < xs.mean() < x1 + 10 and y0 - 10 < ys.mean() < y1 + 10
-    same, none = render.detail(image, face, Identity(lora=tiny["lora"]), _request(detail_strength=0.0), seed=3)
+    same, none = render.detail(image, face, Sitter(lora=tiny["lora"]), _request(detail_strength=0.0), seed=3)
     assert np.array_equal(same, image) and not none.any()
 
 
@@ -346,7 +346,7 @@ def test_instantid_creates_with_identitynet_reading_the_heads_keypoints_and_the_
         req = SceneRequest("a portrait of a person", 128, 128, (1, 2), settings=SceneSettings(steps=2, size=128),
                            head=(0.5, 0.4, 0.3))
         try:
-            images = SceneRender(models)(req, Identity(face=hopper_identity, engine="instantid"))
+            images = SceneRender(models)(req, Sitter(face=hopper_identity, engine="instantid"))
         finally:
             handle.remove()
         assert len(images) == 2 and images[0].shape == (128, 128, 3)

@@ -12,7 +12,7 @@ import pytest
 from helpers_diffusion import load_models, small_template, tiny_models  # noqa: E402
 
 from portrait.errors import ConfigError  # noqa: E402
-from portrait.generate.template_inpaint import PASS1, PASS2, Identity, InpaintJob, TemplateInpaint  # noqa: E402
+from portrait.generate.template_inpaint import PASS1, PASS2, Sitter, InpaintJob, TemplateInpaint  # noqa: E402
 from portrait.generate.pipelines import (faceid_embeds, identity_tokens, identitynet_hook,  # noqa: E402
                                          load_faceid_adapter)
 from portrait.models.adapters import adapter_id_dim  # noqa: E402
@@ -55,7 +55,7 @@ def test_embed_identity_from_a_training_folder_saves_and_reloads(tmp_path, grace
     assert is_face_identity_file(path)
     back = FaceIdentity.load(path)
     assert np.allclose(back.embedding, ident.embedding) and (back.engine, back.dim, back.count) == ("dlib-resnet", 128, 2)
-    assert Identity.from_path(path).kind == "faceid"
+    assert Sitter.from_path(path).kind == "faceid"
     assert face_analysis.distance(ident.embedding * ident.norm, face_analysis.analyze(grace_hopper)[0].embedding) < 0.3
 
 
@@ -74,10 +74,10 @@ def _faceid_run(models, astronaut, grace_hopper, face_analysis, identity):
 
 @pytest.mark.slow
 def test_face_embedding_reaches_the_unet(models, astronaut, grace_hopper, face_analysis, hopper_identity):
-    on = _faceid_run(models, astronaut, grace_hopper, face_analysis, Identity(face=hopper_identity, faceid_scale=1.0))
-    off = _faceid_run(models, astronaut, grace_hopper, face_analysis, Identity(face=hopper_identity, faceid_scale=0.0))
+    on = _faceid_run(models, astronaut, grace_hopper, face_analysis, Sitter(face=hopper_identity, faceid_scale=1.0))
+    off = _faceid_run(models, astronaut, grace_hopper, face_analysis, Sitter(face=hopper_identity, faceid_scale=0.0))
     other = FaceIdentity(-hopper_identity.embedding, "dlib-resnet", "l2")
-    swapped = _faceid_run(models, astronaut, grace_hopper, face_analysis, Identity(face=other, faceid_scale=1.0))
+    swapped = _faceid_run(models, astronaut, grace_hopper, face_analysis, Sitter(face=other, faceid_scale=1.0))
     sel = on.mask > 0
     assert np.abs(on.image.astype(int) - off.image.astype(int))[sel].mean() > 0.5
     assert np.abs(on.image.astype(int) - swapped.image.astype(int))[sel].mean() > 0.5
@@ -142,7 +142,7 @@ def test_batched_templates_give_every_image_the_identity_once(models, astronaut,
         lambda m, args, kwargs: seen.append(kwargs["added_cond_kwargs"]["image_embeds"][0].detach().clone()),
         with_kwargs=True)
     try:
-        TemplateInpaint(models, crop_size=64)(jobs, Identity(face=hopper_identity), grace_hopper, ref_face)
+        TemplateInpaint(models, crop_size=64)(jobs, Sitter(face=hopper_identity), grace_hopper, ref_face)
     finally:
         handle.remove()
     assert seen

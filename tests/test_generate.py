@@ -15,7 +15,7 @@ from helpers_diffusion import load_models, small_template, tiny_models  # noqa: 
 
 from portrait.generate import controls  # noqa: E402
 from portrait.errors import Cancelled, ConfigError  # noqa: E402
-from portrait.generate.template_inpaint import PASS1, PASS2, Identity, InpaintJob, TemplateInpaint  # noqa: E402
+from portrait.generate.template_inpaint import PASS1, PASS2, Sitter, InpaintJob, TemplateInpaint  # noqa: E402
 from portrait.generate.template_jobs import job_from_template  # noqa: E402
 from portrait.post import masks  # noqa: E402
 
@@ -52,7 +52,7 @@ def _run(models, scene, identity, **kw):
 
 @pytest.fixture(scope="session")
 def reference_result(models, scene, tiny):
-    return _run(models, scene, Identity(lora=tiny["lora"]))
+    return _run(models, scene, Sitter(lora=tiny["lora"]))
 
 
 def test_output_has_template_size_and_pixels_outside_the_mask_are_the_templates(reference_result, scene):
@@ -69,9 +69,9 @@ def test_output_has_template_size_and_pixels_outside_the_mask_are_the_templates(
 
 
 def test_same_seed_same_image_other_seed_differs(models, scene, tiny, reference_result):
-    again = _run(models, scene, Identity(lora=tiny["lora"]))
+    again = _run(models, scene, Sitter(lora=tiny["lora"]))
     assert np.array_equal(again.image, reference_result.image)
-    other = _run(models, scene, Identity(lora=tiny["lora"]), seed=4)
+    other = _run(models, scene, Sitter(lora=tiny["lora"]), seed=4)
     assert not np.array_equal(other.image, reference_result.image)
 
 
@@ -83,21 +83,21 @@ def _face_diff(a, b, mask) -> float:
 def test_dropping_a_controlnet_changes_the_face_and_does_not_run_it(models, scene, tiny, reference_result):
     no_canny = replace(PASS1, steps=4, controlnets={**PASS1.controlnets, "canny": 0.0})
     assert [n for n, _ in no_canny.active()] == ["openpose", "color"]
-    res = _run(models, scene, Identity(lora=tiny["lora"]), pass1=no_canny)
+    res = _run(models, scene, Sitter(lora=tiny["lora"]), pass1=no_canny)
     assert _face_diff(res.image, reference_result.image, reference_result.mask) > 0.5
     assert res.details["controlnets"]["pass1"] == {"openpose": 0.5, "color": 0.85}
     assert len(models.pipeline(("openpose", "color")).controlnet.nets) == 2
 
 
 def test_removing_the_lora_changes_the_face(models, scene, tiny, reference_result):
-    res = _run(models, scene, Identity(lora=tiny["lora"], lora_weight=0.0))
+    res = _run(models, scene, Sitter(lora=tiny["lora"], lora_weight=0.0))
     assert _face_diff(res.image, reference_result.image, reference_result.mask) > 0.5
 
 
 def test_batched_templates_match_single_runs(models, scene, tiny, reference_result):
     _, _, ref, rface = scene
     jobs = [_job(scene), _job(scene, seed=4)]
-    out = TemplateInpaint(models, crop_size=CROP)(jobs, Identity(lora=tiny["lora"]), ref, rface)
+    out = TemplateInpaint(models, crop_size=CROP)(jobs, Sitter(lora=tiny["lora"]), ref, rface)
     assert len(out) == 2
     assert _face_diff(out[0].image, reference_result.image, reference_result.mask) < 1.0
     assert not np.array_equal(out[0].image, out[1].image)
@@ -107,23 +107,23 @@ def test_check_inputs_and_interrupt(models, scene, tiny):
     _, _, ref, rface = scene
     ti = TemplateInpaint(models, crop_size=CROP)
     with pytest.raises(ConfigError, match="strength"):
-        ti(_job(scene, pass1=replace(PASS1, strength=1.5)), Identity(lora=tiny["lora"]), ref, rface)
+        ti(_job(scene, pass1=replace(PASS1, strength=1.5)), Sitter(lora=tiny["lora"]), ref, rface)
     with pytest.raises(ConfigError, match="unknown ControlNet"):
-        ti(_job(scene, pass1=replace(PASS1, controlnets={"depth": 1.0})), Identity(lora=tiny["lora"]), ref, rface)
+        ti(_job(scene, pass1=replace(PASS1, controlnets={"depth": 1.0})), Sitter(lora=tiny["lora"]), ref, rface)
     with pytest.raises(ConfigError, match="neither a LoRA nor a face"):
-        ti(_job(scene), Identity(), ref, rface)
+        ti(_job(scene), Sitter(), ref, rface)
     with pytest.raises(ConfigError, match="faceid_adapter"):
-        ti(_job(scene), Identity(face=object()), ref, rface)
+        ti(_job(scene), Sitter(face=object()), ref, rface)
 
     def stop(stage, done, total):
         if stage == "inpaint 1":
             ti.interrupt = True
 
     with pytest.raises(Cancelled):
-        ti(_job(scene), Identity(lora=tiny["lora"]), ref, rface, progress=stop)
+        ti(_job(scene), Sitter(lora=tiny["lora"]), ref, rface, progress=stop)
     # The flag is the caller's: a call never clears it, so a stop set between two calls is not lost.
     with pytest.raises(Cancelled):
-        ti(_job(scene), Identity(lora=tiny["lora"]), ref, rface)
+        ti(_job(scene), Sitter(lora=tiny["lora"]), ref, rface)
     ti.interrupt = False
 
 
@@ -140,7 +140,7 @@ def test_a_cancel_token_stops_generation_within_one_diffusion_step(models, scene
             cancel.set()
 
     with pytest.raises(Cancelled) as err:
-        TemplateInpaint(models, crop_size=CROP)(_job(scene), Identity(lora=tiny["lora"]), ref, rface,
+        TemplateInpaint(models, crop_size=CROP)(_job(scene), Sitter(lora=tiny["lora"]), ref, rface,
                                                 progress=progress, cancel=cancel)
     assert steps == [("inpaint 1", 1)] and err.value.code == "cancelled"
 
@@ -316,7 +316,7 @@ def test_the_passes_run_easyphotos_sampler_unless_another_is_asked_for(models, s
     assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
     assert cfg.algorithm_type == "sde-dpmsolver++" and cfg.use_karras_sigmas
     _, _, ref, rface = scene
-    ddim = TemplateInpaint(models, crop_size=CROP, sampler="ddim")(_job(scene), Identity(lora=tiny["lora"]), ref, rface)[0]
+    ddim = TemplateInpaint(models, crop_size=CROP, sampler="ddim")(_job(scene), Sitter(lora=tiny["lora"]), ref, rface)[0]
     assert type(pipe.scheduler).__name__ == "DDIMScheduler"
     sel = reference_result.mask > 0
     assert np.abs(ddim.image.astype(int) - reference_result.image.astype(int))[sel].mean() > 0.5
@@ -336,10 +336,10 @@ def test_guidance_is_the_identity_engines_unless_the_template_sets_it():
 
     face = FaceIdentity(np.ones(128, np.float32) / np.sqrt(128), "dlib-resnet", "l2")
     unset = replace(PASS1, guidance_scale=None)
-    assert unset.for_engine(Identity(face=face, engine="instantid")).guidance_scale == 5.0
-    assert unset.for_engine(Identity(face=face, engine="faceid")).guidance_scale == 7.0
-    assert unset.for_engine(Identity(lora="x.safetensors")).guidance_scale == 7.0
-    assert replace(PASS1, guidance_scale=3.5).for_engine(Identity(face=face, engine="instantid")).guidance_scale == 3.5
+    assert unset.for_engine(Sitter(face=face, engine="instantid")).guidance_scale == 5.0
+    assert unset.for_engine(Sitter(face=face, engine="faceid")).guidance_scale == 7.0
+    assert unset.for_engine(Sitter(lora="x.safetensors")).guidance_scale == 7.0
+    assert replace(PASS1, guidance_scale=3.5).for_engine(Sitter(face=face, engine="instantid")).guidance_scale == 3.5
 
 
 def test_each_job_may_bring_its_own_reference_photo(models, scene, tiny, astronaut, face_analysis):
@@ -347,7 +347,7 @@ def test_each_job_may_bring_its_own_reference_photo(models, scene, tiny, astrona
     its face in place of the call's, so the variants batch into one call."""
     _, _, ref, rface = scene
     other = (astronaut, face_analysis.analyze(astronaut)[0])
-    ident = Identity(lora=tiny["lora"])
+    ident = Sitter(lora=tiny["lora"])
     runner = TemplateInpaint(models, crop_size=CROP)
     mixed = runner([_job(scene), _job(scene, reference=other)], ident, ref, rface, keep_stages=True)
     alone = runner(_job(scene), ident, *other, keep_stages=True)[0]

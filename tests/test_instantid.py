@@ -15,7 +15,7 @@ from helpers_diffusion import small_template  # noqa: E402
 
 from portrait.errors import ConfigError, ModelMissingError  # noqa: E402
 from portrait.generate.pipelines import IDENTITYNET, InpaintModels  # noqa: E402
-from portrait.generate.template_inpaint import PASS1, PASS2, Identity, InpaintJob, TemplateInpaint  # noqa: E402
+from portrait.generate.template_inpaint import PASS1, PASS2, Sitter, InpaintJob, TemplateInpaint  # noqa: E402
 from portrait.identity.face_embedding import FaceIdentity, embed_identity  # noqa: E402
 from portrait.models import loading, tiny  # noqa: E402
 from portrait.models import manifest as manifest_mod  # noqa: E402
@@ -71,7 +71,7 @@ def _run(models, scene, face, **kw):
     tpl, tface, ref, rface = scene
     job = InpaintJob(tpl, tface, prompt="a studio portrait", seed=2,
                      pass1=replace(PASS1, steps=6, controlnets={"canny": 0.5}), pass2=replace(PASS2, steps=4))
-    ident = Identity(face=face, engine="instantid", **kw)
+    ident = Sitter(face=face, engine="instantid", **kw)
     return TemplateInpaint(models, crop_size=CROP)(job, ident, ref, rface, keep_stages=True)[0]
 
 

@@ -20,7 +20,7 @@ from portrait.cli import cli
 from portrait.errors import ConfigError, ModelMissingError
 from portrait.faces import FaceAnalysis, FaceConfig
 from portrait.generate.pipelines import InpaintModels
-from portrait.generate.template_inpaint import PASS1, PASS2, Identity, InpaintJob, TemplateInpaint
+from portrait.generate.template_inpaint import PASS1, PASS2, Sitter, InpaintJob, TemplateInpaint
 from portrait.identity.face_embedding import embed_identity
 from portrait.models import loading, tiny, tiny_release
 from portrait.models.manifest import Manifest
@@ -117,7 +117,7 @@ def test_faceid_lora_stays_active_with_identity_and_style_loras_and_goes_with_th
     assert face.engine == "arcface-buffalo"
     bare = _without_lora(sd["faceid"], tmp_path / "ip-adapter-faceid-nolora_sd15.safetensors")
     style = {"style_lora": sd["kohya"], "style_weight": 0.8}
-    ident = Identity(lora=sd["lora"], face=face, faceid_scale=1.0)
+    ident = Sitter(lora=sd["lora"], face=face, faceid_scale=1.0)
     base, nets = _base(sd)
     with_lora = InpaintModels(base, nets, faceid_adapter=sd["faceid"])
     runs = {"full": _paint(with_lora, scene, ident, **style)}
@@ -133,10 +133,10 @@ def test_faceid_lora_stays_active_with_identity_and_style_loras_and_goes_with_th
     assert set(pipe.get_active_adapters()) == {"identity", "faceid_0"}
     assert _diff(changed.stages["pass1"], changed_bare.stages["pass1"]) > 1.0
     # A LoRA-only identity afterwards: the adapter and its LoRA are gone, the image is a fresh base's.
-    after = _paint(with_lora, scene, Identity(lora=sd["lora"]))
+    after = _paint(with_lora, scene, Sitter(lora=sd["lora"]))
     assert "faceid_0" not in (getattr(pipe.unet, "peft_config", None) or {})
     base3, nets3 = _base(sd)
-    fresh = _paint(InpaintModels(base3, nets3), scene, Identity(lora=sd["lora"]))
+    fresh = _paint(InpaintModels(base3, nets3), scene, Sitter(lora=sd["lora"]))
     np.testing.assert_array_equal(after.image, fresh.image)
 
 
@@ -151,7 +151,7 @@ def test_a_dlib_identity_is_refused_by_the_real_faceid_naming_both_models(sd, sc
     base, nets = _base(sd)
     models = InpaintModels(base, nets, faceid_adapter=sd["faceid"])
     with pytest.raises(ConfigError, match=r"128-d"):
-        _paint(models, scene, Identity(face=dlib))
+        _paint(models, scene, Sitter(face=dlib))
     from portrait.models.adapters import check_embedder
 
     with pytest.raises(ConfigError, match=r"'arcface-buffalo'.*'arcface-antelopev2'"):
@@ -169,18 +169,18 @@ def test_faceid_plusv2_runs_from_the_manifest_with_the_face_crop_and_shortcut(sd
     loading.clear_cache()
     v2 = InpaintModels.load("sd15", ["canny"], manifest=m, device="cpu", faceid_adapter=sd["plusv2"])
     assert v2.faceid_kind == "faceid-plus" and v2.faceid_shortcut and v2.image_encoder is not None
-    out = _paint(v2, scene, Identity(face=face, faceid_scale=1.0))
+    out = _paint(v2, scene, Sitter(face=face, faceid_scale=1.0))
     # The face crop matters: the same embedding with another reference photo paints another face.
     tpl, tface, _, _ = scene
     other_ref = face_analysis.analyze(astronaut)[0]
-    other = TemplateInpaint(v2, crop_size=CROP)(_job(scene), Identity(face=face, faceid_scale=1.0), astronaut,
+    other = TemplateInpaint(v2, crop_size=CROP)(_job(scene), Sitter(face=face, faceid_scale=1.0), astronaut,
                                                 other_ref, keep_stages=True)[0]
     assert _diff(out.stages["pass1"], other.stages["pass1"]) > 0.5
     # Plus (no shortcut) is the same file read another way: another face.
     loading.clear_cache()
     v1 = InpaintModels.load("sd15", ["canny"], manifest=m, device="cpu", faceid_adapter=sd["plus"])
     assert v1.faceid_kind == "faceid-plus" and not v1.faceid_shortcut
-    assert _diff(out.stages["pass1"], _paint(v1, scene, Identity(face=face, faceid_scale=1.0)).stages["pass1"]) > 0.5
+    assert _diff(out.stages["pass1"], _paint(v1, scene, Sitter(face=face, faceid_scale=1.0)).stages["pass1"]) > 0.5
     loading.clear_cache()
 
 
@@ -287,7 +287,7 @@ def test_instantid_receives_the_raw_antelopev2_embedding_at_its_recorded_norm(xl
     seen, hook = _capture_image_embeds(pipe.unet.encoder_hid_proj)
     try:
         tpl, tface, ref, rface = scene
-        TemplateInpaint(models, crop_size=CROP)(_job(scene), Identity(face=face, engine="instantid"), ref, rface)
+        TemplateInpaint(models, crop_size=CROP)(_job(scene), Sitter(face=face, engine="instantid"), ref, rface)
     finally:
         hook.remove()
     assert seen
@@ -301,7 +301,7 @@ def test_a_buffalo_embedding_is_refused_by_instantid_naming_both(xl, scene, buff
     face = embed_identity([grace_hopper], face_analysis=buffalo)
     tpl, tface, ref, rface = scene
     with pytest.raises(ConfigError, match=r"InstantID.*'arcface-antelopev2'.*'arcface-buffalo'"):
-        TemplateInpaint(xl["models"], crop_size=CROP)(_job(scene), Identity(face=face, engine="instantid"), ref, rface)
+        TemplateInpaint(xl["models"], crop_size=CROP)(_job(scene), Sitter(face=face, engine="instantid"), ref, rface)
 
 
 def test_an_old_unit_length_identity_is_refused_by_instantid(xl, scene, antelope, grace_hopper):
@@ -312,7 +312,7 @@ def test_an_old_unit_length_identity_is_refused_by_instantid(xl, scene, antelope
     face = dc_replace(embed_identity([grace_hopper], face_analysis=antelope), norm=1.0)
     tpl, tface, ref, rface = scene
     with pytest.raises(ConfigError, match="portrait embed --embedder arcface-antelopev2"):
-        TemplateInpaint(xl["models"], crop_size=CROP)(_job(scene), Identity(face=face, engine="instantid"), ref, rface)
+        TemplateInpaint(xl["models"], crop_size=CROP)(_job(scene), Sitter(face=face, engine="instantid"), ref, rface)
 
 
 def test_faceid_plusv2_is_chosen_where_its_file_and_the_image_encoder_are_present(sd, tmp_path):

@@ -426,7 +426,7 @@ def instantid_embeds(identity: FaceIdentity | np.ndarray, *, batch: int = 1, gui
 
 def identity_inputs(models: "InpaintModels", pipe, identity, *, batch: int, guidance: bool, plus=None,
                     style_lora: str | Path | None = None, style_weight: float = 0.0) -> dict:
-    """Put `identity` (template_inpaint.Identity: a LoRA, a face embedding painted by FaceID or InstantID's
+    """Put `identity` (template_inpaint.Sitter: a LoRA, a face embedding painted by FaceID or InstantID's
     adapter, or both) on `pipe` for one call of `batch` images, with the style LoRA beside it; returns the
     call's extra keyword arguments (the adapter's `ip_adapter_image_embeds`). A face embedding's adapter is
     unloaded when the identity has none. `plus`: FaceID-Plus's (cond, uncond) CLIP pair of the face crop."""

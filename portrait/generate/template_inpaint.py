@@ -3,7 +3,7 @@
     models = InpaintModels.load("sd15")                      # portrait.generate.pipelines
     inpaint = TemplateInpaint(models)
     [result] = inpaint(InpaintJob(template_rgb, template_face, prompt="..."),
-                       identity=Identity.from_path("identity.safetensors"), ref_rgb=ref, ref_face=face)
+                       identity=Sitter.from_path("identity.safetensors"), ref_rgb=ref, ref_face=face)
 
 Per job: crop around the template face (face box x 3, SD 1.5 512 / SDXL 1024 px) → fusion #1 →
 5-point paste ("replaced image") → pass 1: ControlNet inpaint of the face mask (canny from the fused
@@ -79,7 +79,7 @@ class PassSettings:
             return "steps", f"x strength = {self.steps * self.strength:.2f} leaves no denoising step"
         return None
 
-    def for_engine(self, identity: "Identity") -> "PassSettings":
+    def for_engine(self, identity: "Sitter") -> "PassSettings":
         """These settings with the identity engine's guidance where none was set."""
         if self.guidance_scale is not None:
             return self
@@ -116,8 +116,10 @@ def recipe(arch: str) -> tuple[PassSettings, PassSettings]:
 
 
 @dataclass
-class Identity:
-    """Who to paint: an identity LoRA, a face embedding, or both.
+class Sitter:
+    """Who to paint (the sitter of the portrait): an identity LoRA, a face embedding, or both. Not the
+    service's Identity row (a person's photos and jobs) nor the portrait.identity package (what makes these
+    files).
 
     A face embedding is painted by `engine`: "faceid" (IP-Adapter FaceID, SD 1.5 or SDXL) or "instantid"
     (SDXL: InstantID's adapter at `faceid_scale` plus its IdentityNet ControlNet in pass 1 at
@@ -136,7 +138,7 @@ class Identity:
         return self.face is not None and self.engine == "instantid"
 
     @classmethod
-    def from_path(cls, path: str | Path, **kwargs) -> "Identity":
+    def from_path(cls, path: str | Path, **kwargs) -> "Sitter":
         """A LoRA file, or a face-identity file written by `portrait embed`."""
         from ..identity.face_embedding import FaceIdentity, is_face_identity_file
 
@@ -252,11 +254,11 @@ class TemplateInpaint:
         _quiet_prompt_notice()
 
     # -- validation --------------------------------------------------------------------------------
-    def check_inputs(self, jobs: Sequence[InpaintJob], identity: Identity, ref_rgb: np.ndarray, ref_face: Face) -> None:
+    def check_inputs(self, jobs: Sequence[InpaintJob], identity: Sitter, ref_rgb: np.ndarray, ref_face: Face) -> None:
         if not jobs:
             raise ConfigError("no jobs given")
-        if not isinstance(identity, Identity):
-            raise ConfigError(f"identity must be an Identity, got {type(identity).__name__}")
+        if not isinstance(identity, Sitter):
+            raise ConfigError(f"identity must be an Sitter, got {type(identity).__name__}")
         if identity.lora is None and identity.face is None:
             raise ConfigError("identity has neither a LoRA nor a face embedding")
         if identity.face is not None and identity.engine not in IDENTITY_ENGINES:
@@ -309,7 +311,7 @@ class TemplateInpaint:
             raise ConfigError(f"crop_size must be a multiple of 8, got {self.crop_size}")
 
     # -- the call ----------------------------------------------------------------------------------
-    def __call__(self, jobs: InpaintJob | Sequence[InpaintJob], identity: Identity, ref_rgb: np.ndarray,
+    def __call__(self, jobs: InpaintJob | Sequence[InpaintJob], identity: Sitter, ref_rgb: np.ndarray,
                  ref_face: Face, *, progress: ProgressCallback | None = None,
                  keep_stages: bool = False, cancel=None) -> list[InpaintResult]:
         from ..post.color import reinhard_transfer
@@ -389,7 +391,7 @@ class TemplateInpaint:
         return results
 
     # -- one pass over all jobs, batched where settings match ---------------------------------------
-    def _run_pass(self, works: list[_Work], which: str, identity: Identity, progress, stop: "Stop") -> None:
+    def _run_pass(self, works: list[_Work], which: str, identity: Sitter, progress, stop: "Stop") -> None:
         groups: dict[tuple, list[_Work]] = {}
         for w in works:
             s: PassSettings = getattr(w.job, which)

@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..faces.types import Face
 from ..progress import ProgressCallback
 from .pipelines import InpaintModels, controlnet_model
-from .template_inpaint import Identity, InpaintJob, InpaintResult, PassSettings, TemplateInpaint, recipe
+from .template_inpaint import Sitter, InpaintJob, InpaintResult, PassSettings, TemplateInpaint, recipe
 
 
 def _field(obj, name: str, default=None):
@@ -106,14 +106,14 @@ def job_from_template(template, *, slot: int | None = None, steps: int | None = 
     )
 
 
-def generate_on_template(models: InpaintModels, template, identity: Identity | str | Path, ref_rgb: np.ndarray,
+def generate_on_template(models: InpaintModels, template, identity: Sitter | str | Path, ref_rgb: np.ndarray,
                          ref_face: Face, *, progress: ProgressCallback | None = None, inpaint: TemplateInpaint | None = None,
                          slot: int | None = None, face_analysis=None, image: np.ndarray | None = None, cancel=None,
                          **overrides) -> InpaintResult:
     """`identity` painted on `template` (what LoRA validation calls). With `slot=None` every face slot
     of the template is painted in turn (each on the previous result); `image` replaces the template's
     image as the starting point (to paint several people slot by slot); overrides as job_from_template."""
-    ident = identity if isinstance(identity, Identity) else Identity.from_path(identity)
+    ident = identity if isinstance(identity, Sitter) else Sitter.from_path(identity)
     runner = inpaint or TemplateInpaint(models)
     slots = [slot] if slot is not None else sorted(template_slots(template, face_analysis))
     result = None
@@ -161,7 +161,7 @@ def template_validator(base, templates: Sequence, user_crops: Sequence[np.ndarra
         if ref is None or lora_path is None:
             return NO_FACE
         try:
-            images = [generate_on_template(models, t, Identity(lora=lora_path, lora_weight=1.0), ref[1], ref[2],
+            images = [generate_on_template(models, t, Sitter(lora=lora_path, lora_weight=1.0), ref[1], ref[2],
                                            inpaint=runner, steps=steps, face_analysis=face_analysis).image
                       for t in loaded]
         finally:

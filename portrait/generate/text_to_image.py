@@ -4,7 +4,7 @@ InstantX's infer.py and tencent-ailab's ip_adapter_faceid demos use their adapte
     models = InpaintModels.load("sd15", ["openpose"], faceid_adapter=...)   # portrait.generate.pipelines
     render = SceneRender(models)
     images = render(SceneRequest("a photo of a person in a winter coat", 448, 576, seeds=(1, 2, 3, 4)),
-                    identity=Identity(face=face_identity))        # the N candidates, one denoising call
+                    identity=Sitter(face=face_identity))        # the N candidates, one denoising call
     image, mask = render.detail(images[0], face, identity, request, seed=1)   # the face inpainted again
 
 The identity reaches the UNet as the two-pass inpaint carries it (pipelines.identity_inputs): an identity
@@ -29,7 +29,7 @@ from ..progress import ProgressCallback, report
 from . import controls
 from .pipelines import (IDENTITYNET, SAMPLERS, WORKING_SIZE, InpaintModels, faceid_plus_clip_embeds, identity_inputs,
                         identity_tokens, identitynet_hook, make_scheduler)
-from .template_inpaint import IDENTITY_ENGINES, Identity, Stop
+from .template_inpaint import IDENTITY_ENGINES, Sitter, Stop
 
 CONTROLS = ("openpose", "canny")  # the controls a style's pose or composition drawing may feed
 DEFAULT_HEAD = (0.5, 0.38, 0.26)  # InstantID's keypoints without a pose: face centre x, y and width (fractions)
@@ -114,9 +114,9 @@ class SceneRender:
         self.detail_size = detail_size or WORKING_SIZE.get(models.arch, 512)
         self.interrupt = False
 
-    def check_inputs(self, request: SceneRequest, identity: Identity) -> None:
-        if not isinstance(identity, Identity) or (identity.lora is None and identity.face is None):
-            raise ConfigError("identity must be an Identity with a LoRA or a face embedding")
+    def check_inputs(self, request: SceneRequest, identity: Sitter) -> None:
+        if not isinstance(identity, Sitter) or (identity.lora is None and identity.face is None):
+            raise ConfigError("identity must be an Sitter with a LoRA or a face embedding")
         if identity.face is not None and identity.engine not in IDENTITY_ENGINES:
             raise ConfigError(f"unknown identity engine {identity.engine!r}; choose from {', '.join(IDENTITY_ENGINES)}")
         if identity.instantid and not self.models.has_instantid:
@@ -142,7 +142,7 @@ class SceneRender:
             if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.shape != (request.height, request.width, 3):
                 raise ConfigError(f"control_image must be uint8 RGB ({request.height}, {request.width}, 3)")
 
-    def _plus(self, identity: Identity, ref_rgb, ref_face):
+    def _plus(self, identity: Sitter, ref_rgb, ref_face):
         """FaceID-Plus's CLIP input from the user's face, when the loaded adapter reads one."""
         if identity.face is None or identity.instantid or self.models.image_encoder is None \
                 or self.models.faceid_kind != "faceid-plus":
@@ -151,7 +151,7 @@ class SceneRender:
             raise ConfigError("the FaceID-Plus adapter reads the user's face crop: pass ref_rgb and ref_face")
         return faceid_plus_clip_embeds(self.models.image_encoder, ref_rgb, ref_face)
 
-    def __call__(self, request: SceneRequest, identity: Identity, *, ref_rgb: np.ndarray | None = None,
+    def __call__(self, request: SceneRequest, identity: Sitter, *, ref_rgb: np.ndarray | None = None,
                  ref_face: Face | None = None, progress: ProgressCallback | None = None, cancel=None) -> list[np.ndarray]:
         """The candidates, one per seed (uint8 RGB, height x width), up to max_batch per denoising call."""
         self.check_inputs(request, identity)
@@ -164,7 +164,7 @@ class SceneRender:
             report(progress, "candidates", len(out), len(request.seeds))
         return out
 
-    def _render(self, request: SceneRequest, seeds: Sequence[int], identity: Identity, plus, progress, stop):
+    def _render(self, request: SceneRequest, seeds: Sequence[int], identity: Sitter, plus, progress, stop):
         import torch
 
         b, size_hw = len(seeds), (request.height, request.width)
@@ -207,7 +207,7 @@ class SceneRender:
         stop.check()
         return [_to_uint8(img) for img in images]
 
-    def detail(self, image: np.ndarray, face: Face, identity: Identity, request: SceneRequest, seed: int, *,
+    def detail(self, image: np.ndarray, face: Face, identity: Sitter, request: SceneRequest, seed: int, *,
                ref_rgb: np.ndarray | None = None, ref_face: Face | None = None,
                progress: ProgressCallback | None = None, cancel=None) -> tuple[np.ndarray, np.ndarray]:
         """The face-detail pass: the square around `face` inpainted at the working size with the identity,

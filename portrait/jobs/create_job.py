@@ -116,7 +116,7 @@ def create(identity: Path, styles: Sequence[str | Path], out_dir: Path, config: 
     ranked by likeness."""
     from ..engines import choose_retouch, choose_upscale
     from ..faces import FaceConfig, get_face_analysis
-    from ..generate.template_inpaint import Identity
+    from ..generate.template_inpaint import Sitter
     from ..generate.text_to_image import SceneRender
     from ..models import loading
     from ..models.manifest import get_manifest
@@ -128,14 +128,14 @@ def create(identity: Path, styles: Sequence[str | Path], out_dir: Path, config: 
     packs = [load_style(s) for s in styles]  # StyleError naming the pack or the search path
     manifest = get_manifest(config.models_dir)
     photos = is_photo_folder(Path(identity))
-    ident = None if photos else Identity.from_path(identity)
+    ident = None if photos else Sitter.from_path(identity)
     base = config.base_model or "sd15"
     require_all(manifest, needed_models(manifest, base, photos or ident.face is not None, config.engine, packs))
     style_loras = {p.name: p.lora_path(manifest) for p in packs}
     arch, _ = loading.base_unet_config(base, manifest)
     if photos:  # train-free: the photos' face embedding, made for the adapter that will paint it
         identity = _embed_photos(Path(identity), Path(out_dir), manifest, arch, config, progress, cancel)
-        ident = Identity.from_path(identity)
+        ident = Sitter.from_path(identity)
     id_engine = identity_engine(config.engine, ident, base, manifest)
     if id_engine is not None:
         ident.engine = id_engine

@@ -76,7 +76,7 @@ def generate(identity: Path, templates: Sequence[str | Path], out_dir: Path, con
     photo is read."""
     from ..engines import INSTANTID_NAMES, missing_controlnets
     from ..faces import FaceConfig, get_face_analysis
-    from ..generate.template_inpaint import Identity, TemplateInpaint
+    from ..generate.template_inpaint import Sitter, TemplateInpaint
     from ..generate.template_jobs import generate_on_template, job_from_template, template_slots
     from ..models import loading
     from ..models.manifest import get_manifest
@@ -86,7 +86,7 @@ def generate(identity: Path, templates: Sequence[str | Path], out_dir: Path, con
     if not templates:
         raise ConfigError("no template given: name at least one template, template folder or image")
     manifest = get_manifest(config.models_dir)
-    ident = Identity.from_path(identity)
+    ident = Sitter.from_path(identity)
     base = config.base_model or "sd15"
     id_engine = identity_engine(config.engine, ident, base, manifest)
     if id_engine is not None:
