@@ -184,6 +184,12 @@ class InpaintModels:
             loading.set_identity_lora(base, None)
         unload_faceid_adapter(base)
 
+    def reads_face_crop(self, identity) -> bool:
+        """True when painting `identity` (template_inpaint.Sitter) needs the user's face crop: a face
+        embedding painted by the loaded FaceID-Plus adapter, which reads CLIP hidden states of that crop."""
+        return (identity.face is not None and not identity.instantid and self.image_encoder is not None
+                and self.faceid_kind == "faceid-plus")
+
     @property
     def has_instantid(self) -> bool:
         return self.identitynet is not None

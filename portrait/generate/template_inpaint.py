@@ -347,8 +347,7 @@ class TemplateInpaint:
             works.append(w)
             report(progress, "fusion", i + 1, len(jobs))
         # FaceID-Plus: CLIP hidden states of each reference's aligned face, once per photo (batched in _diffuse).
-        if identity.face is not None and not identity.instantid and self.models.image_encoder is not None \
-                and self.models.faceid_kind == "faceid-plus":
+        if self.models.reads_face_crop(identity):
             seen: dict[int, tuple] = {}
             for w in works:
                 key = id(w.ref[0])

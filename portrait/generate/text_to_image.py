@@ -144,8 +144,7 @@ class SceneRender:
 
     def _plus(self, identity: Sitter, ref_rgb, ref_face):
         """FaceID-Plus's CLIP input from the user's face, when the loaded adapter reads one."""
-        if identity.face is None or identity.instantid or self.models.image_encoder is None \
-                or self.models.faceid_kind != "faceid-plus":
+        if not self.models.reads_face_crop(identity):
             return None
         if ref_rgb is None or ref_face is None:
             raise ConfigError("the FaceID-Plus adapter reads the user's face crop: pass ref_rgb and ref_face")

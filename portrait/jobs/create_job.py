@@ -60,13 +60,13 @@ def needed_models(manifest, base: str, face: bool, engine: str, styles: Sequence
     """The manifest models this job loads: the base, the identity's adapter files (`face`: a face
     embedding, or photos to embed) and each style's pose ControlNet (style LoRAs: Style.lora_path)."""
     from ..engines import INSTANTID_NAMES
-    from ..generate.pipelines import controlnet_model
+    from ..generate.pipelines import controlnet_model, faceid_adapter_name
 
     arch = _base_arch(manifest, base)
     names = [base]
     if face:
         engine = _face_engine(manifest, arch, engine)
-        names += list(INSTANTID_NAMES) if engine == "instantid" else ["ip-adapter-faceid"]
+        names += list(INSTANTID_NAMES) if engine == "instantid" else [faceid_adapter_name(manifest, arch)]
     names += [controlnet_model(arch, s.pose.control) for s in styles if s.pose is not None]
     return list(dict.fromkeys(names))
 
@@ -179,11 +179,13 @@ def create(identity: Path, styles: Sequence[str | Path], out_dir: Path, config: 
 def _embed_photos(photos: Path, out_dir: Path, manifest, arch: str, config: CreateConfig, progress, cancel) -> Path:
     """`portrait embed` of a photo folder (intake and selection first) into out_dir/identity/, with the face
     recogniser the chosen adapter was trained on."""
+    from ..generate.pipelines import faceid_adapter_name
     from ..models.adapters import trained_on
     from .configs import EmbedConfig
     from .embed_job import embed
 
-    adapter = "instantid-adapter" if _face_engine(manifest, arch, config.engine) == "instantid" else "ip-adapter-faceid"
+    instantid = _face_engine(manifest, arch, config.engine) == "instantid"
+    adapter = "instantid-adapter" if instantid else faceid_adapter_name(manifest, arch)
     result = embed(photos, out_dir / "identity", EmbedConfig(embedder=trained_on(manifest.require(adapter)),
                                                              models_dir=config.models_dir),
                    progress=progress, cancel=cancel)
