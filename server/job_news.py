@@ -37,41 +37,57 @@ class JobNews:
         return Listener(self.url, on_news)
 
 
-class Listener:
-    """A daemon thread subscribed to CHANNEL, calling `on_news(ids)` for each message; `close()` ends it.
-    `connected` is set while the subscription is live (the feed polls slowly only then)."""
+class _NewsThread:
+    """A daemon thread holding one subscription, calling `on_news(ids)` for each message; `close()` ends
+    it. `connected` is set while the subscription is live (the feed polls slowly only then); when it drops,
+    the feed polls meanwhile and the thread subscribes again 2 s later. Subclasses give `_session()`: one
+    subscription, read until `_stop` is set, raising when the connection goes."""
 
-    def __init__(self, url: str, on_news: Callable[[list[str]], None]):
-        import redis
+    name = "portrait-job-news"
 
-        self._redis = redis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=2)
+    def __init__(self, on_news: Callable[[list[str]], None]):
         self._on_news = on_news
         self._stop = threading.Event()
         self.connected = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="portrait-job-news", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
+
+    def _session(self) -> None:
+        raise NotImplementedError
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(CHANNEL)
-                self.connected.set()
-                while not self._stop.is_set():
-                    msg = pubsub.get_message(timeout=1.0)
-                    if msg and msg.get("type") == "message":
-                        data = msg["data"].decode() if isinstance(msg["data"], bytes) else str(msg["data"])
-                        self._on_news(data.split())
-                pubsub.close()
-            except Exception as exc:  # the broker went away: poll meanwhile, subscribe again soon
+                self._session()
+            except Exception as exc:  # the broker or database went away: poll meanwhile, subscribe again soon
                 self.connected.clear()
-                log.debug("job news: %s", exc)
+                log.debug("%s: %s", self.name, exc)
                 self._stop.wait(2.0)
 
     def close(self) -> None:
         self._stop.set()
         self.connected.clear()
 
+
+class Listener(_NewsThread):
+    """Subscribed to CHANNEL on the broker's Redis."""
+
+    def __init__(self, url: str, on_news: Callable[[list[str]], None]):
+        import redis
+
+        self._redis = redis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=2)
+        super().__init__(on_news)
+
+    def _session(self) -> None:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(CHANNEL)
+        self.connected.set()
+        while not self._stop.is_set():
+            msg = pubsub.get_message(timeout=1.0)
+            if msg and msg.get("type") == "message":
+                data = msg["data"].decode() if isinstance(msg["data"], bytes) else str(msg["data"])
+                self._on_news(data.split())
+        pubsub.close()
 
 PG_CHANNEL = "portrait_job_news"
 
@@ -109,32 +125,21 @@ class PgJobNews:
         return PgListener(self.url, on_news)
 
 
-class PgListener:
-    """A daemon thread LISTENing on PG_CHANNEL, calling `on_news(ids)` per notification; `close()` ends it."""
+class PgListener(_NewsThread):
+    """LISTENing on PG_CHANNEL on a PostgreSQL connection of its own."""
+
+    name = "portrait-job-news-pg"
 
     def __init__(self, url: str, on_news: Callable[[list[str]], None]):
-        self._url, self._on_news = url, on_news
-        self._stop = threading.Event()
-        self.connected = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="portrait-job-news-pg", daemon=True)
-        self._thread.start()
+        self._url = url
+        super().__init__(on_news)
 
-    def _run(self) -> None:
+    def _session(self) -> None:
         import psycopg
 
-        while not self._stop.is_set():
-            try:
-                with psycopg.connect(self._url, autocommit=True, connect_timeout=5) as conn:
-                    conn.execute(f"LISTEN {PG_CHANNEL}")
-                    self.connected.set()
-                    while not self._stop.is_set():
-                        for note in conn.notifies(timeout=1.0):
-                            self._on_news(note.payload.split())
-            except Exception as exc:  # the database went away: poll meanwhile, listen again soon
-                self.connected.clear()
-                log.debug("job news (postgres): %s", exc)
-                self._stop.wait(2.0)
-
-    def close(self) -> None:
-        self._stop.set()
-        self.connected.clear()
+        with psycopg.connect(self._url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f"LISTEN {PG_CHANNEL}")
+            self.connected.set()
+            while not self._stop.is_set():
+                for note in conn.notifies(timeout=1.0):
+                    self._on_news(note.payload.split())
