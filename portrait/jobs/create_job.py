@@ -19,7 +19,7 @@ from typing import Sequence
 from ..errors import ConfigError, ModelMissingError
 from ..progress import CancelToken, ProgressCallback, check_cancel, report
 from .configs import CreateConfig
-from .generate_job import find_reference, identity_engine, load_models
+from .generate_job import check_device, find_reference, identity_engine, load_models
 from .results import CreateResult
 
 RESULT_NAME = "create.json"
@@ -141,10 +141,7 @@ def create(identity: Path, styles: Sequence[str | Path], out_dir: Path, config: 
         ident.engine = id_engine
     retouch_choice = choose_retouch(config.retouch, manifest)
     upscale_choice = choose_upscale(config.upscale, manifest, config.upscale_factor)
-    if config.dtype is not None or config.device is not None:
-        from ..models.device import pick_device
-
-        pick_device(config.device, config.dtype)
+    check_device(config)
     fa = get_face_analysis(FaceConfig(embedder=ident.face.engine) if ident.face is not None else FaceConfig())
     ref_rgb, ref_face, ref_file = find_reference(Path(identity), config.reference, fa)
     user = ident.face.embedding * ident.face.norm if ident.face is not None else ref_face.embedding

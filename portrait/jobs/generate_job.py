@@ -57,6 +57,14 @@ def identity_engine(engine: str, ident, base: str, manifest) -> str | None:
     return engine
 
 
+def check_device(config) -> None:
+    """An unknown device or dtype asked for in `config` fails now, before the reference photo is read."""
+    if config.dtype is not None or config.device is not None:
+        from ..models.device import pick_device
+
+        pick_device(config.device, config.dtype)
+
+
 def load_models(base: str, engine: str | None, controls, manifest, config, progress):
     """The base, `controls`' ControlNets and the identity engine's adapter files (InpaintModels.for_engine),
     on the config's device and dtype, under the "load models" progress stage."""
@@ -109,10 +117,7 @@ def generate(identity: Path, templates: Sequence[str | Path], out_dir: Path, con
     needed = list(dict.fromkeys(n for j in first for n, _ in (*j.pass1.active(), *j.pass2.active())))
     for name in missing_controlnets(manifest, arch, needed):
         manifest.require(name)  # ModelMissingError naming the ControlNet a template needs
-    if config.dtype is not None or config.device is not None:
-        from ..models.device import pick_device
-
-        pick_device(config.device, config.dtype)  # an unknown device or dtype fails here, not after the reference
+    check_device(config)
     ref_rgb, ref_face, ref_file = find_reference(Path(identity), config.reference, fa)
     multi = [i for i, t in enumerate(tmpls) if len(template_slots(t, fa)) > 1]
     check_cancel(cancel, "generation cancelled")
