@@ -227,7 +227,7 @@ def _strip_unet_prefix(state: dict) -> dict:
 
 # -- validation ---------------------------------------------------------------------------------------
 # (base, user crops, centroid, face analysis) -> validator: how the job layer hands in template validation
-# (portrait.generate.template_jobs.template_validator), which this layer cannot import.
+# (portrait.templates.painting.template_validator), which this layer cannot import.
 ValidatorFactory = Callable[[object, list, object, object], lora_select.Validator]
 
 
@@ -321,26 +321,224 @@ def _free_gpu_bytes(device) -> int | None:
     return None  # mps and others say nothing: checkpoint to be safe
 
 
-def _micro_step(unet, lat_mean, lat_std, text: dict, variants: int, noise_scheduler, gen, cfg, xl: bool, device,
-                target_kind: str, autocast, weight_dtype, scaler, accumulate: int, n_files: int) -> float:
+@dataclass(frozen=True)
+class _Setup:
+    """How this training runs, decided before the first step (device, precision, size, step counts)."""
+
+    arch: str
+    xl: bool
+    resolution: int
+    steps: int
+    every: int  # a checkpoint (and a validation) every this many steps
+    device: object  # torch.device
+    weight_dtype: object  # torch.dtype
+    autocast: bool
+    checkpointing: bool
+
+
+@dataclass(frozen=True)
+class _Cached:
+    """What the frozen VAE and text encoder give, computed once: each crop's latent mean and std (and its
+    mirror's), and the captions' embeddings."""
+
+    lat_mean: object
+    lat_std: object
+    text: dict
+    variants: int  # 2 with flipped copies, else 1
+    n_files: int
+
+
+@dataclass
+class _Trained:
+    """What the loop leaves: every step's loss, the checkpoints, their scores and probe losses."""
+
+    losses: list
+    ckpts: dict
+    scores: dict
+    eval_loss: dict
+    validate_s: float
+    train_s: float
+    grad_scaler: bool
+
+
+def _setup(cfg: LoraTraining, base, n_files: int) -> _Setup:
+    import torch
+
+    xl = "text_encoder_2" in base.components
+    arch = "sdxl" if xl else "sd15"
+    resolution = cfg.resolution or DEFAULT_RESOLUTION[arch]
+    if resolution % 8:
+        raise ConfigError(f"resolution must be a multiple of 8, got {resolution}")
+    steps = default_steps(n_files, cfg)
+    device, weight_dtype = base.unet.device, base.unet.dtype
+    on_gpu = device.type != "cpu"
+    autocast = (cfg.mixed_precision if cfg.mixed_precision is not None else on_gpu) and weight_dtype != torch.float32
+    checkpointing = (cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None
+                     else checkpointing_default(arch, on_gpu, _free_gpu_bytes(device) if on_gpu else None))
+    return _Setup(arch, xl, resolution, steps, max(1, min(cfg.validate_every, steps)), device, weight_dtype,
+                  bool(autocast), bool(checkpointing))
+
+
+def _cache(base, files: list[Path], captions: list[str], cfg: LoraTraining, run: _Setup,
+           progress: ProgressCallback | None) -> _Cached:
+    """Encode once: the VAE and text encoder are frozen, so their outputs never change."""
+    report(progress, "cache", 0, len(files))
+    images = [_load_square(f, run.resolution) for f in files]
+    lat_mean, lat_std = _encode_latents(base, images, cfg.flip, run.device, run.weight_dtype, run.xl)
+    text = _encode_text(base, captions, run.device, run.xl, run.resolution)
+    report(progress, "cache", len(files), len(files))
+    return _Cached(lat_mean, lat_std, text, 2 if cfg.flip else 1, len(files))
+
+
+def _micro_step(unet, cached: _Cached, noise_scheduler, gen, cfg: LoraTraining, run: _Setup, target_kind: str,
+                scaler, accumulate: int) -> float:
     """One micro-batch: draw samples, denoise, backpropagate loss / accumulate; its loss share."""
     import torch
 
-    idx = torch.randint(0, n_files * variants, (cfg.batch_size,), generator=gen)
-    caption_idx = idx // variants
-    mean, std = lat_mean[idx], lat_std[idx]
+    device = run.device
+    idx = torch.randint(0, cached.n_files * cached.variants, (cfg.batch_size,), generator=gen)
+    caption_idx = idx // cached.variants
+    mean, std = cached.lat_mean[idx], cached.lat_std[idx]
     latents = mean + std * torch.randn(mean.shape, generator=gen).to(device, mean.dtype)
     noise = torch.randn(latents.shape, generator=gen).to(device, latents.dtype)
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=gen).to(device)
     noisy = noise_scheduler.add_noise(latents, noise, t)
     target = noise_scheduler.get_velocity(latents, noise, t) if target_kind == "v_prediction" else noise
-    cond = {k: v[caption_idx.to(v.device)] for k, v in text.items()}
-    added = {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]} if xl else None
-    with torch.autocast(device.type, dtype=weight_dtype, enabled=bool(autocast)):
+    cond = {k: v[caption_idx.to(v.device)] for k, v in cached.text.items()}
+    added = {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]} if run.xl else None
+    with torch.autocast(device.type, dtype=run.weight_dtype, enabled=run.autocast):
         pred = unet(noisy, t, encoder_hidden_states=cond["encoder_hidden_states"], added_cond_kwargs=added).sample
     loss = torch.nn.functional.mse_loss(pred.float(), target.float()) / accumulate
     scaler.scale(loss).backward()
     return float(loss.detach())
+
+
+def _loop(base, cfg: LoraTraining, run: _Setup, cached: _Cached, validator, ckpt_dir: Path,
+          progress: ProgressCallback | None, on_step, cancel) -> _Trained:
+    """The LoRA added to the bare base's UNet, trained for run.steps optimiser steps (each of
+    cfg.gradient_accumulation micro-batches), saved and validated every run.every steps; the cached base
+    gets its original UNet back whatever happens."""
+    import torch
+    from diffusers import DDPMScheduler
+    from peft import LoraConfig
+
+    from ..models.loading import set_identity_lora
+
+    unet = base.unet
+    set_identity_lora(base, None)  # train on the bare base: no identity/style LoRA from an earlier job
+    torch.manual_seed(cfg.seed)
+    unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
+                                target_modules=list(cfg.target_modules)), adapter_name=ADAPTER)
+    t0 = time.perf_counter()
+    try:
+        unet.set_adapters([ADAPTER])
+        params = [p for n, p in unet.named_parameters() if ADAPTER in n and "lora_" in n]
+        for p in params:
+            p.data = p.data.float()  # trainable factors in fp32 even when the base is fp16
+            p.requires_grad_(True)
+        if run.checkpointing:
+            unet.enable_gradient_checkpointing()
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+        # fp16 autocast: gradients below fp16's range vanish without loss scaling (bf16 has fp32's range).
+        scaler = torch.amp.GradScaler(run.device.type, enabled=run.autocast and run.weight_dtype == torch.float16)
+        noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)
+        target_kind = noise_scheduler.config.prediction_type
+        gen = torch.Generator("cpu").manual_seed(cfg.seed)
+        probe = _probe_batch(cached.lat_mean, cached.text, cached.variants, noise_scheduler, gen, run.xl)
+
+        def probe_loss() -> float:
+            return _probe_loss(unet, probe, target_kind, noise_scheduler, run.autocast, run.weight_dtype)
+
+        done = _Trained([], {}, {}, {0: probe_loss()}, 0.0, 0.0, bool(scaler.is_enabled()))
+        scale = cfg.alpha / cfg.rank
+        unet.train()
+        accumulate = max(1, int(cfg.gradient_accumulation))
+        for step in range(1, run.steps + 1):
+            check_cancel(cancel, "training cancelled")
+            optimizer.zero_grad(set_to_none=True)
+            value = 0.0
+            for _ in range(accumulate):  # the samples of one optimiser step, their gradients summed
+                value += _micro_step(unet, cached, noise_scheduler, gen, cfg, run, target_kind, scaler, accumulate)
+            scaler.unscale_(optimizer)  # clip the true gradients
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            scaler.step(optimizer)  # skipped (and the scale lowered) when a gradient overflowed
+            scaler.update()
+            if not math.isfinite(value):
+                raise PortraitError(f"training diverged at step {step} (loss {value}); lower --lr")
+            done.losses.append(value)
+            if on_step:
+                on_step(step, value)
+            report(progress, "train", step, run.steps)
+            if step % run.every == 0 or step == run.steps:
+                done.ckpts[step] = save_lora(base, _lora_state(unet, scale), ckpt_dir / f"step-{step:06d}.safetensors")
+                done.eval_loss[step] = probe_loss()
+                unet.train()
+                if validator is not None:
+                    tv = time.perf_counter()
+                    unet.eval()
+                    with torch.no_grad(), torch.autocast(run.device.type, dtype=run.weight_dtype, enabled=run.autocast):
+                        done.scores[step] = float(validator(base, step, done.ckpts[step]))
+                    unet.train()
+                    unet.set_adapters([ADAPTER])
+                    done.validate_s += time.perf_counter() - tv
+                    report(progress, "validate", len(done.scores), math.ceil(run.steps / run.every))
+        done.train_s = time.perf_counter() - t0 - done.validate_s
+        return done
+    finally:
+        if run.checkpointing:
+            unet.disable_gradient_checkpointing()
+        unet.eval()
+        unet.delete_adapters(ADAPTER)  # the cached base goes back to its original state
+
+
+def _choose(base, cfg: LoraTraining, done: _Trained, out: Path) -> tuple[list[int], Path, Path, Path | None]:
+    """The best-scored checkpoint (ties to the later step), or the merge of the best cfg.merge_top_k; without
+    validation, the last. Written as the identity (diffusers' and kohya's layouts) with the user's reference
+    photo beside it: (chosen steps, LoRA, kohya file, reference)."""
+    from safetensors.torch import load_file
+
+    chosen = lora_select.choose_checkpoints(done.scores, cfg.merge_top_k) if done.scores else [max(done.ckpts)]
+    states = [_strip_unet_prefix(load_file(str(done.ckpts[s]))) for s in chosen]
+    final = lora_select.merge_loras(states, rank=cfg.rank) if len(states) > 1 else states[0]
+    lora_path = save_lora(base, final, out / LORA_FILE)
+    kohya_path = save_kohya(final, out / KOHYA_FILE)
+    # The user's reference photo beside the LoRA: `portrait generate --identity OUT/identity.safetensors` fuses it.
+    reference = write_reference(trainset_reference(cfg.trainset), out)
+    return chosen, lora_path, kohya_path, reference
+
+
+def _report(cfg: LoraTraining, base, run: _Setup, done: _Trained, captions: list[str], trainset_report: dict,
+            chosen: list[int], reference: Path | None, scored_by: str | None, out: Path, cache_s: float,
+            total_s: float) -> dict:
+    """training.json's content."""
+    return {
+        "config": {**cfg.to_dict(), "steps": run.steps, "resolution": run.resolution, "validate_every": run.every},
+        "architecture": run.arch,
+        "base_model": str(cfg.base_model),
+        "photos": len(captions),
+        "captions": sorted(set(captions)),
+        "device": str(run.device),
+        "dtype": dtype_name(run.weight_dtype),
+        "mixed_precision": run.autocast,
+        "grad_scaler": done.grad_scaler,
+        "vae_upcast": bool(vae_needs_upcast(base.vae, run.xl)),
+        "gradient_checkpointing": run.checkpointing,
+        "checkpoints": [{"step": s, "file": str(p.relative_to(out)),
+                         "score": (None if s not in done.scores or not math.isfinite(done.scores[s]) else done.scores[s]),
+                         "face_found": s in done.scores and math.isfinite(done.scores[s]), "eval_loss": done.eval_loss[s]}
+                        for s, p in sorted(done.ckpts.items())],
+        "eval_loss_start": done.eval_loss[0],
+        "score": scored_by,
+        "chosen": chosen,
+        "merged": len(chosen) > 1,
+        "outputs": {"lora": LORA_FILE, "kohya": KOHYA_FILE},
+        "loss": done.losses,
+        "timings": {"cache_s": round(cache_s, 3), "train_s": round(done.train_s, 3),
+                    "validate_s": round(done.validate_s, 3), "total_s": round(total_s, 3),
+                    "steps_per_s": round(run.steps / max(done.train_s, 1e-9), 3)},
+        "trainset_reference": trainset_report.get("reference"),
+        "reference": reference.name if reference else None,
+    }
 
 
 def train_lora(cfg: LoraTraining, *, validate: lora_select.Validator | None | str = "default",
@@ -355,151 +553,29 @@ def train_lora(cfg: LoraTraining, *, validate: lora_select.Validator | None | st
     `template_validator` builds the validator when cfg.templates names templates (the job layer's).
     `cancel` (anything with is_set()) is checked before every step: Cancelled, and the cached base gets
     its original UNet back; identity.safetensors and training.json are not written.
-    """
-    import torch
-    from diffusers import DDPMScheduler
-    from peft import LoraConfig
-    from safetensors.torch import load_file
 
-    from ..models.loading import load_base, set_identity_lora
+    Four stages: cache (latents and caption embeddings, once), loop (train and checkpoint), choose (the
+    best checkpoint or a merge, written as the identity) and report (training.json).
+    """
+    from ..models.loading import load_base
 
     t_start = time.perf_counter()
     files, captions, trainset_report = read_trainset(cfg.trainset)
     base = load_base(str(cfg.base_model), manifest=manifest, device=cfg.device, dtype=cfg.dtype)
-    xl = "text_encoder_2" in base.components
-    arch = "sdxl" if xl else "sd15"
-    resolution = cfg.resolution or DEFAULT_RESOLUTION[arch]
-    if resolution % 8:
-        raise ConfigError(f"resolution must be a multiple of 8, got {resolution}")
-    steps = default_steps(len(files), cfg)
-    every = max(1, min(cfg.validate_every, steps))
+    run = _setup(cfg, base, len(files))
     out = Path(cfg.out_dir)
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    unet = base.unet
-    device, weight_dtype = unet.device, unet.dtype
-    on_gpu = device.type != "cpu"
-    autocast = (cfg.mixed_precision if cfg.mixed_precision is not None else on_gpu) and weight_dtype != torch.float32
-    checkpointing = (cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None
-                     else checkpointing_default(arch, on_gpu, _free_gpu_bytes(device) if on_gpu else None))
-
-    # Encode once: the VAE and text encoder are frozen, so their outputs never change.
-    report(progress, "cache", 0, len(files))
-    images = [_load_square(f, resolution) for f in files]
-    lat_mean, lat_std = _encode_latents(base, images, cfg.flip, device, weight_dtype, xl)
-    variants = 2 if cfg.flip else 1
-    text = _encode_text(base, captions, device, xl, resolution)
-    report(progress, "cache", len(files), len(files))
-    t_cached = time.perf_counter()
-
-    validator = (default_validator(cfg, files, captions, base, template_validator, resolution) if validate == "default"
-                 else validate)
-
-    set_identity_lora(base, None)  # train on the bare base: no identity/style LoRA from an earlier job
-    torch.manual_seed(cfg.seed)
-    unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
-                                target_modules=list(cfg.target_modules)), adapter_name=ADAPTER)
-    try:
-        unet.set_adapters([ADAPTER])
-        params = [p for n, p in unet.named_parameters() if ADAPTER in n and "lora_" in n]
-        for p in params:
-            p.data = p.data.float()  # trainable factors in fp32 even when the base is fp16
-            p.requires_grad_(True)
-        if checkpointing:
-            unet.enable_gradient_checkpointing()
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
-        # fp16 autocast: gradients below fp16's range vanish without loss scaling (bf16 has fp32's range).
-        scaler = torch.amp.GradScaler(device.type, enabled=bool(autocast) and weight_dtype == torch.float16)
-        noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)
-        target_kind = noise_scheduler.config.prediction_type
-        gen = torch.Generator("cpu").manual_seed(cfg.seed)
-        probe = _probe_batch(lat_mean, text, variants, noise_scheduler, gen, xl)
-        eval_loss = {0: _probe_loss(unet, probe, target_kind, noise_scheduler, autocast, weight_dtype)}
-        scale = cfg.alpha / cfg.rank
-        losses: list[float] = []
-        scores: dict[int, float] = {}
-        ckpts: dict[int, Path] = {}
-        t_validate = 0.0
-        unet.train()
-        accumulate = max(1, int(cfg.gradient_accumulation))
-        for step in range(1, steps + 1):
-            check_cancel(cancel, "training cancelled")
-            optimizer.zero_grad(set_to_none=True)
-            value = 0.0
-            for _ in range(accumulate):  # the samples of one optimiser step, their gradients summed
-                value += _micro_step(unet, lat_mean, lat_std, text, variants, noise_scheduler, gen, cfg, xl, device,
-                                     target_kind, autocast, weight_dtype, scaler, accumulate, len(files))
-            scaler.unscale_(optimizer)  # clip the true gradients
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            scaler.step(optimizer)  # skipped (and the scale lowered) when a gradient overflowed
-            scaler.update()
-            if not math.isfinite(value):
-                raise PortraitError(f"training diverged at step {step} (loss {value}); lower --lr")
-            losses.append(value)
-            if on_step:
-                on_step(step, value)
-            report(progress, "train", step, steps)
-
-            if step % every == 0 or step == steps:
-                state = _lora_state(unet, scale)
-                ckpts[step] = save_lora(base, state, ckpt_dir / f"step-{step:06d}.safetensors")
-                eval_loss[step] = _probe_loss(unet, probe, target_kind, noise_scheduler, autocast, weight_dtype)
-                unet.train()
-                if validator is not None:
-                    t0 = time.perf_counter()
-                    unet.eval()
-                    with torch.no_grad(), torch.autocast(device.type, dtype=weight_dtype, enabled=bool(autocast)):
-                        scores[step] = float(validator(base, step, ckpts[step]))
-                    unet.train()
-                    unet.set_adapters([ADAPTER])
-                    t_validate += time.perf_counter() - t0
-                    report(progress, "validate", len(scores), math.ceil(steps / every))
-        t_trained = time.perf_counter()
-    finally:
-        if checkpointing:
-            unet.disable_gradient_checkpointing()
-        unet.eval()
-        unet.delete_adapters(ADAPTER)  # the cached base goes back to its original state
-
-    # Choose: best score (ties to the later step); without validation, the last checkpoint.
-    chosen = lora_select.choose_checkpoints(scores, cfg.merge_top_k) if scores else [max(ckpts)]
-    chosen_states = [_strip_unet_prefix(load_file(str(ckpts[s]))) for s in chosen]
-    final = lora_select.merge_loras(chosen_states, rank=cfg.rank) if len(chosen_states) > 1 else chosen_states[0]
-    lora_path = save_lora(base, final, out / LORA_FILE)
-    kohya_path = save_kohya(final, out / KOHYA_FILE)
-    # The user's reference photo beside the LoRA: `portrait generate --identity OUT/identity.safetensors` fuses it.
-    reference = write_reference(trainset_reference(cfg.trainset), out)
-
-    t_end = time.perf_counter()
-    rep = {
-        "config": {**cfg.to_dict(), "steps": steps, "resolution": resolution, "validate_every": every},
-        "architecture": arch,
-        "base_model": str(cfg.base_model),
-        "photos": len(files),
-        "captions": sorted(set(captions)),
-        "device": str(device),
-        "dtype": dtype_name(weight_dtype),
-        "mixed_precision": bool(autocast),
-        "grad_scaler": bool(scaler.is_enabled()),
-        "vae_upcast": bool(vae_needs_upcast(base.vae, xl)),
-        "gradient_checkpointing": bool(checkpointing),
-        "checkpoints": [{"step": s, "file": str(p.relative_to(out)),
-                         "score": (None if s not in scores or not math.isfinite(scores[s]) else scores[s]),
-                         "face_found": s in scores and math.isfinite(scores[s]), "eval_loss": eval_loss[s]}
-                        for s, p in sorted(ckpts.items())],
-        "eval_loss_start": eval_loss[0],
-        "score": "minus the face-embedding distance of validation renders to the user's centroid (higher is better)"
-                 if validate == "default" else "custom validator (higher is better)" if validator else None,
-        "chosen": chosen,
-        "merged": len(chosen) > 1,
-        "outputs": {"lora": LORA_FILE, "kohya": KOHYA_FILE},
-        "loss": losses,
-        "timings": {"cache_s": round(t_cached - t_start, 3), "train_s": round(t_trained - t_cached - t_validate, 3),
-                    "validate_s": round(t_validate, 3), "total_s": round(t_end - t_start, 3),
-                    "steps_per_s": round(steps / max(t_trained - t_cached - t_validate, 1e-9), 3)},
-        "trainset_reference": trainset_report.get("reference"),
-        "reference": reference.name if reference else None,
-    }
+    cached = _cache(base, files, captions, cfg, run, progress)
+    cache_s = time.perf_counter() - t_start
+    validator = (default_validator(cfg, files, captions, base, template_validator, run.resolution)
+                 if validate == "default" else validate)
+    done = _loop(base, cfg, run, cached, validator, ckpt_dir, progress, on_step, cancel)
+    chosen, lora_path, kohya_path, reference = _choose(base, cfg, done, out)
+    scored_by = ("minus the face-embedding distance of validation renders to the user's centroid (higher is better)"
+                 if validate == "default" else "custom validator (higher is better)" if validator else None)
+    rep = _report(cfg, base, run, done, captions, trainset_report, chosen, reference, scored_by, out, cache_s,
+                  time.perf_counter() - t_start)
     report_path = out / REPORT_FILE
     report_path.write_text(json.dumps(rep, indent=2) + "\n")
     return LoraTrainingResult(lora_path, kohya_path, report_path, rep)
