@@ -137,8 +137,16 @@ def test_one_call_renders_the_n_candidates_and_the_same_seed_gives_the_same_pict
     assert len(images) == 3 and all(i.shape == (96, 64, 3) and i.dtype == np.uint8 for i in images)
     assert batches == [6] * STEPS  # one UNet call per step for all three (x2: classifier-free guidance)
     assert not np.array_equal(images[0], images[1])
+    # Seed 2 alone is seed 2's picture in the batch, up to float noise: a CPU's matrix kernels may sum in
+    # another order for another batch size (AMD EPYC here), a level or two in a few pixels.
     again = SceneRender(models)(_request(seeds=(2,)), Sitter(lora=tiny["lora"]))
-    assert np.array_equal(again[0], images[1])
+    diff = np.abs(again[0].astype(int) - images[1].astype(int))
+    print("batched vs alone: max", diff.max(), "mean", diff.mean())
+    assert diff.max() <= 4 and diff.mean() < 0.5
+    assert np.abs(again[0].astype(int) - images[0].astype(int)).mean() > 5 * max(diff.mean(), 0.1)  # not seed 1's
+    # The same request twice is the same picture, exactly.
+    twice = SceneRender(models)(_request(seeds=(2,)), Sitter(lora=tiny["lora"]))
+    assert np.array_equal(twice[0], again[0])
 
 
 def test_the_identity_lora_reaches_the_unet(models, tiny):
