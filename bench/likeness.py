@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from portrait.faces.meters import DlibMeter, MeshMeter, shape_distance  # noqa: E402
 from portrait.faces.base import iou  # noqa: E402
 from portrait.imageio import load_rgb, save_image  # noqa: E402
-from portrait.pipeline import PortraitPipeline, RunConfig  # noqa: E402
+from portrait.jobs import PortraitPipeline, RunConfig  # noqa: E402
 from portrait.samples import astronaut, write_sample_photos  # noqa: E402
 from portrait.templates import load_template  # noqa: E402
 from preprocess import PreprocessConfig, run_preprocess  # noqa: E402

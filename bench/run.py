@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from portrait.faces import FaceConfig, get_face_analysis  # noqa: E402
 from portrait.imageio import load_rgb  # noqa: E402
-from portrait.pipeline import PortraitPipeline, RunConfig  # noqa: E402
+from portrait.jobs import PortraitPipeline, RunConfig  # noqa: E402
 from portrait.post.rank import output_face  # noqa: E402
 from portrait.samples import write_sample_photos  # noqa: E402
 from portrait.templates import load_template  # noqa: E402

@@ -39,11 +39,11 @@ sys.path.insert(0, str(ROOT))
 from portrait.faces.meters import DlibMeter  # noqa: E402
 from portrait.faces.base import iou  # noqa: E402
 from portrait.imageio import load_rgb, save_image  # noqa: E402
-from portrait.pipeline import PortraitPipeline, RunConfig  # noqa: E402
+from portrait.jobs import PortraitPipeline, RunConfig  # noqa: E402
 from portrait.post.seam import seam_delta_e  # noqa: E402
 from portrait.post.skin_tone import skin_tone  # noqa: E402
 from portrait.samples import write_sample_photos  # noqa: E402
-from portrait.template_choice import AutoRequest, UserLook, candidates, choose  # noqa: E402
+from portrait.templates.choice import AutoRequest, UserLook, candidates, choose  # noqa: E402
 from portrait.templates import list_templates, load_template  # noqa: E402
 
 TEMPLATE_PEOPLE = {"light (hall-office)": "hall-office", "light-medium (flag-red-dress)": "flag-red-dress",

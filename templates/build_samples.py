@@ -158,7 +158,7 @@ if __name__ == "__main__":
     from portrait.templates import parse_template
 
     for folder in build():
-        for old in folder.glob(".faces*.json"):  # regenerated: slots chosen by portrait.template_slots
+        for old in folder.glob(".faces*.json"):  # regenerated: slots chosen by portrait.templates.slots
             old.unlink()
         t = parse_template(folder)
         faces = t.slot_faces()

@@ -13,7 +13,7 @@ from portrait.faces.meters import SAME_PERSON, DlibMeter
 
 from portrait.faces.base import iou
 from portrait.imageio import load_rgb
-from portrait.pipeline import PortraitPipeline, RunConfig
+from portrait.jobs import PortraitPipeline, RunConfig
 from portrait.samples import write_sample_photos
 from portrait.templates import bundled_dir, list_templates, load_template
 

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from portrait.cli import cli
 from portrait.jobs.configs import GenerateConfig, TrainConfig
-from portrait.pipeline import RunConfig
+from portrait.jobs import RunConfig
 
 COMMANDS = (("run", RunConfig), ("batch", RunConfig), ("generate", GenerateConfig), ("train", TrainConfig))
 

@@ -8,7 +8,7 @@ import torch
 
 from portrait.errors import ConfigError
 from portrait.models.device import onnx_device, resolve_device
-from portrait.pipeline import PortraitPipeline, RunConfig
+from portrait.jobs import PortraitPipeline, RunConfig
 
 
 def test_the_device_is_the_best_there_is_unless_asked(monkeypatch):

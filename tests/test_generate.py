@@ -16,7 +16,7 @@ from helpers_diffusion import load_models, small_template, tiny_models  # noqa: 
 from portrait.generate import controls  # noqa: E402
 from portrait.errors import Cancelled, ConfigError  # noqa: E402
 from portrait.generate.template_inpaint import PASS1, PASS2, Sitter, InpaintJob, TemplateInpaint  # noqa: E402
-from portrait.generate.template_jobs import job_from_template  # noqa: E402
+from portrait.templates.painting import job_from_template  # noqa: E402
 from portrait.post import masks  # noqa: E402
 
 CROP = 96  # working resolution: fast on 2 cores, still a real two-pass run
@@ -153,9 +153,12 @@ def test_job_from_template_reads_settings_and_overrides(scene):
     job = job_from_template(template)
     assert (job.seed, job.pass1.strength, job.pass1.steps, dict(job.pass1.controlnets)) == (7, 0.5, 12, {"canny": 0.7, "color": 0.2})
     assert job.pass2.strength == 0.25 and dict(job.pass2.controlnets) == {"tile": 1.0} and job.pass2.steps == PASS2.steps
-    job = job_from_template(template, steps=3, seed=1, strength=0.9, controlnets={"canny": 0.0})
-    assert (job.seed, job.pass1.steps, job.pass2.steps, job.pass1.strength) == (1, 3, 3, 0.9)
+    job = job_from_template(template, steps=4, seed=1, strength=0.9, controlnets={"canny": 0.0})
+    assert (job.seed, job.pass1.steps, job.pass2.steps, job.pass1.strength) == (1, 4, 4, 0.9)
     assert [n for n, _ in job.pass1.active()] == ["color"]
+    # A job's passes are checked where it is made: 3 steps at the edge pass's 0.25 leave no denoising step.
+    with pytest.raises(ConfigError, match="template astro pass 2: steps x strength = 0.75 leaves no denoising step"):
+        job_from_template(template, steps=3)
 
 
 def test_controls_and_crop_geometry(scene):

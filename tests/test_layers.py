@@ -74,7 +74,7 @@ def test_a_back_edge_breaks_the_contract(tmp_path):
     identity = tmp_path / "portrait" / "identity" / "lora_select.py"
     # A back-edge once removed: identity importing the generation stage (lazily, inside a function).
     identity.write_text(identity.read_text() + "\n\ndef _back_edge():\n"
-                        "    from ..generate.template_jobs import template_validator\n\n"
+                        "    from ..templates.painting import template_validator\n\n"
                         "    return template_validator\n")
     proc = _lint(tmp_path)
     assert proc.returncode != 0

@@ -17,7 +17,7 @@ import pytest
 from helpers_photos import SMALL_SET, sample_photo_set, small_photo_set
 from helpers_faults import break_fusion
 from portrait.imageio import load_rgb
-from portrait.pipeline import PortraitPipeline, RunConfig
+from portrait.jobs import PortraitPipeline, RunConfig
 from portrait.post import masks
 from portrait.post.upscale import upscale
 from portrait.templates import load_template

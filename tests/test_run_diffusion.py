@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from helpers_photos import sample_photo_set
 from portrait.cli import cli
 from portrait.imageio import load_rgb
-from portrait.pipeline import PortraitPipeline, RunConfig
+from portrait.jobs import PortraitPipeline, RunConfig
 from portrait.templates import load_template
 
 pytestmark = pytest.mark.usefixtures("hermetic")  # no user models, templates or device (conftest)
@@ -110,7 +110,7 @@ def test_run_on_sdxl_paints_with_instantid_and_keeps_the_rest(tiny_sdxl_dir, pho
     result = pipe.run(photos, [str(folder)], tmp_path / "xl")
     assert not result.failures and len(result.outputs) == 1
     # EasyPhoto's SDXL recipe: canny alone in both passes (SDXL ControlNets), plus the IdentityNet.
-    models = pipe._models
+    models = pipe._painter.models
     assert models.arch == "sdxl" and models.has_instantid
     assert set(models.controlnets) == {"canny"}
     assert models.controlnets["canny"].config.addition_embed_type == "text_time"

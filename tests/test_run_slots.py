@@ -75,7 +75,7 @@ def test_with_diffusion_each_person_is_painted_with_their_own_face_embedding(tin
     from portrait.identity.face_embedding import embed_identity
     from portrait.models import loading
     from portrait.models.manifest import Manifest
-    from portrait.pipeline import PortraitPipeline, RunConfig
+    from portrait.jobs import PortraitPipeline, RunConfig
 
     config = RunConfig(models_dir=str(tiny_models_dir), diffusion="on", steps=4, variants=1, max_tries=1,
                        inpaint_size=96, retouch="none", upscale="none", seed=3)

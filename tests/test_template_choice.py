@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from helpers_photos import small_photo_set
 from portrait.cli import cli
 from portrait.errors import ConfigError
-from portrait.template_choice import AutoRequest, UserLook, candidates, choose, parse_auto
+from portrait.templates.choice import AutoRequest, UserLook, candidates, choose, parse_auto
 from portrait.templates import bundled_dir, list_templates, load_template
 
 pytestmark = pytest.mark.usefixtures("hermetic")

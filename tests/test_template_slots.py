@@ -52,7 +52,7 @@ def test_every_bundled_slot_is_confirmed_by_mmod(user_templates, face_analysis, 
 def test_astronaut_suit_patch_is_not_a_slot(astronaut, face_analysis):
     """dlib HOG on the colour image with one upsampling step finds the mission patch on the suit (score
     ~0.1, a box as large as the face's) left of and below the face: it must not become slot 0."""
-    from portrait.template_slots import choose_slots, fit_in_box, slot_faces_of
+    from portrait.templates.slots import choose_slots, fit_in_box, slot_faces_of
 
     rects, scores, _ = dlib.get_frontal_face_detector().run(astronaut, 1, 0.05)
     assert len(rects) == 2  # the patch is detected ...

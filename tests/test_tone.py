@@ -127,7 +127,7 @@ def test_mesh_masks_reach_the_forehead_and_hold_the_features(mesh_fa):
 
 def test_run_config_takes_skin_and_names_a_bad_one():
     from portrait.errors import ConfigError
-    from portrait.pipeline import RunConfig
+    from portrait.jobs import RunConfig
 
     assert RunConfig().skin == "user" and RunConfig.from_dict({"skin": "template"}).skin == "template"
     with pytest.raises(ConfigError, match="skin"):

@@ -11,7 +11,7 @@ from ..errors import ConfigError
 from ..faces.analysis import FaceConfig
 from ..generate.pipelines import SAMPLERS
 from ..jobs.configs import CreateConfig
-from ..pipeline import RunConfig
+from ..jobs import RunConfig
 from ..post.fusion import SKINS
 from .common import (dtype_option, face_engine_options, handle_errors, json_option, min_photos_option, print_json, print_table,
                      progress_bar, ranged, top_k_option, with_options)
@@ -136,7 +136,7 @@ def run_command(photos: Path, templates: tuple[str, ...], tags: str | None, out:
 def _with_tags(templates: tuple[str, ...], tags: str | None) -> tuple[str, ...]:
     """--tags joined onto every auto template spec (auto, auto:N) that names none; ConfigError when
     --tags is given without an auto template."""
-    from ..template_choice import parse_auto
+    from ..templates.choice import parse_auto
 
     if not tags:
         return templates

@@ -17,7 +17,7 @@ def _slots(t) -> list[dict]:
 def _not_slots(t) -> list[dict]:
     """The detections the template's face cache (for the face engines in use) records as not slots."""
     from ..faces import get_face_analysis
-    from ..template_slots import cached_rejections
+    from ..templates.slots import cached_rejections
     from ..templates import face_cache_name
 
     return cached_rejections(t.directory, face_cache_name(get_face_analysis().engines()))
@@ -40,7 +40,7 @@ def _summary(t, with_faces: bool = False, bundled: set | None = None) -> dict:
 def _preview(t, path: Path | None) -> Path | None:
     """Write the numbered-slot preview: PATH, else a user template's own preview.jpg, else (a bundled
     template, or a read-only folder) $XDG_CACHE_HOME/portrait/previews/NAME-preview.jpg."""
-    from ..template_slots import PREVIEW_NAME, draw_preview
+    from ..templates.slots import PREVIEW_NAME, draw_preview
     from ..templates import bundled_dir
 
     target = path or t.directory / PREVIEW_NAME
@@ -121,7 +121,7 @@ def register(group: click.Group) -> None:
     @handle_errors
     def show_cmd(name: str, preview_path: Path | None, as_json: bool) -> None:
         """One template's settings, its face slots (numbered left to right) and the detections that are not slots."""
-        from ..template_slots import ambiguity_notice
+        from ..templates.slots import ambiguity_notice
         from ..templates import load_template
 
         t = load_template(name)
@@ -166,7 +166,7 @@ def register(group: click.Group) -> None:
         """Make a template from IMAGE (checks that it decodes and holds a usable face); records its source and
         licence, measures the face's skin tone and head turn, prints the slots and writes preview.jpg with the
         numbered slot boxes."""
-        from ..template_slots import PREVIEW_NAME, ambiguity_notice
+        from ..templates.slots import PREVIEW_NAME, ambiguity_notice
         from ..templates import add_template
 
         t = add_template(image, name, dest, prompt=prompt, negative_prompt=negative_prompt, description=description,

@@ -179,6 +179,13 @@ class InpaintJob:
     fusion2_blend: float = 0.5  # opacity of the second fusion
     reference: tuple | None = None  # (rgb, face) of this job's own reference photo; None: the call's
 
+    def __post_init__(self):
+        """The passes' settings are checked here, once, where a job is made (ConfigError naming the job's
+        template and the pass): no job with a pass out of its limits reaches the recipe."""
+        what = f"template {self.name}" if self.name else "inpaint job"
+        self.pass1.check(f"{what} pass 1")
+        self.pass2.check(f"{what} pass 2")
+
 
 @dataclass
 class InpaintResult:
@@ -299,8 +306,6 @@ class TemplateInpaint:
         for i, j in enumerate(jobs):
             if j.template_face is None or np.asarray(j.template_face.landmarks5).shape != (5, 2):
                 raise ConfigError(f"job {i}: template_face needs landmarks5 of shape (5, 2)")
-            j.pass1.check(f"job {i} pass 1")
-            j.pass2.check(f"job {i} pass 2")
             for n, _ in (*j.pass1.active(), *j.pass2.active()):
                 if n not in self.models.controlnets:
                     raise ConfigError(f"job {i}: ControlNet '{n}' is not loaded (loaded: {sorted(self.models.controlnets)}); "

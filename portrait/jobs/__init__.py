@@ -18,6 +18,7 @@ from .configs import CreateConfig, EmbedConfig, GenerateConfig, PreprocessConfig
 from .create_job import create
 from .embed_job import embed
 from .generate_job import generate
+from .pipeline import PortraitPipeline
 from .preprocess_job import preprocess
 from .results import BatchResult, CreateResult, EmbedResult, GenerateResult, PreprocessResult, RunResult, TrainResult
 from .run_job import run, template_names
@@ -25,6 +26,6 @@ from .stages import JOB_STAGES, STAGES, OverallProgress
 from .train_job import train
 
 __all__ = ["JOB_STAGES", "STAGES", "BatchResult", "CreateConfig", "CreateResult", "EmbedConfig", "EmbedResult", "GenerateConfig", "GenerateResult",
-           "OverallProgress", "PreprocessConfig", "PreprocessResult", "RunConfig", "RunResult", "TrainConfig",
+           "OverallProgress", "PortraitPipeline", "PreprocessConfig", "PreprocessResult", "RunConfig", "RunResult", "TrainConfig",
            "TrainResult", "batch", "create", "embed", "generate", "preprocess", "run", "template_names", "train"]
 

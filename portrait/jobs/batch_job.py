@@ -10,7 +10,8 @@ from typing import Mapping, Sequence
 
 from ..batch import BatchRow, read_manifest, row_dir, row_status, safe_name, unique_names
 from ..errors import Cancelled, ConfigError, PortraitError, internal_error
-from ..pipeline import PortraitPipeline, RunConfig
+from .configs import RunConfig
+from .pipeline import PortraitPipeline
 from ..progress import CancelToken, ProgressCallback, check_cancel, report
 from .configs import CreateConfig
 from .create_job import RESULT_NAME as CREATE_RESULT
@@ -74,7 +75,7 @@ def batch(rows: Path | str | Sequence[BatchRow | Mapping], out_dir: Path, config
             if row.styles:
                 planned.append((row, entry, folder, _check_create_row(row, create or CreateConfig())))
             else:
-                planned.append((row, entry, folder, pipe.check(list(row.templates) or every)))
+                planned.append((row, entry, folder, pipe.check(list(row.templates) or every).templates))
         except PortraitError as exc:
             entry.update(status="failed", outputs=0, **exc.to_dict())
         summary.append(entry)

@@ -3,7 +3,7 @@ API's "options" object goes through: ConfigError naming an unknown key or a bad 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Mapping, Optional
 
 from preprocess import PreprocessConfig
@@ -13,10 +13,11 @@ from ..faces.analysis import DETECTORS, EMBEDDERS
 from ..identity import lora_train
 from ..identity.reference import REFERENCE_NAME
 from ..models.device import check_dtype_name
-from ..engines import RETOUCH_ENGINES, UPSCALE_ENGINES
+from ..engines import DIFFUSION_MODES, FUSION_ENGINES, RETOUCH_ENGINES, UPSCALE_ENGINES
+from ..faces import FaceConfig
+from ..post.fusion import SKINS
 from ..generate.template_inpaint import IDENTITY_ENGINES as PAINTING_ENGINES
 from ..generate.pipelines import SAMPLERS
-from ..pipeline import RunConfig
 from ..settings import check_choice, check_limits, from_dict
 
 EMBEDDING_NAME = "identity_embedding.safetensors"
@@ -30,6 +31,63 @@ class _FromDict:
     @classmethod
     def from_dict(cls, data: Mapping | None):
         """Built from a mapping: ConfigError naming an unknown key or a bad value."""
+        return from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings of `portrait run` / `batch`, validated when built (ConfigError naming the option)."""
+
+    top_k: int = 12
+    min_photos: int = 4
+    resolution: int = 512
+    face: FaceConfig = field(default_factory=FaceConfig)
+    fusion: str = "auto"
+    skin: str = "user"  # classic fusion: whose skin tone the portrait has (post.fusion.SKINS)
+    retouch: str = "auto"
+    retouch_strength: float = 0.35
+    upscale: str = "auto"
+    upscale_factor: Optional[float] = None  # None: the template's output.upscale
+    diffusion: str = "auto"
+    base_model: Optional[str] = None
+    identity: Optional[str] = None  # identity LoRA (.safetensors) from `portrait train`
+    variants: int = 2  # reference photos rendered per template; the most alike output is kept
+    max_tries: int = 4  # while no output reaches the likeness bar, try more reference photos, up to this
+    likeness_bar: Optional[float] = None  # distance an output must reach; None = the same-person threshold
+    steps: Optional[int] = None
+    scheduler: Optional[str] = None  # the two passes' sampler (None: EasyPhoto's per base, pipelines.DEFAULT_SAMPLER)
+    inpaint_size: Optional[int] = None  # working crop side for diffusion (default: 512 SD 1.5, 1024 SDXL)
+    seed: Optional[int] = None
+    device: Optional[str] = None
+    dtype: Optional[str] = None  # diffusion weights: fp32 | fp16 | bf16 (default: fp16 on GPU, fp32 on CPU)
+    models_dir: Optional[str] = None
+
+    # Each numeric option's range, read by __post_init__ and by the CLI's options (one place for both).
+    LIMITS: ClassVar[dict] = {
+        "top_k": (1, 100), "min_photos": (1, 100), "resolution": (64, 4096), "retouch_strength": (0.0, 1.0),
+        "upscale_factor": (1.0, 8.0), "variants": (1, 10), "max_tries": (1, 10), "likeness_bar": (0.0, None),
+        "steps": (1, 500), "inpaint_size": (64, 4096),
+    }
+
+    def __post_init__(self):
+        check_limits(self)
+        if self.scheduler is not None:
+            check_choice("scheduler", self.scheduler, tuple(SAMPLERS))
+        if self.resolution % 8:
+            raise ConfigError(f"option 'resolution' must be a multiple of 8, got {self.resolution}")
+        check_choice("fusion", self.fusion, FUSION_ENGINES)
+        check_choice("skin", self.skin, SKINS)
+        check_choice("retouch", self.retouch, RETOUCH_ENGINES)
+        check_choice("upscale", self.upscale, UPSCALE_ENGINES)
+        check_choice("diffusion", self.diffusion, DIFFUSION_MODES)
+        if self.variants > self.max_tries:
+            raise ConfigError(f"variants ({self.variants}) cannot exceed max_tries ({self.max_tries})")
+        if self.inpaint_size is not None and self.inpaint_size % 8:
+            raise ConfigError(f"option 'inpaint_size' must be a multiple of 8, got {self.inpaint_size}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping | None) -> "RunConfig":
+        """From the API's "options" (nested "face" too): ConfigError naming an unknown key or a bad value."""
         return from_dict(cls, data)
 
 

@@ -19,7 +19,7 @@ from typing import Sequence
 from ..errors import ConfigError, ModelMissingError
 from ..progress import CancelToken, ProgressCallback, check_cancel, report
 from .configs import CreateConfig
-from .generate_job import check_device, find_reference, identity_engine, load_models
+from .generate_job import check_device, find_reference, identity_engine
 from .results import CreateResult
 
 RESULT_NAME = "create.json"
@@ -150,7 +150,10 @@ def create(identity: Path, styles: Sequence[str | Path], out_dir: Path, config: 
     requests = [_request(p, arch, config, range(first, first + config.count), subject) for p in packs]
     controls = sorted({r.control for r in requests if r.control})
     check_cancel(cancel, "creation cancelled")
-    models = load_models(base, id_engine, controls, manifest, config, progress)
+    from ..templates.painting import load_models
+
+    models = load_models(base, id_engine, manifest, device=config.device, dtype=config.dtype, controls=controls,
+                         progress=progress)
     render = SceneRender(models, detail_size=config.detail_size)
     finish = _Finish(config, fa, ref_rgb, ref_face, retouch_choice.engine, upscale_choice.engine, manifest,
                      str(models.device))

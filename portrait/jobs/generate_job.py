@@ -65,18 +65,6 @@ def check_device(config) -> None:
         pick_device(config.device, config.dtype)
 
 
-def load_models(base: str, engine: str | None, controls, manifest, config, progress):
-    """The base, `controls`' ControlNets and the identity engine's adapter files (InpaintModels.for_engine),
-    on the config's device and dtype, under the "load models" progress stage."""
-    from ..generate.pipelines import InpaintModels
-
-    report(progress, "load models", 0, 1)
-    models = InpaintModels.for_engine(base, engine, controls, manifest=manifest, device=config.device,
-                                      dtype=config.dtype)
-    report(progress, "load models", 1, 1)
-    return models
-
-
 def generate(identity: Path, templates: Sequence[str | Path], out_dir: Path, config: GenerateConfig | None = None, *,
              progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> GenerateResult:
     """Paint `identity` (a LoRA from train, or a face embedding from embed) into each template's face (names,
@@ -84,11 +72,12 @@ def generate(identity: Path, templates: Sequence[str | Path], out_dir: Path, con
     photo is read."""
     from ..engines import INSTANTID_NAMES, missing_controlnets
     from ..faces import FaceConfig, get_face_analysis
-    from ..generate.template_inpaint import Sitter, TemplateInpaint
-    from ..generate.template_jobs import generate_on_template, job_from_template, template_slots
+    from ..generate.template_inpaint import Sitter
     from ..models import loading
     from ..models.manifest import get_manifest
-    from ..preflight import resolve_templates
+    from ..preflight import check_diffusion_settings
+    from ..templates import resolve_templates
+    from ..templates.painting import Painter
 
     config = config or GenerateConfig()
     if not templates:
@@ -109,33 +98,23 @@ def generate(identity: Path, templates: Sequence[str | Path], out_dir: Path, con
             manifest.require(name)
     over = {"steps": config.steps, "seed": config.seed, "strength": config.strength}
     arch, _ = loading.base_unet_config(base, manifest)  # ModelMissingError naming a missing base
-    # The base's architecture picks the recipe's ControlNets (SDXL: canny only).
-    first = [job_from_template(t, face_analysis=fa, arch=arch, **over) for t in tmpls]
-    for j in first:  # bad settings are the user's to fix, before any model loads
-        j.pass1.check(f"template {j.name} pass 1")
-        j.pass2.check(f"template {j.name} pass 2")
-    needed = list(dict.fromkeys(n for j in first for n, _ in (*j.pass1.active(), *j.pass2.active())))
+    # Bad pass settings are the user's to fix, before any model loads; the base's architecture picks the
+    # recipe's ControlNets (SDXL: canny only).
+    jobs = check_diffusion_settings(tmpls, fa, steps=config.steps, strength=config.strength, arch=arch)
+    needed = list(dict.fromkeys(n for j in jobs for n, _ in (*j.pass1.active(), *j.pass2.active())))
     for name in missing_controlnets(manifest, arch, needed):
         manifest.require(name)  # ModelMissingError naming the ControlNet a template needs
     check_device(config)
     ref_rgb, ref_face, ref_file = find_reference(Path(identity), config.reference, fa)
-    multi = [i for i, t in enumerate(tmpls) if len(template_slots(t, fa)) > 1]
     check_cancel(cancel, "generation cancelled")
-    models = load_models(base, id_engine, needed, manifest, config, progress)
-    runner = TemplateInpaint(models, sampler=config.scheduler)
-    try:
-        # One-face templates run together (batched where their settings match); others slot by slot.
-        single = [j for i, j in enumerate(first) if i not in multi]
-        report(progress, "outputs", 0, len(tmpls))
-        results = runner(single, ident, ref_rgb, ref_face, progress=progress, cancel=cancel) if single else []
-        report(progress, "outputs", len(results), len(tmpls))
-        for i in multi:
-            check_cancel(cancel, "generation cancelled")
-            results.append(generate_on_template(models, tmpls[i], ident, ref_rgb, ref_face, progress=progress,
-                                                inpaint=runner, face_analysis=fa, cancel=cancel, **over))
-            report(progress, "outputs", len(results), len(tmpls))
-    finally:
-        models.clear_identity()  # nothing of this identity stays on the cached base
+    painter = Painter.load(base, id_engine, manifest, device=config.device, dtype=config.dtype, controls=needed,
+                           progress=progress, sampler=config.scheduler)
+    report(progress, "outputs", 0, len(tmpls))
+    with painter.session():  # nothing of this identity stays on the cached base
+        painted = painter.paint(tmpls, ident, [(ref_rgb, ref_face)], face_analysis=fa, progress=progress,
+                                cancel=cancel, **over)
+    results = [r[0] for r in painted]
+    report(progress, "outputs", len(results), len(tmpls))
     return _write(results, Path(out_dir), identity, ident, id_engine, ref_file, base)
 
 

@@ -2,13 +2,63 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..pipeline import RunResult
+import numpy as np
 
-__all__ = ["BatchResult", "CreateResult", "EmbedResult", "GenerateResult", "PreprocessResult", "RunResult", "TrainResult"]
+from ..engines import EngineChoice
+
+__all__ = ["BatchResult", "CreateResult", "EmbedResult", "GenerateResult", "PreprocessResult", "RunResult",
+           "TemplateOutput", "TrainResult"]
+
+
+@dataclass
+class TemplateOutput:
+    template: str
+    file: str
+    reference: str
+    distance: float  # to the user's identity centroid, under the embedder's metric (lower = more alike)
+    similarity: float  # 0..1, 1 = identical, 0.5 at the same-person threshold
+    passed_bar: bool
+    variants_tried: int
+    timings: dict
+    others: dict = field(default_factory=dict)  # slot -> distance of that slot's face to its own person
+    slots: dict = field(default_factory=dict)  # slot -> {found, main_face, distance, passes}: the face seen there
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["others"] = {str(k): (None if not np.isfinite(v) else round(v, 4)) for k, v in self.others.items()}
+        d["slots"] = {str(k): v for k, v in self.slots.items()}  # JSON keys: what result.json and the API hold
+        d["distance"] = None if not np.isfinite(self.distance) else round(self.distance, 4)
+        d["similarity"] = round(self.similarity, 4)
+        return d
+
+
+@dataclass
+class RunResult:
+    outputs: list[TemplateOutput]  # best first
+    failures: list[dict]
+    engines: list[EngineChoice]
+    timings: dict
+    preprocess: dict
+    metric: str
+    threshold: float
+    result_file: Optional[Path] = None
+    auto: dict = field(default_factory=dict)  # --template auto: the user's look and each choice's reasons
+
+    def to_dict(self) -> dict:
+        return {
+            "outputs": [o.to_dict() for o in self.outputs],
+            "failures": self.failures,
+            "engines": {e.stage: e.to_dict() for e in self.engines},
+            "likeness": {"metric": self.metric, "same_person_threshold": self.threshold,
+                         "note": "distance: lower is more alike; similarity = 1 - distance / (2 x threshold)"},
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "preprocess": self.preprocess,
+            **({"auto": self.auto} if self.auto else {}),
+        }
 
 
 @dataclass

@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..errors import ConfigError
-from ..pipeline import PortraitPipeline, RunConfig, RunResult
+from .configs import RunConfig
+from .pipeline import PortraitPipeline
+from .results import RunResult
 from ..progress import CancelToken, ProgressCallback
 
 

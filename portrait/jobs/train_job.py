@@ -16,7 +16,7 @@ def template_validator_factory(cfg: lora_train.LoraTraining):
     handed to training (which sits below generation and templates and cannot import them)."""
     if not cfg.templates:
         return None
-    from ..generate.template_jobs import template_validator
+    from ..templates.painting import template_validator
     from ..templates import load_template
 
     loaded = [load_template(t) for t in cfg.templates]

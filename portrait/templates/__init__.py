@@ -15,7 +15,7 @@ The names below are the package's API; `portrait.templates.choice` and `portrait
 imported by their own names (painting loads the diffusion stack).
 """
 
-from .face_cache import DEFAULT_FACE_ENGINES, FACE_CACHE, MIN_FACE_PX, detect_template_faces, face_cache_name, template_faces
+from .face_cache import CACHE_VERSION, DEFAULT_FACE_ENGINES, FACE_CACHE, MIN_FACE_PX, detect_template_faces, face_cache_name, template_faces
 from .library import add_template, bundled_dir, bundled_names, list_templates, load_template, template_dirs, user_dir
 from .model import DEFAULT_EDGE, DEFAULT_INPAINT, TOML_NAME, Template
 from .pack import MEASURED_KEYS, NAME_RE, TAG_FACETS, TAG_RE, TOP_KEYS, measure_template, parse_template, write_measured
@@ -24,7 +24,7 @@ from .refs import (available_templates, check_template, is_image_ref, load_templ
 from .slots import PREVIEW_NAME
 
 __all__ = [
-    "DEFAULT_EDGE", "DEFAULT_FACE_ENGINES", "DEFAULT_INPAINT", "FACE_CACHE", "MEASURED_KEYS", "MIN_FACE_PX", "NAME_RE",
+    "CACHE_VERSION", "DEFAULT_EDGE", "DEFAULT_FACE_ENGINES", "DEFAULT_INPAINT", "FACE_CACHE", "MEASURED_KEYS", "MIN_FACE_PX", "NAME_RE",
     "PREVIEW_NAME", "TAG_FACETS", "TAG_RE", "TOML_NAME", "TOP_KEYS", "Template", "add_template", "available_templates",
     "bundled_dir", "bundled_names", "check_template", "detect_template_faces", "face_cache_name", "is_image_ref",
     "list_templates", "load_template", "load_template_ref", "measure_template", "parse_template", "replaced_slots",

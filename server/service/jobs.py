@@ -117,8 +117,8 @@ class JobsService:
     def check_template(self, name: str, auto_ok: bool = False) -> None:
         """A template is named (never a path) and must exist on the server's search path; `auto_ok`: a run
         job may also say auto[:N[:TAGS]] (the N templates that suit the photos), checked here."""
-        from portrait.preflight import available_templates
-        from portrait.template_choice import AutoRequest, candidates, parse_auto
+        from portrait.templates import available_templates
+        from portrait.templates.choice import AutoRequest, candidates, parse_auto
         from portrait.templates import list_templates, load_template
 
         try:

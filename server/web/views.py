@@ -227,7 +227,7 @@ def _job_view(job_id: str) -> tuple[dict, list]:
     if job["state"] == "failed" and (job.get("error") or {}).get("code") == "not_enough_photos" and job.get("identity_id"):
         # What to do about it, with the photos kept: how many more to add, and a form that adds them and
         # runs the same templates again.
-        from portrait.pipeline import RunConfig
+        from portrait.jobs import RunConfig
 
         usable = sum(1 for p in photos if p.get("accepted"))
         needed = int((job.get("options") or {}).get("min_photos") or RunConfig.min_photos)
