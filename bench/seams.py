@@ -4,13 +4,10 @@
 
 Six people (the astronaut samples and five template people from light to dark skin, as in
 bench/template_choice.py) are each fused onto the single-face bundled templates (their own packs left
-out) by `portrait.post.fusion.fuse` with MediaPipe's mesh, three ways:
-- before: `skin="template"`, the face recoloured to the template's skin (Reinhard), feathered edge, no
-  edge match (the first classic path);
-- tone:   `skin="user"`: the user's tone carried to the template's visible skin, the template's light on
-  the face, a multi-band blend, no edge match;
-- after:  the same with the edge match (the default now): the face's colour at its border brought to
-  the template's skin just outside it, fading inward (post/tone.py match_edge).
+out) by `portrait.post.fusion.fuse` with MediaPipe's mesh, twice:
+- before: `skin="template"`, the face recoloured to the template's skin (Reinhard), feathered edge;
+- after:  `skin="user"` (the default now): the user's tone carried to the template's visible skin, the
+  template's light on the face, a multi-band blend.
 Each output is measured:
 - seam ΔE: the colour step from the painted face's border ring to the skin just outside it, less the
   template's own step there (portrait.post.seam; lower is better, under ~3 no one sees an edge);
@@ -51,8 +48,7 @@ from portrait.post.seam import seam_delta_e  # noqa: E402
 from portrait.post.skin_tone import skin_tone, to_lab  # noqa: E402
 from portrait.templates import list_templates  # noqa: E402
 
-MODES = (("before", {"skin": "template", "edge_match": 0.0}), ("tone", {"skin": "user", "edge_match": 0.0}),
-         ("after", {}))  # after: fuse's defaults
+MODES = (("before", "template"), ("after", "user"))
 
 
 def neck_gap(rgb: np.ndarray, face) -> float:
@@ -107,8 +103,8 @@ def main() -> None:
         for name, (trgb, tface, bw) in tpl.items():
             if name in own:
                 continue
-            for mode, kwargs in MODES:
-                out = fusion.fuse(np.asarray(trgb), tface, user_rgb, user_face, **kwargs).image
+            for mode, skin in MODES:
+                out = fusion.fuse(np.asarray(trgb), tface, user_rgb, user_face, skin=skin).image
                 found = meter.faces(out)  # the painted slot's face, not the largest one (a patch can read as one)
                 face = max(found, key=lambda f: iou(f[0], tface.box), default=None)
                 lk = float(np.linalg.norm(face[1] - user_emb)) if face is not None else float("nan")
@@ -117,35 +113,31 @@ def main() -> None:
                 shift = float("nan") if bw else abs(face_ita - user_ita)
                 gap = float("nan") if bw else neck_gap(out, tface)
                 stats.setdefault((name, mode), []).append((seam, lk, shift, gap))
-                if len(row) < 9:
+                if len(row) < 8:
                     row.append(_tile(out, tface))
         sheet_rows.append(np.hstack([np.pad(t, ((0, 0), (0, 4), (0, 0)), constant_values=255) for t in row]))
     width = max(r.shape[1] for r in sheet_rows)
     sheet = np.vstack([np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in sheet_rows])
     save_image(sheet, root / "seams-contact-sheet.jpg", quality=90)
 
-    names = [m for m, _ in MODES]
-    measures = ("seam ΔE", "likeness", "tone shift", "neck ΔE")
-    print("\n| template | " + " | ".join(f"{q} {m}" for q in measures for m in names) + " |")
-    print("|---|" + "---|" * (len(measures) * len(names)))
-
-    def cells(rows: dict, bold: bool = False) -> str:
-        out = []
-        for k in range(len(measures)):
-            for m in names:
-                v = f"{np.nanmean(rows[m][:, k]):.{3 if k == 1 else 1}f}".replace("nan", "–")
-                out.append(f"**{v}**" if bold else v)
-        return " | ".join(out)
-
-    every = {m: [] for m in names}
+    print("\n| template | seam ΔE before | seam ΔE after | likeness before | likeness after | tone shift before | "
+          "tone shift after | neck ΔE before | neck ΔE after |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    means = {m: [] for m, _ in MODES}
     for name in tpl:
-        rows = {m: np.array(stats[name, m]) for m in names}
-        for m in names:
-            every[m].append(rows[m])
-        print(f"| {name} | {cells(rows)} |")
-    print(f"| **mean** | {cells({m: np.vstack(every[m]) for m in names}, bold=True)} |")
-    b = np.vstack(every[names[0]])
-    print(f"\n{len(b)} fusions per column; contact sheet (each group: before, tone, after): {root / 'seams-contact-sheet.jpg'}")
+        b, f = np.array(stats[name, "before"]), np.array(stats[name, "after"])
+        means["before"].append(b)
+        means["after"].append(f)
+        cells = []
+        for k in range(4):
+            cells += [f"{np.nanmean(b[:, k]):.{1 if k != 1 else 3}f}", f"{np.nanmean(f[:, k]):.{1 if k != 1 else 3}f}"]
+        print(f"| {name} | " + " | ".join(c.replace("nan", "–") for c in cells) + " |")
+    b, f = np.vstack(means["before"]), np.vstack(means["after"])
+    cells = []
+    for k in range(4):
+        cells += [f"**{np.nanmean(b[:, k]):.{1 if k != 1 else 3}f}**", f"**{np.nanmean(f[:, k]):.{1 if k != 1 else 3}f}**"]
+    print("| **mean** | " + " | ".join(cells) + " |")
+    print(f"\n{len(b)} fusions per column; contact sheet (each pair: before, after): {root / 'seams-contact-sheet.jpg'}")
 
 
 if __name__ == "__main__":
