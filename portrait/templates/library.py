@@ -34,7 +34,6 @@ def template_dirs() -> list[Path]:
     return [user_dir(), bundled_dir()]
 
 
-
 def list_templates(dirs: Iterable[str | Path] | None = None,
                    on_error: Callable[[Path, TemplateError], None] | None = None) -> list[Template]:
     """Every template in `dirs` (default: the search path), sorted by name; a name found in an earlier

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..faces.types import Face
-from ..progress import ProgressCallback
+from ..progress import ProgressCallback, check_cancel, report
 from ..generate.pipelines import InpaintModels, controlnet_model
 from ..generate.template_inpaint import Sitter, InpaintJob, InpaintResult, PassSettings, TemplateInpaint, recipe
 
@@ -136,8 +136,6 @@ def load_models(base: str, engine: str | None, manifest, *, device: str | None =
                 controls: Sequence[str] = (), progress: ProgressCallback | None = None) -> InpaintModels:
     """The base, `controls`' ControlNets and `engine`'s adapter files ("faceid", "instantid"; None for a LoRA
     identity: InpaintModels.for_engine) on `device` and `dtype`, under the "load models" progress stage."""
-    from ..progress import report
-
     report(progress, "load models", 0, 1)
     models = InpaintModels.for_engine(base, engine, controls, manifest=manifest, device=device, dtype=dtype)
     report(progress, "load models", 1, 1)
@@ -181,8 +179,6 @@ class Painter:
         """Each template painted from each reference photo (rgb, face): results[t][r]. `people` maps a face
         slot to another person's (Sitter, rgb, face); overrides (steps, seed, strength) as job_from_template.
         Each template's ControlNets are loaded first (those of the base's architecture)."""
-        from ..progress import check_cancel
-
         arch = self.models.arch
         for t in templates:
             self.models.ensure_controlnets(template_controls(t, arch=arch))
@@ -191,8 +187,9 @@ class Painter:
                     for j in range(len(references))]
         if together:
             own = len(references) > 1  # each job its own reference photo (FaceID-Plus reads each job's crop)
-            jobs = [job_from_template(templates[i], face_analysis=face_analysis, arch=arch, **overrides) for i, _ in together]
-            jobs = [replace(job, reference=tuple(references[j])) if own else job for job, (_, j) in zip(jobs, together)]
+            made = {i: job_from_template(templates[i], face_analysis=face_analysis, arch=arch, **overrides)
+                    for i in dict.fromkeys(i for i, _ in together)}  # one job per template, not per reference
+            jobs = [replace(made[i], reference=tuple(references[j])) if own else made[i] for i, j in together]
             for (i, j), r in zip(together, self.recipe(jobs, sitter, *references[0], progress=progress, cancel=cancel)):
                 out[i][j] = r
         for i, t in enumerate(templates):
