@@ -152,6 +152,33 @@ def test_stream_errors_are_json_before_the_stream_and_the_cap_holds(tmp_path):
         asyncio.run(scenario())
 
 
+def test_deleting_an_identity_shows_its_queued_job_only_as_deleted(tmp_path):
+    """What a stream feed can see while an identity is deleted, step by step: each time the service
+    announces a change (what wakes the fleet's streams), its queued job is already gone, never
+    `cancelled` for a moment first (a stream polling then would end with the wrong state)."""
+    from sqlalchemy import select
+
+    from server.db.models import Job
+
+    app = make_app(tmp_path / "data")
+    key = new_key(app, "app")
+    job = queued_job(app, key)
+    service = app.extensions["portrait"]
+    seen: list[dict] = []
+
+    class Watcher:  # stands where the broker's news goes, and reads the database as a feed would then
+        def announce(self, ids):
+            with service.db.session() as s:
+                seen.append({j: s.scalar(select(Job.state).where(Job.id == j)) for j in ids})
+
+    service.db.news = Watcher()
+    c = app.test_client()
+    iid = c.get(f"/api/v1/jobs/{job}", headers=auth(key)).get_json()["identity_id"]
+    assert c.delete(f"/api/v1/identities/{iid}", headers=auth(key)).status_code in (200, 202, 204)
+    assert seen == [{job: None}]  # one announcement, after the rows are gone
+    assert c.get(f"/api/v1/jobs/{job}", headers=auth(key)).status_code == 404
+
+
 @pytest.mark.slow
 def test_in_a_fleet_the_brokers_news_wakes_the_streams_without_polling(tmp_path):
     """With a Redis broker, a change reaches an open stream through pub/sub (server/job_news.py) at once,

@@ -167,14 +167,17 @@ class IdentitiesService:
 
     def delete_identity(self, tenant: "TenantInfo | str", identity_id: str) -> None:
         """Remove the identity at once: its photos, crops, identity files, every job's files and
-        results, and all their rows. Its running jobs are cancelled first (their workers stop)."""
+        results, and all their rows. Its running jobs are asked to stop first (their workers see it at
+        the next heartbeat, or find the row gone); its queued jobs are deleted as they are, so every open
+        progress stream of its jobs ends with `deleted`, never `cancelled`."""
         tenant_id = tenant_id_of(tenant)
         with self.db.session() as s:
             self._identity_row(s, tenant_id, identity_id)
-            job_ids = list(s.scalars(select(Job.id).where(Job.identity_id == identity_id)))
-        for jid in job_ids:
-            lease.cancel(self.db, tenant_id, jid)
-        self.purge_identity(tenant_id, identity_id, job_ids)
+            jobs = s.execute(select(Job.id, Job.state).where(Job.identity_id == identity_id)).all()
+        for jid, state in jobs:
+            if state == "running":
+                lease.cancel(self.db, tenant_id, jid)
+        self.purge_identity(tenant_id, identity_id, [jid for jid, _ in jobs])
 
     def purge_identity(self, tenant_id: str, identity_id: str, job_ids: list[str]) -> None:
         with self.db.session(immediate=True) as s:
@@ -194,6 +197,7 @@ class IdentitiesService:
         for jid in job_ids:
             self.storage.delete_job(tenant_id, jid)
         self.storage.delete_identity(tenant_id, identity_id)
+        lease.announce(self.db, job_ids)  # the fleet's streams of these jobs end now, not at their next poll
         log.info("identity deleted", extra={"tenant": tenant_id, "identity": identity_id, "jobs": len(job_ids)})
 
 
