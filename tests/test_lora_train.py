@@ -117,6 +117,76 @@ def test_saved_lora_reloads_in_plain_diffusers_and_changes_output(trained, tiny_
     np.testing.assert_allclose(with_kohya, with_diffusers, atol=1e-4)
 
 
+def _prompt_embedding(pipe):
+    ids = pipe.tokenizer(["a photo of ohwx woman"], padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return pipe.text_encoder(ids)[0]
+
+
+@pytest.mark.slow
+def test_the_text_encoder_lora_is_trained_saved_exported_to_kohya_and_reloaded(trained, tiny_base):
+    """EasyPhoto's recipe trains the text encoder too (CLIPAttention and CLIPMLP, at half the UNet's lr): on by
+    default for SD 1.5; its factors are in both files (text_encoder.* and kohya's lora_te_*), plain diffusers
+    loads either into the text encoder with the same result, and they alone change the prompt's embedding."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    from portrait.models import loading
+
+    result, _ = trained
+    assert result.report["text_encoder"] == {"trained": True, "lr": 3e-3 / 2,
+                                             "targets": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]}
+    te_keys = [k for k in load_file(str(result.lora_path)) if k.startswith("text_encoder.")]
+    for part in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2"):
+        assert any(f".{part}.lora_A" in k for k in te_keys), part
+    kohya = load_file(str(result.kohya_path))
+    assert any(k.startswith("lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down") for k in kohya)
+    assert not any(k.startswith("lora_te1_") for k in kohya)  # SD 1.5's one text encoder: kohya's lora_te_
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_base), safety_checker=None, local_files_only=True)
+    plain = _prompt_embedding(pipe)
+    pipe.load_lora_weights(str(result.lora_path.parent), weight_name=result.lora_path.name, adapter_name="d")
+    with_diffusers = _prompt_embedding(pipe)
+    assert (with_diffusers - plain).abs().max() > 1e-4  # the trained text-encoder factors are not zero
+    pipe.delete_adapters("d")
+    torch.testing.assert_close(_prompt_embedding(pipe), plain, atol=0, rtol=0)
+    pipe.load_lora_weights(str(result.kohya_path), adapter_name="k")
+    torch.testing.assert_close(_prompt_embedding(pipe), with_diffusers, atol=1e-5, rtol=1e-4)
+    # the cached base the training used has its text encoder back as it was
+    base = loading.load_base(str(tiny_base))
+    assert not (getattr(base.text_encoder, "peft_config", None) or {})
+    torch.testing.assert_close(_prompt_embedding(base), plain, atol=0, rtol=0)
+    # ...and the product's identity loading (run, generate) puts the text encoder's part on and takes it off
+    loading.set_identity_lora(base, result.lora_path)
+    torch.testing.assert_close(_prompt_embedding(base), with_diffusers, atol=1e-5, rtol=1e-4)
+    loading.set_identity_lora(base, None)
+    torch.testing.assert_close(_prompt_embedding(base), plain, atol=0, rtol=0)
+
+
+def test_without_the_text_encoder_only_the_unet_is_trained(tiny_base, trainset, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = LoraTraining(trainset=trainset, base_model=str(tiny_base), out_dir=tmp_path, steps=2, rank=4, alpha=4,
+                      resolution=64, validate_every=2, train_text_encoder=False)
+    result = train_lora(cfg, validate=None)
+    keys = load_file(str(result.lora_path))
+    assert keys and all(k.startswith("unet.") for k in keys)
+    assert result.report["text_encoder"] == {"trained": False}
+    assert not any(k.startswith("lora_te") for k in load_file(str(result.kohya_path)))
+
+
+def test_a_text_encoder_lora_on_sdxl_is_refused_before_training(tmp_path, trainset):
+    from portrait.errors import ConfigError
+
+    xl = tiny.build_tiny_sdxl(tmp_path / "sdxl")
+    cfg = LoraTraining(trainset=trainset, base_model=str(xl), out_dir=tmp_path / "out", steps=2, rank=4,
+                      resolution=64, train_text_encoder=True)
+    with pytest.raises(ConfigError, match="SD 1.5 only"):
+        train_lora(cfg, validate=None)
+    assert not (tmp_path / "out" / "checkpoints").exists() or not any((tmp_path / "out" / "checkpoints").iterdir())
+
+
 def test_merge_averages_full_deltas_not_factors():
     gen = torch.Generator().manual_seed(0)
     states = [{"l.lora.down.weight": torch.randn(4, 16, generator=gen), "l.lora.up.weight": torch.randn(8, 4, generator=gen)}

@@ -28,6 +28,10 @@ def register(group: click.Group) -> None:
     @ranged(TrainConfig, "gradient_accumulation", help="Samples whose gradients make one step (EasyPhoto's 4).")
     @click.option("--lora-targets", type=click.Choice(sorted(LORA_TARGETS)), default="easyphoto", show_default=True,
                   help="easyphoto: every Linear / 1x1 conv of the UNet's transformer blocks; attention: q/k/v/out only.")
+    @click.option("--train-text-encoder/--no-train-text-encoder", default=None,
+                  help="A LoRA on the text encoder too (its attention and MLP) [default: on for SD 1.5, as "
+                       "EasyPhoto trains it; off for SDXL].")
+    @ranged(TrainConfig, "text_encoder_lr", help="The text encoder's learning rate [default: half of --lr].")
     @click.option("--seed", type=int, default=0, show_default=True)
     @ranged(TrainConfig, "validate_every", help="Save a checkpoint and score its validation renders every N steps.")
     @ranged(TrainConfig, "merge_top_k", help="Merge the best K checkpoints (mean of their deltas) instead of keeping the best one.")
@@ -42,7 +46,7 @@ def register(group: click.Group) -> None:
     @licence_option
     @handle_errors
     def train_cmd(trainset_dir: Path, base_model: str, out: Path, steps, rank, alpha, lr, resolution,
-                  gradient_accumulation, lora_targets, seed,
+                  gradient_accumulation, lora_targets, train_text_encoder, text_encoder_lr, seed,
                   validate_every, merge_top_k, templates, validation_size, no_validate, device, dtype,
                   as_json: bool) -> None:
         """Train an identity LoRA on TRAINSET_DIR (the output of `portrait preprocess`).
@@ -56,7 +60,8 @@ def register(group: click.Group) -> None:
 
         config = jobs.TrainConfig(base_model=base_model, steps=steps, rank=rank, alpha=alpha, lr=lr,
                                   resolution=resolution, gradient_accumulation=gradient_accumulation,
-                                  lora_targets=lora_targets, seed=seed, validate_every=validate_every,
+                                  lora_targets=lora_targets, train_text_encoder=train_text_encoder,
+                                  text_encoder_lr=text_encoder_lr, seed=seed, validate_every=validate_every,
                                   merge_top_k=merge_top_k, templates=tuple(templates), validation_size=validation_size,
                                   validate=not no_validate, device=device, dtype=dtype)
         with progress_bar(not as_json, show_loss=True) as bar:

@@ -7,8 +7,10 @@
 
 The UNet's transformer blocks get a LoRA (EasyPhoto's defaults: every Linear / 1x1 conv of them, rank
 128, alpha 64, lr 1e-4, 4 gradients accumulated per step, 200 steps per photo up to 800, 512 px for SD 1.5
-/ 1024 for SDXL). VAE latents (of each crop and its
-mirror image) and caption embeddings are computed once; the text encoder and VAE stay frozen. Every
+/ 1024 for SDXL), and on SD 1.5 so does the text encoder (its CLIPAttention and CLIPMLP linears, at half
+the UNet's learning rate, as EasyPhoto trains it). VAE latents (of each crop and its mirror image) are
+computed once; so are the caption embeddings where the text encoder stays frozen (SDXL, or
+train_text_encoder=False). Every
 `validate_every` steps the LoRA is saved as a checkpoint and rendered by a validator that scores the
 face's likeness to the user's photos; the best checkpoint (or the merge of the best k) becomes the
 identity. Scales are baked into the saved factors (alpha == rank), so every loader reads the same delta.
@@ -37,6 +39,8 @@ ADAPTER = "portrait_train"
 # the attention projections, the blocks' proj_in / proj_out and their feed-forward layers.
 TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
 ATTENTION_ONLY = ("to_q", "to_k", "to_v", "to_out.0")  # the earlier, smaller set (target_modules= to choose it)
+# EasyPhoto's text-encoder targets (CLIPAttention and CLIPMLP): the attention projections and the MLP.
+TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 DEFAULT_RESOLUTION = {"sd15": 512, "sdxl": 1024}
 LORA_FILE = "identity.safetensors"
 KOHYA_FILE = "identity_kohya.safetensors"
@@ -61,6 +65,8 @@ class LoraTraining:
     batch_size: int = 1
     gradient_accumulation: int = 4  # EasyPhoto's: each optimiser step sees 4 x batch_size samples
     target_modules: tuple[str, ...] = TARGET_MODULES
+    train_text_encoder: bool | None = None  # None: on for SD 1.5 (EasyPhoto's), off for SDXL
+    text_encoder_lr: float | None = None  # None: half of lr (EasyPhoto's)
     seed: int = 0
     validate_every: int = 100
     merge_top_k: int = 1  # >1: average the best k checkpoints' deltas
@@ -190,39 +196,65 @@ def _encode_text(pipe, captions: list[str], device, xl: bool, resolution: int):
 
 
 # -- LoRA state ---------------------------------------------------------------------------------------
-def _lora_state(unet, scale: float) -> dict:
-    """The trained adapter in PEFT's layout (`.lora_A` / `.lora_B`, which load_lora_weights reads for every
+PARTS = ("unet", "text_encoder")  # a LoRA state's key prefixes, as diffusers' files hold them
+
+
+def _lora_state(base, scale: float, with_te: bool) -> dict:
+    """The trained adapters in PEFT's layout (`.lora_A` / `.lora_B`, which load_lora_weights reads for every
     layer; diffusers' older `.lora.down` layout maps only the attention processors back, so the transformer
     blocks' proj_in / proj_out / feed-forward factors would be dropped on load), scale baked into the up
-    factors (alpha == rank)."""
+    factors (alpha == rank); keys prefixed `unet.` and (where it trains) `text_encoder.`."""
     from peft.utils import get_peft_model_state_dict
 
-    sd = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
-    return {k: (v * scale if ".lora_B." in k else v).detach().float().cpu().contiguous() for k, v in sd.items()}
+    out = {}
+    for part in PARTS[:2 if with_te else 1]:
+        sd = get_peft_model_state_dict(getattr(base, part), adapter_name=ADAPTER)
+        out.update({f"{part}.{k}": (v * scale if ".lora_B." in k else v).detach().float().cpu().contiguous()
+                    for k, v in sd.items()})
+    return out
 
 
-def save_lora(pipe, unet_state: dict, path: Path) -> Path:
-    """identity LoRA in diffusers' format (pipe.load_lora_weights reads it)."""
+def _split(state: dict) -> dict[str, dict]:
+    """{"unet": ..., "text_encoder": ...} of a prefixed LoRA state (a key without a prefix is the UNet's)."""
+    parts: dict[str, dict] = {p: {} for p in PARTS}
+    for k, v in state.items():
+        part = next((p for p in PARTS if k.startswith(p + ".")), None)
+        parts[part or "unet"][k[len(part) + 1:] if part else k] = v
+    return parts
+
+
+def save_lora(pipe, state: dict, path: Path) -> Path:
+    """identity LoRA in diffusers' format (pipe.load_lora_weights reads it; the text encoder's part too)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    type(pipe).save_lora_weights(save_directory=str(path.parent), unet_lora_layers=unet_state,
+    parts = _split(state)
+    type(pipe).save_lora_weights(save_directory=str(path.parent), unet_lora_layers=parts["unet"],
+                                 text_encoder_lora_layers=parts["text_encoder"] or None,
                                  weight_name=path.name, safe_serialization=True)
     return path
 
 
-def save_kohya(unet_state: dict, path: Path) -> Path:
-    """The same LoRA in kohya's layout (lora_unet_*.lora_down/up + alpha), read by A1111 and ComfyUI."""
+def _kohya_te_key(key: str) -> str:
+    """A text-encoder key as kohya and A1111 name it for SD 1.5: lora_te_ (lora_te1_ / lora_te2_ are SDXL's
+    two), over CLIP's module path from text_model (transformers 5's CLIPTextModel has no text_model level)."""
+    for head in ("lora_te1_", "lora_te_"):
+        if key.startswith(head):
+            rest = key[len(head):]
+            return "lora_te_" + (rest if rest.startswith("text_model_") else "text_model_" + rest)
+    return key
+
+
+def save_kohya(state: dict, path: Path) -> Path:
+    """The same LoRA in kohya's layout (lora_unet_* and lora_te1_* .lora_down/up + alpha), read by A1111 and
+    ComfyUI."""
     from diffusers.utils import convert_state_dict_to_kohya
     from safetensors.torch import save_file
 
-    peft = {"unet." + k.replace(".lora.down.", ".lora_A.").replace(".lora.up.", ".lora_B."): v
-            for k, v in unet_state.items()}
+    peft = {f"{part}.{k.replace('.lora.down.', '.lora_A.').replace('.lora.up.', '.lora_B.')}": v
+            for part, sd in _split(state).items() for k, v in sd.items()}
     kohya = convert_state_dict_to_kohya(peft)
+    kohya = {_kohya_te_key(k): v for k, v in kohya.items()}
     save_file({k: v.contiguous() for k, v in kohya.items()}, str(path), metadata={"format": "pt"})
     return path
-
-
-def _strip_unet_prefix(state: dict) -> dict:
-    return {k[len("unet."):] if k.startswith("unet.") else k: v for k, v in state.items()}
 
 
 # -- validation ---------------------------------------------------------------------------------------
@@ -271,29 +303,33 @@ def default_validator(cfg: LoraTraining, files: list[Path], captions: list[str],
 
 
 # -- a fixed probe: denoising loss on the same latents, noise and timesteps at every checkpoint ---------
-def _probe_batch(lat_mean, text: dict, variants: int, noise_scheduler, gen, xl: bool, size: int = 8) -> dict:
+def _probe_batch(cached: _Cached, noise_scheduler, gen, xl: bool, size: int = 8) -> dict:
     """Up to `size` cached latents with fixed noise and evenly spread timesteps (not the training draws)."""
     import torch
 
-    n = min(size, lat_mean.shape[0])
+    n = min(size, cached.lat_mean.shape[0])
     idx = torch.arange(n)
-    latents = lat_mean[idx]
+    latents = cached.lat_mean[idx]
     noise = torch.randn(latents.shape, generator=gen).to(latents.device, latents.dtype)
     total = noise_scheduler.config.num_train_timesteps
     t = torch.linspace(total * 0.1, total * 0.9, n).long().to(latents.device)
-    cond = {k: v[(idx // variants).to(v.device)] for k, v in text.items()}
-    return {"latents": latents, "noise": noise, "t": t, "cond": cond, "xl": xl}
+    return {"latents": latents, "noise": noise, "t": t, "caption_idx": idx // cached.variants, "xl": xl}
 
 
-def _probe_loss(unet, probe: dict, target_kind: str, noise_scheduler, autocast: bool, weight_dtype) -> float:
+def _probe_loss(base, cached: _Cached, probe: dict, target_kind: str, noise_scheduler, autocast: bool,
+                weight_dtype) -> float:
     import torch
 
-    latents, noise, t, cond = probe["latents"], probe["noise"], probe["t"], probe["cond"]
+    unet = base.unet
+    latents, noise, t = probe["latents"], probe["noise"], probe["t"]
     noisy = noise_scheduler.add_noise(latents, noise, t)
     target = noise_scheduler.get_velocity(latents, noise, t) if target_kind == "v_prediction" else noise
-    added = {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]} if probe["xl"] else None
     unet.eval()
+    if cached.input_ids is not None:
+        base.text_encoder.eval()
     with torch.no_grad(), torch.autocast(latents.device.type, dtype=weight_dtype, enabled=bool(autocast)):
+        cond = _conditioning(base, cached, probe["caption_idx"])
+        added = {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]} if probe["xl"] else None
         pred = unet(noisy, t, encoder_hidden_states=cond["encoder_hidden_states"], added_cond_kwargs=added).sample
     return float(torch.nn.functional.mse_loss(pred.float(), target.float()))
 
@@ -334,6 +370,8 @@ class _Setup:
     weight_dtype: object  # torch.dtype
     autocast: bool
     checkpointing: bool
+    train_te: bool  # the text encoder gets a LoRA too
+    te_lr: float
 
 
 @dataclass(frozen=True)
@@ -346,6 +384,7 @@ class _Cached:
     text: dict
     variants: int  # 2 with flipped copies, else 1
     n_files: int
+    input_ids: object = None  # the captions' tokens, where the text encoder trains (its output changes each step)
 
 
 @dataclass
@@ -359,6 +398,7 @@ class _Trained:
     validate_s: float
     train_s: float
     grad_scaler: bool
+    lrs: tuple = ()  # the optimiser's learning rate per part (UNet, then the text encoder where it trains)
 
 
 def _setup(cfg: LoraTraining, base, n_files: int) -> _Setup:
@@ -375,8 +415,13 @@ def _setup(cfg: LoraTraining, base, n_files: int) -> _Setup:
     autocast = (cfg.mixed_precision if cfg.mixed_precision is not None else on_gpu) and weight_dtype != torch.float32
     checkpointing = (cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None
                      else checkpointing_default(arch, on_gpu, _free_gpu_bytes(device) if on_gpu else None))
+    train_te = (not xl) if cfg.train_text_encoder is None else bool(cfg.train_text_encoder)
+    if train_te and xl:
+        raise ConfigError("a text-encoder LoRA is trained for SD 1.5 only: SDXL's two text encoders stay frozen, "
+                          "as in EasyPhoto's SDXL recipe (leave out --train-text-encoder)")
+    te_lr = cfg.text_encoder_lr if cfg.text_encoder_lr is not None else cfg.lr / 2
     return _Setup(arch, xl, resolution, steps, max(1, min(cfg.validate_every, steps)), device, weight_dtype,
-                  bool(autocast), bool(checkpointing))
+                  bool(autocast), bool(checkpointing), train_te, float(te_lr))
 
 
 def _cache(base, files: list[Path], captions: list[str], cfg: LoraTraining, run: _Setup,
@@ -386,11 +431,25 @@ def _cache(base, files: list[Path], captions: list[str], cfg: LoraTraining, run:
     images = [_load_square(f, run.resolution) for f in files]
     lat_mean, lat_std = _encode_latents(base, images, cfg.flip, run.device, run.weight_dtype, run.xl)
     text = _encode_text(base, captions, run.device, run.xl, run.resolution)
+    ids = None
+    if run.train_te:
+        tok = base.tokenizer
+        ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids.to(run.device)
     report(progress, "cache", len(files), len(files))
-    return _Cached(lat_mean, lat_std, text, 2 if cfg.flip else 1, len(files))
+    return _Cached(lat_mean, lat_std, text, 2 if cfg.flip else 1, len(files), ids)
 
 
-def _micro_step(unet, cached: _Cached, noise_scheduler, gen, cfg: LoraTraining, run: _Setup, target_kind: str,
+def _conditioning(base, cached: _Cached, caption_idx) -> dict:
+    """The UNet's text conditioning for these captions: the cached embeddings, or, where the text encoder
+    trains, its output now (as SD 1.5's encode_prompt computes it: the last hidden state)."""
+    if cached.input_ids is None:
+        return {k: v[caption_idx.to(v.device)] for k, v in cached.text.items()}
+    ids = cached.input_ids[caption_idx.to(cached.input_ids.device)]
+    return {"encoder_hidden_states": base.text_encoder(ids)[0]}
+
+
+def _micro_step(base, cached: _Cached, noise_scheduler, gen, cfg: LoraTraining, run: _Setup, target_kind: str,
                 scaler, accumulate: int) -> float:
     """One micro-batch: draw samples, denoise, backpropagate loss / accumulate; its loss share."""
     import torch
@@ -404,10 +463,10 @@ def _micro_step(unet, cached: _Cached, noise_scheduler, gen, cfg: LoraTraining, 
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=gen).to(device)
     noisy = noise_scheduler.add_noise(latents, noise, t)
     target = noise_scheduler.get_velocity(latents, noise, t) if target_kind == "v_prediction" else noise
-    cond = {k: v[caption_idx.to(v.device)] for k, v in cached.text.items()}
-    added = {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]} if run.xl else None
     with torch.autocast(device.type, dtype=run.weight_dtype, enabled=run.autocast):
-        pred = unet(noisy, t, encoder_hidden_states=cond["encoder_hidden_states"], added_cond_kwargs=added).sample
+        cond = _conditioning(base, cached, caption_idx)
+        added = {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]} if run.xl else None
+        pred = base.unet(noisy, t, encoder_hidden_states=cond["encoder_hidden_states"], added_cond_kwargs=added).sample
     loss = torch.nn.functional.mse_loss(pred.float(), target.float()) / accumulate
     scaler.scale(loss).backward()
     return float(loss.detach())
@@ -424,41 +483,55 @@ def _loop(base, cfg: LoraTraining, run: _Setup, cached: _Cached, validator, ckpt
 
     from ..models.loading import set_identity_lora
 
-    unet = base.unet
+    unet, te = base.unet, (base.text_encoder if run.train_te else None)
     set_identity_lora(base, None)  # train on the bare base: no identity/style LoRA from an earlier job
     torch.manual_seed(cfg.seed)
     unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
                                 target_modules=list(cfg.target_modules)), adapter_name=ADAPTER)
     t0 = time.perf_counter()
     try:
+        if te is not None:
+            te.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
+                                      target_modules=list(TEXT_ENCODER_TARGETS)), adapter_name=ADAPTER)
         unet.set_adapters([ADAPTER])
-        params = [p for n, p in unet.named_parameters() if ADAPTER in n and "lora_" in n]
+        groups = [(unet, cfg.lr)] + ([(te, run.te_lr)] if te is not None else [])
+        param_groups = [{"params": [p for n, p in model.named_parameters() if ADAPTER in n and "lora_" in n],
+                         "lr": lr} for model, lr in groups]
+        params = [p for g in param_groups for p in g["params"]]
         for p in params:
             p.data = p.data.float()  # trainable factors in fp32 even when the base is fp16
             p.requires_grad_(True)
         if run.checkpointing:
             unet.enable_gradient_checkpointing()
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+        optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=1e-2)
         # fp16 autocast: gradients below fp16's range vanish without loss scaling (bf16 has fp32's range).
         scaler = torch.amp.GradScaler(run.device.type, enabled=run.autocast and run.weight_dtype == torch.float16)
         noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)
         target_kind = noise_scheduler.config.prediction_type
         gen = torch.Generator("cpu").manual_seed(cfg.seed)
-        probe = _probe_batch(cached.lat_mean, cached.text, cached.variants, noise_scheduler, gen, run.xl)
+        probe = _probe_batch(cached, noise_scheduler, gen, run.xl)
 
         def probe_loss() -> float:
-            return _probe_loss(unet, probe, target_kind, noise_scheduler, run.autocast, run.weight_dtype)
+            return _probe_loss(base, cached, probe, target_kind, noise_scheduler, run.autocast, run.weight_dtype)
 
-        done = _Trained([], {}, {}, {0: probe_loss()}, 0.0, 0.0, bool(scaler.is_enabled()))
+        def training_mode() -> None:  # after a probe or a validation render: train again, on the adapter
+            for model, _ in groups:
+                model.train()
+            unet.set_adapters([ADAPTER])
+            if te is not None:
+                te.set_adapter(ADAPTER)
+
+        done = _Trained([], {}, {}, {0: probe_loss()}, 0.0, 0.0, bool(scaler.is_enabled()),
+                        tuple(float(g["lr"]) for g in optimizer.param_groups))
         scale = cfg.alpha / cfg.rank
-        unet.train()
+        training_mode()
         accumulate = max(1, int(cfg.gradient_accumulation))
         for step in range(1, run.steps + 1):
             check_cancel(cancel, "training cancelled")
             optimizer.zero_grad(set_to_none=True)
             value = 0.0
             for _ in range(accumulate):  # the samples of one optimiser step, their gradients summed
-                value += _micro_step(unet, cached, noise_scheduler, gen, cfg, run, target_kind, scaler, accumulate)
+                value += _micro_step(base, cached, noise_scheduler, gen, cfg, run, target_kind, scaler, accumulate)
             scaler.unscale_(optimizer)  # clip the true gradients
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             scaler.step(optimizer)  # skipped (and the scale lowered) when a gradient overflowed
@@ -470,18 +543,18 @@ def _loop(base, cfg: LoraTraining, run: _Setup, cached: _Cached, validator, ckpt
                 on_step(step, value)
             report(progress, "train", step, run.steps)
             if step % run.every == 0 or step == run.steps:
-                done.ckpts[step] = save_lora(base, _lora_state(unet, scale), ckpt_dir / f"step-{step:06d}.safetensors")
+                done.ckpts[step] = save_lora(base, _lora_state(base, scale, te is not None),
+                                             ckpt_dir / f"step-{step:06d}.safetensors")
                 done.eval_loss[step] = probe_loss()
-                unet.train()
                 if validator is not None:
                     tv = time.perf_counter()
-                    unet.eval()
+                    for model, _ in groups:
+                        model.eval()
                     with torch.no_grad(), torch.autocast(run.device.type, dtype=run.weight_dtype, enabled=run.autocast):
                         done.scores[step] = float(validator(base, step, done.ckpts[step]))
-                    unet.train()
-                    unet.set_adapters([ADAPTER])
                     done.validate_s += time.perf_counter() - tv
                     report(progress, "validate", len(done.scores), math.ceil(run.steps / run.every))
+                training_mode()
         done.train_s = time.perf_counter() - t0 - done.validate_s
         return done
     finally:
@@ -489,6 +562,10 @@ def _loop(base, cfg: LoraTraining, run: _Setup, cached: _Cached, validator, ckpt
             unet.disable_gradient_checkpointing()
         unet.eval()
         unet.delete_adapters(ADAPTER)  # the cached base goes back to its original state
+        if te is not None:
+            te.eval()
+            if ADAPTER in (getattr(te, "peft_config", None) or {}):
+                te.delete_adapter(ADAPTER)
 
 
 def _choose(base, cfg: LoraTraining, done: _Trained, out: Path) -> tuple[list[int], Path, Path, Path | None]:
@@ -498,7 +575,7 @@ def _choose(base, cfg: LoraTraining, done: _Trained, out: Path) -> tuple[list[in
     from safetensors.torch import load_file
 
     chosen = lora_select.choose_checkpoints(done.scores, cfg.merge_top_k) if done.scores else [max(done.ckpts)]
-    states = [_strip_unet_prefix(load_file(str(done.ckpts[s]))) for s in chosen]
+    states = [load_file(str(done.ckpts[s])) for s in chosen]
     final = lora_select.merge_loras(states, rank=cfg.rank) if len(states) > 1 else states[0]
     lora_path = save_lora(base, final, out / LORA_FILE)
     kohya_path = save_kohya(final, out / KOHYA_FILE)
@@ -523,6 +600,8 @@ def _report(cfg: LoraTraining, base, run: _Setup, done: _Trained, captions: list
         "grad_scaler": done.grad_scaler,
         "vae_upcast": bool(vae_needs_upcast(base.vae, run.xl)),
         "gradient_checkpointing": run.checkpointing,
+        "text_encoder": ({"trained": True, "lr": done.lrs[1], "targets": list(TEXT_ENCODER_TARGETS)} if run.train_te
+                         else {"trained": False}),
         "checkpoints": [{"step": s, "file": str(p.relative_to(out)),
                          "score": (None if s not in done.scores or not math.isfinite(done.scores[s]) else done.scores[s]),
                          "face_found": s in done.scores and math.isfinite(done.scores[s]), "eval_loss": done.eval_loss[s]}

@@ -103,6 +103,8 @@ class TrainConfig(_FromDict):
     resolution: Optional[int] = None  # None: 512 SD 1.5, 1024 SDXL
     gradient_accumulation: int = 4  # EasyPhoto's: 4 samples' gradients per optimiser step
     lora_targets: str = "easyphoto"  # easyphoto: every Linear / 1x1 conv of the transformer blocks; attention: q/k/v/out
+    train_text_encoder: Optional[bool] = None  # None: a text-encoder LoRA on SD 1.5 (EasyPhoto's), none on SDXL
+    text_encoder_lr: Optional[float] = None  # None: half of lr
     seed: int = 0
     validate_every: int = 100
     merge_top_k: int = 1
@@ -115,6 +117,7 @@ class TrainConfig(_FromDict):
 
     LIMITS: ClassVar[dict] = {  # the CLI's options read them too
         "steps": (1, 100000), "rank": (1, 1024), "alpha": (1e-9, None), "lr": (1e-12, None),
+        "text_encoder_lr": (1e-12, None),
         "resolution": (64, 4096), "validate_every": (1, 100000), "merge_top_k": (1, 100),
         "validation_size": (64, 2048), "gradient_accumulation": (1, 64),
     }

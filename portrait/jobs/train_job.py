@@ -39,6 +39,7 @@ def train(trainset: Path, out_dir: Path, config: TrainConfig | None = None, *, p
         trainset=Path(trainset), base_model=config.base_model, out_dir=Path(out_dir), steps=config.steps,
         rank=config.rank, alpha=config.alpha, lr=config.lr, resolution=config.resolution, seed=config.seed,
         gradient_accumulation=config.gradient_accumulation, target_modules=LORA_TARGETS[config.lora_targets],
+        train_text_encoder=config.train_text_encoder, text_encoder_lr=config.text_encoder_lr,
         validate_every=config.validate_every, merge_top_k=config.merge_top_k, templates=tuple(config.templates),
         validation_size=config.validation_size, device=config.device, dtype=config.dtype)
     result = lora_train.train_lora(cfg, validate="default" if config.validate else None, progress=progress,
