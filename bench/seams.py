@@ -17,6 +17,11 @@ Each output is measured:
   lower keeps the user's skin tone);
 - neck gap: ΔE between the face's median skin and the skin below the jaw in the output (colour only;
   lower: face and neck read as one person's skin; a shadowed neck keeps some).
+- colour cast (black-and-white templates only): the 95th percentile of the painted face's chroma C*ab
+  (the print's own is 0; above ~3 a face reads tinted);
+- grey likeness (black-and-white templates only): the likeness against the user's photo made grey, a
+  fair reading of a grey face (dlib's descriptor reads colour, so a grey face is farther from a colour
+  photo of the same person).
 Prints one markdown table per template and the means; writes a contact sheet (before | after) to --out.
 """
 
@@ -98,6 +103,8 @@ def main() -> None:
         user_rgb = load_rgb(files[0])
         user_face = max(fa.analyze(user_rgb, embed=False), key=lambda f: f.size)
         user_emb = meter.faces(user_rgb)[0][1]
+        grey_user = np.repeat(cv2.cvtColor(user_rgb, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=-1)
+        grey_emb = meter.faces(grey_user)[0][1]
         user_ita = skin_tone(user_rgb, user_face).ita
         row = []
         for name, (trgb, tface, bw) in tpl.items():
@@ -112,7 +119,12 @@ def main() -> None:
                 face_ita = skin_tone(out, tface).ita
                 shift = float("nan") if bw else abs(face_ita - user_ita)
                 gap = float("nan") if bw else neck_gap(out, tface)
-                stats.setdefault((name, mode), []).append((seam, lk, shift, gap))
+                cast = lk_grey = float("nan")
+                if bw:
+                    chroma = np.hypot(*to_lab(out[face_mask(out.shape[:2], tface) > 0])[:, 1:].T)
+                    cast = float(np.percentile(chroma, 95))
+                    lk_grey = float(np.linalg.norm(face[1] - grey_emb)) if face is not None else float("nan")
+                stats.setdefault((name, mode), []).append((seam, lk, shift, gap, cast, lk_grey))
                 if len(row) < 8:
                     row.append(_tile(out, tface))
         sheet_rows.append(np.hstack([np.pad(t, ((0, 0), (0, 4), (0, 0)), constant_values=255) for t in row]))
@@ -121,21 +133,22 @@ def main() -> None:
     save_image(sheet, root / "seams-contact-sheet.jpg", quality=90)
 
     print("\n| template | seam ΔE before | seam ΔE after | likeness before | likeness after | tone shift before | "
-          "tone shift after | neck ΔE before | neck ΔE after |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "tone shift after | neck ΔE before | neck ΔE after | BW cast before | BW cast after | "
+          "grey likeness before | grey likeness after |")
+    print("|---" * 13 + "|")
     means = {m: [] for m, _ in MODES}
     for name in tpl:
         b, f = np.array(stats[name, "before"]), np.array(stats[name, "after"])
         means["before"].append(b)
         means["after"].append(f)
         cells = []
-        for k in range(4):
-            cells += [f"{np.nanmean(b[:, k]):.{1 if k != 1 else 3}f}", f"{np.nanmean(f[:, k]):.{1 if k != 1 else 3}f}"]
+        for k in range(6):
+            cells += [f"{np.nanmean(b[:, k]):.{3 if k in (1, 5) else 1}f}", f"{np.nanmean(f[:, k]):.{3 if k in (1, 5) else 1}f}"]
         print(f"| {name} | " + " | ".join(c.replace("nan", "–") for c in cells) + " |")
     b, f = np.vstack(means["before"]), np.vstack(means["after"])
     cells = []
-    for k in range(4):
-        cells += [f"**{np.nanmean(b[:, k]):.{1 if k != 1 else 3}f}**", f"**{np.nanmean(f[:, k]):.{1 if k != 1 else 3}f}**"]
+    for k in range(6):
+        cells += [f"**{np.nanmean(b[:, k]):.{3 if k in (1, 5) else 1}f}**", f"**{np.nanmean(f[:, k]):.{3 if k in (1, 5) else 1}f}**"]
     print("| **mean** | " + " | ".join(cells) + " |")
     print(f"\n{len(b)} fusions per column; contact sheet (each pair: before, after): {root / 'seams-contact-sheet.jpg'}")
 

@@ -81,6 +81,12 @@ def test_a_black_and_white_template_gets_no_tone_and_no_colour(mesh_fa, dark_use
     assert np.array_equal(res.image, same.image) and res.details["tone_carried_pixels"] == 0
     outside = fusion.template_region(tpl.shape[:2], tface) == 0
     assert np.array_equal(res.image[outside], tpl[outside])
+    # ...and the user's colour does not come along: the painted face is as grey as the print (a dark face's
+    # chroma, only two thirds taken off by the colour match, used to read as a faint cast)
+    face = masks.face_mask(tpl.shape[:2], tface) > 0
+    chroma = np.hypot(*to_lab(res.image[face])[:, 1:].T)
+    assert np.percentile(chroma, 95) <= 1.0, np.percentile(chroma, 95)
+    assert to_lab(res.image[face])[:, 0].std() > 5  # the face's own light and shade are kept
 
 
 def test_unknown_skin_mode_is_a_config_error(mesh_fa, dark_user):

@@ -159,6 +159,15 @@ def _carry_user_tone(template_rgb: np.ndarray, template_face: Face, user_median:
     return out, weight
 
 
+def _template_chroma(face_rgb: np.ndarray, template_rgb: np.ndarray, strength: float) -> np.ndarray:
+    """The face's lightness in the template's own colour, pixel by pixel: on a black-and-white (or toned)
+    template the face is as grey (or as sepia) as the print. Reinhard's bounded gain alone left a dark or
+    ruddy face's chroma at two thirds of its spread: a faint colour cast on a grey portrait."""
+    face, tpl = lab(face_rgb), lab(template_rgb)
+    face[..., 1:] += (tpl[..., 1:] - face[..., 1:]) * float(strength)
+    return rgb(face)
+
+
 def _fuse_classic(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.ndarray, ref_face: Face, *,
                   blend: float, color_strength: float, feather: float, forehead: float,
                   margin: float, skin: str = "user") -> FusionResult:
@@ -190,10 +199,12 @@ def _fuse_classic(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.nda
     # skins of one tone group, and a black-and-white template (no tone to carry), keep the Reinhard match
     # below, which looks most natural there (the template's own light and colour).
     carry = None
-    if skin == "user" and color_strength > 0 and enough:
+    t_stats = tone.skin_stats(lab(tpl), ref_skin) if enough else None
+    grey = t_stats is not None and tone.is_grey(t_stats)
+    if skin == "user" and color_strength > 0 and enough and not grey:
         warped_lab = lab(warped)
-        t_stats, u_stats = tone.skin_stats(lab(tpl), ref_skin), tone.skin_stats(warped_lab, src_skin)
-        if (t_stats is not None and u_stats is not None and not tone.is_grey(t_stats)
+        u_stats = tone.skin_stats(warped_lab, src_skin)
+        if (t_stats is not None and u_stats is not None
                 and abs(ita_of_lab(u_stats[0]) - ita_of_lab(t_stats[0])) >= TONE_GAP_ITA):
             carry = u_stats[0]
     if carry is not None:
@@ -209,6 +220,8 @@ def _fuse_classic(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.nda
     else:
         if color_strength > 0 and enough:
             warped = reinhard_transfer(warped, tpl, src_skin, ref_skin, strength=color_strength)
+        if grey and color_strength > 0:
+            warped = _template_chroma(warped, tpl, color_strength)
         alpha = masks.feather(mask, feather_px) * float(blend)
         out[y0:y1, x0:x1] = masks.blend(tpl, warped, alpha)
     roi_changed = np.any(out[y0:y1, x0:x1] != template_rgb[y0:y1, x0:x1], axis=-1) & (mask > 0)
