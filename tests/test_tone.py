@@ -89,6 +89,38 @@ def test_a_black_and_white_template_gets_no_tone_and_no_colour(mesh_fa, dark_use
     assert to_lab(res.image[face])[:, 0].std() > 5  # the face's own light and shade are kept
 
 
+def test_a_users_fringe_is_left_out_and_a_bare_forehead_is_kept(mesh_fa, tmp_path):
+    """The sample user's fringe would come along as a strip of hair cut off by the mask's edge: it is left
+    out, and the template's own forehead shows there. Other people's foreheads (a shine, a hairline at the
+    temple) are the user's, whole."""
+    from portrait.imageio import image_files
+    from portrait.samples import write_sample_photos
+
+    write_sample_photos(tmp_path)
+    urgb = load_rgb(image_files(tmp_path)[0])
+    uface = _largest(mesh_fa, urgb)
+    hair = fusion._fringe(urgb, uface, masks.face_mask(urgb.shape[:2], uface, forehead=0.3))
+    assert np.count_nonzero(hair) > 300
+    hair_lab = np.median(to_lab(urgb[hair > 0]), axis=0)
+    t = load_template("corridor-office")
+    tpl = np.asarray(t.image())
+    tface = t.slot_faces(mesh_fa)[t.faces[0]]
+    top = int(tface.landmarks68[17:27, 1].min())
+    band = masks.face_mask(tpl.shape[:2], tface, forehead=0.3) > 0
+    band[:int(top - 0.7 * tface.eye_distance)] = False
+    band[top:] = False  # the forehead above the brows
+    out = fusion.fuse(tpl, tface, urgb, uface).image
+
+    def hair_coloured(img):
+        return float((np.linalg.norm(to_lab(img[band]) - hair_lab, axis=1) < 15).mean())
+
+    assert hair_coloured(out) <= 1.5 * hair_coloured(tpl) + 0.01, (hair_coloured(out), hair_coloured(tpl))
+    for name in ("hall-office", "flag-red-dress", "flag-elder-suit", "flag-black-jacket"):
+        other = load_rgb(load_template(name).image_path)
+        face = _largest(mesh_fa, other)
+        assert not np.any(fusion._fringe(other, face, masks.face_mask(other.shape[:2], face, forehead=0.3))), name
+
+
 def test_unknown_skin_mode_is_a_config_error(mesh_fa, dark_user):
     from portrait.errors import ConfigError
 

@@ -136,6 +136,42 @@ def _brows(face: Face, shape_hw: tuple[int, int]) -> np.ndarray:
     return masks.dilate(out, max(2, int(round(face.eye_distance * 0.15))))
 
 
+FRINGE_SKIN = 0.35  # above the user's brows, a pixel this unlike their skin is hair (skin_likeness, 0..1)
+FRINGE_WIDTH = 0.8  # x eye distance: hair across the forehead this wide is a fringe
+
+
+def _fringe(warped: np.ndarray, user: Face, user_mask: np.ndarray) -> np.ndarray:
+    """The user's fringe inside their face mask above the brows, as a uint8 mask: left out of the fusion,
+    so the template's own forehead (or hair) shows there, not a strip of the user's hair cut off by the
+    mask's edge. Hair is told from skin by the user's own skin colour (post/tone.py)."""
+    out = np.zeros(user_mask.shape, np.uint8)
+    if user.landmarks68 is None:
+        return out
+    lm = user.landmarks68
+    wl = lab(warped)
+    stats = tone.skin_stats(wl, masks.skin_mask(user_mask.shape, user) & user_mask)
+    if stats is None:
+        return out
+    up = lm[17:27].mean(0) - lm[8]
+    far = np.linalg.norm(up) * 2.0
+    up = up / (np.linalg.norm(up) + 1e-6)
+    brows = lm[17:27][np.argsort(lm[17:27, 0])]
+    lift = user.eye_distance * 0.12  # the brows' own hairs and the skin just above them stay the user's
+    above = np.zeros(user_mask.shape, np.uint8)
+    cv2.fillPoly(above, [np.round(np.vstack([brows + up * lift, (brows + up * far)[::-1]])).astype(np.int32)], 255)
+    hair = (tone.skin_likeness(wl, stats) < FRINGE_SKIN) & (above > 0) & (user_mask > 0)
+    k = max(3, int(round(user.eye_distance * 0.06)) | 1)
+    hair = cv2.morphologyEx(hair.astype(np.uint8) * 255, cv2.MORPH_OPEN, np.ones((k, k), np.uint8))  # no pores
+    hair = cv2.morphologyEx(hair, cv2.MORPH_CLOSE, np.ones((3 * k, 3 * k), np.uint8))  # the shine between strands
+    # A fringe hangs from the hair above and across the forehead: only parts that reach the mask's top edge
+    # and span FRINGE_WIDTH eye distances (a shine, a mole, a shadow or a stray lock stays the user's).
+    rim = (user_mask > 0) & (cv2.erode(user_mask, np.ones((2 * k + 1, 2 * k + 1), np.uint8)) == 0) & (above > 0)
+    _, labels, boxes, _ = cv2.connectedComponentsWithStats(hair)
+    touching = set(np.unique(labels[rim & (hair > 0)]).tolist()) - {0}
+    wide = [i for i in touching if boxes[i, cv2.CC_STAT_WIDTH] >= FRINGE_WIDTH * user.eye_distance]
+    return cv2.bitwise_and(masks.dilate(np.isin(labels, wide).astype(np.uint8) * 255, k), above)
+
+
 def _carry_user_tone(template_rgb: np.ndarray, template_face: Face, user_median: np.ndarray,
                      strength: float) -> tuple[np.ndarray, np.ndarray]:
     """The whole template with its visible skin in the user's tone (post/tone.py); (uint8 RGB, weight map).
@@ -184,7 +220,8 @@ def _fuse_classic(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.nda
     shift = np.array([[1, 0, -x0], [0, 1, -y0]], np.float64)
     user = transform_face(ref_face, m_roi)
     tface = transform_face(template_face, shift)
-    user_mask = masks.face_mask((rh, rw), user, forehead=forehead) | _brows(tface, (rh, rw))
+    user_mask = masks.face_mask((rh, rw), user, forehead=forehead)
+    user_mask = (user_mask & ~_fringe(warped, user, user_mask)) | _brows(tface, (rh, rw))
     mask = cv2.bitwise_and(user_mask, region[y0:y1, x0:x1])
     if mask.sum() < 255 * 64:
         raise ValueError("the reference face and the template face do not overlap after alignment")
