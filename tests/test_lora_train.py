@@ -334,6 +334,43 @@ def test_sdxl_vae_encodes_in_fp32_where_fp16_overflows():
     assert not torch.isfinite(raw).all()  # what training read before: the overflow is real
 
 
+def test_an_fp16_sdxl_base_takes_the_fp16_fix_vae_where_it_is_installed(tmp_path):
+    """The fp16-fix VAE (a manifest entry, madebyollin's layout: config.json + diffusion_pytorch_model.safetensors)
+    replaces SDXL's own VAE when the base runs in fp16, so nothing is upcast to fp32; in fp32, or without the
+    file, the base keeps its own."""
+    from diffusers import AutoencoderKL
+
+    from portrait.identity.lora_train import vae_needs_upcast
+    from portrait.models import loading
+    from portrait.models.manifest import Manifest
+
+    root = tmp_path / "models"
+    xl = tiny.build_tiny_sdxl(root / "diffusion" / "sdxl")
+    bare = Manifest(root)
+    own = loading.load_base("sdxl", manifest=bare, device="cpu", dtype="float16")
+    assert loading.vae_name(own) == "base" and vae_needs_upcast(own.vae, xl=True)
+
+    fix = AutoencoderKL.from_pretrained(str(xl / "vae"))
+    with torch.no_grad():
+        for p in fix.parameters():
+            p.mul_(0.5)  # other weights than the base's own, so the test can tell which was loaded
+    fix.register_to_config(force_upcast=False)
+    fix.save_pretrained(str(root / "diffusion" / "sdxl-vae-fp16-fix"), safe_serialization=True)
+    assert {p.name for p in (root / "diffusion" / "sdxl-vae-fp16-fix").iterdir()} == {
+        "config.json", "diffusion_pytorch_model.safetensors"}
+    loading.clear_cache()
+    m = Manifest(root)
+    half = loading.load_base("sdxl", manifest=m, device="cpu", dtype="float16")
+    assert loading.vae_name(half) == "sdxl-vae-fp16-fix" and not vae_needs_upcast(half.vae, xl=True)
+    assert half.vae.dtype == torch.float16
+    w = half.vae.encoder.conv_in.weight.float()
+    torch.testing.assert_close(w, fix.encoder.conv_in.weight.half().float())
+    full = loading.load_base("sdxl", manifest=m, device="cpu", dtype="float32")
+    assert loading.vae_name(full) == "base"
+    assert m.spec("sdxl-vae-fp16-fix").commercial_use and m.spec("sdxl-vae-fp16-fix").download.repo == \
+        "madebyollin/sdxl-vae-fp16-fix"
+
+
 @pytest.mark.slow
 def test_fp16_mixed_precision_training_scales_the_loss(tiny_base, trainset, tmp_path):
     cfg = LoraTraining(trainset=trainset, base_model=str(tiny_base), out_dir=tmp_path, steps=4, rank=4, alpha=2,

@@ -588,6 +588,8 @@ def _report(cfg: LoraTraining, base, run: _Setup, done: _Trained, captions: list
             chosen: list[int], reference: Path | None, scored_by: str | None, out: Path, cache_s: float,
             total_s: float) -> dict:
     """training.json's content."""
+    from ..models.loading import vae_name
+
     return {
         "config": {**cfg.to_dict(), "steps": run.steps, "resolution": run.resolution, "validate_every": run.every},
         "architecture": run.arch,
@@ -599,6 +601,7 @@ def _report(cfg: LoraTraining, base, run: _Setup, done: _Trained, captions: list
         "mixed_precision": run.autocast,
         "grad_scaler": done.grad_scaler,
         "vae_upcast": bool(vae_needs_upcast(base.vae, run.xl)),
+        "vae": vae_name(base),  # "sdxl-vae-fp16-fix" where an fp16 SDXL base took it
         "gradient_checkpointing": run.checkpointing,
         "text_encoder": ({"trained": True, "lr": done.lrs[1], "targets": list(TEXT_ENCODER_TARGETS)} if run.train_te
                          else {"trained": False}),

@@ -202,11 +202,35 @@ def load_base(name_or_path: str | Path, *, manifest: Manifest | None = None, dev
 
     def make():
         pipe = _load_base(path, spec, arch or (spec.architecture if spec else None), dt, manifest)
+        _fp16_vae(pipe, manifest, dt)
         pipe.to(dev)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
     return _cached(key, make)
+
+
+FP16_VAE = "sdxl-vae-fp16-fix"
+
+
+def _fp16_vae(pipe, manifest: Manifest, dt) -> None:
+    """An SDXL base in fp16 takes the fp16-fix VAE where it is installed: SDXL's own VAE overflows in fp16, so
+    its config says force_upcast and every decode (and training's encodes) runs it in fp32; the fix runs in
+    fp16. vae_name(pipe) says which VAE the base has."""
+    import torch
+
+    if dt != torch.float16 or "text_encoder_2" not in pipe.components or not manifest.available(FP16_VAE):
+        return
+    from diffusers import AutoencoderKL
+
+    pipe.vae = AutoencoderKL.from_pretrained(str(manifest.require(FP16_VAE)), torch_dtype=torch.float16,
+                                             local_files_only=True)  # (load_base's cache runs this offline)
+    pipe.__dict__["_portrait_vae"] = FP16_VAE
+
+
+def vae_name(pipe) -> str:
+    """"sdxl-vae-fp16-fix" where _fp16_vae swapped it in, else "base" (the base model's own VAE)."""
+    return pipe.__dict__.get("_portrait_vae", "base")
 
 
 def _load_base(path: Path, spec: ModelSpec | None, arch: str | None, dt, manifest: Manifest):

@@ -326,6 +326,15 @@ BUILTIN: tuple[ModelSpec, ...] = (
         download=Download(_SDXL_REPO, _SDXL_REV, _SDXL_FILES, size="13.9 GB (fp32: UNet 10.3 GB)"),
     ),
     ModelSpec(
+        "sdxl-vae-fp16-fix", "vae", "diffusion/sdxl-vae-fp16-fix", licence="MIT (madebyollin/sdxl-vae-fp16-fix)",
+        commercial_use=True, source="madebyollin/sdxl-vae-fp16-fix (diffusers AutoencoderKL folder)",
+        description="SDXL's VAE fine-tuned not to overflow in fp16: an SDXL base in fp16 decodes and encodes with "
+        "it, where it is installed, instead of upcasting its own VAE to fp32 on every call (EasyPhoto ships it)",
+        architecture="sdxl", required=("config.json", "diffusion_pytorch_model.safetensors"),
+        download=Download("madebyollin/sdxl-vae-fp16-fix", "main",
+                          _same("config.json", "diffusion_pytorch_model.safetensors"), size="335 MB"),
+    ),
+    ModelSpec(
         "clip-tokenizer", "tokenizer", "tokenizer/clip-vit-large-patch14", licence="MIT (OpenAI CLIP)",
         commercial_use=True, source="the tokenizer/ folder of any SD 1.5 or SDXL diffusers model, or "
         "openai/clip-vit-large-patch14 (vocab.json + merges.txt)",
