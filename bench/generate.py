@@ -241,7 +241,7 @@ def main() -> None:
     if not args.no_train:
         del base, nets, models, ours  # free the generation models before building the training UNet
         train_bench.measure(args.train_steps, args.train_rank, args.train_resolution, args.device,
-                            not args.no_checkpointing)
+                            not args.no_checkpointing, args.train_accumulation, not args.train_no_text_encoder)
 
 
 if __name__ == "__main__":
