@@ -140,22 +140,38 @@ FRINGE_SKIN = 0.35  # above the user's brows, a pixel this unlike their skin is 
 FRINGE_WIDTH = 0.8  # x eye distance: hair across the forehead this wide is a fringe
 
 
+def _brow_line(face: Face) -> tuple[np.ndarray, np.ndarray] | None:
+    """(points along the brows' lower edge, left to right; the face's unit up vector): from the 68 points'
+    brows, or, with five points, the eye line raised by 0.3 eye distances (where brows sit)."""
+    if face.landmarks68 is not None:
+        lm = face.landmarks68
+        up = lm[17:27].mean(0) - lm[8]
+        return lm[17:27][np.argsort(lm[17:27, 0])], up / (np.linalg.norm(up) + 1e-6)
+    if face.landmarks5 is None:
+        return None
+    lm = np.asarray(face.landmarks5, np.float32)
+    left, right = (lm[0], lm[1]) if lm[0][0] <= lm[1][0] else (lm[1], lm[0])
+    across = right - left
+    up = np.array([across[1], -across[0]], np.float32)  # perpendicular to the eyes, away from the mouth
+    up /= np.linalg.norm(up) + 1e-6
+    if np.dot(up, (left + right) / 2 - lm[2]) < 0:
+        up = -up
+    t = np.linspace(-0.35, 1.35, 9)[:, None]
+    return (left + t * across + up * 0.3 * face.eye_distance).astype(np.float32), up
+
+
 def _fringe(warped: np.ndarray, user: Face, user_mask: np.ndarray) -> np.ndarray:
     """The user's fringe inside their face mask above the brows, as a uint8 mask: left out of the fusion,
     so the template's own forehead (or hair) shows there, not a strip of the user's hair cut off by the
     mask's edge. Hair is told from skin by the user's own skin colour (post/tone.py)."""
     out = np.zeros(user_mask.shape, np.uint8)
-    if user.landmarks68 is None:
-        return out
-    lm = user.landmarks68
+    line = _brow_line(user)
     wl = lab(warped)
-    stats = tone.skin_stats(wl, masks.skin_mask(user_mask.shape, user) & user_mask)
+    stats = tone.skin_stats(wl, masks.skin_mask(user_mask.shape, user) & user_mask) if line else None
     if stats is None:
         return out
-    up = lm[17:27].mean(0) - lm[8]
-    far = np.linalg.norm(up) * 2.0
-    up = up / (np.linalg.norm(up) + 1e-6)
-    brows = lm[17:27][np.argsort(lm[17:27, 0])]
+    brows, up = line
+    far = user.eye_distance * 4.0
     lift = user.eye_distance * 0.12  # the brows' own hairs and the skin just above them stay the user's
     above = np.zeros(user_mask.shape, np.uint8)
     cv2.fillPoly(above, [np.round(np.vstack([brows + up * lift, (brows + up * far)[::-1]])).astype(np.int32)], 255)
@@ -163,13 +179,21 @@ def _fringe(warped: np.ndarray, user: Face, user_mask: np.ndarray) -> np.ndarray
     k = max(3, int(round(user.eye_distance * 0.06)) | 1)
     hair = cv2.morphologyEx(hair.astype(np.uint8) * 255, cv2.MORPH_OPEN, np.ones((k, k), np.uint8))  # no pores
     hair = cv2.morphologyEx(hair, cv2.MORPH_CLOSE, np.ones((3 * k, 3 * k), np.uint8))  # the shine between strands
-    # A fringe hangs from the hair above and across the forehead: only parts that reach the mask's top edge
-    # and span FRINGE_WIDTH eye distances (a shine, a mole, a shadow or a stray lock stays the user's).
+    # A fringe hangs from the hair above and across the forehead: only parts that reach the mask's top edge,
+    # and only when together they span FRINGE_WIDTH eye distances (a shine, a mole, a shadow or a stray
+    # lock stays the user's).
     rim = (user_mask > 0) & (cv2.erode(user_mask, np.ones((2 * k + 1, 2 * k + 1), np.uint8)) == 0) & (above > 0)
     _, labels, boxes, _ = cv2.connectedComponentsWithStats(hair)
     touching = set(np.unique(labels[rim & (hair > 0)]).tolist()) - {0}
-    wide = [i for i in touching if boxes[i, cv2.CC_STAT_WIDTH] >= FRINGE_WIDTH * user.eye_distance]
-    return cv2.bitwise_and(masks.dilate(np.isin(labels, wide).astype(np.uint8) * 255, k), above)
+    if not touching:
+        return out
+    ids = sorted(touching)  # a fringe parted by strands of skin is still one fringe: their span counts
+    span = (max(boxes[i, cv2.CC_STAT_LEFT] + boxes[i, cv2.CC_STAT_WIDTH] for i in ids)
+            - min(boxes[i, cv2.CC_STAT_LEFT] for i in ids))
+    if span < FRINGE_WIDTH * user.eye_distance:
+        return out
+    ids = list(range(1, len(boxes)))  # a fringe: so are its loose strands below it, above the brows
+    return cv2.bitwise_and(masks.dilate(np.isin(labels, ids).astype(np.uint8) * 255, k), above)
 
 
 def _carry_user_tone(template_rgb: np.ndarray, template_face: Face, user_median: np.ndarray,
