@@ -11,6 +11,7 @@ import pytest
 from portrait.faces import FaceConfig, get_face_analysis
 from portrait.imageio import load_rgb
 from portrait.post import fusion, masks
+from portrait.post.color import lab
 from portrait.post.segmentation import person_alpha
 from portrait.post.skin_tone import skin_tone, to_lab
 from portrait.templates import load_template
@@ -99,7 +100,7 @@ def test_a_users_fringe_is_left_out_and_a_bare_forehead_is_kept(mesh_fa, tmp_pat
     write_sample_photos(tmp_path)
     urgb = load_rgb(image_files(tmp_path)[0])
     uface = _largest(mesh_fa, urgb)
-    hair = fusion._fringe(urgb, uface, masks.face_mask(urgb.shape[:2], uface, forehead=0.3))
+    hair = fusion._fringe(lab(urgb), uface, masks.face_mask(urgb.shape[:2], uface, forehead=0.3))
     assert np.count_nonzero(hair) > 300
     hair_lab = np.median(to_lab(urgb[hair > 0]), axis=0)
     t = load_template("corridor-office")
@@ -118,7 +119,7 @@ def test_a_users_fringe_is_left_out_and_a_bare_forehead_is_kept(mesh_fa, tmp_pat
     for name in ("hall-office", "flag-red-dress", "flag-elder-suit", "flag-black-jacket"):
         other = load_rgb(load_template(name).image_path)
         face = _largest(mesh_fa, other)
-        assert not np.any(fusion._fringe(other, face, masks.face_mask(other.shape[:2], face, forehead=0.3))), name
+        assert not np.any(fusion._fringe(lab(other), face, masks.face_mask(other.shape[:2], face, forehead=0.3))), name
 
 
 def test_unknown_skin_mode_is_a_config_error(mesh_fa, dark_user):

@@ -234,13 +234,13 @@ def save_lora(pipe, state: dict, path: Path) -> Path:
 
 
 def _kohya_te_key(key: str) -> str:
-    """A text-encoder key as kohya and A1111 name it for SD 1.5: lora_te_ (lora_te1_ / lora_te2_ are SDXL's
-    two), over CLIP's module path from text_model (transformers 5's CLIPTextModel has no text_model level)."""
-    for head in ("lora_te1_", "lora_te_"):
-        if key.startswith(head):
-            rest = key[len(head):]
-            return "lora_te_" + (rest if rest.startswith("text_model_") else "text_model_" + rest)
-    return key
+    """A text-encoder key as kohya and A1111 name it for SD 1.5: diffusers' converter writes lora_te1_ (lora_te1_ /
+    lora_te2_ are SDXL's two; SD 1.5's one is lora_te_), over CLIP's module path from text_model (transformers 5's
+    CLIPTextModel has no text_model level)."""
+    if not key.startswith("lora_te1_"):
+        return key
+    rest = key[len("lora_te1_"):]
+    return "lora_te_" + (rest if rest.startswith("text_model_") else "text_model_" + rest)
 
 
 def save_kohya(state: dict, path: Path) -> Path:
@@ -430,7 +430,8 @@ def _cache(base, files: list[Path], captions: list[str], cfg: LoraTraining, run:
     report(progress, "cache", 0, len(files))
     images = [_load_square(f, run.resolution) for f in files]
     lat_mean, lat_std = _encode_latents(base, images, cfg.flip, run.device, run.weight_dtype, run.xl)
-    text = _encode_text(base, captions, run.device, run.xl, run.resolution)
+    # Where the text encoder trains its output changes every step: its tokens are cached, not its output.
+    text = {} if run.train_te else _encode_text(base, captions, run.device, run.xl, run.resolution)
     ids = None
     if run.train_te:
         tok = base.tokenizer

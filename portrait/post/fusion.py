@@ -160,14 +160,14 @@ def _brow_line(face: Face) -> tuple[np.ndarray, np.ndarray] | None:
     return (left + t * across + up * 0.3 * face.eye_distance).astype(np.float32), up
 
 
-def _fringe(warped: np.ndarray, user: Face, user_mask: np.ndarray) -> np.ndarray:
+def _fringe(warped_lab: np.ndarray, user: Face, user_mask: np.ndarray) -> np.ndarray:
     """The user's fringe inside their face mask above the brows, as a uint8 mask: left out of the fusion,
     so the template's own forehead (or hair) shows there, not a strip of the user's hair cut off by the
-    mask's edge. Hair is told from skin by the user's own skin colour (post/tone.py)."""
+    mask's edge. Hair is told from skin by the user's own skin colour (post/tone.py); `warped_lab` is the
+    user's photo in CIELAB, aligned as `user` and `user_mask` are."""
     out = np.zeros(user_mask.shape, np.uint8)
     line = _brow_line(user)
-    wl = lab(warped)
-    stats = tone.skin_stats(wl, masks.skin_mask(user_mask.shape, user) & user_mask) if line else None
+    stats = tone.skin_stats(warped_lab, masks.skin_mask(user_mask.shape, user) & user_mask) if line else None
     if stats is None:
         return out
     brows, up = line
@@ -175,7 +175,7 @@ def _fringe(warped: np.ndarray, user: Face, user_mask: np.ndarray) -> np.ndarray
     lift = user.eye_distance * 0.12  # the brows' own hairs and the skin just above them stay the user's
     above = np.zeros(user_mask.shape, np.uint8)
     cv2.fillPoly(above, [np.round(np.vstack([brows + up * lift, (brows + up * far)[::-1]])).astype(np.int32)], 255)
-    hair = (tone.skin_likeness(wl, stats) < FRINGE_SKIN) & (above > 0) & (user_mask > 0)
+    hair = (tone.skin_likeness(warped_lab, stats) < FRINGE_SKIN) & (above > 0) & (user_mask > 0)
     k = max(3, int(round(user.eye_distance * 0.06)) | 1)
     hair = cv2.morphologyEx(hair.astype(np.uint8) * 255, cv2.MORPH_OPEN, np.ones((k, k), np.uint8))  # no pores
     hair = cv2.morphologyEx(hair, cv2.MORPH_CLOSE, np.ones((3 * k, 3 * k), np.uint8))  # the shine between strands
@@ -187,13 +187,12 @@ def _fringe(warped: np.ndarray, user: Face, user_mask: np.ndarray) -> np.ndarray
     touching = set(np.unique(labels[rim & (hair > 0)]).tolist()) - {0}
     if not touching:
         return out
-    ids = sorted(touching)  # a fringe parted by strands of skin is still one fringe: their span counts
-    span = (max(boxes[i, cv2.CC_STAT_LEFT] + boxes[i, cv2.CC_STAT_WIDTH] for i in ids)
-            - min(boxes[i, cv2.CC_STAT_LEFT] for i in ids))
+    # A fringe parted by strands of skin is still one fringe: the span of all its parts counts.
+    span = (max(boxes[i, cv2.CC_STAT_LEFT] + boxes[i, cv2.CC_STAT_WIDTH] for i in touching)
+            - min(boxes[i, cv2.CC_STAT_LEFT] for i in touching))
     if span < FRINGE_WIDTH * user.eye_distance:
         return out
-    ids = list(range(1, len(boxes)))  # a fringe: so are its loose strands below it, above the brows
-    return cv2.bitwise_and(masks.dilate(np.isin(labels, ids).astype(np.uint8) * 255, k), above)
+    return cv2.bitwise_and(masks.dilate(hair, k), above)  # a fringe: so are its loose strands, above the brows
 
 
 def _carry_user_tone(template_rgb: np.ndarray, template_face: Face, user_median: np.ndarray,
@@ -219,12 +218,12 @@ def _carry_user_tone(template_rgb: np.ndarray, template_face: Face, user_median:
     return out, weight
 
 
-def _template_chroma(face_rgb: np.ndarray, template_rgb: np.ndarray, strength: float) -> np.ndarray:
+def _template_chroma(face_rgb: np.ndarray, template_lab: np.ndarray, strength: float) -> np.ndarray:
     """The face's lightness in the template's own colour, pixel by pixel: on a black-and-white (or toned)
     template the face is as grey (or as sepia) as the print. Reinhard's bounded gain alone left a dark or
     ruddy face's chroma at two thirds of its spread: a faint colour cast on a grey portrait."""
-    face, tpl = lab(face_rgb), lab(template_rgb)
-    face[..., 1:] += (tpl[..., 1:] - face[..., 1:]) * float(strength)
+    face = lab(face_rgb)
+    face[..., 1:] += (template_lab[..., 1:] - face[..., 1:]) * float(strength)
     return rgb(face)
 
 
@@ -244,8 +243,9 @@ def _fuse_classic(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.nda
     shift = np.array([[1, 0, -x0], [0, 1, -y0]], np.float64)
     user = transform_face(ref_face, m_roi)
     tface = transform_face(template_face, shift)
+    warped_lab, tpl_lab = lab(warped), lab(tpl)
     user_mask = masks.face_mask((rh, rw), user, forehead=forehead)
-    user_mask = (user_mask & ~_fringe(warped, user, user_mask)) | _brows(tface, (rh, rw))
+    user_mask = (user_mask & ~_fringe(warped_lab, user, user_mask)) | _brows(tface, (rh, rw))
     mask = cv2.bitwise_and(user_mask, region[y0:y1, x0:x1])
     if mask.sum() < 255 * 64:
         raise ValueError("the reference face and the template face do not overlap after alignment")
@@ -260,10 +260,9 @@ def _fuse_classic(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.nda
     # skins of one tone group, and a black-and-white template (no tone to carry), keep the Reinhard match
     # below, which looks most natural there (the template's own light and colour).
     carry = None
-    t_stats = tone.skin_stats(lab(tpl), ref_skin) if enough else None
+    t_stats = tone.skin_stats(tpl_lab, ref_skin) if enough else None
     grey = t_stats is not None and tone.is_grey(t_stats)
     if skin == "user" and color_strength > 0 and enough and not grey:
-        warped_lab = lab(warped)
         u_stats = tone.skin_stats(warped_lab, src_skin)
         if (t_stats is not None and u_stats is not None
                 and abs(ita_of_lab(u_stats[0]) - ita_of_lab(t_stats[0])) >= TONE_GAP_ITA):
@@ -282,7 +281,7 @@ def _fuse_classic(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.nda
         if color_strength > 0 and enough:
             warped = reinhard_transfer(warped, tpl, src_skin, ref_skin, strength=color_strength)
         if grey and color_strength > 0:
-            warped = _template_chroma(warped, tpl, color_strength)
+            warped = _template_chroma(warped, tpl_lab, color_strength)
         alpha = masks.feather(mask, feather_px) * float(blend)
         out[y0:y1, x0:x1] = masks.blend(tpl, warped, alpha)
     roi_changed = np.any(out[y0:y1, x0:x1] != template_rgb[y0:y1, x0:x1], axis=-1) & (mask > 0)
