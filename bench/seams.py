@@ -89,6 +89,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--templates", type=int, default=12, help="how many single-face templates (the first N)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--fringe", choices=fusion.FRINGES, default="keep", help="the fusion's fringe rule (both modes)")
     a = ap.parse_args()
     root = a.out or Path(tempfile.mkdtemp(prefix="bench-seams-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -111,7 +112,7 @@ def main() -> None:
             if name in own:
                 continue
             for mode, skin in MODES:
-                out = fusion.fuse(np.asarray(trgb), tface, user_rgb, user_face, skin=skin).image
+                out = fusion.fuse(np.asarray(trgb), tface, user_rgb, user_face, skin=skin, fringe=a.fringe).image
                 found = meter.faces(out)  # the painted slot's face, not the largest one (a patch can read as one)
                 face = max(found, key=lambda f: iou(f[0], tface.box), default=None)
                 lk = float(np.linalg.norm(face[1] - user_emb)) if face is not None else float("nan")

@@ -176,6 +176,16 @@ def _render(small_dir, out, **kw) -> tuple:
     return result.outputs[0], load_rgb(result.outputs[0].file)
 
 
+def test_fringe_cut_reaches_the_fusion_and_keep_is_the_default(hermetic, small_dir, tmp_path):
+    """`portrait run --fringe cut` leaves the sample user's fringe out: more of the template's own forehead
+    stays as it was than with the default, which pastes her fringe with her face."""
+    img = load_template("navy-formal").image()
+    _, kept = _render(small_dir, tmp_path / "keep", retouch="none")
+    _, cut = _render(small_dir, tmp_path / "cut", retouch="none", fringe="cut")
+    untouched = lambda out: int(np.count_nonzero(np.all(out == img, axis=-1)))  # noqa: E731
+    assert untouched(cut) > untouched(kept) + 500, (untouched(cut), untouched(kept))
+
+
 @pytest.mark.slow
 def test_upscale_none_changes_only_the_face_region_and_retouch_only_the_skin(hermetic, small_dir, tmp_path,
                                                                              face_analysis):

@@ -90,10 +90,10 @@ def test_a_black_and_white_template_gets_no_tone_and_no_colour(mesh_fa, dark_use
     assert to_lab(res.image[face])[:, 0].std() > 5  # the face's own light and shade are kept
 
 
-def test_a_users_fringe_is_left_out_and_a_bare_forehead_is_kept(mesh_fa, tmp_path):
-    """The sample user's fringe would come along as a strip of hair cut off by the mask's edge: it is left
-    out, and the template's own forehead shows there. Other people's foreheads (a shine, a hairline at the
-    temple) are the user's, whole."""
+def test_fringe_cut_leaves_a_users_fringe_out_and_keep_pastes_it(mesh_fa, tmp_path):
+    """With fringe="cut", the sample user's fringe (which would come along as a strip of hair cut off by
+    the mask's edge) is left out, and the template's own forehead shows there; other people's foreheads (a
+    shine, a hairline at the temple) are the user's, whole. The default, "keep", pastes it with her face."""
     from portrait.imageio import image_files
     from portrait.samples import write_sample_photos
 
@@ -110,12 +110,14 @@ def test_a_users_fringe_is_left_out_and_a_bare_forehead_is_kept(mesh_fa, tmp_pat
     band = masks.face_mask(tpl.shape[:2], tface, forehead=0.3) > 0
     band[:int(top - 0.7 * tface.eye_distance)] = False
     band[top:] = False  # the forehead above the brows
-    out = fusion.fuse(tpl, tface, urgb, uface).image
+    out = fusion.fuse(tpl, tface, urgb, uface, fringe="cut").image
+    kept = fusion.fuse(tpl, tface, urgb, uface).image  # the default keeps it: it is part of her likeness
 
     def hair_coloured(img):
         return float((np.linalg.norm(to_lab(img[band]) - hair_lab, axis=1) < 15).mean())
 
     assert hair_coloured(out) <= 1.5 * hair_coloured(tpl) + 0.01, (hair_coloured(out), hair_coloured(tpl))
+    assert hair_coloured(kept) >= 2 * hair_coloured(tpl) + 0.02, (hair_coloured(kept), hair_coloured(tpl))
     for name in ("hall-office", "flag-red-dress", "flag-elder-suit", "flag-black-jacket"):
         other = load_rgb(load_template(name).image_path)
         face = _largest(mesh_fa, other)
@@ -129,6 +131,8 @@ def test_unknown_skin_mode_is_a_config_error(mesh_fa, dark_user):
     t = load_template("corridor-office")
     with pytest.raises(ConfigError, match="unknown skin"):
         fusion.fuse(np.asarray(t.image()), t.slot_faces(mesh_fa)[0], urgb, uface, skin="both")
+    with pytest.raises(ConfigError, match="unknown fringe"):
+        fusion.fuse(np.asarray(t.image()), t.slot_faces(mesh_fa)[0], urgb, uface, fringe="trim")
 
 
 def test_band_blend_keeps_the_outside_and_reaches_the_content_inside():
@@ -164,10 +168,13 @@ def test_mesh_masks_reach_the_forehead_and_hold_the_features(mesh_fa):
     assert skin[y, x] == 255
 
 
-def test_run_config_takes_skin_and_names_a_bad_one():
+def test_run_config_takes_skin_and_fringe_and_names_a_bad_one():
     from portrait.errors import ConfigError
     from portrait.jobs import RunConfig
 
     assert RunConfig().skin == "user" and RunConfig.from_dict({"skin": "template"}).skin == "template"
     with pytest.raises(ConfigError, match="skin"):
         RunConfig.from_dict({"skin": "both"})
+    assert RunConfig().fringe == "keep" and RunConfig.from_dict({"fringe": "cut"}).fringe == "cut"
+    with pytest.raises(ConfigError, match="fringe"):
+        RunConfig.from_dict({"fringe": "trim"})

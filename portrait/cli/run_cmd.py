@@ -12,7 +12,7 @@ from ..faces.analysis import FaceConfig
 from ..generate.pipelines import SAMPLERS
 from ..jobs.configs import CreateConfig
 from ..jobs import RunConfig
-from ..post.fusion import SKINS
+from ..post.fusion import FRINGES, SKINS
 from .common import (dtype_option, face_engine_options, handle_errors, json_option, min_photos_option, print_json, print_table,
                      progress_bar, ranged, top_k_option, with_options)
 from .licence_opt import licence_option
@@ -27,6 +27,9 @@ def run_options(f):
         click.option("--skin", type=click.Choice(SKINS), default="user", show_default=True,
                      help="Classic fusion: user = the user's skin tone on the face and on the template's neck, ears "
                      "and hands, in the template's light; template = the face recoloured to the template's skin."),
+        click.option("--fringe", type=click.Choice(FRINGES), default="keep", show_default=True,
+                     help="Classic fusion: keep = a fringe is pasted with the user's face; cut = it is left out and "
+                     "the template's forehead shows (a cleaner forehead edge, at a cost in likeness)."),
         click.option("--retouch", type=click.Choice(RETOUCH_ENGINES), default="auto", show_default=True),
         ranged(RunConfig, "retouch_strength"),
         click.option("--upscale", type=click.Choice(UPSCALE_ENGINES), default="auto", show_default=True),
@@ -58,7 +61,7 @@ def config_from_options(o: dict):
     # The face engines (ONNX) run where every other stage runs: the device resolved once (issue 16).
     face = FaceConfig(detector=o["detector"], landmarks=o["landmarks"], embedder=o["embedder"],
                       device=onnx_device(resolve_device(o["device"])))
-    keys = ("top_k", "min_photos", "fusion", "skin", "retouch", "retouch_strength", "upscale", "upscale_factor",
+    keys = ("top_k", "min_photos", "fusion", "skin", "fringe", "retouch", "retouch_strength", "upscale", "upscale_factor",
             "diffusion", "base_model", "identity", "variants", "max_tries", "likeness_bar", "steps", "scheduler", "inpaint_size",
             "seed", "device", "dtype")
     return RunConfig(face=face, **{k: o[k] for k in keys})

@@ -15,7 +15,7 @@ from ..identity.reference import REFERENCE_NAME
 from ..models.device import check_dtype_name
 from ..engines import DIFFUSION_MODES, FUSION_ENGINES, RETOUCH_ENGINES, UPSCALE_ENGINES
 from ..faces import FaceConfig
-from ..post.fusion import SKINS
+from ..post.fusion import FRINGES, SKINS
 from ..generate.template_inpaint import IDENTITY_ENGINES as PAINTING_ENGINES
 from ..generate.pipelines import SAMPLERS
 from ..settings import check_choice, check_limits, from_dict
@@ -44,6 +44,7 @@ class RunConfig:
     face: FaceConfig = field(default_factory=FaceConfig)
     fusion: str = "auto"
     skin: str = "user"  # classic fusion: whose skin tone the portrait has (post.fusion.SKINS)
+    fringe: str = "keep"  # classic fusion: a user's fringe is pasted (keep) or left out (cut)
     retouch: str = "auto"
     retouch_strength: float = 0.35
     upscale: str = "auto"
@@ -77,6 +78,7 @@ class RunConfig:
             raise ConfigError(f"option 'resolution' must be a multiple of 8, got {self.resolution}")
         check_choice("fusion", self.fusion, FUSION_ENGINES)
         check_choice("skin", self.skin, SKINS)
+        check_choice("fringe", self.fringe, FRINGES)
         check_choice("retouch", self.retouch, RETOUCH_ENGINES)
         check_choice("upscale", self.upscale, UPSCALE_ENGINES)
         check_choice("diffusion", self.diffusion, DIFFUSION_MODES)

@@ -338,7 +338,8 @@ class PortraitPipeline:
             for slot in slots:
                 img, face = people[slot]
                 image = fuse(image, slot_faces[slot], img, face, engine=fusion, manifest=self.manifest,
-                             source_embedding=face.embedding, device=self.onnx_device, skin=c.skin).image
+                             source_embedding=face.embedding, device=self.onnx_device, skin=c.skin,
+                             fringe=c.fringe).image
             t["fusion"] = time.perf_counter() - tic
         retouch_engine = run.engines.of("retouch").engine
         if retouch_engine != "skipped":

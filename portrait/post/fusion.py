@@ -42,6 +42,7 @@ FusionEngine = Literal["classic", "onnx"]
 ENGINES: tuple[str, ...] = FusionEngine.__args__  # type: ignore[attr-defined]
 
 SKINS = ("user", "template")  # whose skin tone the portrait has (fuse's `skin`)
+FRINGES = ("keep", "cut")  # a user's fringe: pasted with their face (keep), or left out (cut; fuse's `fringe`)
 RELIGHT_SIGMA = 0.8  # the template's light reaches the face at scales above this x the eye distance
 BACKDROP = 0.05  # person alpha below this: backdrop, never recoloured
 TONE_GAP_ITA = 30.0  # skin="user" carries the user's tone when the two skins' ITA differ by this much (about two Monk tones)
@@ -229,7 +230,7 @@ def _template_chroma(face_rgb: np.ndarray, template_lab: np.ndarray, strength: f
 
 def _fuse_classic(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.ndarray, ref_face: Face, *,
                   blend: float, color_strength: float, feather: float, forehead: float,
-                  margin: float, skin: str = "user") -> FusionResult:
+                  margin: float, skin: str = "user", fringe: str = "keep") -> FusionResult:
     h, w = template_rgb.shape[:2]
     region = template_region((h, w), template_face, margin)
     x0, y0, x1, y1 = masks.bounding_box(region, pad=4)
@@ -245,7 +246,9 @@ def _fuse_classic(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.nda
     tface = transform_face(template_face, shift)
     warped_lab, tpl_lab = lab(warped), lab(tpl)
     user_mask = masks.face_mask((rh, rw), user, forehead=forehead)
-    user_mask = (user_mask & ~_fringe(warped_lab, user, user_mask)) | _brows(tface, (rh, rw))
+    if fringe == "cut":
+        user_mask = user_mask & ~_fringe(warped_lab, user, user_mask)
+    user_mask = user_mask | _brows(tface, (rh, rw))
     mask = cv2.bitwise_and(user_mask, region[y0:y1, x0:x1])
     if mask.sum() < 255 * 64:
         raise ValueError("the reference face and the template face do not overlap after alignment")
@@ -290,7 +293,7 @@ def _fuse_classic(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.nda
     details = {"fitted_on": fitted_on, "scale": round(scale, 4),
                "rotation_deg": round(float(np.degrees(np.arctan2(m[1, 0], m[0, 0]))), 2),
                "mask_pixels": int(np.count_nonzero(changed)), "blend": blend, "color_strength": color_strength,
-               "skin": skin, "tone_carried_pixels": carried_px}
+               "skin": skin, "fringe": fringe, "tone_carried_pixels": carried_px}
     return FusionResult(out, changed, "classic", details)
 
 
@@ -329,7 +332,7 @@ def _fuse_onnx(template_rgb: np.ndarray, template_face: Face, source_embedding, 
 def fuse(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.ndarray | None, ref_face: Face | None,
          engine: str = "classic", manifest=None, source_embedding: np.ndarray | None = None, *,
          blend: float = 1.0, color_strength: float = 1.0, feather: float = 0.08, forehead: float = 0.3,
-         margin: float = 0.2, device: str = "cpu", skin: str = "user") -> FusionResult:
+         margin: float = 0.2, device: str = "cpu", skin: str = "user", fringe: str = "keep") -> FusionResult:
     """Put the reference face (`ref_rgb`, `ref_face`) into `template_face` of `template_rgb`.
 
     blend: 0..1 opacity of the user's face; skin (classic): "user" carries the user's skin tone to the
@@ -338,12 +341,16 @@ def fuse(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.ndarray | No
     edge, the only change inside the face region (and what a black-and-white template always gets); color_strength: 0..1 how far either colour step goes;
     feather: soft edge width x eye distance; forehead: how far above the brows the user's face
     reaches (x brow-to-chin height); margin: the template face region's dilation x eye distance
-    (nothing outside it changes). Faces without 68 landmarks use the 5-point fit and ellipse masks.
+    (nothing outside it changes); fringe (classic): "keep" pastes a user's fringe with their face, "cut"
+    leaves it out so the template's forehead shows (it costs likeness: README, "Seams").
+    Faces without 68 landmarks use the 5-point fit and ellipse masks.
     """
     if engine not in ENGINES:
         raise ConfigError(f"unknown fusion engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if skin not in SKINS:
         raise ConfigError(f"unknown skin {skin!r}; choose one of {', '.join(SKINS)}")
+    if fringe not in FRINGES:
+        raise ConfigError(f"unknown fringe {fringe!r}; choose one of {', '.join(FRINGES)}")
     if not 0.0 <= blend <= 1.0:
         raise ConfigError(f"blend must be in 0..1, got {blend}")
     _check(template_rgb, template_face, ref_rgb if engine == "classic" else None,
@@ -353,7 +360,7 @@ def fuse(template_rgb: np.ndarray, template_face: Face, ref_rgb: np.ndarray | No
     if ref_rgb is None or ref_face is None:
         raise ValueError("engine 'classic' needs ref_rgb and ref_face")
     return _fuse_classic(template_rgb, template_face, ref_rgb, ref_face, blend=blend, color_strength=color_strength,
-                         feather=feather, forehead=forehead, margin=margin, skin=skin)
+                         feather=feather, forehead=forehead, margin=margin, skin=skin, fringe=fringe)
 
 
 def fuse_slots(template_rgb: np.ndarray, template_faces: list[Face], identities: Mapping[int, tuple],
