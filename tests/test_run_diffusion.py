@@ -215,3 +215,24 @@ def test_the_first_variants_are_painted_in_one_batched_call(tiny_models_dir, pho
     assert single.outputs[0].reference == batched.outputs[0].reference
     a, b = load_rgb(batched.outputs[0].file), load_rgb(single.outputs[0].file)
     assert np.abs(a.astype(int) - b.astype(int)).mean() < 1.0  # batched = one at a time, to float noise
+
+
+def test_an_fp16_sdxl_run_records_the_fp16_fix_vae_it_will_decode_with(tiny_sdxl_dir):
+    """result.json's inpaint engine names the VAE when an fp16 SDXL base takes the fp16-fix one (issue 16);
+    in fp32, or without the file, the base's own VAE is used and nothing is added."""
+    import shutil
+
+    from diffusers import AutoencoderKL
+
+    from portrait.models.manifest import Manifest
+
+    fix = Manifest(tiny_sdxl_dir).path("sdxl-vae-fp16-fix")
+    assert "VAE" not in PortraitPipeline(_sdxl_config(tiny_sdxl_dir, dtype="fp16")).engine("inpaint").reason
+    AutoencoderKL.from_pretrained(str(tiny_sdxl_dir / "sdxl" / "vae")).save_pretrained(str(fix))
+    try:
+        half = PortraitPipeline(_sdxl_config(tiny_sdxl_dir, dtype="fp16")).engine("inpaint")
+        full = PortraitPipeline(_sdxl_config(tiny_sdxl_dir, dtype="fp32")).engine("inpaint")
+    finally:
+        shutil.rmtree(fix)
+    assert half.engine == "diffusion" and half.reason.endswith("VAE sdxl-vae-fp16-fix"), half.reason
+    assert full.engine == "diffusion" and "VAE" not in full.reason, full.reason

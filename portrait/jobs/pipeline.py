@@ -113,6 +113,12 @@ class PortraitPipeline:
         inpaint = choose_diffusion(c.diffusion, m, c.base_model, c.identity, c.face.embedder, controls)
         if inpaint.engine == "diffusion" and c.inpaint_size:
             inpaint = EngineChoice(inpaint.stage, inpaint.engine, f"{inpaint.reason}, {c.inpaint_size} px working crops")
+        if inpaint.engine == "diffusion":
+            from ..models.loading import planned_vae
+
+            vae = planned_vae(c.base_model or "sd15", m, self.device, c.dtype)
+            if vae != "base":  # result.json says which VAE decodes (an fp16 SDXL base takes the fp16-fix one)
+                inpaint = replace(inpaint, reason=f"{inpaint.reason}, VAE {vae}")
         chosen = [
             EngineChoice("faces", "+".join(self.fa.engines().values()), "face detector+landmarks+embedder"),
             choose_fusion(c.fusion, m, c.face.embedder),

@@ -217,15 +217,30 @@ def _fp16_vae(pipe, manifest: Manifest, dt) -> None:
     """An SDXL base in fp16 takes the fp16-fix VAE where it is installed: SDXL's own VAE overflows in fp16, so
     its config says force_upcast and every decode (and training's encodes) runs it in fp32; the fix runs in
     fp16. vae_name(pipe) says which VAE the base has."""
-    import torch
-
-    if dt != torch.float16 or "text_encoder_2" not in pipe.components or not manifest.available(FP16_VAE):
+    if not takes_fp16_vae("sdxl" if "text_encoder_2" in pipe.components else "sd15", dt, manifest):
         return
+    import torch
     from diffusers import AutoencoderKL
 
     pipe.vae = AutoencoderKL.from_pretrained(str(manifest.require(FP16_VAE)), torch_dtype=torch.float16,
                                              local_files_only=True)  # (load_base's cache runs this offline)
     pipe.__dict__["_portrait_vae"] = FP16_VAE
+
+
+def takes_fp16_vae(arch: str, dt, manifest: Manifest) -> bool:
+    """Whether a base of `arch` loaded in torch dtype `dt` takes the fp16-fix VAE (_fp16_vae)."""
+    import torch
+
+    return dt == torch.float16 and arch == "sdxl" and manifest.available(FP16_VAE)
+
+
+def planned_vae(name_or_path: str | Path, manifest: Manifest, device: str | None = None,
+                dtype: str | None = None) -> str:
+    """The VAE load_base will give this base on (device, dtype), as vae_name names it, without loading it:
+    what a run records before its models load."""
+    _, dt = pick_device(device, dtype)
+    arch, _ = base_unet_config(name_or_path, manifest)
+    return FP16_VAE if takes_fp16_vae(arch, dt, manifest) else "base"
 
 
 def vae_name(pipe) -> str:
