@@ -21,7 +21,9 @@ Each output is measured:
   (the print's own is 0; above ~3 a face reads tinted);
 - grey likeness (black-and-white templates only): the likeness against the user's photo made grey, a
   fair reading of a grey face (dlib's descriptor reads colour, so a grey face is farther from a colour
-  photo of the same person).
+  photo of the same person);
+- blown skin: the percent of the template's carried skin (changed pixels outside the face) with a channel
+  clipped at 255, less the template's own there (lightening a dark template's skin must not clip it).
 Prints one markdown table per template and the means; writes a contact sheet (before | after) to --out.
 """
 
@@ -48,7 +50,7 @@ from portrait.faces import FaceConfig, get_face_analysis  # noqa: E402
 from portrait.faces.base import iou  # noqa: E402
 from portrait.imageio import image_files, load_rgb, save_image  # noqa: E402
 from portrait.post import fusion  # noqa: E402
-from portrait.post.masks import face_mask, skin_mask  # noqa: E402
+from portrait.post.masks import dilate, face_mask, skin_mask  # noqa: E402
 from portrait.post.seam import seam_delta_e  # noqa: E402
 from portrait.post.skin_tone import skin_tone, to_lab  # noqa: E402
 from portrait.templates import list_templates  # noqa: E402
@@ -72,6 +74,15 @@ def neck_gap(rgb: np.ndarray, face) -> float:
     ref = np.median(to_lab(rgb[skin_mask((h, w), face) > 0]), axis=0)
     near = lab[np.linalg.norm(lab - ref, axis=1) < 30]  # skin, not the collar
     return float(np.linalg.norm(np.median(near, axis=0) - ref)) if len(near) >= 50 else float("nan")
+
+
+def blown_skin(out: np.ndarray, template: np.ndarray, face) -> float:
+    """Percent of the template pixels the fusion changed outside the face (its carried skin) that have a
+    channel clipped (255), less the template's own percent there; nan when it changed none."""
+    changed = np.any(out != template, axis=-1) & ~(dilate(face_mask(out.shape[:2], face), 8) > 0)
+    if np.count_nonzero(changed) < 100:
+        return float("nan")
+    return 100.0 * float((out[changed].max(-1) == 255).mean() - (template[changed].max(-1) == 255).mean())
 
 
 def _tile(rgb: np.ndarray, face, size=(192, 240)) -> np.ndarray:
@@ -125,7 +136,8 @@ def main() -> None:
                     chroma = np.hypot(*to_lab(out[face_mask(out.shape[:2], tface) > 0])[:, 1:].T)
                     cast = float(np.percentile(chroma, 95))
                     lk_grey = float(np.linalg.norm(face[1] - grey_emb)) if face is not None else float("nan")
-                stats.setdefault((name, mode), []).append((seam, lk, shift, gap, cast, lk_grey))
+                blown = blown_skin(out, np.asarray(trgb), tface)
+                stats.setdefault((name, mode), []).append((seam, lk, shift, gap, cast, lk_grey, blown))
                 if len(row) < 8:
                     row.append(_tile(out, tface))
         sheet_rows.append(np.hstack([np.pad(t, ((0, 0), (0, 4), (0, 0)), constant_values=255) for t in row]))
@@ -135,20 +147,20 @@ def main() -> None:
 
     print("\n| template | seam ΔE before | seam ΔE after | likeness before | likeness after | tone shift before | "
           "tone shift after | neck ΔE before | neck ΔE after | BW cast before | BW cast after | "
-          "grey likeness before | grey likeness after |")
-    print("|---" * 13 + "|")
+          "grey likeness before | grey likeness after | blown skin % before | blown skin % after |")
+    print("|---" * 15 + "|")
     means = {m: [] for m, _ in MODES}
     for name in tpl:
         b, f = np.array(stats[name, "before"]), np.array(stats[name, "after"])
         means["before"].append(b)
         means["after"].append(f)
         cells = []
-        for k in range(6):
+        for k in range(7):
             cells += [f"{np.nanmean(b[:, k]):.{3 if k in (1, 5) else 1}f}", f"{np.nanmean(f[:, k]):.{3 if k in (1, 5) else 1}f}"]
         print(f"| {name} | " + " | ".join(c.replace("nan", "–") for c in cells) + " |")
     b, f = np.vstack(means["before"]), np.vstack(means["after"])
     cells = []
-    for k in range(6):
+    for k in range(7):
         cells += [f"**{np.nanmean(b[:, k]):.{3 if k in (1, 5) else 1}f}**", f"**{np.nanmean(f[:, k]):.{3 if k in (1, 5) else 1}f}**"]
     print("| **mean** | " + " | ".join(cells) + " |")
     print(f"\n{len(b)} fusions per column; contact sheet (each pair: before, after): {root / 'seams-contact-sheet.jpg'}")

@@ -90,6 +90,28 @@ def test_a_black_and_white_template_gets_no_tone_and_no_colour(mesh_fa, dark_use
     assert to_lab(res.image[face])[:, 0].std() > 5  # the face's own light and shade are kept
 
 
+@pytest.mark.parametrize("name", ["flag-pearls", "flag-elder-suit", "flag-grey-suit"])
+def test_a_light_users_tone_on_a_dark_template_clips_no_skin(mesh_fa, tmp_path, name):
+    """The sample user (light skin) on a dark-skinned template: the template's skin is taken lighter, and no
+    channel of it may clip (clipped, the red channel stopped first and a lit forehead turned orange, or
+    past L* 100 white: 25-32% of these templates' carried skin); the carried skin is still lighter."""
+    from portrait.imageio import image_files
+    from portrait.samples import write_sample_photos
+
+    write_sample_photos(tmp_path)
+    urgb = load_rgb(image_files(tmp_path)[0])
+    uface = _largest(mesh_fa, urgb)
+    t = load_template(name)
+    tpl = np.asarray(t.image())
+    tface = t.slot_faces(mesh_fa)[t.faces[0]]
+    res = fusion.fuse(tpl, tface, urgb, uface)
+    assert res.details["tone_carried_pixels"] > 10000
+    carried = np.any(res.image != tpl, axis=-1) & ~(masks.dilate(masks.face_mask(tpl.shape[:2], tface), 8) > 0)
+    clipped = lambda img: float((img[carried].max(-1) == 255).mean())  # noqa: E731
+    assert clipped(res.image) <= clipped(tpl) + 0.002, (clipped(res.image), clipped(tpl))
+    assert np.median(to_lab(res.image[carried])[:, 0]) > np.median(to_lab(tpl[carried])[:, 0]) + 8
+
+
 def test_fringe_cut_leaves_a_users_fringe_out_and_keep_pastes_it(mesh_fa, tmp_path):
     """With fringe="cut", the sample user's fringe (which would come along as a strip of hair cut off by
     the mask's edge) is left out, and the template's own forehead shows there; other people's foreheads (a
@@ -178,3 +200,25 @@ def test_run_config_takes_skin_and_fringe_and_names_a_bad_one():
     assert RunConfig().fringe == "keep" and RunConfig.from_dict({"fringe": "cut"}).fringe == "cut"
     with pytest.raises(ConfigError, match="fringe"):
         RunConfig.from_dict({"fringe": "trim"})
+
+
+def test_fit_gamut_cuts_only_the_chroma_of_colours_srgb_cannot_show():
+    import cv2
+
+    from portrait.post.color import fit_gamut
+
+    rng = np.random.default_rng(5)
+    lab_px = np.stack([rng.uniform(40, 99, 4000), rng.uniform(-40, 60, 4000), rng.uniform(-20, 70, 4000)],
+                      -1).astype(np.float32).reshape(40, 100, 3)
+    rgb_max = lambda x: cv2.cvtColor(x, cv2.COLOR_LAB2RGB).max(-1)  # noqa: E731 (OpenCV clips at 1.0)
+    before = rgb_max(lab_px) >= 0.99  # fit_gamut keeps a margin below white (252 of 255)
+    assert 0.2 < before.mean() < 0.9  # both kinds present
+    out = fit_gamut(lab_px)
+    assert (rgb_max(out) < 0.995).all()
+    np.testing.assert_array_equal(out[~before], lab_px[~before])  # in gamut: untouched
+    np.testing.assert_allclose(out[..., 0], lab_px[..., 0])  # lightness kept
+    hue = lambda x: np.arctan2(x[..., 2], x[..., 1])  # noqa: E731
+    cut = before & (np.hypot(out[..., 1], out[..., 2]) > 0.5)  # (near white, none may be left to keep)
+    assert cut.sum() > 0.8 * before.sum()
+    np.testing.assert_allclose(hue(out)[cut], hue(lab_px)[cut], atol=1e-4)  # hue kept
+    assert (np.hypot(out[..., 1], out[..., 2]) <= np.hypot(lab_px[..., 1], lab_px[..., 2]) + 1e-5).all()

@@ -25,6 +25,37 @@ def rgb(lab_img: np.ndarray) -> np.ndarray:
     return np.clip(cv2.cvtColor(out, cv2.COLOR_LAB2RGB) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
+def fit_gamut(lab_img: np.ndarray, where: np.ndarray | None = None, steps: int = 7) -> np.ndarray:
+    """`lab_img` with the chroma of each pixel (under `where`, bool) that sRGB would clip cut just enough
+    that no channel reaches white, lightness and hue kept: a light, saturated colour (a lit forehead taken
+    lighter) fades towards white as a real highlight does, instead of turning the hue of the channel that
+    clipped first."""
+    out = lab_img.astype(np.float32).copy()
+    sel = np.ones(out.shape[:2], bool) if where is None else where.copy()
+    sel &= out[..., 0] < 99.5  # white itself has no chroma to cut
+
+    def clips(px: np.ndarray) -> np.ndarray:
+        return cv2.cvtColor(px.reshape(-1, 1, 3), cv2.COLOR_LAB2RGB).reshape(-1, 3).max(-1) >= 0.99  # 252: rounding stays short of 255
+
+    px = out[sel]
+    bad = clips(px)
+    if not bad.any():
+        return out
+    px_bad = px[bad]
+    lo, hi = np.zeros(len(px_bad), np.float32), np.ones(len(px_bad), np.float32)
+    for _ in range(steps):  # bisection on the chroma's scale
+        mid = (lo + hi) / 2
+        trial = px_bad.copy()
+        trial[:, 1:] *= mid[:, None]
+        over = clips(trial)
+        hi = np.where(over, mid, hi)
+        lo = np.where(over, lo, mid)
+    px_bad[:, 1:] *= lo[:, None]
+    px[bad] = px_bad
+    out[sel] = px
+    return out
+
+
 def _stats(lab: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     sel = lab.reshape(-1, 3) if mask is None else lab[mask > 0]
     if len(sel) < 16:
