@@ -222,3 +222,5 @@ def test_fit_gamut_cuts_only_the_chroma_of_colours_srgb_cannot_show():
     assert cut.sum() > 0.8 * before.sum()
     np.testing.assert_allclose(hue(out)[cut], hue(lab_px)[cut], atol=1e-4)  # hue kept
     assert (np.hypot(out[..., 1], out[..., 2]) <= np.hypot(lab_px[..., 1], lab_px[..., 2]) + 1e-5).all()
+    # Nothing selected (the carry reached no skin, as on trio-flags' smallest face): the image as it is.
+    np.testing.assert_array_equal(fit_gamut(lab_px, np.zeros(lab_px.shape[:2], bool)), lab_px)

@@ -38,6 +38,8 @@ def fit_gamut(lab_img: np.ndarray, where: np.ndarray | None = None, steps: int =
         return cv2.cvtColor(px.reshape(-1, 1, 3), cv2.COLOR_LAB2RGB).reshape(-1, 3).max(-1) >= 0.99  # 252: rounding stays short of 255
 
     px = out[sel]
+    if not len(px):  # nothing to fit (a template whose skin the carry did not reach)
+        return out
     bad = clips(px)
     if not bad.any():
         return out
