@@ -34,8 +34,8 @@ def fit_gamut(lab_img: np.ndarray, where: np.ndarray | None = None, steps: int =
     sel = np.ones(out.shape[:2], bool) if where is None else where.copy()
     sel &= out[..., 0] < 99.5  # white itself has no chroma to cut
 
-    def clips(px: np.ndarray) -> np.ndarray:
-        return cv2.cvtColor(px.reshape(-1, 1, 3), cv2.COLOR_LAB2RGB).reshape(-1, 3).max(-1) >= 0.99  # 252: rounding stays short of 255
+    def clips(px: np.ndarray) -> np.ndarray:  # at 0.99 (252 of 255), rounding stays short of 255
+        return cv2.cvtColor(px.reshape(-1, 1, 3), cv2.COLOR_LAB2RGB).reshape(-1, 3).max(-1) >= 0.99
 
     px = out[sel]
     if not len(px):  # nothing to fit (a template whose skin the carry did not reach)

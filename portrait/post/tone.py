@@ -8,7 +8,8 @@ box). The classic fusion therefore
    takes the user's median skin: lightness by the ratio of the two medians (shade multiplies, so a
    shadowed neck stays as much darker than the face as it was) and chroma by the ratio of the two skins'
    chroma, the hue staying the template's; a lit skin taken lighter rolls off short of white
-   (`shoulder`) and its chroma is cut where it would leave sRGB (`color.fit_gamut`) (nothing on a black-and-white template, which has no tone to carry);
+   (`shoulder`) and its chroma is cut where it would leave sRGB (`color.fit_gamut`); nothing on a
+   black-and-white template, which has no tone to carry;
 2. gives the user's face the template's light (`relight`): the face's low frequencies (a gain map on
    lightness, offsets on a* b*, from normalised Gaussian blurs over each face's skin, features left
    out) are swapped for those of the carried template, while everything finer than about the eye
