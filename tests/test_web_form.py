@@ -76,8 +76,9 @@ def test_upload_follow_progress_and_gallery(served, browser, samples, tmp_path):
     response = page.goto(served + "/")
     assert page.title() == "portrait"
     assert "script-src 'self'" in response.headers["content-security-policy"]
-    violations = []
+    violations, errors = [], []
     page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))  # an exception in form.js would stop its polling
 
     _drop_file(page, samples[0])  # drag and drop ...
     junk = tmp_path / "notes.jpg"
@@ -102,13 +103,20 @@ def test_upload_follow_progress_and_gallery(served, browser, samples, tmp_path):
     page.click("#start")
     page.wait_for_selector("#progress:not([hidden])")
     seen, labels = [], set()
+    deadline = time.monotonic() + 300  # a guard: a form that stops following fails here, it does not hang
     while "/jobs/" not in page.url:
-        try:
-            seen.append(float(page.eval_on_selector("#bar", "b => b.value")))
-            labels.add(page.inner_text("#stage-label"))
+        assert time.monotonic() < deadline, ("the form never opened the gallery", page.url, seen[-3:], labels,
+                                             errors, page.inner_text("#form-error"))
+        try:  # queries that do not wait: the form page may be gone between the URL check and the query
+            bar, label = page.query_selector("#bar"), page.query_selector("#stage-label")
+            if bar is None or label is None:
+                break
+            seen.append(float(bar.evaluate("b => b.value")))
+            labels.add(label.inner_text())
         except Exception:  # the page is navigating to the gallery
             break
         page.wait_for_timeout(100)
+    page.wait_for_url("**/jobs/**")
     page.wait_for_selector("#gallery img")
     assert seen == sorted(seen), "the progress bar went backwards"
     assert labels - {"queued"}, labels  # it showed the job's stages
