@@ -84,7 +84,7 @@ def carry_tone(template_lab: np.ndarray, template_skin: np.ndarray, user_skin_me
     out[..., 1:] *= (1.0 + k * (c_gain - 1.0))[..., None]
     # A lit forehead taken lighter leaves sRGB: its chroma is cut until no channel clips (color.fit_gamut).
     # Clipped, the red channel stopped first and the skin turned orange: 10-32% of a light user's carried
-    # skin on 13 of the 30 single-face templates.
+    # skin on 12 of the 30 single-face templates (4-7% on three more).
     return fit_gamut(out, k > 0), weight
 
 
