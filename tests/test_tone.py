@@ -32,6 +32,18 @@ def dark_user(mesh_fa):
     return rgb, _largest(mesh_fa, rgb)
 
 
+@pytest.fixture(scope="module")
+def sample_user(mesh_fa, tmp_path_factory):
+    """The sample user (light skin, a fringe): her first photo and its face."""
+    from portrait.imageio import image_files
+    from portrait.samples import write_sample_photos
+
+    folder = tmp_path_factory.mktemp("sample-user")
+    write_sample_photos(folder)
+    rgb = load_rgb(image_files(folder)[0])
+    return rgb, _largest(mesh_fa, rgb)
+
+
 def _neck(rgb, face) -> np.ndarray:
     """The skin-coloured pixels of a band below the chin, the same ones in every image of this template."""
     h, w = rgb.shape[:2]
@@ -91,16 +103,11 @@ def test_a_black_and_white_template_gets_no_tone_and_no_colour(mesh_fa, dark_use
 
 
 @pytest.mark.parametrize("name", ["flag-pearls", "flag-elder-suit", "flag-grey-suit"])
-def test_a_light_users_tone_on_a_dark_template_clips_no_skin(mesh_fa, tmp_path, name):
+def test_a_light_users_tone_on_a_dark_template_clips_no_skin(mesh_fa, sample_user, name):
     """The sample user (light skin) on a dark-skinned template: the template's skin is taken lighter, and no
     channel of it may clip (clipped, the red channel stopped first and a lit forehead turned orange, or
     past L* 100 white: 25-32% of these templates' carried skin); the carried skin is still lighter."""
-    from portrait.imageio import image_files
-    from portrait.samples import write_sample_photos
-
-    write_sample_photos(tmp_path)
-    urgb = load_rgb(image_files(tmp_path)[0])
-    uface = _largest(mesh_fa, urgb)
+    urgb, uface = sample_user
     t = load_template(name)
     tpl = np.asarray(t.image())
     tface = t.slot_faces(mesh_fa)[t.faces[0]]
@@ -112,16 +119,11 @@ def test_a_light_users_tone_on_a_dark_template_clips_no_skin(mesh_fa, tmp_path, 
     assert np.median(to_lab(res.image[carried])[:, 0]) > np.median(to_lab(tpl[carried])[:, 0]) + 8
 
 
-def test_fringe_cut_leaves_a_users_fringe_out_and_keep_pastes_it(mesh_fa, tmp_path):
+def test_fringe_cut_leaves_a_users_fringe_out_and_keep_pastes_it(mesh_fa, sample_user):
     """With fringe="cut", the sample user's fringe (which would come along as a strip of hair cut off by
     the mask's edge) is left out, and the template's own forehead shows there; other people's foreheads (a
     shine, a hairline at the temple) are the user's, whole. The default, "keep", pastes it with her face."""
-    from portrait.imageio import image_files
-    from portrait.samples import write_sample_photos
-
-    write_sample_photos(tmp_path)
-    urgb = load_rgb(image_files(tmp_path)[0])
-    uface = _largest(mesh_fa, urgb)
+    urgb, uface = sample_user
     hair = fusion._fringe(lab(urgb), uface, masks.face_mask(urgb.shape[:2], uface, forehead=0.3))
     assert np.count_nonzero(hair) > 300
     hair_lab = np.median(to_lab(urgb[hair > 0]), axis=0)
